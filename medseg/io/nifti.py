@@ -1,0 +1,149 @@
+"""NIfTI (nibabel) and NRRD/MetaImage (SimpleITK) volumes.
+
+NIfTI stores RAS; it is converted to our LPS once, here, through ``medseg.geometry``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+
+from medseg import geometry as geo
+from medseg.errors import ExportError, GeometryError, InputError, UnreadableScanError
+from medseg.io.files import atomic_path
+from medseg.volume import SourceInfo, Volume, VolumeKind
+
+__all__ = ["load", "save"]
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in (*_NIFTI_SUFFIXES, *_SITK_SUFFIXES):
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def _as_kind(array: NDArray[Any], kind: VolumeKind, path: Path) -> NDArray[Any]:
+    if kind is not VolumeKind.LABELS or np.issubdtype(array.dtype, np.integer):
+        return array
+    if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+        raise InputError(f"{path}: a label map must hold integer values, got non-integer {array.dtype}")
+    if array.min() < 0 or array.max() > 65535:
+        raise InputError(f"{path}: label values must be in 0..65535, got {array.min()}..{array.max()}")
+    return array.astype(np.uint16 if array.max() > 255 else np.uint8)
+
+
+def _load_nifti(path: Path) -> tuple[NDArray[Any], geo.Geometry]:
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as exc:
+        raise UnreadableScanError(f"{path}: not a readable NIfTI file ({exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{path}: expected a 3D image, got shape {data.shape}")
+    # nibabel silently "fixes" a zero pixdim to 1 on load; read the raw header to refuse it.
+    with nib.openers.ImageOpener(str(path)) as fh:
+        raw_header = type(image.header).from_fileobj(fh, check=False)
+    zooms = raw_header["pixdim"][1:4]
+    if any(not np.isfinite(z) or z <= 0 for z in zooms):
+        raise GeometryError(f"{path}: voxel spacing (pixdim) must be > 0, got {tuple(map(float, zooms))}")
+    geometry = geo.from_nifti_affine(image.affine, data.shape, what=str(path))
+    return geo.nifti_array_to_array_order(data), geometry
+
+
+def _load_sitk(path: Path) -> tuple[NDArray[Any], geo.Geometry]:
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise UnreadableScanError(f"{path}: not a readable image ({exc})") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{path}: expected a 3D scalar image, got dimension {image.GetDimension()} with "
+            f"{image.GetNumberOfComponentsPerPixel()} components"
+        )
+    try:
+        geometry = geo.from_sitk(
+            image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+        )
+    except GeometryError as exc:
+        raise GeometryError(f"{path}: {exc}") from exc
+    return sitk.GetArrayFromImage(image), geometry
+
+
+def load(path: Path, kind: VolumeKind = VolumeKind.IMAGE) -> Volume:
+    """Read a NIfTI (``.nii``, ``.nii.gz``) or NRRD/MetaImage file into a Volume.
+
+    Returns:
+        A volume in array order ``(slice, row, column)``, LPS geometry in mm. For ``LABELS``
+        the values must be integers (stored as float is accepted only if exactly integral).
+
+    Raises:
+        UnreadableScanError: missing or unreadable file.
+        GeometryError: zero/negative spacing, sheared or non-finite affine.
+        InputError: not 3D, or non-integer labels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableScanError(f"{path}: no such file")
+    suffix = _suffix(path)
+    if suffix in _NIFTI_SUFFIXES:
+        array, geometry = _load_nifti(path)
+    elif suffix in _SITK_SUFFIXES:
+        array, geometry = _load_sitk(path)
+    else:
+        raise UnreadableScanError(
+            f"{path}: unknown image format {suffix!r}; expected one of "
+            f"{', '.join(_NIFTI_SUFFIXES + _SITK_SUFFIXES)}"
+        )
+    return Volume(_as_kind(array, kind, path), geometry, kind, SourceInfo(path=path))
+
+
+def save(volume: Volume, path: Path) -> Path:
+    """Write a 3D volume as NIfTI (``.nii``/``.nii.gz``) or NRRD, atomically.
+
+    NIfTI gets both qform and sform set (code 1, scanner) to the RAS affine of the grid, and
+    millimetre units, so every reader (nibabel, SimpleITK, ITK-SNAP, Slicer) places it alike.
+
+    Raises:
+        ExportError: unsupported suffix or a non-3D (probability) volume.
+    """
+    path = Path(path)
+    if volume.array.ndim != 3:
+        raise ExportError(f"{path}: only 3D volumes can be saved, got shape {volume.array.shape}")
+    suffix = _suffix(path)
+    with atomic_path(path) as tmp:
+        if suffix in _NIFTI_SUFFIXES:
+            image = nib.Nifti1Image(
+                geo.array_to_nifti_order(np.asarray(volume.array)),
+                geo.to_nifti_affine(volume.geometry),
+            )
+            image.set_qform(image.affine, code=1)
+            image.set_sform(image.affine, code=1)
+            image.header.set_xyzt_units("mm", "sec")
+            # nibabel picks the format from the file name, so the temporary keeps the suffix
+            named = tmp.with_name(tmp.name + suffix)
+            nib.save(image, str(named))
+            named.replace(tmp)
+        elif suffix in _SITK_SUFFIXES:
+            image = sitk.GetImageFromArray(np.asarray(volume.array))
+            size, spacing, origin, direction = geo.to_sitk(volume.geometry)
+            image.SetSpacing(spacing)
+            image.SetOrigin(origin)
+            image.SetDirection(direction)
+            named = tmp.with_name(tmp.name + suffix)
+            sitk.WriteImage(image, str(named), True)
+            named.replace(tmp)
+        else:
+            raise ExportError(f"{path}: unknown output format {suffix!r}")
+    return path

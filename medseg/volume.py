@@ -1,0 +1,126 @@
+"""The core data type: an array with its geometry, kind and provenance."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from medseg import geometry as geo
+from medseg.errors import GeometryError, InputError
+from medseg.geometry import Geometry
+
+__all__ = ["SourceInfo", "Volume", "VolumeKind", "require_same_geometry"]
+
+
+class VolumeKind(enum.Enum):
+    """What the voxels mean; it decides interpolation (labels are always nearest-neighbour)."""
+
+    IMAGE = "image"
+    LABELS = "labels"
+    PROBABILITIES = "probabilities"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """Where a volume came from.
+
+    Attributes:
+        path: file or folder it was read from (``None`` for computed volumes).
+        study_instance_uid: StudyInstanceUID, when read from DICOM.
+        series_instance_uid: SeriesInstanceUID, when read from DICOM.
+        frame_of_reference_uid: FrameOfReferenceUID, when known.
+        sop_instance_uids: SOP Instance UID of every slice, in array order (DICOM only).
+        modality: e.g. ``"CT"`` or ``"MR"``.
+        dicom_header: an opaque header (a pydicom ``Dataset`` without pixel data) that
+            ``io.rtstruct`` uses to write derived objects into the same study. Only ``io``
+            modules look inside it.
+    """
+
+    path: Path | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    frame_of_reference_uid: str | None = None
+    sop_instance_uids: tuple[str, ...] = ()
+    modality: str | None = None
+    dicom_header: Any = field(default=None, compare=False, repr=False)
+
+    def describe(self) -> str:
+        """A short, PHI-free description for messages: the path or the series UID."""
+        if self.path is not None:
+            return str(self.path)
+        if self.series_instance_uid:
+            return f"series {self.series_instance_uid}"
+        return "<in-memory volume>"
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """A 3D array on a patient-space grid.
+
+    ``array`` is in array order ``(slice, row, column)``; for ``PROBABILITIES`` it has a
+    leading class axis ``(class, slice, row, column)``. The array is made read-only.
+
+    Raises:
+        GeometryError: if the array's spatial shape does not match ``geometry.shape``.
+        InputError: if the array has the wrong number of dimensions for its kind, or a
+            ``LABELS`` array is not of an integer type.
+    """
+
+    array: NDArray[Any]
+    geometry: Geometry
+    kind: VolumeKind = VolumeKind.IMAGE
+    source: SourceInfo = field(default_factory=SourceInfo)
+
+    def __post_init__(self) -> None:
+        arr = np.asarray(self.array)
+        where = self.source.describe()
+        expected_ndim = 4 if self.kind is VolumeKind.PROBABILITIES else 3
+        if arr.ndim != expected_ndim:
+            raise InputError(
+                f"{where}: a {self.kind.value} volume needs a {expected_ndim}D array, "
+                f"got shape {arr.shape}"
+            )
+        if tuple(arr.shape[-3:]) != self.geometry.shape:
+            raise GeometryError(
+                f"{where}: array shape {arr.shape} does not match geometry shape "
+                f"{self.geometry.shape}"
+            )
+        if self.kind is VolumeKind.LABELS and not (
+            np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_
+        ):
+            raise InputError(f"{where}: a labels volume needs an integer array, got {arr.dtype}")
+        # frozen=True does not stop writes into the array; a read-only view does.
+        arr = arr.view()
+        arr.flags.writeable = False
+        object.__setattr__(self, "array", arr)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in mL, from the geometry."""
+        return geo.voxel_volume_ml(self.geometry)
+
+    def with_array(self, array: NDArray[Any], kind: VolumeKind | None = None) -> Volume:
+        """A new volume on the same grid and source with another array (and optionally kind)."""
+        return replace(self, array=array, kind=self.kind if kind is None else kind)
+
+
+def require_same_geometry(a: Volume, b: Volume) -> None:
+    """Raise :class:`GeometryError` unless ``a`` and ``b`` share grid and frame of reference.
+
+    Two volumes whose FrameOfReferenceUIDs are both known and differ are never combined, even
+    on identical grids: the same numbers mean different places in different frames.
+    """
+    fa, fb = a.source.frame_of_reference_uid, b.source.frame_of_reference_uid
+    if fa and fb and fa != fb:
+        raise GeometryError(
+            f"{a.source.describe()} and {b.source.describe()} are in different frames of "
+            f"reference ({fa} vs {fb})"
+        )
+    geo.require_same_geometry(
+        a.geometry, b.geometry, what=f"{a.source.describe()} and {b.source.describe()}"
+    )
