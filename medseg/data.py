@@ -1,0 +1,106 @@
+"""Datasets for training: Decathlon-style datalists of (image, label) pairs.
+
+A datalist is a JSON file ``{"training": [{"image": ..., "label": ...}], "validation": [...]}``
+with paths relative to the file. An image is a DICOM series folder or a NIfTI/NRRD file; a
+label is a NIfTI/NRRD label map on the image's grid.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg.errors import ConfigError, InputError
+from medseg.io import dicom, nifti
+from medseg.volume import Volume, VolumeKind, require_same_geometry
+
+__all__ = ["Datalist", "LabelledCase", "load_datalist", "load_image"]
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledCase:
+    """An image and its label map on the same grid.
+
+    Attributes:
+        case_id: ``training_000``-style id; never derived from patient attributes.
+        image: IMAGE volume (HU for CT), array order ``(slice, row, column)``.
+        labels: LABELS volume on the same geometry.
+    """
+
+    case_id: str
+    image: Volume
+    labels: Volume
+
+
+@dataclass(frozen=True, slots=True)
+class Datalist:
+    """Training and validation cases."""
+
+    training: tuple[LabelledCase, ...]
+    validation: tuple[LabelledCase, ...]
+
+
+def load_image(path: Path) -> Volume:
+    """An IMAGE volume from a DICOM series folder or a NIfTI/NRRD file."""
+    path = Path(path)
+    return dicom.load_series(path) if path.is_dir() else nifti.load(path, VolumeKind.IMAGE)
+
+
+def _entries(raw: object, key: str, source: Path) -> list[dict[str, str]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("label"), str)
+        for e in raw
+    ):
+        raise ConfigError(f"{source}: {key!r} must be a list of {{'image': ..., 'label': ...}} entries")
+    return raw
+
+
+def _load_cases(entries: Sequence[dict[str, str]], root: Path, prefix: str) -> tuple[LabelledCase, ...]:
+    cases = []
+    for i, entry in enumerate(entries):
+        image = load_image(root / entry["image"])
+        labels = nifti.load(root / entry["label"], VolumeKind.LABELS)
+        require_same_geometry(image, labels)
+        cases.append(LabelledCase(f"{prefix}_{i:03d}", image, labels))
+    return tuple(cases)
+
+
+def load_datalist(path: Path, *, validation_cases: int = 1) -> Datalist:
+    """Load every case of a Decathlon-style datalist.
+
+    Args:
+        path: the JSON file.
+        validation_cases: when the file has no ``validation`` list, the last this-many
+            training entries are held out for validation (a deterministic split).
+
+    Raises:
+        ConfigError: malformed JSON or entries, or too few cases to hold any out.
+        InputError: an image or label cannot be read, or their grids differ.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read datalist ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a datalist must be a JSON object with a 'training' list")
+    training = _entries(raw.get("training"), "training", path)
+    validation = _entries(raw.get("validation"), "validation", path)
+    if not training:
+        raise ConfigError(f"{path}: the 'training' list is empty")
+    if not validation:
+        if len(training) <= validation_cases:
+            raise ConfigError(
+                f"{path}: {len(training)} training cases, need more than {validation_cases} to "
+                "hold out a validation set (or give a 'validation' list)"
+            )
+        training, validation = training[:-validation_cases], training[-validation_cases:]
+    root = path.parent
+    try:
+        return Datalist(_load_cases(training, root, "training"), _load_cases(validation, root, "validation"))
+    except InputError as exc:
+        raise type(exc)(f"{path}: {exc}") from exc

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install medseg into a project-local virtualenv (.venv), pinned by requirements.lock.
+#   bash scripts/install.sh          # runtime only
+#   bash scripts/install.sh --test   # plus the test dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+if [[ "${1:-}" == "--test" ]]; then extras="[test]"; fi
+python3 -m venv .venv
+# requirements.lock pins every package (torch to its CPU build); pip never upgrades past it.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".${extras}" 2> >(grep -v "^WARNING: Location" >&2)
+echo "medseg installed in $(pwd)/.venv ($(.venv/bin/medseg --version))"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install medseg with its test dependencies, the Debian tools the tests use as independent
+# referees (when run as root and missing), and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v plastimatch >/dev/null || need+=(plastimatch)
+command -v dciodvfy >/dev/null || need+=(dicom3tools)
+command -v dcmdump >/dev/null || need+=(dcmtk)
+if ((${#need[@]})); then
+  if [[ $(id -u) == 0 ]]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "missing Debian tools ${need[*]}: run as root or 'sudo apt-get install ${need[*]}'" >&2
+  fi
+fi
+bash scripts/install.sh --test
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,332 @@
+"""Tests of medseg.postprocess: volumes, lesions and the volumes report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medseg import geometry as geo
+from medseg import phantom
+from medseg.errors import ConfigError, InputError
+from medseg.geometry import Geometry
+from medseg.postprocess import Lesion, find_lesions, label_volumes_ml, volumes_report
+from medseg.volume import SourceInfo, Volume, VolumeKind
+from tests.conftest import require_data
+
+# An oblique, anisotropic grid: 20 degrees about an axis that mixes all three patient axes.
+_AXIS = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
+
+
+def _rotation(axis: np.ndarray, angle_deg: float) -> np.ndarray:
+    """Rodrigues' rotation matrix."""
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    a = math.radians(angle_deg)
+    return np.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * (k @ k)
+
+
+_OBLIQUE = tuple(
+    (_rotation(_AXIS, 20.0) @ np.asarray(geo.AXIAL_DIRECTION).reshape(3, 3)).ravel()
+)
+
+
+def _labels(array: np.ndarray, geometry: Geometry | None = None, **geometry_args: object) -> Volume:
+    if geometry is None:
+        geometry = Geometry(
+            shape=array.shape,  # type: ignore[arg-type]
+            spacing_mm=geometry_args.get("spacing_mm", (1.0, 1.0, 1.0)),  # type: ignore[arg-type]
+            origin_mm=geometry_args.get("origin_mm", (0.0, 0.0, 0.0)),  # type: ignore[arg-type]
+            direction=geometry_args.get("direction", geo.AXIAL_DIRECTION),  # type: ignore[arg-type]
+        )
+    return Volume(array, geometry, VolumeKind.LABELS)
+
+
+# ---------------------------------------------------------------------------------------------
+# label_volumes_ml
+
+
+@pytest.mark.parametrize(
+    "spacing_mm",
+    [(1.0, 1.0, 1.0), (3.0, 0.7, 1.2), (0.5, 2.0, 0.25)],
+    ids=["isotropic", "thick-slices", "thin-slices"],
+)
+def test_box_volumes_are_voxel_count_times_voxel_volume(spacing_mm: tuple[float, ...]) -> None:
+    array = np.zeros((10, 20, 30), dtype=np.uint8)
+    array[1:5, 2:12, 3:8] = 1  # 4 x 10 x 5 = 200 voxels
+    array[6:9, 15:18, 20:30] = 2  # 3 x 3 x 10 = 90 voxels
+    volumes = label_volumes_ml(
+        _labels(array, spacing_mm=spacing_mm), {1: "GTV", 2: "node", 3: "absent"}
+    )
+    voxel_mm3 = spacing_mm[0] * spacing_mm[1] * spacing_mm[2]
+    assert volumes == {
+        "GTV": pytest.approx(200 * voxel_mm3 / 1000, rel=1e-12),
+        "node": pytest.approx(90 * voxel_mm3 / 1000, rel=1e-12),
+        "absent": 0.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("spacing_mm", "semi_axes_mm"),
+    [
+        ((2.5, 0.8, 0.8), (20.0, 15.0, 25.0)),
+        ((1.0, 1.5, 0.6), (12.0, 18.0, 9.0)),
+        ((3.0, 3.0, 3.0), (30.0, 30.0, 30.0)),
+    ],
+    ids=["ct-like", "mixed", "coarse-sphere"],
+)
+def test_ellipsoid_volume_close_to_analytic(
+    spacing_mm: tuple[float, float, float], semi_axes_mm: tuple[float, float, float]
+) -> None:
+    shape = tuple(int(2 * a / s) + 5 for a, s in zip(semi_axes_mm, spacing_mm, strict=True))
+    g = Geometry(shape=shape, spacing_mm=spacing_mm, origin_mm=(0.0, 0.0, 0.0))  # type: ignore[arg-type]
+    idx = np.indices(shape, dtype=float).transpose(1, 2, 3, 0)
+    centre = (np.asarray(shape) - 1) / 2 * np.asarray(spacing_mm)
+    rel = idx * np.asarray(spacing_mm) - centre
+    inside = ((rel / np.asarray(semi_axes_mm)) ** 2).sum(axis=-1) <= 1.0
+    analytic_ml = 4 / 3 * math.pi * np.prod(semi_axes_mm) / 1000
+    volumes = label_volumes_ml(_labels(inside.astype(np.uint8), g), {1: "ellipsoid"})
+    assert volumes["ellipsoid"] == pytest.approx(analytic_ml, rel=0.02)
+
+
+def test_bool_mask_is_accepted() -> None:
+    array = np.zeros((3, 4, 5), dtype=bool)
+    array[1, 1:3, 1:4] = True
+    volumes = label_volumes_ml(_labels(array, spacing_mm=(2.0, 1.0, 0.5)), {1: "mask", 0: "bg"})
+    assert volumes == {"mask": pytest.approx(6 * 1e-3), "bg": pytest.approx(54 * 1e-3)}
+
+
+# ---------------------------------------------------------------------------------------------
+# find_lesions
+
+
+def test_two_separated_blobs_are_two_lesions_largest_first() -> None:
+    array = np.zeros((12, 12, 12), dtype=np.uint8)
+    array[1:3, 1:3, 1:3] = 1  # 8 voxels
+    array[6:10, 6:10, 6:10] = 1  # 64 voxels
+    array[0, 11, 11] = 2  # another label is ignored
+    g = Geometry(shape=(12, 12, 12), spacing_mm=(2.0, 1.0, 1.0), origin_mm=(0.0, 0.0, 0.0))
+    lesions = find_lesions(_labels(array, g), 1)
+    assert [(les.id, les.label, les.voxel_count) for les in lesions] == [(1, 1, 64), (2, 1, 8)]
+    assert lesions[0].volume_ml == pytest.approx(64 * 2e-3)
+    assert lesions[1].volume_ml == pytest.approx(8 * 2e-3)
+
+
+def test_absent_label_gives_no_lesions() -> None:
+    assert find_lesions(_labels(np.zeros((2, 3, 4), dtype=np.uint8)), 1) == []
+
+
+@pytest.mark.parametrize(
+    ("second_voxel", "connectivity", "n_expected"),
+    [
+        ((1, 1, 1), 26, 1),
+        ((1, 1, 1), 18, 2),
+        ((1, 1, 1), 6, 2),
+        ((0, 1, 1), 26, 1),
+        ((0, 1, 1), 18, 1),
+        ((0, 1, 1), 6, 2),
+        ((0, 0, 1), 6, 1),
+    ],
+    ids=[
+        "corner-26",
+        "corner-18",
+        "corner-6",
+        "edge-26",
+        "edge-18",
+        "edge-6",
+        "face-6",
+    ],
+)
+def test_connectivity_of_diagonal_neighbours(
+    second_voxel: tuple[int, int, int], connectivity: int, n_expected: int
+) -> None:
+    array = np.zeros((4, 4, 4), dtype=np.uint8)
+    array[1, 1, 1] = 1
+    array[tuple(np.add((1, 1, 1), second_voxel))] = 1
+    lesions = find_lesions(_labels(array), 1, connectivity=connectivity)  # type: ignore[arg-type]
+    assert len(lesions) == n_expected
+    assert sum(les.voxel_count for les in lesions) == 2
+
+
+def test_centroid_in_mm_on_oblique_geometry() -> None:
+    spacing = (2.0, 0.5, 0.8)
+    origin = (10.0, -20.0, 30.0)
+    g = Geometry(shape=(6, 7, 8), spacing_mm=spacing, origin_mm=origin, direction=_OBLIQUE)
+    array = np.zeros(g.shape, dtype=np.uint8)
+    array[1, 2, 3] = 1
+    array[3, 2, 3] = 1
+    array[2, 2, 3] = 1
+    array[2, 3, 4] = 1  # mean index (2, 2.25, 3.25)
+    (lesion,) = find_lesions(_labels(array, g), 1, connectivity=26)
+    d = np.asarray(_OBLIQUE).reshape(3, 3)
+    # by hand: origin + sum over axes of (index * spacing) along that axis' direction column
+    expected = (
+        np.asarray(origin)
+        + 2.0 * spacing[0] * d[:, 0]
+        + 2.25 * spacing[1] * d[:, 1]
+        + 3.25 * spacing[2] * d[:, 2]
+    )
+    assert lesion.voxel_count == 4
+    np.testing.assert_allclose(lesion.centroid_mm, expected, atol=1e-9)
+
+
+def test_lesions_match_phantom_tumours() -> None:
+    case = phantom.make_case(5, n_tumours=3, radius_range_mm=(6.0, 10.0))
+    lesions = find_lesions(case.labels, phantom.TUMOUR_LABEL)
+    assert len(lesions) == len(case.tumours)
+    for tumour in case.tumours:
+        (match,) = [les for les in lesions if les.voxel_count == tumour.voxel_count]
+        assert match.volume_ml == pytest.approx(tumour.volume_ml)
+        # voxel-centre sampling of a sphere: the centroid is within a fraction of a voxel
+        assert np.linalg.norm(np.subtract(match.centroid_mm, tumour.centre_mm)) < 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# volumes_report
+
+
+def test_volumes_report_is_json_and_consistent() -> None:
+    array = np.zeros((8, 9, 10), dtype=np.int16)
+    array[0:2, 0:2, 0:2] = 1
+    array[5:8, 5:8, 5:8] = 1
+    array[4, 0, 0] = 2
+    g = Geometry(shape=(8, 9, 10), spacing_mm=(3.0, 0.9, 0.9), origin_mm=(1.0, 2.0, 3.0))
+    labels = Volume(array, g, VolumeKind.LABELS, SourceInfo(modality="CT"))
+    report = volumes_report(labels, {1: "GTV", 2: "dot", 7: "absent"})
+    assert json.loads(json.dumps(report)) == report
+    voxel_ml = 3.0 * 0.9 * 0.9 / 1000
+    assert report["voxel_volume_ml"] == pytest.approx(voxel_ml)
+    assert report["spacing_mm"] == [3.0, 0.9, 0.9]
+    assert report["axis_order"] == ["slice", "row", "column"]
+    gtv = report["labels"]["GTV"]
+    assert (gtv["voxel_count"], gtv["n_lesions"]) == (35, 2)
+    assert gtv["volume_ml"] == pytest.approx(35 * voxel_ml)
+    assert [les["voxel_count"] for les in gtv["lesions"]] == [27, 8]
+    assert sum(les["volume_ml"] for les in gtv["lesions"]) == pytest.approx(gtv["volume_ml"])
+    assert report["labels"]["dot"]["n_lesions"] == 1
+    assert report["labels"]["absent"] == {
+        "label": 7,
+        "voxel_count": 0,
+        "volume_ml": 0.0,
+        "n_lesions": 0,
+        "lesions": [],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals
+
+
+def test_image_volume_is_refused() -> None:
+    image = Volume(np.zeros((2, 2, 2), dtype=np.int16), Geometry((2, 2, 2), (1, 1, 1), (0, 0, 0)))
+    with pytest.raises(InputError, match="labels volume"):
+        label_volumes_ml(image, {1: "x"})
+    with pytest.raises(InputError, match="labels volume"):
+        find_lesions(image, 1)
+
+
+def test_negative_labels_are_refused() -> None:
+    array = np.zeros((2, 2, 2), dtype=np.int8)
+    array[0, 0, 0] = -1
+    with pytest.raises(InputError, match=">= 0"):
+        label_volumes_ml(_labels(array), {1: "x"})
+
+
+@pytest.mark.parametrize("connectivity", [4, 8, 0], ids=["4", "8", "0"])
+def test_invalid_connectivity_is_refused(connectivity: int) -> None:
+    labels = _labels(np.ones((2, 2, 2), dtype=np.uint8))
+    with pytest.raises(ConfigError, match="connectivity"):
+        find_lesions(labels, 1, connectivity=connectivity)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="connectivity"):
+        volumes_report(labels, {1: "x"}, connectivity=connectivity)  # type: ignore[arg-type]
+
+
+def test_duplicate_names_are_refused() -> None:
+    with pytest.raises(ConfigError, match="'x'"):
+        label_volumes_ml(_labels(np.ones((2, 2, 2), dtype=np.uint8)), {1: "x", 2: "x"})
+
+
+# ---------------------------------------------------------------------------------------------
+# real organ label maps against SimpleITK
+
+
+_ORGANS = ("Brainstem", "Parotid-Lt", "Cochlea-Rt", "Spinal-Cord", "Lens-Lt")
+
+
+def _combined_label_map(folder: str) -> tuple[sitk.Image, dict[int, str]]:
+    """A SimpleITK label image with value i+1 for organ i of _ORGANS (later organs win).
+
+    The image is cropped (by SimpleITK, which moves the origin itself) to the organs' bounding
+    box plus a margin, to keep the test fast.
+    """
+    segmentations = require_data(f"hn-oar-labels/{folder}/segmentations")
+    names = dict(enumerate(_ORGANS, start=1))
+    reference: sitk.Image | None = None
+    combined: np.ndarray | None = None
+    for value, organ in names.items():
+        mask = sitk.ReadImage(str(segmentations / f"{organ}.nrrd"))
+        array = sitk.GetArrayViewFromImage(mask)
+        if combined is None:
+            reference, combined = mask, np.zeros(array.shape, dtype=np.uint8)
+        combined[array > 0] = value
+    assert reference is not None and combined is not None
+    full = sitk.GetImageFromArray(combined)
+    full.CopyInformation(reference)
+    margin = 2
+    start, size = [], []
+    for axis in (2, 1, 0):  # SimpleITK index order (x, y, z) is array axes (2, 1, 0)
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(combined.any(axis=other))
+        lo = max(int(present[0]) - margin, 0)
+        hi = min(int(present[-1]) + 1 + margin, combined.shape[axis])
+        start.append(lo)
+        size.append(hi - lo)
+    return sitk.RegionOfInterest(full, size, start), names
+
+
+def _volume_from_sitk(image: sitk.Image) -> Volume:
+    g = geo.from_sitk(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    return Volume(sitk.GetArrayFromImage(image), g, VolumeKind.LABELS)
+
+
+@pytest.mark.parametrize(
+    "folder",
+    ["oncologist/0522c0014", "radiographer/TCGA-CV-5977"],
+    ids=["0522c0014-oncologist", "TCGA-CV-5977-radiographer"],
+)
+def test_real_organ_volumes_match_simpleitk(folder: str) -> None:
+    image, names = _combined_label_map(folder)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(image)
+    volumes = label_volumes_ml(_volume_from_sitk(image), names)
+    for value, organ in names.items():
+        assert stats.HasLabel(value), organ
+        assert volumes[organ] == pytest.approx(stats.GetPhysicalSize(value) / 1000, rel=1e-9), organ
+    # the cochlea is tiny (tens of voxels), the brainstem tens of mL
+    assert volumes["Cochlea-Rt"] < 0.2
+    assert volumes["Brainstem"] > 10
+
+
+@pytest.mark.parametrize(
+    ("connectivity", "fully_connected"),
+    [(26, True), (6, False)],
+    ids=["26-vs-fully-connected", "6-vs-face-connected"],
+)
+def test_real_organ_lesions_match_simpleitk_components(
+    connectivity: int, fully_connected: bool
+) -> None:
+    image, names = _combined_label_map("oncologist/0522c0014")
+    labels = _volume_from_sitk(image)
+    for value, organ in names.items():
+        components = sitk.RelabelComponent(
+            sitk.ConnectedComponent(image == value, fully_connected), sortByObjectSize=True
+        )
+        stats = sitk.LabelShapeStatisticsImageFilter()
+        stats.Execute(components)
+        lesions = find_lesions(labels, value, connectivity=connectivity)  # type: ignore[arg-type]
+        assert len(lesions) == stats.GetNumberOfLabels(), organ
+        assert isinstance(lesions[0], Lesion)
+        assert lesions[0].voxel_count == stats.GetNumberOfPixels(1), organ
+        np.testing.assert_allclose(lesions[0].centroid_mm, stats.GetCentroid(1), atol=1e-6)
