@@ -1,0 +1,460 @@
+"""RT-STRUCT export and import, checked by plastimatch (independent rasteriser) and dciodvfy.
+
+Synthetic masks live on small grids (40 x 96 x 96 at 2.5 x 1 x 1 mm); each test module writes
+its referenced CT series once. Real clinical structures come from ``lung-gtv-ct``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from numpy.typing import NDArray
+from scipy.spatial.transform import Rotation
+
+from medseg import geometry as geo
+from medseg.errors import ExportError, GeometryError, UnreadableScanError
+from medseg.geometry import Geometry
+from medseg.io import rtstruct
+from medseg.io.dicom import format_ds, load_series
+from medseg.io.rtstruct import RoiSpec
+from medseg.volume import Volume, VolumeKind
+from tests.conftest import require_data, require_tool
+from tests.rt_helpers import dice, plastimatch_masks, require_geometry_match, write_reference_series
+
+AXIAL = Geometry((40, 96, 96), (2.5, 1.0, 1.0), (-47.5, -47.5, -50.0))
+OBLIQUE = Geometry(
+    (40, 96, 96),
+    (2.5, 1.0, 1.0),
+    (-47.5, -47.5, -50.0),
+    tuple(
+        (
+            Rotation.from_euler("xyz", [20, -15, 30], degrees=True).as_matrix()
+            @ np.asarray(geo.AXIAL_DIRECTION).reshape(3, 3)
+        ).ravel()
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def axial_ct(tmp_path_factory: pytest.TempPathFactory) -> tuple[Volume, Path]:
+    folder = tmp_path_factory.mktemp("axial") / "ct"
+    return write_reference_series(AXIAL, folder), folder
+
+
+@pytest.fixture(scope="module")
+def oblique_ct(tmp_path_factory: pytest.TempPathFactory) -> tuple[Volume, Path]:
+    folder = tmp_path_factory.mktemp("oblique") / "ct"
+    return write_reference_series(OBLIQUE, folder), folder
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic masks, defined in mm on the reference grid
+
+
+def _ball_mm(
+    g: Geometry, centre_index: tuple[float, float, float], volume_ml: float
+) -> NDArray[np.bool_]:
+    radius_mm = (3.0 * volume_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+    k, j, i = np.indices(g.shape, dtype=float)
+    spacing = np.asarray(g.spacing_mm)
+    d2 = sum(
+        ((axis - c) * s) ** 2 for axis, c, s in zip((k, j, i), centre_index, spacing, strict=True)
+    )
+    return d2 <= radius_mm**2
+
+
+def _sphere_65ml(g: Geometry) -> NDArray[np.bool_]:
+    return _ball_mm(g, (19.5, 47.3, 48.1), 65.0)
+
+
+def _lesion_1ml(g: Geometry) -> NDArray[np.bool_]:
+    return _ball_mm(g, (12.2, 30.4, 60.7), 1.0)
+
+
+def _lesion_0_2ml(g: Geometry) -> NDArray[np.bool_]:
+    return _ball_mm(g, (25.0, 70.0, 22.0), 0.2)
+
+
+def _donut(g: Geometry) -> NDArray[np.bool_]:
+    _, j, i = np.indices(g.shape, dtype=float)
+    r2 = (j - 50.0) ** 2 + (i - 44.0) ** 2
+    mask = (r2 <= 18.0**2) & (r2 > 7.0**2)
+    mask[:14] = False
+    mask[22:] = False
+    return mask
+
+
+def _two_lesions_one_slice(g: Geometry) -> NDArray[np.bool_]:
+    a = _ball_mm(g, (20.0, 30.0, 30.0), 0.5)
+    b = _ball_mm(g, (20.0, 62.0, 66.0), 0.5)
+    return a | b
+
+
+def _touching_border(g: Geometry) -> NDArray[np.bool_]:
+    mask = np.zeros(g.shape, dtype=bool)
+    mask[0:6, 0:15, 0:20] = True
+    mask[30:, 80:, 90:] = True
+    return mask
+
+
+def _single_voxel(g: Geometry) -> NDArray[np.bool_]:
+    mask = np.zeros(g.shape, dtype=bool)
+    mask[17, 41, 52] = True
+    return mask
+
+
+CASES: dict[str, Callable[[Geometry], NDArray[np.bool_]]] = {
+    "sphere-65ml": _sphere_65ml,
+    "lesion-1ml": _lesion_1ml,
+    "lesion-0.2ml": _lesion_0_2ml,
+    "donut": _donut,
+    "two-lesions-one-slice": _two_lesions_one_slice,
+    "touching-border": _touching_border,
+    "single-voxel": _single_voxel,
+}
+OBLIQUE_CASES = ["sphere-65ml", "donut", "lesion-0.2ml"]
+
+
+def _labels(mask: NDArray[np.bool_], reference: Volume, label: int = 1) -> Volume:
+    return Volume(mask.astype(np.uint8) * label, reference.geometry, VolumeKind.LABELS)
+
+
+def _check_against_plastimatch(
+    case: str, reference: Volume, ct_dir: Path, tmp_path: Path
+) -> tuple[float, float]:
+    mask = CASES[case](reference.geometry)
+    assert mask.any()
+    out = rtstruct.write(
+        _labels(mask, reference), reference, [RoiSpec(case, 1)], tmp_path / "rs.dcm"
+    )
+    # our reader gives the mask back exactly
+    ours = rtstruct.read(out, reference)[case]
+    assert np.array_equal(ours.array, mask.astype(np.uint8))
+    theirs = plastimatch_masks(out, ct_dir, tmp_path / "plastimatch")[case]
+    require_geometry_match(theirs.geometry, reference.geometry)
+    d = dice(theirs.array, mask)
+    ratio = float(theirs.array.sum()) / float(mask.sum())
+    assert d >= 0.999, f"{case}: plastimatch Dice {d:.5f}"
+    assert abs(ratio - 1.0) <= 0.005, f"{case}: plastimatch volume ratio {ratio:.5f}"
+    return d, ratio
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_plastimatch_reproduces_axial_masks(
+    case: str, axial_ct: tuple[Volume, Path], tmp_path: Path
+) -> None:
+    reference, ct_dir = axial_ct
+    _check_against_plastimatch(case, reference, ct_dir, tmp_path)
+
+
+@pytest.mark.parametrize("case", OBLIQUE_CASES, ids=OBLIQUE_CASES)
+def test_plastimatch_reproduces_oblique_masks(
+    case: str, oblique_ct: tuple[Volume, Path], tmp_path: Path
+) -> None:
+    reference, ct_dir = oblique_ct
+    assert abs(reference.geometry.direction_matrix[2, 0]) < 0.99  # really oblique
+    _check_against_plastimatch(case, reference, ct_dir, tmp_path)
+
+
+def test_contours_lie_in_their_slice_planes(
+    oblique_ct: tuple[Volume, Path], tmp_path: Path
+) -> None:
+    """Every point is exactly (to DS precision) in the plane of the slice it references."""
+    reference, _ = oblique_ct
+    g = reference.geometry
+    out = rtstruct.write(
+        _labels(_sphere_65ml(g), reference), reference, [RoiSpec("sphere", 1)], tmp_path / "rs.dcm"
+    )
+    ds = pydicom.dcmread(out)
+    uid_to_k = {uid: k for k, uid in enumerate(reference.source.sop_instance_uids)}
+    for contour in ds.ROIContourSequence[0].ContourSequence:
+        assert contour.ContourGeometricType == "CLOSED_PLANAR"
+        assert contour.NumberOfContourPoints >= 3
+        k = uid_to_k[contour.ContourImageSequence[0].ReferencedSOPInstanceUID]
+        points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+        index = geo.world_to_index(g, points)
+        assert np.abs(index[:, 0] - k).max() * g.spacing_mm[0] < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM conformance
+
+
+def test_dciodvfy_reports_no_errors(axial_ct: tuple[Volume, Path], tmp_path: Path) -> None:
+    exe = require_tool("dciodvfy")
+    reference, _ = axial_ct
+    g = reference.geometry
+    labels = np.zeros(g.shape, dtype=np.uint8)
+    labels[_sphere_65ml(g)] = 1
+    labels[_donut(g)] = 2
+    labels[_single_voxel(g)] = 3
+    rois = [
+        RoiSpec("Sphere", 1, (255, 0, 0), "GTV"),
+        RoiSpec("Donut", 2, (0, 255, 0), "OAR"),
+        RoiSpec("Voxel", 3, (0, 0, 255)),
+        RoiSpec("Absent", 4),
+    ]
+    with pytest.warns(UserWarning, match="'Absent'"):
+        out = rtstruct.write(
+            Volume(labels, g, VolumeKind.LABELS),
+            reference,
+            rois,
+            tmp_path / "rs.dcm",
+            model_id="unet-test-1",
+        )
+    result = subprocess.run(
+        [exe, str(out)], capture_output=True, text=True, timeout=60, check=False
+    )
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    assert errors == [], output
+    ds = pydicom.dcmread(out)
+    assert ds.StudyInstanceUID == reference.source.study_instance_uid
+    assert ds.SeriesInstanceUID != reference.source.series_instance_uid
+    assert ds.FrameOfReferenceUID == reference.source.frame_of_reference_uid
+    for keyword in ("AccessionNumber", "ReferringPhysicianName", "OperatorsName", "StudyID"):
+        assert keyword in ds
+    frame = ds.ReferencedFrameOfReferenceSequence[0]
+    images = frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].ContourImageSequence
+    assert [i.ReferencedSOPInstanceUID for i in images] == list(reference.source.sop_instance_uids)
+    roi = ds.StructureSetROISequence[0]
+    assert roi.ROIGenerationAlgorithm == "AUTOMATIC"
+    assert (
+        "medseg" in roi.ROIGenerationDescription and "unet-test-1" in roi.ROIGenerationDescription
+    )
+    assert [o.RTROIInterpretedType for o in ds.RTROIObservationsSequence] == [
+        "GTV",
+        "OAR",
+        "ORGAN",
+        "ORGAN",
+    ]
+    assert "ContourSequence" not in ds.ROIContourSequence[3]
+    back = rtstruct.read(out, reference)
+    assert list(back) == ["Sphere", "Donut", "Voxel", "Absent"]
+    for name, label in (("Sphere", 1), ("Donut", 2), ("Voxel", 3), ("Absent", 4)):
+        assert np.array_equal(back[name].array, (labels == label).astype(np.uint8)), name
+    for value in (v for c in ds.ROIContourSequence[0].ContourSequence for v in c.ContourData):
+        assert len(str(value)) <= 16
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e2, 1.0, 1e-3], ids=["1e4", "1e2", "1", "1e-3"])
+def test_ds_values_fit_16_characters(scale: float) -> None:
+    rng = np.random.default_rng(3)
+    for value in rng.uniform(-scale, scale, 2000):
+        text = format_ds(float(value))
+        assert len(text) <= 16, text
+        assert abs(float(text) - value) <= 1e-4
+
+
+def test_long_contours_are_split_below_64kB(tmp_path: Path) -> None:
+    """A comb whose outline needs > 64 kB is split into pieces that fill the same voxels."""
+    # irregular spacing and origin make every DS value long (up to 16 characters)
+    g = Geometry(
+        (3, 400, 400), (2.5, 0.7777777, 0.7777777), (-155.5555551, -150.1234567, -2.3456789)
+    )
+    reference = write_reference_series(g, tmp_path / "ct")
+    mask = np.zeros(g.shape, dtype=bool)
+    mask[1, 20:380, 10:390] = True
+    mask[1, 10:20, 10:390:2] = True  # teeth on top ...
+    mask[1, 380:391, 11:390:2] = True  # ... and bottom, 1 voxel wide
+    mask[1, 30:370:2, 390:393] = True  # and on the right
+    out = rtstruct.write(
+        _labels(mask, reference), reference, [RoiSpec("comb", 1)], tmp_path / "rs.dcm"
+    )
+    raw = pydicom.dcmread(out, defer_size=None)
+    sequence = raw.ROIContourSequence[0].ContourSequence
+    lengths = [len("\\".join(str(v) for v in c.ContourData)) for c in sequence]
+    assert len(sequence) > 1, "the comb outline fits one contour; make it longer"
+    assert max(lengths) <= rtstruct.MAX_CONTOUR_DATA_BYTES
+    assert sum(lengths) > rtstruct.MAX_CONTOUR_DATA_BYTES
+    assert np.array_equal(rtstruct.read(out, reference)["comb"].array, mask.astype(np.uint8))
+    theirs = plastimatch_masks(out, tmp_path / "ct", tmp_path / "plastimatch")["comb"]
+    require_geometry_match(theirs.geometry, g)
+    assert dice(theirs.array, mask) == 1.0
+
+
+def test_split_contours_with_small_limit(
+    axial_ct: tuple[Volume, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference, ct_dir = axial_ct
+    monkeypatch.setattr(rtstruct, "MAX_CONTOUR_DATA_BYTES", 1500)
+    mask = _sphere_65ml(reference.geometry) & ~_donut(reference.geometry)
+    out = rtstruct.write(
+        _labels(mask, reference), reference, [RoiSpec("s", 1)], tmp_path / "rs.dcm"
+    )
+    sequence = pydicom.dcmread(out).ROIContourSequence[0].ContourSequence
+    assert max(len("\\".join(str(v) for v in c.ContourData)) for c in sequence) <= 1500
+    assert np.array_equal(rtstruct.read(out, reference)["s"].array, mask.astype(np.uint8))
+    theirs = plastimatch_masks(out, ct_dir, tmp_path / "plastimatch")["s"]
+    assert dice(theirs.array, mask) >= 0.999
+
+
+# ---------------------------------------------------------------------------------------------
+# invalid input
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        pytest.param({"name": "", "label": 1}, "non-empty", id="empty-name"),
+        pytest.param({"name": "x" * 65, "label": 1}, "64", id="long-name"),
+        pytest.param({"name": "a", "label": 0}, "label", id="label-0"),
+        pytest.param({"name": "a", "label": 1.5}, "label", id="label-float"),
+        pytest.param({"name": "a", "label": 1, "color": (0, 0, 256)}, "color", id="color"),
+        pytest.param(
+            {"name": "a", "label": 1, "interpreted_type": "TUMOUR"}, "Interpreted", id="type"
+        ),
+    ],
+)
+def test_roi_spec_refuses_invalid_fields(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ExportError, match=match):
+        RoiSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_write_refuses_invalid_input(axial_ct: tuple[Volume, Path], tmp_path: Path) -> None:
+    reference, _ = axial_ct
+    g = reference.geometry
+    labels = _labels(_lesion_1ml(g), reference)
+    out = tmp_path / "rs.dcm"
+    with pytest.raises(ExportError, match="LABELS"):
+        rtstruct.write(
+            labels.with_array(labels.array, VolumeKind.IMAGE), reference, [RoiSpec("a", 1)], out
+        )
+    with pytest.raises(ExportError, match="duplicate ROI names"):
+        rtstruct.write(labels, reference, [RoiSpec("a", 1), RoiSpec("a", 2)], out)
+    with pytest.raises(ExportError, match="no ROIs"):
+        rtstruct.write(labels, reference, [], out)
+    with pytest.raises(ExportError, match="model_id"):
+        rtstruct.write(labels, reference, [RoiSpec("a", 1)], out, model_id="m" * 80)
+    bare = Volume(np.zeros(g.shape, np.int16), g)
+    with pytest.raises(ExportError, match="not read from DICOM"):
+        rtstruct.write(labels, bare, [RoiSpec("a", 1)], out)
+    shifted = Geometry(g.shape, g.spacing_mm, (g.origin_mm[0] + 1.0, *g.origin_mm[1:]), g.direction)
+    with pytest.raises(GeometryError):
+        rtstruct.write(
+            Volume(labels.array, shifted, VolumeKind.LABELS), reference, [RoiSpec("a", 1)], out
+        )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("empty", ["keep", "omit"], ids=["keep", "omit"])
+def test_empty_roi_is_warned_about(
+    axial_ct: tuple[Volume, Path], tmp_path: Path, empty: str
+) -> None:
+    reference, _ = axial_ct
+    labels = _labels(_lesion_1ml(reference.geometry), reference)
+    with pytest.warns(UserWarning, match="'Nothing'"):
+        out = rtstruct.write(
+            labels,
+            reference,
+            [RoiSpec("Lesion", 1), RoiSpec("Nothing", 7)],
+            tmp_path / "rs.dcm",
+            empty=empty,  # type: ignore[arg-type]
+        )
+    names = list(rtstruct.read(out, reference))
+    assert names == (["Lesion", "Nothing"] if empty == "keep" else ["Lesion"])
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def _written(reference: Volume, tmp_path: Path) -> tuple[Path, NDArray[np.bool_]]:
+    mask = _lesion_1ml(reference.geometry) | _donut(reference.geometry)
+    out = rtstruct.write(
+        _labels(mask, reference), reference, [RoiSpec("Target", 1)], tmp_path / "rs.dcm"
+    )
+    return out, mask
+
+
+def test_read_matches_by_position_without_contour_image_sequence(
+    oblique_ct: tuple[Volume, Path], tmp_path: Path
+) -> None:
+    reference, _ = oblique_ct
+    out, mask = _written(reference, tmp_path)
+    ds = pydicom.dcmread(out)
+    for contour in ds.ROIContourSequence[0].ContourSequence:
+        del contour.ContourImageSequence
+    ds.save_as(tmp_path / "no-refs.dcm")
+    back = rtstruct.read(tmp_path / "no-refs.dcm", reference)["Target"]
+    assert np.array_equal(back.array, mask.astype(np.uint8))
+    assert back.kind is VolumeKind.LABELS and back.array.dtype == np.uint8
+
+
+@pytest.mark.parametrize("keep_references", [True, False], ids=["with-uid", "by-position"])
+def test_read_refuses_contours_off_the_slice_planes(
+    axial_ct: tuple[Volume, Path], tmp_path: Path, keep_references: bool
+) -> None:
+    reference, _ = axial_ct
+    out, _ = _written(reference, tmp_path)
+    ds = pydicom.dcmread(out)
+    contour = ds.ROIContourSequence[0].ContourSequence[0]
+    if not keep_references:
+        for c in ds.ROIContourSequence[0].ContourSequence:
+            del c.ContourImageSequence
+    points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+    normal = reference.geometry.direction_matrix[:, 0]
+    # tilt the contour: its points drift up to 0.8 slices off its plane
+    drift = np.linspace(0.0, 0.8, len(points))[:, None] * reference.geometry.spacing_mm[0] * normal
+    contour.ContourData = [format_ds(float(v)) for v in (points + drift).ravel()]
+    ds.save_as(tmp_path / "off.dcm")
+    with pytest.raises(GeometryError, match="'Target'"):
+        rtstruct.read(tmp_path / "off.dcm", reference)
+
+
+def test_read_refuses_another_frame_of_reference(
+    axial_ct: tuple[Volume, Path], tmp_path: Path
+) -> None:
+    reference, _ = axial_ct
+    out, _ = _written(reference, tmp_path)
+    other = dataclasses.replace(
+        reference, source=dataclasses.replace(reference.source, frame_of_reference_uid="1.2.3.4")
+    )
+    with pytest.raises(GeometryError, match="frame of reference"):
+        rtstruct.read(out, other)
+
+
+def test_read_refuses_a_ct_slice(axial_ct: tuple[Volume, Path]) -> None:
+    reference, ct_dir = axial_ct
+    with pytest.raises(UnreadableScanError, match="not an RT Structure Set"):
+        rtstruct.read(next(ct_dir.iterdir()), reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# real clinical structures
+
+#: GTV volumes plastimatch 1.9.4 computes for lung-gtv-ct pat_1..3 (FINDINGS.md), mL.
+LUNG_GTV_ML = {"pat_1": 358.68, "pat_2": 6.46, "pat_3": 11.59}
+
+
+@pytest.mark.parametrize("patient", list(LUNG_GTV_ML), ids=list(LUNG_GTV_ML))
+def test_real_lung_gtv_matches_plastimatch(patient: str, tmp_path: Path) -> None:
+    folder = require_data(f"lung-gtv-ct/{patient}")
+    reference = load_series(folder)
+    (rs_path,) = sorted(folder.glob("DCM_RS_*.dcm"))
+    ours = rtstruct.read(rs_path, reference)
+    theirs = plastimatch_masks(rs_path, folder, tmp_path / "plastimatch")
+    assert len(ours) == 1 and set(ours) == set(theirs)
+    (name,) = ours
+    require_geometry_match(theirs[name].geometry, reference.geometry)
+    ours_ml = float(ours[name].array.sum()) * reference.voxel_volume_ml
+    theirs_ml = float(theirs[name].array.sum()) * reference.voxel_volume_ml
+    assert dice(ours[name].array, theirs[name].array) >= 0.99
+    assert theirs_ml == pytest.approx(LUNG_GTV_ML[patient], rel=0.01)
+    assert ours_ml == pytest.approx(LUNG_GTV_ML[patient], rel=0.01)
+
+    # round trip: our RT-STRUCT of that mask, rasterised by plastimatch
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = rtstruct.write(
+            ours[name], reference, [RoiSpec(name, 1, interpreted_type="GTV")], tmp_path / "ours.dcm"
+        )
+    again = plastimatch_masks(out, folder, tmp_path / "plastimatch-ours")[name]
+    assert dice(again.array, ours[name].array) >= 0.999

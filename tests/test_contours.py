@@ -1,0 +1,243 @@
+"""Mask slice <-> polygon tracing: exact round trips under both even-odd and union readers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from medseg.contours import (
+    MAX_SIMPLIFY_VOXELS,
+    mask_to_polygons,
+    polygon_area,
+    polygons_to_mask,
+    split_polygon,
+)
+
+
+def _disk(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> NDArray[np.bool_]:
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+
+
+def _empty() -> NDArray[np.bool_]:
+    return np.zeros((12, 12), dtype=bool)
+
+
+def _single_voxel() -> NDArray[np.bool_]:
+    m = _empty()
+    m[5, 7] = True
+    return m
+
+
+def _two_lesions() -> NDArray[np.bool_]:
+    return _disk((40, 40), (10, 10), 5) | _disk((40, 40), (28, 25), 7)
+
+
+def _donut() -> NDArray[np.bool_]:
+    return _disk((40, 40), (20, 20), 12) & ~_disk((40, 40), (20, 20), 5)
+
+
+def _two_holes() -> NDArray[np.bool_]:
+    m = _disk((50, 50), (25, 25), 20)
+    return m & ~_disk((50, 50), (15, 25), 4) & ~_disk((50, 50), (33, 20), 5)
+
+
+def _island_in_hole() -> NDArray[np.bool_]:
+    return _donut() | _disk((40, 40), (20, 20), 2)
+
+
+def _border() -> NDArray[np.bool_]:
+    m = np.zeros((20, 20), dtype=bool)
+    m[:6, :9] = True  # touches the top-left corner
+    m[14:, 17:] = True  # and the bottom-right one
+    return m
+
+
+def _full() -> NDArray[np.bool_]:
+    return np.ones((7, 9), dtype=bool)
+
+
+def _diagonal() -> NDArray[np.bool_]:
+    m = _empty()
+    m[3, 3] = m[4, 4] = m[5, 5] = True  # only corner contact
+    return m
+
+
+def _checkerboard() -> NDArray[np.bool_]:
+    return (np.indices((10, 10)).sum(axis=0) % 2).astype(bool)
+
+
+def _holes_in_line() -> NDArray[np.bool_]:
+    """Holes stacked vertically: every cut from a lower hole meets the hole above first."""
+    m = np.zeros((40, 15), dtype=bool)
+    m[2:38, 2:13] = True
+    for top in (5, 12, 19, 26, 33):
+        m[top : top + 3, 5:10] = False
+    return m
+
+
+SHAPES = {
+    "empty": _empty,
+    "single-voxel": _single_voxel,
+    "two-lesions": _two_lesions,
+    "donut": _donut,
+    "two-holes": _two_holes,
+    "island-in-hole": _island_in_hole,
+    "touching-border": _border,
+    "full-slice": _full,
+    "diagonal-only": _diagonal,
+    "checkerboard": _checkerboard,
+    "holes-in-a-column": _holes_in_line,
+}
+
+EXPECTED_POLYGONS = {
+    "empty": 0,
+    "single-voxel": 1,
+    "two-lesions": 2,
+    "donut": 1,  # keyhole: outer + hole as one polygon
+    "two-holes": 1,
+    "island-in-hole": 2,
+    "touching-border": 2,
+    "full-slice": 1,
+    "diagonal-only": 3,
+    "checkerboard": 50,
+    "holes-in-a-column": 1,
+}
+
+
+@pytest.mark.parametrize("name", list(SHAPES), ids=list(SHAPES))
+@pytest.mark.parametrize("tolerance_mm", [0.0, 0.1, 5.0], ids=["exact", "0.1mm", "5mm"])
+def test_round_trip_even_odd_and_union(name: str, tolerance_mm: float) -> None:
+    mask = SHAPES[name]()
+    polygons = mask_to_polygons(mask, (0.8, 0.8), tolerance_mm=tolerance_mm)
+    assert len(polygons) == EXPECTED_POLYGONS[name]
+    assert all(len(p) >= 3 for p in polygons)
+    for rule in ("evenodd", "union"):
+        back = polygons_to_mask(polygons, mask.shape, rule=rule)
+        assert np.array_equal(back, mask), f"{name}: {rule} fill differs"
+
+
+@pytest.mark.parametrize("name", list(SHAPES), ids=list(SHAPES))
+def test_points_lie_on_voxel_edges(name: str) -> None:
+    """Every vertex has a half-integer coordinate: it sits on a voxel edge, never on a centre."""
+    for polygon in mask_to_polygons(SHAPES[name](), tolerance_mm=0.1):
+        doubled = polygon * 2.0
+        assert np.allclose(doubled, np.round(doubled))
+        assert np.all((np.round(doubled).astype(int) % 2 == 1).any(axis=1))
+
+
+def test_keyhole_donut_is_one_polygon_with_zero_area_cut() -> None:
+    mask = _donut()
+    (polygon,) = mask_to_polygons(mask, tolerance_mm=0.0)
+    # shoelace area of the keyhole = outer area - hole area (the cut adds nothing)
+    outer = mask_to_polygons(ndimage.binary_fill_holes(mask), tolerance_mm=0.0)[0]
+    hole = mask_to_polygons(_disk((40, 40), (20, 20), 5), tolerance_mm=0.0)[0]
+    assert polygon_area(polygon) == pytest.approx(
+        abs(polygon_area(outer)) - abs(polygon_area(hole))
+    )
+    # a reader that fills each polygon and takes the union keeps the hole too
+    assert not polygons_to_mask([polygon], mask.shape, rule="union")[20, 20]
+    # outer and hole written separately would lose the hole under the union rule (FINDINGS)
+    separate = polygons_to_mask([outer, hole], mask.shape, rule="union")
+    assert separate[20, 20]
+
+
+def test_collinear_points_always_dropped() -> None:
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[4:14, 3:15] = True
+    (polygon,) = mask_to_polygons(mask, tolerance_mm=0.0)
+    # a rectangle traced through edge midpoints: 4 sides + 4 cut corners
+    assert len(polygon) == 8
+
+
+def _max_distance_to_outline(points: NDArray[np.float64], polygon: NDArray[np.float64]) -> float:
+    """Largest distance from any of ``points`` to the closed outline ``polygon``."""
+    a, b = polygon, np.roll(polygon, -1, axis=0)
+    ab = b - a
+    rel = points[:, None, :] - a[None, :, :]
+    t = np.clip((rel * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0.0, 1.0)
+    nearest = a[None] + t[..., None] * ab[None]
+    return float(np.linalg.norm(points[:, None, :] - nearest, axis=-1).min(axis=1).max())
+
+
+@pytest.mark.parametrize(
+    ("tolerance_mm", "spacing_mm", "allowed_voxels"),
+    [
+        pytest.param(0.1, 1.0, 0.1, id="0.1mm-at-1mm"),
+        pytest.param(0.1, 0.5, 0.2, id="0.1mm-at-0.5mm"),
+        pytest.param(5.0, 1.0, MAX_SIMPLIFY_VOXELS, id="capped"),
+    ],
+)
+def test_simplification_stays_within_tolerance(
+    tolerance_mm: float, spacing_mm: float, allowed_voxels: float
+) -> None:
+    mask = _disk((120, 120), (60, 60), 50) & ~_disk((120, 120), (40, 70), 9)
+    exact = mask_to_polygons(mask, (spacing_mm, spacing_mm), tolerance_mm=0.0)[0]
+    simplified = mask_to_polygons(mask, (spacing_mm, spacing_mm), tolerance_mm=tolerance_mm)[0]
+    assert len(simplified) <= len(exact)
+    assert _max_distance_to_outline(exact, simplified) <= allowed_voxels + 1e-9
+    assert np.array_equal(polygons_to_mask([simplified], mask.shape), mask)
+
+
+def test_diagonal_edge_is_one_segment() -> None:
+    """A 45-degree staircase traced through edge midpoints is exactly straight: 1 segment."""
+    rows, cols = np.indices((60, 60))
+    mask = (rows + cols < 80) & (rows > 3) & (cols > 3)
+    (polygon,) = mask_to_polygons(mask, tolerance_mm=0.0)
+    assert len(polygon) <= 8
+    assert np.array_equal(polygons_to_mask([polygon], mask.shape), mask)
+
+
+def test_random_masks_round_trip() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        mask = rng.random((24, 24)) < rng.uniform(0.3, 0.7)
+        mask = ndimage.binary_opening(mask) | (rng.random((24, 24)) < 0.05)
+        polygons = mask_to_polygons(mask, tolerance_mm=0.1)
+        assert np.array_equal(polygons_to_mask(polygons, mask.shape), mask)
+        assert np.array_equal(polygons_to_mask(polygons, mask.shape, rule="union"), mask)
+
+
+@pytest.mark.parametrize("max_points", [16, 40, 200], ids=["16", "40", "200"])
+@pytest.mark.parametrize("name", ["donut", "two-holes", "island-in-hole"], ids=str)
+def test_split_polygon_keeps_the_fill(name: str, max_points: int) -> None:
+    mask = np.kron(SHAPES[name](), np.ones((3, 3), dtype=bool))  # more points per ring
+    for polygon in mask_to_polygons(mask, tolerance_mm=0.0):
+        pieces = split_polygon(polygon, max_points)
+        assert all(3 <= len(p) <= max_points for p in pieces)
+        if len(polygon) > max_points:
+            assert len(pieces) > 1
+        original = polygons_to_mask([polygon], mask.shape)
+        assert np.array_equal(polygons_to_mask(pieces, mask.shape), original)
+        assert np.array_equal(polygons_to_mask(pieces, mask.shape, rule="union"), original)
+
+
+def test_split_polygon_refuses_tiny_limits() -> None:
+    with pytest.raises(ValueError, match="max_points"):
+        split_polygon(np.zeros((10, 2)), 4)
+
+
+def test_unknown_fill_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="rule"):
+        polygons_to_mask([], (4, 4), rule="nonzero")
+
+
+def test_mask_must_be_2d() -> None:
+    with pytest.raises(ValueError, match="2D"):
+        mask_to_polygons(np.zeros((2, 2, 2), dtype=bool))
+
+
+def test_holes_run_opposite_to_their_outer_ring() -> None:
+    """Non-zero-winding readers keep a hole only if it winds against the outer ring."""
+    mask = _two_holes()
+    outer = mask_to_polygons(ndimage.binary_fill_holes(mask), tolerance_mm=0.0)[0]
+    keyhole = mask_to_polygons(mask, tolerance_mm=0.0)[0]
+    assert polygon_area(outer) > 0
+    assert 0 < polygon_area(keyhole) < polygon_area(outer)
+    holes = mask_to_polygons(ndimage.binary_fill_holes(mask) & ~mask, tolerance_mm=0.0)
+    assert all(polygon_area(h) > 0 for h in holes)  # a hole traced alone is an outer ring
+    assert polygon_area(keyhole) == pytest.approx(
+        polygon_area(outer) - sum(polygon_area(h) for h in holes)
+    )
