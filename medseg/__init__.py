@@ -1,3 +1,35 @@
-"""medseg: 3D medical volume segmentation from DICOM to RT-STRUCT."""
+"""medseg: 3D medical volume segmentation from DICOM to RT-STRUCT.
+
+The top level holds the core types and errors only, so ``import medseg`` stays light (no
+torch, MONAI or MLflow); stage modules are imported by name, e.g. ``medseg.io.dicom``.
+"""
 
 __version__ = "0.1.0"
+
+from medseg.errors import (
+    ConfigError,
+    ExportError,
+    GeometryError,
+    InputError,
+    MedsegError,
+    ModelError,
+    UnreadableScanError,
+)
+from medseg.geometry import Geometry
+from medseg.volume import SourceInfo, Volume, VolumeKind, require_same_geometry
+
+__all__ = [
+    "ConfigError",
+    "ExportError",
+    "Geometry",
+    "GeometryError",
+    "InputError",
+    "MedsegError",
+    "ModelError",
+    "SourceInfo",
+    "UnreadableScanError",
+    "Volume",
+    "VolumeKind",
+    "__version__",
+    "require_same_geometry",
+]

@@ -57,15 +57,17 @@ class CaseResult:
     labels: Volume
 
 
-def load_model(model: str | Path) -> Any:
+def load_model(model: str | Path, *, tracking_uri: str | None = None) -> Any:
     """A :class:`medseg.model.LoadedModel` from a checkpoint path or an MLflow model URI.
 
-    Accepts ``path/to/best.pt``, ``runs:/<run_id>/model`` and ``models:/<name>/<version>``.
+    Accepts ``path/to/best.pt``, ``runs:/<run_id>/model`` and ``models:/<name>/<version>``;
+    URIs are looked up in ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI`` or the local
+    store in the working directory).
     """
     from medseg import tracking
     from medseg.model import load_checkpoint
 
-    return load_checkpoint(tracking.resolve_model(str(model)))
+    return load_checkpoint(tracking.resolve_model(str(model), tracking_uri=tracking_uri))
 
 
 def predict_case(model: Any, input_path: Path, out_dir: Path, *, overwrite: bool = False) -> CaseResult:
@@ -173,7 +175,7 @@ def run_demo(config: ExperimentConfig, out_dir: Path, *, n_cases: int = 8) -> De
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    tracking_uri = tracking.default_tracking_uri(config.tracking, out_dir)
+    tracking_uri = tracking.resolve_tracking_uri(config.tracking.tracking_uri, out_dir)
     dataset = out_dir / "phantoms"
     if not dataset.exists():
         phantom.make_dataset(dataset, n_cases, config.seed)
@@ -190,7 +192,7 @@ def run_demo(config: ExperimentConfig, out_dir: Path, *, n_cases: int = 8) -> De
     test_dir = out_dir / "test_case"
     if not test_dir.exists():
         phantom.write_case(test_case, test_dir, patient_id="PHANTOM-TEST")
-    model = load_model(result.model_uri or result.checkpoint_path)
+    model = load_model(result.model_uri or result.checkpoint_path, tracking_uri=tracking_uri)
     case = predict_case(model, test_dir / "ct", out_dir / "prediction", overwrite=True)
     truth = nifti.load(test_dir / "labels.nii.gz", kind=case.labels.kind)
     if truth.geometry.shape != case.labels.geometry.shape:

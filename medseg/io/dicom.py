@@ -184,24 +184,32 @@ def _pixels(s: _Slice) -> NDArray[Any]:
     return raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
-def _sop_instance_uid(s: _Slice) -> str:
-    """SOPInstanceUID, falling back to the file meta's MediaStorageSOPInstanceUID.
+def _sop_instance_uids(slices: Sequence[_Slice], where: Path) -> tuple[str, ...]:
+    """SOPInstanceUIDs, falling back to the file meta's MediaStorageSOPInstanceUID.
 
     Some anonymisers blank (0008,0018) but keep (0002,0003); e.g. TotalSegmentator's example
-    series. Reading goes on with a warning that names the tag.
+    series. Reading goes on with one warning per series that names the tag.
     """
-    uid = str(s.header.get("SOPInstanceUID", "") or "")
-    if uid:
-        return uid
-    meta_uid = str(getattr(s.header, "file_meta", Dataset()).get("MediaStorageSOPInstanceUID", ""))
-    if meta_uid:
+    uids = []
+    replaced = []
+    for s in slices:
+        uid = str(s.header.get("SOPInstanceUID", "") or "")
+        if not uid:
+            meta = getattr(s.header, "file_meta", Dataset())
+            uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
+            if not uid:
+                raise UnreadableScanError(f"{s.path}: SOPInstanceUID (0008,0018) is missing or empty")
+            replaced.append(s.path.name)
+        uids.append(uid)
+    if replaced:
         warnings.warn(
-            f"{s.path}: SOPInstanceUID (0008,0018) is empty; using MediaStorageSOPInstanceUID "
-            "(0002,0003) instead",
+            f"{where}: SOPInstanceUID (0008,0018) is empty in {len(replaced)} of {len(slices)} "
+            f"files (first: {replaced[0]}); using MediaStorageSOPInstanceUID (0002,0003) instead",
             stacklevel=3,
         )
-        return meta_uid
-    raise UnreadableScanError(f"{s.path}: SOPInstanceUID (0008,0018) is missing or empty")
+    if len(set(uids)) != len(uids):
+        raise UnreadableScanError(f"{where}: two slices share one SOPInstanceUID")
+    return tuple(uids)
 
 
 def load_series(folder: Path) -> Volume:
@@ -241,7 +249,7 @@ def load_series(folder: Path) -> Volume:
     array = np.stack([_pixels(s) for s in ordered])
     if array.dtype == np.int32 and array.min() >= -32768 and array.max() <= 32767:
         array = array.astype(np.int16)
-    sop_uids = tuple(_sop_instance_uid(s) for s in ordered)
+    sop_uids = _sop_instance_uids(ordered, folder)
     header = ordered[0].header.copy()
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if keyword in header:

@@ -1,0 +1,173 @@
+"""Networks built from config, and checkpoints that carry their own config.
+
+A checkpoint is a plain dict of tensors and primitives written with ``torch.save`` and read
+with ``torch.load(..., weights_only=True)``, so loading an untrusted checkpoint cannot run
+code. It holds the network weights, the full :class:`~medseg.config.ExperimentConfig` (so a
+model is always applied with the intensity window and labels it was trained with), the label
+names and the medseg version that wrote it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.networks.nets import UNet
+from pydantic import ValidationError
+
+import medseg
+from medseg.config import ExperimentConfig, ModelConfig
+from medseg.errors import ModelError
+from medseg.io.files import atomic_path
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
+    "LoadedModel",
+    "build_network",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+#: Written into every checkpoint so that a foreign ``.pt`` file is refused with a clear message.
+CHECKPOINT_FORMAT = "medseg-checkpoint"
+#: Bumped when the checkpoint layout changes incompatibly.
+CHECKPOINT_FORMAT_VERSION = 1
+
+#: Values allowed in a checkpoint's ``extra`` mapping (all loadable with ``weights_only=True``).
+ExtraValue = int | float | str | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A network ready for inference, with the config it was trained with.
+
+    Attributes:
+        network: the torch module (in eval mode after :func:`load_checkpoint`).
+        config: the experiment config stored in the checkpoint.
+        label_names: label value -> structure name (background 0 excluded).
+        medseg_version: version of medseg that wrote the checkpoint.
+        extra: primitives stored alongside (e.g. ``epoch``, ``val_dice``).
+    """
+
+    network: torch.nn.Module
+    config: ExperimentConfig
+    label_names: dict[int, str]
+    medseg_version: str
+    extra: Mapping[str, ExtraValue] = field(default_factory=dict)
+
+
+def build_network(config: ModelConfig) -> UNet:
+    """A MONAI 3D U-Net: 1 input channel, ``1 + len(config.labels)`` output logits.
+
+    Inputs are ``(batch, 1, slice, row, column)``; each spatial size must be a multiple of
+    ``config.downsampling_factor``.
+    """
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=1 + len(config.labels),
+        channels=config.channels,
+        strides=config.strides,
+        num_res_units=config.num_res_units,
+    )
+
+
+def save_checkpoint(
+    path: Path,
+    network: torch.nn.Module,
+    config: ExperimentConfig,
+    extra: Mapping[str, ExtraValue] | None = None,
+) -> Path:
+    """Write ``network``'s weights with ``config`` to ``path`` atomically.
+
+    Args:
+        path: the ``.pt`` file to write (parent folders are created).
+        network: a network built by :func:`build_network` from ``config.model``.
+        config: the experiment config the network was trained with.
+        extra: primitives to store alongside (epoch, metrics); no patient data.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ModelError: if ``extra`` holds something other than int/float/str/bool/None.
+    """
+    extra = dict(extra or {})
+    for key, value in extra.items():
+        if not isinstance(key, str) or not isinstance(value, ExtraValue):
+            raise ModelError(
+                f"{path}: checkpoint extra values must be int/float/str/bool/None, "
+                f"got {key!r}: {type(value).__name__}"
+            )
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "medseg_version": medseg.__version__,
+        "config": config.model_dump(),
+        "label_names": dict(config.model.labels),
+        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "extra": extra,
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: Path, *, device: str = "cpu") -> LoadedModel:
+    """Load a checkpoint written by :func:`save_checkpoint`, without unpickling code.
+
+    Args:
+        path: the ``.pt`` file.
+        device: where to put the network (``"cpu"`` or ``"cuda"``).
+
+    Returns:
+        The network in eval mode on ``device``, with its config and label names.
+
+    Raises:
+        ModelError: if the file is missing, is not a medseg checkpoint, holds anything but
+            tensors and primitives, has an invalid config, or its weights do not fit the
+            network its config describes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(
+            f"{path}: refused to load: it holds objects other than tensors and primitives "
+            f"({exc.__class__.__name__})"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ModelError(f"{path}: not a readable torch checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path}: not a medseg checkpoint (no format={CHECKPOINT_FORMAT!r})")
+    version = payload.get("format_version")
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: checkpoint format version {version!r}, this medseg reads "
+            f"{CHECKPOINT_FORMAT_VERSION}"
+        )
+    try:
+        config = ExperimentConfig.model_validate(payload["config"])
+    except (ValidationError, KeyError) as exc:
+        raise ModelError(f"{path}: checkpoint config is invalid: {exc}") from exc
+    network = build_network(config.model)
+    try:
+        network.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, KeyError) as exc:
+        raise ModelError(f"{path}: weights do not fit the network in its config: {exc}") from exc
+    network.to(device).eval()
+    return LoadedModel(
+        network=network,
+        config=config,
+        label_names=dict(config.model.labels),
+        medseg_version=str(payload.get("medseg_version", "unknown")),
+        extra=dict(payload.get("extra", {})),
+    )

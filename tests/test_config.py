@@ -1,0 +1,149 @@
+"""Config loading: unknown keys, bad shapes and bad values fail with the key's path and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from medseg.config import ExperimentConfig, load_config, parse_config
+from medseg.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def _tiny_dict() -> dict:
+    return yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text()
+    )
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path: Path) -> None:
+    config = load_config(path)
+    assert isinstance(config, ExperimentConfig)
+    assert config.model.labels == {1: "tumour"}
+
+
+def test_configs_folder_has_demo_and_tiny() -> None:
+    assert {"demo.yaml", "tiny.yaml"} <= {p.name for p in CONFIGS}
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("train", "epoch"), ("model", "chanels"), ("infer", "overlapp"), ("", "sede")],
+    ids=["train.epoch", "model.chanels", "infer.overlapp", "top-level"],
+)
+def test_unknown_key_names_its_path_and_file(tmp_path: Path, section: str, key: str) -> None:
+    data = _tiny_dict()
+    (data[section] if section else data)[key] = 1
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert (f"{section}.{key}" if section else key) in message
+    assert "unknown key" in message
+    assert str(path) in message
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("train", "patch_size", [16, 32], "train.patch_size: too few values, got [16, 32]"),
+        ("train", "patch_size", [16, 32, 32, 32], "train.patch_size"),
+        ("train", "patch_size", [16, 0, 32], "train.patch_size.1"),
+        ("infer", "roi_size", [16, -32, 32], "infer.roi_size.1"),
+        ("train", "patch_size", [16, 30, 32], "train.patch_size must be a multiple"),
+        ("infer", "roi_size", [15, 32, 32], "infer.roi_size must be a multiple"),
+        ("train", "patch_size", [16.5, 32, 32], "train.patch_size.0"),
+        ("model", "strides", [2], "strides needs"),
+        ("model", "labels", {2: "tumour"}, "label values must be [1]"),
+        ("model", "labels", {}, "at least one foreground label"),
+        ("model", "name", "vnet", "model.name"),
+        ("train", "device", "gpu", "train.device"),
+        ("infer", "blend", "max", "infer.blend"),
+        ("infer", "overlap", 1.0, "infer.overlap"),
+        ("preprocess", "upper_hu", -200.0, "upper_hu must be > lower_hu"),
+        ("train", "epochs", "10", "train.epochs"),
+    ],
+    ids=[
+        "two-values",
+        "four-values",
+        "zero",
+        "negative",
+        "not-divisible-patch",
+        "not-divisible-roi",
+        "float-size",
+        "strides-count",
+        "label-gap",
+        "no-labels",
+        "unknown-model",
+        "unknown-device",
+        "unknown-blend",
+        "overlap-one",
+        "window-inverted",
+        "string-for-int",
+    ],
+)
+def test_bad_values_are_refused(
+    tmp_path: Path, section: str, key: str, value: object, expected: str
+) -> None:
+    data = _tiny_dict()
+    data[section][key] = value
+    with pytest.raises(ConfigError, match="experiment.yaml") as info:
+        load_config(_write(tmp_path, data))
+    assert expected in str(info.value)
+
+
+def test_missing_section_is_named(tmp_path: Path) -> None:
+    data = _tiny_dict()
+    del data["infer"]
+    with pytest.raises(ConfigError, match="infer: required key is missing"):
+        load_config(_write(tmp_path, data))
+
+
+def test_duplicate_key_is_refused() -> None:
+    text = "seed: 1\nseed: 2\n"
+    with pytest.raises(ConfigError, match="duplicate key 'seed'"):
+        parse_config(text, "dup.yaml")
+
+
+def test_exponent_without_dot_is_a_float(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text()
+    text = text.replace("learning_rate: 1.0e-2", "learning_rate: 1e-2")
+    assert "learning_rate: 1e-2" in text
+    assert parse_config(text).train.learning_rate == pytest.approx(0.01)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_config_is_frozen() -> None:
+    config = load_config(CONFIGS[0])
+    with pytest.raises(ValidationError, match="frozen"):
+        config.seed = 3  # type: ignore[misc]
+
+
+def test_relative_datalist_resolves_against_the_yaml_folder(tmp_path: Path) -> None:
+    data = _tiny_dict()
+    data["data"]["datalist"] = "lists/datalist.json"
+    config = load_config(_write(tmp_path, data))
+    assert config.data.datalist == (tmp_path / "lists" / "datalist.json").resolve()
+
+
+def test_yaml_and_dump_round_trip() -> None:
+    config = load_config(CONFIGS[0])
+    assert parse_config(config.to_yaml()) == config
+    assert ExperimentConfig.model_validate(config.model_dump()) == config
+    dumped = config.model_dump()
+    assert dumped["model"]["labels"] == {1: "tumour"}

@@ -1,0 +1,110 @@
+"""Checkpoints: round trip, and refusal of anything that is not tensors and primitives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import medseg
+from medseg.config import load_config
+from medseg.errors import ModelError
+from medseg.model import CHECKPOINT_FORMAT, build_network, load_checkpoint, save_checkpoint
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def test_network_has_one_output_per_label_plus_background() -> None:
+    config = load_config(TINY)
+    network = build_network(config.model)
+    out = network(torch.zeros(1, 1, *config.train.patch_size))
+    assert out.shape == (1, 1 + len(config.model.labels), *config.train.patch_size)
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    config = load_config(TINY)
+    torch.manual_seed(1)
+    network = build_network(config.model)
+    path = save_checkpoint(
+        tmp_path / "sub" / "model.pt", network, config, {"epoch": 3, "val_dice": 0.5}
+    )
+
+    loaded = load_checkpoint(path)
+
+    assert loaded.config == config
+    assert loaded.label_names == {1: "tumour"}
+    assert loaded.medseg_version == medseg.__version__
+    assert dict(loaded.extra) == {"epoch": 3, "val_dice": 0.5}
+    assert not loaded.network.training
+    original, restored = network.state_dict(), loaded.network.state_dict()
+    assert original.keys() == restored.keys()
+    for key in original:
+        assert torch.equal(original[key], restored[key]), key
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temporary left over
+
+
+def test_checkpoint_is_plain_data_loadable_with_weights_only(tmp_path: Path) -> None:
+    config = load_config(TINY)
+    path = save_checkpoint(tmp_path / "model.pt", build_network(config.model), config)
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == CHECKPOINT_FORMAT
+    assert payload["config"]["model"]["labels"] == {1: "tumour"}
+
+
+class _Exploit:
+    """Unpickling this would create a file: what a malicious checkpoint could do."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (str(self.target), "pwned"))  # type: ignore[return-value]
+
+
+def test_checkpoint_with_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "marker.txt"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "payload": _Exploit(marker)}, path)
+    with pytest.raises(ModelError, match="refused to load"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"state_dict": {}}, [1, 2, 3], {"format": CHECKPOINT_FORMAT, "format_version": 99}],
+    ids=["no-format", "not-a-dict", "future-version"],
+)
+def test_foreign_checkpoint_is_refused(tmp_path: Path, payload: object) -> None:
+    path = tmp_path / "foreign.pt"
+    torch.save(payload, path)
+    with pytest.raises(ModelError, match="foreign.pt"):
+        load_checkpoint(path)
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
+    config = load_config(TINY)
+    path = save_checkpoint(tmp_path / "model.pt", build_network(config.model), config)
+    payload = torch.load(path, weights_only=True)
+    bigger = config.model.model_copy(update={"channels": (8, 16, 32)})
+    payload["state_dict"] = build_network(bigger).state_dict()
+    torch.save(payload, path)
+    with pytest.raises(ModelError, match="weights do not fit"):
+        load_checkpoint(path)
+
+
+def test_missing_or_garbage_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        load_checkpoint(tmp_path / "absent.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ModelError, match="garbage.pt"):
+        load_checkpoint(garbage)
+
+
+def test_extra_must_be_primitives(tmp_path: Path) -> None:
+    config = load_config(TINY)
+    with pytest.raises(ModelError, match="extra values"):
+        save_checkpoint(tmp_path / "m.pt", build_network(config.model), config, {"x": [1, 2]})
+    assert not (tmp_path / "m.pt").exists()
