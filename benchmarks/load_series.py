@@ -50,7 +50,7 @@ def main(folders: list[Path]) -> None:
             t_theirs.append(_time(_sitk_load, folder))
         a, b = statistics.median(t_ours), statistics.median(t_theirs)
         name = "/".join(folder.parts[-2:])
-        print(f"{name:28} {str(ours.geometry.shape):>16} {a:9.3f} {b:12.3f} {a / b:6.2f}")
+        print(f"{name:28} {ours.geometry.shape!s:>16} {a:9.3f} {b:12.3f} {a / b:6.2f}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ __all__ = [
     "SPACING_RELATIVE_TOLERANCE",
     "Geometry",
     "affine_lps",
+    "array_to_nifti_order",
     "crop_geometry",
     "dicom_orientation",
     "dicom_pixel_spacing",
@@ -54,7 +55,6 @@ __all__ = [
     "index_to_world",
     "lps_to_ras",
     "nifti_array_to_array_order",
-    "array_to_nifti_order",
     "ras_to_lps",
     "require_same_geometry",
     "slice_normal",
@@ -327,7 +327,7 @@ def to_sitk(
 # DICOM
 
 
-def slice_normal(image_orientation: Sequence[float]) -> NDArray[np.float64]:
+def slice_normal(image_orientation: ArrayLike) -> NDArray[np.float64]:
     """Unit normal (row cosine x column cosine) of an ImageOrientationPatient."""
     iop = np.asarray(image_orientation, dtype=float)
     if iop.shape != (6,) or not np.all(np.isfinite(iop)):
@@ -340,9 +340,9 @@ def slice_normal(image_orientation: Sequence[float]) -> NDArray[np.float64]:
 
 
 def from_dicom(
-    image_orientation: Sequence[float],
-    positions_mm: Sequence[Sequence[float]],
-    pixel_spacing: Sequence[float],
+    image_orientation: ArrayLike,
+    positions_mm: ArrayLike,
+    pixel_spacing: ArrayLike,
     rows: int,
     columns: int,
 ) -> Geometry:
@@ -363,6 +363,7 @@ def from_dicom(
     iop = np.asarray(image_orientation, dtype=float)
     normal = slice_normal(iop)
     pos = np.asarray(positions_mm, dtype=float).reshape(-1, 3)
+    pixel = np.asarray(pixel_spacing, dtype=float)
     row_cos = iop[:3] / np.linalg.norm(iop[:3])
     col_cos = iop[3:] / np.linalg.norm(iop[3:])
     if len(pos) > 1:
@@ -377,7 +378,7 @@ def from_dicom(
     direction = np.stack([slice_dir, col_cos, row_cos], axis=1)
     return Geometry(
         shape=(len(pos), int(rows), int(columns)),
-        spacing_mm=(slice_spacing, float(pixel_spacing[0]), float(pixel_spacing[1])),
+        spacing_mm=(slice_spacing, float(pixel[0]), float(pixel[1])),
         origin_mm=tuple(float(v) for v in pos[0]),  # type: ignore[arg-type]
         direction=tuple(direction.ravel()),
     )

@@ -24,7 +24,7 @@ import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import medseg
 from medseg import geometry as geo
@@ -33,6 +33,7 @@ from medseg.io.files import atomic_dir
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
 __all__ = [
+    "IMPLEMENTATION_CLASS_UID",
     "SLICE_SPACING_RELATIVE_TOLERANCE",
     "format_ds",
     "load_series",
@@ -54,7 +55,8 @@ _IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.4": "MR",  # MR Image Storage
 }
 
-_IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1523.1"  # pydicom-style root + medseg suffix
+# A UUID-derived UID (ISO/IEC 9834-8 arc 2.25) that identifies medseg as the implementation.
+IMPLEMENTATION_CLASS_UID = UID("2.25.208501962560291471238227467631826952322")
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +423,7 @@ def write_series(
             meta.MediaStorageSOPClassUID = ds.SOPClassUID
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = _IMPLEMENTATION_CLASS_UID
+            meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
             ds.file_meta = meta
             ds.save_as(tmp / f"CT_{k + 1:05d}.dcm", enforce_file_format=True)
             if header is None:

@@ -6,7 +6,7 @@ NIfTI stores RAS; it is converted to our LPS once, here, through ``medseg.geomet
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -44,7 +44,7 @@ def _as_kind(array: NDArray[Any], kind: VolumeKind, path: Path) -> NDArray[Any]:
 
 def _load_nifti(path: Path) -> tuple[NDArray[Any], geo.Geometry]:
     try:
-        image = nib.load(str(path))
+        image = cast(nib.Nifti1Image, nib.load(str(path)))
         data = np.asanyarray(image.dataobj)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as exc:
         raise UnreadableScanError(f"{path}: not a readable NIfTI file ({exc})") from exc
@@ -54,7 +54,7 @@ def _load_nifti(path: Path) -> tuple[NDArray[Any], geo.Geometry]:
         raise InputError(f"{path}: expected a 3D image, got shape {data.shape}")
     # nibabel silently "fixes" a zero pixdim to 1 on load; read the raw header to refuse it.
     with nib.openers.ImageOpener(str(path)) as fh:
-        raw_header = type(image.header).from_fileobj(fh, check=False)
+        raw_header: Any = type(image.header).from_fileobj(fh, check=False)  # type: ignore[arg-type,call-arg]
     zooms = raw_header["pixdim"][1:4]
     if any(not np.isfinite(z) or z <= 0 for z in zooms):
         raise GeometryError(f"{path}: voxel spacing (pixdim) must be > 0, got {tuple(map(float, zooms))}")
@@ -136,13 +136,13 @@ def save(volume: Volume, path: Path) -> Path:
             nib.save(image, str(named))
             named.replace(tmp)
         elif suffix in _SITK_SUFFIXES:
-            image = sitk.GetImageFromArray(np.asarray(volume.array))
-            size, spacing, origin, direction = geo.to_sitk(volume.geometry)
-            image.SetSpacing(spacing)
-            image.SetOrigin(origin)
-            image.SetDirection(direction)
+            sitk_image = sitk.GetImageFromArray(np.asarray(volume.array))
+            _size, spacing, origin, direction = geo.to_sitk(volume.geometry)
+            sitk_image.SetSpacing(spacing)
+            sitk_image.SetOrigin(origin)
+            sitk_image.SetDirection(direction)
             named = tmp.with_name(tmp.name + suffix)
-            sitk.WriteImage(image, str(named), True)
+            sitk.WriteImage(sitk_image, str(named), True)
             named.replace(tmp)
         else:
             raise ExportError(f"{path}: unknown output format {suffix!r}")

@@ -28,13 +28,13 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
 import medseg
 from medseg import contours
 from medseg import geometry as geo
 from medseg.errors import ExportError, GeometryError, UnreadableScanError
-from medseg.io.dicom import format_ds
+from medseg.io.dicom import IMPLEMENTATION_CLASS_UID, format_ds
 from medseg.io.files import atomic_path
 from medseg.volume import SourceInfo, Volume, VolumeKind, require_same_geometry
 
@@ -88,7 +88,6 @@ _STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
 #: Largest distance (in slices) of a contour point from the slice plane it is assigned to.
 MAX_OFF_PLANE_SLICES = 0.5
 
-_IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1523.1")  # as io.dicom writes
 _MAX_LO = 64
 _MAX_SH = 16
 
@@ -374,7 +373,7 @@ def _base_dataset(reference: Volume, header: Any, software_version: str) -> Data
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = _IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     ds.file_meta = meta
     return ds
 
