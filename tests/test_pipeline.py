@@ -63,6 +63,14 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert any("config" in a for a in artifacts), artifacts
     assert summary["model_uri"].startswith("runs:/")
 
+    # `medseg predict` takes the MLflow model URI and reproduces the demo's prediction
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
+    again = CliRunner().invoke(app, ["predict", "--model", summary["model_uri"], str(ct_dir), str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    relabelled = nifti.load(tmp_path / "again" / "labels.nii.gz", VolumeKind.LABELS)
+    np.testing.assert_array_equal(relabelled.array, labels.array)
+    assert (tmp_path / "again" / "rtstruct.dcm").is_file()
+
 
 @pytest.mark.parametrize(
     ("make_input", "problem"),

@@ -35,6 +35,7 @@ from medseg.volume import SourceInfo, Volume, VolumeKind
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "SLICE_SPACING_RELATIVE_TOLERANCE",
+    "file_meta",
     "format_ds",
     "load_series",
     "write_series",
@@ -314,6 +315,16 @@ def _to_stored(array: NDArray[Any], where: str) -> tuple[NDArray[np.int16], floa
     return stored, slope, intercept
 
 
+def file_meta(ds: Dataset) -> FileMetaDataset:
+    """File meta information for a dataset medseg writes (explicit VR little endian)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    return meta
+
+
 def write_series(
     volume: Volume,
     out_dir: Path,
@@ -419,12 +430,7 @@ def write_series(
             ds.RescaleSlope = format_ds(slope)
             ds.RescaleType = "HU"
             ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = ds.SOPClassUID
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-            ds.file_meta = meta
+            ds.file_meta = file_meta(ds)
             ds.save_as(tmp / f"CT_{k + 1:05d}.dcm", enforce_file_format=True)
             if header is None:
                 header = ds.copy()

@@ -14,6 +14,14 @@ from medseg.errors import ExportError
 __all__ = ["atomic_dir", "atomic_path"]
 
 
+def _prepare(target: Path, overwrite: bool) -> Path:
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise ExportError(f"{target}: exists; refusing to overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it is renamed onto ``target``.
@@ -23,10 +31,7 @@ def atomic_path(target: Path, *, overwrite: bool = True) -> Iterator[Path]:
     Raises:
         ExportError: if ``target`` exists and ``overwrite`` is False.
     """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise ExportError(f"{target}: exists; refusing to overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = _prepare(target, overwrite)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -45,10 +50,7 @@ def atomic_dir(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     Raises:
         ExportError: if ``target`` exists and ``overwrite`` is False.
     """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise ExportError(f"{target}: exists; refusing to overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = _prepare(target, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp

@@ -25,16 +25,16 @@ from typing import Any, Literal
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+from pydicom.uid import RTStructureSetStorage, generate_uid
 
 import medseg
 from medseg import contours
 from medseg import geometry as geo
 from medseg.errors import ExportError, GeometryError, UnreadableScanError
-from medseg.io.dicom import IMPLEMENTATION_CLASS_UID, format_ds
+from medseg.io.dicom import file_meta, format_ds
 from medseg.io.files import atomic_path
 from medseg.volume import SourceInfo, Volume, VolumeKind, require_same_geometry
 
@@ -369,12 +369,7 @@ def _base_dataset(reference: Volume, header: Any, software_version: str) -> Data
     ds.StructureSetTime = time
     ds.InstanceNumber = 1
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    ds.file_meta = meta
+    ds.file_meta = file_meta(ds)
     return ds
 
 
