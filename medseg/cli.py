@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 some cases failed, 2 usage, config or input error.
 
 from __future__ import annotations
 
+import enum
 import logging
 import sys
 from pathlib import Path
@@ -39,6 +40,20 @@ def _builtin_config(name: str) -> Path:
     except ModuleNotFoundError:
         return Path(__file__).resolve().parents[1] / "configs" / name
 
+
+
+class MissingUidsChoice(str, enum.Enum):
+    """What to do when the referenced CT has empty Study/Series Instance UIDs."""
+
+    ERROR = "error"
+    GENERATE = "generate"
+
+
+class EmptyRoiChoice(str, enum.Enum):
+    """What to do with a ROI that has no voxels."""
+
+    KEEP = "keep"
+    OMIT = "omit"
 
 
 def _fail(error: MedsegError) -> NoReturn:
@@ -129,6 +144,84 @@ def predict(
     for name, volume_ml in result.volumes_ml.items():
         typer.echo(f"{name}: {volume_ml:.2f} mL")
     typer.echo(f"outputs: {result.out_dir}")
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Predicted label maps.")],
+    ref: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Reference label maps.")],
+    out: Annotated[Path, typer.Option(help="Folder for the metrics CSV/JSON.")] = Path("medseg-evaluation"),
+    tolerance_mm: Annotated[float, typer.Option(min=0.0, help="Surface Dice tolerance (mm).")] = 2.0,
+) -> None:
+    """Dice, IoU, HD, HD95, ASSD, surface Dice and volume errors, per case and summarised."""
+    from medseg.metrics import evaluate_folder
+
+    try:
+        summary = evaluate_folder(pred, ref, out, labels=None, tolerance_mm=tolerance_mm)
+    except MedsegError as error:
+        _fail(error)
+    typer.echo(f"{len(summary.cases)} cases evaluated, {len(summary.failures)} failed")
+    for failure in summary.failures:
+        typer.echo(f"failed: {failure.case}: {failure.reason}", err=True)
+    typer.echo(f"per case: {summary.per_case_csv}\nsummary: {summary.summary_csv}")
+    if not summary.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder to scan.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the inventory as JSON.")] = False,
+) -> None:
+    """List the studies and series under a folder, with the problems found in each."""
+    import json
+
+    from medseg.io.discovery import scan_folder
+
+    try:
+        inventory = scan_folder(path)
+    except MedsegError as error:
+        _fail(error)
+    if as_json:
+        typer.echo(json.dumps(inventory.to_dict(), indent=2))
+        return
+    typer.echo(f"{inventory.n_dicom_files} DICOM files of {inventory.n_files} under {path}")
+    for study in inventory.studies:
+        typer.echo(f"study {study.study_instance_uid} {study.study_description or ''}".rstrip())
+        for s in study.series:
+            spacing = "" if s.pixel_spacing_mm is None else (
+                f" {s.pixel_spacing_mm[0]:g}x{s.pixel_spacing_mm[1]:g}"
+                + (f"x{s.slice_spacing_mm:g}" if s.slice_spacing_mm else "") + " mm"
+            )
+            orientation = f" {s.orientation.value}" if s.orientation is not None else ""
+            typer.echo(f"  {s.describe()}{orientation}{spacing}")
+            for problem in s.problems:
+                typer.echo(f"    problem: {problem.message}")
+    for problem in inventory.problems:
+        typer.echo(f"problem: {problem.message}")
+
+
+@app.command("export-rtstruct")
+def export_rtstruct(
+    ct: Annotated[Path, typer.Option(exists=True, file_okay=False, help="CT series folder.")],
+    labels: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Label map (NIfTI/NRRD).")],
+    out: Annotated[Path, typer.Option(help="RT-STRUCT file to write.")],
+    rois: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="rois.yaml: names, colours, types.")
+    ] = None,
+    missing_uids: Annotated[
+        MissingUidsChoice, typer.Option(help="Empty Study/Series UIDs in the CT: error, or generate new ones.")
+    ] = MissingUidsChoice.ERROR,
+    empty: Annotated[EmptyRoiChoice, typer.Option(help="ROIs with no voxels: keep or omit.")] = EmptyRoiChoice.KEEP,
+) -> None:
+    """Export a label map from any tool (TotalSegmentator, nnU-Net, ...) as an RT-STRUCT on its CT."""
+    from medseg.io.rois import export_rtstruct as export
+
+    try:
+        path = export(ct, labels, rois, out, missing_uids=missing_uids.value, empty=empty.value)
+    except MedsegError as error:
+        _fail(error)
+    typer.echo(f"RT-STRUCT written: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     ValidationError,
@@ -40,8 +41,11 @@ __all__ = [
     "DataConfig",
     "ExperimentConfig",
     "InferConfig",
+    "LabelPostprocessConfig",
     "ModelConfig",
+    "PostprocessConfig",
     "PreprocessConfig",
+    "SeriesSelection",
     "TrackingConfig",
     "TrainConfig",
     "load_config",
@@ -219,6 +223,112 @@ class TrackingConfig(_Section):
     registered_model_name: Annotated[str, Field(min_length=1)] | None = None
 
 
+class SeriesSelection(_Section):
+    """Which DICOM image series to load from a folder that holds several.
+
+    ``medseg.io.discovery.select_series`` applies the filters in order (kind, modality,
+    min_slices, localizer, descriptions), then ``prefer``, then ``require``. Only CT/MR image
+    volumes are ever candidates; RT-STRUCT, RT plan/dose, SR and other images are not.
+
+    Attributes:
+        modalities: accepted Modality values.
+        min_slices: fewest slices (frames) a series must have.
+        exclude_localizers: drop series whose ImageType contains ``LOCALIZER`` or ``SCOUT``.
+        include_description: keep only series whose SeriesDescription matches this regular
+            expression (``re.search``; case-sensitive unless it starts with ``(?i)``).
+        exclude_description: drop series whose SeriesDescription matches this expression.
+        prefer: among the series left, keep only the best: ``"thinnest"`` slice spacing or
+            ``"most_slices"``; ``None`` keeps them all.
+        require: ``"exactly_one"``: more than one series left is an error that lists them;
+            ``"first"``: take the first (by ``prefer``, then SeriesNumber, then UID).
+    """
+
+    modalities: tuple[Literal["CT", "MR"], ...] = ("CT", "MR")
+    min_slices: PositiveInt = 1
+    exclude_localizers: StrictBool = True
+    include_description: str | None = None
+    exclude_description: str | None = None
+    prefer: Literal["thinnest", "most_slices"] | None = None
+    require: Literal["exactly_one", "first"] = "exactly_one"
+
+    @field_validator("modalities")
+    @classmethod
+    def _some_modalities(cls, modalities: tuple[str, ...]) -> tuple[str, ...]:
+        if not modalities or len(set(modalities)) != len(modalities):
+            raise ValueError(f"modalities must be non-empty and unique, got {list(modalities)}")
+        return modalities
+
+    @field_validator("include_description", "exclude_description")
+    @classmethod
+    def _is_a_regex(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return pattern
+
+
+class LabelPostprocessConfig(_Section):
+    """Clean-up of one label's mask; the steps run in the order listed here.
+
+    Attributes:
+        min_component_volume_ml: remove connected components smaller than this volume (mL,
+            from the grid's voxel volume, so the rule means the same at any resolution);
+            0 keeps every component.
+        keep_largest_component: then keep only the largest remaining component (for organs
+            that are one piece; not for tumours, which may be several lesions).
+        fill_holes: then fill enclosed background: ``"none"``; ``"3d"``: background not
+            face-connected to the volume's border; ``"slice"``: the same in 2D in each slice
+            (array axis 0, axial on an axial scan), which also closes tunnels that run across
+            slices. Only background voxels are filled, never another label.
+    """
+
+    min_component_volume_ml: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    keep_largest_component: StrictBool = False
+    fill_holes: Literal["none", "3d", "slice"] = "none"
+
+    @property
+    def is_noop(self) -> bool:
+        """True if this rule leaves every mask unchanged."""
+        return (
+            self.min_component_volume_ml == 0.0
+            and not self.keep_largest_component
+            and self.fill_holes == "none"
+        )
+
+
+class PostprocessConfig(_Section):
+    """Per-label clean-up of predicted label maps (``medseg.postprocess.apply_postprocess``).
+
+    The default is no post-processing, so configs without this section behave as before.
+
+    Attributes:
+        connectivity: neighbourhood that joins voxels into components: 6 (faces), 18 (and
+            edges) or 26 (and corners).
+        default: the rule for every label value not listed in ``labels``.
+        labels: label value -> rule, for labels that need their own.
+    """
+
+    connectivity: Literal[6, 18, 26] = 26
+    default: LabelPostprocessConfig = LabelPostprocessConfig()
+    labels: dict[StrictInt, LabelPostprocessConfig] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _foreground_labels(
+        cls, labels: dict[int, LabelPostprocessConfig]
+    ) -> dict[int, LabelPostprocessConfig]:
+        bad = sorted(value for value in labels if value < 1)
+        if bad:
+            raise ValueError(f"label values must be >= 1 (0 is background), got {bad}")
+        return labels
+
+    def rule_for(self, label: int) -> LabelPostprocessConfig:
+        """The rule that applies to ``label``."""
+        return self.labels.get(label, self.default)
+
+
 class ExperimentConfig(_Section):
     """One experiment: everything needed to train a model and to apply it.
 
@@ -233,6 +343,8 @@ class ExperimentConfig(_Section):
     train: TrainConfig
     infer: InferConfig
     tracking: TrackingConfig = TrackingConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
+    series_selection: SeriesSelection = SeriesSelection()
 
     @model_validator(mode="after")
     def _sizes_fit_the_network(self) -> ExperimentConfig:

@@ -25,6 +25,10 @@ Why the choices below:
   Holes run opposite to the outer ring, so a non-zero-winding reader agrees too. Cuts run
   along half-integer columns, so no voxel centre lies on a cut.
 * **Islands inside holes** are separate connected components and become separate polygons.
+* **Sub-voxel contours** (:func:`probability_to_polygons`) are the 0.5 iso-line of a foreground
+  probability slice, traced by the same marching squares on the zero-padded slice, so they are
+  smooth where the probability is and still closed at the slice border. Their holes are joined
+  into keyholes in the same way.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ __all__ = [
     "mask_to_polygons",
     "polygon_area",
     "polygons_to_mask",
+    "probability_to_polygons",
     "split_polygon",
 ]
 
@@ -130,6 +135,74 @@ def mask_to_polygons(
     ):
         return mask_to_polygons(binary, spacing_mm, tolerance_mm=0.0)
     return polygons
+
+
+def probability_to_polygons(
+    probability: NDArray[np.floating],
+    spacing_mm: Sequence[float] = (1.0, 1.0),
+    *,
+    level: float = 0.5,
+    tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+) -> list[Polygon]:
+    """Trace the ``level`` iso-line of a 2D probability slice into closed planar polygons.
+
+    Unlike :func:`mask_to_polygons`, points lie between voxel edges wherever the probability
+    crosses ``level`` there (linear interpolation between voxel centres), which gives smooth
+    outlines that follow the model's own boundary instead of the voxel staircase.
+
+    Args:
+        probability: 2D array ``(row, column)`` of foreground probabilities in [0, 1].
+        spacing_mm: pixel spacing ``(row, column)`` in mm, used only to express
+            ``tolerance_mm`` in voxels.
+        level: the iso-value; a voxel centre with ``probability > level`` is inside.
+        tolerance_mm: largest deviation of the simplified ring from the traced one (mm),
+            capped at :data:`MAX_SIMPLIFY_VOXELS` of the smaller pixel spacing.
+
+    Returns:
+        ``(N, 2)`` float arrays of ``(row, column)`` index positions, N >= 3, holes joined
+        into their outer ring as keyholes. Empty list if nothing exceeds ``level``.
+    """
+    values = np.asarray(probability, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"probability must be 2D, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("probability contains NaN or infinite values")
+    if not (values > level).any():
+        return []
+    spacing = np.asarray(spacing_mm, dtype=float)
+    tolerance_voxels = min(float(tolerance_mm) / float(spacing.min()), MAX_SIMPLIFY_VOXELS)
+    # padding with 0 closes every ring at the slice border; the offset undoes the padding
+    padded = np.pad(values, 1, constant_values=0.0)
+    rings = [
+        _simplify(_drop_collinear(ring[:-1]) - 1.0, tolerance_voxels)
+        for ring in measure.find_contours(padded, level, positive_orientation="high")
+    ]
+    rings = [r for r in rings if len(r) >= 3 and abs(polygon_area(r)) > 1e-9]
+    if not rings:
+        return []
+    # with the foreground consistently on one side, outer rings and holes wind oppositely
+    outer_sign = float(np.sign(sum(polygon_area(r) for r in rings)))
+    outers = [r for r in rings if np.sign(polygon_area(r)) == outer_sign]
+    holes = [r for r in rings if np.sign(polygon_area(r)) != outer_sign]
+    # every hole belongs to the smallest outer ring that contains it
+    holes_of: list[list[Polygon]] = [[] for _ in outers]
+    by_area = sorted(range(len(outers)), key=lambda i: abs(polygon_area(outers[i])))
+    for hole in holes:
+        for i in by_area:
+            if _point_in_ring(hole[0], outers[i]):
+                holes_of[i].append(hole)
+                break
+    return [_join_holes(outer, hs) if hs else outer for outer, hs in zip(outers, holes_of, strict=True)]
+
+
+def _point_in_ring(point: NDArray[np.float64], ring: Polygon) -> bool:
+    """Even-odd test of one ``(row, column)`` point against a closed ring."""
+    r, c = ring[:, 0], ring[:, 1]
+    r2, c2 = np.roll(r, -1), np.roll(c, -1)
+    crosses = (r > point[0]) != (r2 > point[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c_at = c + (point[0] - r) * (c2 - c) / (r2 - r)
+    return bool(np.count_nonzero(crosses & (point[1] < c_at)) % 2)
 
 
 def _drop_collinear(ring: Polygon) -> Polygon:

@@ -6,6 +6,12 @@
     ├── InputError                   the input cannot be used as given
     │   ├── UnreadableScanError      no readable image: empty folder, not DICOM, corrupt file
     │   └── GeometryError            geometry is invalid, inconsistent or does not match
+    │       ├── MissingSliceError        a gap of about k x the slice spacing in a DICOM series
+    │       ├── DuplicateSliceError      two slices of one series at the same position
+    │       ├── UnevenSpacingError       slice positions off a regular grid (not a plain gap)
+    │       ├── MixedOrientationError    slices of one series with different orientations
+    │       ├── MixedPixelSpacingError   slices of one series with different pixel spacings
+    │       └── GantryTiltError          slices not stacked along their normal (tilt, shear)
     ├── ConfigError                  a config file or CLI option is invalid
     ├── ModelError                   a model checkpoint / URI cannot be loaded or does not fit
     └── ExportError                  an output would be invalid and was not written
@@ -18,11 +24,17 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DuplicateSliceError",
     "ExportError",
+    "GantryTiltError",
     "GeometryError",
     "InputError",
     "MedsegError",
+    "MissingSliceError",
+    "MixedOrientationError",
+    "MixedPixelSpacingError",
     "ModelError",
+    "UnevenSpacingError",
     "UnreadableScanError",
 ]
 
@@ -41,6 +53,30 @@ class UnreadableScanError(InputError):
 
 class GeometryError(InputError):
     """Geometry is invalid (spacing <= 0, non-orthonormal direction) or two volumes disagree."""
+
+
+class MissingSliceError(GeometryError):
+    """A DICOM series has a gap of about k times its slice spacing: k - 1 slices are missing."""
+
+
+class DuplicateSliceError(GeometryError):
+    """Two slices (files or frames) of one DICOM series lie at the same position."""
+
+
+class UnevenSpacingError(GeometryError):
+    """The slices of a DICOM series are not on a regular grid, and not because of a plain gap."""
+
+
+class MixedOrientationError(GeometryError):
+    """The slices of one DICOM series have different ImageOrientationPatient."""
+
+
+class MixedPixelSpacingError(GeometryError):
+    """The slices of one DICOM series have different PixelSpacing."""
+
+
+class GantryTiltError(GeometryError):
+    """The slices of a DICOM series are not stacked along their normal (gantry tilt or shear)."""
 
 
 class ConfigError(MedsegError):

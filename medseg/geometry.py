@@ -40,6 +40,7 @@ from medseg.errors import GeometryError
 __all__ = [
     "AXIAL_DIRECTION",
     "DIRECTION_TOLERANCE",
+    "LATTICE_TOLERANCE_VOXELS",
     "POSITION_TOLERANCE_MM",
     "SPACING_RELATIVE_TOLERANCE",
     "Geometry",
@@ -56,6 +57,7 @@ __all__ = [
     "lps_to_ras",
     "nifti_array_to_array_order",
     "ras_to_lps",
+    "reorder_to_grid",
     "require_same_geometry",
     "slice_normal",
     "slice_positions_mm",
@@ -400,3 +402,62 @@ def dicom_orientation(geometry: Geometry) -> tuple[float, ...]:
 def dicom_pixel_spacing(geometry: Geometry) -> tuple[float, float]:
     """PixelSpacing (row spacing, column spacing) of the grid's slices."""
     return (geometry.spacing_mm[1], geometry.spacing_mm[2])
+
+
+# ---------------------------------------------------------------------------------------------
+# the same lattice in another axis order
+
+#: Largest distance (in voxels) of a voxel centre of one grid from a voxel centre of the other
+#: for two grids to count as the same lattice stored in another axis order (float32 NIfTI
+#: affines round positions to ~1e-5 of their magnitude).
+LATTICE_TOLERANCE_VOXELS = 1e-3
+
+
+def reorder_to_grid(array: NDArray[Any], source: Geometry, target: Geometry) -> NDArray[Any]:
+    """``array`` (on ``source``) gathered onto ``target`` when both are the same voxel lattice.
+
+    Both grids are regular, so the map from target indices to source indices is affine; it is
+    measured at the origin and one step along each axis. Only a signed permutation with an
+    integer offset (the same voxels stored in another axis order or direction, as dcm2niix
+    stores rows bottom-up) is accepted; the array is then gathered, never interpolated, so
+    label volumes are kept exactly.
+
+    Raises:
+        GeometryError: the grids are not the same lattice (another spacing, a sub-voxel shift,
+            a rotation) or ``target`` reaches outside ``source``.
+    """
+    if geometries_equal(source, target):
+        return np.asarray(array)
+    probes = np.vstack([np.zeros(3), np.eye(3)])
+    mapped = world_to_index(source, index_to_world(target, probes))
+    offset = mapped[0]
+    steps = mapped[1:] - offset  # row a: source-index step for one step along target axis a
+    permutation = np.argmax(np.abs(steps), axis=1)
+    signs = np.sign(steps[np.arange(3), permutation])
+    exact = np.zeros((3, 3))
+    exact[np.arange(3), permutation] = signs
+    ok = (
+        sorted(permutation.tolist()) == [0, 1, 2]
+        and np.abs(steps - exact).max() <= LATTICE_TOLERANCE_VOXELS
+        and np.abs(offset - np.round(offset)).max() <= LATTICE_TOLERANCE_VOXELS
+    )
+    index: list[NDArray[np.intp]] = []
+    if ok:
+        start = np.round(offset).astype(int)
+        index = [
+            (start[permutation[a]] + signs[a] * np.arange(target.shape[a])).astype(np.intp)
+            for a in range(3)
+        ]
+        ok = all(
+            idx.min() >= 0 and idx.max() < source.shape[permutation[a]]
+            for a, idx in enumerate(index)
+        )
+    if not ok:
+        raise GeometryError(
+            f"not the same voxel lattice: shape {source.shape} vs {target.shape}, spacing_mm "
+            f"{source.spacing_mm} vs {target.spacing_mm}, origin_mm {source.origin_mm} vs "
+            f"{target.origin_mm}, direction {source.direction} vs {target.direction}"
+        )
+    # axis a of the result reads source axis permutation[a]
+    reordered = np.transpose(np.asarray(array), permutation.tolist())
+    return np.ascontiguousarray(reordered[np.ix_(*index)])

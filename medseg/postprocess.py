@@ -1,4 +1,4 @@
-"""Post-processing of label volumes: connected lesions, per-label volumes, a volumes report.
+"""Post-processing of label volumes: clean-up, connected lesions, volumes and lesion tables.
 
 Every function takes a ``LABELS`` :class:`~medseg.volume.Volume` whose array is in array order
 ``(slice, row, column)``. Volumes are in millilitres and come from the volume's geometry
@@ -8,24 +8,36 @@ patient LPS in millimetres (:func:`medseg.geometry.index_to_world`).
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import cc3d
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial.distance import pdist
 
 from medseg import geometry as geo
+from medseg.config import LabelPostprocessConfig, PostprocessConfig
 from medseg.errors import ConfigError, InputError
+from medseg.io.files import atomic_path
 from medseg.volume import Volume, VolumeKind
 
 __all__ = [
     "CONNECTIVITIES",
+    "LESION_CSV_COLUMNS",
     "Lesion",
+    "apply_postprocess",
     "find_lesions",
     "label_volumes_ml",
     "volumes_report",
+    "write_lesions_csv",
+    "write_volumes_json",
 ]
 
 #: The neighbourhoods :func:`find_lesions` accepts: 6 (faces), 18 (faces and edges),
@@ -45,6 +57,15 @@ class Lesion:
         voxel_count: number of voxels in the component.
         volume_ml: ``voxel_count`` times the voxel volume of the grid, in mL.
         centroid_mm: LPS position (mm) of the mean voxel-centre position, as ``(x, y, z)``.
+        bbox_min_mm: smallest LPS ``(x, y, z)`` (mm) covered by the component's voxels, voxel
+            extents included (a voxel reaches half a spacing beyond its centre).
+        bbox_max_mm: largest LPS ``(x, y, z)`` (mm), likewise.
+        longest_axial_diameter_mm: the longest in-plane segment across the lesion on any one
+            slice, in mm (RECIST-like; see :func:`find_lesions`).
+        first_slice: lowest slice index (array axis 0) holding the lesion.
+        last_slice: highest slice index holding the lesion.
+        n_slices: number of slices spanned, ``last_slice - first_slice + 1`` (a connected
+            component has no gap along the slice axis).
     """
 
     id: int
@@ -52,6 +73,12 @@ class Lesion:
     voxel_count: int
     volume_ml: float
     centroid_mm: tuple[float, float, float]
+    bbox_min_mm: tuple[float, float, float]
+    bbox_max_mm: tuple[float, float, float]
+    longest_axial_diameter_mm: float
+    first_slice: int
+    last_slice: int
+    n_slices: int
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (plain ``int``/``float``/``list``)."""
@@ -61,6 +88,12 @@ class Lesion:
             "voxel_count": self.voxel_count,
             "volume_ml": self.volume_ml,
             "centroid_mm": list(self.centroid_mm),
+            "bbox_min_mm": list(self.bbox_min_mm),
+            "bbox_max_mm": list(self.bbox_max_mm),
+            "longest_axial_diameter_mm": self.longest_axial_diameter_mm,
+            "first_slice": self.first_slice,
+            "last_slice": self.last_slice,
+            "n_slices": self.n_slices,
         }
 
 
@@ -122,7 +155,15 @@ def find_lesions(labels: Volume, label: int, *, connectivity: Connectivity = 26)
     Returns:
         One :class:`Lesion` per component, sorted by voxel count descending (ties by
         centroid index, so the order is deterministic); ``id`` is the 1-based rank. Volumes
-        in mL, centroids in LPS mm. Empty if the label is absent.
+        in mL, centroids and bounding boxes in LPS mm. Empty if the label is absent.
+
+    The longest axial diameter is measured on the outline a contour export would draw: on
+    each slice (array axis 0; axial on an axial scan) the boundary points of the lesion's
+    cross-section are the midpoints of the pixel edges between lesion and background (the
+    vertices of a marching-squares contour at level 0.5); the diameter is the largest
+    distance, in mm with the slice's row and column spacing, between two points of their
+    convex hull, and the result is the largest over slices. A single pixel measures one
+    pixel width; a disc of radius r measures 2r to within about one pixel.
 
     Raises:
         InputError: if ``labels`` is not a labels volume or has negative values.
@@ -138,25 +179,88 @@ def find_lesions(labels: Volume, label: int, *, connectivity: Connectivity = 26)
     stats = cc3d.statistics(components)
     counts = np.asarray(stats["voxel_counts"], dtype=np.int64)[1:]  # index 0 is background
     centroids_index = np.asarray(stats["centroids"], dtype=float)[1:]
+    boxes = list(stats["bounding_boxes"])[1:]
     centroids_mm = geo.index_to_world(labels.geometry, centroids_index)
     order = sorted(
         range(len(counts)), key=lambda c: (-int(counts[c]), *(float(v) for v in centroids_index[c]))
     )
     voxel_ml = geo.voxel_volume_ml(labels.geometry)
-    return [
-        Lesion(
-            id=rank,
-            label=int(label),
-            voxel_count=int(counts[c]),
-            volume_ml=float(counts[c]) * voxel_ml,
-            centroid_mm=(
-                float(centroids_mm[c, 0]),
-                float(centroids_mm[c, 1]),
-                float(centroids_mm[c, 2]),
-            ),
+    lesions = []
+    for rank, c in enumerate(order, start=1):
+        box = boxes[c]
+        lo = np.array([b.start for b in box], dtype=float)
+        hi = np.array([b.stop - 1 for b in box], dtype=float)
+        bbox_min, bbox_max = _world_box_mm(labels.geometry, lo, hi)
+        component = components[box] == c + 1
+        lesions.append(
+            Lesion(
+                id=rank,
+                label=int(label),
+                voxel_count=int(counts[c]),
+                volume_ml=float(counts[c]) * voxel_ml,
+                centroid_mm=_xyz(centroids_mm[c]),
+                bbox_min_mm=bbox_min,
+                bbox_max_mm=bbox_max,
+                longest_axial_diameter_mm=_longest_axial_diameter_mm(
+                    component, labels.geometry.spacing_mm[1], labels.geometry.spacing_mm[2]
+                ),
+                first_slice=int(box[0].start),
+                last_slice=int(box[0].stop - 1),
+                n_slices=int(box[0].stop - box[0].start),
+            )
         )
-        for rank, c in enumerate(order, start=1)
-    ]
+    return lesions
+
+
+def _xyz(values: NDArray[np.float64]) -> tuple[float, float, float]:
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def _world_box_mm(
+    geometry: geo.Geometry, lo: NDArray[np.float64], hi: NDArray[np.float64]
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """LPS min and max (mm) over the 8 outer corners of the voxels ``lo..hi`` (inclusive).
+
+    Taking all corners keeps the box right on oblique grids, where an index box is a
+    rotated box in patient space.
+    """
+    corners = np.array(
+        [[(lo if bit == 0 else hi)[axis] + (0.5 if bit else -0.5) for axis, bit in enumerate(bits)]
+         for bits in np.ndindex(2, 2, 2)]
+    )  # fmt: skip
+    world = geo.index_to_world(geometry, corners)
+    return _xyz(world.min(axis=0)), _xyz(world.max(axis=0))
+
+
+def _longest_axial_diameter_mm(
+    component: NDArray[np.bool_], row_spacing_mm: float, column_spacing_mm: float
+) -> float:
+    """Largest in-slice distance (mm) across the component's outline, over all slices."""
+    spacing = np.array([row_spacing_mm, column_spacing_mm])
+    best = 0.0
+    for section in component:
+        if not section.any():
+            continue
+        padded = np.pad(section, 1)
+        inside = padded[1:-1, 1:-1]
+        points = []
+        # an edge midpoint lies half a pixel from the centre of a lesion pixel towards an
+        # outside neighbour
+        for (dr, dc), neighbour in (
+            ((-0.5, 0.0), padded[:-2, 1:-1]),
+            ((0.5, 0.0), padded[2:, 1:-1]),
+            ((0.0, -0.5), padded[1:-1, :-2]),
+            ((0.0, 0.5), padded[1:-1, 2:]),
+        ):
+            edge = np.argwhere(inside & ~neighbour).astype(float)
+            points.append(edge + np.array([dr, dc]))
+        points_mm = np.concatenate(points) * spacing
+        try:
+            hull = points_mm[ConvexHull(points_mm).vertices]
+        except QhullError:  # collinear points have no 2D hull; all of them are few
+            hull = points_mm
+        best = max(best, float(pdist(hull).max()))
+    return best
 
 
 def volumes_report(
@@ -172,9 +276,11 @@ def volumes_report(
 
     Returns:
         ``{"source", "axis_order", "coordinates", "shape", "spacing_mm", "voxel_volume_ml",
-        "connectivity", "labels": {name: {"label", "voxel_count", "volume_ml", "n_lesions",
-        "lesions": [Lesion.to_dict(), ...]}}}``, with volumes in mL and centroids in LPS mm.
-        A label absent from the array is reported with zero voxels and no lesions.
+        "connectivity", "total_burden_ml", "n_lesions_total", "labels": {name: {"label",
+        "voxel_count", "volume_ml", "n_lesions", "lesions": [Lesion.to_dict(), ...]}}}``,
+        with volumes in mL and positions in LPS mm. A label absent from the array is reported
+        with zero voxels and no lesions. ``total_burden_ml`` is the summed volume of the named
+        labels: the total tumour burden when ``names`` lists the tumour labels only.
 
     Raises:
         InputError: if ``labels`` is not a labels volume or has negative values.
@@ -205,6 +311,8 @@ def volumes_report(
         "spacing_mm": list(labels.geometry.spacing_mm),
         "voxel_volume_ml": voxel_ml,
         "connectivity": int(connectivity),
+        "total_burden_ml": float(sum(entry["volume_ml"] for entry in per_label.values())),
+        "n_lesions_total": int(sum(entry["n_lesions"] for entry in per_label.values())),
         "labels": per_label,
     }
 
@@ -215,3 +323,134 @@ def _require_unique_names(names: Mapping[int, str]) -> None:
         if name in seen:
             raise ConfigError(f"label name {name!r} is used for both {seen[name]} and {value}")
         seen[name] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# clean-up
+
+
+def apply_postprocess(labels: Volume, config: PostprocessConfig) -> Volume:
+    """Clean up every label of a label map with its rule from ``config``.
+
+    For each label value present (0 is background and is never processed), the rule
+    ``config.rule_for(value)`` runs in this order: remove components smaller than
+    ``min_component_volume_ml`` (volume from the grid's voxel volume), keep the largest
+    component, fill holes in 3D or per slice. Removed voxels become background; only background
+    voxels are filled, so one structure never overwrites another. Components use
+    ``config.connectivity``; holes are background regions not face-connected (6 in 3D, 4 in a
+    slice) to the border, the complement of any foreground connectivity.
+
+    Args:
+        labels: a ``LABELS`` volume, array order ``(slice, row, column)``.
+        config: the per-label rules.
+
+    Returns:
+        A new labels volume on the same grid and source, same dtype.
+
+    Raises:
+        InputError: if ``labels`` is not a labels volume or has negative values.
+    """
+    array = _require_labels(labels, "apply_postprocess")
+    out = np.array(array, copy=True)
+    voxel_ml = geo.voxel_volume_ml(labels.geometry)
+    for value in (int(v) for v in np.unique(array) if v != 0):
+        rule = config.rule_for(value)
+        if rule.is_noop:
+            continue
+        mask = out == value
+        if rule.min_component_volume_ml > 0 or rule.keep_largest_component:
+            kept = _kept_components(mask, rule, config.connectivity, voxel_ml)
+            out[mask & ~kept] = 0
+            mask = kept
+        if rule.fill_holes != "none":
+            filled = _fill_holes(mask, per_slice=rule.fill_holes == "slice")
+            out[filled & (out == 0)] = value
+    return labels.with_array(out)
+
+
+def _kept_components(
+    mask: NDArray[np.bool_],
+    rule: LabelPostprocessConfig,
+    connectivity: Connectivity,
+    voxel_ml: float,
+) -> NDArray[np.bool_]:
+    """The part of ``mask`` whose components pass the size rule (and are the largest)."""
+    if not mask.any():
+        return mask
+    components = cc3d.connected_components(mask, connectivity=connectivity)
+    counts = np.bincount(components.ravel())
+    keep = counts * voxel_ml >= rule.min_component_volume_ml
+    keep[0] = False
+    if rule.keep_largest_component and keep.any():
+        # argmax returns the first maximum: ties go to the component cc3d numbered first
+        largest = int(np.argmax(np.where(keep, counts, -1)))
+        keep[:] = False
+        keep[largest] = True
+    return np.asarray(keep[components])
+
+
+def _fill_holes(mask: NDArray[np.bool_], *, per_slice: bool) -> NDArray[np.bool_]:
+    if not per_slice:
+        return np.asarray(ndimage.binary_fill_holes(mask))
+    filled = mask.copy()
+    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+        filled[k] = ndimage.binary_fill_holes(mask[k])
+    return filled
+
+
+# ---------------------------------------------------------------------------------------------
+# writers
+
+#: Columns of ``lesions.csv``, one row per lesion; positions in LPS mm.
+LESION_CSV_COLUMNS: tuple[str, ...] = (
+    "name", "label", "lesion_id", "volume_ml", "voxel_count",
+    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm",
+    "bbox_max_x_mm", "bbox_max_y_mm", "bbox_max_z_mm",
+    "longest_axial_diameter_mm", "first_slice", "last_slice", "n_slices",
+)  # fmt: skip
+
+
+def write_volumes_json(report: Mapping[str, Any], path: Path) -> Path:
+    """Write a :func:`volumes_report` as ``volumes.json``, atomically.
+
+    Args:
+        report: the dict returned by :func:`volumes_report`.
+        path: target file; its folder is created if missing.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def write_lesions_csv(report: Mapping[str, Any], path: Path) -> Path:
+    """Write the lesions of a :func:`volumes_report` as ``lesions.csv``, atomically.
+
+    One row per lesion with the columns :data:`LESION_CSV_COLUMNS`; a label without lesions
+    has no row (its zero volume is in ``volumes.json``).
+
+    Args:
+        report: the dict returned by :func:`volumes_report`.
+        path: target file; its folder is created if missing.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(LESION_CSV_COLUMNS)
+        for name, entry in report["labels"].items():
+            for lesion in entry["lesions"]:
+                writer.writerow(
+                    [name, lesion["label"], lesion["id"], lesion["volume_ml"],
+                     lesion["voxel_count"],
+                     *lesion["centroid_mm"], *lesion["bbox_min_mm"], *lesion["bbox_max_mm"],
+                     lesion["longest_axial_diameter_mm"], lesion["first_slice"],
+                     lesion["last_slice"], lesion["n_slices"]]
+                )  # fmt: skip
+    return path

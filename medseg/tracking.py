@@ -341,8 +341,10 @@ def _using_tracking_uri(uri: str) -> Iterator[None]:
         yield
     finally:
         mlflow.set_tracking_uri(previous_uri)  # type: ignore[arg-type]  # None: unset
-        # set_tracking_uri(None) also clears the environment variable; put it back.
-        if previous_env is not None:
+        # set_tracking_uri writes (or clears) the environment variable too; put it back as it was.
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 

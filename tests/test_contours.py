@@ -241,3 +241,42 @@ def test_holes_run_opposite_to_their_outer_ring() -> None:
     assert polygon_area(keyhole) == pytest.approx(
         polygon_area(outer) - sum(polygon_area(h) for h in holes)
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# sub-voxel iso-lines of probabilities
+
+
+def _logistic_donut(outer: float, inner: float) -> NDArray[np.float64]:
+    rows, cols = np.ogrid[:48, :48]
+    d = np.sqrt((rows - 23.3) ** 2 + (cols - 24.6) ** 2)
+    return 1.0 / (1.0 + np.exp((d - outer) / 1.2)) - 1.0 / (1.0 + np.exp((d - inner) / 1.2))
+
+
+def test_probability_donut_is_one_keyhole_polygon_for_both_readers() -> None:
+    from medseg.contours import probability_to_polygons
+
+    probability = _logistic_donut(15.0, 6.0)
+    polygons = probability_to_polygons(probability)
+    assert len(polygons) == 1  # hole joined by a zero-width cut
+    even_odd = polygons_to_mask(polygons, probability.shape)
+    union = polygons_to_mask(polygons, probability.shape, rule="union")
+    assert np.array_equal(even_odd, union)
+    assert not even_odd[23, 25]  # the hole survives
+    expected = probability > 0.5
+    assert np.count_nonzero(even_odd ^ expected) <= 0.02 * expected.sum()
+    # sub-voxel: points are not all on voxel edges
+    assert np.abs(polygons[0] - np.round(polygons[0] * 2) / 2).max() > 0.05
+
+
+def test_probability_to_polygons_edge_cases() -> None:
+    from medseg.contours import probability_to_polygons
+
+    assert probability_to_polygons(np.zeros((8, 8))) == []
+    assert probability_to_polygons(np.full((8, 8), 0.5)) == []  # not above the level
+    full = probability_to_polygons(np.ones((5, 7)))
+    assert polygons_to_mask(full, (5, 7)).all()
+    with pytest.raises(ValueError, match="2D"):
+        probability_to_polygons(np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        probability_to_polygons(np.full((3, 3), np.nan))

@@ -11,9 +11,9 @@ import pytest
 import medseg
 
 MODULES = [
-    "medseg.geometry", "medseg.volume", "medseg.errors", "medseg.io.dicom", "medseg.io.nifti",
-    "medseg.io.rtstruct", "medseg.io.files", "medseg.contours", "medseg.phantom",
-    "medseg.postprocess", "medseg.config", "medseg.model", "medseg.train", "medseg.infer",
+    "medseg.geometry", "medseg.volume", "medseg.errors", "medseg.io.dicom", "medseg.io.discovery", "medseg.io.slices", "medseg.io.nifti",
+    "medseg.io.rtstruct", "medseg.io.rois", "medseg.io.seg", "medseg.io.files", "medseg.contours", "medseg.phantom",
+    "medseg.postprocess", "medseg.metrics", "medseg.report", "medseg.config", "medseg.model", "medseg.train", "medseg.infer",
     "medseg.tracking", "medseg.preprocess", "medseg.data", "medseg.pipeline",
 ]
 

@@ -153,3 +153,45 @@ def test_only_geometry_module_inverts_or_reverses_axes() -> None:
             if re.search(pattern, text):
                 offenders.append(f"{path.relative_to(PACKAGE)}: {pattern}")
     assert offenders == []
+
+
+def _relabelled(g: Geometry, order: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> Geometry:
+    """The same lattice as ``g`` with axes reordered and some reversed (independent of geo)."""
+    d = g.direction_matrix
+    corner = np.array([g.shape[a] - 1 if flips[a] else 0 for a in range(3)], dtype=float)
+    columns = [d[:, a] * (-1.0 if flips[a] else 1.0) for a in order]
+    return Geometry(
+        tuple(g.shape[a] for a in order),  # type: ignore[arg-type]
+        tuple(g.spacing_mm[a] for a in order),  # type: ignore[arg-type]
+        tuple(geo.index_to_world(g, corner)),  # type: ignore[arg-type]
+        tuple(np.stack(columns, axis=1).ravel()),
+    )
+
+
+@settings(max_examples=50)
+@given(
+    geometries(),
+    st.permutations([0, 1, 2]),
+    st.tuples(st.booleans(), st.booleans(), st.booleans()),
+)
+def test_reorder_to_grid_gathers_the_same_voxels(g: Geometry, order: list[int], flips: tuple[bool, bool, bool]) -> None:
+    small = Geometry((3, 4, 5), g.spacing_mm, g.origin_mm, g.direction)
+    array = np.arange(60).reshape(small.shape)
+    other = _relabelled(small, tuple(order), flips)  # type: ignore[arg-type]
+    moved = geo.reorder_to_grid(array, small, other)
+    # every voxel of the result sits at the world position of the voxel it came from
+    for idx in [(0, 0, 0), (2, 3, 4), (1, 2, 0)]:
+        target_idx = tuple(min(i, n - 1) for i, n in zip(idx, other.shape))
+        world = geo.index_to_world(other, target_idx)
+        source_idx = tuple(round(v) for v in geo.world_to_index(small, world))
+        assert moved[target_idx] == array[source_idx]
+
+
+@given(geometries())
+def test_reorder_to_grid_refuses_a_half_voxel_shift(g: Geometry) -> None:
+    small = Geometry((3, 4, 5), g.spacing_mm, g.origin_mm, g.direction)
+    shifted = geo.crop_geometry(small, (0, 0, 0), small.shape)
+    half = Geometry(shifted.shape, shifted.spacing_mm,
+                    tuple(geo.index_to_world(small, [0.5, 0.0, 0.0])), shifted.direction)  # type: ignore[arg-type]
+    with pytest.raises(GeometryError, match="not the same voxel lattice"):
+        geo.reorder_to_grid(np.zeros(small.shape), small, half)

@@ -134,3 +134,67 @@ def test_readme_demo_reaches_dice_090(tmp_path: Path, monkeypatch: pytest.Monkey
     client = mlflow.MlflowClient(tracking_uri=summary["tracking_uri"])
     versions = client.search_model_versions("name='medseg-demo'")
     assert versions, "the demo registers its model"
+
+
+def test_export_rtstruct_command_from_a_nifti_label_map(tmp_path: Path) -> None:
+    """`medseg export-rtstruct`: a phantom's truth label map onto its CT, read back by plastimatch."""
+    from medseg import phantom
+
+    case = phantom.make_case(5, shape=(20, 64, 64), n_tumours=1)
+    paths = phantom.write_case(case, tmp_path / "case", patient_id="PHANTOM-CLI")
+    rois = tmp_path / "rois.yaml"
+    rois.write_text("rois:\n  - {label: 1, name: GTV, color: [255, 0, 0], type: GTV}\n")
+    out = tmp_path / "rs.dcm"
+    args = ["export-rtstruct", "--ct", str(paths.ct_dir), "--labels", str(paths.labels_path),
+            "--rois", str(rois), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    masks = plastimatch_masks(out, paths.ct_dir, tmp_path / "plastimatch")
+    require_geometry_match(masks["GTV"].geometry, case.labels.geometry)
+    assert dice(masks["GTV"].array, case.labels.array == 1) == 1.0
+
+
+def test_export_rtstruct_command_refuses_labels_off_the_grid(tmp_path: Path) -> None:
+    from medseg import phantom
+
+    case = phantom.make_case(6, shape=(20, 64, 64), n_tumours=1)
+    paths = phantom.write_case(case, tmp_path / "case", patient_id="PHANTOM-CLI")
+    other = phantom.make_case(6, shape=(20, 64, 64), n_tumours=1, spacing_mm=(2.0, 1.5, 1.5))
+    nifti.save(other.labels, tmp_path / "other.nii.gz")
+    out = tmp_path / "rs.dcm"
+    result = CliRunner().invoke(app, ["export-rtstruct", "--ct", str(paths.ct_dir), "--labels",
+                                      str(tmp_path / "other.nii.gz"), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "not on the grid" in result.output and str(tmp_path / "other.nii.gz") in result.output
+    assert not out.exists()
+
+
+def test_inspect_lists_series_and_problems(tmp_path: Path) -> None:
+    from medseg import phantom
+
+    case = phantom.make_case(7, shape=(20, 64, 64), n_tumours=1)
+    paths = phantom.write_case(case, tmp_path / "case", patient_id="PHANTOM-INSPECT")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"{paths.series_instance_uid} (CT, 'medseg phantom CT', 20 slices) axial" in result.output
+    as_json = CliRunner().invoke(app, ["inspect", str(tmp_path), "--json"])
+    inventory = json.loads(as_json.output)
+    assert inventory["studies"][0]["series"][0]["n_slices"] == 20
+    assert "PHANTOM" not in as_json.output  # no patient name or ID in the inventory
+
+
+def test_evaluate_command_scores_cases_and_flags_failures(tmp_path: Path) -> None:
+    from medseg import phantom
+
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    case = phantom.make_case(8, shape=(20, 64, 64), n_tumours=1)
+    nifti.save(case.labels, pred / "a.nii.gz")
+    nifti.save(case.labels, ref / "a.nii.gz")
+    nifti.save(case.labels, ref / "b.nii.gz")  # no prediction for b: a failed case, exit 1
+    result = CliRunner().invoke(app, ["evaluate", str(pred), str(ref), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 1, result.output
+    assert "1 cases evaluated, 1 failed" in result.output
+    rows = (tmp_path / "eval" / "metrics_per_case.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    first = dict(zip(header, rows[1].split(",")))
+    assert float(first["dice"]) == 1.0

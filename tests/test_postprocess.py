@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +13,19 @@ import SimpleITK as sitk
 
 from medseg import geometry as geo
 from medseg import phantom
+from medseg.config import LabelPostprocessConfig, PostprocessConfig, load_config, parse_config
 from medseg.errors import ConfigError, InputError
 from medseg.geometry import Geometry
-from medseg.postprocess import Lesion, find_lesions, label_volumes_ml, volumes_report
+from medseg.postprocess import (
+    LESION_CSV_COLUMNS,
+    Lesion,
+    apply_postprocess,
+    find_lesions,
+    label_volumes_ml,
+    volumes_report,
+    write_lesions_csv,
+    write_volumes_json,
+)
 from medseg.volume import SourceInfo, Volume, VolumeKind
 from tests.conftest import require_data
 
@@ -28,9 +40,7 @@ def _rotation(axis: np.ndarray, angle_deg: float) -> np.ndarray:
     return np.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * (k @ k)
 
 
-_OBLIQUE = tuple(
-    (_rotation(_AXIS, 20.0) @ np.asarray(geo.AXIAL_DIRECTION).reshape(3, 3)).ravel()
-)
+_OBLIQUE = tuple((_rotation(_AXIS, 20.0) @ np.asarray(geo.AXIAL_DIRECTION).reshape(3, 3)).ravel())
 
 
 def _labels(array: np.ndarray, geometry: Geometry | None = None, **geometry_args: object) -> Volume:
@@ -330,3 +340,216 @@ def test_real_organ_lesions_match_simpleitk_components(
         assert isinstance(lesions[0], Lesion)
         assert lesions[0].voxel_count == stats.GetNumberOfPixels(1), organ
         np.testing.assert_allclose(lesions[0].centroid_mm, stats.GetCentroid(1), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# lesion table: bounding box, diameter, slices
+
+
+def _ball(
+    shape: tuple[int, int, int], spacing_mm: tuple[float, ...], radius_mm: float
+) -> np.ndarray:
+    idx = np.indices(shape, dtype=float).transpose(1, 2, 3, 0)
+    centre = (np.asarray(shape) - 1) / 2 + 0.23  # off the grid, so no symmetry hides errors
+    return np.linalg.norm((idx - centre) * np.asarray(spacing_mm), axis=-1) <= radius_mm
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "spacing_mm"),
+    [
+        (1, 1, (2.5, 0.8, 0.6)),
+        (3, 5, (2.5, 0.8, 0.6)),
+        (6, 2, (1.0, 1.2, 0.7)),
+        (1, 9, (3.0, 1.0, 1.0)),
+    ],
+    ids=["one-pixel", "3x5", "6x2", "line-1x9"],
+)
+def test_box_lesion_table_is_hand_computed(
+    h: int, w: int, spacing_mm: tuple[float, float, float]
+) -> None:
+    array = np.zeros((6, 12, 12), dtype=np.uint8)
+    array[2:5, 3 : 3 + h, 1 : 1 + w] = 1
+    origin = (-10.0, 20.0, 5.0)
+    g = Geometry(shape=array.shape, spacing_mm=spacing_mm, origin_mm=origin)  # type: ignore[arg-type]
+    (lesion,) = find_lesions(_labels(array, g), 1)
+    s, r, c = spacing_mm
+    # outline = midpoints of the boundary pixel edges: the farthest pair spans the box minus
+    # half a pixel at each end along one axis
+    expected = max(math.hypot(h * r, (w - 1) * c), math.hypot((h - 1) * r, w * c))
+    assert lesion.longest_axial_diameter_mm == pytest.approx(expected, rel=1e-12)
+    assert (lesion.first_slice, lesion.last_slice, lesion.n_slices) == (2, 4, 3)
+    # axial direction: column -> x, row -> y, slice -> z; voxel extents are centre +- spacing/2
+    assert lesion.bbox_min_mm == pytest.approx(
+        (origin[0] + (1 - 0.5) * c, origin[1] + (3 - 0.5) * r, origin[2] + 1.5 * s)
+    )
+    assert lesion.bbox_max_mm == pytest.approx(
+        (origin[0] + (w + 0.5) * c, origin[1] + (3 + h - 0.5) * r, origin[2] + 4.5 * s)
+    )
+
+
+def test_bounding_box_of_one_voxel_on_oblique_grid() -> None:
+    spacing = (2.0, 0.5, 0.8)
+    g = Geometry(shape=(5, 5, 5), spacing_mm=spacing, origin_mm=(1.0, 2.0, 3.0), direction=_OBLIQUE)
+    array = np.zeros(g.shape, dtype=np.uint8)
+    array[2, 1, 3] = 1
+    (lesion,) = find_lesions(_labels(array, g), 1)
+    d = np.asarray(_OBLIQUE).reshape(3, 3)
+    half_extent = np.abs(d) @ (np.asarray(spacing) / 2)  # a rotated box's axis-aligned half size
+    centre = geo.index_to_world(g, [2.0, 1.0, 3.0])
+    np.testing.assert_allclose(lesion.bbox_min_mm, centre - half_extent, atol=1e-9)
+    np.testing.assert_allclose(lesion.bbox_max_mm, centre + half_extent, atol=1e-9)
+    assert lesion.longest_axial_diameter_mm == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(
+    "spacing_mm",
+    [(2.0, 2.0, 2.0), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5), (2.5, 0.8, 0.8)],
+    ids=["2mm", "1mm", "0.5mm", "ct-2.5x0.8mm"],
+)
+def test_sphere_lesion_close_to_analytic_and_better_with_resolution(
+    spacing_mm: tuple[float, float, float],
+) -> None:
+    radius_mm = 10.0
+    shape = tuple(int(2 * radius_mm / sp) + 6 for sp in spacing_mm)
+    ball = _ball(shape, spacing_mm, radius_mm)  # type: ignore[arg-type]
+    g = Geometry(shape=shape, spacing_mm=spacing_mm, origin_mm=(0.0, 0.0, 0.0))  # type: ignore[arg-type]
+    (lesion,) = find_lesions(_labels(ball.astype(np.uint8), g), 1)
+    analytic_ml = 4 / 3 * math.pi * radius_mm**3 / 1000
+    # voxelisation error lives in a surface shell about one voxel thick: it shrinks with spacing
+    coarsest = max(spacing_mm)
+    assert abs(lesion.volume_ml - analytic_ml) / analytic_ml < 1.5 * coarsest / radius_mm
+    pixel = max(spacing_mm[1:])
+    assert abs(lesion.longest_axial_diameter_mm - 2 * radius_mm) <= pixel
+    assert lesion.n_slices == pytest.approx(2 * radius_mm / spacing_mm[0], abs=1.0)
+    extent = np.subtract(lesion.bbox_max_mm, lesion.bbox_min_mm)
+    for axis_extent, sp in zip(extent, (spacing_mm[2], spacing_mm[1], spacing_mm[0]), strict=True):
+        assert abs(axis_extent - 2 * radius_mm) <= sp  # x is columns, y rows, z slices
+
+
+def test_volumes_report_total_burden_and_writers(tmp_path: Path) -> None:
+    array = np.zeros((8, 9, 10), dtype=np.uint8)
+    array[0:2, 0:2, 0:2] = 1
+    array[5:8, 5:8, 5:8] = 1
+    array[4, 0, 0] = 2
+    g = Geometry(shape=(8, 9, 10), spacing_mm=(3.0, 0.9, 0.9), origin_mm=(1.0, 2.0, 3.0))
+    report = volumes_report(_labels(array, g), {1: "GTV", 2: "node", 3: "absent"})
+    voxel_ml = 3.0 * 0.9 * 0.9 / 1000
+    assert report["total_burden_ml"] == pytest.approx(36 * voxel_ml)
+    assert report["n_lesions_total"] == 3
+    json_path = write_volumes_json(report, tmp_path / "out" / "volumes.json")
+    csv_path = write_lesions_csv(report, tmp_path / "out" / "lesions.csv")
+    assert json.loads(json_path.read_text()) == report
+    with csv_path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == LESION_CSV_COLUMNS
+    assert [(r["name"], r["lesion_id"], r["voxel_count"]) for r in rows] == [
+        ("GTV", "1", "27"),
+        ("GTV", "2", "8"),
+        ("node", "1", "1"),
+    ]
+    assert float(rows[0]["centroid_z_mm"]) == pytest.approx(
+        report["labels"]["GTV"]["lesions"][0]["centroid_mm"][2]
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["lesions.csv", "volumes.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# apply_postprocess
+
+
+def _rules(**label_rules: object) -> PostprocessConfig:
+    return PostprocessConfig.model_validate(label_rules)
+
+
+@pytest.mark.parametrize(
+    ("spacing_mm", "kept"),
+    [((1.0, 1.0, 1.0), False), ((2.5, 2.0, 2.0), True)],
+    ids=["8-voxels-is-0.008ml-removed", "8-voxels-is-0.08ml-kept"],
+)
+def test_min_component_volume_is_in_ml_from_geometry(
+    spacing_mm: tuple[float, ...], kept: bool
+) -> None:
+    array = np.zeros((10, 10, 10), dtype=np.uint8)
+    array[1:3, 1:3, 1:3] = 1  # 8 voxels
+    array[5:9, 5:9, 5:9] = 1  # 64 voxels
+    config = _rules(default={"min_component_volume_ml": 0.05})
+    out = apply_postprocess(_labels(array, spacing_mm=spacing_mm), config)
+    assert bool(out.array[1, 1, 1]) is kept
+    assert out.array[5:9, 5:9, 5:9].all()
+    assert out.geometry == _labels(array, spacing_mm=spacing_mm).geometry
+
+
+@pytest.mark.parametrize(
+    ("connectivity", "n_left"),
+    [(26, 3), (6, 2)],
+    ids=["26-joins-corner-voxel", "6-drops-corner-voxel"],
+)
+def test_keep_largest_component_respects_connectivity(connectivity: int, n_left: int) -> None:
+    array = np.zeros((5, 5, 5), dtype=np.uint8)
+    array[1, 1, 1] = 1
+    array[1, 1, 2] = 1  # the largest: two face-neighbours
+    array[2, 2, 3] = 1  # touches it only at a corner
+    array[4, 4, 4] = 2  # another label, no rule: untouched
+    config = _rules(connectivity=connectivity, labels={1: {"keep_largest_component": True}})
+    out = apply_postprocess(_labels(array), config)
+    assert int((out.array == 1).sum()) == n_left
+    assert out.array[1, 1, 2] == 1
+    assert out.array[4, 4, 4] == 2
+
+
+def test_fill_holes_3d_and_per_slice() -> None:
+    array = np.zeros((9, 9, 9), dtype=np.uint8)
+    array[1:8, 1:8, 1:8] = 1
+    array[3:6, 3:6, 3:6] = 0  # a closed cavity
+    array[2:7, 4, 4] = 0  # ... joined to a tunnel that runs through slices 2-6 only
+    array[3, 3, 3] = 2  # another structure inside the cavity
+    tube = np.zeros((9, 9, 9), dtype=np.uint8)
+    tube[:, 2:7, 2:7] = 1
+    tube[:, 4, 4] = 0  # open at both ends of the slice axis: not a 3D hole
+    original = _labels(array)
+    filled_3d = apply_postprocess(original, _rules(default={"fill_holes": "3d"}))
+    assert (filled_3d.array[3:6, 3:6, 3:6] != 0).all()
+    assert filled_3d.array[3, 3, 3] == 2  # never overwritten
+    tube_3d = apply_postprocess(_labels(tube), _rules(default={"fill_holes": "3d"}))
+    tube_slices = apply_postprocess(_labels(tube), _rules(default={"fill_holes": "slice"}))
+    assert tube_3d.array[4, 4, 4] == 0
+    assert (tube_slices.array[:, 4, 4] == 1).all()
+
+
+def test_rules_per_label_and_default_and_noop() -> None:
+    array = np.zeros((10, 10, 10), dtype=np.uint8)
+    array[0:3, 0:3, 0:3] = 1
+    array[5, 5, 5] = 1
+    array[0:3, 6:9, 6:9] = 2
+    array[8, 8, 8] = 2
+    labels = _labels(array)
+    out = apply_postprocess(
+        labels, _rules(default={"keep_largest_component": True}, labels={2: {}})
+    )
+    assert out.array[5, 5, 5] == 0 and out.array[8, 8, 8] == 2
+    unchanged = apply_postprocess(labels, PostprocessConfig())
+    np.testing.assert_array_equal(unchanged.array, array)
+    assert unchanged.array.dtype == array.dtype
+    assert not labels.array.flags.writeable  # the input is never written
+
+
+def test_postprocess_config_refuses_bad_values_in_yaml() -> None:
+    text = (Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text()
+    ok = parse_config(
+        text
+        + "\npostprocess:\n  labels: {1: {keep_largest_component: true, min_component_volume_ml: 1}}\n"
+    )
+    assert ok.postprocess.rule_for(1).min_component_volume_ml == 1.0
+    assert ok.postprocess.rule_for(2) == LabelPostprocessConfig()
+    assert (
+        load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml").postprocess
+        == PostprocessConfig()
+    )
+    with pytest.raises(ConfigError, match="postprocess.labels.1.keep_largest"):
+        parse_config(text + "\npostprocess:\n  labels: {1: {keep_largest: true}}\n")
+    with pytest.raises(ConfigError, match="postprocess.default.min_component_volume_ml"):
+        parse_config(text + "\npostprocess:\n  default: {min_component_volume_ml: -1.0}\n")
+    with pytest.raises(ConfigError, match="postprocess.connectivity"):
+        parse_config(text + "\npostprocess:\n  connectivity: 8\n")
+    with pytest.raises(ConfigError, match="0 is background"):
+        parse_config(text + "\npostprocess:\n  labels: {0: {fill_holes: 3d}}\n")

@@ -14,7 +14,18 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from medseg import geometry as geo
-from medseg.errors import GeometryError, InputError, UnreadableScanError
+from medseg.config import SeriesSelection
+from medseg.errors import (
+    DuplicateSliceError,
+    GantryTiltError,
+    GeometryError,
+    InputError,
+    MissingSliceError,
+    MixedOrientationError,
+    MixedPixelSpacingError,
+    UnevenSpacingError,
+    UnreadableScanError,
+)
 from medseg.geometry import AXIAL_DIRECTION, Geometry
 from medseg.io.dicom import format_ds, load_series, write_series
 from medseg.volume import Volume
@@ -187,19 +198,375 @@ def test_truncated_dicom_names_the_file(tmp_path: Path) -> None:
         load_series(tmp_path)
 
 
-def test_missing_slice_is_a_named_geometry_error(tmp_path: Path) -> None:
-    folder = require_data("lung-gtv-ct/pat_1")
-    files = sorted(folder.glob("DCM_IMG_*"))[:6]
-    for i, p in enumerate(files):
-        if i != 3:
-            shutil.copy(p, tmp_path / p.name)
-    with pytest.raises(GeometryError, match="uneven slice spacing"):
-        load_series(tmp_path)
-
-
-def test_two_series_in_one_folder_are_refused(tmp_path: Path) -> None:
+def test_two_image_series_are_refused_and_listed(tmp_path: Path) -> None:
     g = Geometry((2, 3, 3), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
-    write_series(Volume(np.zeros(g.shape, np.int16), g), tmp_path / "a")
-    write_series(Volume(np.zeros(g.shape, np.int16), g), tmp_path / "b", series_number=2)
-    with pytest.raises(InputError, match="2 image series found"):
+    a = write_series(Volume(np.zeros(g.shape, np.int16), g), tmp_path / "a")
+    b = write_series(Volume(np.zeros(g.shape, np.int16), g), tmp_path / "b", series_number=2)
+    with pytest.raises(InputError, match="2 series match the selection rules") as info:
         load_series(tmp_path)
+    for written in (a, b):
+        assert f"{written.source.series_instance_uid} (CT, 'medseg', 2 slices)" in str(info.value)
+
+
+# --- mutations of a real series: each gives exactly one named outcome --------------------------
+
+Slices = list[tuple[str, pydicom.Dataset]]
+
+
+def _real_slices(relative: str = "lung-gtv-ct/pat_1", n: int = 6) -> Slices:
+    """``n`` consecutive slices (by position) of a real CT series, as (file name, dataset)."""
+    folder = require_data(relative)
+    slices = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix == ".dcm" and not p.name.startswith("DCM_RS"):
+            ds = pydicom.dcmread(p)
+            if ds.Modality == "CT":
+                slices.append((p.name, ds))
+    slices.sort(key=lambda s: float(s[1].ImagePositionPatient[2]))
+    middle = len(slices) // 2 - n // 2
+    return slices[middle : middle + n]
+
+
+def _save(slices: Slices, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, ds in slices:
+        ds.save_as(folder / name)
+    return folder
+
+
+def _drop_slice(s: Slices) -> Slices:
+    return s[:3] + s[4:]
+
+
+def _duplicate_slice(s: Slices) -> Slices:
+    copy = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_bytes(s[2][1])))
+    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    return [*s, ("again.dcm", copy)]
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buffer = pydicom.filebase.DicomBytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def _shift_one_slice(s: Slices) -> Slices:
+    pos = [float(v) for v in s[3][1].ImagePositionPatient]
+    s[3][1].ImagePositionPatient = [pos[0], pos[1], pos[2] + 1.0]
+    return s
+
+
+def _rotate_one_orientation(s: Slices) -> Slices:
+    rot = Rotation.from_euler("z", 10, degrees=True).as_matrix()
+    iop = np.array([float(v) for v in s[2][1].ImageOrientationPatient]).reshape(2, 3)
+    s[2][1].ImageOrientationPatient = [format_ds(v) for v in (iop @ rot.T).ravel()]
+    return s
+
+
+def _stretch_one_pixel_spacing(s: Slices) -> Slices:
+    s[2][1].PixelSpacing = [format_ds(float(v) * 1.1) for v in s[2][1].PixelSpacing]
+    return s
+
+
+def _tilt(s: Slices) -> Slices:
+    z0 = float(s[0][1].ImagePositionPatient[2])
+    for _, ds in s:
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [format_ds(v) for v in (x, y + (z - z0) * np.tan(np.radians(15)), z)]
+    return s
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error", "names"),
+    [
+        pytest.param(_drop_slice, MissingSliceError, (2, 4), id="missing-slice"),
+        pytest.param(_duplicate_slice, DuplicateSliceError, (2,), id="duplicate-position"),
+        pytest.param(_shift_one_slice, UnevenSpacingError, (3,), id="uneven-spacing"),
+        pytest.param(_rotate_one_orientation, MixedOrientationError, (2,), id="mixed-orientation"),
+        pytest.param(_stretch_one_pixel_spacing, MixedPixelSpacingError, (2,), id="mixed-pixel-spacing"),
+        pytest.param(_tilt, GantryTiltError, (0, 5), id="gantry-tilt"),
+    ],
+)
+def test_geometry_defects_are_distinct_named_errors(tmp_path: Path, mutate, error, names) -> None:  # type: ignore[no-untyped-def]
+    slices = _real_slices()
+    file_names = [name for name, _ in slices]
+    folder = _save(mutate(slices), tmp_path / "series")
+    with pytest.raises(error) as info:
+        load_series(folder)
+    message = str(info.value)
+    assert message.startswith(f"{folder}: ")
+    for i in names:
+        assert file_names[i] in message
+    if error is GantryTiltError:
+        assert "15.00 degrees" in message
+
+
+def test_oblique_copy_keeps_its_direction_and_every_slice_position(tmp_path: Path) -> None:
+    slices = _real_slices(n=5)
+    rot = Rotation.from_euler("xyz", [20.0, -10.0, 35.0], degrees=True).as_matrix()
+    centre = np.array([float(v) for v in slices[2][1].ImagePositionPatient])
+    for _, ds in slices:
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient]).reshape(2, 3)
+        pos = np.array([float(v) for v in ds.ImagePositionPatient])
+        ds.ImageOrientationPatient = [format_ds(v) for v in (iop @ rot.T).ravel()]
+        ds.ImagePositionPatient = [format_ds(v) for v in rot @ (pos - centre) + centre]
+    folder = _save(slices, tmp_path / "oblique")
+    volume = load_series(folder)
+    by_uid = {ds.SOPInstanceUID: [float(v) for v in ds.ImagePositionPatient] for _, ds in slices}
+    expected = np.array([by_uid[u] for u in volume.source.sop_instance_uids])
+    np.testing.assert_allclose(geo.slice_positions_mm(volume.geometry), expected, atol=1e-3)
+    np.testing.assert_allclose(volume.geometry.direction_matrix, rot @ np.asarray(AXIAL_DIRECTION).reshape(3, 3), atol=1e-5)
+    _assert_same_as_sitk(volume, folder)
+
+
+def test_non_dicom_file_named_dcm_inside_a_series_is_named(tmp_path: Path) -> None:
+    folder = _save(_real_slices(n=3), tmp_path / "series")
+    (folder / "IMG_0099.dcm").write_text("this is a note, not a slice")
+    with pytest.raises(UnreadableScanError, match=r"IMG_0099\.dcm: named \.dcm but is not a DICOM file"):
+        load_series(folder)
+
+
+# --- several series: selection, and only the selected series' pixels are read ---------------
+
+
+def _two_series_and_a_localizer(tmp_path: Path) -> tuple[Path, str, str]:
+    lung = _real_slices("lung-gtv-ct/pat_1", n=6)
+    head = _real_slices("hn-ct/pt_1", n=4)
+    for description, series in (("CHEST 3 mm", lung), ("HEAD 3 mm", head)):
+        for _, ds in series:
+            ds.SeriesDescription = description
+    scout = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_bytes(head[0][1])))
+    scout.SeriesInstanceUID = pydicom.uid.generate_uid()
+    scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    _save(lung, tmp_path / "patient" / "study1" / "lung")
+    _save(head, tmp_path / "patient" / "study2" / "head")
+    _save([("scout.dcm", scout)], tmp_path / "patient" / "scout")
+    # the head series' pixel data is cut short: only reading its pixels would fail
+    victim = tmp_path / "patient" / "study2" / "head" / head[1][0]
+    victim.write_bytes(victim.read_bytes()[:-1000])
+    return tmp_path / "patient", str(lung[0][1].SeriesInstanceUID), str(head[0][1].SeriesInstanceUID)
+
+
+def test_several_series_need_a_selection_and_the_error_lists_them(tmp_path: Path) -> None:
+    folder, lung_uid, head_uid = _two_series_and_a_localizer(tmp_path)
+    with pytest.raises(InputError, match="2 series match") as info:
+        load_series(folder)
+    assert f"{lung_uid} (CT, 'CHEST 3 mm', 6 slices)" in str(info.value)
+    assert f"{head_uid} (CT, 'HEAD 3 mm', 4 slices)" in str(info.value)
+    assert "localizer" not in str(info.value)
+
+
+def test_selection_picks_one_series_and_reads_only_its_pixels(tmp_path: Path) -> None:
+    folder, lung_uid, _ = _two_series_and_a_localizer(tmp_path)
+    volume = load_series(folder, SeriesSelection(prefer="most_slices"))
+    assert volume.source.series_instance_uid == lung_uid
+    assert volume.geometry.shape[0] == 6
+
+
+def test_truncated_pixel_data_of_the_selected_series_is_named(tmp_path: Path) -> None:
+    folder, _, _ = _two_series_and_a_localizer(tmp_path)
+    with pytest.raises(UnreadableScanError, match=r"head/IMG_\d+\.dcm: truncated DICOM file: element \(7FE0,0010\) declares 522242 bytes, the file holds 521242"):
+        load_series(folder, SeriesSelection(include_description="(?i)head"))
+
+
+# --- pixel decoding: compressed, big-endian, padding, enhanced multi-frame -------------------
+
+
+def _pydicom_file(name: str) -> str:
+    """A pydicom test file; the larger ones come with the pydicom-data package (skip without it,
+    fail under CI=true, as ``require_data`` does)."""
+    path = pydicom.data.get_testdata_file(name)
+    if path is None:
+        message = f"pydicom test file {name} missing: install pydicom-data"
+        if __import__("os").environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return str(path)
+
+
+def _as_ct_slice(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """Give a single-frame greyscale test file the attributes of a CT slice (pixels untouched)."""
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+    ds.Modality = "CT"
+    ds.ImagePositionPatient = [0, 0, 0]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [1, 1]
+    for keyword in ("NumberOfFrames", "FrameIncrementPointer"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
+def _stored(volume: Volume) -> np.ndarray:
+    return np.asarray(volume.array, dtype=np.int64)
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        pytest.param(pydicom.uid.RLELossless, id="rle"),
+        pytest.param(pydicom.uid.JPEGLSLossless, id="jpeg-ls"),
+        pytest.param(pydicom.uid.JPEG2000Lossless, id="jpeg2000"),
+        pytest.param(pydicom.uid.DeflatedExplicitVRLittleEndian, id="deflate"),
+    ],
+)
+def test_real_series_reencoded_loads_identically(tmp_path: Path, syntax: str) -> None:
+    slices = _real_slices(n=4)
+    reference = load_series(_save(slices, tmp_path / "plain"))
+    for _, ds in slices:
+        if syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
+            ds.file_meta.TransferSyntaxUID = syntax
+        else:
+            ds.compress(syntax)
+    folder = tmp_path / "encoded"
+    folder.mkdir()
+    for name, ds in slices:
+        ds.save_as(folder / name, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    assert {str(pydicom.dcmread(p).file_meta.TransferSyntaxUID) for p in folder.iterdir()} == {syntax}
+    again = load_series(folder)
+    assert geo.geometries_equal(again.geometry, reference.geometry)
+    np.testing.assert_array_equal(again.array, reference.array)
+
+
+def test_real_series_reencoded_as_jpeg_lossless_loads_identically(tmp_path: Path) -> None:
+    gdcm = pytest.importorskip("gdcm")  # python-gdcm: the only JPEG lossless encoder at hand
+    slices = _real_slices(n=3)
+    plain = _save(slices, tmp_path / "plain")
+    (tmp_path / "jpeg").mkdir()
+    for name, _ in slices:
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(plain / name))
+        assert reader.Read()
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+        change.SetInput(reader.GetImage())
+        assert change.Change()
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(tmp_path / "jpeg" / name))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        assert writer.Write()
+    assert pydicom.dcmread(tmp_path / "jpeg" / slices[0][0]).file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
+    np.testing.assert_array_equal(load_series(tmp_path / "jpeg").array, load_series(plain).array)
+
+
+def test_jpeg_baseline_decodes_like_pillow_and_simpleitk(tmp_path: Path) -> None:
+    """An 8-bit greyscale JPEG baseline stream (encoded by Pillow) inside a CT slice."""
+    from PIL import Image
+
+    _, ds = _real_slices(n=1)[0]
+    grey = np.clip((ds.pixel_array.astype(np.int64) - 800) // 4, 0, 255).astype(np.uint8)
+    buffer = __import__("io").BytesIO()
+    Image.fromarray(grey).save(buffer, format="JPEG", quality=90)
+    ds.PixelData = pydicom.encaps.encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+    (tmp_path / "s").mkdir()
+    ds.save_as(tmp_path / "s" / "x.dcm", implicit_vr=False, little_endian=True, enforce_file_format=True)
+    volume = load_series(tmp_path / "s")
+    pillow = np.asarray(Image.open(buffer))
+    assert np.abs(_stored(volume)[0] - pillow).max() <= 1  # two libjpeg builds: IDCT rounding
+    assert np.abs(_stored(volume)[0] - grey).max() <= 40  # lossy, but the same image
+    theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "s" / "x.dcm")))
+    assert np.abs(_stored(volume) - theirs).max() <= 1
+
+
+def test_jpeg_lossless_test_file_decodes_like_gdcm(tmp_path: Path) -> None:
+    ds = _as_ct_slice(pydicom.dcmread(_pydicom_file("JPEG-LL.dcm")))
+    (tmp_path / "s").mkdir()
+    ds.save_as(tmp_path / "s" / "x.dcm", enforce_file_format=True)
+    volume = load_series(tmp_path / "s")
+    theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "s" / "x.dcm")))
+    np.testing.assert_array_equal(volume.array, theirs)
+
+
+def test_undecodable_jpeg_is_a_named_error(tmp_path: Path) -> None:
+    """12-bit JPEG extended: neither pylibjpeg nor pydicom's GDCM plugin decodes it."""
+    ds = _as_ct_slice(pydicom.dcmread(_pydicom_file("JPEG-lossy.dcm")))
+    (tmp_path / "s").mkdir()
+    ds.save_as(tmp_path / "s" / "lossy.dcm", enforce_file_format=True)
+    with pytest.raises(UnreadableScanError, match=r"lossy\.dcm: pixel data cannot be decoded"):
+        load_series(tmp_path / "s")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, id=n.removeprefix("MR_small_").removesuffix(".dcm"))
+        for n in ("MR_small_bigendian.dcm", "MR_small_expb.dcm", "MR_small_implicit.dcm",
+                  "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm")
+    ],
+)
+def test_pydicom_mr_variants_equal_the_plain_file(tmp_path: Path, name: str) -> None:
+    for folder, file in (("plain", "MR_small.dcm"), ("variant", name)):
+        (tmp_path / folder).mkdir()
+        shutil.copy(_pydicom_file(file), tmp_path / folder / file)
+    plain, variant = load_series(tmp_path / "plain"), load_series(tmp_path / "variant")
+    assert geo.geometries_equal(variant.geometry, plain.geometry)
+    np.testing.assert_array_equal(variant.array, plain.array)
+    np.testing.assert_array_equal(plain.array[0], pydicom.dcmread(tmp_path / "plain" / "MR_small.dcm").pixel_array)
+
+
+def test_pixel_padding_becomes_the_smallest_real_value(tmp_path: Path) -> None:
+    """CT_small declares PixelPaddingValue -2000; padding voxels must not read as -3024 HU."""
+    ds = pydicom.dcmread(_pydicom_file("CT_small.dcm"))
+    stored = ds.pixel_array.copy()
+    stored[:10, :] = -2000  # a padded border, as outside a reconstruction circle
+    ds.PixelData = stored.tobytes()
+    (tmp_path / "s").mkdir()
+    ds.save_as(tmp_path / "s" / "ct.dcm")
+    volume = load_series(tmp_path / "s")
+    real = stored[10:].astype(np.int64) + int(ds.RescaleIntercept)
+    assert int(ds.PixelPaddingValue) == -2000
+    np.testing.assert_array_equal(volume.array[0, 10:], real)
+    assert np.all(volume.array[0, :10] == real.min())
+
+
+def test_enhanced_ct_frames_take_their_per_frame_positions() -> None:
+    path = Path(_pydicom_file("eCT_Supplemental.dcm"))
+    folder = Path(pytest.importorskip("tempfile").mkdtemp())
+    shutil.copy(path, folder / path.name)
+    volume = load_series(folder)
+    ds = pydicom.dcmread(path)
+    frames = ds.PerFrameFunctionalGroupsSequence
+    positions = [[float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient] for f in frames]
+    assert volume.geometry.shape == (2, 512, 512)
+    assert volume.geometry.spacing_mm == pytest.approx((10.0, 0.388672, 0.388672))
+    # sorted along the normal (row x column cosine = -z here), as for single-frame series
+    order = np.argsort([-p[2] for p in positions])
+    np.testing.assert_allclose(geo.slice_positions_mm(volume.geometry), np.array(positions)[order], atol=1e-3)
+    shared = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+    expected = ds.pixel_array[order].astype(np.int64) * int(float(shared.RescaleSlope)) + int(float(shared.RescaleIntercept))
+    np.testing.assert_array_equal(volume.array, expected)
+    # SimpleITK keeps frame order; the same world position holds the same pixels
+    image = sitk.ReadImage(str(folder / path.name))
+    theirs = sitk.GetArrayFromImage(image)
+    for k in range(2):
+        origin = image.TransformIndexToPhysicalPoint((0, 0, k))
+        ours = int(np.argmin(np.linalg.norm(geo.slice_positions_mm(volume.geometry) - origin, axis=1)))
+        np.testing.assert_array_equal(volume.array[ours], theirs[k])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, id=n) for n in ("emri_small.dcm", "emri_small_big_endian.dcm", "emri_small_RLE.dcm",
+                                     "emri_small_jpeg_ls_lossless.dcm", "emri_small_jpeg_2k_lossless.dcm")],
+)
+def test_enhanced_mr_without_frame_geometry_is_refused(tmp_path: Path, name: str) -> None:
+    """pydicom's emri_small files carry no functional groups: SimpleITK reads them with origin
+    0 and spacing 1 (silently wrong); medseg names the missing geometry instead."""
+    shutil.copy(_pydicom_file(name), tmp_path / name)
+    with pytest.raises(GeometryError, match=rf"{name}: 10 frames but no PerFrameFunctionalGroupsSequence"):
+        load_series(tmp_path)
+
+
+def test_real_subset_with_a_gap_is_a_missing_slice_error() -> None:
+    """monai-ct-dicom holds 4 slices of a longer series: 202.5 mm between two of them."""
+    folder = require_data("dicom-quirks/monai-ct-dicom")
+    with pytest.raises(MissingSliceError, match=r"161 missing between 7106 and 7136"):
+        load_series(folder)

@@ -19,14 +19,21 @@ from numpy.typing import NDArray
 from scipy.spatial.transform import Rotation
 
 from medseg import geometry as geo
-from medseg.errors import ExportError, GeometryError, UnreadableScanError
+from medseg.errors import ConfigError, ExportError, GeometryError, UnreadableScanError
 from medseg.geometry import Geometry
-from medseg.io import rtstruct
+from medseg.io import nifti, rtstruct
 from medseg.io.dicom import format_ds, load_series
+from medseg.io.rois import export_rtstruct, load_roi_specs
 from medseg.io.rtstruct import RoiSpec
 from medseg.volume import Volume, VolumeKind
 from tests.conftest import require_data, require_tool
-from tests.rt_helpers import dice, plastimatch_masks, require_geometry_match, write_reference_series
+from tests.rt_helpers import (
+    dciodvfy_errors,
+    dice,
+    plastimatch_masks,
+    require_geometry_match,
+    write_reference_series,
+)
 
 AXIAL = Geometry((40, 96, 96), (2.5, 1.0, 1.0), (-47.5, -47.5, -50.0))
 OBLIQUE = Geometry(
@@ -458,3 +465,252 @@ def test_real_lung_gtv_matches_plastimatch(patient: str, tmp_path: Path) -> None
         )
     again = plastimatch_masks(out, folder, tmp_path / "plastimatch-ours")[name]
     assert dice(again.array, ours[name].array) >= 0.999
+
+
+# ---------------------------------------------------------------------------------------------
+# overlapping ROIs, standard names
+
+
+def test_write_masks_keeps_overlapping_rois(axial_ct: tuple[Volume, Path], tmp_path: Path) -> None:
+    """A ROI inside another (cord in canal) needs one volume per ROI; both come back exact."""
+    reference, ct_dir = axial_ct
+    g = reference.geometry
+    canal = _sphere_65ml(g)
+    cord = _lesion_1ml(g) | (_sphere_65ml(g) & _donut(g))
+    assert (canal & cord).any()
+    rois = [
+        (RoiSpec("Canal", 1, standard_name="SpinalCanal"), _labels(canal, reference)),
+        (RoiSpec("Cord", 1, (0, 0, 255), standard_name="SpinalCord"), _labels(cord, reference)),
+    ]
+    out = rtstruct.write_masks(rois, reference, tmp_path / "rs.dcm")
+    ds = pydicom.dcmread(out)
+    assert [r.ROIDescription for r in ds.StructureSetROISequence] == ["SpinalCanal", "SpinalCord"]
+    back = rtstruct.read(out, reference)
+    theirs = plastimatch_masks(out, ct_dir, tmp_path / "plastimatch")
+    for name, mask in (("Canal", canal), ("Cord", cord)):
+        assert np.array_equal(back[name].array, mask.astype(np.uint8)), name
+        assert dice(theirs[name].array, mask) >= 0.999, name
+
+
+def test_standard_name_is_validated() -> None:
+    with pytest.raises(ExportError, match="standard_name"):
+        RoiSpec("a", 1, standard_name="x" * 65)
+    with pytest.raises(ExportError, match="standard_name"):
+        RoiSpec("a", 1, standard_name="a\\b")
+
+
+# ---------------------------------------------------------------------------------------------
+# rois.yaml and export_rtstruct
+
+
+def test_load_roi_specs(tmp_path: Path) -> None:
+    path = tmp_path / "rois.yaml"
+    path.write_text(
+        "rois:\n"
+        "  - {label: 1, name: GTV, color: [255, 0, 0], type: GTV, standard_name: GTVp}\n"
+        "  - {label: 3, name: Parotid L}\n"
+    )
+    assert load_roi_specs(path) == [
+        RoiSpec("GTV", 1, (255, 0, 0), "GTV", "GTVp"),
+        RoiSpec("Parotid L", 3),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        pytest.param("rois:\n  - {label: 1, name: A, colour: [1, 2, 3]}\n", r"rois\.0\.colour: unknown key", id="unknown-key"),
+        pytest.param("roi:\n  - {label: 1, name: A}\n", "roi: unknown key", id="unknown-top-key"),
+        pytest.param("rois:\n  - {name: A}\n", r"rois\.0\.label", id="missing-label"),
+        pytest.param("rois:\n  - {label: 1, name: A, type: TUMOUR}\n", "Interpreted", id="bad-type"),
+        pytest.param("rois:\n  - {label: 1, name: A}\n  - {label: 1, name: B}\n", "duplicate label", id="duplicate-label"),
+        pytest.param("rois: [\n", "not valid YAML", id="bad-yaml"),
+        pytest.param("rois: []\n", "rois", id="empty"),
+    ],
+)  # fmt: skip
+def test_load_roi_specs_refuses_invalid_files(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "rois.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_roi_specs(path)
+    assert str(path) in str(info.value)
+
+
+def test_export_rtstruct_from_nifti(axial_ct: tuple[Volume, Path], tmp_path: Path) -> None:
+    reference, ct_dir = axial_ct
+    g = reference.geometry
+    labels = np.zeros(g.shape, dtype=np.uint8)
+    labels[_sphere_65ml(g)] = 2
+    labels[_lesion_1ml(g)] = 4
+    labels_path = nifti.save(Volume(labels, g, VolumeKind.LABELS), tmp_path / "labels.nii.gz")
+
+    out = export_rtstruct(ct_dir, labels_path, None, tmp_path / "default.dcm")
+    assert dciodvfy_errors(out) == []
+    back = rtstruct.read(out, reference)
+    assert list(back) == ["label_2", "label_4"]
+    assert np.array_equal(back["label_4"].array, (labels == 4).astype(np.uint8))
+
+    rois = tmp_path / "rois.yaml"
+    rois.write_text("rois:\n  - {label: 4, name: GTV, type: GTV, standard_name: GTVp}\n")
+    with pytest.warns(UserWarning, match=r"label value\(s\) \[2\]"):
+        out = export_rtstruct(ct_dir, labels_path, rois, tmp_path / "named.dcm")
+    ds = pydicom.dcmread(out)
+    assert [(r.ROIName, r.ROIDescription) for r in ds.StructureSetROISequence] == [("GTV", "GTVp")]
+    assert ds.RTROIObservationsSequence[0].RTROIInterpretedType == "GTV"
+
+
+def test_export_rtstruct_reorders_flipped_axes_without_interpolation(
+    axial_ct: tuple[Volume, Path], tmp_path: Path
+) -> None:
+    """The same voxels stored with the row axis reversed (as dcm2niix writes) are accepted."""
+    reference, ct_dir = axial_ct
+    g = reference.geometry
+    labels = _labels(_lesion_1ml(g) | _donut(g), reference)
+    last_row = geo.index_to_world(g, [0.0, g.shape[1] - 1.0, 0.0])
+    flipped_geometry = Geometry(
+        g.shape,
+        g.spacing_mm,
+        tuple(float(v) for v in last_row),  # type: ignore[arg-type]
+        tuple((g.direction_matrix @ np.diag([1.0, -1.0, 1.0])).ravel()),
+    )
+    stored = np.ascontiguousarray(np.flip(np.asarray(labels.array), axis=1))
+    path = nifti.save(Volume(stored, flipped_geometry, VolumeKind.LABELS), tmp_path / "l.nii.gz")
+    out = export_rtstruct(ct_dir, path, None, tmp_path / "rs.dcm")
+    assert np.array_equal(rtstruct.read(out, reference)["label_1"].array, labels.array)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["shift-half-voxel", "spacing", "shape"],
+    ids=["shift-half-voxel", "spacing", "shape"],
+)
+def test_export_rtstruct_refuses_labels_off_the_ct_grid(
+    axial_ct: tuple[Volume, Path], tmp_path: Path, change: str
+) -> None:
+    _, ct_dir = axial_ct
+    g = AXIAL
+    if change == "shift-half-voxel":
+        other = Geometry(g.shape, g.spacing_mm, (g.origin_mm[0] + 0.5, *g.origin_mm[1:]))
+    elif change == "spacing":
+        other = Geometry(g.shape, (2.5, 1.0, 1.1), g.origin_mm)
+    else:
+        other = Geometry((g.shape[0] - 1, *g.shape[1:]), g.spacing_mm, g.origin_mm)
+    labels = np.zeros(other.shape, dtype=np.uint8)
+    labels[5, 10:20, 10:20] = 1
+    path = nifti.save(Volume(labels, other, VolumeKind.LABELS), tmp_path / "labels.nii.gz")
+    out = tmp_path / "rs.dcm"
+    with pytest.raises(GeometryError, match="not on the grid") as info:
+        export_rtstruct(ct_dir, path, None, out)
+    assert str(path) in str(info.value) and str(ct_dir) in str(info.value)
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# missing UIDs in the reference
+
+
+@pytest.mark.parametrize(
+    ("field", "tag"),
+    [("study_instance_uid", "StudyInstanceUID (0020,000D)"),
+     ("series_instance_uid", "SeriesInstanceUID (0020,000E)")],
+    ids=["study", "series"],
+)  # fmt: skip
+def test_missing_reference_uids(
+    axial_ct: tuple[Volume, Path], tmp_path: Path, field: str, tag: str
+) -> None:
+    reference, _ = axial_ct
+    blank = dataclasses.replace(reference, source=dataclasses.replace(reference.source, **{field: None}))
+    labels = _labels(_lesion_1ml(reference.geometry), reference)
+    out = tmp_path / "rs.dcm"
+    with pytest.raises(ExportError, match=tag.replace("(", r"\(").replace(")", r"\)")) as info:
+        rtstruct.write(labels, blank, [RoiSpec("a", 1)], out)
+    assert str(reference.source.path) in str(info.value) and not out.exists()
+
+    with pytest.warns(UserWarning, match="generated"):
+        rtstruct.write(labels, blank, [RoiSpec("a", 1)], out, missing_uids="generate")
+    with pytest.warns(UserWarning, match="generated"):
+        rtstruct.write(labels, blank, [RoiSpec("a", 1)], tmp_path / "again.dcm", missing_uids="generate")
+    assert dciodvfy_errors(out) == []
+    first, second = pydicom.dcmread(out), pydicom.dcmread(tmp_path / "again.dcm")
+    study = first.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    series = study.RTReferencedSeriesSequence[0]
+    generated = study.ReferencedSOPInstanceUID if field == "study_instance_uid" else series.SeriesInstanceUID
+    assert generated and generated != getattr(reference.source, field)
+    # the same series always gets the same generated UID
+    study2 = second.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    assert study2.ReferencedSOPInstanceUID == study.ReferencedSOPInstanceUID
+    assert study2.RTReferencedSeriesSequence[0].SeriesInstanceUID == series.SeriesInstanceUID
+
+
+def test_missing_frame_of_reference_is_always_an_error(
+    axial_ct: tuple[Volume, Path], tmp_path: Path
+) -> None:
+    reference, _ = axial_ct
+    blank = dataclasses.replace(
+        reference, source=dataclasses.replace(reference.source, frame_of_reference_uid=None)
+    )
+    labels = _labels(_lesion_1ml(reference.geometry), reference)
+    with pytest.raises(ExportError, match="FrameOfReferenceUID"):
+        rtstruct.write(labels, blank, [RoiSpec("a", 1)], tmp_path / "rs.dcm", missing_uids="generate")
+
+
+# ---------------------------------------------------------------------------------------------
+# sub-voxel contours from probabilities
+
+
+def _smooth_ball(
+    g: Geometry, centre_index: tuple[float, float, float], volume_ml: float, width_mm: float
+) -> NDArray[np.float64]:
+    """Foreground probability falling smoothly (logistic, ``width_mm``) across a sphere."""
+    radius_mm = (3.0 * volume_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+    k, j, i = np.indices(g.shape, dtype=float)
+    distance = np.sqrt(
+        sum(((a - c) * s) ** 2 for a, c, s in zip((k, j, i), centre_index, g.spacing_mm, strict=True))
+    )
+    return 1.0 / (1.0 + np.exp((distance - radius_mm) / width_mm))
+
+
+@pytest.mark.parametrize(
+    ("case", "volume_ml"), [("sphere-65ml", 65.0), ("lesion-1ml", 1.0), ("lesion-0.5ml", 0.5)],
+    ids=["sphere-65ml", "lesion-1ml", "lesion-0.5ml"],
+)  # fmt: skip
+@pytest.mark.parametrize("grid", ["axial", "oblique"], ids=["axial", "oblique"])
+def test_probability_contours_match_plastimatch(
+    case: str,
+    volume_ml: float,
+    grid: str,
+    axial_ct: tuple[Volume, Path],
+    oblique_ct: tuple[Volume, Path],
+    tmp_path: Path,
+) -> None:
+    reference, ct_dir = axial_ct if grid == "axial" else oblique_ct
+    g = reference.geometry
+    foreground = _smooth_ball(g, (19.3, 47.6, 48.2), volume_ml, width_mm=1.5)
+    mask = foreground > 0.5
+    probabilities = Volume(np.stack([1.0 - foreground, foreground]), g, VolumeKind.PROBABILITIES)
+    out = rtstruct.write(
+        _labels(mask, reference), reference, [RoiSpec(case, 1)], tmp_path / "rs.dcm",
+        probabilities=probabilities,
+    )  # fmt: skip
+    assert dciodvfy_errors(out) == []
+    contour = pydicom.dcmread(out).ROIContourSequence[0].ContourSequence[0]
+    index = geo.world_to_index(g, np.asarray(contour.ContourData, dtype=float).reshape(-1, 3))
+    off_edges = np.abs(index[:, 1:] - np.round(index[:, 1:] - 0.5) - 0.5)
+    assert off_edges.max() > 0.05  # really sub-voxel, not on voxel edges
+    theirs = plastimatch_masks(out, ct_dir, tmp_path / "plastimatch")[case]
+    d = dice(theirs.array, mask)
+    ratio = float(theirs.array.sum()) / float(mask.sum())
+    assert d >= 0.95, f"{case}: Dice {d:.4f}"
+    assert abs(ratio - 1.0) <= 0.03, f"{case}: volume ratio {ratio:.4f}"
+
+
+def test_probabilities_are_checked(axial_ct: tuple[Volume, Path], tmp_path: Path) -> None:
+    reference, _ = axial_ct
+    g = reference.geometry
+    labels = _labels(_lesion_1ml(g), reference, label=2)
+    two = Volume(np.zeros((2, *g.shape)), g, VolumeKind.PROBABILITIES)
+    with pytest.raises(ExportError, match=r"label\(s\) \[2\]"):
+        rtstruct.write(labels, reference, [RoiSpec("a", 2)], tmp_path / "rs.dcm", probabilities=two)
+    bad = Volume(np.full((3, *g.shape), 1.5), g, VolumeKind.PROBABILITIES)
+    with pytest.raises(ExportError, match=r"\[0, 1\]"):
+        rtstruct.write(labels, reference, [RoiSpec("a", 2)], tmp_path / "rs.dcm", probabilities=bad)
