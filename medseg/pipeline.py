@@ -16,8 +16,9 @@ import numpy as np
 from medseg import data, phantom, postprocess
 from medseg.config import ExperimentConfig
 from medseg.errors import InputError
-from medseg.io import nifti, rtstruct
+from medseg.io import nifti, rtstruct, seg
 from medseg.io.files import atomic_dir, atomic_path
+from medseg.report import write_report
 from medseg.volume import Volume, require_same_geometry
 
 __all__ = [
@@ -73,8 +74,10 @@ def load_model(model: str | Path, *, tracking_uri: str | None = None) -> Any:
 def predict_case(model: Any, input_path: Path, out_dir: Path, *, overwrite: bool = False) -> CaseResult:
     """Segment one scan and write its outputs atomically into ``out_dir``.
 
-    Writes ``rtstruct.dcm`` (DICOM input only: it references the input series),
-    ``labels.nii.gz`` and ``volumes.json`` (per-structure and per-lesion volumes in mL).
+    Writes ``rtstruct.dcm`` and ``seg.dcm`` (DICOM input only: they reference the input
+    series), ``labels.nii.gz``, ``volumes.json`` and ``lesions.csv`` (per-structure and
+    per-lesion volumes in mL, centroids and diameters in mm) and ``report/report.html`` (a QA
+    page with axial/coronal/sagittal overlays through every lesion).
 
     Args:
         model: a :class:`medseg.model.LoadedModel`.
@@ -97,14 +100,21 @@ def predict_case(model: Any, input_path: Path, out_dir: Path, *, overwrite: bool
         for value, name in sorted(model.label_names.items())
     ]
     out_dir = Path(out_dir)
+    present = {int(v) for v in np.unique(np.asarray(labels.array))}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         rtstruct_path = None
         if image.source.sop_instance_uids:
             rtstruct_path = rtstruct.write(
                 labels, image, rois, tmp / "rtstruct.dcm", model_id=_model_id(model)
             )
+            # DICOM SEG holds one segment per structure found; a SEG needs at least one
+            segments = [roi for roi in rois if roi.label in present]
+            if segments:
+                seg.write_seg(labels, image, segments, tmp / "seg.dcm")
         nifti.save(labels, tmp / "labels.nii.gz")
-        (tmp / "volumes.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        postprocess.write_volumes_json(report, tmp / "volumes.json")
+        postprocess.write_lesions_csv(report, tmp / "lesions.csv")
+        write_report(image, labels, model.label_names, tmp / "report")
     volumes = {name: entry["volume_ml"] for name, entry in report["labels"].items()}
     return CaseResult(
         out_dir=out_dir,

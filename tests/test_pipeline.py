@@ -48,6 +48,15 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     require_geometry_match(masks["tumour"].geometry, labels.geometry)
     assert dice(masks["tumour"].array, labels.array == 1) >= 0.95
 
+    # the other outputs a user opens: DICOM SEG (same masks), lesion table, QA page
+    from medseg.io.seg import read_seg
+
+    seg_masks = read_seg(prediction / "seg.dcm", load_series(ct_dir))
+    np.testing.assert_array_equal(seg_masks["tumour"].array, labels.array == 1)
+    assert (prediction / "lesions.csv").read_text().count("\n") >= 2
+    html = (prediction / "report" / "report.html").read_text()
+    assert "tumour" in html and ".png" in html
+
     # volumes.json is voxel count x voxel volume, both from the label map's geometry
     volumes = json.loads((prediction / "volumes.json").read_text())
     count = int(np.count_nonzero(labels.array == 1))

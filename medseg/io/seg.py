@@ -276,8 +276,11 @@ def read_seg(path: Path, reference: Volume) -> dict[str, Volume]:
     for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
         if "PlaneOrientationSequence" in item:
             _require_plane(path, item, g)
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        position = np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        # attributes common to every frame (one segment, one frame) sit in the shared groups
+        ident = item if "SegmentIdentificationSequence" in item else shared
+        plane = item if "PlanePositionSequence" in item else shared
+        number = int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        position = np.asarray(plane.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
         k = _slice_index(path, i, position, g)
         masks[number][k] |= (pixels[i] > threshold).astype(np.uint8)
     out: dict[str, Volume] = {}

@@ -153,3 +153,15 @@ def test_read_refuses_another_grid(tmp_path: Path) -> None:
     )
     with pytest.raises(GeometryError, match="not on a slice"):
         seg.read_seg(out, Volume(np.zeros(g.shape, np.int16), half_slice))
+
+
+def test_single_segment_round_trip_reads_shared_functional_groups(tmp_path: Path) -> None:
+    """With one segment, highdicom puts SegmentIdentificationSequence in the shared groups."""
+    g = Geometry((6, 20, 24), (2.5, 1.0, 1.0), (-12.0, -10.0, 30.0))
+    reference = write_reference_series(g, tmp_path / "ct")
+    mask = np.zeros(g.shape, np.uint8)
+    mask[2:4, 5:9, 6:12] = 1
+    labels = Volume(mask, g, VolumeKind.LABELS, reference.source)
+    out = seg.write_seg(labels, reference, [RoiSpec("tumour", 1, interpreted_type="GTV")], tmp_path / "seg.dcm")
+    back = seg.read_seg(out, reference)
+    np.testing.assert_array_equal(back["tumour"].array, mask)
