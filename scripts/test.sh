@@ -10,7 +10,7 @@ command -v dcmdump >/dev/null || need+=(dcmtk)
 if ((${#need[@]})); then
   if [[ $(id -u) == 0 ]]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
     echo "missing Debian tools ${need[*]}: run as root or 'sudo apt-get install ${need[*]}'" >&2
   fi
