@@ -68,6 +68,7 @@ __all__ = [
     "SegmentationMetrics",
     "compute_label_metrics",
     "compute_metrics",
+    "dice_score",
     "evaluate_folder",
 ]
 
@@ -179,6 +180,23 @@ def _directed_distances_mm(
     """
     distances, _ = cKDTree(to_points_mm).query(from_points_mm, k=1)
     return np.asarray(distances, dtype=np.float64)
+
+
+def dice_score(prediction: Volume, reference: Volume, label: int = 1) -> float:
+    """Dice of one label between two label volumes on the same grid, without distances.
+
+    The cheap check used during training validation and by the demo; both masks empty gives
+    1.0 (nothing to find, nothing found), as in :func:`compute_metrics`.
+
+    Raises:
+        GeometryError: if the volumes are on different grids or frames of reference.
+        InputError: if either volume is not a labels volume.
+    """
+    require_same_geometry(prediction, reference)
+    pred = _mask(prediction, label, "prediction")
+    ref = _mask(reference, label, "reference")
+    total = int(pred.sum()) + int(ref.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(pred & ref)) / total
 
 
 def compute_metrics(

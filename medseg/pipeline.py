@@ -18,13 +18,13 @@ from medseg.config import ExperimentConfig
 from medseg.errors import InputError
 from medseg.io import nifti, rtstruct, seg
 from medseg.io.files import atomic_dir, atomic_path
+from medseg.metrics import dice_score
 from medseg.report import write_report
-from medseg.volume import Volume, require_same_geometry
+from medseg.volume import Volume
 
 __all__ = [
     "CaseResult",
     "DemoResult",
-    "dice_score",
     "load_model",
     "predict_case",
     "run_demo",
@@ -145,15 +145,6 @@ def train_from_config(config: ExperimentConfig, out_dir: Path) -> Any:
     val_pairs = [(c.image, c.labels) for c in datalist.validation]
     with tracking.Tracker(config) as tracker:
         return train(config, pairs, val_pairs, Path(out_dir), tracker)
-
-
-def dice_score(prediction: Volume, reference: Volume, label: int) -> float:
-    """Dice of one label between two label volumes on the same grid (1.0 if both empty)."""
-    require_same_geometry(prediction, reference)
-    a = np.asarray(prediction.array) == label
-    b = np.asarray(reference.array) == label
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ import medseg
 from medseg.config import ExperimentConfig
 from medseg.errors import ConfigError, InputError
 from medseg.infer import predict
+from medseg.metrics import dice_score
 from medseg.model import LoadedModel, build_network, save_checkpoint
 from medseg.preprocess import scale_intensity
 from medseg.volume import Volume, VolumeKind, require_same_geometry
@@ -326,18 +327,10 @@ def _validate(model: LoadedModel, val_cases: Sequence[tuple[Volume, Volume]]) ->
     """Mean Dice per foreground label name over the validation cases."""
     scores: dict[str, list[float]] = {name: [] for name in model.label_names.values()}
     for image, labels in val_cases:
-        predicted = predict(model, image).array
+        predicted = predict(model, image)
         for value, name in model.label_names.items():
-            scores[name].append(_dice(predicted == value, labels.array == value))
+            scores[name].append(dice_score(predicted, labels, value))
     return {name: float(np.mean(values)) for name, values in scores.items()}
-
-
-def _dice(predicted: NDArray[np.bool_], reference: NDArray[np.bool_]) -> float:
-    """Dice of two masks; 1.0 when both are empty (nothing to find, nothing found)."""
-    total = int(predicted.sum()) + int(reference.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(predicted, reference).sum()) / total
 
 
 def _extra(epoch: int, train_loss: float, val_dice: float | None) -> dict[str, Any]:

@@ -382,3 +382,20 @@ def test_hd95_on_a_long_tail_follows_monai_not_surface_distance() -> None:
     assert abs(ours.hausdorff_mm - deepmind["hausdorff_mm"]) <= diagonal_mm
     assert abs(ours.assd_mm - deepmind["assd_mm"]) <= diagonal_mm
     assert 1 < abs(ours.hausdorff95_mm - deepmind["hausdorff95_mm"]) / diagonal_mm < 3
+
+
+def test_dice_score_matches_compute_metrics_and_handles_empty_masks() -> None:
+    from medseg.metrics import dice_score
+
+    a = np.zeros((6, 8, 8), np.uint8)
+    b = np.zeros((6, 8, 8), np.uint8)
+    a[1:4, 2:6, 2:6] = 1
+    b[2:5, 2:6, 3:7] = 1
+    pred, ref = _labels(a, (2.5, 0.8, 0.8)), _labels(b, (2.5, 0.8, 0.8))
+    full = compute_metrics(pred, ref, label=1, tolerance_mm=1.0)
+    assert dice_score(pred, ref, 1) == pytest.approx(full.dice, abs=1e-12)
+    empty = _labels(np.zeros((6, 8, 8), np.uint8), (2.5, 0.8, 0.8))
+    assert dice_score(empty, empty, 1) == 1.0
+    assert dice_score(pred, empty, 1) == 0.0
+    with pytest.raises(GeometryError):
+        dice_score(pred, _labels(b, (2.0, 0.8, 0.8)), 1)
