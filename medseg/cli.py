@@ -102,7 +102,8 @@ def demo(
     typer.echo(f"tumour volume: predicted {result.predicted_volume_ml:.2f} mL, "
                f"truth {result.true_volume_ml:.2f} mL, Dice {result.dice:.3f}")
     typer.echo(f"MLflow run id: {result.run_id}  (model: {result.model_uri})")
-    typer.echo(f"outputs: {result.case.out_dir} (rtstruct.dcm, labels.nii.gz, volumes.json)")
+    typer.echo(f"outputs: {result.case.out_dir} (rtstruct.dcm, seg.dcm, labels.nii.gz, "
+               "volumes.json, lesions.csv, report/report.html)")
     typer.echo(f"summary: {result.summary_path}")
     typer.echo(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri}")
 
