@@ -17,6 +17,8 @@ import typer
 import medseg
 from medseg.errors import MedsegError
 
+__all__ = ["app"]
+
 app = typer.Typer(
     name="medseg",
     help="3D medical image segmentation: DICOM/NIfTI in, MONAI U-Net, RT-STRUCT out.",

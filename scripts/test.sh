@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Install medseg with its test dependencies, the Debian tools the tests use as independent
-# referees (when run as root and missing), and run the whole test suite.
+# referees and real services (plastimatch, dciodvfy, dcmtk, Chromium, Orthanc; when run as
+# root and missing), and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v plastimatch >/dev/null || need+=(plastimatch)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v dcmdump >/dev/null || need+=(dcmtk)
+command -v chromium >/dev/null || need+=(chromium)
+command -v Orthanc >/dev/null || need+=(orthanc)
+[[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]] || need+=(orthanc-dicomweb)
 if ((${#need[@]})); then
   if [[ $(id -u) == 0 ]]; then
     apt-get update -qq
