@@ -2,11 +2,14 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/rtstruct_export.py [--data ../shared/data] [--scan 0522c0014]
+    .venv/bin/python -m pip install -c requirements.lock -e ".[bench]"   # rt-utils
+    .venv/bin/python benchmarks/rtstruct_export.py [--data ../shared/data] [--scans all]
 
 Part 1: a 65 mL sphere and a 1 mL lesion on a 200-slice 512 x 512 CT written by
-``io.dicom.write_series``. Part 2: every ``hn-oar-labels`` organ of one scan (oncologist), on
-a blank CT written on the label maps' full grid. For each exporter: export time (the CT folder
+``io.dicom.write_series``. Part 2: every ``hn-oar-labels`` organ of every scan by both
+annotators (or the scans named by ``--scans``), each scan on a blank CT written on the label
+maps' full grid; the first scan prints its full table, then per organ the worst and median
+volume ratio over all scans, and the summed export times. For each exporter: export time (the CT folder
 and the masks in memory to the file on disk, including the exporter's own reading of the CT
 series), ``dciodvfy`` Error lines, and per ROI the volume ratio and Dice of plastimatch's
 rasterisation against the source mask. Needs plastimatch and dciodvfy on PATH and rt-utils in
@@ -69,7 +72,7 @@ def plastimatch_rasterise(rtss: Path, ct_dir: Path, out_dir: Path) -> Masks:
 def export_medseg(ct_dir: Path, masks: Masks, out: Path) -> None:
     reference = load_series(ct_dir)
     pairs = [
-        (RoiSpec(name, 1), Volume(mask.astype(np.uint8), reference.geometry, VolumeKind.LABELS))
+        (RoiSpec(name, 1), Volume(mask.view(np.uint8), reference.geometry, VolumeKind.LABELS))
         for name, mask in masks.items()
     ]
     with warnings.catch_warnings():
@@ -166,7 +169,7 @@ def _ball(g: Geometry, centre: tuple[float, float, float], volume_ml: float) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--scan", default="0522c0014")
+    parser.add_argument("--scans", default="all", help="'all' or comma-separated scan folders")
     args = parser.parse_args()
     for tool in ("plastimatch", "dciodvfy"):
         if shutil.which(tool) is None:
@@ -186,19 +189,63 @@ def main() -> int:
         results = run_case("synthetic", work / "ct-synthetic", masks, work)
         print_case("200 x 512 x 512 CT: 65 mL sphere + 1 mL lesion", masks, results, geo.voxel_volume_ml(g))
 
-        # part 2: real organs
-        folder = args.data / "hn-oar-labels" / "oncologist" / args.scan / "segmentations"
-        paths = sorted(folder.glob("*.nrrd"))
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            organs = list(pool.map(lambda p: nifti.load(p, VolumeKind.LABELS), paths))
-        grid = organs[0].geometry
-        write_series(Volume(np.full(grid.shape, -1000, np.int16), grid), work / "ct-hn")
-        masks = {p.name.removesuffix(".nrrd"): np.asarray(o.array) > 0 for p, o in zip(paths, organs, strict=True)}
-        results = run_case("hn", work / "ct-hn", masks, work)
-        print_case(
-            f"hn-oar-labels/oncologist/{args.scan}: {len(masks)} organs on {grid.shape}",
-            masks, results, geo.voxel_volume_ml(grid),
-        )  # fmt: skip
+        # part 2: real organs, every scan of both annotators
+        root = args.data / "hn-oar-labels"
+        folders = sorted(root.glob("*/*/segmentations"))
+        if args.scans != "all":
+            wanted = set(args.scans.split(","))
+            folders = [f for f in folders if f.parent.name in wanted]
+        ratios: dict[str, dict[str, list[float]]] = {name: {} for name in EXPORTERS}
+        seconds = dict.fromkeys(EXPORTERS, 0.0)
+        errors = dict.fromkeys(EXPORTERS, 0)
+        for n, folder in enumerate(folders):
+            label = f"{folder.parent.parent.name}/{folder.parent.name}"
+            paths = sorted(folder.glob("*.nrrd"))
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                organs = list(pool.map(lambda p: nifti.load(p, VolumeKind.LABELS), paths))
+            grid = organs[0].geometry
+            ct_dir = work / f"ct-hn-{n}"
+            write_series(Volume(np.full(grid.shape, -1000, np.int16), grid), ct_dir)
+            masks = {
+                p.name.removesuffix(".nrrd"): np.asarray(o.array) > 0
+                for p, o in zip(paths, organs, strict=True)
+            }
+            results = run_case(f"hn{n}", ct_dir, masks, work)
+            if n == 0:
+                print_case(
+                    f"hn-oar-labels/{label}: {len(masks)} organs on {grid.shape}",
+                    masks, results, geo.voxel_volume_ml(grid),
+                )  # fmt: skip
+            line = f"{label:<34}"
+            for name, result in results.items():
+                if "error" in result:
+                    line += f"  {name}: FAILED"
+                    continue
+                seconds[name] += float(result["seconds"])  # type: ignore[arg-type]
+                errors[name] += int(result["errors"])  # type: ignore[call-overload]
+                line += f"  {name} {result['seconds']:.2f} s, {result['errors']} errors"
+                for roi, (ratio, _d) in result["per_roi"].items():  # type: ignore[attr-defined]
+                    if not np.isnan(ratio):
+                        ratios[name].setdefault(roi, []).append(ratio)
+            print(line)
+            shutil.rmtree(ct_dir, ignore_errors=True)
+        print(f"\n## every hn-oar-labels organ: {len(folders)} scans x annotators")
+        print(f"{'organ':<18}" + "".join(f"{n + ' worst':>16}{n + ' median':>16}" for n in EXPORTERS))
+        for roi in sorted(ratios["medseg"]):
+            row = f"{roi:<18}"
+            for name in EXPORTERS:
+                values = ratios[name].get(roi, [float("nan")])
+                worst = max(values, key=lambda r: abs(r - 1.0))
+                row += f"{worst:>16.4f}{statistics.median(values):>16.4f}"
+            print(row)
+        for name in EXPORTERS:
+            every = [r for values in ratios[name].values() for r in values]
+            worst = max(every, key=lambda r: abs(r - 1.0))
+            print(
+                f"{name:>9}: {seconds[name]:.2f} s in all, dciodvfy Error lines {errors[name]}, "
+                f"volume ratio worst {worst:.4f} over {len(every)} organs"
+            )
+        print(f"time ratio rt-utils/medseg over all scans: {seconds['rt-utils'] / seconds['medseg']:.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

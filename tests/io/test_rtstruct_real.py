@@ -1,12 +1,11 @@
 """RT-STRUCT export of real structures, checked by plastimatch (rasteriser) and dciodvfy.
 
 * ``hn-oar-labels``: expert head-and-neck organs (0.04 mL cochleae to 1.5 L brains). All 21
-  organs of each of the 7 scans of the **oncologist** folder go into one RT-STRUCT per scan;
-  the radiographer folder holds the same organs of the same scans by a second annotator, so
-  it adds no new shapes of a different kind for the exporter and is left out to keep this
-  module near a minute on 2 cores. The label maps carry the CT grid; each test writes a blank
-  CT series on the sub-grid that holds every organ (plus a margin), which keeps every world
-  position and halves the run time (plastimatch and the CT writer scale with voxels).
+  organs of each of the 7 scans, as drawn by each of the two annotators (oncologist and
+  radiographer: the same organs drawn twice, so different real shapes), go into one RT-STRUCT
+  per scan and annotator. The label maps carry the CT grid; each test writes a blank CT series
+  on the sub-grid that holds every organ (plus a margin), which keeps every world position and
+  halves the run time (plastimatch and the CT writer scale with voxels).
 * ``totalseg-example``: TotalSegmentator's multi-organ output exported onto its own DICOM
   series, through :func:`medseg.io.export_rtstruct`, as users run it.
 """
@@ -98,9 +97,10 @@ def _compare(
     return failures
 
 
+@pytest.mark.parametrize("annotator", ["oncologist", "radiographer"])
 @pytest.mark.parametrize("scan", HN_SCANS, ids=HN_SCANS)
-def test_hn_oar_organs_survive_plastimatch(scan: str, tmp_path: Path) -> None:
-    folder = require_data(f"hn-oar-labels/oncologist/{scan}/segmentations")
+def test_hn_oar_organs_survive_plastimatch(scan: str, annotator: str, tmp_path: Path) -> None:
+    folder = require_data(f"hn-oar-labels/{annotator}/{scan}/segmentations")
     paths = sorted(folder.glob("*.nrrd"))
     # gzip decoding of 21 full-size maps dominates otherwise; zlib releases the GIL
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -141,7 +141,7 @@ def test_hn_oar_organs_survive_plastimatch(scan: str, tmp_path: Path) -> None:
     ]
     theirs = plastimatch_structure_masks(out, tmp_path / "ct", tmp_path / "plastimatch")
     failures = _compare(masks, theirs, reference)
-    assert failures == [], f"{scan}:\n" + "\n".join(failures)
+    assert failures == [], f"{annotator}/{scan}:\n" + "\n".join(failures)
 
 
 # ---------------------------------------------------------------------------------------------
