@@ -10,7 +10,7 @@ import enum
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -26,21 +26,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _builtin_config(name: str) -> Path:
-    """Path of a YAML shipped in ``configs/``.
-
-    Installed wheels carry ``configs/`` as the ``medseg.configs`` package; in a source
-    checkout (editable install, or run from the repository root, where the ``medseg`` folder
-    shadows the installed mapping) it is the repository's ``configs/`` folder.
-    """
-    from importlib.resources import files
-
-    try:
-        return Path(str(files("medseg.configs") / name))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[1] / "configs" / name
 
 
 
@@ -94,11 +79,11 @@ def demo(
     cases: Annotated[int, typer.Option(min=2, help="Number of training phantoms.")] = 8,
 ) -> None:
     """Make phantom CTs, train a U-Net, predict a held-out phantom and export an RT-STRUCT."""
-    from medseg.config import load_config
+    from medseg.config import builtin_config_path, load_config
     from medseg.pipeline import run_demo
 
     try:
-        result = run_demo(load_config(config or _builtin_config("demo.yaml")), out, n_cases=cases)
+        result = run_demo(load_config(config or builtin_config_path("demo.yaml")), out, n_cases=cases)
     except MedsegError as error:
         _fail(error)
     typer.echo(f"tumour volume: predicted {result.predicted_volume_ml:.2f} mL, "
@@ -114,18 +99,39 @@ def demo(
 def train(
     config: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Experiment YAML.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint folder.")] = Path("medseg-train"),
+    fold: Annotated[
+        int | None, typer.Option("--fold", min=0, help="Train cross-validation fold K only.")
+    ] = None,
+    folds: Annotated[
+        str | None, typer.Option("--folds", help="'all': train every cross-validation fold.")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", exists=True, dir_okay=False,
+                     help="Continue an interrupted run from its last.pt."),
+    ] = None,
 ) -> None:
     """Train a model from an experiment config; tracked in MLflow."""
     from medseg.config import load_config
+    from medseg.crossval import train_folds
     from medseg.pipeline import train_from_config
 
+    if folds not in (None, "all") or (fold is not None and folds is not None):
+        raise typer.BadParameter("use either --fold K or --folds all", param_hint="--folds")
+    if resume is not None and (fold is not None or folds is not None):
+        raise typer.BadParameter("--resume continues one run, not folds", param_hint="--resume")
     try:
-        result = train_from_config(load_config(config), out)
+        experiment = load_config(config)
+        if fold is None and folds is None:
+            results = [train_from_config(experiment, out, resume_from=resume)]
+        else:
+            results = train_folds(experiment, out, None if fold is None else [fold])
     except MedsegError as error:
         _fail(error)
-    typer.echo(f"best checkpoint: {result.checkpoint_path} (epoch {result.best_epoch}, "
-               f"val Dice {result.best_val_dice})")
-    typer.echo(f"MLflow run id: {result.run_id}  model: {result.model_uri}")
+    for result in results:
+        typer.echo(f"best checkpoint: {result.checkpoint_path} (epoch {result.best_epoch}, "
+                   f"val Dice {result.best_val_dice})")
+        typer.echo(f"MLflow run id: {result.run_id}  model: {result.model_uri}")
 
 
 @app.command()
@@ -155,12 +161,22 @@ def evaluate(
     ref: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Reference label maps.")],
     out: Annotated[Path, typer.Option(help="Folder for the metrics CSV/JSON.")] = Path("medseg-evaluation"),
     tolerance_mm: Annotated[float, typer.Option(min=0.0, help="Surface Dice tolerance (mm).")] = 2.0,
+    spacing_from: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            help="Image file, or folder of images named like the cases (e.g. REF), whose grid "
+            "(spacing, origin, direction) the predictions adopt voxel for voxel; shapes must match.",
+        ),
+    ] = None,
 ) -> None:
     """Dice, IoU, HD, HD95, ASSD, surface Dice and volume errors, per case and summarised."""
-    from medseg.metrics import evaluate_folder
+    from medseg.evaluation import evaluate_folder
 
     try:
-        summary = evaluate_folder(pred, ref, out, labels=None, tolerance_mm=tolerance_mm)
+        summary = evaluate_folder(
+            pred, ref, out, labels=None, tolerance_mm=tolerance_mm, spacing_from=spacing_from
+        )
     except MedsegError as error:
         _fail(error)
     typer.echo(f"{len(summary.cases)} cases evaluated, {len(summary.failures)} failed")
@@ -204,6 +220,36 @@ def inspect(
         typer.echo(f"problem: {problem.message}")
 
 
+@app.command()
+def convert(
+    dicom_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="DICOM folder.")],
+    out_dir: Annotated[Path, typer.Argument(help="Output folder (must not exist).")],
+    rtstruct: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="RT-STRUCT: one mask per ROI.")
+    ] = None,
+    resample_irregular: Annotated[bool, typer.Option(help="Resample uneven/missing slices.")] = False,
+    resample_tilt: Annotated[bool, typer.Option(help="Resample a gantry-tilted stack.")] = False,
+    partial: Annotated[bool, typer.Option(help="Skip contours whose slices are missing.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """DICOM series (+ RT-STRUCT) to NIfTI: image.nii.gz and masks/<ROI>.nii.gz."""
+    from medseg.config import IngestConfig
+    from medseg.io.convert import convert_dicom
+
+    ingest = IngestConfig(
+        irregular_slices="resample" if resample_irregular else "error",
+        gantry_tilt="resample" if resample_tilt else "error",
+        unplaced_contours="skip" if partial else "error",
+    )
+    try:
+        result = convert_dicom(dicom_dir, out_dir, rtstruct=rtstruct, ingest=ingest, overwrite=overwrite)
+    except MedsegError as error:
+        _fail(error)
+    typer.echo(f"image {result.shape}: {result.image}")
+    for name, path in result.masks.items():
+        typer.echo(f"{name}: {path}")
+
+
 @app.command("export-rtstruct")
 def export_rtstruct(
     ct: Annotated[Path, typer.Option(exists=True, file_okay=False, help="CT series folder.")],
@@ -225,6 +271,207 @@ def export_rtstruct(
     except MedsegError as error:
         _fail(error)
     typer.echo(f"RT-STRUCT written: {path}")
+
+
+class ExecutorChoice(str, enum.Enum):
+    """Where ``medseg batch`` and ``medseg pacs run`` run their cases."""
+
+    LOCAL = "local"
+    POOL = "pool"
+    RAY = "ray"
+
+
+def _progress_bar() -> tuple[Any, Any]:
+    """A rich progress bar on stderr (cases done/failed/skipped, ETA) and its update callback."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True))
+    task = bar.add_task("cases", total=None)
+
+    def update(p: Any) -> None:
+        bar.update(task, total=p.total, completed=p.finished,
+                   description=f"done {p.done}, failed {p.failed}, skipped {p.skipped}")
+
+    return bar, update
+
+
+def _echo_batch(summary: Any) -> None:
+    typer.echo(f"{len(summary.rows)} cases: {summary.n_done} done, {summary.n_skipped} "
+               f"skipped (unchanged), {summary.n_failed} failed")
+    for row in summary.rows:
+        if row.status == "failed":
+            typer.echo(f"failed: {row.case_id}: {row.error_class}", err=True)
+    typer.echo(f"summary: {summary.summary_path}\nledger: {summary.ledger_path}")
+    if not summary.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def batch(
+    input_root: Annotated[
+        Path, typer.Argument(exists=True, file_okay=False, help="Folder tree of DICOM studies (only read).")
+    ],
+    output_root: Annotated[
+        Path, typer.Argument(file_okay=False, help="Case folders, ledger.sqlite and summary.csv.")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", help="Checkpoint path, runs:/<id>/model or models:/<name>/<v>.")
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False,
+                     help="Experiment YAML whose series_selection and batch apply (default: the model's)."),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes; with --executor ray, CPUs of a local Ray.")
+    ] = 1,
+    executor: Annotated[
+        ExecutorChoice, typer.Option(help="local (a process pool when --workers > 1), pool or ray.")
+    ] = ExecutorChoice.LOCAL,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (auto, ray://HOST:10001); default: start one.")
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Run failed cases again even if unchanged.")
+    ] = False,
+) -> None:
+    """Segment every study under INPUT_ROOT; resumable: a rerun skips done, unchanged cases."""
+    from medseg.batch import Executor, run_batch
+    from medseg.config import load_config
+
+    try:
+        experiment = load_config(config) if config is not None else None
+        bar, update = _progress_bar()
+        with bar:
+            summary = run_batch(
+                input_root, output_root, model,
+                selection=experiment.series_selection if experiment else None,
+                settings=experiment.batch if experiment else None,
+                executor=Executor(executor.value), workers=workers, retry_failed=retry_failed,
+                ray_address=ray_address, progress=update,
+            )
+    except MedsegError as error:
+        _fail(error)
+    _echo_batch(summary)
+
+
+pacs_app = typer.Typer(help="Work with a PACS (Orthanc): find, segment, send back.",
+                       no_args_is_help=True)
+app.add_typer(pacs_app, name="pacs")
+
+
+@pacs_app.command("run")
+def pacs_run(
+    output_root: Annotated[
+        Path, typer.Argument(file_okay=False, help="Case folders, ledger.sqlite and summary.csv.")
+    ],
+    url: Annotated[str, typer.Option("--url", help="Orthanc REST API, http://HOST:PORT.")],
+    model: Annotated[
+        str, typer.Option("--model", help="Checkpoint path, runs:/<id>/model or models:/<name>/<v>.")
+    ],
+    modality: Annotated[
+        list[str] | None, typer.Option("--modality", help="Series modality to take (repeat); default CT and MR.")
+    ] = None,
+    date_from: Annotated[str | None, typer.Option(help="First StudyDate, YYYYMMDD.")] = None,
+    date_to: Annotated[str | None, typer.Option(help="Last StudyDate, YYYYMMDD.")] = None,
+    include_unstable: Annotated[
+        bool, typer.Option("--include-unstable", help="Also take studies still arriving.")
+    ] = False,
+    send: Annotated[bool, typer.Option(help="Send RT-STRUCT and SEG back to Orthanc.")] = True,
+    config: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False,
+                     help="Experiment YAML whose series_selection and batch apply (default: the model's)."),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes; with --executor ray, CPUs of a local Ray.")
+    ] = 1,
+    executor: Annotated[
+        ExecutorChoice, typer.Option(help="local (a process pool when --workers > 1), pool or ray.")
+    ] = ExecutorChoice.LOCAL,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (auto, ray://HOST:10001); default: start one.")
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Run failed studies again even if unchanged.")
+    ] = False,
+) -> None:
+    """Find studies in Orthanc, segment those new or changed, send the results into their study."""
+    from medseg.batch import Executor
+    from medseg.config import load_config
+    from medseg.pacs import PacsQuery, run_pacs
+
+    try:
+        experiment = load_config(config) if config is not None else None
+        query = PacsQuery(tuple(modality) if modality else ("CT", "MR"), date_from, date_to,
+                          include_unstable)
+        bar, update = _progress_bar()
+        with bar:
+            summary = run_pacs(
+                url, output_root, model, query=query,
+                selection=experiment.series_selection if experiment else None,
+                settings=experiment.batch if experiment else None,
+                executor=Executor(executor.value), workers=workers, retry_failed=retry_failed,
+                ray_address=ray_address, send=send, progress=update,
+            )
+    except MedsegError as error:
+        _fail(error)
+    failed = [d for d in summary.deliveries if d.status == "failed"]
+    typer.echo(f"sent {summary.n_sent} objects to {url.split('@')[-1]}, {len(failed)} failed"
+               + (f"; {summary.n_unstable} studies still arriving, left for later"
+                  if summary.n_unstable else ""))
+    for delivery in failed:
+        typer.echo(f"not sent: {delivery.case_id} {delivery.object}: {delivery.message}", err=True)
+    _echo_batch(summary.batch)  # exits 1 if a case failed
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@pacs_app.command("listen")
+def pacs_listen(
+    output_root: Annotated[
+        Path, typer.Argument(file_okay=False, help="Received files, case folders, ledger.sqlite.")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", help="Checkpoint path, runs:/<id>/model or models:/<name>/<v>.")
+    ],
+    aet: Annotated[str, typer.Option("--aet", help="AE title of the listener.")] = "MEDSEG",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="DICOM port.")] = 11112,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "0.0.0.0",
+    destination: Annotated[
+        str | None, typer.Option("--destination", help="Orthanc URL to send RT-STRUCT/SEG to.")
+    ] = None,
+    quiet_period: Annotated[
+        float, typer.Option("--quiet-period", min=0.0, help="Seconds without new instances before a study runs.")
+    ] = 30.0,
+    config: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False,
+                     help="Experiment YAML whose series_selection and batch apply (default: the model's)."),
+    ] = None,
+) -> None:
+    """Receive studies by C-STORE, segment each once it is complete, send the results on."""
+    from medseg.config import load_config
+    from medseg.pacs import listen
+
+    try:
+        experiment = load_config(config) if config is not None else None
+        listen(output_root, model, aet=aet, port=port, host=host, destination=destination,
+               quiet_period_s=quiet_period,
+               selection=experiment.series_selection if experiment else None,
+               settings=experiment.batch if experiment else None)
+    except MedsegError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,9 +38,12 @@ from pydantic import (
 from medseg.errors import ConfigError
 
 __all__ = [
+    "BatchConfig",
     "DataConfig",
     "ExperimentConfig",
+    "ExportConfig",
     "InferConfig",
+    "IngestConfig",
     "LabelPostprocessConfig",
     "ModelConfig",
     "PostprocessConfig",
@@ -48,6 +51,7 @@ __all__ = [
     "SeriesSelection",
     "TrackingConfig",
     "TrainConfig",
+    "builtin_config_path",
     "load_config",
     "parse_config",
 ]
@@ -73,26 +77,62 @@ class DataConfig(_Section):
             are relative to the JSON file. A relative ``datalist`` in a YAML file is resolved
             against the YAML file's folder by :func:`load_config`. ``None`` when data paths
             come from the command line (e.g. ``medseg demo`` generates phantoms).
+        num_folds: folds of ``medseg train --fold K`` / ``--folds all`` cross-validation
+            over the training cases (split drawn from ``seed``).
+        dicom_root: instead of ``datalist``: a folder with one sub-folder per patient, each
+            holding a CT/MR series and an RT-STRUCT (``medseg.datasets``).
+        labels: with ``dicom_root``: label value -> ROI name patterns (case-insensitive
+            shell globs), e.g. ``{1: [GTV, GTVp, "GTV*"], 2: [Spinal Cord, SpinalCord]}``;
+            the values must be ``model.labels``' values. A patient lacking a ROI for any label
+            is reported and skipped.
+        cache_dir: with ``dicom_root``: where converted cases are cached (``None``: no cache).
     """
 
     datalist: Path | None = None
+    num_folds: Annotated[StrictInt, Field(ge=2)] = 5
+    dicom_root: Path | None = None
+    labels: dict[StrictInt, tuple[str, ...]] | None = None
+    cache_dir: Path | None = None
 
-    @field_serializer("datalist")
+    @field_serializer("datalist", "dicom_root", "cache_dir")
     def _path_as_str(self, value: Path | None) -> str | None:
         # model_dump() is logged and stored in checkpoints: primitives only.
         return None if value is None else str(value)
 
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.datalist is not None and self.dicom_root is not None:
+            raise ValueError("give either datalist or dicom_root, not both")
+        if (self.dicom_root is None) != (self.labels is None):
+            raise ValueError("dicom_root and labels (ROI name patterns) go together")
+        if self.labels is not None and any(not p for p in self.labels.values()):
+            raise ValueError(f"every label needs at least one ROI name pattern: {self.labels}")
+        return self
+
 
 class PreprocessConfig(_Section):
-    """CT intensity window, mapped linearly onto ``[0, 1]`` and clipped.
+    """CT intensity window, mapped linearly onto ``[0, 1]`` and clipped, and the model's grid.
 
     Attributes:
         lower_hu: HU mapped to 0 (and everything below it).
         upper_hu: HU mapped to 1 (and everything above it).
+        spacing_mm: the voxel spacing the network works at, array order
+            ``(slice, row, column)``, in mm. Training resamples images (linear) and labels
+            (nearest) to it; inference resamples the image to it and the prediction back onto
+            the input grid. ``None`` (the default, and every config written before this field
+            existed): the network sees each image at its own spacing.
     """
 
     lower_hu: StrictFloat
     upper_hu: StrictFloat
+    spacing_mm: (
+        tuple[
+            Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+            Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+            Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+        ]
+        | None
+    ) = None
 
     @model_validator(mode="after")
     def _window_is_ordered(self) -> PreprocessConfig:
@@ -110,19 +150,29 @@ class ModelConfig(_Section):
     """A MONAI 3D U-Net with one input channel and ``1 + len(labels)`` output channels.
 
     Attributes:
-        name: the architecture; only ``"unet"``.
-        channels: feature channels per level, e.g. ``(8, 16, 32, 64)``.
+        name: the architecture: ``"unet"`` (MONAI ``UNet``) or ``"dynunet"`` (MONAI
+            ``DynUNet``, nnU-Net style: 3x3x3 kernels, instance norm, leaky ReLU).
+        channels: feature channels per level, e.g. ``(8, 16, 32, 64)`` (``DynUNet``'s
+            ``filters``).
         strides: downsampling stride between levels; ``len(channels) - 1`` values.
-        num_res_units: residual units per block (0 = plain convolutions).
+        num_res_units: residual units per block (0 = plain convolutions); for ``dynunet``,
+            any value > 0 selects residual blocks.
         labels: label value -> structure name, values ``1..N`` without gaps; 0 is background
             and is implicit. Output channel ``c`` predicts label value ``c``.
+        deep_supervision: ``dynunet`` only: during training the loss is also taken on the
+            outputs of the ``deep_supervision_levels`` coarsest-but-one decoder levels
+            (upsampled), weighted ``1, 1/2, 1/4, ...``; inference uses the full-resolution
+            output only.
+        deep_supervision_levels: number of extra supervised outputs (< ``len(channels) - 1``).
     """
 
-    name: Literal["unet"] = "unet"
+    name: Literal["unet", "dynunet"] = "unet"
     channels: tuple[PositiveInt, ...]
     strides: tuple[PositiveInt, ...]
     num_res_units: Annotated[StrictInt, Field(ge=0)] = 2
     labels: dict[StrictInt, str]
+    deep_supervision: StrictBool = False
+    deep_supervision_levels: PositiveInt = 1
 
     @field_validator("labels")
     @classmethod
@@ -154,6 +204,14 @@ class ModelConfig(_Section):
                 f"strides needs len(channels) - 1 = {len(self.channels) - 1} values, "
                 f"got {self.strides}"
             )
+        if self.deep_supervision:
+            if self.name != "dynunet":
+                raise ValueError(f"deep_supervision needs name 'dynunet', got {self.name!r}")
+            if self.deep_supervision_levels >= len(self.channels) - 1:
+                raise ValueError(
+                    f"deep_supervision_levels must be < len(channels) - 1 = "
+                    f"{len(self.channels) - 1}, got {self.deep_supervision_levels}"
+                )
         return self
 
     @property
@@ -172,11 +230,41 @@ class TrainConfig(_Section):
         samples_per_case: patches drawn from each training case per epoch.
         foreground_fraction: probability that a patch is centred on a foreground voxel
             (the rest are centred anywhere), as MONAI's ``RandCropByPosNegLabel``.
-        learning_rate: Adam learning rate.
-        loss: ``"dice_ce"`` = MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)``.
+        learning_rate: peak learning rate of the optimiser.
+        loss: MONAI loss on softmax outputs and one-hot labels, averaged over the batch:
+            ``"dice_ce"`` = ``DiceCELoss``, ``"dice"`` = ``DiceLoss``, ``"dice_focal"`` =
+            ``DiceFocalLoss``.
         val_every: validate every this many epochs (and always after the last one).
         device: ``"cpu"`` or ``"cuda"``.
         num_threads: torch intra-op threads.
+        optimizer: ``"adam"`` (the default), ``"adamw"`` or ``"sgd"`` (Nesterov momentum).
+        weight_decay: L2 penalty (decoupled for AdamW).
+        momentum: SGD momentum.
+        lr_schedule: learning rate per epoch after warm-up: ``"constant"``, ``"poly"``
+            (``(1 - t) ** 0.9`` as nnU-Net) or ``"cosine"`` (to 0), ``t`` being the fraction of
+            post-warm-up epochs done.
+        warmup_epochs: epochs of linear warm-up from ``learning_rate / (warmup_epochs + 1)``.
+        grad_clip_norm: clip the global gradient norm to this value; ``None``: no clipping.
+        precision: ``"float32"``; ``"bfloat16"``/``"float16"`` autocast (CUDA only; float16
+            with a gradient scaler); ``"auto"``: bfloat16 on CUDA, float32 on CPU.
+        deterministic: with ``seed``, make training bit-reproducible on the same machine
+            (``torch.use_deterministic_algorithms``; slower on CUDA).
+        early_stopping_patience: stop after this many validations without a better mean
+            Dice; ``None``: never stop early.
+        hd95: also compute HD95 (mm) per label at validation.
+        augment_flip_axes: training patches are flipped along each of these array axes
+            (0 = slice, 1 = row, 2 = column) with probability 0.5 (MONAI ``RandFlipd``).
+        augment_affine_probability: probability of a random rotation (up to
+            ``augment_rotate_degrees`` about every axis) and scaling (by up to
+            ``augment_scale``) of a patch (MONAI ``RandAffined``; labels nearest-neighbour).
+        augment_rotate_degrees: largest rotation of the affine augmentation, degrees.
+        augment_scale: largest relative scaling of the affine augmentation.
+        augment_intensity_probability: probability of a random intensity scaling and shift
+            by up to 10 % of the window (MONAI ``RandScaleIntensityd``/``RandShiftIntensityd``).
+        augment_noise_std: standard deviation of Gaussian noise added with probability 0.5
+            (MONAI ``RandGaussianNoised``), in window units (the window maps to ``[0, 1]``);
+            0 turns it off. With every augmentation off (the default) patches are used as
+            drawn.
     """
 
     epochs: PositiveInt
@@ -185,26 +273,80 @@ class TrainConfig(_Section):
     samples_per_case: PositiveInt = 4
     foreground_fraction: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.5
     learning_rate: Annotated[StrictFloat, Field(gt=0.0)] = 1e-3
-    loss: Literal["dice_ce"] = "dice_ce"
+    loss: Literal["dice_ce", "dice", "dice_focal"] = "dice_ce"
     val_every: PositiveInt = 1
     device: Literal["cpu", "cuda"] = "cpu"
     num_threads: PositiveInt = 2
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: Annotated[StrictFloat, Field(ge=0.0)] = 0.0
+    momentum: Annotated[StrictFloat, Field(ge=0.0, lt=1.0)] = 0.99
+    lr_schedule: Literal["constant", "poly", "cosine"] = "constant"
+    warmup_epochs: Annotated[StrictInt, Field(ge=0)] = 0
+    grad_clip_norm: Annotated[StrictFloat, Field(gt=0.0)] | None = None
+    precision: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    deterministic: StrictBool = False
+    early_stopping_patience: PositiveInt | None = None
+    hd95: StrictBool = True
+    augment_flip_axes: tuple[Literal[0, 1, 2], ...] = ()
+    augment_affine_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
+    augment_rotate_degrees: Annotated[StrictFloat, Field(ge=0.0, le=180.0)] = 15.0
+    augment_scale: Annotated[StrictFloat, Field(ge=0.0, lt=1.0)] = 0.1
+    augment_intensity_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
+    augment_noise_std: Annotated[StrictFloat, Field(ge=0.0)] = 0.0
 
 
 class InferConfig(_Section):
-    """Sliding-window inference (MONAI ``sliding_window_inference``).
+    """Sliding-window inference (``medseg.infer``), with the windows placed as MONAI's
+    ``sliding_window_inference`` places them.
+
+    Every field but ``roi_size`` has a default, so configs and checkpoints written before a
+    field existed keep loading.
 
     Attributes:
         roi_size: window in voxels, array order ``(slice, row, column)``.
         overlap: fraction of overlap between windows, in ``[0, 1)``.
         sw_batch_size: windows per forward pass.
-        blend: how overlapping windows are combined.
+        blend: how overlapping windows are combined (MONAI's importance maps).
+        flip_tta: test-time augmentation: the logits are also computed on the image flipped
+            along every non-empty combination of these array axes (0 = slice, 1 = row,
+            2 = column) and averaged; ``()`` (default) runs the plain image only. Costs
+            ``2 ** len(flip_tta)`` times the network time.
+        body_threshold_hu: windows are placed only inside the bounding box of voxels above
+            this value (the body; the CT table too), grown by ``body_margin_mm``; everything
+            outside is background. ``None`` tiles the whole image. Any voxel above the
+            threshold anywhere in the image is inside the box, so foreground is never cropped
+            away unless it is air. Windows inside the box whose every voxel is at or below
+            ``preprocess.lower_hu`` are not run either (background).
+        body_margin_mm: margin added to the body box on every side, in mm.
+        backend: ``"torch"`` runs the network as is (on its device); ``"onnxruntime"`` and
+            ``"openvino"`` run an ONNX export of it on the CPU.
+        precision: arithmetic of the network: ``"float32"``, or autocast to
+            ``"bfloat16"``/``"float16"`` (torch; OpenVINO's inference precision hint). ONNX
+            Runtime always computes in float32.
+        num_threads: intra-op threads for the network (torch, ONNX Runtime, OpenVINO);
+            ``None`` keeps torch's setting and lets the runtimes choose.
+        channels_last: run torch convolutions in ``channels_last_3d`` memory format (faster
+            on CPU).
     """
 
     roi_size: Shape3
     overlap: Annotated[StrictFloat, Field(ge=0.0, lt=1.0)] = 0.25
     sw_batch_size: PositiveInt = 2
     blend: Literal["gaussian", "constant"] = "gaussian"
+    flip_tta: tuple[Literal[0, 1, 2], ...] = ()
+    body_threshold_hu: Annotated[StrictFloat, Field(allow_inf_nan=False)] | None = -500.0
+    body_margin_mm: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 10.0
+    backend: Literal["torch", "onnxruntime", "openvino"] = "torch"
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    num_threads: PositiveInt | None = None
+    channels_last: StrictBool = True
+
+    @field_validator("flip_tta")
+    @classmethod
+    def _distinct_axes(cls, axes: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"flip_tta axes must be distinct, got {list(axes)}")
+        return axes
 
 
 class TrackingConfig(_Section):
@@ -269,6 +411,51 @@ class SeriesSelection(_Section):
         return pattern
 
 
+class IngestConfig(_Section):
+    """What to do with DICOM inputs that cannot be used exactly as stored.
+
+    Every default refuses (a named error); a non-default value repairs explicitly and warns,
+    naming the slices or the angle. Duplicate positions, mixed orientations and mixed pixel
+    spacings are always errors.
+
+    Attributes:
+        irregular_slices: uneven slice spacing or missing slices: ``"error"``, or
+            ``"resample"`` onto a uniform grid along the slice normal (linear interpolation
+            between the two nearest slices; slices on the grid keep their values).
+        gantry_tilt: slices not stacked along their normal: ``"error"``, or ``"resample"``
+            onto an orthogonal grid (each slice plane kept, in-plane shift interpolated).
+        max_interpolated_slices: with ``irregular_slices: resample``, a gap of more than this
+            many missing slices in a row is still a ``MissingSliceError``.
+        unplaced_contours: RT-STRUCT contours whose slice or frame is not in the reference
+            series, or that lie outside it: ``"error"`` (a ``MissingReferenceError`` listing
+            them), or ``"skip"`` them with a warning and import the rest.
+    """
+
+    irregular_slices: Literal["error", "resample"] = "error"
+    gantry_tilt: Literal["error", "resample"] = "error"
+    max_interpolated_slices: PositiveInt = 2
+    unplaced_contours: Literal["error", "skip"] = "error"
+
+
+class BatchConfig(_Section):
+    """Batch runs over many cases (``medseg batch``, ``medseg pacs run``).
+
+    Attributes:
+        fingerprint: what identifies a case's input files in the batch ledger: ``"stat"``:
+            each file's path relative to the input root, size and modification time (cheap; a
+            copy of the tree with new times runs again); ``"content"``: a SHA-256 of every
+            file's bytes (reads every file once more).
+        cpus_per_case: CPUs each case reserves with the Ray executor (its task's
+            ``num_cpus``).
+        gpus_per_case: GPUs each case reserves with the Ray executor (its task's
+            ``num_gpus``; a fraction lets cases share a GPU).
+    """
+
+    fingerprint: Literal["stat", "content"] = "stat"
+    cpus_per_case: Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)] = 1.0
+    gpus_per_case: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+
+
 class LabelPostprocessConfig(_Section):
     """Clean-up of one label's mask; the steps run in the order listed here.
 
@@ -329,6 +516,26 @@ class PostprocessConfig(_Section):
         return self.labels.get(label, self.default)
 
 
+class ExportConfig(_Section):
+    """How predictions become DICOM RT-STRUCT contours (``medseg predict``, ``medseg batch``).
+
+    Attributes:
+        contours: ``"voxel_edges"`` (default) traces each slice's label mask on voxel
+            boundaries, so a planning system's rasterisation gives back exactly the predicted
+            voxels. ``"subvoxel"`` traces the 0.5 iso-line of the model's probabilities
+            instead: smooth outlines whose rasterised volume agrees with the mask within a few
+            percent, not exactly.
+        tolerance_mm: largest distance a simplified contour may deviate from the traced one.
+        empty_rois: a label the model did not find is written as a ROI without contours
+            (``"keep"``, so the structure set always lists every structure) or left out
+            (``"omit"``); both warn.
+    """
+
+    contours: Literal["voxel_edges", "subvoxel"] = "voxel_edges"
+    tolerance_mm: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 0.1
+    empty_rois: Literal["keep", "omit"] = "keep"
+
+
 class ExperimentConfig(_Section):
     """One experiment: everything needed to train a model and to apply it.
 
@@ -344,7 +551,10 @@ class ExperimentConfig(_Section):
     infer: InferConfig
     tracking: TrackingConfig = TrackingConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
+    export: ExportConfig = ExportConfig()
     series_selection: SeriesSelection = SeriesSelection()
+    batch: BatchConfig = BatchConfig()
+    ingest: IngestConfig = IngestConfig()
 
     @model_validator(mode="after")
     def _sizes_fit_the_network(self) -> ExperimentConfig:
@@ -441,8 +651,8 @@ def parse_config(text: str, source: str = "<string>") -> ExperimentConfig:
 def load_config(path: Path | str) -> ExperimentConfig:
     """Load an experiment config from a YAML file.
 
-    A relative ``data.datalist`` is resolved against the YAML file's folder, so a config works
-    from any working directory.
+    Relative data paths (``data.datalist``, ``data.dicom_root``, ``data.cache_dir``) are
+    resolved against the YAML file's folder, so a config works from any working directory.
 
     Raises:
         ConfigError: if the file cannot be read, or on any problem :func:`parse_config` finds.
@@ -453,8 +663,33 @@ def load_config(path: Path | str) -> ExperimentConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
     config = parse_config(text, source=str(path))
-    datalist = config.data.datalist
-    if datalist is not None and not datalist.is_absolute():
-        resolved = (path.parent / datalist).resolve()
-        config = config.model_copy(update={"data": DataConfig(datalist=resolved)})
+    updates = {
+        key: (path.parent / value).resolve()
+        for key in ("datalist", "dicom_root", "cache_dir")
+        if (value := getattr(config.data, key)) is not None and not value.is_absolute()
+    }
+    if updates:
+        config = config.model_copy(update={"data": config.data.model_copy(update=updates)})
     return config
+
+
+def builtin_config_path(name: str) -> Path:
+    """Path of an experiment YAML shipped with medseg (``demo.yaml``, ``tiny.yaml``).
+
+    Installed wheels carry the repository's ``configs/`` folder as the ``medseg.configs``
+    package; in a source checkout run from the repository root (where the ``medseg`` folder
+    shadows the installed mapping) it is the repository's ``configs/`` folder itself.
+
+    Raises:
+        ConfigError: if there is no such built-in config.
+    """
+    from importlib.resources import files
+
+    try:
+        path = Path(str(files("medseg.configs") / name))
+    except ModuleNotFoundError:
+        path = Path(__file__).resolve().parents[1] / "configs" / name
+    if not path.is_file():
+        raise ConfigError(f"no built-in config named {name!r} (looked for {path})")
+    return path
+

@@ -16,7 +16,7 @@ from medseg.errors import ConfigError, InputError
 from medseg.io import dicom, nifti
 from medseg.volume import Volume, VolumeKind, require_same_geometry
 
-__all__ = ["Datalist", "LabelledCase", "load_datalist", "load_image"]
+__all__ = ["Datalist", "LabelledCase", "load_datalist", "load_image", "load_training_cases"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,29 @@ def _load_cases(entries: Sequence[dict[str, str]], root: Path, prefix: str) -> t
         require_same_geometry(image, labels)
         cases.append(LabelledCase(f"{prefix}_{i:03d}", image, labels))
     return tuple(cases)
+
+
+def load_training_cases(path: Path) -> tuple[LabelledCase, ...]:
+    """Every case of a datalist's ``training`` list (ids ``training_000``...), for k-fold.
+
+    Raises:
+        ConfigError: malformed JSON or entries, or an empty ``training`` list.
+        InputError: an image or label cannot be read, or their grids differ.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read datalist ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a datalist must be a JSON object with a 'training' list")
+    training = _entries(raw.get("training"), "training", path)
+    if not training:
+        raise ConfigError(f"{path}: the 'training' list is empty")
+    try:
+        return _load_cases(training, path.parent, "training")
+    except InputError as exc:
+        raise type(exc)(f"{path}: {exc}") from exc
 
 
 def load_datalist(path: Path, *, validation_cases: int = 1) -> Datalist:

@@ -11,7 +11,9 @@
     │       ├── UnevenSpacingError       slice positions off a regular grid (not a plain gap)
     │       ├── MixedOrientationError    slices of one series with different orientations
     │       ├── MixedPixelSpacingError   slices of one series with different pixel spacings
-    │       └── GantryTiltError          slices not stacked along their normal (tilt, shear)
+    │       ├── GantryTiltError          slices not stacked along their normal (tilt, shear)
+    │       └── MissingReferenceError    an RT-STRUCT references a series, slices or frames
+    │                                    that the reference image volume does not hold
     ├── ConfigError                  a config file or CLI option is invalid
     ├── ModelError                   a model checkpoint / URI cannot be loaded or does not fit
     └── ExportError                  an output would be invalid and was not written
@@ -30,6 +32,7 @@ __all__ = [
     "GeometryError",
     "InputError",
     "MedsegError",
+    "MissingReferenceError",
     "MissingSliceError",
     "MixedOrientationError",
     "MixedPixelSpacingError",
@@ -77,6 +80,11 @@ class MixedPixelSpacingError(GeometryError):
 
 class GantryTiltError(GeometryError):
     """The slices of a DICOM series are not stacked along their normal (gantry tilt or shear)."""
+
+
+class MissingReferenceError(GeometryError):
+    """An RT-STRUCT references a series, or contours reference slices or frames, that the
+    reference image volume does not hold (so those contours cannot be placed)."""
 
 
 class ConfigError(MedsegError):

@@ -1,27 +1,70 @@
-"""Sliding-window prediction of a label volume from an image volume."""
+"""Sliding-window prediction of a label volume from an image volume, fast and memory-bounded.
+
+One case goes through these steps (each skips itself when it has nothing to do):
+
+1. **Body box**: windows are placed only inside the bounding box of voxels above
+   ``infer.body_threshold_hu`` (plus a margin); every voxel outside it is background.
+2. **Model grid**: if the model has a ``preprocess.spacing_mm``, the box is resampled to it
+   (:mod:`medseg.preprocess`, SimpleITK).
+3. **Windows**: placed as MONAI's ``sliding_window_inference`` places them (same start
+   positions, same Gaussian/constant importance maps), run in batches of ``sw_batch_size``
+   through torch (``channels_last_3d``, autocast), ONNX Runtime or OpenVINO, optionally with
+   flip test-time augmentation.
+4. **Slab-wise aggregation**: windows are run one slab of slices at a time; the weighted logits
+   of a slab are summed in a float16 buffer only ``roi_size[0]`` slices deep, and every slice
+   that no later window touches is turned into uint8 labels at once. No full-size float map
+   exists when only labels are asked for.
+5. **Back to the input grid**: labels are pasted into the body box; from the model grid they
+   are found by interpolating each class's logits linearly slab by slab
+   (:func:`medseg.preprocess.resample_scores_to_labels`).
+
+Probabilities are available on request from :func:`predict_probabilities`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
+
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
+from monai.data.utils import compute_importance_map
+from numpy.typing import NDArray
 
-from medseg.errors import InputError
+from medseg import geometry as geo
+from medseg import preprocess
+from medseg.config import InferConfig, PreprocessConfig
+from medseg.errors import ConfigError
 from medseg.model import LoadedModel
-from medseg.preprocess import scale_intensity
 from medseg.volume import Volume, VolumeKind
 
-__all__ = ["predict"]
+__all__ = ["predict", "predict_probabilities", "window_starts"]
+
+#: A batch of windows ``(batch, 1, slice, row, column)`` -> float32 CPU logits
+#: ``(batch, classes, slice, row, column)``.
+_Predictor = Callable[[torch.Tensor], torch.Tensor]
+#: Receives finished slices: (first slice, ``(classes, slices, rows, columns)`` float32 scores).
+_Sink = Callable[[int, torch.Tensor], None]
+
+#: Logit of every foreground class where no window was run (background's is 0): background
+#: probability 1 - 2e-9 per class after softmax; finite, so linear interpolation still works.
+_UNSEEN_LOGIT = -20.0
+
+_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def predict(model: LoadedModel, image: Volume) -> Volume:
     """Segment ``image`` with ``model``.
 
-    The model's own intensity window (``model.config.preprocess``) is applied here, so a model
-    is always fed the intensities it was trained on: pass the image in Hounsfield units, not
-    already scaled. Windows of ``model.config.infer.roi_size`` voxels, overlapping by
-    ``overlap`` and blended ``gaussian`` or ``constant``, are run through the network in
-    batches of ``sw_batch_size``; images smaller than a window are padded and cropped back.
+    The model's own preprocessing (``model.config.preprocess``: intensity window and, if set,
+    model spacing) is applied here, so a model is always fed what it was trained on: pass the
+    image in Hounsfield units, not already scaled. The steps and settings are in the module
+    docstring and :class:`medseg.config.InferConfig`. Peak memory beyond the input is about
+    one uint8 label volume plus ``roi_size[0]`` slices of the body box per class in float16
+    (and, with a model spacing, the logits of the box on the model grid in float16).
 
     Args:
         model: a network with its config, e.g. from :func:`medseg.model.load_checkpoint`.
@@ -33,31 +76,307 @@ def predict(model: LoadedModel, image: Volume) -> Volume:
 
     Raises:
         InputError: if ``image`` is not an ``IMAGE`` volume or contains NaN/inf.
+        ConfigError: if the configured backend is not installed.
     """
-    if image.kind is not VolumeKind.IMAGE:
-        raise InputError(
-            f"{image.source.describe()}: prediction needs an image volume, got {image.kind.value}"
+    labels = _predict(model, image, "labels")
+    return image.with_array(labels, kind=VolumeKind.LABELS)
+
+
+def predict_probabilities(
+    model: LoadedModel, image: Volume, dtype: type[np.floating] = np.float32
+) -> Volume:
+    """Class probabilities (softmax of the blended logits) of ``image`` on its own grid.
+
+    As :func:`predict`, but returns the full ``(class, slice, row, column)`` map, so it needs
+    ``n_classes`` full-size arrays of ``dtype``; outside the body box background is 1.
+
+    Args:
+        model: as for :func:`predict`.
+        image: an ``IMAGE`` volume in HU, array order ``(slice, row, column)``.
+        dtype: ``np.float32`` or ``np.float16``.
+
+    Returns:
+        A ``PROBABILITIES`` volume on exactly ``image``'s geometry; channel ``c`` is label
+        value ``c``; channels sum to 1.
+    """
+    probabilities = _predict(model, image, "probabilities", dtype)
+    return image.with_array(probabilities, kind=VolumeKind.PROBABILITIES)
+
+
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """First voxel of every window along one axis, exactly as MONAI places them.
+
+    The step is ``int(roi * (1 - overlap))`` (at least 1); the last window is moved back to
+    end at the image's edge. ``size`` must be at least ``roi``.
+
+    Example:
+        >>> window_starts(200, 96, 0.25)
+        [0, 72, 104]
+    """
+    if roi >= size:
+        return [0]
+    step = max(1, int(roi * (1 - overlap)))
+    count = next(d for d in range(size) if d * step + roi >= size) + 1
+    return [min(d * step, size - roi) for d in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------
+# one case
+
+
+def _predict(
+    model: LoadedModel,
+    image: Volume,
+    want: Literal["labels", "probabilities"],
+    dtype: type[np.floating] = np.float32,
+) -> NDArray[np.generic]:
+    preprocess.require_finite_image(image, "prediction")
+    infer, pre = model.config.infer, model.config.preprocess
+    n_classes = 1 + len(model.label_names)
+    shape = image.geometry.shape
+    if want == "labels":
+        out: NDArray[np.generic] = np.zeros(shape, dtype=np.uint8)
+    else:
+        out = np.zeros((n_classes, *shape), dtype=dtype)
+        out[0] = 1.0
+    box = _window_box(image, infer, pre)
+    if box is None:  # nothing above the body threshold: all background
+        return out
+    start, stop = box
+    inside = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+    crop = geo.crop_geometry(image.geometry, start, stop)
+    hu = np.asarray(image.array)[inside]  # a view
+    grid = crop
+    if pre.spacing_mm is not None:
+        grid = preprocess.model_grid(crop, pre.spacing_mm)
+    resampled = not geo.geometries_equal(grid, crop)
+    if resampled:
+        hu = preprocess.resample(Volume(hu, crop), grid).array
+
+    with _inference_settings(model) as predictor:
+        if want == "labels" and not resampled:
+            target = out[inside]
+
+            def to_labels(first: int, scores: torch.Tensor) -> None:
+                labels = _argmax_uint8(scores)
+                target[first : first + labels.shape[0]] = labels
+
+            _sliding_window(hu, pre, infer, n_classes, predictor, to_labels, normalise=False)
+            return out
+        scores = np.zeros((n_classes, *grid.shape), dtype=np.float16)
+
+        def keep(first: int, block: torch.Tensor) -> None:
+            if want == "probabilities":
+                block = torch.softmax(block, dim=0)
+            scores[:, first : first + block.shape[1]] = block.numpy()
+
+        _sliding_window(hu, pre, infer, n_classes, predictor, keep, normalise=True)
+
+    if want == "labels":
+        out[inside] = preprocess.resample_scores_to_labels(scores, grid, crop)
+        return out
+    box_of_out = out[:, inside[0], inside[1], inside[2]]  # a view
+    for label in range(n_classes):
+        channel = Volume(scores[label].astype(np.float32), grid)
+        box_of_out[label] = preprocess.resample(channel, crop).array
+    if resampled:  # linear interpolation keeps the sum at 1 only up to rounding
+        box_of_out[...] = box_of_out / box_of_out.sum(axis=0, keepdims=True)
+    return out
+
+
+def _argmax_uint8(scores: torch.Tensor) -> NDArray[np.uint8]:
+    """Argmax over the class axis as uint8, ties to the lower label (torch's argmax over a
+    strided block of a few classes is an order of magnitude slower than this running max)."""
+    best = scores[0].contiguous()
+    labels = torch.zeros(best.shape, dtype=torch.uint8)
+    for label in range(1, scores.shape[0]):
+        score = scores[label].contiguous()
+        labels.masked_fill_(score > best, label)
+        torch.maximum(best, score, out=best)
+    return labels.numpy()
+
+
+def _window_box(
+    image: Volume, infer: InferConfig, pre: PreprocessConfig
+) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """The part of the image to tile: the body box, grown to one window where it fits."""
+    shape = image.geometry.shape
+    if infer.body_threshold_hu is None:
+        start, stop = [0, 0, 0], list(shape)
+    else:
+        box = preprocess.body_box(image, infer.body_threshold_hu, infer.body_margin_mm)
+        if box is None:
+            return None
+        start, stop = list(box[0]), list(box[1])
+    spacing = image.geometry.spacing_mm
+    model_spacing = pre.spacing_mm or spacing
+    for axis in range(3):
+        # a window's extent in input voxels: real image context instead of zero padding
+        wanted = min(
+            shape[axis], math.ceil(infer.roi_size[axis] * model_spacing[axis] / spacing[axis])
         )
-    scaled = scale_intensity(image, model.config.preprocess)
+        missing = wanted - (stop[axis] - start[axis])
+        if missing > 0:  # centred where possible, always containing the body box
+            start[axis] = min(max(0, start[axis] - missing // 2), shape[axis] - wanted)
+            stop[axis] = start[axis] + wanted
+    return (start[0], start[1], start[2]), (stop[0], stop[1], stop[2])
+
+
+# ---------------------------------------------------------------------------------------------
+# the sliding window
+
+
+def _sliding_window(
+    hu: NDArray[np.generic],
+    pre: PreprocessConfig,
+    infer: InferConfig,
+    n_classes: int,
+    predictor: _Predictor,
+    sink: _Sink,
+    *,
+    normalise: bool,
+) -> None:
+    """Run every window over ``hu`` and hand finished slices to ``sink`` in order.
+
+    ``sink`` gets the weighted sum of logits per voxel, divided by the sum of weights when
+    ``normalise`` (argmax does not need the division: the weights are the same for every
+    class). Images smaller than a window are padded symmetrically with ``lower_hu`` (0 after
+    scaling, as MONAI pads) and the padding is cut off again before ``sink`` sees it.
+    """
+    roi = infer.roi_size
+    before = [max(0, r - s) // 2 for r, s in zip(roi, hu.shape, strict=True)]
+    pad = [(b, max(0, r - s) - b) for b, r, s in zip(before, roi, hu.shape, strict=True)]
+    if any(after for _, after in pad):
+        hu = np.pad(hu, pad, constant_values=np.asarray(pre.lower_hu, dtype=hu.dtype))
+    size = hu.shape
+    starts = [window_starts(s, r, infer.overlap) for s, r in zip(size, roi, strict=True)]
+    weight = compute_importance_map(tuple(roi), mode=infer.blend, device="cpu")
+    depth, rows, columns = roi[0], size[1], size[2]
+    summed = torch.zeros((n_classes, depth, rows, columns), dtype=torch.float16)
+    weights = torch.zeros((depth, rows, columns), dtype=torch.float32) if normalise else None
+    plane = list(itertools.product(starts[1], starts[2]))
+    keep_rows = slice(before[1], before[1] + size[1] - pad[1][0] - pad[1][1])
+    keep_columns = slice(before[2], before[2] + size[2] - pad[2][0] - pad[2][1])
+    n_slices = size[0] - pad[0][0] - pad[0][1]
+
+    for index, z in enumerate(starts[0]):
+        slab = torch.from_numpy(preprocess.window_intensity(hu[z : z + depth], pre))
+        corners_in_slab = plane
+        if infer.body_threshold_hu is not None:
+            # a window of nothing but air (every voxel at or below lower_hu, 0 after scaling)
+            # is not run: its voxels get background unless another window covers them. Such a
+            # window is numerically meaningless anyway: instance normalisation of a constant
+            # input amplifies float rounding to arbitrary logits.
+            corners_in_slab = [
+                (y, x) for y, x in plane if bool(slab[:, y : y + roi[1], x : x + roi[2]].any())
+            ]
+        for first in range(0, len(corners_in_slab), infer.sw_batch_size):
+            corners = corners_in_slab[first : first + infer.sw_batch_size]
+            batch = torch.stack(
+                [slab[:, y : y + roi[1], x : x + roi[2]] for y, x in corners]
+            ).unsqueeze(1)
+            logits = predictor(batch)
+            for (y, x), window in zip(corners, logits, strict=True):
+                summed[:, :, y : y + roi[1], x : x + roi[2]].add_(window * weight)
+                if weights is not None:
+                    weights[:, y : y + roi[1], x : x + roi[2]].add_(weight)
+        # slices before the next window row are final
+        done = (starts[0][index + 1] if index + 1 < len(starts[0]) else z + depth) - z
+        block = summed[:, :done].float()
+        if weights is not None:
+            unseen = weights[:done] == 0  # only skipped windows cover these: background
+            block /= weights[:done].clamp(min=1e-6)
+            block[0][unseen] = 0.0
+            block[1:, unseen] = _UNSEEN_LOGIT
+        # hand over only slices of the unpadded image
+        lo, hi = max(z, before[0]), min(z + done, before[0] + n_slices)
+        if hi > lo:
+            sink(lo - before[0], block[:, lo - z : hi - z, keep_rows, keep_columns])
+        summed[:, : depth - done] = summed[:, done:].clone()
+        summed[:, depth - done :] = 0
+        if weights is not None:
+            weights[: depth - done] = weights[done:].clone()
+            weights[depth - done :] = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# backends
+
+
+@contextlib.contextmanager
+def _inference_settings(model: LoadedModel) -> Iterator[_Predictor]:
+    """The configured predictor; thread count, memory format and mode are restored after."""
     infer = model.config.infer
     network = model.network
     device = next(network.parameters()).device
+    threads = torch.get_num_threads()
     was_training = network.training
+    channels_last = infer.channels_last and infer.backend == "torch"
     network.eval()
+    if infer.num_threads is not None:
+        torch.set_num_threads(infer.num_threads)
     try:
-        with torch.inference_mode():
-            batch = torch.from_numpy(scaled.array.copy())[None, None].to(device)  # writable copy
-            logits = sliding_window_inference(
-                inputs=batch,
-                roi_size=infer.roi_size,
-                sw_batch_size=infer.sw_batch_size,
-                predictor=network,
-                overlap=infer.overlap,
-                mode=infer.blend,
+        if infer.backend == "torch":
+            if channels_last:
+                network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+            predictor = _torch_predictor(network, device, infer, channels_last)
+        else:
+            from medseg.runtime import onnx_predictor
+
+            session = onnx_predictor(
+                network,
+                infer.backend,
+                infer.roi_size,
+                precision=infer.precision,
+                num_threads=infer.num_threads,
             )
-            assert isinstance(logits, torch.Tensor)  # a single tensor in, a single tensor out
-            labels = torch.argmax(logits, dim=1)[0].to(torch.uint8).cpu().numpy()
+
+            def predictor(batch: torch.Tensor) -> torch.Tensor:
+                return torch.from_numpy(session(batch.numpy()))
+
+        with torch.inference_mode():
+            yield _with_flips(predictor, infer.flip_tta)
     finally:
+        if channels_last:
+            network.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         network.train(was_training)
-    # with_array keeps geometry and source exactly; argmax indices are the label values.
-    return image.with_array(np.asarray(labels), kind=VolumeKind.LABELS)
+        torch.set_num_threads(threads)
+
+
+def _torch_predictor(
+    network: torch.nn.Module, device: torch.device, infer: InferConfig, channels_last: bool
+) -> _Predictor:
+    autocast_dtype = _AUTOCAST_DTYPES.get(infer.precision)
+    if autocast_dtype is torch.float16 and device.type == "cpu":
+        raise ConfigError("infer.precision 'float16' needs a CUDA device; use 'bfloat16' on CPU")
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        with torch.autocast(
+            device_type=device.type,
+            dtype=autocast_dtype or torch.float32,
+            enabled=autocast_dtype is not None,
+        ):
+            logits = network(batch)
+        return logits.float().cpu().contiguous()  # channels-last out: summing wants contiguous
+
+    return run
+
+
+def _with_flips(predictor: _Predictor, axes: Sequence[int]) -> _Predictor:
+    """``predictor`` averaged over the image flipped along every non-empty subset of ``axes``."""
+    if not axes:
+        return predictor
+    flips = [
+        [2 + a for a in combo] for n in range(1, len(axes) + 1)
+        for combo in itertools.combinations(axes, n)
+    ]
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        total = predictor(batch)
+        for dims in flips:
+            total += torch.flip(predictor(torch.flip(batch, dims)), dims)
+        return total / (1 + len(flips))
+
+    return run

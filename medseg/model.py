@@ -10,13 +10,14 @@ names and the medseg version that wrote it.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from monai.networks.nets import UNet
+from monai.networks.nets import DynUNet, UNet
 from pydantic import ValidationError
 
 import medseg
@@ -24,12 +25,17 @@ from medseg.config import ExperimentConfig, ModelConfig
 from medseg.errors import ModelError
 from medseg.io.files import atomic_path
 
+#: ONNX opset of :func:`export_onnx` (supported by ONNX Runtime >= 1.12 and OpenVINO).
+ONNX_OPSET = 17
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
     "LoadedModel",
     "build_network",
+    "export_onnx",
     "load_checkpoint",
+    "load_training_state",
     "save_checkpoint",
 ]
 
@@ -61,12 +67,29 @@ class LoadedModel:
     extra: Mapping[str, ExtraValue] = field(default_factory=dict)
 
 
-def build_network(config: ModelConfig) -> UNet:
-    """A MONAI 3D U-Net: 1 input channel, ``1 + len(config.labels)`` output logits.
+def build_network(config: ModelConfig) -> UNet | DynUNet:
+    """A MONAI 3D U-Net or DynUNet: 1 input channel, ``1 + len(config.labels)`` output logits.
 
     Inputs are ``(batch, 1, slice, row, column)``; each spatial size must be a multiple of
-    ``config.downsampling_factor``.
+    ``config.downsampling_factor``. A ``DynUNet`` with deep supervision returns, in training
+    mode, ``(batch, 1 + deep_supervision_levels, classes, slice, row, column)`` (full
+    resolution first); in eval mode both return ``(batch, classes, slice, row, column)``.
     """
+    if config.name == "dynunet":
+        levels = len(config.channels)
+        return DynUNet(
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=1 + len(config.labels),
+            kernel_size=[3] * levels,
+            strides=[1, *config.strides],
+            upsample_kernel_size=list(config.strides),
+            filters=list(config.channels),
+            norm_name="instance",
+            deep_supervision=config.deep_supervision,
+            deep_supr_num=config.deep_supervision_levels,
+            res_block=config.num_res_units > 0,
+        )
     return UNet(
         spatial_dims=3,
         in_channels=1,
@@ -82,6 +105,8 @@ def save_checkpoint(
     network: torch.nn.Module,
     config: ExperimentConfig,
     extra: Mapping[str, ExtraValue] | None = None,
+    *,
+    training_state: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``network``'s weights with ``config`` to ``path`` atomically.
 
@@ -90,6 +115,9 @@ def save_checkpoint(
         network: a network built by :func:`build_network` from ``config.model``.
         config: the experiment config the network was trained with.
         extra: primitives to store alongside (epoch, metrics); no patient data.
+        training_state: what resuming needs (optimizer, scheduler, RNG states), made of
+            tensors, primitives, lists and dicts only; read back by
+            :func:`load_training_state`.
 
     Returns:
         ``path``.
@@ -113,6 +141,8 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
         "extra": extra,
     }
+    if training_state is not None:
+        payload["training_state"] = dict(training_state)
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -171,3 +201,65 @@ def load_checkpoint(path: Path, *, device: str = "cpu") -> LoadedModel:
         medseg_version=str(payload.get("medseg_version", "unknown")),
         extra=dict(payload.get("extra", {})),
     )
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    """The ``training_state`` stored by :func:`save_checkpoint` (without unpickling code).
+
+    Raises:
+        ModelError: if the file is unreadable or holds no training state.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise ModelError(f"{path}: not a readable torch checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("training_state"), dict):
+        raise ModelError(f"{path}: checkpoint holds no training state to resume from")
+    return dict(payload["training_state"])
+
+
+def export_onnx(network: torch.nn.Module, path: Path, window_shape: Sequence[int]) -> Path:
+    """Write ``network`` as an ONNX graph for ONNX Runtime / OpenVINO, atomically.
+
+    The graph takes ``image``: ``(batch, 1, slice, row, column)`` float32 with the batch size
+    free and the spatial size fixed to ``window_shape``, and returns ``logits``:
+    ``(batch, classes, slice, row, column)``. The network is traced in eval mode on the CPU
+    with the TorchScript-based exporter; its own device and mode are left as they were.
+
+    Args:
+        network: a network from :func:`build_network`.
+        path: the ``.onnx`` file to write.
+        window_shape: sliding-window size in voxels, array order ``(slice, row, column)``.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ModelError: if the exporter fails.
+    """
+    path = Path(path)
+    was_training = network.training
+    device = next(network.parameters()).device
+    network.eval().cpu()
+    example = torch.zeros((1, 1, *(int(s) for s in window_shape)), dtype=torch.float32)
+    try:
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            # InstanceNorm's "training mode" warning does not apply: the graph is traced in eval.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                network,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            )
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ModelError(f"{path}: ONNX export failed: {exc}") from exc
+    finally:
+        network.to(device).train(was_training)
+    return path

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from medseg import data, phantom, postprocess
-from medseg.config import ExperimentConfig
+from medseg.config import ExperimentConfig, IngestConfig, SeriesSelection
 from medseg.errors import InputError
-from medseg.io import nifti, rtstruct, seg
+from medseg.io import dicom, nifti, rtstruct, seg
 from medseg.io.files import atomic_dir, atomic_path
 from medseg.metrics import dice_score
 from medseg.report import write_report
-from medseg.volume import Volume
+from medseg.volume import Volume, VolumeKind
 
 __all__ = [
     "CaseResult",
@@ -71,8 +71,20 @@ def load_model(model: str | Path, *, tracking_uri: str | None = None) -> Any:
     return load_checkpoint(tracking.resolve_model(str(model), tracking_uri=tracking_uri))
 
 
-def predict_case(model: Any, input_path: Path, out_dir: Path, *, overwrite: bool = False) -> CaseResult:
+def predict_case(
+    model: Any,
+    input_path: Path,
+    out_dir: Path,
+    *,
+    overwrite: bool = False,
+    selection: SeriesSelection | None = None,
+    ingest: IngestConfig | None = None,
+) -> CaseResult:
     """Segment one scan and write its outputs atomically into ``out_dir``.
+
+    The model's own config decides everything after the network: ``postprocess`` (component
+    and hole clean-up) is applied to the predicted labels before anything is written, and
+    ``export`` sets the contour tolerance and what happens to structures not found.
 
     Writes ``rtstruct.dcm`` and ``seg.dcm`` (DICOM input only: they reference the input
     series), ``labels.nii.gz``, ``volumes.json`` and ``lesions.csv`` (per-structure and
@@ -84,11 +96,35 @@ def predict_case(model: Any, input_path: Path, out_dir: Path, *, overwrite: bool
         input_path: a DICOM series folder or a NIfTI/NRRD image.
         out_dir: output folder; it appears complete or not at all.
         overwrite: replace an existing ``out_dir``.
+        selection: which series of a DICOM folder to segment (default: the model config's
+            ``series_selection``).
+        ingest: how irregular or tilted DICOM series are handled (default: the model
+            config's ``ingest``, which refuses them).
     """
-    from medseg.infer import predict
+    from medseg.infer import predict, predict_probabilities
 
-    image = data.load_image(input_path)
-    labels = predict(model, image)
+    config = model.config
+    input_path = Path(input_path)
+    if input_path.is_dir():
+        image = dicom.load_series(
+            input_path,
+            selection if selection is not None else config.series_selection,
+            ingest if ingest is not None else config.ingest,
+        )
+    else:
+        image = nifti.load(input_path, VolumeKind.IMAGE)
+    probabilities = None
+    if config.export.contours == "subvoxel" and image.source.sop_instance_uids:
+        # sub-voxel contours need the class probabilities (n_classes full-size float16 maps);
+        # the labels are their argmax, exactly as predict() computes them
+        probabilities = predict_probabilities(model, image, dtype=np.float16)
+        raw = image.with_array(
+            np.argmax(np.asarray(probabilities.array), axis=0).astype(np.uint8),
+            kind=VolumeKind.LABELS,
+        )
+    else:
+        raw = predict(model, image)
+    labels = postprocess.apply_postprocess(raw, config.postprocess)
     report = postprocess.volumes_report(labels, model.label_names)
     rois = [
         rtstruct.RoiSpec(
@@ -105,7 +141,14 @@ def predict_case(model: Any, input_path: Path, out_dir: Path, *, overwrite: bool
         rtstruct_path = None
         if image.source.sop_instance_uids:
             rtstruct_path = rtstruct.write(
-                labels, image, rois, tmp / "rtstruct.dcm", model_id=_model_id(model)
+                labels,
+                image,
+                rois,
+                tmp / "rtstruct.dcm",
+                model_id=_model_id(model),
+                empty=config.export.empty_rois,
+                tolerance_mm=config.export.tolerance_mm,
+                probabilities=probabilities,
             )
             # DICOM SEG holds one segment per structure found; a SEG needs at least one
             segments = [roi for roi in rois if roi.label in present]
@@ -114,7 +157,14 @@ def predict_case(model: Any, input_path: Path, out_dir: Path, *, overwrite: bool
         nifti.save(labels, tmp / "labels.nii.gz")
         postprocess.write_volumes_json(report, tmp / "volumes.json")
         postprocess.write_lesions_csv(report, tmp / "lesions.csv")
-        write_report(image, labels, model.label_names, tmp / "report")
+        write_report(
+            image,
+            labels,
+            model.label_names,
+            tmp / "report",
+            rtstruct_path=rtstruct_path,
+            model_id=_model_id(model),
+        )
     volumes = {name: entry["volume_ml"] for name, entry in report["labels"].items()}
     return CaseResult(
         out_dir=out_dir,
@@ -132,19 +182,35 @@ def _model_id(model: Any) -> str:
     return f"medseg {model.medseg_version}" + (f" run {run_id}" if run_id else "")
 
 
-def train_from_config(config: ExperimentConfig, out_dir: Path) -> Any:
-    """Train on ``config.data.datalist`` with MLflow tracking; returns a ``TrainResult``."""
+def train_from_config(
+    config: ExperimentConfig, out_dir: Path, *, resume_from: Path | None = None
+) -> Any:
+    """Train on the config's data with MLflow tracking; returns a ``TrainResult``.
+
+    With ``data.datalist`` the Decathlon file's ``training`` and ``validation`` lists are used
+    as given. With ``data.dicom_root`` (patients with CT + RT-STRUCT) every usable patient
+    trains and none validates; use ``medseg train --fold K`` for a held-out fold.
+    ``resume_from`` continues from a ``last.pt`` written by an interrupted run.
+    """
     from medseg import tracking
+    from medseg.crossval import load_cases
     from medseg.errors import ConfigError
     from medseg.train import train
 
-    if config.data.datalist is None:
-        raise ConfigError("data.datalist is not set: give a Decathlon-style dataset.json")
-    datalist = data.load_datalist(Path(config.data.datalist))
-    pairs = [(c.image, c.labels) for c in datalist.training]
-    val_pairs = [(c.image, c.labels) for c in datalist.validation]
+    if config.data.datalist is not None:
+        datalist = data.load_datalist(Path(config.data.datalist))
+        pairs = [(c.image, c.labels) for c in datalist.training]
+        val_pairs = [(c.image, c.labels) for c in datalist.validation]
+    elif config.data.dicom_root is not None:
+        pairs = [(c.image, c.labels) for c in load_cases(config).values()]
+        val_pairs = []
+    else:
+        raise ConfigError(
+            "no training data: set data.datalist (a Decathlon-style dataset.json) or "
+            "data.dicom_root with data.labels (patients with CT + RT-STRUCT)"
+        )
     with tracking.Tracker(config) as tracker:
-        return train(config, pairs, val_pairs, Path(out_dir), tracker)
+        return train(config, pairs, val_pairs, Path(out_dir), tracker, resume_from=resume_from)
 
 
 @dataclass(frozen=True, slots=True)

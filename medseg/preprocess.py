@@ -1,14 +1,53 @@
-"""Intensity preprocessing of image volumes (numpy only; no geometry changes)."""
+"""Preprocessing of image volumes: intensity window, body box, and resampling between grids.
+
+Intensity functions change no geometry. Resampling uses SimpleITK with every grid converted by
+:mod:`medseg.geometry`; images are interpolated linearly and labels nearest-neighbour.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import math
+from collections.abc import Sequence
 
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+
+from medseg import geometry as geo
 from medseg.config import PreprocessConfig
 from medseg.errors import InputError
+from medseg.geometry import Geometry
 from medseg.volume import Volume, VolumeKind
 
-__all__ = ["scale_intensity"]
+__all__ = [
+    "body_box",
+    "model_grid",
+    "require_finite_image",
+    "resample",
+    "resample_scores_to_labels",
+    "scale_intensity",
+    "window_intensity",
+]
+
+#: Slices of the target grid resampled at once by :func:`resample_scores_to_labels`: bounds
+#: its memory to ``n_classes * SCORE_SLAB_SLICES`` float32 slices of the target grid.
+SCORE_SLAB_SLICES = 16
+
+#: Slices thresholded at once by :func:`body_box` (bounds its boolean temporary).
+_BODY_SLAB_SLICES = 32
+
+
+def window_intensity(hu: NDArray[np.generic], config: PreprocessConfig) -> NDArray[np.float32]:
+    """The array form of :func:`scale_intensity`: HU -> float32 in ``[0, 1]``, any shape.
+
+    Does not check for NaN/inf (the caller validates the volume once).
+    """
+    lower = np.float32(config.lower_hu)
+    width_hu = np.float32(config.upper_hu - config.lower_hu)
+    scaled = np.asarray(hu, dtype=np.float32) - lower
+    scaled /= width_hu
+    np.clip(scaled, 0.0, 1.0, out=scaled)
+    return scaled
 
 
 def scale_intensity(image: Volume, config: PreprocessConfig) -> Volume:
@@ -36,14 +75,182 @@ def scale_intensity(image: Volume, config: PreprocessConfig) -> Volume:
         >>> scale_intensity(ct, PreprocessConfig(lower_hu=-50.0, upper_hu=150.0)).array.tolist()
         [[[0.0, 0.25, 0.5, 1.0]]]
     """
+    require_finite_image(image, "intensity scaling")
+    return image.with_array(window_intensity(image.array, config))
+
+
+def require_finite_image(image: Volume, what: str) -> None:
+    """Raise :class:`InputError` unless ``image`` is an ``IMAGE`` volume of finite values."""
     if image.kind is not VolumeKind.IMAGE:
         raise InputError(
-            f"{image.source.describe()}: intensity scaling needs an image volume, "
-            f"got {image.kind.value}"
+            f"{image.source.describe()}: {what} needs an image volume, got {image.kind.value}"
         )
-    hu = np.asarray(image.array, dtype=np.float32)
-    if not np.all(np.isfinite(hu)):
-        raise InputError(f"{image.source.describe()}: image contains NaN or infinite values")
-    width_hu = np.float32(config.upper_hu - config.lower_hu)
-    scaled = np.clip((hu - np.float32(config.lower_hu)) / width_hu, 0.0, 1.0).astype(np.float32)
-    return image.with_array(scaled)
+    array = np.asarray(image.array)
+    if np.issubdtype(array.dtype, np.floating):
+        for first in range(0, array.shape[0], _BODY_SLAB_SLICES):  # no full-size temporary
+            if not np.all(np.isfinite(array[first : first + _BODY_SLAB_SLICES])):
+                raise InputError(f"{image.source.describe()}: image contains NaN or infinite values")
+
+
+def body_box(
+    image: Volume, threshold_hu: float, margin_mm: float
+) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """Bounding box of all voxels above ``threshold_hu``, grown by ``margin_mm`` on every side.
+
+    Every voxel above the threshold, wherever it is (not only in the largest component), is
+    inside the box, so a lesion at the edge of the field of view is never cut off. The box is
+    found slab by slab from per-axis projections, without a full-size mask.
+
+    Args:
+        image: an ``IMAGE`` volume in HU, array order ``(slice, row, column)``.
+        threshold_hu: HU above which a voxel is body (e.g. -500: air is about -1000).
+        margin_mm: margin in mm, converted to whole voxels per axis with the grid's spacing.
+
+    Returns:
+        ``(start, stop)`` voxel indices in array order (``stop`` exclusive, clipped to the
+        image), or ``None`` if no voxel is above the threshold.
+
+    Example:
+        >>> grid = Geometry((4, 5, 6), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+        >>> ct = np.full(grid.shape, -1000.0)
+        >>> ct[2, 1, 3] = 40.0
+        >>> body_box(Volume(ct, grid), -500.0, 1.0)
+        ((1, 0, 2), (4, 3, 5))
+    """
+    array = np.asarray(image.array)
+    shape = image.geometry.shape
+    along = [np.zeros(n, dtype=bool) for n in shape]
+    for first in range(0, shape[0], _BODY_SLAB_SLICES):
+        above = array[first : first + _BODY_SLAB_SLICES] > threshold_hu
+        along[0][first : first + above.shape[0]] = above.any(axis=(1, 2))
+        along[1] |= above.any(axis=(0, 2))
+        along[2] |= above.any(axis=(0, 1))
+    if not along[0].any():
+        return None
+    start, stop = [], []
+    for axis, hits in enumerate(along):
+        margin = math.ceil(margin_mm / image.geometry.spacing_mm[axis] - 1e-9)
+        found = np.flatnonzero(hits)
+        start.append(max(0, int(found[0]) - margin))
+        stop.append(min(shape[axis], int(found[-1]) + 1 + margin))
+    return (start[0], start[1], start[2]), (stop[0], stop[1], stop[2])
+
+
+def model_grid(geometry: Geometry, spacing_mm: Sequence[float]) -> Geometry:
+    """The grid with ``spacing_mm`` that covers ``geometry``: same origin and direction.
+
+    Voxel ``0`` sits on the input's voxel ``0``; the last voxel centre is at or beyond the
+    input's last voxel centre along every axis, so resampling back never extrapolates.
+
+    Example:
+        >>> grid = Geometry((10, 5, 5), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+        >>> model_grid(grid, (2.5, 1.0, 2.0)).shape
+        (5, 5, 3)
+    """
+    shape = []
+    for n, have, want in zip(geometry.shape, geometry.spacing_mm, spacing_mm, strict=True):
+        # round away float noise before ceil: 9 * 1.0 / 2.25 must be 4, not 4.000000001
+        shape.append(math.ceil(round((n - 1) * have / want, 6)) + 1)
+    return Geometry(
+        shape=(shape[0], shape[1], shape[2]),
+        spacing_mm=(float(spacing_mm[0]), float(spacing_mm[1]), float(spacing_mm[2])),
+        origin_mm=geometry.origin_mm,
+        direction=geometry.direction,
+    )
+
+
+def _to_sitk_image(array: NDArray[np.generic], geometry: Geometry) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))  # (slice, row, column) order
+    _, spacing, origin, direction = geo.to_sitk(geometry)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image
+
+
+def _resampler(target: Geometry, interpolator: int) -> sitk.ResampleImageFilter:
+    size, spacing, origin, direction = geo.to_sitk(target)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(s) for s in size])
+    resampler.SetOutputSpacing(spacing)
+    resampler.SetOutputOrigin(origin)
+    resampler.SetOutputDirection(direction)
+    resampler.SetInterpolator(interpolator)
+    resampler.SetUseNearestNeighborExtrapolator(True)  # grid edges: repeat, never invent air
+    return resampler
+
+
+def resample(volume: Volume, target: Geometry) -> Volume:
+    """``volume`` resampled onto ``target`` (SimpleITK): linear for images, nearest for labels.
+
+    Args:
+        volume: an ``IMAGE`` (HU or any unit) or ``LABELS`` volume, array order
+            ``(slice, row, column)``.
+        target: the grid to sample at (world positions from :mod:`medseg.geometry`).
+
+    Returns:
+        A volume of the same kind and source on ``target``: float32 for images, the input's
+        integer type for labels. Points outside ``volume``'s grid take the nearest voxel.
+
+    Raises:
+        InputError: for a ``PROBABILITIES`` volume (use :func:`resample_scores_to_labels`).
+    """
+    if volume.kind is VolumeKind.PROBABILITIES:
+        raise InputError(f"{volume.source.describe()}: resample takes images or labels")
+    if geo.geometries_equal(volume.geometry, target):
+        return volume
+    if volume.kind is VolumeKind.LABELS:
+        interpolator, array = sitk.sitkNearestNeighbor, np.asarray(volume.array)
+    else:
+        interpolator = sitk.sitkLinear
+        array = np.asarray(volume.array, dtype=np.float32)
+    resampled = _resampler(target, interpolator).Execute(_to_sitk_image(array, volume.geometry))
+    out = sitk.GetArrayFromImage(resampled).astype(array.dtype, copy=False)
+    return Volume(out, target, volume.kind, volume.source)
+
+
+def resample_scores_to_labels(
+    scores: NDArray[np.floating], source: Geometry, target: Geometry
+) -> NDArray[np.uint8]:
+    """Labels on ``target`` from per-class scores on ``source``, slab by slab.
+
+    Each class's score (logits or probabilities, one channel per label value) is interpolated
+    linearly onto :data:`SCORE_SLAB_SLICES` slices of ``target`` at a time and the argmax is
+    kept as uint8, so no full-size float map of any class is ever allocated on ``target``.
+
+    Args:
+        scores: ``(class, slice, row, column)`` on ``source``; any float type.
+        source: the grid of ``scores``.
+        target: the grid of the labels.
+
+    Returns:
+        uint8 labels ``(slice, row, column)`` on ``target``; ties go to the lower label value.
+    """
+    labels = np.zeros(target.shape, dtype=np.uint8)
+    n_rows, n_columns = source.shape[1], source.shape[2]
+    for first in range(0, target.shape[0], SCORE_SLAB_SLICES):
+        last = min(target.shape[0], first + SCORE_SLAB_SLICES)
+        slab = geo.crop_geometry(target, (first, 0, 0), (last, target.shape[1], target.shape[2]))
+        corners = np.array(
+            [[k, j, i] for k in (0, slab.shape[0] - 1) for j in (0, slab.shape[1] - 1)
+             for i in (0, slab.shape[2] - 1)],
+            dtype=float,
+        )
+        needed = geo.world_to_index(source, geo.index_to_world(slab, corners))[:, 0]
+        low = int(np.clip(math.floor(needed.min()) - 1, 0, source.shape[0] - 1))
+        high = int(np.clip(math.ceil(needed.max()) + 2, low + 1, source.shape[0]))
+        chunk = geo.crop_geometry(source, (low, 0, 0), (high, n_rows, n_columns))
+        resampler = _resampler(slab, sitk.sitkLinear)
+        best: NDArray[np.float32] | None = None
+        best_label = np.zeros(slab.shape, dtype=np.uint8)
+        for label in range(scores.shape[0]):
+            channel = np.asarray(scores[label, low:high], dtype=np.float32)
+            score = sitk.GetArrayFromImage(resampler.Execute(_to_sitk_image(channel, chunk)))
+            if best is None:
+                best = score
+            else:
+                better = score > best
+                best_label[better] = label
+                np.maximum(best, score, out=best)
+        labels[first:last] = best_label
+    return labels

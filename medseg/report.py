@@ -1,52 +1,51 @@
-"""A QA page per case: orthogonal views through every lesion with contours, and the numbers.
+"""QA pages: one per case (views through every lesion with the exported contours, and the
+numbers), and a batch summary page linking the cases.
 
-The page is what a clinician opens before importing a segmentation into the planning system:
-for each lesion (connected component) of each named label, an axial, a coronal and a sagittal
-view through its centroid, with the CT in a soft-tissue window and the predicted contour drawn
-(the reference contour too, dashed, when one is given); then the volumes, the lesion table and,
-with a reference, the agreement metrics.
+The case page is what a clinician opens before importing a segmentation into the planning
+system: the model, the input series, then for each lesion (connected component) of each named
+label an axial, a coronal and a sagittal view through its centroid, with the CT in a
+soft-tissue window and the contour drawn **from the exported RT-STRUCT** when one is given
+(see :mod:`medseg.report_views` for what is drawn in which view), the reference contour too
+(dashed) when one is given; then the volumes, the lesion table and, with a reference, the
+agreement metrics.
 
-Views follow the radiological convention: axial and coronal views show the patient's right on
-the image's left (LPS x increases to the right); anterior is at the top of axial views and on
-the left of sagittal views; superior is at the top of coronal and sagittal views. Pixels are
-drawn in millimetres, so a 2.5 mm slice is 2.5 times as tall as a 1 mm pixel is wide and each
-PNG's width/height is the field of view's width/height in mm. An oblique grid is shown along
-its nearest patient axes (the page says so).
-
-Matplotlib draws through its object API and the Agg canvas (no pyplot state, no display), and
-the page is a plain string template with every value escaped. No deep-learning stack is
-loaded here (a test checks that torch stays out).
+The pages are plain string templates with every value escaped; the PNGs sit beside
+``report.html`` and are linked relatively, so a case folder can be moved or zipped whole. No
+deep-learning stack is loaded here (a test checks that torch stays out).
 """
 
 from __future__ import annotations
 
 import html
+import json
+import math
+import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from numpy.typing import NDArray
 
 from medseg import geometry as geo
-from medseg.io.files import atomic_dir
+from medseg.errors import InputError
+from medseg.io import rtstruct_read
+from medseg.io.files import atomic_dir, atomic_path
 from medseg.metrics import SegmentationMetrics, compute_label_metrics
 from medseg.postprocess import Lesion, find_lesions, volumes_report
+from medseg.report_views import VIEWS, Outline, axis_map, display_window, draw_view
 from medseg.volume import Volume, require_same_geometry
 
 __all__ = [
-    "CT_WINDOW_HU",
     "MAX_LESIONS_PER_LABEL",
     "REPORT_TOLERANCE_MM",
-    "View",
+    "SUMMARY_PAGE",
+    "CaseSummary",
+    "read_case_summary",
     "write_report",
+    "write_summary_page",
 ]
-
-#: Soft-tissue window (lower, upper) in HU for CT images: level 40, width 400.
-CT_WINDOW_HU = (-160.0, 240.0)
 
 #: Views are drawn for at most this many lesions per label (the largest), so a noisy
 #: prediction with hundreds of specks still gives a page that opens quickly.
@@ -55,180 +54,35 @@ MAX_LESIONS_PER_LABEL = 10
 #: Surface Dice tolerance used on the page when a reference is given.
 REPORT_TOLERANCE_MM = 2.0
 
-#: Longest side of a view PNG in pixels.
-_VIEW_SIZE_PX = 512
-_DPI = 100
-_LPS_NAMES = ("x", "y", "z")
+#: File name of the batch summary page in its folder.
+SUMMARY_PAGE = "summary.html"
 
-View = Literal["axial", "coronal", "sagittal"]
+#: Outline colours when the RT-STRUCT gives none (or there is no RT-STRUCT), by label order.
+_COLOURS = ("#ff3030", "#30c030", "#3080ff", "#ff9f00", "#d040d0", "#00d0d0")
+_REFERENCE_COLOUR = "#ffff60"
 
-#: For each view: the LPS axis it cuts across, then the LPS axes shown horizontally and
-#: vertically, and whether each increases rightwards / upwards on screen (see module docstring).
-_VIEWS: dict[str, tuple[int, int, int, bool, bool]] = {
-    "axial": (2, 0, 1, True, False),  # x to the right (patient left), y down (anterior up)
-    "coronal": (1, 0, 2, True, True),  # x to the right, z up
-    "sagittal": (0, 1, 2, True, True),  # y to the right (anterior left), z up
-}
-
-#: Orientation letters (left, right, top, bottom) drawn on each view.
-_LETTERS = {
-    "axial": ("R", "L", "A", "P"),
-    "coronal": ("R", "L", "S", "I"),
-    "sagittal": ("A", "P", "S", "I"),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _AxisMap:
-    """How array axes sit in patient space, for display only.
-
-    Attributes:
-        lps_axis: for each array axis, the LPS axis (0 = x, 1 = y, 2 = z) it runs nearest to.
-        oblique: True if some array axis is not exactly along a patient axis.
-    """
-
-    lps_axis: tuple[int, int, int]
-    oblique: bool
-
-
-def _axis_map(geometry: geo.Geometry) -> _AxisMap:
-    origin = geo.index_to_world(geometry, [0.0, 0.0, 0.0])
-    steps = geo.index_to_world(geometry, np.eye(3)) - origin  # row a: world step of array axis a
-    units = steps / np.linalg.norm(steps, axis=1, keepdims=True)
-    lps = tuple(int(np.argmax(np.abs(u))) for u in units)
-    if len(set(lps)) != 3:
-        # a 45-degree tie; fall back to the array axes as the direction-free default
-        lps = (2, 1, 0)
-    oblique = bool(np.any(np.abs(np.abs(units).max(axis=1) - 1.0) > geo.DIRECTION_TOLERANCE))
-    return _AxisMap(lps_axis=lps, oblique=oblique)  # type: ignore[arg-type]
-
-
-def _coordinate_mm(
-    geometry: geo.Geometry, axis: int, lps_axis: int, index: NDArray[np.float64]
-) -> NDArray[np.float64]:
-    """LPS coordinate ``lps_axis`` (mm) of positions ``index`` along array ``axis``.
-
-    Positions are taken along the axis through voxel 0; on an axis-aligned grid the other
-    indices do not change this coordinate.
-    """
-    points = np.zeros((len(index), 3))
-    points[:, axis] = index
-    return np.asarray(geo.index_to_world(geometry, points)[:, lps_axis])
-
-
-def _window(image: Volume) -> tuple[float, float]:
-    array = np.asarray(image.array, dtype=float)
-    if image.source.modality == "CT" or (image.source.modality is None and array.min() <= -500):
-        return CT_WINDOW_HU
-    low, high = (float(v) for v in np.percentile(array, [1.0, 99.0]))
-    return (low, high if high > low else low + 1.0)
-
-
-def _draw_view(
-    path: Path,
-    view: str,
-    image: Volume,
-    masks: Sequence[tuple[NDArray[np.bool_], str, str]],
-    centre_index: NDArray[np.float64],
-    window: tuple[float, float],
-) -> tuple[int, int]:
-    """Write one view PNG through ``centre_index``; returns its (width, height) in pixels.
-
-    Args:
-        masks: ``(mask, colour, linestyle)`` of each contour to draw, full-volume masks.
-    """
-    geometry = image.geometry
-    axes_map = _axis_map(geometry)
-    cut_lps, h_lps, v_lps, h_increasing, v_increasing = _VIEWS[view]
-    cut_axis = axes_map.lps_axis.index(cut_lps)
-    h_axis = axes_map.lps_axis.index(h_lps)
-    v_axis = axes_map.lps_axis.index(v_lps)
-    k = int(np.clip(round(float(centre_index[cut_axis])), 0, geometry.shape[cut_axis] - 1))
-
-    def plane(array: NDArray[Any]) -> NDArray[Any]:
-        section = np.take(array, k, axis=cut_axis)
-        # the remaining axes keep their order: (v, h) if v_axis < h_axis, else transposed
-        return section if v_axis < h_axis else section.T
-
-    n_h, n_v = geometry.shape[h_axis], geometry.shape[v_axis]
-    h_edges = _coordinate_mm(geometry, h_axis, h_lps, np.array([-0.5, n_h - 0.5]))
-    v_edges = _coordinate_mm(geometry, v_axis, v_lps, np.array([-0.5, n_v - 0.5]))
-    h_centres = _coordinate_mm(geometry, h_axis, h_lps, np.arange(n_h, dtype=float))
-    v_centres = _coordinate_mm(geometry, v_axis, v_lps, np.arange(n_v, dtype=float))
-    width_mm = float(abs(h_edges[1] - h_edges[0]))
-    height_mm = float(abs(v_edges[1] - v_edges[0]))
-    scale_px_per_mm = _VIEW_SIZE_PX / max(width_mm, height_mm)
-    width_px = max(round(width_mm * scale_px_per_mm), 1)
-    height_px = max(round(height_mm * scale_px_per_mm), 1)
-
-    figure = Figure(figsize=(width_px / _DPI, height_px / _DPI), dpi=_DPI)
-    FigureCanvasAgg(figure)
-    ax = figure.add_axes((0.0, 0.0, 1.0, 1.0))
-    ax.set_axis_off()
-    ax.imshow(
-        plane(image.array),
-        cmap="gray",
-        vmin=window[0],
-        vmax=window[1],
-        origin="upper",  # row 0 at the top edge of the extent
-        extent=(h_edges[0], h_edges[1], v_edges[1], v_edges[0]),
-        interpolation="nearest",
-        aspect="equal",  # extent is in mm: equal aspect is the physical aspect
-    )
-    for mask, colour, linestyle in masks:
-        section = plane(mask)
-        if section.any() and not section.all():
-            ax.contour(
-                h_centres, v_centres, section.astype(float), levels=[0.5],
-                colors=[colour], linewidths=1.5, linestyles=linestyle,
-            )  # fmt: skip
-    h_lo, h_hi = sorted(h_edges)
-    v_lo, v_hi = sorted(v_edges)
-    ax.set_xlim((h_lo, h_hi) if h_increasing else (h_hi, h_lo))
-    ax.set_ylim((v_lo, v_hi) if v_increasing else (v_hi, v_lo))
-    left, right, top, bottom = _LETTERS[view]
-    style: dict[str, Any] = {
-        "color": "yellow",
-        "fontsize": 12,
-        "transform": ax.transAxes,
-        "weight": "bold",
-    }
-    ax.text(0.01, 0.5, left, ha="left", va="center", **style)
-    ax.text(0.99, 0.5, right, ha="right", va="center", **style)
-    ax.text(0.5, 0.99, top, ha="center", va="top", **style)
-    ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
-    figure.savefig(path, dpi=_DPI)
-    return width_px, height_px
-
-
-def _fmt(value: float, digits: int = 2) -> str:
-    return f"{value:.{digits}f}" if np.isfinite(value) else ("inf" if value > 0 else "-inf")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
+_STYLE = """body { font-family: sans-serif; margin: 1.5em; background: #fafafa; color: #111; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: right; }
+th { background: #eee; }
+figure { display: inline-block; margin: 0.3em; }
+figure img { max-width: 30vw; height: auto; border: 1px solid #444; }
+.note { color: #555; font-size: 0.9em; }
+.warning { color: #a00; font-weight: bold; }
+tr.failed td { background: #fdd; }"""
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>medseg QA: {title}</title>
 <style>
-body {{ font-family: sans-serif; margin: 1.5em; background: #fafafa; color: #111; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-th, td {{ border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: right; }}
-th {{ background: #eee; }}
-figure {{ display: inline-block; margin: 0.3em; }}
-figure img {{ max-width: 30vw; border: 1px solid #444; }}
-.note {{ color: #555; font-size: 0.9em; }}
+{style}
 </style></head>
 <body>
 <h1>Segmentation QA</h1>
-<p>Source: <code>{title}</code><br>Grid: {grid}</p>
+<p>Input: <code>{title}</code><br>Series description: {series_description}<br>
+Model: {model_id}<br>Contours: {contour_source}<br>Grid: {grid}</p>
+{warnings}
 <p class="note">Radiological convention: patient right on the image left; anterior up in axial
-views. Solid contours: prediction{reference_note}. {oblique_note}</p>
+views. Solid contours: {solid_note}{reference_note}. {oblique_note}</p>
 <h2>Volumes</h2>
 {volumes_table}
 <h2>Lesions</h2>
@@ -247,25 +101,41 @@ def write_report(
     out_dir: Path,
     *,
     reference: Volume | None = None,
+    rtstruct_path: Path | None = None,
+    model_id: str | None = None,
 ) -> Path:
     """Write ``report.html`` and its view PNGs into ``out_dir``, atomically.
 
     Args:
         image: the scan, array order ``(slice, row, column)``; HU for CT.
-        labels: the predicted ``LABELS`` volume on the image's grid.
+        labels: the predicted ``LABELS`` volume on the image's grid; lesions, volumes and
+            views come from it.
         names: label value -> structure name; only these labels are shown.
         out_dir: the report folder; replaced as a whole if it exists (a half-written report is
             never left behind).
         reference: optional reference ``LABELS`` volume on the same grid: its contours are
             drawn dashed and Dice, HD95, ASSD and surface Dice (at
             :data:`REPORT_TOLERANCE_MM`) are tabled.
+        rtstruct_path: the RT-STRUCT exported from ``labels`` onto ``image`` (which must
+            then be the DICOM series it references). The contours drawn are the file's, ROIs
+            matched to ``names`` by ROIName, in the file's display colours; the volume table
+            gets the file's rasterised volumes, and the page shows the image's
+            SeriesDescription and warns about a ROI missing from the file. Without it the
+            label map's outlines are drawn.
+        model_id: the model that made ``labels`` (e.g. name, version, run id). Without it the
+            page shows the RT-STRUCT's ROIGenerationDescription.
 
     Returns:
-        The path of ``report.html``. PNGs are named ``<label>-<lesion id>-<view>.png`` beside it.
+        The path of ``report.html``. PNGs are named ``label<value>-lesion<id>-<view>.png``
+        beside it.
 
     Raises:
-        GeometryError: if image, labels and reference are not on one grid.
+        GeometryError: if image, labels and reference are not on one grid, or the RT-STRUCT
+            is in another frame of reference or does not fit the image's slices
+            (:class:`~medseg.errors.MissingReferenceError` when it references another
+            series or slices the image lacks).
         InputError: if ``labels`` or ``reference`` is not a labels volume.
+        UnreadableScanError: if ``rtstruct_path`` is not a readable RT Structure Set.
     """
     require_same_geometry(image, labels)
     if reference is not None:
@@ -276,31 +146,42 @@ def write_report(
         if reference is not None
         else {}
     )
-    window = _window(image)
-    colours = ("#ff3030", "#30c030", "#3080ff", "#ff9f00", "#d040d0", "#00d0d0")
-    axes_map = _axis_map(image.geometry)
+    exported: dict[str, rtstruct_read.RoiContours] = {}
+    exported_masks: dict[str, Volume] = {}
+    warnings_html: list[str] = []
+    series_description = "not recorded"
+    generation: list[str] = []
+    if rtstruct_path is not None:
+        structure_set = rtstruct_read.read_contours(Path(rtstruct_path), image)
+        exported = structure_set.by_name()
+        exported_masks = rtstruct_read.read(Path(rtstruct_path), image)
+        series_description = structure_set.image_series_description or series_description
+        generation = sorted({r.generation_description or "" for r in structure_set.rois} - {""})
+        missing = [name for name in names.values() if name not in exported]
+        if missing:
+            warnings_html.append(f"Not in the RT-STRUCT: {', '.join(missing)}.")
+    window = display_window(image)
     out_dir = Path(out_dir)
     views_html: list[str] = []
     with atomic_dir(out_dir, overwrite=True) as tmp:
         for n, (value, name) in enumerate(names.items()):
-            colour = colours[n % len(colours)]
-            predicted = np.asarray(labels.array == value)
-            referenced = np.asarray(reference.array == value) if reference is not None else None
+            outlines = _outlines(labels, value, name, exported, exported_masks, n, rtstruct_path)
+            if reference is not None:
+                outlines.append(
+                    Outline(np.asarray(reference.array == value), _REFERENCE_COLOUR, "dashed")
+                )
             lesions: list[Lesion] = find_lesions(labels, value)[:MAX_LESIONS_PER_LABEL]
             source = "prediction"
             if not lesions and reference is not None:
                 lesions = find_lesions(reference, value)[:MAX_LESIONS_PER_LABEL]
                 source = "reference only (missed by the prediction)"
-            masks = [(predicted, colour, "solid")]
-            if referenced is not None:
-                masks.append((referenced, "#ffff60", "dashed"))
             for lesion in lesions:
                 centre_index = geo.world_to_index(image.geometry, lesion.centroid_mm)
                 figures = []
-                for view in _VIEWS:
+                for view in VIEWS:
                     file_name = f"label{value}-lesion{lesion.id}-{view}.png"
-                    width, height = _draw_view(
-                        tmp / file_name, view, image, masks, centre_index, window
+                    width, height = draw_view(
+                        tmp / file_name, view, image, outlines, centre_index, window
                     )
                     figures.append(
                         f'<figure><img src="{html.escape(file_name)}" width="{width}" '
@@ -313,19 +194,32 @@ def write_report(
                     f"{source}"
                 )
                 views_html.append(f"<h3>{html.escape(heading)}</h3>" + "".join(figures))
+        if rtstruct_path is not None:
+            contour_source = (
+                f"from the exported RT-STRUCT {Path(rtstruct_path).name} (axial: its polygons; "
+                "coronal and sagittal: the outline of its rasterisation)"
+            )
+        else:
+            contour_source = "from the label map (no RT-STRUCT was given)"
         page = _PAGE.format(
-            title=html.escape(labels.source.describe()),
+            title=html.escape(image.source.describe()),
+            style=_STYLE,
+            series_description=html.escape(series_description),
+            model_id=html.escape(model_id or "; ".join(generation) or "not recorded"),
+            contour_source=html.escape(contour_source),
             grid=html.escape(
                 f"shape {image.geometry.shape} (slice, row, column), spacing "
                 f"{tuple(round(s, 3) for s in image.geometry.spacing_mm)} mm"
             ),
+            warnings="".join(f'<p class="warning">{html.escape(w)}</p>' for w in warnings_html),
+            solid_note="RT-STRUCT" if rtstruct_path is not None else "prediction",
             reference_note="; dashed yellow: reference" if reference is not None else "",
             oblique_note=(
                 "The grid is oblique: views are along its nearest patient axes."
-                if axes_map.oblique
+                if axis_map(image.geometry).oblique
                 else ""
             ),
-            volumes_table=_volumes_table(report),
+            volumes_table=_volumes_table(report, exported_masks if rtstruct_path else None),
             lesions_table=_lesions_table(report),
             metrics_section=_metrics_section(metrics),
             views="\n".join(views_html) or "<p>No lesions.</p>",
@@ -334,13 +228,75 @@ def write_report(
     return out_dir / "report.html"
 
 
-def _volumes_table(report: Mapping[str, Any]) -> str:
+def _outlines(
+    labels: Volume,
+    value: int,
+    name: str,
+    exported: Mapping[str, rtstruct_read.RoiContours],
+    exported_masks: Mapping[str, Volume],
+    n: int,
+    rtstruct_path: Path | None,
+) -> list[Outline]:
+    """The solid outline of one structure: the RT-STRUCT's when given, else the label map's."""
+    if rtstruct_path is None:
+        return [Outline(np.asarray(labels.array == value), _COLOURS[n % len(_COLOURS)])]
+    roi = exported.get(name)
+    if roi is None:
+        return []  # the page warns that it is missing
+    colour = (
+        "#{:02x}{:02x}{:02x}".format(*roi.colour_rgb)
+        if roi.colour_rgb is not None
+        else _COLOURS[n % len(_COLOURS)]
+    )
+    mask = np.asarray(exported_masks[name].array, dtype=bool)
+    return [Outline(mask, colour, "solid", polygons=roi.polygons)]
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if np.isfinite(value) else ("inf" if value > 0 else "-inf")
+
+
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], row_classes: Sequence[str] = ()
+) -> str:
+    """An HTML table; cells are escaped, except those given as ``Markup``."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        (f'<tr class="{row_classes[i]}">' if i < len(row_classes) and row_classes[i] else "<tr>")
+        + "".join(
+            f"<td>{cell if isinstance(cell, _Markup) else html.escape(cell)}</td>" for cell in row
+        )
+        + "</tr>"
+        for i, row in enumerate(rows)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class _Markup(str):
+    """A table cell that is already HTML (built from escaped parts)."""
+
+    __slots__ = ()
+
+
+def _volumes_table(report: Mapping[str, Any], exported: Mapping[str, Volume] | None) -> str:
+    header = ["structure", "label", "volume (mL)", "lesions"]
     rows = [
         [name, str(entry["label"]), _fmt(entry["volume_ml"]), str(entry["n_lesions"])]
         for name, entry in report["labels"].items()
     ]
     rows.append(["total", "", _fmt(report["total_burden_ml"]), str(report["n_lesions_total"])])
-    return _table(["structure", "label", "volume (mL)", "lesions"], rows)
+    if exported is not None:
+        header.append("RT-STRUCT (mL)")
+        total = 0.0
+        for row, name in zip(rows, report["labels"], strict=False):
+            mask = exported.get(name)
+            volume_ml = (
+                float(np.count_nonzero(mask.array)) * mask.voxel_volume_ml if mask else math.nan
+            )
+            total += 0.0 if math.isnan(volume_ml) else volume_ml
+            row.append("missing" if math.isnan(volume_ml) else _fmt(volume_ml))
+        rows[-1].append(_fmt(total))
+    return _table(header, rows)
 
 
 def _lesions_table(report: Mapping[str, Any]) -> str:
@@ -375,3 +331,124 @@ def _metrics_section(metrics: Mapping[str, SegmentationMetrics]) -> str:
         "predicted (mL)", "reference (mL)", "volume error (%)",
     ]  # fmt: skip
     return "<h2>Agreement with the reference</h2>" + _table(header, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# batch summary page
+
+
+@dataclass(frozen=True, slots=True)
+class CaseSummary:
+    """One case's row on the batch summary page (:func:`write_summary_page`).
+
+    Attributes:
+        case: the case's name, e.g. its output folder's name; shown as given.
+        status: ``"ok"`` for a case that went through; anything else (e.g. ``"failed"``,
+            ``"skipped"``) is shown as given and the row is highlighted.
+        report_path: the case's ``report.html`` (absolute, or relative to the working
+            directory), linked relatively from the page; None when the case has none (a
+            failed case). A path that does not exist is shown as missing, not linked.
+        volumes_ml: structure name -> volume in mL (e.g. ``pipeline.CaseResult.volumes_ml``
+            or :func:`read_case_summary`); a structure a case lacks shows blank.
+        message: the reason for a failure or another note, shown as given; it must not hold
+            protected health information (error messages from medseg do not).
+    """
+
+    case: str
+    status: str
+    report_path: Path | None = None
+    volumes_ml: Mapping[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+def read_case_summary(case_dir: Path, *, status: str = "ok", message: str = "") -> CaseSummary:
+    """The :class:`CaseSummary` of a case folder written by ``pipeline.predict_case``.
+
+    Reads ``volumes.json`` for the volumes and links ``report/report.html``; the case's name
+    is the folder's name. Meant for cases finished in an earlier run (a resumed batch).
+
+    Raises:
+        InputError: if ``case_dir/volumes.json`` is missing or not a volumes report.
+    """
+    case_dir = Path(case_dir)
+    volumes_path = case_dir / "volumes.json"
+    try:
+        document = json.loads(volumes_path.read_text(encoding="utf-8"))
+        volumes = {name: float(e["volume_ml"]) for name, e in document["labels"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{volumes_path}: not a readable volumes report ({exc})") from exc
+    return CaseSummary(
+        case=case_dir.name,
+        status=status,
+        report_path=case_dir / "report" / "report.html",
+        volumes_ml=volumes,
+        message=message,
+    )
+
+
+_SUMMARY = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>medseg batch: {title}</title>
+<style>
+{style}
+</style></head>
+<body>
+<h1>{title}</h1>
+<p>{counts}</p>
+{table}
+</body></html>
+"""
+
+
+def write_summary_page(
+    out_root: Path, cases: Sequence[CaseSummary], *, title: str = "medseg batch summary"
+) -> Path:
+    """Write the batch summary page ``out_root/summary.html``, atomically.
+
+    One row per case, in the order given: name, status, the volume of every structure (the
+    union over the cases, in order of first appearance, volumes in mL), the link to the case's
+    ``report.html`` and the message. Links are relative to ``out_root``, so the batch folder
+    can be moved whole.
+
+    Args:
+        out_root: the batch output folder (created if missing).
+        cases: one :class:`CaseSummary` per case (from the batch runner, or
+            :func:`read_case_summary` for case folders).
+        title: the page's heading.
+
+    Returns:
+        The page's path, ``out_root /`` :data:`SUMMARY_PAGE`.
+    """
+    out_root = Path(out_root)
+    structures: dict[str, None] = {}
+    for case in cases:
+        structures.update(dict.fromkeys(case.volumes_ml))
+    rows: list[list[str]] = []
+    for case in cases:
+        row = [case.case, case.status]
+        row += [_fmt(case.volumes_ml[s]) if s in case.volumes_ml else "" for s in structures]
+        row += [_report_link(out_root, case.report_path), case.message]
+        rows.append(row)
+    n_ok = sum(case.status == "ok" for case in cases)
+    counts = f"{len(cases)} cases: {n_ok} ok, {len(cases) - n_ok} not ok."
+    table = _table(
+        ["case", "status", *(f"{s} (mL)" for s in structures), "report", "message"],
+        rows,
+        ["" if case.status == "ok" else "failed" for case in cases],
+    )
+    page = _SUMMARY.format(
+        title=html.escape(title), style=_STYLE, counts=html.escape(counts), table=table
+    )
+    path = out_root / SUMMARY_PAGE
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return path
+
+
+def _report_link(out_root: Path, report_path: Path | None) -> str:
+    if report_path is None:
+        return ""
+    if not Path(report_path).is_file():
+        return "missing"
+    relative = Path(os.path.relpath(Path(report_path).resolve(), Path(out_root).resolve()))
+    href = urllib.parse.quote(relative.as_posix())
+    return _Markup(f'<a href="{html.escape(href)}">report</a>')

@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import os
+import socket
+import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
@@ -165,7 +167,13 @@ class Tracker:
             experiment_id = self._experiment_id()
             run = mlflow.start_run(experiment_id=experiment_id, run_name=self._run_name)
             self._run_id = run.info.run_id
-            mlflow.set_tag("medseg_version", medseg.__version__)
+            mlflow.set_tags(
+                {
+                    "medseg_version": medseg.__version__,
+                    "host": socket.gethostname(),
+                    "git_commit": _git_commit() or "unknown",
+                }
+            )
             mlflow.log_params(flatten_params(self._config))
             mlflow.log_text(_redacted(self._config).to_yaml(), "config/config.yaml")
         except (MlflowException, OSError) as exc:
@@ -198,6 +206,12 @@ class Tracker:
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tag the run (e.g. ``dataset_fingerprint``); no patient identifiers."""
+        import mlflow
+
+        mlflow.set_tags(dict(tags))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Store a file with the run, under ``artifact_path`` (a folder) if given."""
@@ -346,6 +360,22 @@ def _using_tracking_uri(uri: str) -> Iterator[None]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+def _git_commit() -> str | None:
+    """Commit of the source checkout medseg runs from, or ``None`` outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(medseg.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _find_checkpoint(local: Path, what: str) -> Path:

@@ -7,36 +7,50 @@ are in Hounsfield units: the config's intensity window is applied here, exactly 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 from numpy.typing import NDArray
 
 import medseg
-from medseg.config import ExperimentConfig
+from medseg.config import ExperimentConfig, TrainConfig
 from medseg.errors import ConfigError, InputError
 from medseg.infer import predict
-from medseg.metrics import dice_score
-from medseg.model import LoadedModel, build_network, save_checkpoint
-from medseg.preprocess import scale_intensity
+from medseg.metrics import compute_metrics, dice_score
+from medseg.model import (
+    LoadedModel,
+    build_network,
+    load_checkpoint,
+    load_training_state,
+    save_checkpoint,
+)
+from medseg.preprocess import model_grid, resample, scale_intensity
+from medseg.progress import Progress, plot_curves, progress_bar
 from medseg.volume import Volume, VolumeKind, require_same_geometry
 
-__all__ = ["EpochRecord", "RunTracker", "TrainResult", "train"]
+__all__ = ["EpochRecord", "RunTracker", "TrainResult", "lr_factor", "train"]
 
 _log = logging.getLogger(__name__)
 
 #: File names of the checkpoints written into ``out_dir``.
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
+#: Training curves (loss, learning rate, validation Dice per label) written into ``out_dir``.
+CURVES_FILE = "curves.png"
+#: Surface-Dice tolerance passed to ``compute_metrics`` at validation (only Dice and HD95 are
+#: used from its result, and neither depends on it).
+_SURFACE_TOLERANCE_MM = 1.0
 
 
 class RunTracker(Protocol):
@@ -66,16 +80,26 @@ class EpochRecord:
 
     Attributes:
         epoch: 1-based epoch number (the MLflow step).
-        train_loss: mean DiceCE loss over the epoch's batches.
+        train_loss: mean training loss over the epoch's batches.
         val_dice: mean Dice over foreground labels and validation cases, or ``None`` when
             the epoch was not validated.
         seconds: wall time of the epoch including validation.
+        learning_rate: the optimiser's learning rate during the epoch.
+        val_dice_per_label: label name -> mean Dice over validation cases (empty when the
+            epoch was not validated).
+        val_hd95_mm_per_label: label name -> mean HD95 in mm over the validation cases where
+            it is finite (empty when not validated or ``train.hd95`` is off).
+        step_losses: the loss of every optimiser step, in order.
     """
 
     epoch: int
     train_loss: float
     val_dice: float | None
     seconds: float
+    learning_rate: float = 0.0
+    val_dice_per_label: Mapping[str, float] = field(default_factory=dict)
+    val_hd95_mm_per_label: Mapping[str, float] = field(default_factory=dict)
+    step_losses: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +109,16 @@ class TrainResult:
     Attributes:
         checkpoint_path: the best checkpoint (highest validation Dice; the last one when there
             are no validation cases).
-        last_checkpoint_path: the checkpoint after the final epoch.
+        last_checkpoint_path: the checkpoint after the final epoch (with the training state
+            that :func:`train`'s ``resume_from`` needs).
         run_id: the tracker's run id (``None`` without a tracker).
         model_uri: ``runs:/<run_id>/model`` when a tracker logged the model, else ``None``.
         best_epoch: epoch of ``checkpoint_path``.
         best_val_dice: validation Dice of ``checkpoint_path`` (``None`` without validation).
         final_train_loss: training loss of the last epoch.
         final_val_dice: validation Dice after the last epoch (``None`` without validation).
-        history: one record per epoch.
+        history: one record per epoch (from epoch 1, also after resuming).
+        stopped_early: whether early stopping ended training before ``train.epochs``.
     """
 
     checkpoint_path: Path
@@ -104,6 +130,7 @@ class TrainResult:
     final_train_loss: float
     final_val_dice: float | None
     history: tuple[EpochRecord, ...]
+    stopped_early: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,22 +140,47 @@ class _Case:
     foreground: NDArray[np.intp]  # flat indices of label > 0
 
 
+@dataclass(slots=True)
+class _Loop:
+    """Everything one optimiser step needs.
+
+    ``network`` is what the step calls: ``model`` itself, or ``model`` wrapped in
+    ``DistributedDataParallel`` when a process group is initialised.
+    """
+
+    network: torch.nn.Module
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    deep_supervision: bool
+    grad_clip_norm: float | None
+
+
 def train(
     config: ExperimentConfig,
     train_cases: Sequence[tuple[Volume, Volume]],
     val_cases: Sequence[tuple[Volume, Volume]],
     out_dir: Path,
     tracker: RunTracker | None = None,
+    *,
+    resume_from: Path | None = None,
+    progress: bool | None = None,
 ) -> TrainResult:
     """Train a U-Net on (image, labels) pairs and write ``best.pt`` and ``last.pt``.
 
     Each epoch draws ``samples_per_case`` patches of ``patch_size`` voxels from every training
     case, centred on a foreground voxel with probability ``foreground_fraction`` and anywhere
-    otherwise, and takes Adam steps on MONAI's ``DiceCELoss`` in batches of ``batch_size``.
-    Every ``val_every`` epochs (and after the last) the network segments each full validation
-    image with :func:`medseg.infer.predict` and the mean foreground Dice is recorded.
-    ``config.seed`` seeds torch and the patch sampler; ``config.train.num_threads`` sets
-    torch's (process-wide) intra-op thread count.
+    otherwise, and takes optimiser steps on the configured MONAI loss in batches of
+    ``batch_size``. Every ``val_every`` epochs (and after the last) the network segments each
+    full validation image with :func:`medseg.infer.predict` (sliding window) and per-label
+    Dice and HD95 (mm) are recorded; the best mean Dice gives ``best.pt``. ``last.pt`` is
+    rewritten after every epoch with the optimiser, scheduler and RNG states, so an
+    interrupted run continues with ``resume_from`` exactly as it would have run (in
+    deterministic mode). ``config.seed`` seeds torch and the patch sampler;
+    ``config.train.num_threads`` sets torch's (process-wide) intra-op thread count.
 
     Args:
         config: the experiment config.
@@ -139,6 +191,10 @@ def train(
         out_dir: folder for the checkpoints (created if missing).
         tracker: receives per-epoch metrics (step = epoch), the checkpoints and the model;
             ``None`` to train without tracking.
+        resume_from: a ``last.pt`` written by this function: training continues after its
+            epoch with its weights, optimiser, scheduler and RNG states.
+        progress: show progress bars (``None``: only when stderr is a terminal; otherwise
+            each epoch is a log line).
 
     Returns:
         Checkpoint paths, run id and metrics.
@@ -146,7 +202,10 @@ def train(
     Raises:
         InputError: on no training cases, image/labels pairs on different grids, or label
             values the config does not name.
-        ConfigError: if ``device`` is ``"cuda"`` and no CUDA device is available.
+        ConfigError: if ``device`` is ``"cuda"`` and no CUDA device is available, if a
+            reduced precision is asked for on the CPU, or if ``resume_from`` was trained with
+            a different model config.
+        ModelError: if ``resume_from`` is not a checkpoint with a training state.
     """
     train_cfg = config.train
     if not train_cases:
@@ -154,69 +213,159 @@ def train(
     if train_cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is available")
     device = torch.device(train_cfg.device)
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(train_cfg.num_threads)
-    rng = np.random.default_rng(config.seed)
+    autocast_dtype = _autocast_dtype(train_cfg.precision, device)
+    with _determinism(train_cfg.deterministic):
+        torch.manual_seed(config.seed)
+        torch.set_num_threads(train_cfg.num_threads)
+        rank, world = _rank_and_world()
+        if world > 1 and resume_from is not None:
+            raise ConfigError("resume_from is not supported in distributed training")
+        # one sampler stream per rank: the ranks see different patches
+        rng = np.random.default_rng(config.seed if world == 1 else [config.seed, rank])
 
-    cases = [_prepare_case(image, labels, config) for image, labels in train_cases]
-    for image, labels in val_cases:
-        _check_pair(image, labels, config)
+        cases = [_prepare_case(image, labels, config) for image, labels in train_cases]
+        for image, labels in val_cases:
+            _check_pair(image, labels, config)
 
-    network = build_network(config.model).to(device)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    optimizer = torch.optim.Adam(network.parameters(), lr=train_cfg.learning_rate)
+        network = build_network(config.model).to(device)
+        optimizer = _optimizer(network, train_cfg)
+        loop = _Loop(
+            network=_distributed(network, device) if world > 1 else network,
+            model=network,
+            loss_fn=_loss(train_cfg.loss),
+            optimizer=optimizer,
+            scaler=torch.amp.GradScaler(
+                device.type, enabled=autocast_dtype is torch.float16
+            ),
+            device=device,
+            autocast_dtype=autocast_dtype,
+            deep_supervision=config.model.deep_supervision,
+            grad_clip_norm=train_cfg.grad_clip_norm,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda index: lr_factor(train_cfg, index)
+        )
+        return _run(config, loop, scheduler, rng, cases, val_cases if rank == 0 else [],
+                    Path(out_dir), tracker if rank == 0 else None, resume_from, progress,
+                    main=rank == 0)
+
+
+def _run(
+    config: ExperimentConfig,
+    loop: _Loop,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    rng: np.random.Generator,
+    cases: Sequence[_Case],
+    val_cases: Sequence[tuple[Volume, Volume]],
+    out_dir: Path,
+    tracker: RunTracker | None,
+    resume_from: Path | None,
+    progress: bool | None,
+    *,
+    main: bool = True,
+) -> TrainResult:
+    """The epochs; only the ``main`` process validates and writes checkpoints."""
+    train_cfg = config.train
+    network = loop.model
     loaded = LoadedModel(
         network=network,
         config=config,
         label_names=dict(config.model.labels),
         medseg_version=medseg.__version__,
     )
-    out_dir = Path(out_dir)
     best_path, last_path = out_dir / BEST_CHECKPOINT, out_dir / LAST_CHECKPOINT
 
     history: list[EpochRecord] = []
     best_dice: float | None = None
     best_epoch = 0
-    for epoch in range(1, train_cfg.epochs + 1):
-        started = time.perf_counter()
-        train_loss = _train_one_epoch(network, loss_fn, optimizer, cases, config, rng, device)
-        metrics = {"train_loss": train_loss}
-        val_dice: float | None = None
-        validate = bool(val_cases) and (
-            epoch % train_cfg.val_every == 0 or epoch == train_cfg.epochs
-        )
-        if validate:
-            per_label = _validate(loaded, val_cases)
-            val_dice = float(np.mean(list(per_label.values())))
-            metrics["val_dice"] = val_dice
-            metrics.update({f"val_dice_{_metric_name(k)}": v for k, v in per_label.items()})
-            if best_dice is None or val_dice > best_dice:
-                best_dice, best_epoch = val_dice, epoch
-                save_checkpoint(best_path, network, config, _extra(epoch, train_loss, val_dice))
-        seconds = time.perf_counter() - started
-        metrics["epoch_seconds"] = seconds
-        history.append(EpochRecord(epoch, train_loss, val_dice, seconds))
-        _log.info(
-            "epoch %d/%d: train_loss %.4f, val_dice %s, %.1f s",
-            epoch,
-            train_cfg.epochs,
-            train_loss,
-            "-" if val_dice is None else f"{val_dice:.4f}",
-            seconds,
-        )
-        if tracker is not None:
-            tracker.log_metrics(metrics, step=epoch)
+    stale = 0  # validations since the best one
+    first_epoch = 1
+    if resume_from is not None:
+        state = _restore(Path(resume_from), config, loop, scheduler, rng)
+        history = [_record_from_state(r) for r in state["history"]]
+        best_dice, best_epoch, stale = state["best_dice"], state["best_epoch"], state["stale"]
+        first_epoch = int(state["epoch"]) + 1
+        _log.info("resuming %s after epoch %d", resume_from, first_epoch - 1)
+
+    stopped_early = False
+    n_steps = math.ceil(len(cases) * train_cfg.samples_per_case / train_cfg.batch_size)
+    with progress_bar(progress, train_cfg.epochs, n_steps, first_epoch - 1) as bar:
+        for epoch in range(first_epoch, train_cfg.epochs + 1):
+            started = time.perf_counter()
+            lr = float(loop.optimizer.param_groups[0]["lr"])
+            step_losses = _train_one_epoch(loop, cases, config, rng, bar)
+            scheduler.step()
+            train_loss = float(np.mean(step_losses))
+            train_seconds = time.perf_counter() - started
+            metrics = {
+                "train_loss": train_loss,
+                "lr": lr,
+                "samples_per_s": len(cases) * train_cfg.samples_per_case / train_seconds,
+            }
+            val_dice: float | None = None
+            dice_per_label: dict[str, float] = {}
+            hd95_per_label: dict[str, float] = {}
+            validate = bool(val_cases) and (
+                epoch % train_cfg.val_every == 0 or epoch == train_cfg.epochs
+            )
+            if validate:
+                dice_per_label, hd95_per_label = _validate(loaded, val_cases, train_cfg.hd95)
+                val_dice = float(np.mean(list(dice_per_label.values())))
+                metrics["val_dice"] = val_dice
+                metrics.update(
+                    {f"val_dice_{_metric_name(k)}": v for k, v in dice_per_label.items()}
+                )
+                if hd95_per_label:
+                    metrics["val_hd95_mm"] = float(np.mean(list(hd95_per_label.values())))
+                    metrics.update(
+                        {f"val_hd95_mm_{_metric_name(k)}": v for k, v in hd95_per_label.items()}
+                    )
+                if best_dice is None or val_dice > best_dice:
+                    best_dice, best_epoch, stale = val_dice, epoch, 0
+                    save_checkpoint(
+                        best_path, network, config, _extra(epoch, train_loss, val_dice)
+                    )
+                else:
+                    stale += 1
+            seconds = time.perf_counter() - started
+            metrics["epoch_seconds"] = seconds
+            history.append(
+                EpochRecord(
+                    epoch, train_loss, val_dice, seconds, lr, dice_per_label, hd95_per_label,
+                    tuple(step_losses),
+                )
+            )
+            patience = train_cfg.early_stopping_patience
+            stopped_early = _agreed(patience is not None and stale >= patience)
+            if main:
+                save_checkpoint(
+                    last_path,
+                    network,
+                    config,
+                    _extra(epoch, train_loss, val_dice),
+                    training_state=_training_state(
+                        epoch, loop, scheduler, rng, history, best_dice, best_epoch, stale
+                    ),
+                )
+            bar.epoch_done(
+                f"epoch {epoch}/{train_cfg.epochs}: train_loss {train_loss:.4f}, val_dice "
+                + ("-" if val_dice is None else f"{val_dice:.4f}")
+                + f", {seconds:.1f} s"
+            )
+            if tracker is not None:
+                tracker.log_metrics(metrics, step=epoch)
+            if stopped_early:
+                _log.info("early stopping: no better val_dice in %d validations", patience)
+                break
 
     final = history[-1]
-    save_checkpoint(
-        last_path, network, config, _extra(final.epoch, final.train_loss, final.val_dice)
-    )
-    if best_dice is None:  # no validation cases: the last epoch is the best we know
+    if best_dice is None and main:  # no validation cases: the last epoch is the best we know
         best_epoch = final.epoch
         save_checkpoint(best_path, network, config, _extra(final.epoch, final.train_loss, None))
 
     run_id = model_uri = None
     if tracker is not None:
+        tracker.log_artifact(plot_curves(history, out_dir / CURVES_FILE), "curves")
         tracker.log_artifact(last_path, "checkpoints")
         model_uri = tracker.log_model(best_path)
         run_id = tracker.run_id
@@ -230,7 +379,200 @@ def train(
         final_train_loss=final.train_loss,
         final_val_dice=final.val_dice,
         history=tuple(history),
+        stopped_early=stopped_early,
     )
+
+
+def lr_factor(train_cfg: TrainConfig, epoch_index: int) -> float:
+    """Learning rate of 0-based epoch ``epoch_index`` as a fraction of ``learning_rate``.
+
+    Linear warm-up over ``warmup_epochs`` (from ``1 / (warmup_epochs + 1)``), then
+    ``lr_schedule``: constant, poly ``(1 - t) ** 0.9`` or cosine ``(1 + cos(pi t)) / 2``,
+    with ``t`` the fraction of post-warm-up epochs done.
+
+    Example:
+        >>> from medseg.config import TrainConfig
+        >>> cfg = TrainConfig(epochs=10, patch_size=(8, 8, 8), lr_schedule="cosine")
+        >>> lr_factor(cfg, 0), round(lr_factor(cfg, 5), 3)
+        (1.0, 0.5)
+    """
+    warmup = train_cfg.warmup_epochs
+    if epoch_index < warmup:
+        return (epoch_index + 1) / (warmup + 1)
+    t = min(1.0, (epoch_index - warmup) / max(1, train_cfg.epochs - warmup))
+    if train_cfg.lr_schedule == "poly":
+        return float((1.0 - t) ** 0.9)
+    if train_cfg.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "float32":
+        return None
+    if device.type != "cuda":
+        raise ConfigError(
+            f"train.precision {precision!r} needs a CUDA device; the CPU trains in float32 "
+            "(use 'float32' or 'auto')"
+        )
+    return torch.bfloat16 if precision == "bfloat16" else torch.float16
+
+
+@contextlib.contextmanager
+def _determinism(enabled: bool) -> Iterator[None]:
+    """Deterministic torch algorithms while training; the previous settings afterwards."""
+    if not enabled:
+        yield
+        return
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    # cuBLAS needs a fixed workspace for reproducible results (CUDA >= 10.2).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+        torch.backends.cudnn.deterministic = previous[2]
+
+
+def _loss(name: str) -> torch.nn.Module:
+    """MONAI loss on logits (softmax) and integer labels (one-hot), reduced over the batch."""
+    if name == "dice":
+        return DiceLoss(to_onehot_y=True, softmax=True, batch=True)
+    if name == "dice_focal":
+        return DiceFocalLoss(to_onehot_y=True, softmax=True, batch=True)
+    return DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+
+
+def _optimizer(network: torch.nn.Module, train_cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = network.parameters()
+    lr, decay = train_cfg.learning_rate, train_cfg.weight_decay
+    if train_cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=decay)
+    if train_cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=train_cfg.momentum, nesterov=train_cfg.momentum > 0,
+            weight_decay=decay,
+        )
+    return torch.optim.Adam(params, lr=lr, weight_decay=decay)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (``(0, 1)`` without a process group)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _distributed(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``network`` in ``DistributedDataParallel`` (gradients averaged over the ranks)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index or 0] if device.type == "cuda" else None
+    return DistributedDataParallel(network, device_ids=device_ids)
+
+
+def _agreed(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (rank 0 alone validates, so it decides to stop)."""
+    if _rank_and_world()[1] == 1:
+        return flag
+    value = torch.tensor([int(flag)])
+    torch.distributed.broadcast(value, src=0)
+    return bool(value.item())
+
+
+# ---------------------------------------------------------------------------------------------
+# resuming
+
+
+def _training_state(
+    epoch: int,
+    loop: _Loop,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    rng: np.random.Generator,
+    history: Sequence[EpochRecord],
+    best_dice: float | None,
+    best_epoch: int,
+    stale: int,
+) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "epoch": epoch,
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": loop.scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": rng.bit_generator.state,
+        "best_dice": best_dice,
+        "best_epoch": best_epoch,
+        "stale": stale,
+        "history": [
+            {
+                "epoch": r.epoch,
+                "train_loss": r.train_loss,
+                "val_dice": r.val_dice,
+                "seconds": r.seconds,
+                "learning_rate": r.learning_rate,
+                "val_dice_per_label": dict(r.val_dice_per_label),
+                "val_hd95_mm_per_label": dict(r.val_hd95_mm_per_label),
+                "step_losses": list(r.step_losses),
+            }
+            for r in history
+        ],
+    }
+    if loop.device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(loop.device)
+    return state
+
+
+def _record_from_state(raw: Mapping[str, Any]) -> EpochRecord:
+    return EpochRecord(
+        epoch=int(raw["epoch"]),
+        train_loss=float(raw["train_loss"]),
+        val_dice=raw["val_dice"],
+        seconds=float(raw["seconds"]),
+        learning_rate=float(raw["learning_rate"]),
+        val_dice_per_label=dict(raw["val_dice_per_label"]),
+        val_hd95_mm_per_label=dict(raw["val_hd95_mm_per_label"]),
+        step_losses=tuple(raw["step_losses"]),
+    )
+
+
+def _restore(
+    path: Path,
+    config: ExperimentConfig,
+    loop: _Loop,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    checkpoint = load_checkpoint(path)
+    if checkpoint.config.model != config.model:
+        raise ConfigError(
+            f"{path}: cannot resume: it was trained with a different model config"
+        )
+    state = load_training_state(path)
+    loop.model.load_state_dict(checkpoint.network.state_dict())
+    loop.optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"]:
+        loop.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and loop.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], loop.device)
+    rng.bit_generator.state = state["numpy_rng"]
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +599,9 @@ def _check_pair(image: Volume, labels: Volume, config: ExperimentConfig) -> None
 
 def _prepare_case(image: Volume, labels: Volume, config: ExperimentConfig) -> _Case:
     _check_pair(image, labels, config)
+    if config.preprocess.spacing_mm is not None:  # the grid predict() feeds the network
+        grid = model_grid(image.geometry, config.preprocess.spacing_mm)
+        image, labels = resample(image, grid), resample(labels, grid)
     scaled = scale_intensity(image, config.preprocess).array
     label_array = np.asarray(labels.array, dtype=np.int64)
     # Pad small volumes at the high end so that every patch fits; 0 is the window's lower end
@@ -298,39 +643,119 @@ def _sample_patches(
 
 
 def _train_one_epoch(
-    network: torch.nn.Module,
-    loss_fn: DiceCELoss,
-    optimizer: torch.optim.Optimizer,
+    loop: _Loop,
     cases: Sequence[_Case],
     config: ExperimentConfig,
     rng: np.random.Generator,
-    device: torch.device,
-) -> float:
+    bar: Progress,
+) -> list[float]:
+    """One pass over freshly sampled patches; the loss of every step."""
     images, labels = _sample_patches(cases, config, rng)
+    augment = _augmentation(config.train)
+    if augment is not None:
+        images, labels = _augmented(augment, images, labels, rng)
     order = rng.permutation(len(images))
     batch_size = config.train.batch_size
+    network, optimizer = loop.network, loop.optimizer
     network.train()
     losses = []
     for first in range(0, len(order), batch_size):
         index = order[first : first + batch_size]
-        x = torch.from_numpy(images[index]).to(device)
-        y = torch.from_numpy(labels[index]).to(device)
+        x = torch.from_numpy(images[index]).to(loop.device)
+        y = torch.from_numpy(labels[index]).to(loop.device)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(network(x), y)
-        loss.backward()
-        optimizer.step()
+        with torch.autocast(
+            device_type=loop.device.type,
+            dtype=loop.autocast_dtype or torch.float32,
+            enabled=loop.autocast_dtype is not None,
+        ):
+            loss = _supervised_loss(loop, network(x), y)
+        loop.scaler.scale(loss).backward()
+        if loop.grad_clip_norm is not None:
+            loop.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), loop.grad_clip_norm)
+        loop.scaler.step(optimizer)
+        loop.scaler.update()
         losses.append(float(loss.detach()))
-    return float(np.mean(losses))
+        bar.step(losses[-1])
+    return losses
 
 
-def _validate(model: LoadedModel, val_cases: Sequence[tuple[Volume, Volume]]) -> dict[str, float]:
-    """Mean Dice per foreground label name over the validation cases."""
-    scores: dict[str, list[float]] = {name: [] for name in model.label_names.values()}
+def _augmentation(train_cfg: TrainConfig) -> Any:
+    """The MONAI transforms the config asks for (a ``Compose``), or ``None``."""
+    from monai import transforms as mt
+
+    keys = ["image", "label"]
+    steps: list[Any] = [
+        mt.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in train_cfg.augment_flip_axes
+    ]
+    if train_cfg.augment_affine_probability > 0:
+        angle = math.radians(train_cfg.augment_rotate_degrees)
+        steps.append(
+            mt.RandAffined(
+                keys,
+                prob=train_cfg.augment_affine_probability,
+                rotate_range=(angle, angle, angle),
+                scale_range=(train_cfg.augment_scale,) * 3,
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            )
+        )
+    if train_cfg.augment_intensity_probability > 0:
+        probability = train_cfg.augment_intensity_probability
+        steps.append(mt.RandScaleIntensityd("image", factors=0.1, prob=probability))
+        steps.append(mt.RandShiftIntensityd("image", offsets=0.1, prob=probability))
+    if train_cfg.augment_noise_std > 0:
+        steps.append(mt.RandGaussianNoised("image", prob=0.5, std=train_cfg.augment_noise_std))
+    return mt.Compose(steps) if steps else None
+
+
+def _augmented(
+    augment: Any, images: NDArray[np.float32], labels: NDArray[np.int64], rng: np.random.Generator
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Patches ``(n, 1, slice, row, column)`` after ``augment``, seeded from ``rng``."""
+    augment.set_random_state(seed=int(rng.integers(2**31)))
+    out_images, out_labels = [], []
+    for image, label in zip(images, labels, strict=True):
+        result = augment({"image": image, "label": label})
+        out_images.append(np.asarray(result["image"], dtype=np.float32))
+        out_labels.append(np.rint(np.asarray(result["label"])).astype(np.int64))
+    return np.stack(out_images), np.stack(out_labels)
+
+
+def _supervised_loss(loop: _Loop, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The loss; with deep supervision, weighted ``1, 1/2, 1/4, ...`` over the output heads."""
+    if not (loop.deep_supervision and loop.network.training and output.dim() == 6):
+        return loop.loss_fn(output.float(), target)  # type: ignore[no-any-return]
+    weights = [0.5**level for level in range(output.shape[1])]
+    total = sum(
+        w * loop.loss_fn(output[:, level].float(), target) for level, w in enumerate(weights)
+    )
+    return total / sum(weights)  # type: ignore[no-any-return]
+
+
+def _validate(
+    model: LoadedModel, val_cases: Sequence[tuple[Volume, Volume]], hd95: bool
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per foreground label name: mean Dice and mean finite HD95 (mm) over the cases."""
+    dice: dict[str, list[float]] = {name: [] for name in model.label_names.values()}
+    distances: dict[str, list[float]] = {name: [] for name in model.label_names.values()}
     for image, labels in val_cases:
         predicted = predict(model, image)
         for value, name in model.label_names.items():
-            scores[name].append(dice_score(predicted, labels, value))
-    return {name: float(np.mean(values)) for name, values in scores.items()}
+            if hd95:
+                metrics = compute_metrics(
+                    predicted, labels, label=value, tolerance_mm=_SURFACE_TOLERANCE_MM
+                )
+                dice[name].append(metrics.dice)
+                if math.isfinite(metrics.hausdorff95_mm):
+                    distances[name].append(metrics.hausdorff95_mm)
+            else:
+                dice[name].append(dice_score(predicted, labels, value))
+    return (
+        {name: float(np.mean(values)) for name, values in dice.items()},
+        {name: float(np.mean(values)) for name, values in distances.items() if values},
+    )
 
 
 def _extra(epoch: int, train_loss: float, val_dice: float | None) -> dict[str, Any]:

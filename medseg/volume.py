@@ -36,6 +36,11 @@ class SourceInfo:
         frame_of_reference_uid: FrameOfReferenceUID, when known.
         sop_instance_uids: SOP Instance UID of every slice, in array order (DICOM only).
         modality: e.g. ``"CT"`` or ``"MR"``.
+        frame_numbers: for slices taken from enhanced multi-frame files, the 1-based frame
+            number (DICOM ReferencedFrameNumber) of every slice in array order, ``None`` for
+            a slice that is its own single-frame file; empty when every slice is a
+            single-frame file. A reference to slice ``k`` is then the pair
+            ``(sop_instance_uids[k], frame_numbers[k])``.
         dicom_header: an opaque header (a pydicom ``Dataset`` without pixel data) that
             ``io.rtstruct`` uses to write derived objects into the same study. Only ``io``
             modules look inside it.
@@ -47,6 +52,7 @@ class SourceInfo:
     frame_of_reference_uid: str | None = None
     sop_instance_uids: tuple[str, ...] = ()
     modality: str | None = None
+    frame_numbers: tuple[int | None, ...] = ()
     dicom_header: Any = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:

@@ -44,3 +44,69 @@ def require_tool(name: str) -> str:
 def data_root() -> Path:
     """Root of the shared real datasets (may not exist; use require_data for a sub-path)."""
     return _data_root()
+
+
+# the Orthanc fixture (appended here, so its imports are here too)
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OrthancServer:
+    """A running throwaway Orthanc: REST API at ``url``, DICOM (C-STORE) at ``dicom_port``."""
+
+    url: str
+    dicom_port: int
+    aet: str
+    storage: Path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def orthanc_server(tmp_path: Path) -> Iterator[OrthancServer]:
+    """Orthanc (Debian ``orthanc`` + ``orthanc-dicomweb``) on 127.0.0.1 with its own config
+    and storage under ``tmp_path``, on free ports; stopped at the end of the test. Studies
+    become stable one second after their last instance arrived (``StableAge``)."""
+    import json
+    import subprocess
+    import time
+    import urllib.request
+
+    exe = require_tool("Orthanc")
+    http_port, dicom_port = _free_port(), _free_port()
+    storage = tmp_path / "orthanc-storage"
+    config = {
+        "Name": "medseg-test", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "StableAge": 1,
+        "Plugins": ["/usr/share/orthanc/plugins"],
+    }
+    config_path = tmp_path / "orthanc.json"
+    config_path.write_text(json.dumps(config))
+    log = open(tmp_path / "orthanc.log", "wb")  # noqa: SIM115 - closed after the process
+    process = subprocess.Popen([exe, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/system", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"Orthanc did not start: {(tmp_path / 'orthanc.log').read_text()[-2000:]}")
+                time.sleep(0.1)
+        yield OrthancServer(url, dicom_port, "ORTHANC", storage)
+    finally:
+        # the storage is thrown away: no need to wait for Orthanc's graceful stop (~3 s)
+        process.kill()
+        process.wait(10)
+        log.close()

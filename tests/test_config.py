@@ -141,6 +141,21 @@ def test_relative_datalist_resolves_against_the_yaml_folder(tmp_path: Path) -> N
     assert config.data.datalist == (tmp_path / "lists" / "datalist.json").resolve()
 
 
+def test_relative_data_paths_resolve_and_other_data_keys_survive(tmp_path: Path) -> None:
+    data = _tiny_dict()
+    data["data"] = {
+        "dicom_root": "patients",
+        "labels": {1: ["GTV*"]},
+        "num_folds": 3,
+        "cache_dir": "/abs/cache",
+    }
+    config = load_config(_write(tmp_path, data))
+    assert config.data.dicom_root == (tmp_path / "patients").resolve()
+    assert config.data.cache_dir == Path("/abs/cache")
+    assert config.data.num_folds == 3
+    assert config.data.labels == {1: ("GTV*",)}
+
+
 def test_yaml_and_dump_round_trip() -> None:
     config = load_config(CONFIGS[0])
     assert parse_config(config.to_yaml()) == config

@@ -13,9 +13,10 @@ import medseg
 from medseg.config import load_config
 from medseg.errors import InputError
 from medseg.geometry import Geometry
-from medseg.infer import predict
+from medseg.infer import predict, predict_probabilities
 from medseg.model import LoadedModel, build_network
 from medseg.volume import SourceInfo, Volume, VolumeKind
+from tests.conftest import require_data
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -91,3 +92,247 @@ def test_training_mode_is_restored() -> None:
     grid = Geometry((8, 8, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     predict(model, Volume(np.zeros(grid.shape, np.float32), grid))
     assert model.network.training
+
+
+# ---------------------------------------------------------------------------------------------
+# fast path: windows, blending, body box, resampling, backends, memory
+
+
+def _model_with(config_updates: dict[str, object], **infer: object) -> LoadedModel:
+    model = _untrained_model()
+    config = model.config.model_copy(
+        update={
+            "infer": model.config.infer.model_copy(update=infer),
+            **{k: v for k, v in config_updates.items()},
+        }
+    )
+    return LoadedModel(model.network, config, model.label_names, model.medseg_version)
+
+
+class _Threshold(torch.nn.Module):
+    """A 1x1x1 "network" whose label 1 is exactly: scaled intensity > 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([0.0, 40.0]).reshape(2, 1, 1, 1, 1))
+            self.conv.bias.copy_(torch.tensor([0.0, -20.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
+    a, b = a == value, b == value
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+
+
+@pytest.mark.parametrize("size", [1, 16, 17, 100, 200, 511], ids=lambda s: f"size-{s}")
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.8], ids=lambda o: f"overlap-{o}")
+def test_window_starts_are_monai_s(size: int, overlap: float) -> None:
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    from medseg.infer import window_starts
+
+    roi = min(16, size)
+    interval = _get_scan_interval((size,), (roi,), 1, (overlap,))
+    expected = sorted({s[0].start for s in dense_patch_slices((size,), (roi,), interval)})
+    assert window_starts(size, roi, overlap) == expected
+
+
+@pytest.mark.parametrize("blend", ["constant", "gaussian"])
+def test_whole_image_tiling_agrees_with_monai(blend: str) -> None:
+    """Without the body box, the labels are MONAI's (up to float16 summation)."""
+    from monai.inferers import sliding_window_inference
+
+    from medseg.preprocess import scale_intensity
+
+    model = _model_with({}, body_threshold_hu=None, blend=blend, overlap=0.5, sw_batch_size=3)
+    grid = Geometry((37, 70, 61), (2.0, 0.8, 0.9), (0.0, 0.0, 0.0))
+    hu = np.random.default_rng(1).normal(50.0, 200.0, grid.shape).astype(np.float32)
+    image = Volume(hu, grid)
+    labels = predict(model, image).array
+    with torch.inference_mode():
+        x = torch.from_numpy(scale_intensity(image, model.config.preprocess).array.copy())
+        logits = sliding_window_inference(
+            x[None, None], (16, 32, 32), 3, model.network, 0.5, blend
+        )
+    assert isinstance(logits, torch.Tensor)
+    expected = logits.argmax(1)[0].numpy()
+    assert np.mean(labels == expected) > 0.999
+
+
+def test_body_box_never_drops_a_lesion_at_the_image_border() -> None:
+    config = load_config(TINY)
+    model = LoadedModel(_Threshold(), config, dict(config.model.labels), medseg.__version__)
+    grid = Geometry((40, 90, 90), (2.5, 0.9, 0.9), (0.0, 0.0, 0.0))
+    hu = np.full(grid.shape, -1000.0, dtype=np.float32)
+    hu[12:30, 30:60, 30:60] = 40.0  # body: soft tissue, below the network's threshold
+    hu[20:25, 40:48, 40:50] = 200.0  # a lesion inside
+    hu[0:3, 0:4, 85:90] = 200.0  # a lesion in the corner, cut off by the field of view
+    hu[38:40, 88:90, 0:2] = 150.0
+    truth = (window_in_scaled_units(hu, config) > 0.5).astype(np.uint8)
+
+    labels = predict(model, Volume(hu, grid)).array
+
+    np.testing.assert_array_equal(labels, truth)
+    assert labels[0, 0, 89] == 1 and labels[39, 89, 0] == 1
+
+
+def window_in_scaled_units(hu: np.ndarray, config: object) -> np.ndarray:
+    lower, upper = -100.0, 250.0  # tiny.yaml's window, stated independently of medseg
+    assert (config.preprocess.lower_hu, config.preprocess.upper_hu) == (lower, upper)  # type: ignore[attr-defined]
+    return np.clip((hu - lower) / (upper - lower), 0.0, 1.0)
+
+
+def test_all_air_is_background_without_running_the_network() -> None:
+    grid = Geometry((8, 40, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    labels = predict(_untrained_model(), Volume(np.full(grid.shape, -1000.0), grid))
+    assert labels.array.dtype == np.uint8 and not labels.array.any()
+
+
+RESAMPLED_GRIDS = {
+    "oblique-anisotropic-odd": Geometry(
+        (23, 41, 37), (3.0, 0.7, 0.9), (12.5, -40.0, 300.0), _oblique_direction()
+    ),
+    "finer-than-model": Geometry((9, 50, 51), (1.0, 0.5, 0.5), (0.0, 0.0, 0.0)),
+}
+
+
+@pytest.mark.parametrize("grid", RESAMPLED_GRIDS.values(), ids=RESAMPLED_GRIDS.keys())
+def test_model_spacing_returns_labels_on_the_input_grid(grid: Geometry) -> None:
+    model = _untrained_model()
+    preprocess_config = model.config.preprocess.model_copy(update={"spacing_mm": (2.0, 1.5, 1.5)})
+    model = _model_with({"preprocess": preprocess_config})
+    hu = np.full(grid.shape, -1000.0, dtype=np.float32)
+    hu[2:-2, 5:-5, 5:-5] = np.random.default_rng(2).normal(50.0, 150.0, (grid.shape[0] - 4, grid.shape[1] - 10, grid.shape[2] - 10))
+    image = Volume(hu, grid)
+
+    labels = predict(model, image)
+    probabilities = predict_probabilities(model, image)
+
+    assert labels.geometry == grid and labels.array.shape == grid.shape
+    assert labels.array.dtype == np.uint8
+    assert probabilities.geometry == grid and probabilities.array.shape == (2, *grid.shape)
+    np.testing.assert_allclose(probabilities.array.sum(axis=0), 1.0, atol=1e-3)
+    # labels interpolate logits, probabilities interpolate softmax: they differ only where
+    # classes are nearly tied (noise input: many such voxels); a wrong axis would give ~0.5
+    agree = np.mean(probabilities.array.argmax(axis=0) == labels.array)
+    assert agree > 0.95
+
+
+def test_probabilities_match_labels_without_resampling() -> None:
+    model = _untrained_model()
+    grid = Geometry((20, 40, 44), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    hu = np.random.default_rng(3).normal(0.0, 300.0, grid.shape).astype(np.float32)
+    probabilities = predict_probabilities(model, Volume(hu, grid))
+    labels = predict(model, Volume(hu, grid))
+    assert probabilities.kind is VolumeKind.PROBABILITIES
+    np.testing.assert_allclose(probabilities.array.sum(axis=0), 1.0, atol=2e-3)
+    assert np.mean(probabilities.array.argmax(axis=0) == labels.array) > 0.999
+
+
+def test_flip_tta_is_invariant_to_flipping_the_input() -> None:
+    model = _model_with({}, flip_tta=(0, 1, 2), body_threshold_hu=None)
+    grid = Geometry((16, 32, 32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))  # one window: exact
+    hu = np.random.default_rng(4).normal(0.0, 300.0, grid.shape).astype(np.float32)
+    plain = predict(model, Volume(hu, grid)).array
+    flipped = predict(model, Volume(np.ascontiguousarray(np.flip(hu, (1, 2))), grid)).array
+    assert np.mean(np.flip(flipped, (1, 2)) == plain) > 0.999
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_exported_backend_agrees_with_torch_on_a_real_ct(backend: str) -> None:
+    from medseg import data
+
+    case = require_data("hn-ct/pt_1")
+    pytest.importorskip(backend)
+    image = data.load_image(case)
+    settings = {"roi_size": (32, 128, 128), "sw_batch_size": 2, "num_threads": 2}
+    reference = predict(_model_with({}, **settings), image).array
+    labels = predict(_model_with({}, backend=backend, **settings), image).array
+    assert labels.shape == image.geometry.shape
+    for value in (0, 1):
+        assert _dice(labels, reference, value) >= 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_cuda_autocast_agrees_with_cpu(precision: str) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    grid = Geometry((24, 64, 64), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    hu = np.random.default_rng(5).normal(0.0, 300.0, grid.shape).astype(np.float32)
+    reference = predict(_untrained_model(), Volume(hu, grid)).array
+    model = _model_with({}, precision=precision)
+    model.network.cuda()
+    labels = predict(model, Volume(hu, grid)).array
+    assert _dice(labels, reference, 1) >= 0.99
+
+
+def test_float16_on_cpu_is_refused() -> None:
+    from medseg.errors import ConfigError
+
+    grid = Geometry((16, 32, 32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    with pytest.raises(ConfigError, match="float16"):
+        predict(_model_with({}, precision="float16"), Volume(np.zeros(grid.shape), grid))
+
+
+#: Peak memory of labels-only inference on a 400x512x512 CT (int16 input: 210 MB) with a
+#: 2-class model, beyond the process and the input: at most 250 MB (measured: ~100 MB; the
+#: uint8 labels alone are 105 MB, touched only inside the body box). A full-size float32
+#: probability map of the two classes alone would be 840 MB; MONAI's sliding_window_inference
+#: holds a float32 copy of the input, the float32 output of both classes and a float32 count
+#: map (4 x 420 MB).
+MEMORY_BOUND_MB = 250
+
+_MEMORY_SCRIPT = """
+import resource, sys, numpy as np, torch
+import medseg
+from tests.conftest import require_data
+from medseg.config import load_config
+from medseg.geometry import Geometry
+from medseg.infer import predict, predict_probabilities
+from medseg.model import LoadedModel
+from medseg.volume import Volume
+config = load_config(sys.argv[1])
+config = config.model_copy(update={"infer": config.infer.model_copy(
+    update={"roi_size": (32, 128, 128), "sw_batch_size": 4, "num_threads": 2})})
+torch.manual_seed(0)
+class Affine(torch.nn.Module):  # 2 classes, logits (0, 40 x - 20): a network without FLOPs
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x), 40.0 * x - 20.0], dim=1)
+    def parameters(self, recurse=True):
+        yield torch.zeros(1)
+# the test is about the aggregation, not the network
+network = Affine().eval()
+model = LoadedModel(network, config, dict(config.model.labels), "t")
+grid = Geometry((400, 512, 512), (1.0, 0.8, 0.8), (0.0, 0.0, 0.0))
+hu = np.full(grid.shape, -1000, dtype=np.int16)
+k, j, i = np.ogrid[:400, :512, :512]
+hu[:] = np.where(((j - 256) / 200.0) ** 2 + ((i - 256) / 230.0) ** 2 < 1, 40, -1000)
+hu[:, 200:230, 240:270] = 150
+image = Volume(hu, grid)
+predict(model, Volume(hu[:40], Geometry((40, 512, 512), (1.0, 0.8, 0.8), (0.0, 0.0, 0.0))))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+labels = predict(model, image)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert labels.array.shape == grid.shape and labels.array.dtype == np.uint8
+print((after - before) / 1024.0)
+"""
+
+
+def test_labels_of_a_large_ct_stay_under_the_memory_bound() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, str(TINY)],
+        capture_output=True, text=True, check=True, timeout=600,
+    )
+    growth_mb = float(out.stdout.strip().splitlines()[-1])
+    print(f"peak memory growth {growth_mb:.0f} MB (bound {MEMORY_BOUND_MB} MB)")
+    assert growth_mb <= MEMORY_BOUND_MB, f"peak grew by {growth_mb:.0f} MB"

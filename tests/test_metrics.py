@@ -23,6 +23,7 @@ import pytest
 
 from medseg import geometry as geo
 from medseg.errors import ConfigError, GeometryError, InputError
+from medseg.evaluation import evaluate_folder
 from medseg.geometry import Geometry
 from medseg.io import nifti
 from medseg.metrics import (
@@ -30,7 +31,6 @@ from medseg.metrics import (
     SegmentationMetrics,
     compute_label_metrics,
     compute_metrics,
-    evaluate_folder,
 )
 from medseg.volume import SourceInfo, Volume, VolumeKind
 from tests.conftest import require_data
@@ -399,3 +399,83 @@ def test_dice_score_matches_compute_metrics_and_handles_empty_masks() -> None:
     assert dice_score(pred, empty, 1) == 0.0
     with pytest.raises(GeometryError):
         dice_score(pred, _labels(b, (2.0, 0.8, 0.8)), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate_folder --spacing-from
+
+#: The true grid of the references; the predictions were saved with unit spacing at 0.
+_TRUE_GRID = Geometry((8, 12, 14), (2.5, 0.9, 0.8), (10.0, -5.0, 3.0))
+
+
+def _box(shift_columns: int = 0) -> np.ndarray:
+    array = np.zeros(_TRUE_GRID.shape, dtype=np.uint8)
+    array[2:6, 3:9, 4 + shift_columns : 10 + shift_columns] = 1
+    return array
+
+
+def _spacing_from_folders(tmp_path: Path) -> tuple[Path, Path]:
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    for case in ("a", "b"):
+        _write_case(pred_dir, f"{case}.nii.gz", _box(1), (1.0, 1.0, 1.0))  # wrong spacing
+        ref_dir.mkdir(exist_ok=True)
+        nifti.save(Volume(_box(), _TRUE_GRID, VolumeKind.LABELS), ref_dir / f"{case}.nrrd")
+    return pred_dir, ref_dir
+
+
+def test_spacing_from_gives_predictions_the_true_grid(tmp_path: Path) -> None:
+    pred_dir, ref_dir = _spacing_from_folders(tmp_path)
+    without = evaluate_folder(pred_dir, ref_dir, tmp_path / "o1", labels={1: "GTV"}, tolerance_mm=1)
+    assert without.cases == () and all("different geometry" in f.reason for f in without.failures)
+
+    for source in (ref_dir, ref_dir / "a.nrrd"):  # a folder of cases, or one image for all
+        summary = evaluate_folder(
+            pred_dir, ref_dir, tmp_path / "o2", labels={1: "GTV"}, tolerance_mm=1.0,
+            spacing_from=source,
+        )  # fmt: skip
+        assert summary.ok and summary.cases == ("a", "b")
+        # a 4 x 6 x 6 box shifted by one column: 5 of 6 columns overlap; every distance is
+        # one column of the *true* spacing (0.8 mm), and volumes use the true voxel volume
+        stats = summary.statistics["GTV"]
+        assert stats["dice"]["median"] == pytest.approx(5 / 6)
+        assert stats["hausdorff_mm"]["median"] == pytest.approx(0.8)
+        assert stats["volume_reference_ml"]["median"] == pytest.approx(144 * 2.5 * 0.9 * 0.8 / 1000)
+        assert json.loads(summary.summary_json.read_text())["spacing_from"] == str(source)
+
+
+def test_spacing_from_refuses_other_shapes_and_missing_cases(tmp_path: Path) -> None:
+    pred_dir, ref_dir = _spacing_from_folders(tmp_path)
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    other = Geometry((8, 12, 15), _TRUE_GRID.spacing_mm, _TRUE_GRID.origin_mm)  # one more column
+    nifti.save(Volume(np.zeros(other.shape, np.int16), other), grids / "a.nii.gz")
+
+    summary = evaluate_folder(
+        pred_dir, ref_dir, tmp_path / "out", labels={1: "GTV"}, tolerance_mm=1.0,
+        spacing_from=grids,
+    )  # fmt: skip
+
+    reasons = {f.case: f.reason for f in summary.failures}
+    assert "shapes must be equal" in reasons["a"] and "(8, 12, 15)" in reasons["a"]
+    assert "no image for case 'b'" in reasons["b"]
+    with pytest.raises(InputError, match="neither an image file nor a folder"):
+        evaluate_folder(
+            pred_dir, ref_dir, tmp_path / "out", labels=None, tolerance_mm=1.0,
+            spacing_from=tmp_path / "nothing-here",
+        )  # fmt: skip
+
+
+def test_evaluate_command_takes_spacing_from(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    pred_dir, ref_dir = _spacing_from_folders(tmp_path)
+    args = ["evaluate", str(pred_dir), str(ref_dir), "--out", str(tmp_path / "out")]
+    assert CliRunner().invoke(app, args).exit_code == 1  # wrong spacing: every case fails
+    result = CliRunner().invoke(app, [*args, "--spacing-from", str(ref_dir)])
+    assert result.exit_code == 0, result.output
+    assert "2 cases evaluated, 0 failed" in result.output
+    with (tmp_path / "out" / "metrics_per_case.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["hausdorff_mm"]) for r in rows] == pytest.approx([0.8, 0.8])

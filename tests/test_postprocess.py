@@ -426,6 +426,27 @@ def test_sphere_lesion_close_to_analytic_and_better_with_resolution(
         assert abs(axis_extent - 2 * radius_mm) <= sp  # x is columns, y rows, z slices
 
 
+def test_sphere_volume_in_lesions_csv_converges_to_analytic(tmp_path: Path) -> None:
+    """Acceptance: the written lesion table's volume of a 10 mm sphere approaches 4/3 pi r^3
+    as the grid is refined (the error is a surface shell about one voxel thick)."""
+    radius_mm = 10.0
+    analytic_ml = 4 / 3 * math.pi * radius_mm**3 / 1000
+    errors = []
+    for spacing in (2.0, 1.0, 0.5):
+        spacing_mm = (spacing, spacing, spacing)
+        shape = tuple(int(2 * radius_mm / spacing) + 6 for _ in range(3))
+        ball = _ball(shape, spacing_mm, radius_mm)  # type: ignore[arg-type]
+        g = Geometry(shape=shape, spacing_mm=spacing_mm, origin_mm=(-3.0, 7.0, 11.0))  # type: ignore[arg-type]
+        report = volumes_report(_labels(ball.astype(np.uint8), g), {1: "GTV"})
+        path = write_lesions_csv(report, tmp_path / f"{spacing}" / "lesions.csv")
+        with path.open(newline="") as fh:
+            (row,) = list(csv.DictReader(fh))
+        assert int(row["voxel_count"]) == int(ball.sum())
+        errors.append(abs(float(row["volume_ml"]) - analytic_ml) / analytic_ml)
+        assert errors[-1] < 1.5 * spacing / radius_mm
+    assert errors[0] > errors[1] > errors[2]
+
+
 def test_volumes_report_total_burden_and_writers(tmp_path: Path) -> None:
     array = np.zeros((8, 9, 10), dtype=np.uint8)
     array[0:2, 0:2, 0:2] = 1

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import html.parser
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -13,10 +17,22 @@ from PIL import Image
 
 from medseg import geometry as geo
 from medseg import phantom
-from medseg.errors import GeometryError
+from medseg.errors import GeometryError, InputError, MissingReferenceError
 from medseg.geometry import Geometry
-from medseg.report import write_report
+from medseg.io import rtstruct
+from medseg.io.dicom import load_series
+from medseg.io.rtstruct import RoiSpec
+from medseg.postprocess import volumes_report, write_volumes_json
+from medseg.report import (
+    SUMMARY_PAGE,
+    CaseSummary,
+    read_case_summary,
+    write_report,
+    write_summary_page,
+)
 from medseg.volume import SourceInfo, Volume, VolumeKind
+from tests.conftest import require_tool
+from tests.rt_helpers import write_reference_series
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -134,3 +150,277 @@ def test_report_module_does_not_import_torch() -> None:
     code = "import sys, medseg.report; print('torch' in sys.modules, 'monai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+# ---------------------------------------------------------------------------------------------
+# contours drawn from the exported RT-STRUCT
+
+
+def _sphere_case(
+    tmp_path: Path, direction: tuple[float, ...], centre_mm: np.ndarray, radius_mm: float
+) -> tuple[Volume, np.ndarray, np.ndarray]:
+    """A DICOM CT on a 40 x 100 x 100 grid centred on the LPS origin, read back from files.
+
+    Returns the image, the index positions' LPS coordinates (shape + (3,)) and the sphere.
+    """
+    spacing, shape = (2.5, 1.0, 1.0), (40, 100, 100)
+    g0 = Geometry(shape=shape, spacing_mm=spacing, origin_mm=(0.0, 0.0, 0.0), direction=direction)
+    centre = geo.index_to_world(g0, (np.asarray(shape) - 1) / 2)
+    g = Geometry(shape=shape, spacing_mm=spacing, origin_mm=tuple(-centre), direction=direction)  # type: ignore[arg-type]
+    image = write_reference_series(g, tmp_path / "ct")  # slices come back sorted feet to head
+    world = geo.index_to_world(image.geometry, np.indices(shape).reshape(3, -1).T)
+    world = world.reshape(*shape, 3)
+    sphere = np.linalg.norm(world - centre_mm, axis=-1) <= radius_mm
+    return image, world, sphere
+
+
+_RT_DIRECTIONS = {
+    **_DIRECTIONS,
+    # rows run along x and columns along y: the in-plane axes are swapped on screen
+    "rows-along-x": (0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0),
+}
+
+
+@pytest.mark.parametrize("direction", list(_RT_DIRECTIONS.values()), ids=list(_RT_DIRECTIONS))
+def test_contours_come_from_the_rtstruct_not_the_mask(
+    tmp_path: Path, direction: tuple[float, ...]
+) -> None:
+    """The label map given to the report is 8 mm to the patient's left of what was exported;
+    the red outline must sit where the file says, in radiological orientation."""
+    lesion_mm = np.array([25.0, -20.0, 30.0])
+    image, world, exported = _sphere_case(tmp_path, direction, lesion_mm, 9.0)
+    shift_mm = np.array([8.0, 0.0, 0.0])
+    moved = np.linalg.norm(world - lesion_mm - shift_mm, axis=-1) <= 9.0
+    path = rtstruct.write(
+        image.with_array(exported.astype(np.uint8), VolumeKind.LABELS),
+        image,
+        [RoiSpec("lesion", 1, (255, 0, 0))],
+        tmp_path / "rtstruct.dcm",
+        model_id="unit-test-model",
+    )
+    labels = image.with_array(moved.astype(np.uint8), VolumeKind.LABELS)
+
+    page = write_report(image, labels, {1: "lesion"}, tmp_path / "qa", rtstruct_path=path)
+
+    half = 50.0
+    expected = {  # (horizontal, vertical) fraction of width / height: the file's sphere
+        "axial": ((lesion_mm[0] + half) / 100, (lesion_mm[1] + half) / 100),
+        "coronal": ((lesion_mm[0] + half) / 100, (half - lesion_mm[2]) / 100),
+        "sagittal": ((lesion_mm[1] + half) / 100, (half - lesion_mm[2]) / 100),
+    }
+    for view, (fx, fy) in expected.items():
+        png = page.parent / f"label1-lesion1-{view}.png"
+        width, height = _png_size(png)
+        x_px, y_px = _red_centre_px(png)
+        assert x_px / width == pytest.approx(fx, abs=0.03), view  # 8 mm would be 0.08
+        assert y_px / height == pytest.approx(fy, abs=0.03), view
+    text = page.read_text()
+    assert "unit-test-model" in text  # the model, from the RT-STRUCT's ROIGenerationDescription
+    assert "Series description: medseg" in text  # write_series' default SeriesDescription
+    assert "from the exported RT-STRUCT rtstruct.dcm" in text
+    assert 'class="warning"' not in text
+
+
+def test_missing_roi_is_flagged_and_another_series_refused(tmp_path: Path) -> None:
+    image, _, sphere = _sphere_case(tmp_path, geo.AXIAL_DIRECTION, np.zeros(3), 10.0)
+    labels = image.with_array(sphere.astype(np.uint8), VolumeKind.LABELS)
+    path = rtstruct.write(labels, image, [RoiSpec("GTV", 1)], tmp_path / "rs.dcm")
+
+    page = write_report(
+        image, labels, {1: "GTV", 2: "node"}, tmp_path / "qa",
+        rtstruct_path=path, model_id="model <b>7</b>",
+    )  # fmt: skip
+
+    text = page.read_text()
+    assert '<p class="warning">Not in the RT-STRUCT: node.</p>' in text
+    assert "model &lt;b&gt;7&lt;/b&gt;" in text  # escaped, and the argument wins
+    voxel_ml = geo.voxel_volume_ml(image.geometry)
+    # the volume table's RT-STRUCT column: the file reproduces the mask exactly (voxel-edge
+    # contours; shown against plastimatch in tests/io/test_rtstruct.py)
+    volume = f"{sphere.sum() * voxel_ml:.2f}"
+    assert f"<td>GTV</td><td>1</td><td>{volume}</td><td>1</td><td>{volume}</td>" in text
+    assert "<td>node</td><td>2</td><td>0.00</td><td>0</td><td>missing</td>" in text
+
+    other_series = Volume(
+        image.array,
+        image.geometry,
+        VolumeKind.IMAGE,
+        dataclasses.replace(image.source, series_instance_uid="1.2.826.0.1.99"),
+    )
+    with pytest.raises(MissingReferenceError, match="1.2.826.0.1.99"):
+        write_report(
+            other_series, other_series.with_array(labels.array, VolumeKind.LABELS), {1: "GTV"},
+            tmp_path / "qa2", rtstruct_path=path,
+        )  # fmt: skip
+    assert not (tmp_path / "qa2").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# batch summary page
+
+
+class _Links(html.parser.HTMLParser):
+    """Rows (class, cells as text) and hrefs of a summary page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[str | None, list[str]]] = []
+        self.hrefs: list[str] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            self.rows.append((dict(attrs).get("class"), []))
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "a":
+            self.hrefs.append(dict(attrs)["href"] or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1][1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_summary_page_links_reports_and_lists_volumes(tmp_path: Path) -> None:
+    out_root = tmp_path / "batch out"
+    (out_root / "case 1" / "report").mkdir(parents=True)
+    (out_root / "case 1" / "report" / "report.html").write_text("<html></html>")
+    array = np.zeros((4, 5, 6), dtype=np.uint8)
+    array[1:3, 1:3, 1:3] = 1
+    array[0, 0, 0] = 2
+    labels = Volume(array, Geometry((4, 5, 6), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0)), VolumeKind.LABELS)
+    case2 = out_root / "case2"
+    write_volumes_json(volumes_report(labels, {1: "GTV", 2: "node"}), case2 / "volumes.json")
+    (case2 / "report").mkdir()
+    (case2 / "report" / "report.html").write_text("<html></html>")
+    cases = [
+        CaseSummary("case 1", "ok", out_root / "case 1" / "report" / "report.html", {"GTV": 1.5}),
+        read_case_summary(case2),
+        CaseSummary("bad<case>", "failed", None, {}, "UnreadableScanError: <no slices>"),
+        CaseSummary("gone", "ok", out_root / "gone" / "report.html", {"GTV": 2.0}),
+    ]
+
+    page = write_summary_page(out_root, cases)
+
+    assert page == out_root / SUMMARY_PAGE
+    parser = _Links()
+    parser.feed(page.read_text())
+    header, *rows = parser.rows
+    assert header[1] == ["case", "status", "GTV (mL)", "node (mL)", "report", "message"]
+    assert [cells[0] for _, cells in rows] == ["case 1", "case2", "bad<case>", "gone"]
+    assert rows[1][1][2:4] == [f"{8 * 2.0 / 1000:.2f}", f"{2.0 / 1000:.2f}"]  # from volumes.json
+    assert rows[0][1][3] == ""  # case 1 has no node
+    assert rows[2][0] == "failed" and rows[2][1][5] == "UnreadableScanError: <no slices>"
+    assert rows[3][1][4] == "missing"  # a report that does not exist is not linked
+    assert len(parser.hrefs) == 2
+    for href in parser.hrefs:  # relative links that resolve to the reports
+        assert not href.startswith("/")
+        assert (page.parent / unquote(href)).is_file()
+    assert "<case>" not in page.read_text()  # escaped
+    assert "4 cases: 3 ok, 1 not ok." in page.read_text()
+
+
+def test_read_case_summary_refuses_a_folder_without_volumes(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="volumes.json"):
+        read_case_summary(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pages in a real browser (headless Chromium)
+
+#: Injected first into a copy of a page: records errors (script and failed resources) and
+#: console.error calls, and after "load" writes every <img>'s decoded size into the DOM.
+_PROBE = """<script>
+window.__probe = {errors: []};
+window.addEventListener("error", function (e) {
+  var t = e.target;
+  window.__probe.errors.push(t && t.tagName ? "failed to load " + t.tagName + " " + (t.src || t.href)
+                                           : "script error " + e.message);
+}, true);
+var consoleError = console.error;
+console.error = function () { window.__probe.errors.push("console.error " + [].join.call(arguments, " "));
+                              consoleError.apply(console, arguments); };
+window.addEventListener("load", function () {
+  var images = [].map.call(document.images, function (i) {
+    return {src: i.getAttribute("src"), complete: i.complete, width: i.naturalWidth,
+            height: i.naturalHeight};
+  });
+  var out = document.createElement("pre");
+  out.id = "medseg-probe";
+  out.textContent = JSON.stringify({images: images, errors: window.__probe.errors});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         f"--user-data-dir={profile}", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def _probe(exe: str, profile: Path, page: Path) -> dict[str, list]:  # type: ignore[type-arg]
+    probe_page = page.with_name("_probe_" + page.name)
+    probe_page.write_text(page.read_text().replace("<head>", "<head>" + _PROBE, 1))
+    result = _chromium(
+        exe, profile, "--virtual-time-budget=5000", "--dump-dom", probe_page.as_uri()
+    )
+    probe_page.unlink()
+    found = re.search(r'<pre id="medseg-probe">(.*?)</pre>', result.stdout, re.DOTALL)
+    assert found, f"no probe output from chromium:\n{result.stderr[-2000:]}"
+    return json.loads(
+        found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    )  # type: ignore[no-any-return]
+
+
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    exe = require_tool("chromium")
+    case = phantom.make_case(5, n_tumours=2)
+    paths = phantom.write_case(case, tmp_path / "case", patient_id="PHANTOM-BROWSER")
+    image = load_series(paths.ct_dir)
+    labels = image.with_array(np.asarray(case.labels.array), VolumeKind.LABELS)
+    rs = rtstruct.write(labels, image, [RoiSpec("tumour", 1)], tmp_path / "rtstruct.dcm")
+    page = write_report(image, labels, {1: "tumour"}, tmp_path / "out" / "report", rtstruct_path=rs)
+    summary = write_summary_page(
+        tmp_path / "out", [CaseSummary("case", "ok", page, {"tumour": 1.0})]
+    )
+    profile = tmp_path / "chromium-profile"
+
+    # 1. rendered to a PNG, with the browser's console log on stderr: no console message
+    shot = tmp_path / "page.png"
+    result = _chromium(
+        exe, profile, "--enable-logging=stderr", "--v=0", "--window-size=1400,2400",
+        f"--screenshot={shot}", page.as_uri(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line for line in result.stderr.splitlines() if ":CONSOLE" in line] == []
+    with Image.open(shot) as rendered:
+        assert rendered.size == (1400, 2400)
+        pixels = np.asarray(rendered.convert("L"), dtype=float)
+    assert pixels.std() > 10  # not a blank page: text, tables and CT images
+
+    # 2. every image decoded with its file's size, no errors; and the summary page likewise
+    found = _probe(exe, profile, page)
+    pngs = sorted(p.name for p in page.parent.glob("*.png"))
+    assert len(pngs) == 3 * len(case.tumours)
+    assert sorted(i["src"] for i in found["images"]) == pngs
+    for image_info in found["images"]:
+        assert image_info["complete"]
+        assert (image_info["width"], image_info["height"]) == _png_size(
+            page.parent / image_info["src"]
+        )
+    assert found["errors"] == []
+    assert _probe(exe, profile, summary)["errors"] == []
+
+    # 3. the check fails when it should: a missing PNG is caught
+    (page.parent / pngs[0]).unlink()
+    broken = _probe(exe, profile, page)
+    assert any(pngs[0] in error for error in broken["errors"])
+    assert [i["width"] for i in broken["images"] if i["src"] == pngs[0]] == [0]

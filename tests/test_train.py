@@ -10,7 +10,7 @@ import pytest
 from medseg.config import ExperimentConfig, load_config
 from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
-from medseg.model import load_checkpoint
+from medseg.model import build_network, load_checkpoint
 from medseg.tracking import Tracker, resolve_model
 from medseg.train import train
 from medseg.volume import SourceInfo, Volume, VolumeKind
@@ -75,9 +75,21 @@ def test_tiny_training_learns_logs_and_writes_checkpoints(tmp_path: Path) -> Non
     assert [m.step for m in losses] == list(range(1, epochs + 1))
     assert [m.step for m in client.get_metric_history(result.run_id, "val_dice")] == validated
     assert client.get_metric_history(result.run_id, "val_dice_tumour")
+    hd95 = client.get_metric_history(result.run_id, "val_hd95_mm_tumour")
+    assert hd95 and {m.step for m in hd95} <= set(validated)  # missing where no prediction
+    assert all(np.isfinite(m.value) and m.value >= 0.0 for m in hd95)
+    per_epoch = {"lr", "samples_per_s", "epoch_seconds"}
+    for key in per_epoch:
+        assert len(client.get_metric_history(result.run_id, key)) == epochs, key
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
     assert artifacts == {"checkpoints/best.pt", "checkpoints/last.pt"}
     assert result.model_uri == f"runs:/{result.run_id}/model"
+    assert [a.path for a in client.list_artifacts(result.run_id, "curves")] == ["curves/curves.png"]
+    assert (tmp_path / "out" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import socket
+
+    assert run.data.tags["host"] == socket.gethostname()
+    assert run.data.tags["git_commit"] != ""
     from_mlflow = resolve_model(result.model_uri, tracking_uri=config.tracking.tracking_uri)
     assert load_checkpoint(from_mlflow).extra == best.extra
 
@@ -105,3 +117,341 @@ def test_unknown_label_values_are_refused(tmp_path: Path) -> None:
     relabelled = labels.with_array(labels.array * 3)
     with pytest.raises(InputError, match=r"label values \[3\]"):
         train(load_config(TINY), [(image, relabelled)], [], tmp_path, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# determinism and resuming
+
+
+def _config_with(config: ExperimentConfig, **train_fields: object) -> ExperimentConfig:
+    return config.model_copy(update={"train": config.train.model_copy(update=train_fields)})
+
+
+def _small_case(seed: int) -> tuple[Volume, Volume]:
+    return _sphere_case(seed, shape=(16, 32, 32))
+
+
+def test_deterministic_runs_give_identical_step_losses(tmp_path: Path) -> None:
+    config = _config_with(load_config(TINY), epochs=2, deterministic=True)
+    # cases larger than the patch, so that the patch sampler's randomness matters
+    cases = [_sphere_case(1), _sphere_case(2)]
+    runs = [train(config, cases, [], tmp_path / name, None) for name in ("a", "b")]
+    steps = [[loss for r in run.history for loss in r.step_losses] for run in runs]
+    assert len(steps[0]) == 2 * 2 * config.train.samples_per_case // config.train.batch_size
+    assert steps[0] == steps[1]  # bit-identical, not approximately equal
+    other_seed = config.model_copy(update={"seed": 1})
+    other = train(other_seed, cases, [], tmp_path / "c", None)
+    assert [loss for r in other.history for loss in r.step_losses] != steps[0]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _InterruptingTracker:
+    """Raises after logging epoch ``stop_after`` (a crash after last.pt was written)."""
+
+    def __init__(self, stop_after: int) -> None:
+        self.stop_after = stop_after
+
+    @property
+    def run_id(self) -> str:
+        return "fake"
+
+    def log_metrics(self, metrics: object, step: int) -> None:
+        if step == self.stop_after:
+            raise _Interrupt
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        raise AssertionError("not reached")
+
+    def log_model(self, checkpoint_path: Path) -> str:
+        raise AssertionError("not reached")
+
+
+def test_resume_from_last_checkpoint_continues_the_same_curve(tmp_path: Path) -> None:
+    config = _config_with(
+        load_config(TINY),
+        epochs=4,
+        val_every=2,
+        deterministic=True,
+        optimizer="adamw",
+        weight_decay=1e-4,
+        lr_schedule="poly",
+        warmup_epochs=1,
+    )
+    cases, val = [_sphere_case(1)], [_small_case(2)]  # case larger than the patch
+    whole = train(config, cases, val, tmp_path / "whole", None)
+    with pytest.raises(_Interrupt):
+        train(config, cases, val, tmp_path / "cut", _InterruptingTracker(stop_after=3))
+    assert load_checkpoint(tmp_path / "cut" / "last.pt").extra["epoch"] == 3
+    resumed = train(
+        config, cases, val, tmp_path / "cut", None, resume_from=tmp_path / "cut" / "last.pt"
+    )
+    assert [r.step_losses for r in resumed.history] == [r.step_losses for r in whole.history]
+    assert [r.val_dice for r in resumed.history] == [r.val_dice for r in whole.history]
+    assert [r.learning_rate for r in resumed.history] == [r.learning_rate for r in whole.history]
+    assert resumed.best_epoch == whole.best_epoch
+    assert resumed.best_val_dice == whole.best_val_dice
+
+
+def test_resume_needs_a_checkpoint_with_training_state(tmp_path: Path) -> None:
+    from medseg.errors import ModelError
+
+    config = _config_with(load_config(TINY), epochs=1)
+    result = train(config, [_small_case(1)], [_small_case(2)], tmp_path, None)
+    with pytest.raises(ModelError, match="no training state"):
+        train(config, [_small_case(1)], [], tmp_path / "again", None,
+              resume_from=result.checkpoint_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# model, loss, optimiser and schedule choices
+
+
+@pytest.mark.parametrize(
+    ("model_fields", "train_fields"),
+    [
+        ({}, {"loss": "dice"}),
+        ({}, {"loss": "dice_focal", "optimizer": "sgd", "grad_clip_norm": 1.0}),
+        ({"name": "dynunet"}, {"optimizer": "adamw", "lr_schedule": "cosine"}),
+        (
+            {"name": "dynunet", "deep_supervision": True, "num_res_units": 1},
+            {"loss": "dice_focal", "lr_schedule": "poly", "warmup_epochs": 1},
+        ),
+    ],
+    ids=["unet-dice", "unet-dicefocal-sgd-clip", "dynunet-adamw-cosine", "dynunet-deepsup"],
+)
+def test_each_choice_builds_and_trains(
+    tmp_path: Path, model_fields: dict[str, object], train_fields: dict[str, object]
+) -> None:
+    import torch
+
+    config = load_config(TINY)
+    config = config.model_copy(
+        update={"model": config.model.model_copy(update=model_fields)}
+    )
+    config = _config_with(config, epochs=2, samples_per_case=2, **train_fields)
+    result = train(config, [_small_case(1)], [_small_case(2)], tmp_path, None)
+    losses = [loss for r in result.history for loss in r.step_losses]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    best = load_checkpoint(result.checkpoint_path)
+    assert type(best.network).__name__ == {"unet": "UNet", "dynunet": "DynUNet"}[
+        config.model.name
+    ]
+    # the stored network segments a full image (eval mode: one output even with deep supervision)
+    out = best.network(torch.zeros((1, 1, 16, 32, 32)))
+    assert out.shape == (1, 2, 16, 32, 32)
+
+
+def test_deep_supervision_needs_dynunet() -> None:
+    from medseg.config import parse_config
+    from medseg.errors import ConfigError
+
+    text = TINY.read_text().replace("num_res_units: 0", "num_res_units: 0\n  deep_supervision: true")
+    with pytest.raises(ConfigError, match="deep_supervision"):
+        parse_config(text)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "poly", "constant"], ids=str)
+def test_lr_schedules_match_torch_schedulers(tmp_path: Path, schedule: str) -> None:
+    import torch
+
+    config = _config_with(
+        load_config(TINY), epochs=4, samples_per_case=2, lr_schedule=schedule,
+        learning_rate=0.01,
+    )
+    result = train(config, [_small_case(1)], [], tmp_path, None)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    referee = {
+        "cosine": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4, eta_min=0.0),
+        "poly": torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=4, power=0.9),
+        "constant": torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0),
+    }[schedule]
+    expected = []
+    for _ in range(4):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        referee.step()
+    assert [r.learning_rate for r in result.history] == pytest.approx(expected, rel=1e-6)
+
+
+def test_warmup_rises_linearly_to_the_learning_rate(tmp_path: Path) -> None:
+    config = _config_with(
+        load_config(TINY), epochs=4, samples_per_case=2, warmup_epochs=2, learning_rate=0.03
+    )
+    result = train(config, [_small_case(1)], [], tmp_path, None)
+    assert [r.learning_rate for r in result.history] == pytest.approx([0.01, 0.02, 0.03, 0.03])
+
+
+def test_reduced_precision_is_refused_on_the_cpu(tmp_path: Path) -> None:
+    from medseg.errors import ConfigError
+
+    config = _config_with(load_config(TINY), epochs=1, precision="bfloat16")
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        train(config, [_small_case(1)], [], tmp_path, None)
+    auto = _config_with(load_config(TINY), epochs=1, samples_per_case=2, precision="auto")
+    assert train(auto, [_small_case(1)], [], tmp_path, None).history
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"], ids=str)
+def test_amp_trains_on_cuda(tmp_path: Path, precision: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    config = _config_with(
+        load_config(TINY), epochs=2, samples_per_case=2, precision=precision, device="cuda",
+        grad_clip_norm=1.0,
+    )
+    result = train(config, [_small_case(1)], [_small_case(2)], tmp_path, None)
+    assert all(np.isfinite([loss for r in result.history for loss in r.step_losses]))
+
+
+def test_early_stopping_after_patience_validations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medseg.train as train_module
+
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.95])
+
+    def fake_validate(*args: object) -> tuple[dict[str, float], dict[str, float]]:
+        return {"tumour": next(scores)}, {}
+
+    monkeypatch.setattr(train_module, "_validate", fake_validate)
+    config = _config_with(
+        load_config(TINY), epochs=6, samples_per_case=2, val_every=1, early_stopping_patience=2
+    )
+    result = train(config, [_small_case(1)], [_small_case(2)], tmp_path, None)
+    assert result.stopped_early
+    assert [r.epoch for r in result.history] == [1, 2, 3, 4]
+    assert result.best_epoch == 2 and result.best_val_dice == 0.7
+    assert load_checkpoint(result.checkpoint_path).extra["epoch"] == 2
+
+
+@pytest.mark.parametrize("bars", [False, True], ids=["log-lines", "progress-bars"])
+def test_progress_bars_or_log_lines(
+    tmp_path: Path, bars: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    config = _config_with(load_config(TINY), epochs=2, samples_per_case=2)
+    with caplog.at_level(logging.INFO, logger="medseg.train"):
+        train(config, [_small_case(1)], [], tmp_path, None, progress=bars)
+    lines = [r.getMessage() for r in caplog.records if r.name == "medseg.train"]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("train_loss" in line for line in lines)
+
+
+def test_augmentation_changes_patches_reproducibly(tmp_path: Path) -> None:
+    config = _config_with(
+        load_config(TINY),
+        epochs=2,
+        samples_per_case=2,
+        deterministic=True,
+        augment_flip_axes=(0, 1, 2),
+        augment_affine_probability=1.0,
+        augment_intensity_probability=1.0,
+        augment_noise_std=0.05,
+    )
+    plain = _config_with(config, augment_flip_axes=(), augment_affine_probability=0.0,
+                         augment_intensity_probability=0.0, augment_noise_std=0.0)
+    cases = [_sphere_case(1)]
+    runs = [train(c, cases, [], tmp_path / n, None) for c, n in
+            ((config, "a"), (config, "b"), (plain, "c"))]
+    steps = [[loss for r in run.history for loss in r.step_losses] for run in runs]
+    assert steps[0] == steps[1]
+    assert steps[0] != steps[2]
+    assert all(np.isfinite(steps[0]))
+
+
+def test_augmented_labels_stay_labels() -> None:
+    import medseg.train as train_module
+
+    config = _config_with(load_config(TINY), augment_flip_axes=(1,), augment_affine_probability=1.0)
+    augment = train_module._augmentation(config.train)
+    rng = np.random.default_rng(0)
+    labels = np.zeros((3, 1, 16, 32, 32), dtype=np.int64)
+    labels[:, :, 4:12, 8:24, 8:24] = 1
+    images = labels.astype(np.float32)
+    out_images, out_labels = train_module._augmented(augment, images, labels, rng)
+    assert out_labels.shape == labels.shape and out_labels.dtype == np.int64
+    assert set(np.unique(out_labels)) <= {0, 1}
+    assert not np.array_equal(out_labels, labels)
+    # the image moved with its labels (nearest for labels, linear for the image)
+    agreement = np.mean((out_images > 0.5) == (out_labels == 1))
+    assert agreement > 0.97
+
+
+def test_research_config_builds_a_deeply_supervised_dynunet() -> None:
+    import torch
+
+    config = load_config(TINY.parent / "research.yaml")
+    network = build_network(config.model)
+    network.train()
+    out = network(torch.zeros((1, 1, 32, 32, 32)))
+    # full-resolution output plus 2 upsampled deep-supervision heads, 2 classes
+    assert out.shape == (1, 3, 2, 32, 32, 32)
+    network.eval()
+    with torch.no_grad():
+        assert network(torch.zeros((1, 1, 32, 32, 32))).shape == (1, 2, 32, 32, 32)
+
+
+_DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+sys.path.insert(0, {tests!r})
+from test_train import _sphere_case, _tiny_config
+from medseg.tracking import Tracker
+from medseg.train import train
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+tmp = Path({tmp!r})
+config = _tiny_config(tmp)
+config = config.model_copy(update={{"train": config.train.model_copy(
+    update={{"epochs": 2, "samples_per_case": 2, "num_threads": 1}})}})
+cases, val = [_sphere_case(1), _sphere_case(3)], [_sphere_case(2)]
+if rank == 0:
+    with Tracker(config, run_name="ddp") as tracker:
+        result = train(config, cases, val, tmp / "out", tracker, progress=False)
+else:
+    result = train(config, cases, val, tmp / "out", None, progress=False)
+losses = [loss for r in result.history for loss in r.step_losses]
+json.dump({{"losses": losses, "run_id": result.run_id}}, open(tmp / f"rank{{rank}}.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_cpu_processes(tmp_path: Path) -> None:
+    """2 gloo processes: different patches per rank, one MLflow run, rank 0 writes."""
+    import json
+    import subprocess
+    import sys
+
+    import mlflow
+
+    script = tmp_path / "ddp_train.py"
+    script.write_text(_DDP_SCRIPT.format(tests=str(Path(__file__).parent), tmp=str(tmp_path)))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]["losses"]) == len(ranks[1]["losses"]) == 4
+    # same initial weights on both ranks, so a different first loss means different patches
+    assert ranks[0]["losses"][0] != ranks[1]["losses"][0]
+    assert ranks[0]["run_id"] is not None and ranks[1]["run_id"] is None
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("test-train")
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "best.pt", "curves.png", "last.pt"
+    ]

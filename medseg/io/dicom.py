@@ -18,11 +18,13 @@ import datetime as _dt
 import math
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
@@ -36,11 +38,19 @@ from pydicom.uid import (
 
 import medseg
 from medseg import geometry as geo
-from medseg.config import SeriesSelection
+from medseg.config import IngestConfig, SeriesSelection
 from medseg.errors import ExportError, UnreadableScanError
 from medseg.io.discovery import SeriesKind, _scan, select_series
 from medseg.io.files import atomic_dir
-from medseg.io.slices import SLICE_SPACING_RELATIVE_TOLERANCE, _Frame, _raise_first, _Record
+from medseg.io.slices import (
+    SLICE_SPACING_RELATIVE_TOLERANCE,
+    ProblemKind,
+    _Frame,
+    _raise_first,
+    _Record,
+    _Regrid,
+    _regrid,
+)
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
 __all__ = [
@@ -106,9 +116,73 @@ def _decode(record: _Record) -> NDArray[Any]:
     return arr
 
 
+#: Threads that read the pixel data of a series' files (file reads and copies release the GIL).
+_READ_THREADS = 4
+
+_PIXEL_DATA_TAG = 0x7FE00010
+
+
+def _native_layout(record: _Record) -> tuple[int, int, np.dtype[Any]] | None:
+    """(file offset, byte length, stored dtype) of an uncompressed single-frame file's pixel
+    data that pydicom deferred while scanning; None where pydicom must decode."""
+    ds = record.header
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
+        return None
+    syntax = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
+    order = _NATIVE_BYTE_ORDER.get(UID(syntax))
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if order is None or syntax == DeflatedExplicitVRLittleEndian or bits not in (8, 16, 32):
+        return None
+    if _PIXEL_DATA_TAG not in ds:
+        return None
+    raw = ds.get_item(_PIXEL_DATA_TAG, keep_deferred=True)
+    if not isinstance(raw, RawDataElement) or raw.value is not None or raw.length == 0xFFFFFFFF:
+        return None
+    kind = "i" if int(ds.get("PixelRepresentation", 0)) == 1 else "u"
+    return raw.value_tell, raw.length, np.dtype(f"{order}{kind}{bits // 8}")
+
+
+def _read_native_into(record: _Record, layout: tuple[int, int, np.dtype[Any]],
+                      out: NDArray[Any]) -> None:
+    """Read one uncompressed slice's stored values straight from its file into ``out``."""
+    offset, length, dtype = layout
+    needed = out.size * dtype.itemsize
+    if length < needed:
+        raise UnreadableScanError(
+            f"{record.path}: pixel data has {length} bytes, expected {needed} for "
+            f"{out.shape[0]} x {out.shape[1]} pixels of {dtype.itemsize * 8} bits"
+        )
+    with open(record.path, "rb", buffering=0) as fh:
+        fh.seek(offset)
+        got = fh.readinto(memoryview(out).cast("B"))  # type: ignore[arg-type]
+    if got != needed:
+        raise UnreadableScanError(
+            f"{record.path}: pixel data ends after {got} of {needed} bytes (truncated file?)"
+        )
+    if dtype.byteorder == ">":
+        out.byteswap(inplace=True)
+
+
 def _stored_values(frames: Sequence[_Frame]) -> NDArray[Any]:
-    """Stored values of every frame in array order, ``(slice, row, column)``."""
+    """Stored values of every frame in array order, ``(slice, row, column)``.
+
+    Uncompressed single-frame files (the common CT/MR export) are read straight into the
+    output array by a few threads; everything else is decoded by pydicom, one file at a time.
+    """
     first = frames[0]
+    layouts = [None if f.index is not None else _native_layout(f.record) for f in frames]
+    dtypes = {layout[2].newbyteorder("=") for layout in layouts if layout is not None}
+    if all(layout is not None for layout in layouts) and len(dtypes) == 1:
+        native = np.empty((len(frames), first.rows, first.columns), dtypes.pop())
+
+        def read(k: int) -> None:
+            layout = layouts[k]
+            assert layout is not None
+            _read_native_into(frames[k].record, layout, native[k])
+
+        with ThreadPoolExecutor(min(_READ_THREADS, len(frames))) as pool:
+            list(pool.map(read, range(len(frames))))
+        return native
     out: NDArray[Any] | None = None
     cache: dict[Path, NDArray[Any]] = {}  # multi-frame files are decoded once
     for k, frame in enumerate(frames):
@@ -161,7 +235,7 @@ def _rescaled(frames: Sequence[_Frame], stored: NDArray[Any]) -> NDArray[Any]:
                      if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
         # Every result fits dtype, so the wrap-around of an intermediate cast (uint16 > 32767
         # to int16) is undone exactly by the modular addition of the offset.
-        values: NDArray[Any] = stored.astype(dtype)
+        values: NDArray[Any] = stored.astype(dtype, copy=False)  # stored is ours to reuse
         if np.any(offsets):
             np.add(values, offsets.astype(dtype)[:, None, None], out=values)
     else:
@@ -206,7 +280,28 @@ def _sop_instance_uids(frames: Sequence[_Frame], where: Path) -> tuple[str, ...]
     return tuple(uids)
 
 
-def load_series(folder: Path, selection: SeriesSelection | None = None) -> Volume:
+def _frame_numbers(frames: Sequence[_Frame]) -> tuple[int | None, ...]:
+    """1-based frame number of every slice taken from a multi-frame file; () when none is."""
+    if all(frame.index is None for frame in frames):
+        return ()
+    return tuple(None if frame.index is None else frame.index + 1 for frame in frames)
+
+
+def _resampled(array: NDArray[Any], plan: _Regrid) -> NDArray[np.float32]:
+    """``array`` (sorted acquired slices) interpolated onto ``plan.geometry`` (float32)."""
+    from scipy import ndimage
+
+    values = array.astype(np.float32)
+    fill = float(values.min())
+    for k in np.nonzero(np.any(plan.shift_px != 0.0, axis=1))[0]:
+        values[k] = ndimage.shift(values[k], plan.shift_px[k], order=1, mode="constant", cval=fill)
+    w = plan.weight.astype(np.float32)[:, None, None]
+    return (1.0 - w) * values[plan.lower] + w * values[plan.lower + 1]
+
+
+def load_series(
+    folder: Path, selection: SeriesSelection | None = None, ingest: IngestConfig | None = None
+) -> Volume:
     """Read one CT/MR image series from ``folder`` (any nesting, any file names).
 
     Every DICOM header under ``folder`` is parsed once; the series is chosen by ``selection``
@@ -216,12 +311,16 @@ def load_series(folder: Path, selection: SeriesSelection | None = None) -> Volum
     Args:
         folder: a folder tree holding the series, possibly among other series and objects.
         selection: which series to load when there are several.
+        ingest: whether uneven spacing, missing slices and gantry tilt are refused (the
+            default) or resampled onto a regular orthogonal grid with a warning.
 
     Returns:
         An IMAGE volume in array order ``(slice, row, column)``; slices sorted along the slice
         normal. Values are rescaled (HU for CT); integer when every RescaleSlope is 1 and every
         intercept an integer, float32 otherwise. Voxels equal to PixelPaddingValue are set to
-        the smallest non-padding value of the volume.
+        the smallest non-padding value of the volume. A volume resampled because ``ingest``
+        allows it is float32, has no SOP Instance UIDs, and its loading warns with the
+        slices and the reason.
 
     Raises:
         UnreadableScanError: no DICOM image files, a DICOM file that cannot be parsed, or a
@@ -248,10 +347,26 @@ def load_series(folder: Path, selection: SeriesSelection | None = None) -> Volum
     stack = scan.stacks.get(entry.series_instance_uid)
     if stack is None:  # not one readable slice with geometry
         _raise_first(entry.problems, folder)
-    geometry = stack.require_geometry(folder)
+    ingest = ingest or IngestConfig()
+    allow = set()
+    if ingest.irregular_slices == "resample":
+        allow |= {ProblemKind.UNEVEN_SPACING, ProblemKind.MISSING_SLICES}
+    if ingest.gantry_tilt == "resample":
+        allow.add(ProblemKind.GANTRY_TILT)
+    plan = None
+    if stack.problems and allow and all(p.kind in allow for p in stack.problems):
+        plan = _regrid(stack, allow, ingest.max_interpolated_slices, folder)
+        geometry = plan.geometry
+    else:
+        geometry = stack.require_geometry(folder)
     frames = stack.frames
     array = _rescaled(frames, _stored_values(frames))
     sop_uids = _sop_instance_uids(frames, folder)
+    frame_numbers = _frame_numbers(frames)
+    if plan is not None:
+        array = _resampled(array, plan)
+        sop_uids, frame_numbers = (), ()
+        warnings.warn(plan.summary, stacklevel=2)
     header = frames[0].record.header.copy()
     for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData",
                     "PerFrameFunctionalGroupsSequence"):
@@ -264,6 +379,7 @@ def load_series(folder: Path, selection: SeriesSelection | None = None) -> Volum
         frame_of_reference_uid=str(header.get("FrameOfReferenceUID", "")) or None,
         sop_instance_uids=sop_uids,
         modality=str(header.get("Modality", "")) or None,
+        frame_numbers=frame_numbers,
         dicom_header=header,
     )
     return Volume(array, geometry, VolumeKind.IMAGE, source)

@@ -5,6 +5,7 @@ NIfTI stores RAS; it is converted to our LPS once, here, through ``medseg.geomet
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,8 +59,49 @@ def _load_nifti(path: Path) -> tuple[NDArray[Any], geo.Geometry]:
     zooms = raw_header["pixdim"][1:4]
     if any(not np.isfinite(z) or z <= 0 for z in zooms):
         raise GeometryError(f"{path}: voxel spacing (pixdim) must be > 0, got {tuple(map(float, zooms))}")
-    geometry = geo.from_nifti_affine(image.affine, data.shape, what=str(path))
+    geometry = _qform_sform_geometry(image, data.shape, path)
     return geo.nifti_array_to_array_order(data), geometry
+
+
+def _qform_sform_geometry(image: nib.Nifti1Image, shape: tuple[int, ...], path: Path) -> geo.Geometry:
+    """The grid nibabel and ITK agree on, warning when qform and sform disagree.
+
+    nibabel uses the sform whenever ``sform_code > 0``; ITK (SimpleITK 2.x) uses it when
+    ``sform_code`` is 1 (scanner) or the qform is unset, and the qform otherwise. Where the
+    two affines place the grid differently and both readers take the same one, that one is
+    used with a warning naming both; where they would take different ones, no reader's
+    choice is safe and the file is refused.
+
+    Raises:
+        GeometryError: the two transforms differ and nibabel and ITK would pick different
+            ones (sform_code 2-4 with a qform set).
+    """
+    header = image.header
+    qform, qcode = header.get_qform(coded=True)
+    sform, scode = header.get_sform(coded=True)
+    geometry = geo.from_nifti_affine(image.affine, shape, what=str(path))
+    if not qcode or not scode or qform is None or sform is None:
+        return geometry
+    from_q = geo.from_nifti_affine(qform, shape, what=f"{path} qform")
+    from_s = geo.from_nifti_affine(sform, shape, what=f"{path} sform")
+    if geo.geometries_equal(from_q, from_s):
+        return geometry
+    both = (
+        f"qform (code {int(qcode)}) places voxel 0 at LPS {from_q.origin_mm} with direction "
+        f"{from_q.direction}, sform (code {int(scode)}) at LPS {from_s.origin_mm} with direction "
+        f"{from_s.direction}"
+    )
+    if int(scode) != 1:
+        raise GeometryError(
+            f"{path}: conflicting qform and sform: {both}; nibabel would use the sform and "
+            "ITK/SimpleITK the qform, so the file is ambiguous (rewrite it with one transform)"
+        )
+    warnings.warn(
+        f"{path}: conflicting qform and sform: {both}; using the sform (scanner), as nibabel "
+        "and ITK/SimpleITK do",
+        stacklevel=4,
+    )
+    return geometry
 
 
 def _load_sitk(path: Path) -> tuple[NDArray[Any], geo.Geometry]:

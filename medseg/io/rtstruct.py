@@ -471,8 +471,13 @@ def _write_structure_set(
     )
     src = reference.source
     ds = _base_dataset(study_uid, frame_uid, src.dicom_header, algorithm_version)
+    frames = src.frame_numbers
     ds.ReferencedFrameOfReferenceSequence = DicomSequence(
-        [_referenced_frame(frame_uid, study_uid, series_uid, image_sop_class, src.sop_instance_uids)]
+        [
+            _referenced_frame(
+                frame_uid, study_uid, series_uid, image_sop_class, src.sop_instance_uids, frames
+            )
+        ]
     )
     roi_items: list[Dataset] = []
     contour_items: list[Dataset] = []
@@ -511,7 +516,11 @@ def _write_structure_set(
         # trace within the ROI's bounding box (plus room for the probability search): results
         # are the same, and whole 512 x 512 slices cost 3x more
         offset = np.array([rows.start, cols.start], dtype=float)
-        for k_slab in np.nonzero(slab.any(axis=(1, 2)))[0] if slab is not None else []:
+        occupied: Sequence[int] = (
+            np.nonzero(slab.any(axis=(1, 2)))[0].tolist() if slab is not None else []
+        )
+        for k_slab in occupied:
+            assert slab is not None  # occupied is empty otherwise
             k = first_slice + int(k_slab)
             if probability_array is None:
                 polygons = contours.mask_to_polygons(
@@ -530,6 +539,8 @@ def _write_structure_set(
                     image = Dataset()
                     image.ReferencedSOPClassUID = image_sop_class
                     image.ReferencedSOPInstanceUID = src.sop_instance_uids[int(k)]
+                    if frames and frames[k] is not None:  # a frame of a multi-frame image
+                        image.ReferencedFrameNumber = frames[k]
                     contour.ContourImageSequence = DicomSequence([image])
                     contour.ContourGeometricType = "CLOSED_PLANAR"
                     contour.NumberOfContourPoints = len(values) // 3
@@ -662,14 +673,30 @@ def _base_dataset(study_uid: str, frame_uid: str, header: Any, software_version:
 
 
 def _referenced_frame(
-    frame_uid: str, study_uid: str, series_uid: str, sop_class: str, sop_uids: Sequence[str]
+    frame_uid: str,
+    study_uid: str,
+    series_uid: str,
+    sop_class: str,
+    sop_uids: Sequence[str],
+    frame_numbers: Sequence[int | None] = (),
 ) -> Dataset:
-    """ReferencedFrameOfReferenceSequence item listing every image slice."""
+    """ReferencedFrameOfReferenceSequence item listing every image slice.
+
+    Each image is listed once; for an enhanced multi-frame image, the frames of its slices
+    go into ReferencedFrameNumber (ascending).
+    """
+    frames_of: dict[str, list[int]] = {}
+    for k, uid in enumerate(sop_uids):
+        numbers = frames_of.setdefault(uid, [])
+        if frame_numbers and frame_numbers[k] is not None:
+            numbers.append(int(frame_numbers[k]))  # type: ignore[arg-type]
     images = []
-    for uid in sop_uids:
+    for uid, numbers in frames_of.items():
         image = Dataset()
         image.ReferencedSOPClassUID = sop_class
         image.ReferencedSOPInstanceUID = uid
+        if numbers:
+            image.ReferencedFrameNumber = sorted(numbers) if len(numbers) > 1 else numbers[0]
         images.append(image)
     series = Dataset()
     series.SeriesInstanceUID = series_uid

@@ -10,6 +10,7 @@ public name.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,27 +21,47 @@ from pydicom.errors import InvalidDicomError
 
 from medseg import contours
 from medseg import geometry as geo
-from medseg.errors import GeometryError, UnreadableScanError
+from medseg.errors import GeometryError, MissingReferenceError, UnreadableScanError
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
-__all__ = ["MAX_OFF_PLANE_SLICES", "read"]
+__all__ = [
+    "MAX_LISTED",
+    "MAX_OFF_PLANE_SLICES",
+    "RoiContours",
+    "StructureSetContours",
+    "read",
+    "read_contours",
+]
 
 #: Largest distance (in slices) of a contour point from the slice plane it is assigned to.
 MAX_OFF_PLANE_SLICES = 0.5
 
+#: At most this many unplaced contours are listed per ROI in messages.
+MAX_LISTED = 10
 
 
 
-def read(path: Path, reference: Volume) -> dict[str, Volume]:
+
+def read(path: Path, reference: Volume, *, unplaced: str = "error") -> dict[str, Volume]:
     """Rasterise every ROI of an RT Structure Set onto the reference image grid.
 
     A voxel belongs to a ROI if its centre is inside an odd number of the ROI's closed
     contours on that slice (even-odd rule, so an inner contour makes a hole).
 
+    A contour is placed on the slice its ContourImageSequence references (SOP Instance UID,
+    and ReferencedFrameNumber for multi-frame images) when the reference holds it, else by
+    its position along the slice normal. A contour that can be placed on no slice of the
+    reference (its referenced image is missing and it lies outside the reference's slices)
+    is *unplaced*.
+
     Args:
         path: RT-STRUCT file.
         reference: the image volume the structures were drawn on (array order
             ``(slice, row, column)``).
+        unplaced: ``"error"``: unplaced contours raise :class:`MissingReferenceError`, which
+            lists them; ``"skip"``: they are left out with one warning that lists them, and
+            the masks hold every contour that could be placed (a partial import). The
+            config field is ``IngestConfig.unplaced_contours``.
 
     Returns:
         ROI name -> LABELS volume (uint8, 0/1) on ``reference``'s grid. A ROI without
@@ -49,10 +70,16 @@ def read(path: Path, reference: Volume) -> dict[str, Volume]:
 
     Raises:
         UnreadableScanError: not a readable DICOM file, or not an RT Structure Set.
+        MissingReferenceError: the structure set references an image series other than the
+            reference's (both listed), or (``unplaced="error"``) contours whose referenced
+            slices are missing from the reference or that lie outside its slices (each ROI
+            with the missing SOP Instance UIDs and positions).
         GeometryError: the structure set's frame of reference differs from the reference's,
-            or a contour lies off every slice plane (by more than half a slice) or off its
-            referenced slice.
+            or a contour within the reference's slices lies off every slice plane (by more
+            than half a slice) or off its referenced slice.
     """
+    if unplaced not in ("error", "skip"):
+        raise ValueError(f"unplaced must be 'error' or 'skip', got {unplaced!r}")
     path = Path(path)
     try:
         ds = pydicom.dcmread(path)
@@ -71,13 +98,15 @@ def read(path: Path, reference: Volume) -> dict[str, Volume]:
     }
     if "FrameOfReferenceUID" in ds and ds.FrameOfReferenceUID:
         frames.add(str(ds.FrameOfReferenceUID))
-    uid_to_slice = {uid: k for k, uid in enumerate(reference.source.sop_instance_uids)}
+    _require_referenced_series(ds, reference, path)
+    lookup = _slice_lookup(reference)
     contours_by_roi = {
         int(item.ReferencedROINumber): item.get("ContourSequence", [])
         for item in ds.get("ROIContourSequence", [])
         if "ReferencedROINumber" in item
     }
     out: dict[str, Volume] = {}
+    missing: dict[str, list[tuple[str, float]]] = {}
     for roi in ds.StructureSetROISequence:
         number = int(roi.ROINumber)
         name = str(roi.get("ROIName", "")) or f"ROI {number}"
@@ -113,8 +142,14 @@ def read(path: Path, reference: Volume) -> dict[str, Volume]:
                     stacklevel=2,
                 )
                 continue
-            index = geo.world_to_index(g, data.reshape(-1, 3))
-            k = _slice_of(contour, index[:, 0], uid_to_slice, g.shape[0], path, name)
+            points = data.reshape(-1, 3)
+            index = geo.world_to_index(g, points)
+            k = _place(contour, index[:, 0], lookup, g.shape[0], path, name)
+            if isinstance(k, str):
+                # where the contour is along the reference's slice axis, in mm from slice 0
+                along_mm = float(np.median(index[:, 0])) * g.spacing_mm[0]
+                missing.setdefault(name, []).append((k, along_mm))
+                continue
             slices.setdefault(k, []).append(index[:, 1:])
         mask = np.zeros(g.shape, dtype=np.uint8)
         for k, polygons in slices.items():
@@ -130,9 +165,123 @@ def read(path: Path, reference: Volume) -> dict[str, Volume]:
                 frame_of_reference_uid=ref_frame or roi_frame,
                 sop_instance_uids=reference.source.sop_instance_uids,
                 modality="RTSTRUCT",
+                frame_numbers=reference.source.frame_numbers,
             ),
         )
+    if missing:
+        what = f"{path}: " + _describe_unplaced(missing, reference)
+        if unplaced == "error":
+            raise MissingReferenceError(
+                f"{what}. Load the whole referenced series, or import what can be placed "
+                "with unplaced='skip' (config ingest.unplaced_contours: skip)"
+            )
+        warnings.warn(f"{what}; these contours were skipped (partial import)", stacklevel=2)
     return out
+
+
+def _describe_unplaced(missing: dict[str, list[tuple[str, float]]], reference: Volume) -> str:
+    """What cannot be placed: the missing images (with positions), and the count per ROI."""
+    n = sum(len(items) for items in missing.values())
+    images: dict[str, float] = {}
+    outside: list[float] = []
+    for items in missing.values():
+        for refs, along_mm in items:
+            if refs:
+                images.setdefault(refs, along_mm)
+            else:
+                outside.append(along_mm)
+    n_slices = reference.geometry.shape[0]
+    parts = []
+    if images:
+        shown = sorted(images.items(), key=lambda item: item[1])
+        listed = ", ".join(f"{uid} ({mm:+.2f} mm)" for uid, mm in shown[:MAX_LISTED])
+        more = f", and {len(shown) - MAX_LISTED} more" if len(shown) > MAX_LISTED else ""
+        parts.append(
+            f"they reference {len(images)} image(s) the reference series lacks: "
+            f"{listed}{more}"
+        )
+    if outside:
+        parts.append(
+            f"{len(outside)} contour(s) without a resolvable reference lie outside its "
+            f"slices, from {min(outside):+.2f} to {max(outside):+.2f} mm"
+        )
+    per_roi = ", ".join(f"{name!r}: {len(items)}" for name, items in missing.items())
+    return (
+        f"{n} contour(s) of {len(missing)} ROI(s) cannot be placed on the reference image "
+        f"{reference.source.describe()} ({n_slices} slice(s); positions are along its slice "
+        f"axis from slice 0, which spans 0 to "
+        f"{(n_slices - 1) * reference.geometry.spacing_mm[0]:.2f} mm): {'; '.join(parts)}. "
+        f"Unplaced contours per ROI: {per_roi}"
+    )
+
+
+def _require_referenced_series(ds: Dataset, reference: Volume, path: Path) -> None:
+    """Refuse a structure set that names its image series, when that is not the reference's."""
+    named = sorted({
+        str(series.SeriesInstanceUID)
+        for frame in ds.get("ReferencedFrameOfReferenceSequence", [])
+        for study in frame.get("RTReferencedStudySequence", [])
+        for series in study.get("RTReferencedSeriesSequence", [])
+        if series.get("SeriesInstanceUID")
+    })
+    ours = reference.source.series_instance_uid
+    if named and ours and ours not in named:
+        raise MissingReferenceError(
+            f"{path}: the structure set was drawn on series {', '.join(named)}, which is "
+            f"missing: the reference image {reference.source.describe()} is series {ours}"
+        )
+
+
+def _slice_lookup(reference: Volume) -> dict[tuple[str, int | None], int]:
+    """(SOP Instance UID, frame number or None) -> slice index of the reference volume."""
+    uids = reference.source.sop_instance_uids
+    numbers: tuple[int | None, ...] = reference.source.frame_numbers or (None,) * len(uids)
+    lookup: dict[tuple[str, int | None], int] = {}
+    for k, (uid, number) in enumerate(zip(uids, numbers, strict=True)):
+        lookup[(uid, number)] = k
+        if number == 1:  # a single-frame reference without ReferencedFrameNumber
+            lookup.setdefault((uid, None), k)
+    return lookup
+
+
+def _place(
+    contour: Dataset,
+    k_values: NDArray[np.float64],
+    lookup: dict[tuple[str, int | None], int],
+    n_slices: int,
+    path: Path,
+    name: str,
+) -> int | str:
+    """The slice index of one contour, or a description of why it has none.
+
+    Its referenced image (SOP Instance UID and frame) when the reference holds it, else its
+    position along the slice normal. A contour within the slices but off every slice plane,
+    or off its referenced slice, is a :class:`GeometryError`.
+    """
+    referenced: list[tuple[str, int | None]] = []
+    for image in contour.get("ContourImageSequence", []):
+        number = image.get("ReferencedFrameNumber")
+        if isinstance(number, (list, tuple)) or type(number).__name__ == "MultiValue":
+            number = number[0] if len(number) else None
+        frame = None if number in (None, "") else int(number)
+        referenced.append((str(image.get("ReferencedSOPInstanceUID", "")), frame))
+    known = [lookup[r] for r in referenced if r in lookup]
+    k = known[0] if known else int(np.round(np.median(k_values)))
+    off = float(np.abs(k_values - k).max())
+    if not known and not 0 <= k < n_slices:
+        # "" marks a contour without references that lies outside the slices
+        return ", ".join(uid + ("" if f is None else f" frame {f}") for uid, f in referenced)
+    if off > MAX_OFF_PLANE_SLICES:
+        where = (
+            f"its referenced slice {k}"
+            if known
+            else f"any slice plane (nearest slice {k} of 0..{n_slices - 1})"
+        )
+        raise GeometryError(
+            f"{path}: ROI {name!r}: a contour lies {off:.3f} slices off {where}; the "
+            "structure set does not fit the reference image series"
+        )
+    return k
 
 
 def _slice_of(
@@ -162,3 +311,179 @@ def _slice_of(
             "structure set does not fit the reference image series"
         )
     return k
+
+
+# ---------------------------------------------------------------------------------------------
+# contours as polygons (what medseg.report draws)
+
+
+@dataclass(frozen=True, slots=True)
+class RoiContours:
+    """The closed planar contours of one ROI, in the reference image's index space.
+
+    Attributes:
+        number: ROINumber.
+        name: ROIName, made unique as :func:`read` does (``"<name> #<ROINumber>"`` for a
+            repeated name), so it is also the key of ``read``'s result.
+        colour_rgb: ROIDisplayColor as ``(red, green, blue)``, 0-255, or None when absent.
+        generation_description: ROIGenerationDescription (algorithm, version and model, for
+            structures medseg wrote), or None when absent.
+        polygons: slice index (array axis 0) -> the contours on that slice, each an ``(N, 2)``
+            float array of ``(row, column)`` index positions (array axes 1 and 2, continuous:
+            a voxel's centre is at integer positions); the closing edge is implied.
+    """
+
+    number: int
+    name: str
+    colour_rgb: tuple[int, int, int] | None
+    generation_description: str | None
+    polygons: dict[int, tuple[NDArray[np.float64], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class StructureSetContours:
+    """Every ROI's contours of one RT Structure Set, placed on a reference image.
+
+    Attributes:
+        path: the RT-STRUCT file.
+        rois: the ROIs, in StructureSetROISequence order.
+        referenced_series_uids: the SeriesInstanceUIDs the structure set says it was drawn on
+            (RTReferencedSeriesSequence), in file order.
+        image_series_description: SeriesDescription of the reference image series, from its
+            DICOM header (None when it has none or was not read from DICOM); a QA page shows
+            it so the reader can tell which scan the contours were placed on.
+    """
+
+    path: Path
+    rois: tuple[RoiContours, ...]
+    referenced_series_uids: tuple[str, ...]
+    image_series_description: str | None
+
+    def by_name(self) -> dict[str, RoiContours]:
+        """ROI name -> contours."""
+        return {roi.name: roi for roi in self.rois}
+
+
+def read_contours(
+    path: Path, reference: Volume, *, unplaced: str = "error"
+) -> StructureSetContours:
+    """The closed planar contours of every ROI as polygons in ``reference``'s index space.
+
+    :func:`read` turns contours into masks; this keeps them as the polygons the file holds,
+    converted with :func:`medseg.geometry.world_to_index`, so a QA page can draw exactly what
+    a planning system imports. Contours are placed on slices and checked exactly as in
+    :func:`read` (same checks, same errors, same ``unplaced`` choice) and the same contours
+    are skipped with a warning: non-CLOSED_PLANAR ones and those with fewer than 3 points.
+    Rasterising slice ``k``'s polygons with :func:`medseg.contours.polygons_to_mask` gives
+    ``read(path, reference)[name].array[k]``.
+
+    Args:
+        path: RT-STRUCT file.
+        reference: the image volume the structures were drawn on (array order
+            ``(slice, row, column)``).
+        unplaced: ``"error"`` or ``"skip"``, as in :func:`read`.
+
+    Returns:
+        The contours of every ROI (a ROI without contours has no polygons) and what the
+        file says about its reference series.
+
+    Raises:
+        UnreadableScanError, MissingReferenceError, GeometryError: as :func:`read`.
+    """
+    if unplaced not in ("error", "skip"):
+        raise ValueError(f"unplaced must be 'error' or 'skip', got {unplaced!r}")
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError) as exc:
+        raise UnreadableScanError(f"{path}: cannot be read as DICOM ({exc})") from exc
+    if str(ds.get("Modality", "")) != "RTSTRUCT" or "StructureSetROISequence" not in ds:
+        raise UnreadableScanError(
+            f"{path}: not an RT Structure Set (Modality {ds.get('Modality', '')!r})"
+        )
+    g = reference.geometry
+    ref_frame = reference.source.frame_of_reference_uid
+    frames = {str(ds.get("FrameOfReferenceUID", "") or "")} | {
+        str(f.get("FrameOfReferenceUID", ""))
+        for f in ds.get("ReferencedFrameOfReferenceSequence", [])
+    }
+    _require_referenced_series(ds, reference, path)
+    series_uids = tuple(
+        str(series.SeriesInstanceUID)
+        for frame in ds.get("ReferencedFrameOfReferenceSequence", [])
+        for study in frame.get("RTReferencedStudySequence", [])
+        for series in study.get("RTReferencedSeriesSequence", [])
+        if series.get("SeriesInstanceUID")
+    )
+    lookup = _slice_lookup(reference)
+    roi_contours = {
+        int(item.ReferencedROINumber): item
+        for item in ds.get("ROIContourSequence", [])
+        if "ReferencedROINumber" in item
+    }
+    rois: list[RoiContours] = []
+    missing: dict[str, list[tuple[str, float]]] = {}
+    for roi in ds.StructureSetROISequence:
+        number = int(roi.ROINumber)
+        name = str(roi.get("ROIName", "")) or f"ROI {number}"
+        roi_frame = str(roi.get("ReferencedFrameOfReferenceUID", ""))
+        for frame in {roi_frame} if roi_frame else frames:
+            if ref_frame and frame and frame != ref_frame:
+                raise GeometryError(
+                    f"{path}: ROI {name!r} is in frame of reference {frame}, but the "
+                    f"reference image {reference.source.describe()} is in {ref_frame}"
+                )
+        if any(r.name == name for r in rois):
+            warnings.warn(
+                f"{path}: duplicate ROI name {name!r}; ROI {number} read as "
+                f"{name + ' #' + str(number)!r}",
+                stacklevel=2,
+            )
+            name = f"{name} #{number}"
+        item = roi_contours.get(number, Dataset())
+        slices: dict[int, list[NDArray[np.float64]]] = {}
+        for contour in item.get("ContourSequence", []):
+            kind = str(contour.get("ContourGeometricType", "CLOSED_PLANAR"))
+            data = np.asarray([float(v) for v in contour.get("ContourData", [])], dtype=float)
+            if kind != "CLOSED_PLANAR" or data.size < 9 or data.size % 3:
+                warnings.warn(
+                    f"{path}: ROI {name!r}: skipping a {kind} contour with {data.size} "
+                    "ContourData values (only CLOSED_PLANAR contours of >= 3 points enclose "
+                    "voxels)",
+                    stacklevel=2,
+                )
+                continue
+            index = geo.world_to_index(g, data.reshape(-1, 3))
+            k = _place(contour, index[:, 0], lookup, g.shape[0], path, name)
+            if isinstance(k, str):
+                along_mm = float(np.median(index[:, 0])) * g.spacing_mm[0]
+                missing.setdefault(name, []).append((k, along_mm))
+                continue
+            slices.setdefault(k, []).append(index[:, 1:])
+        colour = item.get("ROIDisplayColor")
+        rois.append(
+            RoiContours(
+                number=number,
+                name=name,
+                colour_rgb=(
+                    (int(colour[0]), int(colour[1]), int(colour[2]))
+                    if colour is not None and len(colour) == 3
+                    else None
+                ),
+                generation_description=str(roi.get("ROIGenerationDescription", "")) or None,
+                polygons={k: tuple(polygons) for k, polygons in sorted(slices.items())},
+            )
+        )
+    if missing:
+        what = f"{path}: " + _describe_unplaced(missing, reference)
+        if unplaced == "error":
+            raise MissingReferenceError(what)
+        warnings.warn(f"{what}; these contours were skipped", stacklevel=2)
+    header = reference.source.dicom_header
+    description = str(header.get("SeriesDescription", "")) if header is not None else ""
+    return StructureSetContours(
+        path=path,
+        rois=tuple(rois),
+        referenced_series_uids=series_uids,
+        image_series_description=description or None,
+    )

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 from numpy.typing import NDArray
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from medseg import geometry as geo
@@ -51,7 +52,8 @@ __all__ = [
 SLICE_SPACING_RELATIVE_TOLERANCE = 0.01
 
 #: A step of ``k`` (>= 2) times the typical step, within this fraction of a step, is reported
-#: as ``k - 1`` missing slices rather than uneven spacing (both stop loading).
+#: as ``k - 1`` missing slices rather than uneven spacing (both stop loading unless
+#: ``IngestConfig.irregular_slices`` is ``"resample"``).
 MISSING_SLICE_RATIO_TOLERANCE = 0.1
 
 #: Largest angle (degrees) between the slice-stacking direction and the slice normal that is
@@ -166,7 +168,22 @@ def _raise_first(problems: Sequence[Problem], where: Path) -> NoReturn:
     raise _ERRORS[problem.kind](f"{where}: {problem.message}")
 
 
+_DS_TAGS = {"ImagePositionPatient": 0x00200032, "ImageOrientationPatient": 0x00200037,
+            "PixelSpacing": 0x00280030}
+
+
 def _floats(item: Dataset, keyword: str, count: int, where: str) -> NDArray[np.float64]:
+    tag = _DS_TAGS.get(keyword)
+    if tag is not None and tag in item:
+        # pydicom's DS conversion costs ~0.1 ms per value; parse the raw text when we can
+        raw = item.get_item(tag)
+        if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+            try:
+                parsed = np.array([float(v) for v in raw.value.split(b"\\")], dtype=float)
+            except ValueError:
+                parsed = None
+            if parsed is not None and parsed.shape == (count,) and np.all(np.isfinite(parsed)):
+                return parsed
     value = item.get(keyword)
     if value is None or value == "":
         raise GeometryError(f"{where}: missing {keyword}")
@@ -371,3 +388,95 @@ def _spacing_problems(
             f"{steps.max():.3f} mm, typical {nominal:.3f} mm",
         ))
     return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# resampling an irregular or tilted stack onto a regular orthogonal grid (when config allows)
+
+#: A source slice whose in-plane offset from the target grid is below this (pixels) is not
+#: shifted; positions in files are rounded to a few micrometres.
+SHIFT_TOLERANCE_PX = 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class _Regrid:
+    """How to interpolate a sorted stack onto a regular orthogonal grid.
+
+    Target slice ``t`` is ``(1 - weight[t]) * S'[lower[t]] + weight[t] * S'[lower[t] + 1]``,
+    where ``S'[k]`` is source slice ``k`` shifted in-plane by ``shift_px[k]`` (rows, columns).
+    """
+
+    geometry: geo.Geometry
+    lower: NDArray[np.intp]
+    weight: NDArray[np.float64]
+    shift_px: NDArray[np.float64]
+    interpolated: tuple[int, ...]  # target slices that lie on no source slice
+    summary: str
+
+
+def _regrid(
+    stack: _Stack, allow: set[ProblemKind], max_interpolated_slices: int, where: Path
+) -> _Regrid:
+    """The resampling plan of ``stack`` when every problem is one of ``allow``.
+
+    Raises:
+        The named error of the first problem not in ``allow``, or MissingSliceError for a gap
+        of more than ``max_interpolated_slices`` slices.
+    """
+    refused = [p for p in stack.problems if p.kind not in allow]
+    if refused or not stack.problems:
+        _raise_first(refused or stack.problems, where)
+    frames = stack.frames
+    first = frames[0]
+    if len(frames) < 2:
+        _raise_first(stack.problems, where)
+    normal = geo.slice_normal(first.orientation)
+    positions = np.stack([f.position for f in frames])
+    distance = positions @ normal
+    steps = np.diff(distance)
+    nominal = float(np.median(steps))
+    too_wide = [int(i) for i in np.nonzero(
+        steps > (max_interpolated_slices + 1 + MISSING_SLICE_RATIO_TOLERANCE) * nominal
+    )[0]]
+    if too_wide:
+        shown = "; ".join(
+            f"{frames[i].name} to {frames[i + 1].name} ({steps[i]:.3f} mm)" for i in too_wide
+        )
+        raise MissingSliceError(
+            f"{where}: gap(s) wider than {max_interpolated_slices} missing slice(s) of "
+            f"{nominal:.3f} mm are not interpolated: {shown}"
+        )
+    n_target = round(float(distance[-1] - distance[0]) / nominal) + 1
+    step = (distance[-1] - distance[0]) / (n_target - 1)
+    grid_positions = positions[0] + np.outer(np.arange(n_target) * step, normal)
+    target = geo.from_dicom(
+        first.orientation, grid_positions, first.pixel_spacing, first.rows, first.columns
+    )
+    # each source slice's origin in target indices: (slice coordinate, row and column offset)
+    source_index = geo.world_to_index(target, positions)
+    along = source_index[:, 0]
+    shift_px = source_index[:, 1:]
+    shift_px[np.abs(shift_px) < SHIFT_TOLERANCE_PX] = 0.0
+    t = np.arange(n_target, dtype=float)
+    lower = np.clip(np.searchsorted(along, t + 1e-6, side="right") - 1, 0, len(frames) - 2)
+    weight = np.clip((t - along[lower]) / (along[lower + 1] - along[lower]), 0.0, 1.0)
+    on_source = np.min(np.abs(t[:, None] - along[None, :]), axis=1) * step
+    interpolated = tuple(int(i) for i in np.nonzero(on_source > geo.POSITION_TOLERANCE_MM)[0])
+    exact = on_source <= geo.POSITION_TOLERANCE_MM
+    nearest = np.argmin(np.abs(t[:, None] - along[None, :]), axis=1)
+    # a target slice on a source slice takes it unchanged (weight exactly 0 or 1)
+    lower[exact] = np.minimum(nearest[exact], len(frames) - 2)
+    weight[exact] = (nearest[exact] > lower[exact]).astype(float)
+    reasons = "; ".join(p.message for p in stack.problems)
+    summary = (
+        f"{where}: resampled {len(frames)} slices onto a regular orthogonal grid of "
+        f"{n_target} slices {step:.3f} mm apart (linear interpolation along the slice "
+        f"normal"
+        + (", slices shifted in-plane by up to "
+           f"{np.abs(shift_px).max():.2f} pixels" if np.any(shift_px) else "")
+        + f") because {reasons}. Interpolated target slices (on no acquired slice): "
+        + (", ".join(str(i) for i in interpolated) if interpolated else "none")
+        + ". The volume has no per-slice SOP Instance UIDs, so exports cannot reference "
+        "the acquired slices"
+    )
+    return _Regrid(target, lower.astype(np.intp), weight, shift_px, interpolated, summary)

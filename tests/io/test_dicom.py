@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from medseg import geometry as geo
-from medseg.config import SeriesSelection
+from medseg.config import IngestConfig, SeriesSelection
 from medseg.errors import (
     DuplicateSliceError,
     GantryTiltError,
@@ -39,6 +39,7 @@ REAL_SERIES = [
     pytest.param("totalseg-example/example_ct_dicom", id="totalseg-ct"),
     pytest.param("dicom-quirks/torchio-dicom", id="torchio-mr"),
     pytest.param("dicom-quirks/rtutils-oriented", id="oriented-no-slicelocation"),
+    pytest.param("dicom-quirks/dcmqi-ct-3slice", id="dcmqi-3slice"),
 ]
 
 
@@ -56,6 +57,16 @@ def _assert_same_as_sitk(volume: Volume, folder: Path) -> None:
     np.testing.assert_allclose(volume.geometry.spacing_mm, g.spacing_mm, atol=1e-4)
     np.testing.assert_allclose(volume.geometry.origin_mm, g.origin_mm, atol=1e-4)
     np.testing.assert_allclose(volume.geometry.direction, g.direction, atol=1e-4)
+    header = volume.source.dicom_header
+    padding = None if header is None else header.get("PixelPaddingValue")
+    if padding is not None:
+        # SimpleITK keeps padding voxels (e.g. -2000 -> -3024 HU); medseg sets them to the
+        # smallest real value, so they compare there and everywhere else must be equal
+        padded = array == float(padding) * float(header.get("RescaleSlope", 1)) + float(
+            header.get("RescaleIntercept", 0)
+        )
+        assert np.all(volume.array[padded] == volume.array[~padded].min())
+        array = np.where(padded, volume.array, array)
     np.testing.assert_allclose(volume.array.astype(np.float64), array, atol=1e-3)
 
 
@@ -570,3 +581,111 @@ def test_real_subset_with_a_gap_is_a_missing_slice_error() -> None:
     folder = require_data("dicom-quirks/monai-ct-dicom")
     with pytest.raises(MissingSliceError, match=r"161 missing between 7106 and 7136"):
         load_series(folder)
+
+
+# --- irregular stacks resampled where the ingest config allows it -----------------------------
+
+
+def _resample(**kwargs: object) -> IngestConfig:
+    return IngestConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_missing_slice_is_interpolated_when_config_allows(tmp_path: Path) -> None:
+    slices = _real_slices(n=6)
+    names = [name for name, _ in slices]
+    original = load_series(_save(slices, tmp_path / "all")).array.astype(np.float64)
+    folder = _save(_drop_slice(slices), tmp_path / "gap")
+    with pytest.raises(MissingSliceError):
+        load_series(folder)
+    with pytest.warns(UserWarning, match="resampled 5 slices onto .* 6 slices") as record:
+        volume = load_series(folder, ingest=_resample(irregular_slices="resample"))
+    message = str(record[0].message)
+    assert names[2] in message and names[4] in message
+    assert "Interpolated target slices (on no acquired slice): 3." in message
+    assert volume.geometry.shape[0] == 6 and volume.source.sop_instance_uids == ()
+    for k in (0, 1, 2, 4, 5):  # acquired slices keep their values
+        np.testing.assert_array_equal(volume.array[k], original[k])
+    np.testing.assert_allclose(volume.array[3], (original[2] + original[4]) / 2, atol=1e-3)
+    reference = load_series(tmp_path / "all")
+    assert geo.geometries_equal(volume.geometry, reference.geometry)
+
+
+def test_uneven_slice_is_interpolated_when_config_allows(tmp_path: Path) -> None:
+    slices = _real_slices(n=6)
+    original = load_series(_save(slices, tmp_path / "all")).array.astype(np.float64)
+    folder = _save(_shift_one_slice(slices), tmp_path / "uneven")  # slice 3 moved +1 of 3 mm
+    with pytest.warns(UserWarning, match="uneven slice spacing"):
+        volume = load_series(folder, ingest=_resample(irregular_slices="resample"))
+    # target slice 3 is 3 mm above slice 2 and 1 mm below the moved slice: weight 3/4
+    np.testing.assert_allclose(volume.array[3], 0.25 * original[2] + 0.75 * original[3], atol=1e-2)
+    np.testing.assert_array_equal(volume.array[4], original[4])
+
+
+def test_gap_wider_than_allowed_stays_an_error(tmp_path: Path) -> None:
+    slices = _real_slices(n=8)
+    folder = _save(slices[:2] + slices[5:], tmp_path / "wide")  # 3 slices missing
+    with pytest.raises(MissingSliceError, match="wider than 2 missing slice"):
+        load_series(folder, ingest=_resample(irregular_slices="resample"))
+
+
+def test_gantry_tilt_is_resampled_onto_an_orthogonal_grid_when_asked(tmp_path: Path) -> None:
+    """A tilted copy whose pixels move with its positions holds the same anatomy: slice k is
+    shifted by k rows (about 18 degrees at 0.98 mm pixels and 3 mm slices)."""
+    slices = _real_slices(n=6)
+    reference = load_series(_save(slices, tmp_path / "straight"))
+    row_mm = float(slices[0][1].PixelSpacing[0])
+    for k, (_, ds) in enumerate(slices):
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [format_ds(x), format_ds(y + k * row_mm), format_ds(z)]
+        ds.PixelData = np.ascontiguousarray(np.roll(ds.pixel_array, -k, axis=0)).tobytes()
+    folder = _save(slices, tmp_path / "tilted")
+    with pytest.raises(GantryTiltError, match="degrees"):
+        load_series(folder)
+    with pytest.raises(GantryTiltError):  # irregular_slices does not cover tilt
+        load_series(folder, ingest=_resample(irregular_slices="resample"))
+    with pytest.warns(UserWarning, match="gantry tilt or sheared stack of 18.0"):
+        volume = load_series(folder, ingest=_resample(gantry_tilt="resample"))
+    assert geo.geometries_equal(volume.geometry, reference.geometry)
+    np.testing.assert_allclose(volume.array[:, 6:], reference.array[:, 6:], atol=1e-3)
+
+
+# --- decoding corner cases ----------------------------------------------------------------------
+
+
+def test_jpeg_extended_12_bit_decodes_like_simpleitk(tmp_path: Path) -> None:
+    ds = _as_ct_slice(pydicom.dcmread(_pydicom_file("JPGExtended.dcm")))
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGExtended12Bit and ds.BitsStored == 12
+    (tmp_path / "s").mkdir()
+    ds.save_as(tmp_path / "s" / "x.dcm", enforce_file_format=True)
+    volume = load_series(tmp_path / "s")
+    theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "s" / "x.dcm")))
+    assert volume.geometry.shape == (1, 1024, 256)
+    assert np.abs(_stored(volume) - theirs).max() <= 1  # two libjpeg builds: IDCT rounding
+    assert int(theirs.max()) > 200
+
+
+def test_pixel_data_shorter_than_rows_times_columns_is_named(tmp_path: Path) -> None:
+    slices = _real_slices(n=3)
+    short = slices[1][1]
+    short.PixelData = short.PixelData[: len(short.PixelData) // 2]  # a consistent, short file
+    folder = _save(slices, tmp_path / "s")
+    with pytest.raises(UnreadableScanError, match=rf"{slices[1][0]}: pixel data has \d+ bytes, expected"):
+        load_series(folder)
+
+
+def test_enhanced_ct_keeps_frame_numbers_for_references() -> None:
+    path = Path(_pydicom_file("eCT_Supplemental.dcm"))
+    folder = Path(pytest.importorskip("tempfile").mkdtemp())
+    shutil.copy(path, folder / path.name)
+    volume = load_series(folder)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert volume.source.sop_instance_uids == (ds.SOPInstanceUID,) * 2
+    # sorted along the normal (-z): frame 2 comes first; its position is its own header's
+    assert sorted(volume.source.frame_numbers) == [1, 2]
+    for k, number in enumerate(volume.source.frame_numbers):
+        assert number is not None
+        item = ds.PerFrameFunctionalGroupsSequence[number - 1]
+        own = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(geo.slice_positions_mm(volume.geometry)[k], own, atol=1e-3)
+    single = load_series(require_data("lung-gtv-ct/pat_2"))
+    assert single.source.frame_numbers == ()

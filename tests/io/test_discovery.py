@@ -229,3 +229,22 @@ def test_existing_configs_get_the_default_selection() -> None:
     config = load_config(REPO_ROOT / "configs" / "tiny.yaml")
     assert config.series_selection == SeriesSelection()
     assert parse_config(config.to_yaml()) == config
+
+
+def test_inspect_command_prints_the_inventory_as_table_and_json(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    shutil.copytree(require_data("lung-gtv-ct/pat_3"), tmp_path / "lung")
+    shutil.copy(PYDICOM_FILES / "rtplan.dcm", tmp_path / "rtplan.dcm")
+    inventory = scan_folder(tmp_path)
+    runner = CliRunner()
+    table = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert table.exit_code == 0, table.output
+    ct = next(s for s in inventory.series if s.modality == "CT")
+    assert f"{ct.series_instance_uid} (CT," in table.output and " axial " in table.output
+    assert "RTPLAN" in table.output and "RTSTRUCT" in table.output
+    as_json = runner.invoke(app, ["inspect", str(tmp_path), "--json"])
+    assert as_json.exit_code == 0
+    assert json.loads(as_json.output) == json.loads(json.dumps(inventory.to_dict()))

@@ -93,3 +93,36 @@ def test_save_is_atomic_and_leaves_no_temporary(tmp_path: Path) -> None:
     g = Geometry((2, 2, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     nifti.save(Volume(np.zeros(g.shape, np.uint8), g, VolumeKind.LABELS), tmp_path / "l.nii.gz")
     assert [p.name for p in tmp_path.iterdir()] == ["l.nii.gz"]
+
+
+def _conflicting(tmp_path: Path, qcode: int, scode: int) -> Path:
+
+    qform = np.diag([1.0, 1.0, 2.0, 1.0])
+    qform[:3, 3] = [10.0, 20.0, 30.0]
+    sform = np.diag([1.0, 1.0, 2.0, 1.0])
+    sform[:3, 3] = [-5.0, 7.0, 1.0]
+    image = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), None)
+    image.set_qform(qform, code=qcode)
+    image.set_sform(sform, code=scode)
+    path = tmp_path / f"q{qcode}s{scode}.nii.gz"
+    nib.save(image, str(path))
+    return path
+
+
+def test_conflicting_qform_sform_warns_naming_both_and_matches_simpleitk(tmp_path: Path) -> None:
+    path = _conflicting(tmp_path, qcode=1, scode=1)
+    with pytest.warns(UserWarning, match=r"qform \(code 1\).*sform \(code 1\)") as record:
+        volume = nifti.load(path)
+    assert "(-10.0, -20.0, 30.0)" in str(record[0].message)  # the qform's origin, in LPS
+    image = sitk.ReadImage(str(path))
+    theirs = geo.from_sitk(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    assert geo.geometries_equal(volume.geometry, theirs)
+    assert volume.geometry.origin_mm == pytest.approx((5.0, -7.0, 1.0))
+
+
+def test_qform_sform_conflict_that_readers_resolve_differently_is_refused(tmp_path: Path) -> None:
+    path = _conflicting(tmp_path, qcode=1, scode=2)
+    image = sitk.ReadImage(str(path))
+    assert image.GetOrigin() == pytest.approx((-10.0, -20.0, 30.0))  # ITK takes the qform here
+    with pytest.raises(GeometryError, match=r"conflicting qform and sform.*code 2"):
+        nifti.load(path)

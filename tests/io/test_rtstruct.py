@@ -714,3 +714,48 @@ def test_probabilities_are_checked(axial_ct: tuple[Volume, Path], tmp_path: Path
     bad = Volume(np.full((3, *g.shape), 1.5), g, VolumeKind.PROBABILITIES)
     with pytest.raises(ExportError, match=r"\[0, 1\]"):
         rtstruct.write(labels, reference, [RoiSpec("a", 2)], tmp_path / "rs.dcm", probabilities=bad)
+
+
+def test_multiframe_reference_names_each_contours_frame(tmp_path: Path) -> None:
+    """Enhanced CT (one file, several frames): every contour references its image AND frame;
+    the series-level list names the image once with all its frames; dciodvfy accepts it and
+    medseg's reader places every contour back on its own slice."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from medseg.io.dicom import load_series
+    from tests.rt_helpers import dciodvfy_errors
+
+    source = Path(str(get_testdata_file("eCT_Supplemental.dcm")))
+    (tmp_path / "ct").mkdir()
+    shutil.copy(source, tmp_path / "ct" / source.name)
+    reference = load_series(tmp_path / "ct")
+    frames = reference.source.frame_numbers
+    assert sorted(frames) == [1, 2]  # type: ignore[type-var]
+    labels = np.zeros(reference.geometry.shape, dtype=np.uint8)
+    rows, cols = reference.geometry.shape[1:]
+    labels[0, rows // 4 : rows // 2, cols // 4 : cols // 2] = 1
+    labels[1, rows // 2 : 3 * rows // 4, cols // 2 : 3 * cols // 4] = 1
+    volume = Volume(labels, reference.geometry, VolumeKind.LABELS)
+    out = rtstruct.write(volume, reference, [RoiSpec("box", 1)], tmp_path / "rs.dcm")
+
+    ds = pydicom.dcmread(out)
+    listed = (
+        ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+        .RTReferencedSeriesSequence[0].ContourImageSequence
+    )
+    assert len(listed) == 1
+    assert listed[0].ReferencedSOPInstanceUID == reference.source.sop_instance_uids[0]
+    assert [int(v) for v in listed[0].ReferencedFrameNumber] == [1, 2]
+    pairs = set()
+    for contour in ds.ROIContourSequence[0].ContourSequence:
+        image = contour.ContourImageSequence[0]
+        z = float(contour.ContourData[2])
+        k = int(np.argmin(np.abs(geo.slice_positions_mm(reference.geometry)[:, 2] - z)))
+        assert int(image.ReferencedFrameNumber) == frames[k]
+        pairs.add((k, int(image.ReferencedFrameNumber)))
+    assert len(pairs) == 2
+    assert dciodvfy_errors(out) == []
+    back = rtstruct.read(out, reference)["box"]
+    np.testing.assert_array_equal(np.asarray(back.array), labels)

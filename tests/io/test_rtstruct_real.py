@@ -229,3 +229,121 @@ def test_totalseg_export_with_generated_uids(tmp_path: Path) -> None:
     ours = rtstruct.read(out, reference)
     for name, mask in masks.items():
         assert dice(ours[name].array, mask.array) >= 0.99, name
+
+
+# ---------------------------------------------------------------------------------------------
+# read side: RT-STRUCTs whose images are partly or wholly missing (dicom-quirks)
+
+
+def test_dicompyler_structures_with_one_ct_slice_list_the_missing_images() -> None:
+    from medseg.errors import MissingReferenceError
+
+    folder = require_data("dicom-quirks/dicompyler-example")
+    reference = load_series(folder)
+    ds = pydicom.dcmread(folder / "rtss.dcm")
+    present = set(reference.source.sop_instance_uids)
+    referenced = {
+        image.ReferencedSOPInstanceUID
+        for roi in ds.ROIContourSequence
+        for contour in roi.get("ContourSequence", [])
+        for image in contour.ContourImageSequence
+    }
+    with pytest.raises(MissingReferenceError) as info:
+        rtstruct.read(folder / "rtss.dcm", reference)
+    message = str(info.value)
+    assert f"reference {len(referenced - present)} image(s) the reference series lacks" in message
+    assert "'BODY':" in message and "'Lt Lung':" in message
+    with pytest.warns(UserWarning, match="skipped \\(partial import\\)"):
+        masks = rtstruct.read(folder / "rtss.dcm", reference, unplaced="skip")
+    on_slice = {
+        roi.ReferencedROINumber
+        for roi in ds.ROIContourSequence
+        for contour in roi.get("ContourSequence", [])
+        if contour.ContourImageSequence[0].ReferencedSOPInstanceUID in present
+    }
+    names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
+    assert {name for name, m in masks.items() if m.array.any()} == {names[n] for n in on_slice}
+
+
+@pytest.mark.parametrize(
+    "name", ["invalid_reference_rt.dcm", "non_existent_reference_rt.dcm"], ids=["invalid", "non-existent"]
+)
+def test_rtutils_missing_references_are_named_or_skipped(name: str, tmp_path: Path) -> None:
+    from medseg.errors import MissingReferenceError
+
+    folder = require_data("dicom-quirks/rtutils-mock")
+    reference = load_series(folder)
+    missing_uid = "2.16.840.1.114362.1.11940992.23790159890.563423471.995.90"
+    assert missing_uid not in reference.source.sop_instance_uids
+    with pytest.raises(MissingReferenceError, match=missing_uid) as info:
+        rtstruct.read(folder / name, reference)
+    assert "'ROI-1': 1" in str(info.value)
+    with pytest.warns(UserWarning, match=missing_uid):
+        partial = rtstruct.read(folder / name, reference, unplaced="skip")
+    # the partial import is the full import of the file without the unplaceable contours
+    ds = pydicom.dcmread(folder / name)
+    for roi in ds.ROIContourSequence:
+        roi.ContourSequence = [
+            c for c in roi.ContourSequence
+            if c.ContourImageSequence[0].ReferencedSOPInstanceUID != missing_uid
+        ]
+    ds.save_as(tmp_path / "placeable.dcm")
+    complete = rtstruct.read(tmp_path / "placeable.dcm", reference)
+    assert list(partial) == list(complete) == ["ROI-1", "ROI-2", "ROI-3", "ROI-4"]
+    for roi_name, mask in partial.items():
+        assert mask.array[:2].any(axis=(1, 2)).all(), roi_name
+        np.testing.assert_array_equal(mask.array, complete[roi_name].array)
+
+
+def test_rtstruct_of_another_series_is_a_named_error(tmp_path: Path) -> None:
+    from medseg.errors import MissingReferenceError
+
+    folder = require_data("lung-gtv-ct/pat_1")
+    (rs_path,) = sorted(folder.glob("DCM_RS_*.dcm"))
+    reference = load_series(folder)
+    ds = pydicom.dcmread(rs_path)
+    frame = ds.ReferencedFrameOfReferenceSequence[0]
+    study = pydicom.Dataset()
+    series = pydicom.Dataset()
+    series.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    study.RTReferencedSeriesSequence = [series]
+    frame.RTReferencedStudySequence = [study]
+    ds.save_as(tmp_path / "rs.dcm")
+    with pytest.raises(MissingReferenceError, match=r"series 1\.2\.826\.0\.1\.3680043\.8\.498\.1, which is missing"):
+        rtstruct.read(tmp_path / "rs.dcm", reference)
+
+
+def test_nested_contours_on_one_slice_make_a_hole(tmp_path: Path) -> None:
+    """Outer and inner ring as two contours of one ROI on one slice: even-odd keeps the hole
+    (plastimatch 1.9.4 fills it, so skimage's polygon fill of each ring is the referee)."""
+    from skimage.draw import polygon as fill
+
+    folder = require_data("lung-gtv-ct/pat_2")
+    (rs_path,) = sorted(folder.glob("DCM_RS_*.dcm"))
+    reference = load_series(folder)
+    ds = pydicom.dcmread(rs_path)
+    roi = ds.ROIContourSequence[0]
+    k = reference.geometry.shape[0] // 2
+    centre = reference.geometry.shape[1] // 2
+    rings = []
+    for half_mm in (25.0, 10.0):
+        corners = np.array([[-1, -1], [-1, 1], [1, 1], [1, -1]], float) * half_mm
+        index = np.column_stack([np.full(4, float(k)), centre + corners / reference.geometry.spacing_mm[1]])
+        rings.append(index)
+    contours = []
+    for ring in rings:
+        contour = pydicom.Dataset()
+        contour.ContourGeometricType = "CLOSED_PLANAR"
+        contour.NumberOfContourPoints = len(ring)
+        contour.ContourData = [f"{v:.6f}" for v in geo.index_to_world(reference.geometry, ring).ravel()]
+        contours.append(contour)
+    roi.ContourSequence = contours
+    ds.save_as(tmp_path / "rs.dcm")
+    (mask,) = rtstruct.read(tmp_path / "rs.dcm", reference).values()
+    expected = np.zeros(reference.geometry.shape[1:], bool)
+    for ring, value in zip(rings, (True, False), strict=True):
+        rr, cc = fill(ring[:, 1], ring[:, 2], shape=expected.shape)
+        expected[rr, cc] = value
+    assert expected.sum() > 0 and not expected[centre, centre]
+    np.testing.assert_array_equal(mask.array[k], expected)
+    assert int(mask.array.sum()) == int(expected.sum())

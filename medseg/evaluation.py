@@ -1,0 +1,299 @@
+"""Evaluate a folder of predicted label maps against a folder of references.
+
+Each case is compared label by label with :func:`medseg.metrics.compute_metrics` (distances in
+mm, volumes in mL; empty masks as tabled in :mod:`medseg.metrics`). The per-case table and a
+summary (mean, median, quartiles and IQR per label and metric) are written as CSV and JSON.
+This is what ``medseg evaluate`` runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import ConfigError, GeometryError, InputError, MedsegError
+from medseg.io import nifti
+from medseg.io.files import atomic_path
+from medseg.metrics import METRIC_NAMES, SegmentationMetrics, compute_metrics
+from medseg.volume import Volume, VolumeKind
+
+__all__ = ["CaseFailure", "EvaluationSummary", "evaluate_folder"]
+
+#: Suffixes :func:`evaluate_folder` reads (longest first so ``.nii.gz`` wins over ``.gz``).
+_CASE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+_PER_CASE_CSV = "metrics_per_case.csv"
+_SUMMARY_CSV = "metrics_summary.csv"
+_SUMMARY_JSON = "metrics_summary.json"
+
+
+@dataclass(frozen=True, slots=True)
+class CaseFailure:
+    """A case that could not be evaluated.
+
+    Attributes:
+        case: the case name (file name without its image suffix).
+        reason: what went wrong, naming the file(s).
+    """
+
+    case: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationSummary:
+    """What :func:`evaluate_folder` computed and wrote.
+
+    Attributes:
+        cases: names of the cases evaluated successfully, sorted.
+        failures: cases missing on one side or unreadable / on different grids.
+        labels: label value -> name, as evaluated.
+        tolerance_mm: surface Dice tolerance, mm.
+        statistics: ``{label name: {metric: {"n", "n_not_finite", "mean", "median", "q1",
+            "q3", "iqr"}}}``; statistics are over the finite values (``None`` if there are
+            none), ``n_not_finite`` counts cases with ``inf`` (an empty mask on one side).
+        per_case_csv: the per-case table (one row per case and label).
+        summary_csv: the summary table (one row per label and metric).
+        summary_json: the same summary with failures, as JSON.
+    """
+
+    cases: tuple[str, ...]
+    failures: tuple[CaseFailure, ...]
+    labels: Mapping[int, str]
+    tolerance_mm: float
+    statistics: Mapping[str, Mapping[str, Mapping[str, float | int | None]]]
+    per_case_csv: Path
+    summary_csv: Path
+    summary_json: Path
+
+    @property
+    def ok(self) -> bool:
+        """True if every case was evaluated."""
+        return not self.failures
+
+
+def _case_files(folder: Path) -> dict[str, Path]:
+    """Case name -> file for every NIfTI/NRRD/MetaImage file directly in ``folder``."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        lower = path.name.lower()
+        suffix = next((s for s in _CASE_SUFFIXES if lower.endswith(s)), None)
+        if suffix is None or not path.is_file():
+            continue
+        case = path.name[: -len(suffix)]
+        if case in found:
+            raise InputError(
+                f"{folder}: case {case!r} has two files: {found[case].name}, {path.name}"
+            )
+        found[case] = path
+    return found
+
+
+def _grid_files(spacing_from: Path) -> dict[str, Path] | Path:
+    """The per-case images of a ``spacing_from`` folder, or the one ``spacing_from`` file."""
+    if spacing_from.is_dir():
+        return _case_files(spacing_from)
+    if not spacing_from.is_file():
+        raise InputError(f"{spacing_from}: spacing_from is neither an image file nor a folder")
+    return spacing_from
+
+
+def _on_grid_of(
+    prediction: Volume, case: str, grid_files: dict[str, Path] | Path, spacing_from: Path
+) -> Volume:
+    """``prediction`` with the grid of its case's ``spacing_from`` image (shapes must match)."""
+    path = grid_files if isinstance(grid_files, Path) else grid_files.get(case)
+    if path is None:
+        raise InputError(f"{spacing_from}: no image for case {case!r} to take its grid from")
+    grid = nifti.load(path).geometry
+    if grid.shape != prediction.geometry.shape:
+        raise GeometryError(
+            f"{prediction.source.describe()}: shape {prediction.geometry.shape} differs from "
+            f"the shape {grid.shape} of {path}; spacing_from adopts a grid voxel for voxel "
+            "and never resamples, so the shapes must be equal"
+        )
+    return dataclasses.replace(prediction, geometry=grid)
+
+
+def _present_labels(*volumes: Volume) -> dict[int, str]:
+    values: set[int] = set()
+    for volume in volumes:
+        values.update(int(v) for v in np.unique(volume.array) if v != 0)
+    return {v: f"label_{v}" for v in sorted(values)}
+
+
+def _statistics(values: Sequence[float]) -> dict[str, float | int | None]:
+    array = np.asarray(values, dtype=float)
+    finite = array[np.isfinite(array)]
+    stats: dict[str, float | int | None] = {
+        "n": int(array.size),
+        "n_not_finite": int(array.size - finite.size),
+    }
+    if finite.size == 0:
+        return stats | dict.fromkeys(("mean", "median", "q1", "q3", "iqr"))
+    q1, median, q3 = (float(q) for q in np.percentile(finite, [25.0, 50.0, 75.0]))
+    return stats | {
+        "mean": float(finite.mean()),
+        "median": median,
+        "q1": q1,
+        "q3": q3,
+        "iqr": q3 - q1,
+    }
+
+
+def _json_number(value: Any) -> Any:
+    """JSON has no ``inf``: write it as the string ``"inf"`` (and NaN as ``None``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_number(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_number(v) for v in value]
+    return value
+
+
+def evaluate_folder(
+    pred_dir: Path,
+    ref_dir: Path,
+    out_dir: Path,
+    *,
+    labels: Mapping[int, str] | None,
+    tolerance_mm: float,
+    spacing_from: Path | None = None,
+) -> EvaluationSummary:
+    """Compare every predicted label map in a folder with the reference of the same name.
+
+    A case is a file ``NAME.nii.gz`` / ``.nii`` / ``.nrrd`` / ``.nhdr`` / ``.mha`` / ``.mhd``;
+    ``NAME`` must match between the folders (the formats may differ). A case that is missing
+    on one side, unreadable, or on another grid is recorded as a failure and the rest go on,
+    so one bad scan never stops an evaluation.
+
+    Args:
+        pred_dir: folder of predicted label maps.
+        ref_dir: folder of reference label maps.
+        out_dir: created if missing; receives ``metrics_per_case.csv`` (one row per case and
+            label), ``metrics_summary.csv`` (one row per label and metric) and
+            ``metrics_summary.json``, each written atomically.
+        labels: label value -> name; ``None`` evaluates every non-zero value found in any
+            case, named ``label_<value>``.
+        tolerance_mm: surface Dice tolerance in mm.
+        spacing_from: where the *predictions'* voxel grid comes from, for predictions saved
+            without their true geometry (e.g. NIfTI with a unit-spacing affine): an image
+            file, used for every case, or a folder holding one image per case under the
+            case's name (the reference folder itself, or the CT images). The whole grid is
+            taken (spacing, origin and direction) and nothing is resampled or reordered:
+            prediction voxel ``(k, j, i)`` is taken to be voxel ``(k, j, i)`` of that grid, so
+            the shapes must be equal, else the case fails. References keep their own geometry
+            and must then match the adopted grid, as always.
+
+    Returns:
+        The summary; ``summary.ok`` is False if any case failed.
+
+    Raises:
+        InputError: if a folder does not exist or holds two files for one case, or
+            ``spacing_from`` does not exist.
+        ConfigError: on a negative tolerance or two labels sharing a name.
+    """
+    if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
+        raise ConfigError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm}")
+    if labels is not None and len(set(labels.values())) != len(labels):
+        raise ConfigError(f"label names must be unique, got {dict(labels)}")
+    pred_files, ref_files = _case_files(Path(pred_dir)), _case_files(Path(ref_dir))
+    failures = [
+        CaseFailure(case, f"no prediction in {pred_dir}")
+        for case in sorted(set(ref_files) - set(pred_files))
+    ] + [
+        CaseFailure(case, f"no reference in {ref_dir}")
+        for case in sorted(set(pred_files) - set(ref_files))
+    ]
+    grid_source = None if spacing_from is None else Path(spacing_from)
+    grid_files = None if grid_source is None else _grid_files(grid_source)
+    results: dict[str, dict[int, SegmentationMetrics]] = {}
+    found_labels: dict[int, str] = {}
+    for case in sorted(set(pred_files) & set(ref_files)):
+        try:
+            prediction = nifti.load(pred_files[case], VolumeKind.LABELS)
+            if grid_source is not None and grid_files is not None:
+                prediction = _on_grid_of(prediction, case, grid_files, grid_source)
+            reference = nifti.load(ref_files[case], VolumeKind.LABELS)
+            case_labels = labels if labels is not None else _present_labels(prediction, reference)
+            found_labels.update(case_labels)
+            results[case] = {
+                value: compute_metrics(
+                    prediction, reference, label=value, tolerance_mm=tolerance_mm
+                )
+                for value in case_labels
+            }
+        except MedsegError as exc:  # one bad case is recorded, the others are still evaluated
+            failures.append(CaseFailure(case, str(exc)))
+    names = dict(labels) if labels is not None else dict(sorted(found_labels.items()))
+    if labels is None:
+        # a label absent from a whole case is "both empty" there, which compute_metrics defines
+        for case, per_label in results.items():
+            for value in names:
+                if value not in per_label:
+                    per_label[value] = SegmentationMetrics.both_empty(tolerance_mm)
+    statistics = {
+        name: {
+            metric: _statistics([getattr(results[c][value], metric) for c in sorted(results)])
+            for metric in METRIC_NAMES
+        }
+        for value, name in names.items()
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    per_case_csv, summary_csv, summary_json = (
+        out / _PER_CASE_CSV,
+        out / _SUMMARY_CSV,
+        out / _SUMMARY_JSON,
+    )
+    with atomic_path(per_case_csv) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case", "label", "name", *METRIC_NAMES, "tolerance_mm"])
+        for case in sorted(results):
+            for value, name in names.items():
+                m = results[case][value]
+                writer.writerow(
+                    [case, value, name, *(repr(getattr(m, k)) for k in METRIC_NAMES), tolerance_mm]
+                )
+    stat_keys = ("n", "n_not_finite", "mean", "median", "q1", "q3", "iqr")
+    with atomic_path(summary_csv) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["name", "metric", *stat_keys])
+        for name, per_metric in statistics.items():
+            for metric, stats in per_metric.items():
+                writer.writerow(
+                    [name, metric, *("" if stats[k] is None else stats[k] for k in stat_keys)]
+                )
+    document = {
+        "tolerance_mm": tolerance_mm,
+        "labels": {str(v): n for v, n in names.items()},
+        "cases": sorted(results),
+        "failures": [{"case": f.case, "reason": f.reason} for f in failures],
+        "spacing_from": None if spacing_from is None else str(spacing_from),
+        "statistics": statistics,
+        "note": "statistics are over finite values; n_not_finite counts cases with an empty mask "
+        "on one side (distances inf)",
+    }
+    with atomic_path(summary_json) as tmp:
+        tmp.write_text(json.dumps(_json_number(document), indent=2), encoding="utf-8")
+    return EvaluationSummary(
+        cases=tuple(sorted(results)),
+        failures=tuple(failures),
+        labels=names,
+        tolerance_mm=float(tolerance_mm),
+        statistics=statistics,
+        per_case_csv=per_case_csv,
+        summary_csv=summary_csv,
+        summary_json=summary_json,
+    )

@@ -1,0 +1,104 @@
+"""Body box, model grid and resampling between grids."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medseg import geometry as geo
+from medseg.config import PreprocessConfig
+from medseg.errors import InputError
+from medseg.geometry import Geometry
+from medseg.preprocess import (
+    body_box,
+    model_grid,
+    resample,
+    resample_scores_to_labels,
+    scale_intensity,
+)
+from medseg.volume import Volume, VolumeKind
+
+
+def _oblique() -> tuple[float, ...]:
+    a = math.radians(25.0)
+    r = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    return tuple(r.ravel())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_body_box_is_the_bounding_box_of_every_voxel_above_threshold(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    grid = Geometry((45, 30, 33), (2.5, 0.7, 0.9), (0.0, 0.0, 0.0))
+    hu = np.full(grid.shape, -1000.0, dtype=np.float32)
+    for _ in range(3):  # separate blobs, one possibly on the border
+        k, j, i = (int(rng.integers(0, n)) for n in grid.shape)
+        hu[k : k + 3, j : j + 2, i : i + 4] = 50.0
+    points = np.argwhere(hu > -500.0)
+    margin_mm = 2.0
+    margin = [math.ceil(margin_mm / s) for s in grid.spacing_mm]
+    expected_start = tuple(max(0, int(points[:, a].min()) - margin[a]) for a in range(3))
+    expected_stop = tuple(
+        min(grid.shape[a], int(points[:, a].max()) + 1 + margin[a]) for a in range(3)
+    )
+    assert body_box(Volume(hu, grid), -500.0, margin_mm) == (expected_start, expected_stop)
+
+
+def test_body_box_of_air_is_none() -> None:
+    grid = Geometry((4, 4, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    assert body_box(Volume(np.full(grid.shape, -1000.0), grid), -500.0, 5.0) is None
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 1.5, 0.7), (3.3, 0.35, 2.1)])
+def test_model_grid_covers_the_input(spacing: tuple[float, float, float]) -> None:
+    grid = Geometry((21, 40, 37), (2.5, 0.8, 0.9), (5.0, -3.0, 100.0), _oblique())
+    target = model_grid(grid, spacing)
+    assert target.spacing_mm == spacing and target.direction == grid.direction
+    last = geo.index_to_world(grid, np.asarray(grid.shape, dtype=float) - 1.0)
+    index = geo.world_to_index(target, last)
+    assert np.all(index <= np.asarray(target.shape) - 1 + 1e-6)
+    assert np.all(index >= np.asarray(target.shape) - 2)  # no more than one voxel to spare
+
+
+def test_labels_survive_a_round_trip_through_a_finer_grid() -> None:
+    grid = Geometry((7, 9, 11), (2.0, 2.0, 2.0), (1.0, 2.0, 3.0), _oblique())
+    labels = np.random.default_rng(0).integers(0, 4, grid.shape).astype(np.uint8)
+    volume = Volume(labels, grid, VolumeKind.LABELS)
+    fine = resample(volume, model_grid(grid, (1.0, 1.0, 1.0)))
+    back = resample(fine, grid)
+    assert back.kind is VolumeKind.LABELS and back.array.dtype == np.uint8
+    np.testing.assert_array_equal(back.array, labels)
+
+
+def test_slab_wise_scores_match_whole_volume_simpleitk() -> None:
+    source = Geometry((13, 20, 22), (3.0, 1.6, 1.4), (-5.0, 7.0, 11.0), _oblique())
+    target = Geometry((40, 37, 31), (0.9, 0.8, 0.95), (-3.0, 8.0, 12.0), _oblique())
+    scores = np.random.default_rng(1).normal(size=(3, *source.shape)).astype(np.float16)
+
+    labels = resample_scores_to_labels(scores, source, target)
+
+    # referee: each class resampled whole by SimpleITK, then numpy's argmax
+    size, spacing, origin, direction = geo.to_sitk(target)
+    whole = []
+    for channel in scores.astype(np.float32):
+        image = sitk.GetImageFromArray(channel)
+        _, s_spacing, s_origin, s_direction = geo.to_sitk(source)
+        image.SetSpacing(s_spacing)
+        image.SetOrigin(s_origin)
+        image.SetDirection(s_direction)
+        out = sitk.Resample(
+            image, [int(v) for v in size], sitk.Transform(), sitk.sitkLinear, origin, spacing,
+            direction, 0.0, sitk.sitkFloat32, True,
+        )
+        whole.append(sitk.GetArrayFromImage(out))
+    np.testing.assert_array_equal(labels, np.argmax(np.stack(whole), axis=0))
+
+
+def test_scale_intensity_refuses_nan() -> None:
+    grid = Geometry((2, 2, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    hu = np.zeros(grid.shape)
+    hu[1, 1, 1] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        scale_intensity(Volume(hu, grid), PreprocessConfig(lower_hu=-100.0, upper_hu=100.0))
