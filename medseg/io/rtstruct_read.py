@@ -78,9 +78,53 @@ def read(path: Path, reference: Volume, *, unplaced: str = "error") -> dict[str,
             or a contour within the reference's slices lies off every slice plane (by more
             than half a slice) or off its referenced slice.
     """
+    ds, placed = _place_contours(Path(path), reference, unplaced)
+    g = reference.geometry
+    out: dict[str, Volume] = {}
+    for roi in placed:
+        mask = np.zeros(g.shape, dtype=np.uint8)
+        for k, polygons in roi.slices.items():
+            mask[k] = contours.polygons_to_mask(polygons, g.shape[1:])
+        out[roi.name] = Volume(
+            mask,
+            g,
+            VolumeKind.LABELS,
+            SourceInfo(
+                path=Path(path),
+                study_instance_uid=str(ds.get("StudyInstanceUID", "")) or None,
+                series_instance_uid=str(ds.get("SeriesInstanceUID", "")) or None,
+                frame_of_reference_uid=reference.source.frame_of_reference_uid
+                or roi.frame_of_reference_uid,
+                sop_instance_uids=reference.source.sop_instance_uids,
+                modality="RTSTRUCT",
+                frame_numbers=reference.source.frame_numbers,
+            ),
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _PlacedRoi:
+    """One ROI of a structure set with its contours placed on the reference's slices."""
+
+    number: int
+    name: str  # unique within the structure set ("<name> #<ROINumber>" for a repeat)
+    frame_of_reference_uid: str | None
+    roi: Dataset  # its StructureSetROISequence item
+    contour_item: Dataset  # its ROIContourSequence item (empty when it has none)
+    slices: dict[int, list[NDArray[np.float64]]]  # slice -> (N, 2) (row, column) polygons
+
+
+def _place_contours(
+    path: Path, reference: Volume, unplaced: str
+) -> tuple[Dataset, list[_PlacedRoi]]:
+    """Read a structure set and place every ROI's contours on ``reference``'s slices.
+
+    The one parser behind :func:`read` and :func:`read_contours`, so masks and drawn
+    polygons always come from the same placement, checks and errors.
+    """
     if unplaced not in ("error", "skip"):
         raise ValueError(f"unplaced must be 'error' or 'skip', got {unplaced!r}")
-    path = Path(path)
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError) as exc:
@@ -100,12 +144,13 @@ def read(path: Path, reference: Volume, *, unplaced: str = "error") -> dict[str,
         frames.add(str(ds.FrameOfReferenceUID))
     _require_referenced_series(ds, reference, path)
     lookup = _slice_lookup(reference)
-    contours_by_roi = {
-        int(item.ReferencedROINumber): item.get("ContourSequence", [])
+    contour_items = {
+        int(item.ReferencedROINumber): item
         for item in ds.get("ROIContourSequence", [])
         if "ReferencedROINumber" in item
     }
-    out: dict[str, Volume] = {}
+    placed: list[_PlacedRoi] = []
+    names: set[str] = set()
     missing: dict[str, list[tuple[str, float]]] = {}
     for roi in ds.StructureSetROISequence:
         number = int(roi.ROINumber)
@@ -117,21 +162,23 @@ def read(path: Path, reference: Volume, *, unplaced: str = "error") -> dict[str,
                     f"{path}: ROI {name!r} is in frame of reference {frame}, but the "
                     f"reference image {reference.source.describe()} is in {ref_frame}"
                 )
-        if name in out:
+        if name in names:
             warnings.warn(
                 f"{path}: duplicate ROI name {name!r}; ROI {number} read as "
                 f"{name + ' #' + str(number)!r}",
-                stacklevel=2,
+                stacklevel=3,
             )
             name = f"{name} #{number}"
+        names.add(name)
+        item = contour_items.get(number, Dataset())
         slices: dict[int, list[NDArray[np.float64]]] = {}
-        for contour in contours_by_roi.get(number, []):
+        for contour in item.get("ContourSequence", []):
             kind = str(contour.get("ContourGeometricType", "CLOSED_PLANAR"))
             if kind != "CLOSED_PLANAR":
                 warnings.warn(
                     f"{path}: ROI {name!r}: skipping a {kind} contour (only "
                     "CLOSED_PLANAR contours enclose voxels)",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 continue
             data = np.asarray([float(v) for v in contour.get("ContourData", [])], dtype=float)
@@ -139,11 +186,10 @@ def read(path: Path, reference: Volume, *, unplaced: str = "error") -> dict[str,
                 warnings.warn(
                     f"{path}: ROI {name!r}: skipping a contour with {data.size} "
                     "ContourData values (needs 3 per point, >= 3 points)",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 continue
-            points = data.reshape(-1, 3)
-            index = geo.world_to_index(g, points)
+            index = geo.world_to_index(g, data.reshape(-1, 3))
             k = _place(contour, index[:, 0], lookup, g.shape[0], path, name)
             if isinstance(k, str):
                 # where the contour is along the reference's slice axis, in mm from slice 0
@@ -151,23 +197,7 @@ def read(path: Path, reference: Volume, *, unplaced: str = "error") -> dict[str,
                 missing.setdefault(name, []).append((k, along_mm))
                 continue
             slices.setdefault(k, []).append(index[:, 1:])
-        mask = np.zeros(g.shape, dtype=np.uint8)
-        for k, polygons in slices.items():
-            mask[k] = contours.polygons_to_mask(polygons, g.shape[1:])
-        out[name] = Volume(
-            mask,
-            g,
-            VolumeKind.LABELS,
-            SourceInfo(
-                path=path,
-                study_instance_uid=str(ds.get("StudyInstanceUID", "")) or None,
-                series_instance_uid=str(ds.get("SeriesInstanceUID", "")) or None,
-                frame_of_reference_uid=ref_frame or roi_frame,
-                sop_instance_uids=reference.source.sop_instance_uids,
-                modality="RTSTRUCT",
-                frame_numbers=reference.source.frame_numbers,
-            ),
-        )
+        placed.append(_PlacedRoi(number, name, roi_frame, roi, item, slices))
     if missing:
         what = f"{path}: " + _describe_unplaced(missing, reference)
         if unplaced == "error":
@@ -175,8 +205,8 @@ def read(path: Path, reference: Volume, *, unplaced: str = "error") -> dict[str,
                 f"{what}. Load the whole referenced series, or import what can be placed "
                 "with unplaced='skip' (config ingest.unplaced_contours: skip)"
             )
-        warnings.warn(f"{what}; these contours were skipped (partial import)", stacklevel=2)
-    return out
+        warnings.warn(f"{what}; these contours were skipped (partial import)", stacklevel=3)
+    return ds, placed
 
 
 def _describe_unplaced(missing: dict[str, list[tuple[str, float]]], reference: Volume) -> str:
@@ -215,15 +245,20 @@ def _describe_unplaced(missing: dict[str, list[tuple[str, float]]], reference: V
     )
 
 
-def _require_referenced_series(ds: Dataset, reference: Volume, path: Path) -> None:
-    """Refuse a structure set that names its image series, when that is not the reference's."""
-    named = sorted({
+def _referenced_series_uids(ds: Dataset) -> tuple[str, ...]:
+    """The SeriesInstanceUIDs the structure set says it was drawn on, in file order."""
+    return tuple(
         str(series.SeriesInstanceUID)
         for frame in ds.get("ReferencedFrameOfReferenceSequence", [])
         for study in frame.get("RTReferencedStudySequence", [])
         for series in study.get("RTReferencedSeriesSequence", [])
         if series.get("SeriesInstanceUID")
-    })
+    )
+
+
+def _require_referenced_series(ds: Dataset, reference: Volume, path: Path) -> None:
+    """Refuse a structure set that names its image series, when that is not the reference's."""
+    named = sorted(set(_referenced_series_uids(ds)))
     ours = reference.source.series_instance_uid
     if named and ours and ours not in named:
         raise MissingReferenceError(
@@ -272,35 +307,6 @@ def _place(
         # "" marks a contour without references that lies outside the slices
         return ", ".join(uid + ("" if f is None else f" frame {f}") for uid, f in referenced)
     if off > MAX_OFF_PLANE_SLICES:
-        where = (
-            f"its referenced slice {k}"
-            if known
-            else f"any slice plane (nearest slice {k} of 0..{n_slices - 1})"
-        )
-        raise GeometryError(
-            f"{path}: ROI {name!r}: a contour lies {off:.3f} slices off {where}; the "
-            "structure set does not fit the reference image series"
-        )
-    return k
-
-
-def _slice_of(
-    contour: Dataset,
-    k_values: NDArray[np.float64],
-    uid_to_slice: dict[str, int],
-    n_slices: int,
-    path: Path,
-    name: str,
-) -> int:
-    """The slice index of one contour: its referenced SOP UID, else its position."""
-    referenced = [
-        uid_to_slice.get(str(image.get("ReferencedSOPInstanceUID", "")))
-        for image in contour.get("ContourImageSequence", [])
-    ]
-    known = [k for k in referenced if k is not None]
-    k = known[0] if known else int(np.round(np.median(k_values)))
-    off = float(np.abs(k_values - k).max())
-    if off > MAX_OFF_PLANE_SLICES or not 0 <= k < n_slices:
         where = (
             f"its referenced slice {k}"
             if known
@@ -390,99 +396,29 @@ def read_contours(
     Raises:
         UnreadableScanError, MissingReferenceError, GeometryError: as :func:`read`.
     """
-    if unplaced not in ("error", "skip"):
-        raise ValueError(f"unplaced must be 'error' or 'skip', got {unplaced!r}")
-    path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError) as exc:
-        raise UnreadableScanError(f"{path}: cannot be read as DICOM ({exc})") from exc
-    if str(ds.get("Modality", "")) != "RTSTRUCT" or "StructureSetROISequence" not in ds:
-        raise UnreadableScanError(
-            f"{path}: not an RT Structure Set (Modality {ds.get('Modality', '')!r})"
-        )
-    g = reference.geometry
-    ref_frame = reference.source.frame_of_reference_uid
-    frames = {str(ds.get("FrameOfReferenceUID", "") or "")} | {
-        str(f.get("FrameOfReferenceUID", ""))
-        for f in ds.get("ReferencedFrameOfReferenceSequence", [])
-    }
-    _require_referenced_series(ds, reference, path)
-    series_uids = tuple(
-        str(series.SeriesInstanceUID)
-        for frame in ds.get("ReferencedFrameOfReferenceSequence", [])
-        for study in frame.get("RTReferencedStudySequence", [])
-        for series in study.get("RTReferencedSeriesSequence", [])
-        if series.get("SeriesInstanceUID")
-    )
-    lookup = _slice_lookup(reference)
-    roi_contours = {
-        int(item.ReferencedROINumber): item
-        for item in ds.get("ROIContourSequence", [])
-        if "ReferencedROINumber" in item
-    }
-    rois: list[RoiContours] = []
-    missing: dict[str, list[tuple[str, float]]] = {}
-    for roi in ds.StructureSetROISequence:
-        number = int(roi.ROINumber)
-        name = str(roi.get("ROIName", "")) or f"ROI {number}"
-        roi_frame = str(roi.get("ReferencedFrameOfReferenceUID", ""))
-        for frame in {roi_frame} if roi_frame else frames:
-            if ref_frame and frame and frame != ref_frame:
-                raise GeometryError(
-                    f"{path}: ROI {name!r} is in frame of reference {frame}, but the "
-                    f"reference image {reference.source.describe()} is in {ref_frame}"
-                )
-        if any(r.name == name for r in rois):
-            warnings.warn(
-                f"{path}: duplicate ROI name {name!r}; ROI {number} read as "
-                f"{name + ' #' + str(number)!r}",
-                stacklevel=2,
-            )
-            name = f"{name} #{number}"
-        item = roi_contours.get(number, Dataset())
-        slices: dict[int, list[NDArray[np.float64]]] = {}
-        for contour in item.get("ContourSequence", []):
-            kind = str(contour.get("ContourGeometricType", "CLOSED_PLANAR"))
-            data = np.asarray([float(v) for v in contour.get("ContourData", [])], dtype=float)
-            if kind != "CLOSED_PLANAR" or data.size < 9 or data.size % 3:
-                warnings.warn(
-                    f"{path}: ROI {name!r}: skipping a {kind} contour with {data.size} "
-                    "ContourData values (only CLOSED_PLANAR contours of >= 3 points enclose "
-                    "voxels)",
-                    stacklevel=2,
-                )
-                continue
-            index = geo.world_to_index(g, data.reshape(-1, 3))
-            k = _place(contour, index[:, 0], lookup, g.shape[0], path, name)
-            if isinstance(k, str):
-                along_mm = float(np.median(index[:, 0])) * g.spacing_mm[0]
-                missing.setdefault(name, []).append((k, along_mm))
-                continue
-            slices.setdefault(k, []).append(index[:, 1:])
-        colour = item.get("ROIDisplayColor")
+    ds, placed = _place_contours(Path(path), reference, unplaced)
+    series_uids = _referenced_series_uids(ds)
+    rois = []
+    for roi in placed:
+        colour = roi.contour_item.get("ROIDisplayColor")
         rois.append(
             RoiContours(
-                number=number,
-                name=name,
+                number=roi.number,
+                name=roi.name,
                 colour_rgb=(
                     (int(colour[0]), int(colour[1]), int(colour[2]))
                     if colour is not None and len(colour) == 3
                     else None
                 ),
-                generation_description=str(roi.get("ROIGenerationDescription", "")) or None,
-                polygons={k: tuple(polygons) for k, polygons in sorted(slices.items())},
+                generation_description=str(roi.roi.get("ROIGenerationDescription", ""))
+                or None,
+                polygons={k: tuple(polygons) for k, polygons in sorted(roi.slices.items())},
             )
         )
-    if missing:
-        what = f"{path}: " + _describe_unplaced(missing, reference)
-        if unplaced == "error":
-            raise MissingReferenceError(what)
-        warnings.warn(f"{what}; these contours were skipped", stacklevel=2)
     header = reference.source.dicom_header
     description = str(header.get("SeriesDescription", "")) if header is not None else ""
     return StructureSetContours(
-        path=path,
+        path=Path(path),
         rois=tuple(rois),
         referenced_series_uids=series_uids,
         image_series_description=description or None,
