@@ -29,6 +29,34 @@ app = typer.Typer(
 
 
 
+class ExecutorChoice(str, enum.Enum):
+    """Where ``medseg batch`` and ``medseg pacs run`` run their cases."""
+
+    LOCAL = "local"
+    POOL = "pool"
+    RAY = "ray"
+
+
+# Options shared by the commands that run cases (predict, batch, pacs run, pacs listen).
+ModelOption = Annotated[
+    str, typer.Option("--model", help="Checkpoint path, runs:/<id>/model or models:/<name>/<v>.")
+]
+RunConfigOption = Annotated[
+    Path | None,
+    typer.Option(exists=True, dir_okay=False,
+                 help="Experiment YAML whose series_selection and batch apply (default: the model's)."),
+]
+WorkersOption = Annotated[
+    int, typer.Option(min=1, help="Worker processes; with --executor ray, CPUs of a local Ray.")
+]
+ExecutorOption = Annotated[
+    ExecutorChoice, typer.Option(help="local (a process pool when --workers > 1), pool or ray.")
+]
+RayAddressOption = Annotated[
+    str | None, typer.Option(help="Ray cluster to join (auto, ray://HOST:10001); default: start one.")
+]
+
+
 class MissingUidsChoice(str, enum.Enum):
     """What to do when the referenced CT has empty Study/Series Instance UIDs."""
 
@@ -138,9 +166,7 @@ def train(
 def predict(
     input_path: Annotated[Path, typer.Argument(exists=True, help="DICOM series folder or NIfTI.")],
     out_dir: Annotated[Path, typer.Argument(help="Output folder (must not exist).")],
-    model: Annotated[
-        str, typer.Option("--model", help="Checkpoint path, runs:/<id>/model or models:/<name>/<v>.")
-    ],
+    model: ModelOption,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Segment one scan: writes rtstruct.dcm, labels.nii.gz and volumes.json."""
@@ -273,14 +299,6 @@ def export_rtstruct(
     typer.echo(f"RT-STRUCT written: {path}")
 
 
-class ExecutorChoice(str, enum.Enum):
-    """Where ``medseg batch`` and ``medseg pacs run`` run their cases."""
-
-    LOCAL = "local"
-    POOL = "pool"
-    RAY = "ray"
-
-
 def _progress_bar() -> tuple[Any, Any]:
     """A rich progress bar on stderr (cases done/failed/skipped, ETA) and its update callback."""
     from rich.console import Console
@@ -322,23 +340,11 @@ def batch(
     output_root: Annotated[
         Path, typer.Argument(file_okay=False, help="Case folders, ledger.sqlite and summary.csv.")
     ],
-    model: Annotated[
-        str, typer.Option("--model", help="Checkpoint path, runs:/<id>/model or models:/<name>/<v>.")
-    ],
-    config: Annotated[
-        Path | None,
-        typer.Option(exists=True, dir_okay=False,
-                     help="Experiment YAML whose series_selection and batch apply (default: the model's)."),
-    ] = None,
-    workers: Annotated[
-        int, typer.Option(min=1, help="Worker processes; with --executor ray, CPUs of a local Ray.")
-    ] = 1,
-    executor: Annotated[
-        ExecutorChoice, typer.Option(help="local (a process pool when --workers > 1), pool or ray.")
-    ] = ExecutorChoice.LOCAL,
-    ray_address: Annotated[
-        str | None, typer.Option(help="Ray cluster to join (auto, ray://HOST:10001); default: start one.")
-    ] = None,
+    model: ModelOption,
+    config: RunConfigOption = None,
+    workers: WorkersOption = 1,
+    executor: ExecutorOption = ExecutorChoice.LOCAL,
+    ray_address: RayAddressOption = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run failed cases again even if unchanged.")
     ] = False,
@@ -374,9 +380,7 @@ def pacs_run(
         Path, typer.Argument(file_okay=False, help="Case folders, ledger.sqlite and summary.csv.")
     ],
     url: Annotated[str, typer.Option("--url", help="Orthanc REST API, http://HOST:PORT.")],
-    model: Annotated[
-        str, typer.Option("--model", help="Checkpoint path, runs:/<id>/model or models:/<name>/<v>.")
-    ],
+    model: ModelOption,
     modality: Annotated[
         list[str] | None, typer.Option("--modality", help="Series modality to take (repeat); default CT and MR.")
     ] = None,
@@ -386,20 +390,10 @@ def pacs_run(
         bool, typer.Option("--include-unstable", help="Also take studies still arriving.")
     ] = False,
     send: Annotated[bool, typer.Option(help="Send RT-STRUCT and SEG back to Orthanc.")] = True,
-    config: Annotated[
-        Path | None,
-        typer.Option(exists=True, dir_okay=False,
-                     help="Experiment YAML whose series_selection and batch apply (default: the model's)."),
-    ] = None,
-    workers: Annotated[
-        int, typer.Option(min=1, help="Worker processes; with --executor ray, CPUs of a local Ray.")
-    ] = 1,
-    executor: Annotated[
-        ExecutorChoice, typer.Option(help="local (a process pool when --workers > 1), pool or ray.")
-    ] = ExecutorChoice.LOCAL,
-    ray_address: Annotated[
-        str | None, typer.Option(help="Ray cluster to join (auto, ray://HOST:10001); default: start one.")
-    ] = None,
+    config: RunConfigOption = None,
+    workers: WorkersOption = 1,
+    executor: ExecutorOption = ExecutorChoice.LOCAL,
+    ray_address: RayAddressOption = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run failed studies again even if unchanged.")
     ] = False,
@@ -440,9 +434,7 @@ def pacs_listen(
     output_root: Annotated[
         Path, typer.Argument(file_okay=False, help="Received files, case folders, ledger.sqlite.")
     ],
-    model: Annotated[
-        str, typer.Option("--model", help="Checkpoint path, runs:/<id>/model or models:/<name>/<v>.")
-    ],
+    model: ModelOption,
     aet: Annotated[str, typer.Option("--aet", help="AE title of the listener.")] = "MEDSEG",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="DICOM port.")] = 11112,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "0.0.0.0",
@@ -452,11 +444,7 @@ def pacs_listen(
     quiet_period: Annotated[
         float, typer.Option("--quiet-period", min=0.0, help="Seconds without new instances before a study runs.")
     ] = 30.0,
-    config: Annotated[
-        Path | None,
-        typer.Option(exists=True, dir_okay=False,
-                     help="Experiment YAML whose series_selection and batch apply (default: the model's)."),
-    ] = None,
+    config: RunConfigOption = None,
 ) -> None:
     """Receive studies by C-STORE, segment each once it is complete, send the results on."""
     from medseg.config import load_config
