@@ -69,14 +69,8 @@ def _load_cases(entries: Sequence[dict[str, str]], root: Path, prefix: str) -> t
     return tuple(cases)
 
 
-def load_training_cases(path: Path) -> tuple[LabelledCase, ...]:
-    """Every case of a datalist's ``training`` list (ids ``training_000``...), for k-fold.
-
-    Raises:
-        ConfigError: malformed JSON or entries, or an empty ``training`` list.
-        InputError: an image or label cannot be read, or their grids differ.
-    """
-    path = Path(path)
+def _read_entries(path: Path) -> tuple[list[dict[str, str]], dict[str, object]]:
+    """The ``training`` entries (checked, non-empty) and the whole JSON object of a datalist."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -86,6 +80,18 @@ def load_training_cases(path: Path) -> tuple[LabelledCase, ...]:
     training = _entries(raw.get("training"), "training", path)
     if not training:
         raise ConfigError(f"{path}: the 'training' list is empty")
+    return training, raw
+
+
+def load_training_cases(path: Path) -> tuple[LabelledCase, ...]:
+    """Every case of a datalist's ``training`` list (ids ``training_000``...), for k-fold.
+
+    Raises:
+        ConfigError: malformed JSON or entries, or an empty ``training`` list.
+        InputError: an image or label cannot be read, or their grids differ.
+    """
+    path = Path(path)
+    training, _ = _read_entries(path)
     try:
         return _load_cases(training, path.parent, "training")
     except InputError as exc:
@@ -105,16 +111,8 @@ def load_datalist(path: Path, *, validation_cases: int = 1) -> Datalist:
         InputError: an image or label cannot be read, or their grids differ.
     """
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read datalist ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a datalist must be a JSON object with a 'training' list")
-    training = _entries(raw.get("training"), "training", path)
+    training, raw = _read_entries(path)
     validation = _entries(raw.get("validation"), "validation", path)
-    if not training:
-        raise ConfigError(f"{path}: the 'training' list is empty")
     if not validation:
         if len(training) <= validation_cases:
             raise ConfigError(
