@@ -154,7 +154,7 @@ def write_report(
     if rtstruct_path is not None:
         structure_set = rtstruct_read.read_contours(Path(rtstruct_path), image)
         exported = structure_set.by_name()
-        exported_masks = rtstruct_read.read(Path(rtstruct_path), image)
+        exported_masks = structure_set.masks(image)
         series_description = structure_set.image_series_description or series_description
         generation = sorted({r.generation_description or "" for r in structure_set.rois} - {""})
         missing = [name for name in names.values() if name not in exported]

@@ -10,6 +10,7 @@ public name.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,11 +83,8 @@ def read(path: Path, reference: Volume, *, unplaced: str = "error") -> dict[str,
     g = reference.geometry
     out: dict[str, Volume] = {}
     for roi in placed:
-        mask = np.zeros(g.shape, dtype=np.uint8)
-        for k, polygons in roi.slices.items():
-            mask[k] = contours.polygons_to_mask(polygons, g.shape[1:])
         out[roi.name] = Volume(
-            mask,
+            _rasterise(roi.slices, g.shape),
             g,
             VolumeKind.LABELS,
             SourceInfo(
@@ -101,6 +99,16 @@ def read(path: Path, reference: Volume, *, unplaced: str = "error") -> dict[str,
             ),
         )
     return out
+
+
+def _rasterise(
+    slices: Mapping[int, Sequence[NDArray[np.float64]]], shape: tuple[int, int, int]
+) -> NDArray[np.uint8]:
+    """0/1 mask of ``shape`` from each slice's polygons (even-odd rule, voxel centres)."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    for k, polygons in slices.items():
+        mask[k] = contours.polygons_to_mask(polygons, shape[1:])
+    return mask
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +372,16 @@ class StructureSetContours:
     rois: tuple[RoiContours, ...]
     referenced_series_uids: tuple[str, ...]
     image_series_description: str | None
+
+    def masks(self, reference: Volume) -> dict[str, Volume]:
+        """ROI name -> its rasterisation on ``reference`` (the image these contours were
+        placed on), as :func:`read` gives it, without reading the file again."""
+        return {
+            roi.name: reference.with_array(
+                _rasterise(roi.polygons, reference.geometry.shape), kind=VolumeKind.LABELS
+            )
+            for roi in self.rois
+        }
 
     def by_name(self) -> dict[str, RoiContours]:
         """ROI name -> contours."""

@@ -76,6 +76,7 @@ def test_polygons_rasterise_to_the_exported_masks_and_to_read(
         raster = _rasterise(found, name, GRID.shape)
         np.testing.assert_array_equal(raster, mask)  # the hole of the ring included
         np.testing.assert_array_equal(raster, by_read[name].array.astype(bool))
+        np.testing.assert_array_equal(found.masks(reference)[name].array, by_read[name].array)
     ring = found.by_name()["Ring"]
     assert sorted(ring.polygons) == list(range(2, 9))
     assert ring.colour_rgb == (10, 200, 30)
