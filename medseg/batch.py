@@ -15,6 +15,7 @@ Only the driver (the process calling :func:`run_cases`) writes the ledger, so it
 source of truth whatever the executor. Layout of ``OUTPUT_ROOT``::
 
     ledger.sqlite          cases, attempts, runs and PACS deliveries (SQLite)
+    .medseg-salt           the key of this root's case ids (keep it with the ledger)
     summary.csv            one row per case of the latest run
     cases/<case_id>/       rtstruct.dcm, seg.dcm, labels.nii.gz, volumes.json, lesions.csv,
                            report/ and case.json (what produced the folder)
@@ -30,9 +31,13 @@ are marked done without running again, otherwise they run. A done case runs agai
 its input fingerprint or the model changed; a failed one when its input changed or with
 ``retry_failed``.
 
-Case ids are ``case-`` and 16 hex digits of a SHA-256 of the StudyInstanceUID, so logs and the
-ledger carry no patient names, IDs or folder names; logs name cases by id and errors by class
-only (the messages, which may name input files, go to the ledger and ``summary.csv``).
+Case ids are ``case-`` and 16 hex digits of an HMAC-SHA256 of the StudyInstanceUID keyed with
+the output root's random salt (``OUTPUT_ROOT/.medseg-salt``, :mod:`medseg.privacy`), so logs
+and the ledger carry no patient names, IDs or folder names, and an id cannot be matched to a
+guessed UID without the salt. Logs name cases by id and errors by class only; the messages go
+to the ledger and ``summary.csv`` and name the numbered links of ``.staging/<case_id>/``, never
+input paths. With ``privacy.log_identifiers`` (``--config``), each case's input folder is
+logged too.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import shutil
 import sqlite3
 import time
@@ -58,10 +64,11 @@ from pathlib import Path
 from typing import Any, Protocol, Self
 
 import medseg
-from medseg.config import BatchConfig, SeriesSelection
+from medseg.config import BatchConfig, PrivacyConfig, SeriesSelection
 from medseg.errors import ConfigError, InputError, MedsegError, UnreadableScanError
 from medseg.io.discovery import Inventory, scan_folder, select_series
 from medseg.io.files import atomic_dir, atomic_path
+from medseg.privacy import load_salt, pseudonym
 
 __all__ = [
     "CASES_DIR",
@@ -239,14 +246,16 @@ class BatchSummary:
 # discovery and fingerprints
 
 
-def case_id_for(uid: str) -> str:
-    """The PHI-free case id of a study: ``case-`` + 16 hex digits of SHA-256 of its UID.
+def case_id_for(uid: str, salt: bytes) -> str:
+    """The PHI-free case id of a study: ``case-`` + 16 hex digits of HMAC-SHA256(salt, UID).
+
+    ``salt`` is the output root's (:func:`medseg.privacy.load_salt`).
 
     Example:
-        >>> case_id_for("1.2.3")
-        'case-7b393a7bc90017c9'
+        >>> case_id_for("1.2.3", b"0" * 32)
+        'case-bff0413eec9998a5'
     """
-    return "case-" + hashlib.sha256(f"medseg-case:{uid}".encode()).hexdigest()[:16]
+    return pseudonym(uid, salt)
 
 
 def _fingerprint(series_uid: str, files: Sequence[Path], root: Path, mode: str) -> str:
@@ -263,25 +272,35 @@ def _fingerprint(series_uid: str, files: Sequence[Path], root: Path, mode: str) 
 
 
 def discover_cases(
-    input_root: Path, selection: SeriesSelection, settings: BatchConfig | None = None
+    input_root: Path,
+    selection: SeriesSelection,
+    settings: BatchConfig | None = None,
+    *,
+    salt: bytes,
+    privacy: PrivacyConfig | None = None,
 ) -> tuple[CaseSpec, ...]:
     """One :class:`CaseSpec` per study under ``input_root`` (headers only; pixels unread).
 
     A study where the selection rules find no series (or several) is a case that already
     failed with the :class:`~medseg.errors.InputError` that lists its series; a file that
     looks like DICOM but cannot be parsed (and so belongs to no known study) is a failed case
-    ``file-<hash>`` with an :class:`~medseg.errors.UnreadableScanError`.
+    ``file-<hash>`` with an :class:`~medseg.errors.UnreadableScanError`. Case ids are keyed
+    with ``salt``; with ``privacy.log_identifiers`` each case's input folder is logged.
 
     Raises:
         UnreadableScanError: ``input_root`` is not a directory.
     """
     settings = settings or BatchConfig()
+    show = (privacy or PrivacyConfig()).log_identifiers
     root = Path(input_root)
     inventory = scan_folder(root)
     specs: list[CaseSpec] = []
     for study in inventory.studies:
         key = study.study_instance_uid or study.series[0].series_instance_uid
-        case_id = case_id_for(key)
+        case_id = case_id_for(key, salt)
+        if show:
+            folder = os.path.commonpath([str(f) for s in study.series for f in s.files])
+            log.info("case %s: input %s (privacy.log_identifiers)", case_id, folder)
         # the case id stands in for the folder in messages: folder names may hold names
         sub = Inventory(Path(case_id), (study,), (), 0, 0)
         try:
@@ -301,7 +320,9 @@ def discover_cases(
         ))
     for problem in inventory.problems:
         # the message would name the file, and folder names may hold patient names
-        case_id = "file-" + hashlib.sha256("\0".join(problem.files).encode()).hexdigest()[:16]
+        case_id = pseudonym("\0".join(problem.files), salt, prefix="file-")
+        if show:
+            log.info("case %s: input %s (privacy.log_identifiers)", case_id, problem.files[0])
         message = (f"{case_id}: a file under the input root looks like DICOM but cannot be "
                    f"parsed; `medseg inspect INPUT_ROOT` names it")
         specs.append(CaseSpec(case_id, "", None, "", error=(UnreadableScanError.__name__, message)))
@@ -1025,11 +1046,13 @@ def run_batch(
     retry_failed: bool = False,
     ray_address: str | None = None,
     progress: Callable[[BatchProgress], None] | None = None,
+    privacy: PrivacyConfig | None = None,
 ) -> BatchSummary:
     """Segment every study under ``input_root`` into ``output_root`` (see the module doc).
 
     ``input_root`` is only read. ``selection`` and ``settings`` default to the model's own
-    config (``series_selection``, ``batch``).
+    config (``series_selection``, ``batch``); ``privacy`` does not (a model may come from
+    anywhere): its default logs no input folders.
 
     Raises:
         ModelError: the model cannot be resolved or loaded (nothing runs).
@@ -1044,7 +1067,8 @@ def run_batch(
     loaded = load_model(ref.path)  # fail early, before any case, on a bad model
     selection = selection or loaded.config.series_selection
     settings = settings or loaded.config.batch
-    specs = discover_cases(Path(input_root), selection, settings)
+    specs = discover_cases(Path(input_root), selection, settings,
+                           salt=load_salt(output_root), privacy=privacy)
     return run_cases(
         specs, output_root, ref, link_inputs(Path(input_root)), source="folder",
         executor=executor, workers=workers, retry_failed=retry_failed,

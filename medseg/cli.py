@@ -139,7 +139,12 @@ def train(
                      help="Continue an interrupted run from its last.pt."),
     ] = None,
 ) -> None:
-    """Train a model from an experiment config; tracked in MLflow."""
+    """Train a model from an experiment config; tracked in MLflow.
+
+    Distributed: `torchrun --nproc_per_node N -m medseg train CONFIG` (DDP; gloo on CPU, NCCL on
+    CUDA; rank 0 alone logs to MLflow and writes checkpoints).
+    """
+    from medseg import distributed
     from medseg.config import load_config
     from medseg.crossval import train_folds
     from medseg.pipeline import train_from_config
@@ -150,12 +155,16 @@ def train(
         raise typer.BadParameter("--resume continues one run, not folds", param_hint="--resume")
     try:
         experiment = load_config(config)
-        if fold is None and folds is None:
-            results = [train_from_config(experiment, out, resume_from=resume)]
-        else:
-            results = train_folds(experiment, out, None if fold is None else [fold])
+        # under `torchrun --nproc_per_node N -m medseg train`: one DDP process group
+        with distributed.session(experiment.train.device) as (rank, _):
+            if fold is None and folds is None:
+                results = [train_from_config(experiment, out, resume_from=resume)]
+            else:
+                results = train_folds(experiment, out, None if fold is None else [fold])
     except MedsegError as error:
         _fail(error)
+    if rank != 0:
+        return
     for result in results:
         typer.echo(f"best checkpoint: {result.checkpoint_path} (epoch {result.best_epoch}, "
                    f"val Dice {result.best_val_dice})")
@@ -363,6 +372,7 @@ def batch(
                 settings=experiment.batch if experiment else None,
                 executor=Executor(executor.value), workers=workers, retry_failed=retry_failed,
                 ray_address=ray_address, progress=update,
+                privacy=experiment.privacy if experiment else None,
             )
     except MedsegError as error:
         _fail(error)

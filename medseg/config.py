@@ -48,6 +48,7 @@ __all__ = [
     "ModelConfig",
     "PostprocessConfig",
     "PreprocessConfig",
+    "PrivacyConfig",
     "SeriesSelection",
     "TrackingConfig",
     "TrainConfig",
@@ -121,10 +122,29 @@ class PreprocessConfig(_Section):
             (nearest) to it; inference resamples the image to it and the prediction back onto
             the input grid. ``None`` (the default, and every config written before this field
             existed): the network sees each image at its own spacing.
+        orientation: ``"LPS"``: the network sees every image with slices towards S, rows
+            towards P and columns towards L (a lossless transpose/flip of the stored voxels,
+            :func:`medseg.geometry.canonical_reorientation`; predictions are mapped back
+            exactly), so feet-first or sagittally stored scans look like the rest.
+            ``"as_stored"`` (the default, and configs written before this field existed): the
+            array order of the file.
+        intensity: ``"window"`` (the default): ``[lower_hu, upper_hu]`` mapped onto
+            ``[0, 1]``, for CT. ``"zscore"``: clipped to ``[lower_hu, upper_hu]``, then minus
+            the image's mean and divided by its standard deviation (over the voxels above
+            ``lower_hu``, the body), as nnU-Net normalises MR; set a wide window for MR.
+        crop_foreground: training only: each case is cut to the bounding box of its voxels
+            above ``lower_hu`` and its labels, plus ``crop_margin_mm``, before patches are drawn
+            (as nnU-Net crops to the non-zero region), so air costs neither memory nor patches.
+            Inference tiles the body box anyway (``infer.body_threshold_hu``).
+        crop_margin_mm: margin around the foreground box.
     """
 
     lower_hu: StrictFloat
     upper_hu: StrictFloat
+    orientation: Literal["as_stored", "LPS"] = "as_stored"
+    intensity: Literal["window", "zscore"] = "window"
+    crop_foreground: StrictBool = False
+    crop_margin_mm: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 10.0
     spacing_mm: (
         tuple[
             Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
@@ -230,6 +250,11 @@ class TrainConfig(_Section):
         samples_per_case: patches drawn from each training case per epoch.
         foreground_fraction: probability that a patch is centred on a foreground voxel
             (the rest are centred anywhere), as MONAI's ``RandCropByPosNegLabel``.
+        foreground_sampling: how that foreground voxel is chosen: ``"voxel"`` (the default):
+            any labelled voxel alike, so large structures get most patches;
+            ``"class_balanced"``: first a label present in the case, each alike, then one of
+            its voxels, as MONAI's ``RandCropByLabelClasses`` with equal ratios, so a 0.05 mL
+            cochlea is a patch centre as often as a lung.
         learning_rate: peak learning rate of the optimiser.
         loss: MONAI loss on softmax outputs and one-hot labels, averaged over the batch:
             ``"dice_ce"`` = ``DiceCELoss``, ``"dice"`` = ``DiceLoss``, ``"dice_focal"`` =
@@ -272,6 +297,7 @@ class TrainConfig(_Section):
     batch_size: PositiveInt = 2
     samples_per_case: PositiveInt = 4
     foreground_fraction: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.5
+    foreground_sampling: Literal["voxel", "class_balanced"] = "voxel"
     learning_rate: Annotated[StrictFloat, Field(gt=0.0)] = 1e-3
     loss: Literal["dice_ce", "dice", "dice_focal"] = "dice_ce"
     val_every: PositiveInt = 1
@@ -412,7 +438,8 @@ class SeriesSelection(_Section):
 
 
 class IngestConfig(_Section):
-    """What to do with DICOM inputs that cannot be used exactly as stored.
+    """What to do with DICOM inputs that cannot be used exactly as stored, and how large an
+    image any loader (DICOM, NIfTI, NRRD, SEG) may read.
 
     Every default refuses (a named error); a non-default value repairs explicitly and warns,
     naming the slices or the angle. Duplicate positions, mixed orientations and mixed pixel
@@ -429,12 +456,21 @@ class IngestConfig(_Section):
         unplaced_contours: RT-STRUCT contours whose slice or frame is not in the reference
             series, or that lie outside it: ``"error"`` (a ``MissingReferenceError`` listing
             them), or ``"skip"`` them with a warning and import the rest.
+        max_voxels: largest image a file or series may declare (slices x rows x columns,
+            from its header), checked before any pixel is read: more is a
+            ``ResourceLimitError``. The default, 2**31, is 16 times a 512 x 512 x 512 CT.
+        max_bytes: largest array (bytes) that loading an image may allocate for it: voxels
+            x the larger of the stored and the loaded bytes per voxel (float32 for
+            rescaled or resampled DICOM, float64 for scaled NIfTI); more is a
+            ``ResourceLimitError``. Default 8 GiB.
     """
 
     irregular_slices: Literal["error", "resample"] = "error"
     gantry_tilt: Literal["error", "resample"] = "error"
     max_interpolated_slices: PositiveInt = 2
     unplaced_contours: Literal["error", "skip"] = "error"
+    max_voxels: PositiveInt = 2**31
+    max_bytes: PositiveInt = 8 * 2**30
 
 
 class BatchConfig(_Section):
@@ -454,6 +490,22 @@ class BatchConfig(_Section):
     fingerprint: Literal["stat", "content"] = "stat"
     cpus_per_case: Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)] = 1.0
     gpus_per_case: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+
+
+class PrivacyConfig(_Section):
+    """What logs and records may name (see ``medseg.privacy``).
+
+    Attributes:
+        log_identifiers: ``false`` (default): logs, progress output, MLflow, error messages
+            in the ledger and ``summary.csv`` name cases by pseudonym (``case-<salted
+            hash>``, ``case_000``) only, never by input folder (hospital exports often name
+            folders after the patient). ``true``: also log each case's input folder, and
+            skipped training patients by folder, to map pseudonyms back while debugging.
+            ``medseg batch`` takes this from ``--config`` only, never from a model's own
+            config.
+    """
+
+    log_identifiers: StrictBool = False
 
 
 class LabelPostprocessConfig(_Section):
@@ -555,6 +607,7 @@ class ExperimentConfig(_Section):
     series_selection: SeriesSelection = SeriesSelection()
     batch: BatchConfig = BatchConfig()
     ingest: IngestConfig = IngestConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _sizes_fit_the_network(self) -> ExperimentConfig:

@@ -10,7 +10,9 @@ as an artifact.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 from medseg import data, datasets, splits
 from medseg.config import ExperimentConfig
 from medseg.errors import ConfigError
+from medseg.privacy import redact
 
 __all__ = ["SPLIT_FILE", "load_cases", "train_folds"]
 
@@ -37,6 +40,7 @@ def train_folds(
             split file names other cases than the datalist.
     """
     from medseg import tracking
+    from medseg.distributed import is_main_process
     from medseg.train import train
 
     cases = load_cases(config)
@@ -59,11 +63,14 @@ def train_folds(
         pairs = [(cases[i].image, cases[i].labels) for i in fold.train]
         val_pairs = [(cases[i].image, cases[i].labels) for i in fold.validation]
         run_name = f"{config.tracking.experiment}-fold{k}"
-        with tracking.Tracker(config, run_name=run_name) as tracker:
-            tracker.set_tags(
-                {"fold": str(k), "dataset_fingerprint": splits.dataset_fingerprint(list(cases))}
-            )
-            tracker.log_artifact(split_path, "splits")
+        main = is_main_process()  # under torchrun only rank 0 has an MLflow run
+        scope = tracking.Tracker(config, run_name=run_name) if main else contextlib.nullcontext()
+        with scope as tracker:
+            if tracker is not None:
+                tracker.set_tags(
+                    {"fold": str(k), "dataset_fingerprint": splits.dataset_fingerprint(list(cases))}
+                )
+                tracker.log_artifact(split_path, "splits")
             results.append(train(config, pairs, val_pairs, out_dir / f"fold_{k}", tracker))
     return results
 
@@ -72,7 +79,9 @@ def load_cases(config: ExperimentConfig) -> dict[str, data.LabelledCase]:
     """Case id -> case, from ``data.datalist`` (its ``training`` list) or ``data.dicom_root``.
 
     Patients of a DICOM source that cannot be used (no RT-STRUCT, a label without ROI) are
-    logged as warnings and left out.
+    logged as warnings and left out. Their messages, and the warnings of reading the
+    patients, name each patient folder by its case id (``<case_002>``), since folder names
+    are often patient names or IDs; ``privacy.log_identifiers`` keeps the paths.
 
     Raises:
         ConfigError: if neither source is set, DICOM label values differ from
@@ -85,14 +94,31 @@ def load_cases(config: ExperimentConfig) -> dict[str, data.LabelledCase]:
                 f"data.labels values {sorted(source.labels)} must be model.labels values "
                 f"{sorted(config.model.labels)}"
             )
-        dataset = datasets.load_dicom_rtstruct_folder(
-            Path(source.dicom_root),
-            source.labels,
-            cache_dir=source.cache_dir,
-            preprocess=config.preprocess.model_dump(),
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = datasets.load_dicom_rtstruct_folder(
+                Path(source.dicom_root),
+                source.labels,
+                cache_dir=source.cache_dir,
+                preprocess=config.preprocess.model_dump(),
+            )
+        folders = {**dataset.folders, **{s.case_id: s.folder for s in dataset.skipped}}
+        names = (
+            {}
+            if config.privacy.log_identifiers
+            else {
+                str(path): f"<{case_id}>"
+                for case_id, folder in folders.items()
+                for path in (folder, folder.absolute(), folder.resolve())
+            }
         )
+        for caught_warning in caught:
+            warnings.warn(
+                redact(str(caught_warning.message), names), caught_warning.category, stacklevel=2
+            )
         for skipped in dataset.skipped:
-            _log.warning("skipped %s: %s", skipped.folder, skipped.reason)
+            where = skipped.folder if config.privacy.log_identifiers else skipped.case_id
+            _log.warning("skipped %s: %s", where, redact(skipped.reason, names))
         if not dataset.cases:
             raise ConfigError(f"{source.dicom_root}: no usable patient folder")
         return {c.case_id: c for c in dataset.cases}

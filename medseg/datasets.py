@@ -48,10 +48,12 @@ _CACHE_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class SkippedCase:
-    """A patient folder left out, and why (PHI-free: folder path and ROI names only)."""
+    """A patient folder left out, and why (folder path and ROI names only; the folder's name
+    may be a patient's, so logs name the case by ``case_id``, which it would have had)."""
 
     folder: Path
     reason: str
+    case_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +148,7 @@ def load_dicom_rtstruct_folder(
             try:
                 image, label_map = _convert(folder, labels)
             except MedsegError as exc:
-                skipped.append(SkippedCase(folder, str(exc)))
+                skipped.append(SkippedCase(folder, str(exc), case_id))
                 continue
             if cache_dir is not None:
                 _write_cache(Path(cache_dir) / f"{key}.npz", image, label_map)

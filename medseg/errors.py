@@ -5,6 +5,8 @@
     MedsegError                      anything medseg raises on purpose
     ├── InputError                   the input cannot be used as given
     │   ├── UnreadableScanError      no readable image: empty folder, not DICOM, corrupt file
+    │   ├── ResourceLimitError       the declared image size (voxels or bytes) is over the
+    │   │                            configured maximum (IngestConfig.max_voxels / max_bytes)
     │   └── GeometryError            geometry is invalid, inconsistent or does not match
     │       ├── MissingSliceError        a gap of about k x the slice spacing in a DICOM series
     │       ├── DuplicateSliceError      two slices of one series at the same position
@@ -37,6 +39,7 @@ __all__ = [
     "MixedOrientationError",
     "MixedPixelSpacingError",
     "ModelError",
+    "ResourceLimitError",
     "UnevenSpacingError",
     "UnreadableScanError",
 ]
@@ -52,6 +55,12 @@ class InputError(MedsegError):
 
 class UnreadableScanError(InputError):
     """No readable image at the path: empty folder, no DICOM, corrupt or truncated file."""
+
+
+class ResourceLimitError(InputError):
+    """The image a file declares (rows x columns x frames, or a header's dimensions) is larger
+    than ``IngestConfig.max_voxels`` voxels or ``max_bytes`` bytes; refused before any
+    allocation. The message gives the size asked for and the limit."""
 
 
 class GeometryError(InputError):

@@ -461,3 +461,93 @@ def reorder_to_grid(array: NDArray[Any], source: Geometry, target: Geometry) -> 
     # axis a of the result reads source axis permutation[a]
     reordered = np.transpose(np.asarray(array), permutation.tolist())
     return np.ascontiguousarray(reordered[np.ix_(*index)])
+
+
+# ---------------------------------------------------------------------------------------------
+# canonical orientation
+
+#: World axis (LPS index) each array axis points along on a canonical grid: slices along z
+#: (towards S), rows along y (towards P), columns along x (towards L), as SimpleITK's
+#: ``DICOMOrient(image, "LPS")`` orders its (x, y, z) axes.
+_CANONICAL_WORLD_AXIS = (2, 1, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Reorientation:
+    """The same voxels stored in canonical axis order and direction, and the way back.
+
+    Axis ``a`` of the canonical array is axis ``permutation[a]`` of the source array, reversed
+    where ``flips[a]``. Both directions are views (a transpose and flips), never copies or
+    interpolation, so labels survive the round trip exactly.
+
+    Attributes:
+        source: the grid as stored.
+        target: the canonical grid (the same voxel centres).
+        permutation: source axis of each canonical axis.
+        flips: whether each canonical axis runs opposite to its source axis.
+    """
+
+    source: Geometry
+    target: Geometry
+    permutation: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the source grid is already canonical."""
+        return self.permutation == (0, 1, 2) and not any(self.flips)
+
+    def apply(self, array: NDArray[Any]) -> NDArray[Any]:
+        """A view of ``array`` (source order, spatial axes last) in canonical order."""
+        lead = array.ndim - 3
+        axes = [*range(lead), *(lead + p for p in self.permutation)]
+        view = np.transpose(array, axes)
+        flipped = tuple(lead + a for a in range(3) if self.flips[a])
+        return np.flip(view, flipped) if flipped else view
+
+    def restore(self, array: NDArray[Any]) -> NDArray[Any]:
+        """A view of ``array`` (canonical order, spatial axes last) in the source order."""
+        lead = array.ndim - 3
+        flipped = tuple(lead + a for a in range(3) if self.flips[a])
+        view = np.flip(array, flipped) if flipped else array
+        inverse = np.argsort(self.permutation)
+        return np.transpose(view, [*range(lead), *(lead + int(i) for i in inverse)])
+
+
+def canonical_reorientation(geometry: Geometry) -> Reorientation:
+    """How to store ``geometry``'s voxels with slices towards S, rows towards P, columns
+    towards L (each array axis assigned to the world axis it is closest to).
+
+    Oblique grids stay oblique (no interpolation): the canonical grid is the signed axis
+    permutation of the source closest to the axial direction. The choice maximises the sum of
+    the matched direction components over the 6 permutations, so 45-degree ties are resolved
+    the same way every time.
+
+    Example:
+        >>> feet_first = Geometry((3, 4, 5), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+        ...                       (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0))
+        >>> r = canonical_reorientation(feet_first)
+        >>> r.permutation, r.flips, r.target.origin_mm
+        ((0, 1, 2), (True, False, False), (0.0, 0.0, -4.0))
+    """
+    import itertools
+
+    d = geometry.direction_matrix
+    best = max(
+        itertools.permutations(range(3)),
+        key=lambda perm: sum(abs(d[_CANONICAL_WORLD_AXIS[c], perm[c]]) for c in range(3)),
+    )
+    permutation = (int(best[0]), int(best[1]), int(best[2]))
+    flips = tuple(bool(d[_CANONICAL_WORLD_AXIS[c], permutation[c]] < 0) for c in range(3))
+    first = [0, 0, 0]  # source index of the canonical voxel (0, 0, 0)
+    for c in range(3):
+        if flips[c]:
+            first[permutation[c]] = geometry.shape[permutation[c]] - 1
+    columns = [d[:, permutation[c]] * (-1.0 if flips[c] else 1.0) for c in range(3)]
+    target = Geometry(
+        shape=tuple(geometry.shape[p] for p in permutation),  # type: ignore[arg-type]
+        spacing_mm=tuple(geometry.spacing_mm[p] for p in permutation),  # type: ignore[arg-type]
+        origin_mm=tuple(float(v) for v in index_to_world(geometry, first)),  # type: ignore[arg-type]
+        direction=tuple(float(v) for v in np.column_stack(columns).ravel()),
+    )
+    return Reorientation(geometry, target, permutation, (flips[0], flips[1], flips[2]))

@@ -131,7 +131,22 @@ def _predict(
     dtype: type[np.floating] = np.float32,
 ) -> NDArray[np.generic]:
     preprocess.require_finite_image(image, "prediction")
+    if model.config.preprocess.orientation == "LPS":
+        canonical, reorientation = preprocess.reorient(image)
+        if not reorientation.is_identity:  # predict on the canonical view, then map back
+            out = _predict_on_grid(model, canonical, want, dtype)
+            return np.ascontiguousarray(reorientation.restore(out))
+    return _predict_on_grid(model, image, want, dtype)
+
+
+def _predict_on_grid(
+    model: LoadedModel,
+    image: Volume,
+    want: Literal["labels", "probabilities"],
+    dtype: type[np.floating],
+) -> NDArray[np.generic]:
     infer, pre = model.config.infer, model.config.preprocess
+    normalise = preprocess.normaliser(image.array, pre)  # statistics of the whole image
     n_classes = 1 + len(model.label_names)
     shape = image.geometry.shape
     if want == "labels":
@@ -161,7 +176,7 @@ def _predict(
                 labels = _argmax_uint8(scores)
                 target[first : first + labels.shape[0]] = labels
 
-            _sliding_window(hu, pre, infer, n_classes, predictor, to_labels, normalise=False)
+            _sliding_window(hu, pre, infer, n_classes, predictor, to_labels, normalise, divide=False)
             return out
         scores = np.zeros((n_classes, *grid.shape), dtype=np.float16)
 
@@ -170,7 +185,7 @@ def _predict(
                 block = torch.softmax(block, dim=0)
             scores[:, first : first + block.shape[1]] = block.numpy()
 
-        _sliding_window(hu, pre, infer, n_classes, predictor, keep, normalise=True)
+        _sliding_window(hu, pre, infer, n_classes, predictor, keep, normalise, divide=True)
 
     if want == "labels":
         out[inside] = preprocess.resample_scores_to_labels(scores, grid, crop)
@@ -233,15 +248,17 @@ def _sliding_window(
     n_classes: int,
     predictor: _Predictor,
     sink: _Sink,
+    normalise: Callable[[NDArray[np.generic]], NDArray[np.float32]],
     *,
-    normalise: bool,
+    divide: bool,
 ) -> None:
     """Run every window over ``hu`` and hand finished slices to ``sink`` in order.
 
-    ``sink`` gets the weighted sum of logits per voxel, divided by the sum of weights when
-    ``normalise`` (argmax does not need the division: the weights are the same for every
-    class). Images smaller than a window are padded symmetrically with ``lower_hu`` (0 after
-    scaling, as MONAI pads) and the padding is cut off again before ``sink`` sees it.
+    ``normalise`` maps a slab of ``hu`` to network input. ``sink`` gets the weighted sum of
+    logits per voxel, divided by the sum of weights when ``divide`` (argmax does not need the
+    division: the weights are the same for every class). Images smaller than a window are
+    padded symmetrically with ``lower_hu`` (0 after the CT window, as MONAI pads) and the
+    padding is cut off again before ``sink`` sees it.
     """
     roi = infer.roi_size
     before = [max(0, r - s) // 2 for r, s in zip(roi, hu.shape, strict=True)]
@@ -253,22 +270,23 @@ def _sliding_window(
     weight = compute_importance_map(tuple(roi), mode=infer.blend, device="cpu")
     depth, rows, columns = roi[0], size[1], size[2]
     summed = torch.zeros((n_classes, depth, rows, columns), dtype=torch.float16)
-    weights = torch.zeros((depth, rows, columns), dtype=torch.float32) if normalise else None
+    weights = torch.zeros((depth, rows, columns), dtype=torch.float32) if divide else None
     plane = list(itertools.product(starts[1], starts[2]))
     keep_rows = slice(before[1], before[1] + size[1] - pad[1][0] - pad[1][1])
     keep_columns = slice(before[2], before[2] + size[2] - pad[2][0] - pad[2][1])
     n_slices = size[0] - pad[0][0] - pad[0][1]
 
     for index, z in enumerate(starts[0]):
-        slab = torch.from_numpy(preprocess.window_intensity(hu[z : z + depth], pre))
+        slab = torch.from_numpy(normalise(hu[z : z + depth]))
         corners_in_slab = plane
         if infer.body_threshold_hu is not None:
-            # a window of nothing but air (every voxel at or below lower_hu, 0 after scaling)
-            # is not run: its voxels get background unless another window covers them. Such a
-            # window is numerically meaningless anyway: instance normalisation of a constant
-            # input amplifies float rounding to arbitrary logits.
+            # a window of nothing but air (every voxel at or below lower_hu, a constant after
+            # scaling) is not run: its voxels get background unless another window covers
+            # them. Such a window is numerically meaningless anyway: instance normalisation
+            # of a constant input amplifies float rounding to arbitrary logits.
+            above = torch.from_numpy(np.greater(hu[z : z + depth], pre.lower_hu))
             corners_in_slab = [
-                (y, x) for y, x in plane if bool(slab[:, y : y + roi[1], x : x + roi[2]].any())
+                (y, x) for y, x in plane if bool(above[:, y : y + roi[1], x : x + roi[2]].any())
             ]
         for first in range(0, len(corners_in_slab), infer.sw_batch_size):
             corners = corners_in_slab[first : first + infer.sw_batch_size]
@@ -329,6 +347,7 @@ def _inference_settings(model: LoadedModel) -> Iterator[_Predictor]:
                 infer.roi_size,
                 precision=infer.precision,
                 num_threads=infer.num_threads,
+                batch_size=infer.sw_batch_size,
             )
 
             def predictor(batch: torch.Tensor) -> torch.Tensor:

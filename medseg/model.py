@@ -10,6 +10,7 @@ names and the medseg version that wrote it.
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -167,15 +168,7 @@ def load_checkpoint(path: Path, *, device: str = "cpu") -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ModelError(
-            f"{path}: refused to load: it holds objects other than tensors and primitives "
-            f"({exc.__class__.__name__})"
-        ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ModelError(f"{path}: not a readable torch checkpoint: {exc}") from exc
+    payload = _read_plain_data(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path}: not a medseg checkpoint (no format={CHECKPOINT_FORMAT!r})")
     version = payload.get("format_version")
@@ -203,17 +196,34 @@ def load_checkpoint(path: Path, *, device: str = "cpu") -> LoadedModel:
     )
 
 
+def _read_plain_data(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors, containers and primitives, never code.
+
+    A checkpoint from an untrusted source (a download, a colleague's ``.pt``) is safe to
+    pass here: anything else pickled inside (a class, a function such as ``os.system``) is
+    refused before it is created. medseg never loads with ``weights_only=False``.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own message suggests weights_only=False; never do that for a foreign file
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]{1,200})", str(exc))
+        raise ModelError(
+            f"{path}: refused to load: it holds objects other than tensors and primitives "
+            f"({found.group(1) if found else type(exc).__name__}); medseg loads checkpoints "
+            "with weights_only=True, so a file cannot run code when loaded"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable torch checkpoint: {exc}") from exc
+
+
 def load_training_state(path: Path) -> dict[str, Any]:
     """The ``training_state`` stored by :func:`save_checkpoint` (without unpickling code).
 
     Raises:
         ModelError: if the file is unreadable or holds no training state.
     """
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise ModelError(f"{path}: not a readable torch checkpoint: {exc}") from exc
+    payload = _read_plain_data(Path(path))
     if not isinstance(payload, dict) or not isinstance(payload.get("training_state"), dict):
         raise ModelError(f"{path}: checkpoint holds no training state to resume from")
     return dict(payload["training_state"])

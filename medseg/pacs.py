@@ -25,7 +25,9 @@ quiet period, runs it through the same ledger and sends the results to a destina
 Only studies whose CT/MR series Orthanc reports as stable (no new instance for its
 ``StableAge``) are taken, unless ``include_unstable``: a series still arriving would be
 segmented half-complete.
-Messages and logs name studies by case id, never by patient name or ID.
+Messages and logs name studies by case id (keyed with the output root's salt, as in
+:mod:`medseg.batch`), never by patient name or ID; received files are named by hashes of
+their UIDs, never by anything a sender chose.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from medseg.config import BatchConfig, SeriesSelection
 from medseg.errors import ConfigError, InputError, UnreadableScanError
 from medseg.io.discovery import scan_folder, select_series
 from medseg.io.files import atomic_path
+from medseg.privacy import load_salt
 
 __all__ = [
     "DELIVERED_OBJECTS",
@@ -357,7 +360,8 @@ def run_pacs(
         selection = selection or loaded.config.series_selection
         settings = settings or loaded.config.batch
         found = client.find_studies(query)
-        studies = {case_id_for(s.study_instance_uid): s for s in found
+        salt = load_salt(output_root)
+        studies = {case_id_for(s.study_instance_uid, salt): s for s in found
                    if s.stable or query.include_unstable}
         n_unstable = len(found) - len(studies)
         if n_unstable:
@@ -450,6 +454,7 @@ def listen(
     loaded = load_model(ref.path)
     selection = selection or loaded.config.series_selection
     settings = settings or loaded.config.batch
+    salt = load_salt(output_root)
     stop = stop or threading.Event()
     arrivals: dict[str, float] = {d.name: time.monotonic() for d in incoming.iterdir() if d.is_dir()}
     lock = threading.Lock()
@@ -461,7 +466,7 @@ def listen(
             sop = str(dataset.SOPInstanceUID)
         except (AttributeError, ValueError, KeyError):
             return _CANNOT_UNDERSTAND
-        case_id = case_id_for(study)
+        case_id = case_id_for(study, salt)
         folder = incoming / case_id / _uid_hash(series)
         target = folder / f"{_uid_hash(sop)}.dcm"
         try:
@@ -480,7 +485,7 @@ def listen(
 
     def process(case_id: str) -> None:
         study_dir = incoming / case_id
-        specs = discover_cases(study_dir, selection, settings)
+        specs = discover_cases(study_dir, selection, settings, salt=salt)
         delivered: list[Delivery] = []
 
         def deliver(rows: Sequence[SummaryRow], ledger: Ledger) -> None:

@@ -35,6 +35,7 @@ from medseg.errors import ConfigError
 from medseg.geometry import Geometry
 from medseg.io import dicom, nifti
 from medseg.io.files import atomic_dir, atomic_path
+from medseg.phantom_oar import ct_from_label_maps  # CT-like images from organ label maps
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "PhantomCase",
     "PhantomPaths",
     "Tumour",
+    "ct_from_label_maps",
     "make_case",
     "make_dataset",
     "write_case",

@@ -5,6 +5,7 @@ Read the functions top to bottom to follow a scan: load -> infer -> postprocess 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -112,7 +113,9 @@ def predict_case(
             ingest if ingest is not None else config.ingest,
         )
     else:
-        image = nifti.load(input_path, VolumeKind.IMAGE)
+        image = nifti.load(
+            input_path, VolumeKind.IMAGE, ingest if ingest is not None else config.ingest
+        )
     probabilities = None
     if config.export.contours == "subvoxel" and image.source.sop_instance_uids:
         # sub-voxel contours need the class probabilities (n_classes full-size float16 maps);
@@ -194,6 +197,7 @@ def train_from_config(
     """
     from medseg import tracking
     from medseg.crossval import load_cases
+    from medseg.distributed import is_main_process
     from medseg.errors import ConfigError
     from medseg.train import train
 
@@ -209,7 +213,9 @@ def train_from_config(
             "no training data: set data.datalist (a Decathlon-style dataset.json) or "
             "data.dicom_root with data.labels (patients with CT + RT-STRUCT)"
         )
-    with tracking.Tracker(config) as tracker:
+    # under torchrun only rank 0 has an MLflow run (the others train without a tracker)
+    scope = tracking.Tracker(config) if is_main_process() else contextlib.nullcontext(None)
+    with scope as tracker:
         return train(config, pairs, val_pairs, Path(out_dir), tracker, resume_from=resume_from)
 
 

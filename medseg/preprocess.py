@@ -7,7 +7,7 @@ Intensity functions change no geometry. Resampling uses SimpleITK with every gri
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,7 +21,10 @@ from medseg.volume import Volume, VolumeKind
 
 __all__ = [
     "body_box",
+    "foreground_box",
     "model_grid",
+    "normaliser",
+    "reorient",
     "require_finite_image",
     "resample",
     "resample_scores_to_labels",
@@ -35,6 +38,9 @@ SCORE_SLAB_SLICES = 16
 
 #: Slices thresholded at once by :func:`body_box` (bounds its boolean temporary).
 _BODY_SLAB_SLICES = 32
+
+#: Smallest standard deviation ``"zscore"`` divides by (a constant image stays finite).
+_MIN_STD = 1e-6
 
 
 def window_intensity(hu: NDArray[np.generic], config: PreprocessConfig) -> NDArray[np.float32]:
@@ -50,11 +56,45 @@ def window_intensity(hu: NDArray[np.generic], config: PreprocessConfig) -> NDArr
     return scaled
 
 
-def scale_intensity(image: Volume, config: PreprocessConfig) -> Volume:
-    """Map a CT window linearly onto ``[0, 1]`` and clip.
+def normaliser(
+    hu: NDArray[np.generic], config: PreprocessConfig
+) -> Callable[[NDArray[np.generic]], NDArray[np.float32]]:
+    """The intensity mapping of ``config.intensity`` for the image ``hu``, to apply slab by slab.
 
-    ``config.lower_hu`` becomes 0 and ``config.upper_hu`` becomes 1; values outside the window
-    are clipped. Geometry, source and axis order ``(slice, row, column)`` are unchanged.
+    ``"window"`` is :func:`window_intensity`. ``"zscore"`` clips to ``[lower_hu, upper_hu]``
+    and standardises with the mean and standard deviation of the clipped values of the voxels
+    above ``lower_hu`` in all of ``hu`` (measured here once, slab by slab, in float64), so
+    every slab of one image is mapped the same way.
+    """
+    if config.intensity == "window":
+        return lambda block: window_intensity(block, config)
+    array = np.asarray(hu)
+    count, total, squares = 0, 0.0, 0.0
+    for first in range(0, array.shape[0], _BODY_SLAB_SLICES):
+        block = np.asarray(array[first : first + _BODY_SLAB_SLICES], dtype=np.float64)
+        values = np.minimum(block[block > config.lower_hu], config.upper_hu)
+        count += values.size
+        total += float(values.sum())
+        squares += float(np.square(values).sum())
+    mean = total / count if count else float(config.lower_hu)
+    std = math.sqrt(max(squares / count - mean * mean, 0.0)) if count else 1.0
+    shift, scale = np.float32(mean), np.float32(1.0 / max(std, _MIN_STD))
+
+    def zscore(block: NDArray[np.generic]) -> NDArray[np.float32]:
+        out = np.clip(np.asarray(block, dtype=np.float32), config.lower_hu, config.upper_hu)
+        out -= shift
+        out *= scale
+        return out
+
+    return zscore
+
+
+def scale_intensity(image: Volume, config: PreprocessConfig) -> Volume:
+    """Map intensities as ``config.intensity`` says: by default a CT window onto ``[0, 1]``.
+
+    With ``"window"``, ``config.lower_hu`` becomes 0 and ``config.upper_hu`` becomes 1; values
+    outside the window are clipped. With ``"zscore"``, see :func:`normaliser`. Geometry,
+    source and axis order ``(slice, row, column)`` are unchanged.
 
     Args:
         image: an ``IMAGE`` volume in Hounsfield units, array order ``(slice, row, column)``.
@@ -76,7 +116,7 @@ def scale_intensity(image: Volume, config: PreprocessConfig) -> Volume:
         [[[0.0, 0.25, 0.5, 1.0]]]
     """
     require_finite_image(image, "intensity scaling")
-    return image.with_array(window_intensity(image.array, config))
+    return image.with_array(normaliser(image.array, config)(image.array))
 
 
 def require_finite_image(image: Volume, what: str) -> None:
@@ -134,6 +174,52 @@ def body_box(
         start.append(max(0, int(found[0]) - margin))
         stop.append(min(shape[axis], int(found[-1]) + 1 + margin))
     return (start[0], start[1], start[2]), (stop[0], stop[1], stop[2])
+
+
+def foreground_box(
+    image: Volume, labels: Volume, threshold_hu: float, margin_mm: float
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The box around the voxels above ``threshold_hu`` and every labelled voxel, plus margin.
+
+    Labelled voxels are always inside, wherever they are, so cropping never drops foreground.
+    The whole grid when nothing is above the threshold and nothing is labelled.
+    """
+    shape = image.geometry.shape
+    box = body_box(image, threshold_hu, 0.0)
+    start = list(box[0]) if box else list(shape)
+    stop = list(box[1]) if box else [0, 0, 0]
+    labelled = np.asarray(labels.array) > 0
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(labelled.any(axis=others))
+        if hits.size:
+            start[axis] = min(start[axis], int(hits[0]))
+            stop[axis] = max(stop[axis], int(hits[-1]) + 1)
+    if any(a >= b for a, b in zip(start, stop, strict=True)):
+        return (0, 0, 0), (shape[0], shape[1], shape[2])
+    for axis in range(3):
+        margin = math.ceil(margin_mm / image.geometry.spacing_mm[axis] - 1e-9)
+        start[axis] = max(0, start[axis] - margin)
+        stop[axis] = min(shape[axis], stop[axis] + margin)
+    return (start[0], start[1], start[2]), (stop[0], stop[1], stop[2])
+
+
+def reorient(volume: Volume) -> tuple[Volume, geo.Reorientation]:
+    """``volume`` stored in canonical LPS axis order (a view; no copy, no interpolation).
+
+    Returns the reoriented volume and the :class:`~medseg.geometry.Reorientation`, whose
+    ``restore`` maps arrays on the canonical grid back to the stored order.
+    """
+    reorientation = geo.canonical_reorientation(volume.geometry)
+    if reorientation.is_identity:
+        return volume, reorientation
+    moved = Volume(
+        reorientation.apply(np.asarray(volume.array)),
+        reorientation.target,
+        volume.kind,
+        volume.source,
+    )
+    return moved, reorientation
 
 
 def model_grid(geometry: Geometry, spacing_mm: Sequence[float]) -> Geometry:

@@ -29,7 +29,7 @@ WindowPredictor = Callable[[NDArray[np.float32]], NDArray[np.float32]]
 
 _OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
-_CacheKey = tuple[str, str, int | None, tuple[int, ...], tuple[int, ...]]
+_CacheKey = tuple[str, str, int | None, int | None, tuple[int, ...], tuple[int, ...]]
 _sessions: weakref.WeakKeyDictionary[torch.nn.Module, dict[_CacheKey, WindowPredictor]] = (
     weakref.WeakKeyDictionary()
 )
@@ -42,6 +42,7 @@ def onnx_predictor(
     *,
     precision: str = "float32",
     num_threads: int | None = None,
+    batch_size: int | None = None,
 ) -> WindowPredictor:
     """A CPU session of ``backend`` that runs ``network``'s ONNX export on batches of windows.
 
@@ -52,13 +53,17 @@ def onnx_predictor(
         precision: OpenVINO's inference precision: ``"float32"`` (default; OpenVINO would
             otherwise pick bf16 on CPUs that have it), ``"bfloat16"`` or ``"float16"``.
         num_threads: intra-op threads (``None``: the runtime's default).
+        batch_size: OpenVINO only: compile for exactly this many windows per call (a static
+            shape: about 12 % faster than a free batch size on a 2-core CPU, measured with
+            96^3 windows); smaller batches are padded to it. ``None``: any batch size.
 
     Raises:
         ConfigError: if the runtime's package is not installed.
     """
     # the weights' in-place version counters change with every optimiser step
     fingerprint = tuple(p._version for p in network.parameters())
-    key: _CacheKey = (backend, precision, num_threads, tuple(window_shape), fingerprint)
+    static = batch_size if backend == "openvino" else None
+    key: _CacheKey = (backend, precision, num_threads, static, tuple(window_shape), fingerprint)
     cached = _sessions.setdefault(network, {})
     if key not in cached:
         cached.clear()  # older weights or settings: free their sessions
@@ -67,7 +72,8 @@ def onnx_predictor(
             if backend == "onnxruntime":
                 cached[key] = _onnxruntime_session(path, num_threads)
             else:
-                cached[key] = _openvino_session(path, precision, num_threads)
+                shape = None if static is None else (static, 1, *window_shape)
+                cached[key] = _openvino_session(path, precision, num_threads, shape)
     return cached[key]
 
 
@@ -94,7 +100,9 @@ def _onnxruntime_session(path: Path, num_threads: int | None) -> WindowPredictor
     return run
 
 
-def _openvino_session(path: Path, precision: str, num_threads: int | None) -> WindowPredictor:
+def _openvino_session(
+    path: Path, precision: str, num_threads: int | None, static_shape: Sequence[int] | None
+) -> WindowPredictor:
     try:
         import openvino
     except ImportError as exc:
@@ -108,11 +116,18 @@ def _openvino_session(path: Path, precision: str, num_threads: int | None) -> Wi
     }
     if num_threads is not None:
         properties["INFERENCE_NUM_THREADS"] = num_threads
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", properties)
+    model = core.read_model(str(path))
+    if static_shape is not None:
+        model.reshape([int(n) for n in static_shape])
+    compiled = core.compile_model(model, "CPU", properties)
     request = compiled.create_infer_request()
 
     def run(batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        n = batch.shape[0]
+        if static_shape is not None and n < static_shape[0]:  # the last, partial batch
+            batch = np.concatenate([batch, np.zeros((static_shape[0] - n, *batch.shape[1:]),
+                                                    dtype=batch.dtype)])
         result = request.infer({"image": np.ascontiguousarray(batch)})
-        return np.array(result[compiled.output(0)], dtype=np.float32)  # copy: buffer is reused
+        return np.array(result[compiled.output(0)][:n], dtype=np.float32)  # copy: reused buffer
 
     return run

@@ -16,8 +16,13 @@ database file; a tracking server decides itself (``--default-artifact-root``).
 A trained model is logged three ways, so each of these URIs works with :func:`resolve_model`:
 
 * ``runs:/<run_id>/checkpoints/best.pt``: the checkpoint as a plain run artifact;
-* ``runs:/<run_id>/model``: an MLflow (pyfunc) model whose artifact is the checkpoint;
+* ``runs:/<run_id>/model``: an MLflow model in the ``mlflow.pytorch`` flavour (signature,
+  input example, pip requirements) that carries the checkpoint as an extra file;
 * ``models:/<name>/<version>``: that model, registered when ``registered_model_name`` is set.
+
+Security: ``mlflow.pytorch.load_model`` unpickles the network, so use it only on stores you
+trust. medseg itself never does: :func:`resolve_model` returns the checkpoint the model
+carries, and :func:`medseg.model.load_checkpoint` reads it with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import importlib.metadata
 import os
 import socket
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -52,6 +56,11 @@ __all__ = [
     "resolve_tracking_uri",
 ]
 
+# MLflow 3 reports usage to its vendor's server unless told not to; hospital networks and
+# patient data call for no outbound traffic the user did not configure. Set the variable to
+# "false" before importing medseg to allow it.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 #: Database file of the default local store, in the working directory.
 LOCAL_STORE_DB = "mlflow.db"
 #: Artifact folder next to a local ``sqlite:`` database.
@@ -60,11 +69,8 @@ LOCAL_ARTIFACT_DIR = "mlruns"
 CHECKPOINT_ARTIFACT_DIR = "checkpoints"
 #: Name of the logged MLflow model within a run (``runs:/<run_id>/model``).
 MODEL_NAME = "model"
-#: Key of the checkpoint among the pyfunc model's artifacts.
+#: Key of the checkpoint among the artifacts of models logged by medseg 0.1 (pyfunc flavour).
 _CHECKPOINT_KEY = "checkpoint"
-
-# Generated "models from code" file: the pyfunc model holds no pickle, only this import.
-_MODEL_CODE = "from medseg.tracking import _set_pyfunc_model\n\n_set_pyfunc_model()\n"
 
 
 def resolve_tracking_uri(configured: str | None = None, workdir: Path | None = None) -> str:
@@ -222,38 +228,50 @@ class Tracker:
     def log_model(self, checkpoint_path: Path) -> str:
         """Log a checkpoint as a run artifact and as an MLflow model; register it if configured.
 
-        The checkpoint goes to ``checkpoints/<file name>``; the model, named ``model``, is a
-        pyfunc model whose only artifact is the checkpoint (its ``predict`` takes a float
-        array in HU, ``(slice, row, column)``, and returns uint8 labels). With
-        ``tracking.registered_model_name`` set, a new version of that registered model is
-        created.
+        The checkpoint goes to ``checkpoints/<file name>``. The model, named ``model``, is the
+        network in the ``mlflow.pytorch`` flavour: ``mlflow.pytorch.load_model`` gives a
+        ``torch.nn.Module`` that maps ``(batch, 1, slice, row, column)`` float32 intensities,
+        already preprocessed as the config says (window to ``[0, 1]``, model spacing), to
+        ``(batch, classes, slice, row, column)`` logits; each spatial size must be a
+        multiple of ``model.downsampling_factor``. The signature says so, the input example
+        is a small zero-filled batch of that kind, and the pip requirements pin medseg,
+        torch, MONAI and numpy. The checkpoint (weights only, with its config) travels with
+        the model as an extra file. With ``tracking.registered_model_name`` set, a new
+        version of that registered model is created.
 
         Returns:
             ``runs:/<run_id>/model``.
         """
-        import mlflow
+        import mlflow.pytorch
         from mlflow.models import ModelSignature
         from mlflow.types.schema import Schema, TensorSpec
 
+        from medseg.model import load_checkpoint
+
         self.log_artifact(checkpoint_path, CHECKPOINT_ARTIFACT_DIR)
+        loaded = load_checkpoint(checkpoint_path)
+        n_classes = 1 + len(loaded.label_names)
+        side = 2 * self._config.model.downsampling_factor
+        example = np.zeros((1, 1, side, side, side), dtype=np.float32)
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),
-            outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1, -1))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes, -1, -1, -1))]),
         )
-        with tempfile.TemporaryDirectory(prefix="medseg-model-") as tmp:
-            code_path = Path(tmp) / "medseg_model.py"
-            code_path.write_text(_MODEL_CODE, encoding="utf-8")
-            with warnings.catch_warnings():
-                # The signature is given explicitly; an input example would cost an inference.
-                warnings.filterwarnings("ignore", message=".*input example was not provided")
-                mlflow.pyfunc.log_model(
-                    name=MODEL_NAME,
-                    python_model=str(code_path),
-                    artifacts={_CHECKPOINT_KEY: str(checkpoint_path)},
-                    signature=signature,
-                    pip_requirements=_requirements(),
-                    registered_model_name=self._config.tracking.registered_model_name,
-                )
+        with warnings.catch_warnings():
+            # MLflow warns that pickled models depend on the code version; the requirements
+            # pin it.
+            warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+            mlflow.pytorch.log_model(
+                loaded.network.cpu().eval(),
+                name=MODEL_NAME,
+                signature=signature,
+                input_example=example,
+                pip_requirements=_requirements(),
+                extra_files=[str(checkpoint_path)],
+                registered_model_name=self._config.tracking.registered_model_name,
+                # pt2 (torch.export) would fix every dimension to the input example's
+                serialization_format="pickle",
+            )
         return f"runs:/{self.run_id}/{MODEL_NAME}"
 
     # -- internals ---------------------------------------------------------------------------
@@ -384,8 +402,15 @@ def _find_checkpoint(local: Path, what: str) -> Path:
     mlmodel = local / "MLmodel"
     if mlmodel.is_file():
         try:
-            meta = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
-            relative = meta["flavors"]["python_function"]["artifacts"][_CHECKPOINT_KEY]["path"]
+            flavors = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))["flavors"]
+            if "pytorch" in flavors:  # the checkpoint is an extra file of the model
+                paths = [entry["path"] for entry in flavors["pytorch"].get("extra_files") or []]
+                checkpoints = [p for p in paths if str(p).endswith(".pt")]
+                if len(checkpoints) != 1:
+                    raise ModelError(f"{what}: an MLflow model without a medseg checkpoint")
+                relative = checkpoints[0]
+            else:  # models logged before 2026-11: pyfunc, the checkpoint its artifact
+                relative = flavors["python_function"]["artifacts"][_CHECKPOINT_KEY]["path"]
         except (yaml.YAMLError, KeyError, TypeError) as exc:
             raise ModelError(f"{what}: an MLflow model without a medseg checkpoint") from exc
         checkpoint = local / relative
@@ -421,33 +446,3 @@ def _requirements() -> list[str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             pins.append(f"{package}=={importlib.metadata.version(package)}")
     return pins
-
-
-def _set_pyfunc_model() -> None:
-    """Define and register the pyfunc model; run by the generated models-from-code file."""
-    import mlflow.models
-    from mlflow.pyfunc import PythonModel
-
-    class MedsegModel(PythonModel):  # type: ignore[misc]
-        """Segments a CT array in HU, ``(slice, row, column)``, with a medseg checkpoint.
-
-        The array carries no spacing: it must already be on the grid spacing the model was
-        trained on.
-        """
-
-        def load_context(self, context: Any) -> None:
-            from medseg.model import load_checkpoint
-
-            self._model = load_checkpoint(Path(context.artifacts[_CHECKPOINT_KEY]))
-
-        def predict(self, context: Any, model_input: np.ndarray, params: Any = None) -> np.ndarray:
-            from medseg.geometry import Geometry
-            from medseg.infer import predict
-            from medseg.volume import Volume
-
-            array = np.asarray(model_input, dtype=np.float32)
-            shape = array.shape
-            grid = Geometry(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))  # type: ignore[arg-type]
-            return np.asarray(predict(self._model, Volume(array, grid)).array)
-
-    mlflow.models.set_model(MedsegModel())

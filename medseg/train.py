@@ -24,6 +24,7 @@ from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 from numpy.typing import NDArray
 
 import medseg
+from medseg import distributed
 from medseg.config import ExperimentConfig, TrainConfig
 from medseg.errors import ConfigError, InputError
 from medseg.infer import predict
@@ -35,7 +36,14 @@ from medseg.model import (
     load_training_state,
     save_checkpoint,
 )
-from medseg.preprocess import model_grid, resample, scale_intensity
+from medseg.preprocess import (
+    foreground_box,
+    model_grid,
+    normaliser,
+    reorient,
+    require_finite_image,
+    resample,
+)
 from medseg.progress import Progress, plot_curves, progress_bar
 from medseg.volume import Volume, VolumeKind, require_same_geometry
 
@@ -67,6 +75,10 @@ class RunTracker(Protocol):
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Store a file with the run."""
+        ...
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tag the run (distributed training tags ``world_size``)."""
         ...
 
     def log_model(self, checkpoint_path: Path) -> str:
@@ -138,6 +150,8 @@ class _Case:
     image: NDArray[np.float32]  # scaled to [0, 1], padded to at least the patch size
     labels: NDArray[np.int64]
     foreground: NDArray[np.intp]  # flat indices of label > 0
+    # class_balanced sampling: flat indices of each label present (else empty)
+    by_label: tuple[NDArray[np.intp], ...] = ()
 
 
 @dataclass(slots=True)
@@ -217,9 +231,11 @@ def train(
     with _determinism(train_cfg.deterministic):
         torch.manual_seed(config.seed)
         torch.set_num_threads(train_cfg.num_threads)
-        rank, world = _rank_and_world()
+        rank, world = distributed.rank_and_world()
         if world > 1 and resume_from is not None:
             raise ConfigError("resume_from is not supported in distributed training")
+        if world > 1 and rank == 0 and tracker is not None:
+            tracker.set_tags({"world_size": str(world)})
         # one sampler stream per rank: the ranks see different patches
         rng = np.random.default_rng(config.seed if world == 1 else [config.seed, rank])
 
@@ -230,7 +246,7 @@ def train(
         network = build_network(config.model).to(device)
         optimizer = _optimizer(network, train_cfg)
         loop = _Loop(
-            network=_distributed(network, device) if world > 1 else network,
+            network=distributed.wrap(network, device) if world > 1 else network,
             model=network,
             loss_fn=_loss(train_cfg.loss),
             optimizer=optimizer,
@@ -336,7 +352,7 @@ def _run(
                 )
             )
             patience = train_cfg.early_stopping_patience
-            stopped_early = _agreed(patience is not None and stale >= patience)
+            stopped_early = distributed.agreed(patience is not None and stale >= patience)
             if main:
                 save_checkpoint(
                     last_path,
@@ -470,30 +486,6 @@ def _optimizer(network: torch.nn.Module, train_cfg: TrainConfig) -> torch.optim.
     return torch.optim.Adam(params, lr=lr, weight_decay=decay)
 
 
-def _rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of processes (``(0, 1)`` without a process group)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _distributed(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``network`` in ``DistributedDataParallel`` (gradients averaged over the ranks)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    device_ids = [device.index or 0] if device.type == "cuda" else None
-    return DistributedDataParallel(network, device_ids=device_ids)
-
-
-def _agreed(flag: bool) -> bool:
-    """Rank 0's ``flag`` on every rank (rank 0 alone validates, so it decides to stop)."""
-    if _rank_and_world()[1] == 1:
-        return flag
-    value = torch.tensor([int(flag)])
-    torch.distributed.broadcast(value, src=0)
-    return bool(value.item())
-
-
 # ---------------------------------------------------------------------------------------------
 # resuming
 
@@ -598,22 +590,40 @@ def _check_pair(image: Volume, labels: Volume, config: ExperimentConfig) -> None
 
 
 def _prepare_case(image: Volume, labels: Volume, config: ExperimentConfig) -> _Case:
+    """Orientation, model grid, foreground crop, padding to a patch, intensity: as configured."""
     _check_pair(image, labels, config)
-    if config.preprocess.spacing_mm is not None:  # the grid predict() feeds the network
-        grid = model_grid(image.geometry, config.preprocess.spacing_mm)
+    require_finite_image(image, "training")
+    pre = config.preprocess
+    if pre.orientation == "LPS":  # the orientation predict() feeds the network
+        image, labels = reorient(image)[0], reorient(labels)[0]
+    if pre.spacing_mm is not None:  # the grid predict() feeds the network
+        grid = model_grid(image.geometry, pre.spacing_mm)
         image, labels = resample(image, grid), resample(labels, grid)
-    scaled = scale_intensity(image, config.preprocess).array
+    hu = np.asarray(image.array)
     label_array = np.asarray(labels.array, dtype=np.int64)
-    # Pad small volumes at the high end so that every patch fits; 0 is the window's lower end
+    if pre.crop_foreground:
+        start, stop = foreground_box(image, labels, pre.lower_hu, pre.crop_margin_mm)
+        inside = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+        hu, label_array = hu[inside], label_array[inside]
+    normalise = normaliser(hu, pre)
+    # Pad small volumes at the high end so that every patch fits, with the window's lower end
     # (air) and background.
-    pad = [(0, max(0, p - s)) for p, s in zip(config.train.patch_size, scaled.shape, strict=True)]
+    pad = [(0, max(0, p - s)) for p, s in zip(config.train.patch_size, hu.shape, strict=True)]
     if any(after for _, after in pad):
-        scaled = np.pad(scaled, pad, constant_values=0.0)
+        hu = np.pad(np.asarray(hu, dtype=np.float32), pad, constant_values=pre.lower_hu)
         label_array = np.pad(label_array, pad, constant_values=0)
+    foreground = np.flatnonzero(label_array > 0)
+    by_label: tuple[NDArray[np.intp], ...] = ()
+    if config.train.foreground_sampling == "class_balanced" and foreground.size:
+        values = label_array.ravel()[foreground]
+        order = np.argsort(values, kind="stable")
+        starts = np.unique(values[order], return_index=True)[1]
+        by_label = tuple(np.split(foreground[order], starts[1:]))
     return _Case(
-        image=np.ascontiguousarray(scaled, dtype=np.float32),
+        image=np.ascontiguousarray(normalise(hu), dtype=np.float32),
         labels=np.ascontiguousarray(label_array),
-        foreground=np.flatnonzero(label_array > 0),
+        foreground=foreground,
+        by_label=by_label,
     )
 
 
@@ -627,7 +637,10 @@ def _sample_patches(
         shape = np.asarray(case.image.shape)
         for _ in range(config.train.samples_per_case):
             if case.foreground.size and rng.random() < config.train.foreground_fraction:
-                flat = case.foreground[rng.integers(case.foreground.size)]
+                voxels = case.by_label[rng.integers(len(case.by_label))] if case.by_label else (
+                    case.foreground
+                )
+                flat = voxels[rng.integers(voxels.size)]
                 centre = np.asarray(np.unravel_index(flat, case.image.shape))
             else:
                 centre = rng.integers(0, shape)

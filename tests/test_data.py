@@ -218,30 +218,55 @@ def test_cli_trains_a_fold_on_dicom_rtstruct_patients(tmp_path: Path) -> None:
     assert runs[0].data.params["data.labels.1"] == "GTV,GTVp,GTV*"
 
 
-def test_decathlon_datalist_over_real_mr_tumour_cases_trains(tmp_path: Path) -> None:
+def test_decathlon_datalist_over_real_mr_and_ct_cases_trains(tmp_path: Path) -> None:
+    """mr-tumour (NRRD, MR) and totalseg-example (NIfTI, CT) in one dataset.json, trained with
+    canonical orientation, z-score intensities and foreground crop."""
+    import nibabel as nib
+
+    from medseg import geometry as geo
     from medseg.config import load_config
     from medseg.crossval import load_cases
-    from medseg.train import train
+    from medseg.train import _prepare_case, train
     from tests.conftest import require_data
 
     source = require_data("mr-tumour")
+    totalseg = require_data("totalseg-example")
+    # TotalSegmentator's class 5 (liver) as the label: the test writes the binary label map
+    seg = nib.load(totalseg / "example_seg.nii.gz")
+    liver = (np.asarray(seg.dataobj) == 5).astype(np.uint8)
+    assert liver.sum() > 1000
+    nib.save(nib.Nifti1Image(liver, seg.affine, seg.header), tmp_path / "liver.nii.gz")
     datalist = tmp_path / "dataset.json"
     datalist.write_text(json.dumps({"training": [
-        {"image": str(source / f"{name}_image.nrrd"), "label": str(source / f"{name}_label.nrrd")}
-        for name in ("brain1", "breast1")
+        *({"image": str(source / f"{name}_image.nrrd"), "label": str(source / f"{name}_label.nrrd")}
+          for name in ("brain1", "breast1")),
+        {"image": str(totalseg / "example_ct_sm.nii.gz"), "label": str(tmp_path / "liver.nii.gz")},
     ]}))
     config = load_config(REPO / "configs" / "tiny.yaml")
     config = config.model_copy(update={
         "data": config.data.model_copy(update={"datalist": datalist}),
         "train": config.train.model_copy(update={"epochs": 1, "samples_per_case": 2}),
-        # MR intensities, not HU: a window over the images' range
-        "preprocess": config.preprocess.model_copy(update={"lower_hu": 0.0, "upper_hu": 1000.0}),
+        # MR and CT together: a wide clip, then per-image z-scores over the body
+        "preprocess": config.preprocess.model_copy(update={
+            "lower_hu": -900.0, "upper_hu": 2000.0, "orientation": "LPS", "intensity": "zscore",
+            "crop_foreground": True,
+        }),
     })
     cases = load_cases(config)
-    assert sorted(cases) == ["training_000", "training_001"]
-    brain, breast = cases["training_000"], cases["training_001"]
-    assert brain.labels.array.sum() > 0 and breast.labels.array.sum() > 0
-    result = train(config, [(brain.image, brain.labels)], [(breast.image, breast.labels)],
+    assert sorted(cases) == ["training_000", "training_001", "training_002"]
+    for case in cases.values():
+        assert case.labels.array.sum() > 0
+        prepared = _prepare_case(case.image, case.labels, config)
+        # the crop keeps every labelled voxel, and the intensities are z-scores
+        assert np.count_nonzero(prepared.labels) == np.count_nonzero(case.labels.array)
+        body = prepared.image[prepared.image > prepared.image.min()]
+        assert abs(float(body.mean())) < 0.5 and 0.5 < float(body.std()) < 1.5
+    # NIfTI and NRRD grids are stored RAS/LPS-flipped: the network sees them canonically
+    ct = cases["training_002"].image
+    assert not geo.canonical_reorientation(ct.geometry).is_identity
+    result = train(config, [(cases["training_000"].image, cases["training_000"].labels),
+                            (ct, cases["training_002"].labels)],
+                   [(cases["training_001"].image, cases["training_001"].labels)],
                    tmp_path / "out", None)
     assert result.best_val_dice is not None and 0.0 <= result.best_val_dice <= 1.0
     assert result.history[0].val_dice_per_label.keys() == {"tumour"}

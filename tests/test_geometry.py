@@ -195,3 +195,61 @@ def test_reorder_to_grid_refuses_a_half_voxel_shift(g: Geometry) -> None:
                     tuple(geo.index_to_world(small, [0.5, 0.0, 0.0])), shifted.direction)  # type: ignore[arg-type]
     with pytest.raises(GeometryError, match="not the same voxel lattice"):
         geo.reorder_to_grid(np.zeros(small.shape), small, half)
+
+
+def _signed_permutation(order: list[int], signs: tuple[float, float, float], tilt_deg: float) -> tuple[float, ...]:
+    """A direction whose array axes follow world axes in any order and sense, tilted a little."""
+    from scipy.spatial.transform import Rotation
+
+    matrix = np.zeros((3, 3))
+    for axis, (world, sign) in enumerate(zip(order, signs)):
+        matrix[world, axis] = sign
+    return tuple((Rotation.from_euler("z", tilt_deg, degrees=True).as_matrix() @ matrix).ravel())
+
+
+@settings(max_examples=60)
+@given(
+    geometries(),
+    st.permutations([0, 1, 2]),
+    st.tuples(*[st.sampled_from([-1.0, 1.0])] * 3),
+    st.floats(-20.0, 20.0),
+)
+def test_canonical_orientation_matches_simpleitk_dicomorient(
+    g: Geometry, order: list[int], signs: tuple[float, float, float], tilt_deg: float
+) -> None:
+    """Independent referee: SimpleITK's DICOMOrient(image, "LPS") gives the same grid and voxels."""
+    small = Geometry((3, 4, 5), g.spacing_mm, g.origin_mm, _signed_permutation(order, signs, tilt_deg))
+    array = np.arange(60, dtype=np.int16).reshape(small.shape)
+    reorientation = geo.canonical_reorientation(small)
+
+    image = sitk.GetImageFromArray(array)
+    _, spacing, origin, direction = geo.to_sitk(small)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    oriented = sitk.DICOMOrient(image, "LPS")
+    expected = geo.from_sitk(oriented.GetSize(), oriented.GetSpacing(), oriented.GetOrigin(), oriented.GetDirection())
+
+    assert geo.geometries_equal(reorientation.target, expected)
+    np.testing.assert_array_equal(reorientation.apply(array), sitk.GetArrayFromImage(oriented))
+
+
+@settings(max_examples=60)
+@given(geometries(), st.data())
+def test_canonical_orientation_round_trip_keeps_every_voxel_in_place(g: Geometry, data: st.DataObject) -> None:
+    small = Geometry((3, 4, 5), g.spacing_mm, g.origin_mm, g.direction)
+    array = np.arange(60).reshape(small.shape)
+    r = geo.canonical_reorientation(small)
+    canonical = r.apply(array)
+    assert canonical.shape == r.target.shape
+    np.testing.assert_array_equal(r.restore(canonical), array)
+    np.testing.assert_array_equal(r.restore(np.stack([canonical, canonical]))[1], array)  # channels first
+    # each canonical voxel lies where its source voxel lies
+    index = tuple(data.draw(st.integers(0, n - 1)) for n in r.target.shape)
+    value = int(canonical[index])
+    source_index = np.unravel_index(value, small.shape)
+    np.testing.assert_allclose(
+        geo.index_to_world(r.target, index), geo.index_to_world(small, source_index), atol=1e-6
+    )
+    # the canonical grid is as close to axial as a signed permutation of the axes can get
+    assert geo.canonical_reorientation(r.target).is_identity

@@ -336,3 +336,49 @@ def test_labels_of_a_large_ct_stay_under_the_memory_bound() -> None:
     growth_mb = float(out.stdout.strip().splitlines()[-1])
     print(f"peak memory growth {growth_mb:.0f} MB (bound {MEMORY_BOUND_MB} MB)")
     assert growth_mb <= MEMORY_BOUND_MB, f"peak grew by {growth_mb:.0f} MB"
+
+
+def test_canonical_orientation_makes_prediction_independent_of_storage_order() -> None:
+    """The same voxels stored feet-first with rows and columns swapped get the same labels."""
+    from medseg import geometry as geo
+
+    rng = np.random.default_rng(3)
+    hu = rng.normal(0.0, 150.0, (12, 40, 36)).astype(np.float32)
+    axial = Volume(hu, Geometry(hu.shape, (3.0, 1.0, 1.2), (5.0, -4.0, 7.0)))
+    # stored as (column, row, slice) with the slice axis reversed: a lossless re-storage
+    stored_array = np.ascontiguousarray(np.transpose(hu, (2, 1, 0))[:, :, ::-1])
+    d = axial.geometry.direction_matrix
+    stored_grid = Geometry(
+        stored_array.shape, (1.2, 1.0, 3.0),
+        tuple(geo.index_to_world(axial.geometry, (hu.shape[0] - 1, 0, 0))),  # type: ignore[arg-type]
+        tuple(np.column_stack([d[:, 2], d[:, 1], -d[:, 0]]).ravel()),
+    )
+    stored = Volume(stored_array, stored_grid)
+    model = _untrained_model()
+    canonical = model.config.model_copy(
+        update={"preprocess": model.config.preprocess.model_copy(update={"orientation": "LPS"})}
+    )
+    model_lps = LoadedModel(model.network, canonical, model.label_names, model.medseg_version)
+
+    expected = predict(model_lps, axial).array
+    got = predict(model_lps, stored)
+    assert got.geometry == stored.geometry
+    np.testing.assert_array_equal(np.transpose(got.array[:, :, ::-1], (2, 1, 0)), expected)
+    assert 0 < expected.sum() < expected.size  # the untrained model labels some voxels, not all
+    # as stored, the network sees another array and (untrained, not symmetric) answers otherwise
+    as_stored = predict(model, stored).array
+    assert not np.array_equal(np.transpose(as_stored[:, :, ::-1], (2, 1, 0)), expected)
+
+
+def test_openvino_static_batch_pads_a_partial_batch_and_returns_only_its_windows() -> None:
+    from medseg.runtime import onnx_predictor
+
+    model = _untrained_model()
+    roi = model.config.infer.roi_size
+    session = onnx_predictor(model.network, "openvino", roi, num_threads=1, batch_size=4)
+    windows = torch.rand((3, 1, *roi), generator=torch.Generator().manual_seed(0))
+    got = session(windows.numpy())
+    with torch.inference_mode():
+        expected = model.network.eval()(windows).numpy()
+    assert got.shape == expected.shape == (3, 2, *roi)
+    np.testing.assert_allclose(got, expected, atol=1e-4)

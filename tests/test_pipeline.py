@@ -25,9 +25,11 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "demo"
-    result = CliRunner().invoke(
-        app, ["demo", "--out", str(out), "--config", str(REPO / "configs" / "tiny.yaml"), "--cases", "4"]
-    )
+    config_text = (REPO / "configs" / "tiny.yaml").read_text()
+    assert "registered_model_name: null" in config_text
+    config_path = tmp_path / "tiny-registered.yaml"
+    config_path.write_text(config_text.replace("registered_model_name: null", "registered_model_name: tiny-demo"))
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--config", str(config_path), "--cases", "4"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "demo_summary.json").read_text())
     assert f"MLflow run id: {summary['run_id']}" in result.output
@@ -80,6 +82,12 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     relabelled = nifti.load(tmp_path / "again" / "labels.nii.gz", VolumeKind.LABELS)
     np.testing.assert_array_equal(relabelled.array, labels.array)
     assert (tmp_path / "again" / "rtstruct.dcm").is_file()
+
+    # ... and the registered model's version
+    registered = CliRunner().invoke(app, ["predict", "--model", "models:/tiny-demo/1", str(ct_dir), str(tmp_path / "registered")])
+    assert registered.exit_code == 0, registered.output
+    relabelled = nifti.load(tmp_path / "registered" / "labels.nii.gz", VolumeKind.LABELS)
+    np.testing.assert_array_equal(relabelled.array, labels.array)
 
 
 @pytest.mark.parametrize(

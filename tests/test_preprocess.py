@@ -102,3 +102,40 @@ def test_scale_intensity_refuses_nan() -> None:
     hu[1, 1, 1] = np.nan
     with pytest.raises(InputError, match="NaN"):
         scale_intensity(Volume(hu, grid), PreprocessConfig(lower_hu=-100.0, upper_hu=100.0))
+
+
+def test_foreground_box_crops_air_but_never_a_label() -> None:
+    from medseg.preprocess import foreground_box
+
+    grid = Geometry((20, 40, 50), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    hu = np.full(grid.shape, -1000.0)
+    hu[5:15, 10:30, 20:35] = 40.0  # the body
+    labels = np.zeros(grid.shape, dtype=np.uint8)
+    labels[8, 12, 22] = 1
+    labels[19, 39, 0] = 1  # a label in the air at the far corner: kept
+    box = foreground_box(Volume(hu, grid), Volume(labels, grid, VolumeKind.LABELS), -500.0, 2.0)
+    assert box == ((4, 8, 0), (20, 40, 37))
+    labels[19, 39, 0] = 0
+    box = foreground_box(Volume(hu, grid), Volume(labels, grid, VolumeKind.LABELS), -500.0, 2.0)
+    assert box == ((4, 8, 18), (16, 32, 37))  # body box + 1 slice (2 mm) / 2 voxels
+    empty = foreground_box(Volume(np.full(grid.shape, -1000.0), grid),
+                           Volume(np.zeros(grid.shape, np.uint8), grid, VolumeKind.LABELS), -500.0, 2.0)
+    assert empty == ((0, 0, 0), grid.shape)
+
+
+def test_zscore_standardises_the_body_and_clips() -> None:
+    from medseg.preprocess import normaliser
+
+    rng = np.random.default_rng(0)
+    hu = np.full((10, 30, 30), -1000.0)
+    hu[2:8, 5:25, 5:25] = rng.normal(300.0, 50.0, (6, 20, 20))
+    hu[0, 0, 0] = 5000.0  # above upper: clipped to 1000 before the statistics
+    config = PreprocessConfig(lower_hu=-900.0, upper_hu=1000.0, intensity="zscore")
+    body = hu > -900.0
+    clipped = np.minimum(hu[body], 1000.0)
+    z = normaliser(hu, config)(hu)
+    np.testing.assert_allclose(z[body], (clipped - clipped.mean()) / clipped.std(), rtol=1e-4, atol=1e-4)
+    # slab by slab gives the same as the whole image (statistics are of the whole image)
+    np.testing.assert_array_equal(normaliser(hu, config)(hu[3:5]), z[3:5])
+    constant = np.full((2, 3, 3), 7.0)
+    assert np.isfinite(normaliser(constant, config)(constant)).all()

@@ -72,6 +72,33 @@ def _log_and_resolve(config: ExperimentConfig, checkpoint: Path, tmp_path: Path)
         assert local.is_file(), resolvable
         assert local.read_bytes() == expected, resolvable
         assert load_checkpoint(local).extra["epoch"] == 7
+    _check_pytorch_flavour(model_uri, uri, checkpoint, tmp_path)
+
+
+def _check_pytorch_flavour(model_uri: str, uri: str, checkpoint: Path, tmp_path: Path) -> None:
+    """The logged model is an ``mlflow.pytorch`` model with signature, input example and pins
+    that computes what the checkpoint's network computes."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    from medseg.tracking import _using_tracking_uri
+
+    with _using_tracking_uri(uri):
+        info = mlflow.models.get_model_info(model_uri)
+        module = mlflow.pytorch.load_model(model_uri, dst_path=str(tmp_path / "flavour"))
+    assert "pytorch" in info.flavors
+    assert info.signature is not None
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 1, -1, -1, -1)
+    assert info.saved_input_example_info is not None
+    (requirements_file,) = (tmp_path / "flavour").rglob("requirements.txt")
+    requirements = requirements_file.read_text()
+    assert f"torch=={torch.__version__}" in requirements
+    assert "medseg==" in requirements
+    reference = load_checkpoint(checkpoint).network.eval()
+    x = torch.rand(2, 1, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(module.eval()(x), reference(x))
 
 
 @pytest.fixture

@@ -455,3 +455,68 @@ def test_torchrun_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "best.pt", "curves.png", "last.pt"
     ]
+
+
+@pytest.mark.slow
+def test_torchrun_launches_the_cli_train_command_with_ddp(tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 2 -m medseg train CONFIG`: one process group, one MLflow run."""
+    import subprocess
+    import sys
+
+    import mlflow
+    import yaml
+
+    from medseg import phantom
+
+    dataset = phantom.make_dataset(tmp_path / "phantoms", 3, seed=5)
+    raw = yaml.safe_load(TINY.read_text())
+    raw["data"]["datalist"] = str(dataset)
+    raw["train"].update({"epochs": 2, "samples_per_case": 2, "num_threads": 1, "val_every": 2})
+    raw["tracking"].update({"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "ddp-cli"})
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "medseg", "train", str(config),
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("MLflow run id:") == 1  # rank 0 reports, rank 1 is quiet
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ddp-cli")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["world_size"] == "2"
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert {"best.pt", "last.pt"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+@pytest.mark.parametrize(("sampling", "low", "high"), [("voxel", 0.0, 0.05), ("class_balanced", 0.4, 0.6)])
+def test_class_balanced_sampling_centres_small_labels_as_often_as_large_ones(
+    sampling: str, low: float, high: float
+) -> None:
+    """A 1000-voxel label next to a 1-voxel label: patch centres per label."""
+    import numpy as np
+
+    from medseg.geometry import Geometry
+    from medseg.train import _prepare_case, _sample_patches
+    from medseg.volume import Volume, VolumeKind
+
+    config = load_config(TINY)
+    config = config.model_copy(update={
+        "model": config.model.model_copy(update={"labels": {1: "large", 2: "tiny"}}),
+        "train": config.train.model_copy(update={
+            "foreground_fraction": 1.0, "foreground_sampling": sampling, "samples_per_case": 400,
+            "patch_size": (1, 1, 1)}),
+    })
+    grid = Geometry((20, 40, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    labels = np.zeros(grid.shape, dtype=np.uint8)
+    labels[5:15, 5:15, 5:15] = 1
+    labels[18, 35, 35] = 2
+    image = Volume(np.zeros(grid.shape, np.float32), grid)
+    case = _prepare_case(image, Volume(labels, grid, VolumeKind.LABELS), config)
+    _, patches = _sample_patches([case], config, np.random.default_rng(0))
+    tiny_share = float(np.mean(patches.ravel() == 2))
+    assert low <= tiny_share <= high
+    assert np.all(patches > 0)  # foreground_fraction 1: every centre is labelled

@@ -10,7 +10,6 @@ reopen in nibabel and SimpleITK with the DICOM geometry.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +19,9 @@ from medseg.io import nifti
 from medseg.io.dicom import load_series
 from medseg.io.files import atomic_dir
 from medseg.io.rtstruct_read import read
+from medseg.privacy import unique_filenames
 
 __all__ = ["Conversion", "convert_dicom"]
-
-#: Characters kept in mask file names; everything else becomes ``_``.
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +46,7 @@ class Conversion:
 
 def _file_names(names: list[str]) -> list[str]:
     """A distinct, file-system-safe name per ROI name (``Lt Lung`` -> ``Lt_Lung``)."""
-    out: list[str] = []
-    for name in names:
-        base = _SAFE.sub("_", name).strip("._") or "roi"
-        candidate, n = base, 2
-        while candidate.lower() in {o.lower() for o in out}:
-            candidate, n = f"{base}_{n}", n + 1
-        out.append(candidate)
-    return out
+    return unique_filenames(names, fallback="roi")
 
 
 def convert_dicom(

@@ -1,8 +1,9 @@
-"""DICOM image series: loading one CT/MR series as a Volume, and writing CT series.
+"""DICOM image series: loading one CT/MR series as a Volume.
 
 Discovery and selection live in :mod:`medseg.io.discovery`, the geometry checks of a series'
 slices in :mod:`medseg.io.slices`; this module decodes the selected series' pixels, applies
-the rescale and pixel padding, and writes CT series.
+the rescale and pixel padding. Writing CT series lives in :mod:`medseg.io.dicom_write`
+(re-exported here: ``format_ds``, ``file_meta``, ``write_series``).
 
 Reading is lenient (pydicom's default), writing is strict: a written CT series carries every
 Type 1 and Type 2 attribute of the CT Image IOD so ``dciodvfy`` reports no errors.
@@ -14,8 +15,6 @@ and Pillow. Deflate and big-endian are handled by pydicom itself.
 
 from __future__ import annotations
 
-import datetime as _dt
-import math
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,23 +24,22 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
-    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    generate_uid,
 )
 
-import medseg
 from medseg import geometry as geo
 from medseg.config import IngestConfig, SeriesSelection
-from medseg.errors import ExportError, UnreadableScanError
+from medseg.errors import UnreadableScanError
+from medseg.io.dicom_write import IMPLEMENTATION_CLASS_UID, file_meta, format_ds, write_series
 from medseg.io.discovery import SeriesKind, _scan, select_series
-from medseg.io.files import atomic_dir
+from medseg.io.headers import HEADER_ERRORS, header_value, integer
+from medseg.io.limits import require_within_limits
 from medseg.io.slices import (
     SLICE_SPACING_RELATIVE_TOLERANCE,
     ProblemKind,
@@ -62,9 +60,6 @@ __all__ = [
     "write_series",
 ]
 
-# A UUID-derived UID (ISO/IEC 9834-8 arc 2.25) that identifies medseg as the implementation.
-IMPLEMENTATION_CLASS_UID = UID("2.25.208501962560291471238227467631826952322")
-
 #: Uncompressed transfer syntaxes whose pixel bytes are read directly (pydicom has already
 #: inflated deflated files), with their byte order.
 _NATIVE_BYTE_ORDER = {
@@ -75,8 +70,7 @@ _NATIVE_BYTE_ORDER = {
 }
 
 # pydicom's decoders and plugins raise all of these; we name the file instead.
-_DECODE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, RuntimeError,
-                  NotImplementedError, OSError, EOFError, IndexError)
+_DECODE_ERRORS = (*HEADER_ERRORS, RuntimeError, NotImplementedError, OSError, EOFError)
 
 
 def _decode(record: _Record) -> NDArray[Any]:
@@ -106,6 +100,12 @@ def _decode(record: _Record) -> NDArray[Any]:
         arr = ds.pixel_array
     except _DECODE_ERRORS as exc:
         raise UnreadableScanError(f"{record.path}: pixel data cannot be decoded ({exc})") from exc
+    except BaseException as exc:
+        # pylibjpeg-rle (Rust) panics on some corrupt RLE segments; pyo3 raises that as a
+        # PanicException, which derives from BaseException. Anything else goes on.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise UnreadableScanError(f"{record.path}: pixel data cannot be decoded ({exc})") from exc
     if arr.ndim == 2:
         arr = arr[None]
     if arr.shape != (n_frames, rows, columns):
@@ -124,7 +124,18 @@ _PIXEL_DATA_TAG = 0x7FE00010
 
 def _native_layout(record: _Record) -> tuple[int, int, np.dtype[Any]] | None:
     """(file offset, byte length, stored dtype) of an uncompressed single-frame file's pixel
-    data that pydicom deferred while scanning; None where pydicom must decode."""
+    data that pydicom deferred while scanning; None where pydicom must decode.
+
+    Raises:
+        UnreadableScanError: a header value it needs cannot be read (names the file).
+    """
+    try:
+        return _native_layout_of(record)
+    except HEADER_ERRORS as exc:
+        raise UnreadableScanError(f"{record.path}: pixel data attributes cannot be read ({exc})") from exc
+
+
+def _native_layout_of(record: _Record) -> tuple[int, int, np.dtype[Any]] | None:
     ds = record.header
     if int(ds.get("NumberOfFrames", 1) or 1) != 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
         return None
@@ -142,16 +153,25 @@ def _native_layout(record: _Record) -> tuple[int, int, np.dtype[Any]] | None:
     return raw.value_tell, raw.length, np.dtype(f"{order}{kind}{bits // 8}")
 
 
-def _read_native_into(record: _Record, layout: tuple[int, int, np.dtype[Any]],
-                      out: NDArray[Any]) -> None:
-    """Read one uncompressed slice's stored values straight from its file into ``out``."""
-    offset, length, dtype = layout
-    needed = out.size * dtype.itemsize
+def _require_length(
+    record: _Record, layout: tuple[int, int, np.dtype[Any]], rows: int, columns: int
+) -> None:
+    """UnreadableScanError unless the pixel data element holds rows x columns stored values."""
+    _offset, length, dtype = layout
+    needed = rows * columns * dtype.itemsize
     if length < needed:
         raise UnreadableScanError(
             f"{record.path}: pixel data has {length} bytes, expected {needed} for "
-            f"{out.shape[0]} x {out.shape[1]} pixels of {dtype.itemsize * 8} bits"
+            f"{rows} x {columns} pixels of {dtype.itemsize * 8} bits"
         )
+
+
+def _read_native_into(record: _Record, layout: tuple[int, int, np.dtype[Any]],
+                      out: NDArray[Any]) -> None:
+    """Read one uncompressed slice's stored values straight from its file into ``out``
+    (whose size :func:`_require_length` has checked against the element's length)."""
+    offset, _length, dtype = layout
+    needed = out.size * dtype.itemsize
     with open(record.path, "rb", buffering=0) as fh:
         fh.seek(offset)
         got = fh.readinto(memoryview(out).cast("B"))  # type: ignore[arg-type]
@@ -173,6 +193,9 @@ def _stored_values(frames: Sequence[_Frame]) -> NDArray[Any]:
     layouts = [None if f.index is not None else _native_layout(f.record) for f in frames]
     dtypes = {layout[2].newbyteorder("=") for layout in layouts if layout is not None}
     if all(layout is not None for layout in layouts) and len(dtypes) == 1:
+        for frame, layout in zip(frames, layouts, strict=True):
+            assert layout is not None
+            _require_length(frame.record, layout, first.rows, first.columns)
         native = np.empty((len(frames), first.rows, first.columns), dtypes.pop())
 
         def read(k: int) -> None:
@@ -201,15 +224,21 @@ def _stored_values(frames: Sequence[_Frame]) -> NDArray[Any]:
     return out
 
 
+def _padding(value: Any) -> int | None:
+    """A padding value; None where pydicom left it as bytes (US or SS not resolved)."""
+    return None if isinstance(value, bytes) else integer(value)
+
+
 def _padding_mask(frames: Sequence[_Frame], stored: NDArray[Any]) -> NDArray[np.bool_] | None:
     """Voxels equal to PixelPaddingValue (or within it and PixelPaddingRangeLimit)."""
     mask: NDArray[np.bool_] | None = None
     for k, frame in enumerate(frames):
-        value = frame.record.header.get("PixelPaddingValue")
-        if value is None or isinstance(value, bytes):
+        header, where = frame.record.header, frame.record.path
+        value = header_value(header, "PixelPaddingValue", _padding, None, where)
+        if value is None:
             continue
-        limit = frame.record.header.get("PixelPaddingRangeLimit")
-        lo, hi = sorted((int(value), int(value if limit is None or isinstance(limit, bytes) else limit)))
+        limit = header_value(header, "PixelPaddingRangeLimit", _padding, None, where)
+        lo, hi = sorted((value, value if limit is None else limit))
         if mask is None:
             mask = np.zeros(stored.shape, bool)
         mask[k] = (stored[k] >= lo) & (stored[k] <= hi)
@@ -257,11 +286,12 @@ def _sop_instance_uids(frames: Sequence[_Frame], where: Path) -> tuple[str, ...]
     uids = []
     replaced = []
     for frame in frames:
-        header = frame.record.header
-        uid = str(header.get("SOPInstanceUID", "") or "")
+        header, where_file = frame.record.header, frame.record.path
+        uid = header_value(header, "SOPInstanceUID", str, "", where_file)
         if not uid:
-            meta = getattr(header, "file_meta", Dataset())
-            uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
+            meta = getattr(header, "file_meta", None)
+            uid = header_value(meta if isinstance(meta, Dataset) else Dataset(),
+                               "MediaStorageSOPInstanceUID", str, "", where_file)
             if not uid:
                 raise UnreadableScanError(
                     f"{frame.record.path}: SOPInstanceUID (0008,0018) is missing or empty"
@@ -299,6 +329,27 @@ def _resampled(array: NDArray[Any], plan: _Regrid) -> NDArray[np.float32]:
     return (1.0 - w) * values[plan.lower] + w * values[plan.lower + 1]
 
 
+def _require_within_limits(
+    frames: Sequence[_Frame], geometry: geo.Geometry, resampled: bool, ingest: IngestConfig,
+    folder: Path,
+) -> None:
+    """ResourceLimitError if the series' declared size is over ``ingest``'s limits.
+
+    Counts the larger of the acquired and the loaded stack, and per voxel the larger of the
+    stored bytes (BitsAllocated x SamplesPerPixel) and the loaded ones (float32 when rescaled
+    by a non-unit slope or a fractional intercept, or resampled).
+    """
+    first = frames[0]
+    header, where = first.record.header, first.record.path
+    bits = header_value(header, "BitsAllocated", integer, 16, where)
+    samples = header_value(header, "SamplesPerPixel", integer, 1, where)
+    stored = max(1, -(-bits // 8)) * max(1, samples)
+    fractional = any(f.slope != 1.0 or not float(f.intercept).is_integer() for f in frames)
+    loaded = 4 if resampled or fractional else stored
+    n_slices = max(len(frames), geometry.shape[0])
+    require_within_limits(folder, (n_slices, first.rows, first.columns), max(stored, loaded), ingest)
+
+
 def load_series(
     folder: Path, selection: SeriesSelection | None = None, ingest: IngestConfig | None = None
 ) -> Volume:
@@ -312,7 +363,8 @@ def load_series(
         folder: a folder tree holding the series, possibly among other series and objects.
         selection: which series to load when there are several.
         ingest: whether uneven spacing, missing slices and gantry tilt are refused (the
-            default) or resampled onto a regular orthogonal grid with a warning.
+            default) or resampled onto a regular orthogonal grid with a warning, and the
+            largest series (``max_voxels``, ``max_bytes``) that is read.
 
     Returns:
         An IMAGE volume in array order ``(slice, row, column)``; slices sorted along the slice
@@ -326,6 +378,8 @@ def load_series(
         UnreadableScanError: no DICOM image files, a DICOM file that cannot be parsed, or a
             slice whose pixels cannot be decoded (each names the file).
         InputError: no series, or several series, match ``selection`` (they are listed).
+        ResourceLimitError: slices x rows x columns, or the bytes they need, are over
+            ``ingest.max_voxels`` or ``ingest.max_bytes`` (checked before any pixel is read).
         GeometryError: MissingSliceError, DuplicateSliceError, UnevenSpacingError,
             MixedOrientationError, MixedPixelSpacingError, GantryTiltError, or missing
             geometry attributes; each names the folder and the files.
@@ -360,6 +414,7 @@ def load_series(
     else:
         geometry = stack.require_geometry(folder)
     frames = stack.frames
+    _require_within_limits(frames, geometry, plan is not None, ingest, folder)
     array = _rescaled(frames, _stored_values(frames))
     sop_uids = _sop_instance_uids(frames, folder)
     frame_numbers = _frame_numbers(frames)
@@ -372,193 +427,19 @@ def load_series(
                     "PerFrameFunctionalGroupsSequence"):
         if keyword in header:
             del header[keyword]
+    where = frames[0].record.path
+
+    def text(keyword: str) -> str | None:
+        return header_value(header, keyword, str, None, where)  # type: ignore[no-any-return]
+
     source = SourceInfo(
         path=folder,
-        study_instance_uid=str(header.get("StudyInstanceUID", "")) or None,
-        series_instance_uid=str(header.get("SeriesInstanceUID", "")) or None,
-        frame_of_reference_uid=str(header.get("FrameOfReferenceUID", "")) or None,
+        study_instance_uid=text("StudyInstanceUID"),
+        series_instance_uid=text("SeriesInstanceUID"),
+        frame_of_reference_uid=text("FrameOfReferenceUID"),
         sop_instance_uids=sop_uids,
-        modality=str(header.get("Modality", "")) or None,
+        modality=text("Modality"),
         frame_numbers=frame_numbers,
         dicom_header=header,
     )
     return Volume(array, geometry, VolumeKind.IMAGE, source)
-
-
-# ---------------------------------------------------------------------------------------------
-# writing
-
-
-def format_ds(value: float) -> str:
-    """Format a number as a DICOM Decimal String of at most 16 characters.
-
-    Uses the most significant digits that fit; a plain ``repr`` of a float can reach 20+
-    characters, which ``dciodvfy`` and strict planning systems reject.
-    """
-    if not math.isfinite(value):
-        raise ExportError(f"cannot write a non-finite number ({value}) as a DICOM DS")
-    if value == 0:
-        return "0"
-    for digits in range(12, 0, -1):
-        text = f"{value:.{digits}g}"
-        if "e" in text:
-            mantissa, exponent = text.split("e")
-            text = f"{mantissa}e{int(exponent)}"
-        if len(text) <= 16:
-            return text
-    raise ExportError(f"cannot format {value} as a DICOM DS of 16 characters")
-
-
-def _uid(seed: str | None, *parts: object) -> str:
-    if seed is None:
-        return str(generate_uid())
-    return str(generate_uid(entropy_srcs=[seed, *[str(p) for p in parts]]))
-
-
-def _to_stored(array: NDArray[Any], where: str) -> tuple[NDArray[np.int16], float, float]:
-    """Convert HU values to int16 stored values plus (slope, intercept)."""
-    values = np.asarray(array)
-    if not np.all(np.isfinite(values)):
-        raise ExportError(f"{where}: image contains NaN or infinite values")
-    lo, hi = float(values.min()), float(values.max())
-    integral = np.issubdtype(values.dtype, np.integer) or bool(np.all(values == np.round(values)))
-    if integral and lo >= -32768 and hi <= 32767:
-        return values.astype(np.int16), 1.0, 0.0
-    # Real-valued or out-of-range images are stored with a rescale that keeps 16 bits of range.
-    intercept = (hi + lo) / 2.0
-    slope = max((hi - lo) / 65000.0, 1e-6)
-    stored = np.round((values - intercept) / slope).astype(np.int16)
-    return stored, slope, intercept
-
-
-def file_meta(ds: Dataset) -> FileMetaDataset:
-    """File meta information for a dataset medseg writes (explicit VR little endian)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    return meta
-
-
-def write_series(
-    volume: Volume,
-    out_dir: Path,
-    *,
-    modality: str = "CT",
-    series_description: str = "medseg",
-    patient_name: str = "ANONYMOUS",
-    patient_id: str = "ANON",
-    study_instance_uid: str | None = None,
-    frame_of_reference_uid: str | None = None,
-    series_number: int = 1,
-    uid_seed: str | None = None,
-    overwrite: bool = False,
-) -> Volume:
-    """Write an IMAGE volume as a single-frame CT Image Storage series, one file per slice.
-
-    The folder is written atomically: it appears complete or not at all. Every Type 1 and
-    Type 2 attribute of the CT Image IOD is present, so ``dciodvfy`` reports no errors.
-    Oblique grids are written with their direction cosines; slice ``k``'s
-    ImagePositionPatient is ``index_to_world((k, 0, 0))``.
-
-    Args:
-        volume: IMAGE volume, array order ``(slice, row, column)``, values in HU.
-        out_dir: folder to create (must not exist unless ``overwrite``).
-        modality: only ``"CT"`` is written for now.
-        uid_seed: when given, UIDs are derived from it, so the output is reproducible.
-
-    Returns:
-        The same volume with ``source`` describing the written series.
-
-    Raises:
-        ExportError: unsupported modality, non-IMAGE volume, non-finite values, existing folder.
-    """
-    if modality != "CT":
-        raise ExportError(f"{out_dir}: writing modality {modality!r} is not supported (only CT)")
-    if volume.kind is not VolumeKind.IMAGE:
-        raise ExportError(f"{out_dir}: only IMAGE volumes are written as CT, got {volume.kind.value}")
-    g = volume.geometry
-    where = str(out_dir)
-    stored, slope, intercept = _to_stored(volume.array, where)
-    study_uid = study_instance_uid or _uid(uid_seed, "study")
-    series_uid = _uid(uid_seed, "series", series_number)
-    frame_uid = frame_of_reference_uid or _uid(uid_seed, "frame")
-    sop_uids = tuple(_uid(uid_seed, "sop", series_number, k) for k in range(g.shape[0]))
-    positions = geo.slice_positions_mm(g)
-    orientation = [format_ds(v) for v in geo.dicom_orientation(g)]
-    pixel_spacing = [format_ds(v) for v in geo.dicom_pixel_spacing(g)]
-    now = _dt.datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    normal = geo.slice_normal([float(v) for v in geo.dicom_orientation(g)])
-    header: Dataset | None = None
-    with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
-        for k in range(g.shape[0]):
-            ds = Dataset()
-            ds.SpecificCharacterSet = "ISO_IR 100"
-            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-            ds.SOPClassUID = CTImageStorage
-            ds.SOPInstanceUID = sop_uids[k]
-            ds.StudyDate = date
-            ds.SeriesDate = date
-            ds.ContentDate = date
-            ds.StudyTime = time
-            ds.SeriesTime = time
-            ds.ContentTime = time
-            ds.AccessionNumber = ""
-            ds.Modality = "CT"
-            ds.Manufacturer = "medseg"
-            ds.ReferringPhysicianName = ""
-            ds.StationName = ""
-            ds.SeriesDescription = series_description
-            ds.ManufacturerModelName = "medseg"
-            ds.SoftwareVersions = medseg.__version__
-            ds.PatientName = patient_name
-            ds.PatientID = patient_id
-            ds.PatientBirthDate = ""
-            ds.PatientSex = ""
-            ds.BodyPartExamined = ""
-            ds.SliceThickness = format_ds(g.spacing_mm[0])
-            ds.KVP = ""
-            ds.PatientPosition = "HFS"
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.StudyID = ""
-            ds.SeriesNumber = series_number
-            ds.AcquisitionNumber = 1
-            ds.InstanceNumber = k + 1
-            ds.ImagePositionPatient = [format_ds(v) for v in positions[k]]
-            ds.ImageOrientationPatient = orientation
-            ds.FrameOfReferenceUID = frame_uid
-            ds.PositionReferenceIndicator = ""
-            ds.Laterality = ""
-            ds.SliceLocation = format_ds(float(positions[k] @ normal))
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows = g.shape[1]
-            ds.Columns = g.shape[2]
-            ds.PixelSpacing = pixel_spacing
-            ds.BitsAllocated = 16
-            ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 1
-            ds.RescaleIntercept = format_ds(intercept)
-            ds.RescaleSlope = format_ds(slope)
-            ds.RescaleType = "HU"
-            ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
-            ds.file_meta = file_meta(ds)
-            ds.save_as(tmp / f"CT_{k + 1:05d}.dcm", enforce_file_format=True)
-            if header is None:
-                header = ds.copy()
-                del header.PixelData
-    source = SourceInfo(
-        path=Path(out_dir),
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        frame_of_reference_uid=frame_uid,
-        sop_instance_uids=sop_uids,
-        modality="CT",
-        dicom_header=header,
-    )
-    return Volume(volume.array, g, VolumeKind.IMAGE, source)
-

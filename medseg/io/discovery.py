@@ -35,6 +35,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from medseg.config import SeriesSelection
 from medseg.errors import GeometryError, InputError, UnreadableScanError
+from medseg.io.headers import HEADER_ERRORS, BoundedReader, header_value, integer
 from medseg.io.slices import (
     MISSING_SLICE_RATIO_TOLERANCE,
     SLICE_SPACING_RELATIVE_TOLERANCE,
@@ -234,8 +235,10 @@ def _has_dicm_preamble(path: Path) -> bool:
 def _read(path: Path, name: str) -> Dataset | Problem | None:
     """The header (pixel data deferred), a problem for a broken DICOM file, None for others."""
     try:
-        return pydicom.dcmread(path, defer_size=_DEFER_BYTES)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, zlib.error) as exc:
+        # deferred elements are read later from ``path`` (pydicom reopens it by name)
+        with BoundedReader(path) as fh:
+            return pydicom.dcmread(fh, defer_size=_DEFER_BYTES)
+    except (InvalidDicomError, zlib.error, *HEADER_ERRORS) as exc:
         if _has_dicm_preamble(path):
             return Problem(ProblemKind.UNREADABLE, f"{name}: DICOM file cannot be parsed ({exc})", (name,))
         if path.suffix.lower() == ".dcm":
@@ -247,10 +250,12 @@ def _read(path: Path, name: str) -> Dataset | Problem | None:
 
 def _sop_class(header: Dataset) -> str:
     """SOPClassUID, or the file meta's MediaStorageSOPClassUID where an anonymiser blanked it."""
-    value = str(header.get("SOPClassUID", "") or "")
-    if not value:
-        value = str(getattr(header, "file_meta", Dataset()).get("MediaStorageSOPClassUID", "") or "")
-    return value
+    return _text(header, "SOPClassUID") or _text(_meta(header), "MediaStorageSOPClassUID") or ""
+
+
+def _meta(header: Dataset) -> Dataset:
+    meta = getattr(header, "file_meta", None)
+    return meta if isinstance(meta, Dataset) else Dataset()
 
 
 def _truncation(header: Dataset, path: Path, name: str) -> Problem | None:
@@ -260,8 +265,7 @@ def _truncation(header: Dataset, path: Path, name: str) -> Problem | None:
     last = header.get_item(max(header.keys()), keep_deferred=True)
     if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF:
         return None
-    syntax = str(getattr(header, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
-    if syntax == DeflatedExplicitVRLittleEndian:
+    if _text(_meta(header), "TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         return None  # offsets are in the inflated stream; a cut stream fails to inflate
     if last.value is None:  # deferred: it must fit in the file
         have, size = path.stat().st_size - last.value_tell, last.length
@@ -278,7 +282,7 @@ def _truncation(header: Dataset, path: Path, name: str) -> Problem | None:
 
 def _kind(header: Dataset) -> SeriesKind:
     sop_class = _sop_class(header)
-    modality = str(header.get("Modality", ""))
+    modality = _text(header, "Modality") or ""
     if sop_class in _VOLUME_SOP_CLASSES or (
         "ImagePositionPatient" in header and modality in ("CT", "MR")
     ):
@@ -289,8 +293,20 @@ def _kind(header: Dataset) -> SeriesKind:
 
 
 def _text(header: Dataset, keyword: str) -> str | None:
-    value = header.get(keyword)
-    return None if value in (None, "") else str(value)
+    """A header value as text for the inventory; None where absent, empty or unreadable."""
+    try:
+        value = header.get(keyword)
+        return None if value in (None, "") else str(value)
+    except HEADER_ERRORS:
+        return None
+
+
+def _number(header: Dataset, keyword: str) -> int | None:
+    """An integer header value for the inventory; None where absent, empty or unreadable."""
+    try:
+        return header_value(header, keyword, integer, None, "")  # type: ignore[no-any-return]
+    except InputError:
+        return None
 
 
 def _scan(root: Path) -> _Scan:
@@ -307,11 +323,17 @@ def _scan(root: Path) -> _Scan:
         if isinstance(header, Problem):
             problems.append(header)
         elif header is not None:
-            meta = getattr(header, "file_meta", Dataset())
-            if str(meta.get("MediaStorageSOPClassUID", "")) == _DIRECTORY_SOP_CLASS:
+            if _text(_meta(header), "MediaStorageSOPClassUID") == _DIRECTORY_SOP_CLASS:
                 continue  # a DICOMDIR under another name
             truncated = _truncation(header, path, name)
-            series_uid = str(header.get("SeriesInstanceUID", "") or "")
+            try:
+                series_uid = str(header.get("SeriesInstanceUID", "") or "")
+            except HEADER_ERRORS as exc:
+                problems.append(Problem(
+                    ProblemKind.UNREADABLE, f"{name}: SeriesInstanceUID cannot be read ({exc})",
+                    (name,),
+                ))
+                continue
             if truncated is not None and not series_uid:
                 problems.append(truncated)  # belongs to no known series: it may be any slice
                 continue
@@ -356,6 +378,9 @@ def _series_entry(uid: str, records: list[_Record]) -> tuple[SeriesEntry, _Stack
                 frames.extend(_frames_of(record))
             except GeometryError as exc:
                 lacking.append((record.name, str(exc)))
+            except InputError as exc:
+                broken.append(Problem(ProblemKind.UNREADABLE, str(exc), (record.name,)))
+                problems.append(broken[-1])
         if lacking:
             problems.append(Problem(
                 ProblemKind.MISSING_GEOMETRY,
@@ -368,27 +393,27 @@ def _series_entry(uid: str, records: list[_Record]) -> tuple[SeriesEntry, _Stack
             problems.extend(stack.problems)
             stack = _Stack(stack.frames, tuple(problems), stack.geometry if not problems else None,
                            stack.orientation, stack.slice_spacing_mm)
-    image_type = tuple(str(v) for v in (first.get("ImageType") or ()))
+    try:
+        image_type = tuple(str(v) for v in (first.get("ImageType") or ()))
+    except HEADER_ERRORS:
+        image_type = ()
     sop_class = _sop_class(first) or None
-    series_number = first.get("SeriesNumber")
     spacing = stack.frames[0].pixel_spacing if stack is not None else None
-    syntaxes = sorted({
-        str(getattr(r.header, "file_meta", Dataset()).get("TransferSyntaxUID", "")) for r in records
-    } - {""})
+    syntaxes = sorted({_text(_meta(r.header), "TransferSyntaxUID") or "" for r in records} - {""})
     entry = SeriesEntry(
         series_instance_uid=uid,
-        study_instance_uid=str(first.get("StudyInstanceUID", "")),
+        study_instance_uid=_text(first, "StudyInstanceUID") or "",
         frame_of_reference_uid=_text(first, "FrameOfReferenceUID"),
         modality=_text(first, "Modality"),
         series_description=_text(first, "SeriesDescription"),
-        series_number=None if series_number in (None, "") else int(series_number),
+        series_number=_number(first, "SeriesNumber"),
         sop_class_uid=sop_class,
         sop_class_name=None if sop_class is None else UID(sop_class).name,
         kind=kind,
         n_files=len(records),
         n_slices=n_slices,
-        rows=None if "Rows" not in first else int(first.Rows),
-        columns=None if "Columns" not in first else int(first.Columns),
+        rows=_number(first, "Rows"),
+        columns=_number(first, "Columns"),
         orientation=None if stack is None else stack.orientation,
         pixel_spacing_mm=None if spacing is None else (float(spacing[0]), float(spacing[1])),
         slice_spacing_mm=None if stack is None else stack.slice_spacing_mm,

@@ -5,7 +5,9 @@ NIfTI stores RAS; it is converted to our LPS once, here, through ``medseg.geomet
 
 from __future__ import annotations
 
+import math
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,14 +17,27 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from medseg import geometry as geo
+from medseg.config import IngestConfig
 from medseg.errors import ExportError, GeometryError, InputError, UnreadableScanError
 from medseg.io.files import atomic_path
+from medseg.io.limits import require_within_limits
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
 __all__ = ["load", "save"]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+# nibabel raises these (and its own two) for unreadable headers and short or corrupt data
+_NIBABEL_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError,
+                   OSError, EOFError, ValueError, OverflowError, TypeError, zlib.error)
+
+#: Bytes per voxel of SimpleITK's scalar pixel types.
+_SITK_BYTES = {
+    sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2,
+    sitk.sitkUInt32: 4, sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8,
+    sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+}
 
 
 def _suffix(path: Path) -> str:
@@ -43,23 +58,50 @@ def _as_kind(array: NDArray[Any], kind: VolumeKind, path: Path) -> NDArray[Any]:
     return array.astype(np.uint16 if array.max() > 255 else np.uint8)
 
 
-def _load_nifti(path: Path) -> tuple[NDArray[Any], geo.Geometry]:
+def _load_nifti(path: Path, ingest: IngestConfig) -> tuple[NDArray[Any], geo.Geometry]:
     try:
         image = cast(nib.Nifti1Image, nib.load(str(path)))
-        data = np.asanyarray(image.dataobj)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as exc:
+        shape = tuple(int(n) for n in image.shape)
+        # dataobj applies scl_slope/scl_inter in floating point (float64 at most); nibabel
+        # moves them from the header to the array proxy on load
+        slope = float(getattr(image.dataobj, "slope", 1.0))
+        inter = float(getattr(image.dataobj, "inter", 0.0))
+        stored = np.dtype(image.get_data_dtype()).itemsize
+    except _NIBABEL_ERRORS as exc:
         raise UnreadableScanError(f"{path}: not a readable NIfTI file ({exc})") from exc
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(f"{path}: expected a 3D image, got shape {data.shape}")
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(f"{path}: expected a 3D image, got shape {shape}")
+    scaled = slope != 1.0 or inter != 0.0
+    require_within_limits(path, shape, 8 if scaled else stored, ingest)
+    if _suffix(path) == ".nii":  # a short file is refused before its voxels are allocated
+        offset = int(getattr(image.dataobj, "offset", 0))
+        needed, size = offset + math.prod(shape) * stored, path.stat().st_size
+        if size < needed:
+            raise UnreadableScanError(
+                f"{path}: the header declares {needed} bytes (voxel data from byte {offset}), "
+                f"the file holds {size} (truncated file?)"
+            )
+    try:
+        data = np.asanyarray(image.dataobj)
+    except _NIBABEL_ERRORS as exc:
+        raise UnreadableScanError(f"{path}: NIfTI voxel data cannot be read ({exc})") from exc
+    data = data.reshape(shape)
     # nibabel silently "fixes" a zero pixdim to 1 on load; read the raw header to refuse it.
     with nib.openers.ImageOpener(str(path)) as fh:
         raw_header: Any = type(image.header).from_fileobj(fh, check=False)  # type: ignore[arg-type,call-arg]
     zooms = raw_header["pixdim"][1:4]
     if any(not np.isfinite(z) or z <= 0 for z in zooms):
         raise GeometryError(f"{path}: voxel spacing (pixdim) must be > 0, got {tuple(map(float, zooms))}")
-    geometry = _qform_sform_geometry(image, data.shape, path)
+    try:
+        geometry = _qform_sform_geometry(image, data.shape, path)
+    except _NIBABEL_ERRORS as exc:  # e.g. quaternion b, c, d of norm > 1: no rotation
+        raise GeometryError(f"{path}: qform/sform cannot be read ({exc})") from exc
+    except GeometryError as exc:
+        if str(path) in str(exc):
+            raise
+        raise GeometryError(f"{path}: {exc}") from exc
     return geo.nifti_array_to_array_order(data), geometry
 
 
@@ -104,16 +146,25 @@ def _qform_sform_geometry(image: nib.Nifti1Image, shape: tuple[int, ...], path: 
     return geometry
 
 
-def _load_sitk(path: Path) -> tuple[NDArray[Any], geo.Geometry]:
+def _load_sitk(path: Path, ingest: IngestConfig) -> tuple[NDArray[Any], geo.Geometry]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as exc:
         raise UnreadableScanError(f"{path}: not a readable image ({exc})") from exc
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+    size = reader.GetSize()
+    components = reader.GetNumberOfComponents()
+    if len(size) != 3 or components != 1:
         raise InputError(
-            f"{path}: expected a 3D scalar image, got dimension {image.GetDimension()} with "
-            f"{image.GetNumberOfComponentsPerPixel()} components"
+            f"{path}: expected a 3D scalar image, got dimension {len(size)} with "
+            f"{components} components"
         )
+    require_within_limits(path, size, _SITK_BYTES.get(reader.GetPixelID(), 8), ingest)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise UnreadableScanError(f"{path}: not a readable image ({exc})") from exc
     try:
         geometry = geo.from_sitk(
             image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
@@ -123,8 +174,16 @@ def _load_sitk(path: Path) -> tuple[NDArray[Any], geo.Geometry]:
     return sitk.GetArrayFromImage(image), geometry
 
 
-def load(path: Path, kind: VolumeKind = VolumeKind.IMAGE) -> Volume:
+def load(
+    path: Path, kind: VolumeKind = VolumeKind.IMAGE, ingest: IngestConfig | None = None
+) -> Volume:
     """Read a NIfTI (``.nii``, ``.nii.gz``) or NRRD/MetaImage file into a Volume.
+
+    Args:
+        path: the file.
+        kind: what the values are (``LABELS`` must be integers).
+        ingest: the largest image read (``max_voxels``, ``max_bytes``; default
+            ``IngestConfig()``), checked against the header before any voxel is read.
 
     Returns:
         A volume in array order ``(slice, row, column)``, LPS geometry in mm. For ``LABELS``
@@ -134,15 +193,17 @@ def load(path: Path, kind: VolumeKind = VolumeKind.IMAGE) -> Volume:
         UnreadableScanError: missing or unreadable file.
         GeometryError: zero/negative spacing, sheared or non-finite affine.
         InputError: not 3D, or non-integer labels.
+        ResourceLimitError: the header declares more voxels or bytes than ``ingest`` allows.
     """
     path = Path(path)
+    ingest = ingest or IngestConfig()
     if not path.is_file():
         raise UnreadableScanError(f"{path}: no such file")
     suffix = _suffix(path)
     if suffix in _NIFTI_SUFFIXES:
-        array, geometry = _load_nifti(path)
+        array, geometry = _load_nifti(path, ingest)
     elif suffix in _SITK_SUFFIXES:
-        array, geometry = _load_sitk(path)
+        array, geometry = _load_sitk(path, ingest)
     else:
         raise UnreadableScanError(
             f"{path}: unknown image format {suffix!r}; expected one of "

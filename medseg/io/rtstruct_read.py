@@ -9,6 +9,7 @@ public name.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 from medseg import contours
 from medseg import geometry as geo
 from medseg.errors import GeometryError, MissingReferenceError, UnreadableScanError
+from medseg.io.headers import HEADER_ERRORS, header_value
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
 __all__ = [
@@ -81,6 +83,8 @@ def read(path: Path, reference: Volume, *, unplaced: str = "error") -> dict[str,
     """
     ds, placed = _place_contours(Path(path), reference, unplaced)
     g = reference.geometry
+    study_uid = header_value(ds, "StudyInstanceUID", str, None, path)
+    series_uid = header_value(ds, "SeriesInstanceUID", str, None, path)
     out: dict[str, Volume] = {}
     for roi in placed:
         out[roi.name] = Volume(
@@ -89,8 +93,8 @@ def read(path: Path, reference: Volume, *, unplaced: str = "error") -> dict[str,
             VolumeKind.LABELS,
             SourceInfo(
                 path=Path(path),
-                study_instance_uid=str(ds.get("StudyInstanceUID", "")) or None,
-                series_instance_uid=str(ds.get("SeriesInstanceUID", "")) or None,
+                study_instance_uid=study_uid,
+                series_instance_uid=series_uid,
                 frame_of_reference_uid=reference.source.frame_of_reference_uid
                 or roi.frame_of_reference_uid,
                 sop_instance_uids=reference.source.sop_instance_uids,
@@ -134,9 +138,21 @@ def _place_contours(
     if unplaced not in ("error", "skip"):
         raise ValueError(f"unplaced must be 'error' or 'skip', got {unplaced!r}")
     try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError) as exc:
+        # parsed from memory: a corrupt element length then cannot make the reader allocate
+        # the gigabytes it declares (a file object's read(n) reserves n bytes first)
+        ds = pydicom.dcmread(io.BytesIO(path.read_bytes()))
+    except (InvalidDicomError, *HEADER_ERRORS) as exc:
         raise UnreadableScanError(f"{path}: cannot be read as DICOM ({exc})") from exc
+    try:
+        return ds, _placed_rois(ds, path, reference, unplaced)
+    except HEADER_ERRORS as exc:
+        # pydicom converts values on access: a malformed one is found here, not on read
+        raise UnreadableScanError(f"{path}: RT Structure Set cannot be read ({exc})") from exc
+
+
+def _placed_rois(
+    ds: Dataset, path: Path, reference: Volume, unplaced: str
+) -> list[_PlacedRoi]:
     if str(ds.get("Modality", "")) != "RTSTRUCT" or "StructureSetROISequence" not in ds:
         raise UnreadableScanError(
             f"{path}: not an RT Structure Set (Modality {ds.get('Modality', '')!r})"
@@ -174,7 +190,7 @@ def _place_contours(
             warnings.warn(
                 f"{path}: duplicate ROI name {name!r}; ROI {number} read as "
                 f"{name + ' #' + str(number)!r}",
-                stacklevel=3,
+                stacklevel=4,
             )
             name = f"{name} #{number}"
         names.add(name)
@@ -186,15 +202,22 @@ def _place_contours(
                 warnings.warn(
                     f"{path}: ROI {name!r}: skipping a {kind} contour (only "
                     "CLOSED_PLANAR contours enclose voxels)",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
                 continue
             data = np.asarray([float(v) for v in contour.get("ContourData", [])], dtype=float)
+            if not np.all(np.isfinite(data)):
+                warnings.warn(
+                    f"{path}: ROI {name!r}: skipping a contour with non-finite ContourData "
+                    "values (NaN or infinity)",
+                    stacklevel=4,
+                )
+                continue
             if data.size < 9 or data.size % 3:
                 warnings.warn(
                     f"{path}: ROI {name!r}: skipping a contour with {data.size} "
                     "ContourData values (needs 3 per point, >= 3 points)",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
                 continue
             index = geo.world_to_index(g, data.reshape(-1, 3))
@@ -213,8 +236,8 @@ def _place_contours(
                 f"{what}. Load the whole referenced series, or import what can be placed "
                 "with unplaced='skip' (config ingest.unplaced_contours: skip)"
             )
-        warnings.warn(f"{what}; these contours were skipped (partial import)", stacklevel=3)
-    return ds, placed
+        warnings.warn(f"{what}; these contours were skipped (partial import)", stacklevel=4)
+    return placed
 
 
 def _describe_unplaced(missing: dict[str, list[tuple[str, float]]], reference: Volume) -> str:
@@ -415,6 +438,15 @@ def read_contours(
         UnreadableScanError, MissingReferenceError, GeometryError: as :func:`read`.
     """
     ds, placed = _place_contours(Path(path), reference, unplaced)
+    try:
+        return _contours(ds, placed, Path(path), reference)
+    except HEADER_ERRORS as exc:
+        raise UnreadableScanError(f"{path}: RT Structure Set cannot be read ({exc})") from exc
+
+
+def _contours(
+    ds: Dataset, placed: list[_PlacedRoi], path: Path, reference: Volume
+) -> StructureSetContours:
     series_uids = _referenced_series_uids(ds)
     rois = []
     for roi in placed:

@@ -18,6 +18,7 @@ by frame order, and refuses frames that are not on a slice plane.
 from __future__ import annotations
 
 import copy
+import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,9 +34,12 @@ from pydicom.uid import generate_uid
 
 import medseg
 from medseg import geometry as geo
+from medseg.config import IngestConfig
 from medseg.errors import ExportError, GeometryError, UnreadableScanError
 from medseg.io.dicom import format_ds
 from medseg.io.files import atomic_path
+from medseg.io.headers import HEADER_ERRORS, header_value, integer
+from medseg.io.limits import require_within_limits
 from medseg.io.rtstruct import RoiSpec, duplicated_roi_fields
 from medseg.volume import SourceInfo, Volume, VolumeKind, require_same_geometry
 
@@ -232,7 +236,9 @@ def _source_datasets(reference: Volume, out_path: Path) -> list[Dataset]:
     return datasets
 
 
-def read_seg(path: Path, reference: Volume) -> dict[str, Volume]:
+def read_seg(
+    path: Path, reference: Volume, *, ingest: IngestConfig | None = None
+) -> dict[str, Volume]:
     """Read every segment of a DICOM SEG onto the reference image grid.
 
     Args:
@@ -240,6 +246,8 @@ def read_seg(path: Path, reference: Volume) -> dict[str, Volume]:
             their maximum value).
         reference: the image volume the segmentation was made on (array order
             ``(slice, row, column)``).
+        ingest: the largest frame stack decoded (``max_voxels``, ``max_bytes``; default
+            ``IngestConfig()``), checked against NumberOfFrames x Rows x Columns first.
 
     Returns:
         SegmentLabel -> LABELS volume (uint8, 0/1) on ``reference``'s grid, in segment-number
@@ -247,14 +255,31 @@ def read_seg(path: Path, reference: Volume) -> dict[str, Volume]:
 
     Raises:
         UnreadableScanError: not a readable DICOM SEG.
+        ResourceLimitError: the SEG's frames (NumberOfFrames x Rows x Columns), or its
+            segments' masks on the reference grid, are over ``ingest``'s limits.
         GeometryError: another frame of reference, orientation or pixel spacing, or a frame
             that does not lie on a slice of the reference grid.
     """
     path = Path(path)
     try:
-        seg = hd.seg.segread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        # parsed from memory: a corrupt element length cannot make pydicom reserve the bytes
+        # it declares; highdicom checks the SEG module while building its frame index
+        seg = hd.seg.segread(io.BytesIO(path.read_bytes()))
+        n_frames = header_value(seg, "NumberOfFrames", integer, 1, path)
+        rows = header_value(seg, "Rows", integer, 0, path)
+        columns = header_value(seg, "Columns", integer, 0, path)
+    except (InvalidDicomError, *HEADER_ERRORS) as exc:
         raise UnreadableScanError(f"{path}: cannot be read as a DICOM SEG ({exc})") from exc
+    require_within_limits(path, (n_frames, rows, columns), 1, ingest)
+    try:
+        return _read_segments(seg, path, reference, ingest)
+    except HEADER_ERRORS as exc:
+        raise UnreadableScanError(f"{path}: DICOM SEG cannot be read ({exc})") from exc
+
+
+def _read_segments(
+    seg: Any, path: Path, reference: Volume, ingest: IngestConfig | None
+) -> dict[str, Volume]:
     g = reference.geometry
     ref_frame = reference.source.frame_of_reference_uid
     frame = str(seg.get("FrameOfReferenceUID", "")) or None
@@ -269,6 +294,8 @@ def read_seg(path: Path, reference: Volume) -> dict[str, Volume]:
     if pixels.ndim == 2:
         pixels = pixels[None]
     numbers = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    # one uint8 mask on the reference grid per segment
+    require_within_limits(path, (len(numbers), *g.shape), 1, ingest)
     masks = {number: np.zeros(g.shape, dtype=np.uint8) for number in numbers}
     threshold = 0 if str(seg.SegmentationType) == "BINARY" else int(
         seg.get("MaximumFractionalValue", 1)
@@ -307,7 +334,9 @@ def _require_plane(path: Path, group: Dataset, g: geo.Geometry) -> None:
     if "PlaneOrientationSequence" in group:
         iop = np.asarray(group.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
         expected = np.asarray(geo.dicom_orientation(g))
-        if np.abs(iop - expected).max() > geo.DIRECTION_TOLERANCE:
+        if iop.shape != expected.shape or not (
+            np.abs(iop - expected).max() <= geo.DIRECTION_TOLERANCE  # False for NaN
+        ):
             raise GeometryError(
                 f"{path}: SEG ImageOrientationPatient {iop.tolist()} differs from the "
                 f"reference's {expected.tolist()}"
@@ -315,7 +344,9 @@ def _require_plane(path: Path, group: Dataset, g: geo.Geometry) -> None:
     if "PixelMeasuresSequence" in group:
         spacing = np.asarray(group.PixelMeasuresSequence[0].PixelSpacing, dtype=float)
         expected = np.asarray(geo.dicom_pixel_spacing(g))
-        if np.abs(spacing - expected).max() > geo.SPACING_RELATIVE_TOLERANCE * expected.max():
+        if spacing.shape != expected.shape or not (
+            np.abs(spacing - expected).max() <= geo.SPACING_RELATIVE_TOLERANCE * expected.max()
+        ):
             raise GeometryError(
                 f"{path}: SEG PixelSpacing {spacing.tolist()} differs from the reference's "
                 f"{expected.tolist()}"
@@ -324,6 +355,11 @@ def _require_plane(path: Path, group: Dataset, g: geo.Geometry) -> None:
 
 def _slice_index(path: Path, frame: int, position_mm: NDArray[np.float64], g: geo.Geometry) -> int:
     """The reference slice whose first voxel is at ``position_mm``, or GeometryError."""
+    if position_mm.shape != (3,) or not np.all(np.isfinite(position_mm)):
+        raise GeometryError(
+            f"{path}: frame {frame + 1} ImagePositionPatient must be 3 finite values, got "
+            f"{position_mm.tolist()}"
+        )
     index = geo.world_to_index(g, position_mm)
     k = int(np.round(index[0]))
     off_mm = np.abs(index - np.array([k, 0.0, 0.0])) * np.asarray(g.spacing_mm)

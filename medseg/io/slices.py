@@ -36,6 +36,7 @@ from medseg.errors import (
     UnevenSpacingError,
     UnreadableScanError,
 )
+from medseg.io.headers import HEADER_ERRORS, finite, header_value, integer
 
 __all__ = [
     "MISSING_SLICE_RATIO_TOLERANCE",
@@ -184,24 +185,34 @@ def _floats(item: Dataset, keyword: str, count: int, where: str) -> NDArray[np.f
                 parsed = None
             if parsed is not None and parsed.shape == (count,) and np.all(np.isfinite(parsed)):
                 return parsed
-    value = item.get(keyword)
+    try:
+        value = item.get(keyword)
+    except HEADER_ERRORS as exc:
+        raise GeometryError(f"{where}: {keyword} cannot be read ({exc})") from exc
     if value is None or value == "":
         raise GeometryError(f"{where}: missing {keyword}")
     try:
         arr = np.asarray([float(v) for v in (value if count > 1 else [value])], dtype=float)
-    except (TypeError, ValueError) as exc:
+    except HEADER_ERRORS as exc:
         raise GeometryError(f"{where}: {keyword} is not numeric: {value!r}") from exc
     if arr.shape != (count,) or not np.all(np.isfinite(arr)):
         raise GeometryError(f"{where}: {keyword} must have {count} finite values, got {value!r}")
     return arr
 
 
-def _rescale(item: Dataset) -> tuple[float, float]:
-    slope = item.get("RescaleSlope")
-    intercept = item.get("RescaleIntercept")
-    return (1.0 if slope in (None, "") else float(slope)), (
-        0.0 if intercept in (None, "") else float(intercept)
-    )
+def _orientation_of(item: Dataset, where: str) -> NDArray[np.float64]:
+    """ImageOrientationPatient, refused (naming ``where``) when it spans no plane."""
+    iop = _floats(item, "ImageOrientationPatient", 6, where)
+    try:
+        geo.slice_normal(iop)
+    except GeometryError as exc:
+        raise GeometryError(f"{where}: {exc}") from exc
+    return iop
+
+
+def _rescale(item: Dataset, where: str) -> tuple[float, float]:
+    return (header_value(item, "RescaleSlope", finite, 1.0, where),
+            header_value(item, "RescaleIntercept", finite, 0.0, where))
 
 
 def _frames_of(record: _Record) -> list[_Frame]:
@@ -210,25 +221,41 @@ def _frames_of(record: _Record) -> list[_Frame]:
     Raises:
         GeometryError: a slice without ImagePositionPatient, ImageOrientationPatient,
             PixelSpacing, Rows or Columns.
+        UnreadableScanError: NumberOfFrames, the rescale or the functional groups cannot
+            be read.
     """
     ds = record.header
     where = record.name
     try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise GeometryError(f"{where}: missing or invalid Rows/Columns") from exc
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        rows, columns = (header_value(ds, "Rows", integer, 0, where),
+                         header_value(ds, "Columns", integer, 0, where))
+    except UnreadableScanError as exc:
+        raise GeometryError(f"{where}: missing or invalid Rows/Columns ({exc.__cause__})") from exc
+    if rows < 1 or columns < 1:
+        raise GeometryError(f"{where}: missing or invalid Rows/Columns ({rows} x {columns})")
+    n_frames = header_value(ds, "NumberOfFrames", integer, 1, where) or 1
+    if n_frames < 1:
+        raise UnreadableScanError(f"{where}: NumberOfFrames is {n_frames}")
+    try:
+        return _frames_with_groups(record, rows, columns, n_frames)
+    except HEADER_ERRORS as exc:
+        raise UnreadableScanError(f"{where}: functional groups cannot be read ({exc})") from exc
+
+
+def _frames_with_groups(record: _Record, rows: int, columns: int, n_frames: int) -> list[_Frame]:
+    ds = record.header
+    where = record.name
     if "PerFrameFunctionalGroupsSequence" not in ds:
         if n_frames > 1:
             raise GeometryError(
                 f"{where}: {n_frames} frames but no PerFrameFunctionalGroupsSequence, so the "
                 "frames have no positions"
             )
-        slope, intercept = _rescale(ds)
+        slope, intercept = _rescale(ds, where)
         return [
             _Frame(
                 record, None, _floats(ds, "ImagePositionPatient", 3, where),
-                _floats(ds, "ImageOrientationPatient", 6, where),
+                _orientation_of(ds, where),
                 _floats(ds, "PixelSpacing", 2, where), rows, columns, slope, intercept,
             )
         ]
@@ -252,11 +279,11 @@ def _frames_of(record: _Record) -> list[_Frame]:
                     return seq[0]
             return Dataset()
 
-        slope, intercept = _rescale(group("PixelValueTransformationSequence"))
+        slope, intercept = _rescale(group("PixelValueTransformationSequence"), here)
         frames.append(
             _Frame(
                 record, i, _floats(group("PlanePositionSequence"), "ImagePositionPatient", 3, here),
-                _floats(group("PlaneOrientationSequence"), "ImageOrientationPatient", 6, here),
+                _orientation_of(group("PlaneOrientationSequence"), here),
                 _floats(group("PixelMeasuresSequence"), "PixelSpacing", 2, here),
                 rows, columns, slope, intercept,
             )
@@ -320,7 +347,10 @@ def _stack(frames: Sequence[_Frame]) -> _Stack:
             cos_angle = float(abs(stack @ normal) / np.linalg.norm(stack))
             tilt_deg = math.degrees(math.acos(min(1.0, cos_angle)))
             if tilt_deg > TILT_TOLERANCE_DEG:
-                header_tilt = first.record.header.get("GantryDetectorTilt")
+                try:
+                    header_tilt = first.record.header.get("GantryDetectorTilt")
+                except HEADER_ERRORS:
+                    header_tilt = None  # only quoted in the message
                 said = "" if header_tilt in (None, "") else f"; GantryDetectorTilt says {header_tilt}"
                 problems.append(Problem(
                     ProblemKind.GANTRY_TILT,
