@@ -195,7 +195,7 @@ def train_from_config(
     trains and none validates; use ``medseg train --fold K`` for a held-out fold.
     ``resume_from`` continues from a ``last.pt`` written by an interrupted run.
     """
-    from medseg import tracking
+    from medseg import splits, tracking
     from medseg.crossval import load_cases
     from medseg.distributed import is_main_process
     from medseg.errors import ConfigError
@@ -205,9 +205,12 @@ def train_from_config(
         datalist = data.load_datalist(Path(config.data.datalist))
         pairs = [(c.image, c.labels) for c in datalist.training]
         val_pairs = [(c.image, c.labels) for c in datalist.validation]
+        case_ids = [c.case_id for c in (*datalist.training, *datalist.validation)]
     elif config.data.dicom_root is not None:
-        pairs = [(c.image, c.labels) for c in load_cases(config).values()]
+        cases = load_cases(config)
+        pairs = [(c.image, c.labels) for c in cases.values()]
         val_pairs = []
+        case_ids = list(cases)
     else:
         raise ConfigError(
             "no training data: set data.datalist (a Decathlon-style dataset.json) or "
@@ -216,6 +219,8 @@ def train_from_config(
     # under torchrun only rank 0 has an MLflow run (the others train without a tracker)
     scope = tracking.Tracker(config) if is_main_process() else contextlib.nullcontext(None)
     with scope as tracker:
+        if tracker is not None:  # a hash of the case ids: which data, without naming anyone
+            tracker.set_tags({"dataset_fingerprint": splits.dataset_fingerprint(case_ids)})
         return train(config, pairs, val_pairs, Path(out_dir), tracker, resume_from=resume_from)
 
 

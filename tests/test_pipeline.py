@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import medseg
 from medseg import geometry as geo
 from medseg.cli import app
 from medseg.io import nifti
@@ -70,6 +71,8 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     client = mlflow.MlflowClient(tracking_uri=summary["tracking_uri"])
     run = client.get_run(summary["run_id"])
     assert run.data.params["train.epochs"] == "6"
+    assert len(run.data.tags["dataset_fingerprint"]) >= 16  # a hash of the case ids
+    assert run.data.tags["medseg_version"] == medseg.__version__
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 6
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert any("config" in a for a in artifacts), artifacts
