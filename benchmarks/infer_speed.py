@@ -19,16 +19,18 @@ Defaults (the issue's reference run):
   ``--ct`` takes a DICOM folder or NIfTI instead.
 * The model's spacing (``preprocess.spacing_mm``) applies to both variants: MONAI gets the
   image resampled beforehand (not timed), medseg resamples to it and back inside its timed
-  path. ``--model-spacing`` overrides it.
+  path. MONAI's logits are then brought back to the CT's grid as MONAI's ``Invertd`` would
+  (linear interpolation, then argmax; untimed, after its peak memory is read), so the two
+  label maps are compared on the CT's grid. ``--model-spacing`` overrides it.
+* medseg runs with its own ``sw_batch_size`` default (``--medseg-sw-batch``), MONAI with 4;
+  ``--precision`` sets medseg's ``infer.precision``.
 
 ``--workdir`` keeps the trained model and the CT between runs.
 
 Printed per variant: wall time of the call; peak RSS while it ran (the peak mark is reset just
 before it, ``/proc/self/clear_refs``) and the memory the call added on top of what was resident
 before it (libraries, weights, the input image); the label Dice against MONAI's labels; and,
-on the default phantom, the Dice against the phantom's true tumours (MONAI's tiling and
-medseg's body-box tiling give an instance-normalised network different context, so the two
-can disagree while one of them is right).
+on the default phantom, the Dice against the phantom's true tumours.
 """
 
 from __future__ import annotations
@@ -176,18 +178,20 @@ def _run_variant(args: argparse.Namespace) -> None:
             assert isinstance(logits, torch.Tensor)
             labels = logits.argmax(1)[0].to(torch.uint8).numpy()
         seconds = time.perf_counter() - started
+        peak_mb = _status_mb("VmHWM")  # the call's peak, before the untimed mapping back
         if model.config.preprocess.spacing_mm is not None:  # back for the comparison, untimed
-            from medseg.volume import Volume, VolumeKind
-
+            # as MONAI's Invertd would: the logits interpolated linearly onto the CT's grid,
+            # then the argmax (resample_scores_to_labels is tested against SimpleITK)
             original = _load(args)[1]
-            labels = preprocess.resample(
-                Volume(labels, image.geometry, VolumeKind.LABELS), original.geometry
-            ).array
+            labels = preprocess.resample_scores_to_labels(
+                logits[0].numpy().astype(np.float16), image.geometry, original.geometry
+            )
     else:
         infer = model.config.infer.model_copy(update={
-            **BASELINE_SETTINGS, "overlap": overlap, "blend": blend,
-            **({"sw_batch_size": args.medseg_sw_batch} if args.medseg_sw_batch else {}),
+            "roi_size": BASELINE_SETTINGS["roi_size"], "overlap": overlap, "blend": blend,
+            "sw_batch_size": args.medseg_sw_batch,
             "backend": args.variant, "num_threads": args.threads,
+            **({"precision": args.precision} if args.precision else {}),
             **({"body_threshold_hu": None} if args.no_body_crop else {}),
         })
         model = LoadedModel(model.network, model.config.model_copy(update={"infer": infer}),
@@ -202,7 +206,7 @@ def _run_variant(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         labels = predict(model, image).array
         seconds = time.perf_counter() - started
-    peak_mb = _status_mb("VmHWM")  # before saving: np.save may copy
+        peak_mb = _status_mb("VmHWM")  # before saving: np.save may copy
     np.save(args.out, labels)
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb,
                       "added_mb": peak_mb - before_mb}))
@@ -252,8 +256,14 @@ def main() -> None:
     parser.add_argument("--no-body-crop", action="store_true",
                         help="medseg tiles the whole image (to compare with random weights, "
                         "which label air at random)")
-    parser.add_argument("--medseg-sw-batch", type=int, default=None,
-                        help="windows per forward pass for medseg (default: MONAI's 4)")
+    from medseg.config import InferConfig
+
+    default_batch = InferConfig.model_fields["sw_batch_size"].default
+    parser.add_argument("--medseg-sw-batch", type=int, default=default_batch,
+                        help="windows per forward pass for medseg (default: medseg's "
+                        f"InferConfig default, {default_batch}; MONAI runs 4)")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
+                        help="medseg's infer.precision (default: the model config's)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--overlap", type=float, default=0.25, help=argparse.SUPPRESS)
     parser.add_argument("--blend", default="constant", help=argparse.SUPPRESS)
@@ -282,7 +292,8 @@ def main() -> None:
     ratios = []
     with tempfile.TemporaryDirectory() as folder:
         for overlap, blend in ((0.25, "constant"), (0.5, "gaussian")):
-            print(f"\n== roi 96^3, sw_batch 4, overlap {overlap}, {blend} ==")
+            print(f"\n== roi 96^3, overlap {overlap}, {blend}; sw_batch MONAI 4, medseg "
+                  f"{args.medseg_sw_batch}; medseg precision {args.precision or 'as configured'} ==")
             results = {}
             for variant in ["monai", *args.backends]:
                 out = Path(folder) / f"{variant}.npy"

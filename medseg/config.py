@@ -337,11 +337,13 @@ class InferConfig(_Section):
             along every non-empty combination of these array axes (0 = slice, 1 = row,
             2 = column) and averaged; ``()`` (default) runs the plain image only. Costs
             ``2 ** len(flip_tta)`` times the network time.
-        body_threshold_hu: windows are placed only inside the bounding box of voxels above
-            this value (the body; the CT table too), grown by ``body_margin_mm``; everything
-            outside is background. ``None`` tiles the whole image. Any voxel above the
-            threshold anywhere in the image is inside the box, so foreground is never cropped
-            away unless it is air. Windows inside the box whose every voxel is at or below
+        body_threshold_hu: of the windows MONAI would place on the whole image, only those
+            that reach into the bounding box of voxels above this value (the body; the CT
+            table too), grown by ``body_margin_mm``, are run; voxels no window covers are
+            background. Each window that runs sees the same input as MONAI's, so this
+            changes no logit. ``None`` tiles the whole image. Any voxel above the threshold
+            anywhere in the image is inside the box, so foreground is never cropped away
+            unless it is air. Windows whose every voxel is at or below
             ``preprocess.lower_hu`` are not run either (background).
         body_margin_mm: margin added to the body box on every side, in mm.
         backend: ``"torch"`` runs the network as is (on its device); ``"onnxruntime"`` and

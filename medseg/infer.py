@@ -2,20 +2,27 @@
 
 One case goes through these steps (each skips itself when it has nothing to do):
 
-1. **Body box**: windows are placed only inside the bounding box of voxels above
-   ``infer.body_threshold_hu`` (plus a margin); every voxel outside it is background.
-2. **Model grid**: if the model has a ``preprocess.spacing_mm``, the box is resampled to it
-   (:mod:`medseg.preprocess`, SimpleITK).
-3. **Windows**: placed as MONAI's ``sliding_window_inference`` places them (same start
-   positions, same Gaussian/constant importance maps), run in batches of ``sw_batch_size``
-   through torch (``channels_last_3d``, autocast), ONNX Runtime or OpenVINO, optionally with
-   flip test-time augmentation.
+1. **Windows**: placed as MONAI's ``sliding_window_inference`` places them on the whole
+   image on the model grid (the image resampled to ``preprocess.spacing_mm``, if set): same
+   start positions, same Gaussian/constant importance maps. Only the windows that reach into
+   the body box (voxels above ``infer.body_threshold_hu``, plus a margin) are kept, and of
+   those only the ones with a voxel above ``preprocess.lower_hu`` are run. Every window that
+   runs therefore sees exactly MONAI's input, so skipping air changes no logit even for a
+   network that normalises each window (instance norm); every voxel no window covers is
+   background.
+2. **Model grid**: the input of each row of windows is resampled to the model grid as it is
+   needed, a few slices at a time (:func:`medseg.preprocess.resample_linear`, SimpleITK),
+   never as a float copy of the whole image.
+3. **Network**: windows run in batches of ``sw_batch_size`` through torch
+   (``channels_last_3d``, autocast), ONNX Runtime or OpenVINO, optionally with flip
+   test-time augmentation.
 4. **Slab-wise aggregation**: windows are run one slab of slices at a time; the weighted logits
    of a slab are summed in a float16 buffer only ``roi_size[0]`` slices deep, and every slice
    that no later window touches is turned into uint8 labels at once. No full-size float map
    exists when only labels are asked for.
-5. **Back to the input grid**: labels are pasted into the body box; from the model grid they
-   are found by interpolating each class's logits linearly slab by slab
+5. **Back to the input grid**: labels are pasted into the tiled region; from the model grid
+   they are found by interpolating each class's logits linearly slab by slab, only where a
+   label other than background is within one voxel
    (:func:`medseg.preprocess.resample_scores_to_labels`).
 
 Probabilities are available on request from :func:`predict_probabilities`.
@@ -38,6 +45,7 @@ from medseg import geometry as geo
 from medseg import preprocess
 from medseg.config import InferConfig, PreprocessConfig
 from medseg.errors import ConfigError
+from medseg.geometry import Geometry
 from medseg.model import LoadedModel
 from medseg.volume import Volume, VolumeKind
 
@@ -52,6 +60,9 @@ _Sink = Callable[[int, torch.Tensor], None]
 #: Logit of every foreground class where no window was run (background's is 0): background
 #: probability 1 - 2e-9 per class after softmax; finite, so linear interpolation still works.
 _UNSEEN_LOGIT = -20.0
+
+#: Finished slices handed to the sink at once (bounds the float32 copy of the summed logits).
+_SINK_SLICES = 8
 
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -154,20 +165,29 @@ def _predict_on_grid(
     else:
         out = np.zeros((n_classes, *shape), dtype=dtype)
         out[0] = 1.0
-    box = _window_box(image, infer, pre)
-    if box is None:  # nothing above the body threshold: all background
-        return out
-    start, stop = box
-    inside = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
-    crop = geo.crop_geometry(image.geometry, start, stop)
-    hu = np.asarray(image.array)[inside]  # a view
-    grid = crop
+    grid = image.geometry
     if pre.spacing_mm is not None:
-        grid = preprocess.model_grid(crop, pre.spacing_mm)
-    resampled = not geo.geometries_equal(grid, crop)
-    if resampled:
-        hu = preprocess.resample(Volume(hu, crop), grid).array
+        grid = preprocess.model_grid(image.geometry, pre.spacing_mm)
+    resampled = not geo.geometries_equal(grid, image.geometry)
+    tiling = _tiling(image, grid, infer)
+    if tiling is None:  # nothing above the body threshold: all background
+        return out
+    (start, stop), starts = tiling
+    region = geo.crop_geometry(grid, start, stop)
+    hu = np.asarray(image.array)
 
+    def slab_of(first: int, last: int) -> NDArray[np.generic]:
+        """HU of slices ``first:last`` of the region, on the model grid."""
+        if not resampled:
+            return hu[start[0] + first : start[0] + last, start[1] : stop[1], start[2] : stop[2]]
+        out = np.empty((last - first, *region.shape[1:]), dtype=np.float32)
+        for part in range(first, last, preprocess.SCORE_SLAB_SLICES):  # small input copies
+            end = min(last, part + preprocess.SCORE_SLAB_SLICES)
+            slab = geo.crop_geometry(region, (part, 0, 0), (end, *region.shape[1:]))
+            out[part - first : end - first] = preprocess.resample_linear(hu, image.geometry, slab)
+        return out
+
+    inside = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
     with _inference_settings(model) as predictor:
         if want == "labels" and not resampled:
             target = out[inside]
@@ -176,26 +196,34 @@ def _predict_on_grid(
                 labels = _argmax_uint8(scores)
                 target[first : first + labels.shape[0]] = labels
 
-            _sliding_window(hu, pre, infer, n_classes, predictor, to_labels, normalise, divide=False)
+            _sliding_window(slab_of, region.shape, starts, pre, infer, n_classes, predictor,
+                            to_labels, normalise, divide=False)
             return out
-        scores = np.zeros((n_classes, *grid.shape), dtype=np.float16)
+        scores = np.zeros((n_classes, *region.shape), dtype=np.float16)
 
         def keep(first: int, block: torch.Tensor) -> None:
             if want == "probabilities":
                 block = torch.softmax(block, dim=0)
             scores[:, first : first + block.shape[1]] = block.numpy()
 
-        _sliding_window(hu, pre, infer, n_classes, predictor, keep, normalise, divide=True)
+        _sliding_window(slab_of, region.shape, starts, pre, infer, n_classes, predictor, keep,
+                        normalise, divide=True)
 
-    if want == "labels":
-        out[inside] = preprocess.resample_scores_to_labels(scores, grid, crop)
+    if not resampled:
+        out[:, inside[0], inside[1], inside[2]] = scores
         return out
-    box_of_out = out[:, inside[0], inside[1], inside[2]]  # a view
+    covered = _covered_box(image.geometry, region)
+    if covered is None:
+        return out
+    back = geo.crop_geometry(image.geometry, *covered)
+    on_input = tuple(slice(a, b) for a, b in zip(*covered, strict=True))
+    if want == "labels":
+        out[on_input] = preprocess.resample_scores_to_labels(scores, region, back)
+        return out
+    box_of_out = out[:, on_input[0], on_input[1], on_input[2]]  # a view
     for label in range(n_classes):
-        channel = Volume(scores[label].astype(np.float32), grid)
-        box_of_out[label] = preprocess.resample(channel, crop).array
-    if resampled:  # linear interpolation keeps the sum at 1 only up to rounding
-        box_of_out[...] = box_of_out / box_of_out.sum(axis=0, keepdims=True)
+        box_of_out[label] = preprocess.resample_linear(scores[label], region, back)
+    box_of_out[...] = box_of_out / box_of_out.sum(axis=0, keepdims=True)  # sum 1 again
     return out
 
 
@@ -211,29 +239,61 @@ def _argmax_uint8(scores: torch.Tensor) -> NDArray[np.uint8]:
     return labels.numpy()
 
 
-def _window_box(
-    image: Volume, infer: InferConfig, pre: PreprocessConfig
-) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
-    """The part of the image to tile: the body box, grown to one window where it fits."""
-    shape = image.geometry.shape
+#: ``((start, stop), window starts per axis relative to start)`` on the model grid.
+_Tiling = tuple[tuple[tuple[int, int, int], tuple[int, int, int]], list[list[int]]]
+
+
+def _tiling(image: Volume, grid: Geometry, infer: InferConfig) -> _Tiling | None:
+    """MONAI's windows on the whole model grid that reach into the body box, and their region.
+
+    The windows are those ``sliding_window_inference`` would place on the whole image
+    resampled to ``grid`` (:func:`window_starts`); only the ones that overlap the body box
+    (voxels above ``infer.body_threshold_hu``, plus ``infer.body_margin_mm``) are kept, and the
+    region is the box they cover. Each window therefore sees exactly the input MONAI's would,
+    so cropping changes no window's logits. ``None`` if no voxel is above the threshold.
+    Along an axis where the grid is smaller than the window, the region is the whole axis and
+    the window starts at 0 of the padded axis (MONAI pads it symmetrically).
+    """
+    roi = infer.roi_size
     if infer.body_threshold_hu is None:
-        start, stop = [0, 0, 0], list(shape)
+        body = ((0, 0, 0), image.geometry.shape)
     else:
-        box = preprocess.body_box(image, infer.body_threshold_hu, infer.body_margin_mm)
-        if box is None:
+        found = preprocess.body_box(image, infer.body_threshold_hu, infer.body_margin_mm)
+        if found is None:
             return None
-        start, stop = list(box[0]), list(box[1])
-    spacing = image.geometry.spacing_mm
-    model_spacing = pre.spacing_mm or spacing
+        body = found
+    start, stop, starts = [0, 0, 0], [0, 0, 0], []
     for axis in range(3):
-        # a window's extent in input voxels: real image context instead of zero padding
-        wanted = min(
-            shape[axis], math.ceil(infer.roi_size[axis] * model_spacing[axis] / spacing[axis])
-        )
-        missing = wanted - (stop[axis] - start[axis])
-        if missing > 0:  # centred where possible, always containing the body box
-            start[axis] = min(max(0, start[axis] - missing // 2), shape[axis] - wanted)
-            stop[axis] = start[axis] + wanted
+        n = grid.shape[axis]
+        if n <= roi[axis]:
+            stop[axis] = n
+            starts.append([0])
+            continue
+        # grid and image share origin and direction: index scales by the spacing ratio
+        ratio = image.geometry.spacing_mm[axis] / grid.spacing_mm[axis]
+        low = math.floor(body[0][axis] * ratio)
+        high = math.floor((body[1][axis] - 1) * ratio) + 2  # exclusive, one voxel to spare
+        chosen = [s for s in window_starts(n, roi[axis], infer.overlap)
+                  if s < high and s + roi[axis] > low]
+        start[axis], stop[axis] = chosen[0], chosen[-1] + roi[axis]
+        starts.append([s - chosen[0] for s in chosen])
+    return ((start[0], start[1], start[2]), (stop[0], stop[1], stop[2])), starts
+
+
+def _covered_box(
+    image: Geometry, region: Geometry
+) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """The input voxels whose centres lie inside ``region`` (a box of the model grid)."""
+    corners = np.array([[k, j, i] for k in (0, region.shape[0] - 1)
+                        for j in (0, region.shape[1] - 1) for i in (0, region.shape[2] - 1)],
+                       dtype=float)
+    reach = geo.world_to_index(image, geo.index_to_world(region, corners))
+    start, stop = [], []
+    for axis in range(3):
+        start.append(max(0, math.ceil(reach[:, axis].min() - 1e-6)))
+        stop.append(min(image.shape[axis], math.floor(reach[:, axis].max() + 1e-6) + 1))
+    if any(a >= b for a, b in zip(start, stop, strict=True)):
+        return None
     return (start[0], start[1], start[2]), (stop[0], stop[1], stop[2])
 
 
@@ -242,7 +302,9 @@ def _window_box(
 
 
 def _sliding_window(
-    hu: NDArray[np.generic],
+    slab_of: Callable[[int, int], NDArray[np.generic]],
+    size: tuple[int, int, int],
+    starts: list[list[int]],
     pre: PreprocessConfig,
     infer: InferConfig,
     n_classes: int,
@@ -252,44 +314,50 @@ def _sliding_window(
     *,
     divide: bool,
 ) -> None:
-    """Run every window over ``hu`` and hand finished slices to ``sink`` in order.
+    """Run the windows at ``starts`` over a region of ``size`` and hand finished slices to
+    ``sink`` in order.
 
-    ``normalise`` maps a slab of ``hu`` to network input. ``sink`` gets the weighted sum of
-    logits per voxel, divided by the sum of weights when ``divide`` (argmax does not need the
-    division: the weights are the same for every class). Images smaller than a window are
-    padded symmetrically with ``lower_hu`` (0 after the CT window, as MONAI pads) and the
-    padding is cut off again before ``sink`` sees it.
+    ``slab_of(first, last)`` returns the HU of slices ``first:last`` of the region, fetched
+    one window row at a time; ``normalise`` maps them to network input. ``sink`` gets the
+    weighted sum of logits per voxel, divided by the sum of weights when ``divide`` (argmax
+    does not need the division: the weights are the same for every class). Along an axis
+    shorter than the window the region is padded symmetrically with ``lower_hu`` (0 after the
+    CT window, as MONAI pads) and the padding is cut off again before ``sink`` sees it.
     """
     roi = infer.roi_size
-    before = [max(0, r - s) // 2 for r, s in zip(roi, hu.shape, strict=True)]
-    pad = [(b, max(0, r - s) - b) for b, r, s in zip(before, roi, hu.shape, strict=True)]
-    if any(after for _, after in pad):
-        hu = np.pad(hu, pad, constant_values=np.asarray(pre.lower_hu, dtype=hu.dtype))
-    size = hu.shape
-    starts = [window_starts(s, r, infer.overlap) for s, r in zip(size, roi, strict=True)]
+    before = [max(0, r - s) // 2 for r, s in zip(roi, size, strict=True)]
+    pad = [(b, max(0, r - s) - b) for b, r, s in zip(before, roi, size, strict=True)]
+    padded = [s + a + b for s, (a, b) in zip(size, pad, strict=True)]
+    lower = np.float32(pre.lower_hu)
     weight = compute_importance_map(tuple(roi), mode=infer.blend, device="cpu")
-    depth, rows, columns = roi[0], size[1], size[2]
+    depth, rows, columns = roi[0], padded[1], padded[2]
     summed = torch.zeros((n_classes, depth, rows, columns), dtype=torch.float16)
     weights = torch.zeros((depth, rows, columns), dtype=torch.float32) if divide else None
     plane = list(itertools.product(starts[1], starts[2]))
-    keep_rows = slice(before[1], before[1] + size[1] - pad[1][0] - pad[1][1])
-    keep_columns = slice(before[2], before[2] + size[2] - pad[2][0] - pad[2][1])
-    n_slices = size[0] - pad[0][0] - pad[0][1]
+    keep_rows = slice(before[1], before[1] + size[1])
+    keep_columns = slice(before[2], before[2] + size[2])
 
     for index, z in enumerate(starts[0]):
-        slab = torch.from_numpy(normalise(hu[z : z + depth]))
+        first, last = max(0, z - before[0]), min(size[0], z + depth - before[0])
+        hu = slab_of(first, last)
+        slab_pad = [(first - (z - before[0]), z + depth - before[0] - last), pad[1], pad[2]]
+        if any(a or b for a, b in slab_pad):
+            hu = np.pad(hu, slab_pad, constant_values=np.asarray(lower, dtype=hu.dtype))
         corners_in_slab = plane
         if infer.body_threshold_hu is not None:
             # a window of nothing but air (every voxel at or below lower_hu, a constant after
             # scaling) is not run: its voxels get background unless another window covers
             # them. Such a window is numerically meaningless anyway: instance normalisation
-            # of a constant input amplifies float rounding to arbitrary logits.
-            above = torch.from_numpy(np.greater(hu[z : z + depth], pre.lower_hu))
+            # of a constant input amplifies float rounding to arbitrary logits. Tested on the
+            # slab's projection along the slices: one 2-D look-up per window.
+            above = np.greater(hu, lower).any(axis=0)
             corners_in_slab = [
-                (y, x) for y, x in plane if bool(above[:, y : y + roi[1], x : x + roi[2]].any())
+                (y, x) for y, x in plane if bool(above[y : y + roi[1], x : x + roi[2]].any())
             ]
-        for first in range(0, len(corners_in_slab), infer.sw_batch_size):
-            corners = corners_in_slab[first : first + infer.sw_batch_size]
+        slab = torch.from_numpy(normalise(hu))
+        del hu  # a resampled slab is ours: free it before the network's activations
+        for at in range(0, len(corners_in_slab), infer.sw_batch_size):
+            corners = corners_in_slab[at : at + infer.sw_batch_size]
             batch = torch.stack(
                 [slab[:, y : y + roi[1], x : x + roi[2]] for y, x in corners]
             ).unsqueeze(1)
@@ -298,18 +366,22 @@ def _sliding_window(
                 summed[:, :, y : y + roi[1], x : x + roi[2]].add_(window * weight)
                 if weights is not None:
                     weights[:, y : y + roi[1], x : x + roi[2]].add_(weight)
-        # slices before the next window row are final
+            del batch, logits
+        del slab
+        # slices before the next window row are final; handed over a few at a time, so the
+        # float32 copy of the block is small
         done = (starts[0][index + 1] if index + 1 < len(starts[0]) else z + depth) - z
-        block = summed[:, :done].float()
-        if weights is not None:
-            unseen = weights[:done] == 0  # only skipped windows cover these: background
-            block /= weights[:done].clamp(min=1e-6)
-            block[0][unseen] = 0.0
-            block[1:, unseen] = _UNSEEN_LOGIT
-        # hand over only slices of the unpadded image
-        lo, hi = max(z, before[0]), min(z + done, before[0] + n_slices)
-        if hi > lo:
-            sink(lo - before[0], block[:, lo - z : hi - z, keep_rows, keep_columns])
+        lo, hi = max(z, before[0]), min(z + done, before[0] + size[0])  # unpadded slices
+        for part in range(lo, hi, _SINK_SLICES):
+            end = min(hi, part + _SINK_SLICES)
+            block = summed[:, part - z : end - z, keep_rows, keep_columns].float()
+            if weights is not None:
+                sums = weights[part - z : end - z, keep_rows, keep_columns]
+                unseen = sums == 0  # only skipped windows cover these: background
+                block /= sums.clamp(min=1e-6)
+                block[0][unseen] = 0.0
+                block[1:, unseen] = _UNSEEN_LOGIT
+            sink(part - before[0], block)
         summed[:, : depth - done] = summed[:, done:].clone()
         summed[:, depth - done :] = 0
         if weights is not None:

@@ -27,12 +27,14 @@ __all__ = [
     "reorient",
     "require_finite_image",
     "resample",
+    "resample_linear",
     "resample_scores_to_labels",
     "scale_intensity",
     "window_intensity",
 ]
 
-#: Slices of the target grid resampled at once by :func:`resample_scores_to_labels`: bounds
+#: Slices of the target grid resampled at once by :func:`resample_scores_to_labels` (and by
+#: :mod:`medseg.infer` when it resamples the input): bounds
 #: its memory to ``n_classes * SCORE_SLAB_SLICES`` float32 slices of the target grid.
 SCORE_SLAB_SLICES = 16
 
@@ -295,6 +297,52 @@ def resample(volume: Volume, target: Geometry) -> Volume:
     return Volume(out, target, volume.kind, volume.source)
 
 
+def resample_linear(
+    array: NDArray[np.generic], source: Geometry, target: Geometry
+) -> NDArray[np.float32]:
+    """``array`` (on ``source``) interpolated linearly at ``target``'s voxels, as float32.
+
+    Only the source voxels the interpolation needs are read (a box around ``target``'s
+    extent), and they keep their type until SimpleITK computes in double: resampling a small
+    ``target`` from a large integer image costs memory for the small box, not a float copy of
+    the image. Points outside ``source`` take the nearest voxel, as in :func:`resample`.
+    """
+    low, high = _needed_box(source, target, (0, 0, 0), target.shape)
+    chunk = geo.crop_geometry(source, low, high)
+    inside = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    resampler = _resampler(target, sitk.sitkLinear)
+    resampler.SetOutputPixelType(sitk.sitkFloat32)
+    values = np.asarray(array)[inside]
+    if values.dtype == np.float16:  # not a SimpleITK pixel type
+        values = values.astype(np.float32)
+    out = resampler.Execute(_to_sitk_image(values, chunk))
+    return sitk.GetArrayFromImage(out)
+
+
+def _needed_box(
+    source: Geometry, target: Geometry, start: Sequence[int], stop: Sequence[int]
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The box of ``source`` voxels that linear interpolation at ``target[start:stop]`` reads.
+
+    The eight corners of the target box are mapped to fractional source indices; the box is
+    their bounding box grown to the enclosing voxels plus one (float noise), clipped to
+    ``source`` and never empty.
+    """
+    corners = np.array(
+        [[k, j, i] for k in (start[0], stop[0] - 1) for j in (start[1], stop[1] - 1)
+         for i in (start[2], stop[2] - 1)],
+        dtype=float,
+    )
+    needed = geo.world_to_index(source, geo.index_to_world(target, corners))
+    low, high = [], []
+    for axis in range(3):
+        n = source.shape[axis]
+        a = int(np.clip(math.floor(needed[:, axis].min()) - 1, 0, n - 1))
+        low.append(a)
+        high.append(int(np.clip(math.ceil(needed[:, axis].max()) + 2, a + 1, n)))
+    return (low[0], low[1], low[2]), (high[0], high[1], high[2])
+
+
 def resample_scores_to_labels(
     scores: NDArray[np.floating], source: Geometry, target: Geometry
 ) -> NDArray[np.uint8]:
@@ -303,6 +351,13 @@ def resample_scores_to_labels(
     Each class's score (logits or probabilities, one channel per label value) is interpolated
     linearly onto :data:`SCORE_SLAB_SLICES` slices of ``target`` at a time and the argmax is
     kept as uint8, so no full-size float map of any class is ever allocated on ``target``.
+
+    Interpolation runs only where the answer can differ from background: a linear
+    interpolation is a convex combination of its corner voxels, so if every corner's argmax
+    is label 0 (``score_0 >= score_c`` for every class ``c``), the interpolated scores keep
+    that order and the label is 0. Target voxels whose corners all lie outside the box of
+    non-background argmax voxels (grown by one voxel) are therefore set to 0 without
+    interpolating; on a lesion or a few organs this skips most of the grid.
 
     Args:
         scores: ``(class, slice, row, column)`` on ``source``; any float type.
@@ -313,30 +368,52 @@ def resample_scores_to_labels(
         uint8 labels ``(slice, row, column)`` on ``target``; ties go to the lower label value.
     """
     labels = np.zeros(target.shape, dtype=np.uint8)
-    n_rows, n_columns = source.shape[1], source.shape[2]
+    winners = _argmax_labels(scores)
     for first in range(0, target.shape[0], SCORE_SLAB_SLICES):
         last = min(target.shape[0], first + SCORE_SLAB_SLICES)
-        slab = geo.crop_geometry(target, (first, 0, 0), (last, target.shape[1], target.shape[2]))
-        corners = np.array(
-            [[k, j, i] for k in (0, slab.shape[0] - 1) for j in (0, slab.shape[1] - 1)
-             for i in (0, slab.shape[2] - 1)],
-            dtype=float,
-        )
-        needed = geo.world_to_index(source, geo.index_to_world(slab, corners))[:, 0]
-        low = int(np.clip(math.floor(needed.min()) - 1, 0, source.shape[0] - 1))
-        high = int(np.clip(math.ceil(needed.max()) + 2, low + 1, source.shape[0]))
-        chunk = geo.crop_geometry(source, (low, 0, 0), (high, n_rows, n_columns))
-        resampler = _resampler(slab, sitk.sitkLinear)
+        low, high = _needed_box(source, target, (first, 0, 0), (last, *target.shape[1:]))
+        inside = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+        hits = [np.flatnonzero(winners[inside].any(axis=others)) for others in
+                ((1, 2), (0, 2), (0, 1))]
+        if hits[0].size == 0:  # every corner is background
+            continue
+        # the non-background box grown by one voxel, in source indices, then in target ones
+        box_low = [low[a] + int(h[0]) - 1 for a, h in enumerate(hits)]
+        box_high = [low[a] + int(h[-1]) + 1 for a, h in enumerate(hits)]
+        corners = np.array([[k, j, i] for k in (box_low[0], box_high[0])
+                            for j in (box_low[1], box_high[1])
+                            for i in (box_low[2], box_high[2])], dtype=float)
+        reach = geo.world_to_index(target, geo.index_to_world(source, corners))
+        start = [first, 0, 0]
+        stop = [last, target.shape[1], target.shape[2]]
+        for axis in range(3):
+            start[axis] = max(start[axis], math.floor(reach[:, axis].min()) - 1)
+            stop[axis] = min(stop[axis], math.ceil(reach[:, axis].max()) + 2)
+        if any(a >= b for a, b in zip(start, stop, strict=True)):
+            continue
+        part = geo.crop_geometry(target, start, stop)
         best: NDArray[np.float32] | None = None
-        best_label = np.zeros(slab.shape, dtype=np.uint8)
+        best_label = np.zeros(part.shape, dtype=np.uint8)
         for label in range(scores.shape[0]):
-            channel = np.asarray(scores[label, low:high], dtype=np.float32)
-            score = sitk.GetArrayFromImage(resampler.Execute(_to_sitk_image(channel, chunk)))
+            score = resample_linear(scores[label], source, part)
             if best is None:
                 best = score
             else:
                 better = score > best
                 best_label[better] = label
                 np.maximum(best, score, out=best)
-        labels[first:last] = best_label
+        labels[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]] = best_label
     return labels
+
+
+def _argmax_labels(scores: NDArray[np.floating]) -> NDArray[np.uint8]:
+    """Argmax over the class axis as uint8 (ties to the lower label), a few slices at a time."""
+    out = np.zeros(scores.shape[1:], dtype=np.uint8)
+    for first in range(0, scores.shape[1], SCORE_SLAB_SLICES):
+        block = scores[:, first : first + SCORE_SLAB_SLICES]
+        best = np.array(block[0], dtype=np.float32)
+        for label in range(1, scores.shape[0]):
+            score = np.asarray(block[label], dtype=np.float32)
+            out[first : first + block.shape[1]][score > best] = label
+            np.maximum(best, score, out=best)
+    return out

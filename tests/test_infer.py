@@ -165,6 +165,59 @@ def test_whole_image_tiling_agrees_with_monai(blend: str) -> None:
     assert np.mean(labels == expected) > 0.999
 
 
+def _body_phantom(grid: Geometry) -> np.ndarray:
+    """Air around an elliptic body of noisy soft tissue with a brighter lesion."""
+    rng = np.random.default_rng(7)
+    k, j, i = np.ogrid[: grid.shape[0], : grid.shape[1], : grid.shape[2]]
+    n, rows, columns = grid.shape
+    body = (((j - rows / 2) / (0.3 * rows)) ** 2 + ((i - columns / 2) / (0.35 * columns)) ** 2
+            < 1) & (k > 3) & (k < n - 4)
+    hu = np.where(body, rng.normal(40.0, 60.0, grid.shape), -1000.0).astype(np.float32)
+    hu[n // 2 : n // 2 + 5, rows // 2 : rows // 2 + 8, columns // 2 : columns // 2 + 9] += 150.0
+    return hu
+
+
+@pytest.mark.parametrize("spacing", [None, (2.5, 1.2, 1.3)], ids=["input-grid", "model-grid"])
+def test_body_crop_gives_every_window_monai_s_input(spacing: tuple[float, ...] | None) -> None:
+    """Skipping air changes no label in the body: the windows that run are the ones MONAI's
+    whole-image tiling places there, with the same input, so even a network that normalises
+    each window (instance norm, as here) sees the same context. Referee: MONAI's
+    sliding_window_inference over the whole (resampled) image."""
+    from monai.inferers import sliding_window_inference
+
+    from medseg.preprocess import (
+        model_grid,
+        resample,
+        resample_scores_to_labels,
+        scale_intensity,
+    )
+
+    model = _untrained_model()
+    pre = model.config.preprocess.model_copy(update={"spacing_mm": spacing})
+    model = _model_with({"preprocess": pre}, blend="gaussian", overlap=0.5, sw_batch_size=3)
+    assert model.config.infer.body_threshold_hu == -500.0
+    grid = Geometry((45, 150, 140), (2.0, 0.8, 0.9), (10.0, -20.0, 30.0))
+    hu = _body_phantom(grid)
+    image = Volume(hu, grid)
+
+    labels = predict(model, image).array
+
+    resampled = image if spacing is None else resample(image, model_grid(grid, spacing))
+    with torch.inference_mode():
+        x = torch.from_numpy(scale_intensity(resampled, pre).array.copy())
+        logits = sliding_window_inference(x[None, None], (16, 32, 32), 3, model.network, 0.5,
+                                          "gaussian")
+    assert isinstance(logits, torch.Tensor)
+    if spacing is None:
+        expected = logits.argmax(1)[0].numpy()
+    else:
+        scores = logits[0].numpy().astype(np.float16)
+        expected = resample_scores_to_labels(scores, resampled.geometry, grid)
+    body = hu > -500.0
+    assert 0.05 < np.mean(expected[body] == 1) < 0.95  # the network says something
+    assert np.mean(labels[body] == expected[body]) > 0.999
+
+
 def test_body_box_never_drops_a_lesion_at_the_image_border() -> None:
     config = load_config(TINY)
     model = LoadedModel(_Threshold(), config, dict(config.model.labels), medseg.__version__)

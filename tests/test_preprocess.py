@@ -72,10 +72,37 @@ def test_labels_survive_a_round_trip_through_a_finer_grid() -> None:
     np.testing.assert_array_equal(back.array, labels)
 
 
-def test_slab_wise_scores_match_whole_volume_simpleitk() -> None:
-    source = Geometry((13, 20, 22), (3.0, 1.6, 1.4), (-5.0, 7.0, 11.0), _oblique())
-    target = Geometry((40, 37, 31), (0.9, 0.8, 0.95), (-3.0, 8.0, 12.0), _oblique())
-    scores = np.random.default_rng(1).normal(size=(3, *source.shape)).astype(np.float16)
+def _sparse_scores(shape: tuple[int, int, int]) -> np.ndarray:
+    """Background wins everywhere but in two small blobs of classes 1 and 2 (a lesion case)."""
+    rng = np.random.default_rng(2)
+    scores = rng.normal(size=(3, *shape)).astype(np.float32)
+    scores[0] += 6.0
+    scores[1, 3:5, 4:8, 5:9] += 12.0
+    scores[2, 9:11, 14:16, 2:4] += 12.0
+    return scores.astype(np.float16)
+
+
+SCORE_CASES = {
+    # dense noise: every slab has every class; the interpolation runs everywhere
+    "noise": (
+        Geometry((13, 20, 22), (3.0, 1.6, 1.4), (-5.0, 7.0, 11.0), _oblique()),
+        Geometry((40, 37, 31), (0.9, 0.8, 0.95), (-3.0, 8.0, 12.0), _oblique()),
+        lambda shape: np.random.default_rng(1).normal(size=(3, *shape)).astype(np.float16),
+    ),
+    # two blobs: most slabs and most of each slab are skipped as all-background corners;
+    # the target grid is not even aligned with the source's axes
+    "sparse-lesions": (
+        Geometry((13, 20, 22), (3.0, 1.6, 1.4), (-5.0, 7.0, 11.0), _oblique()),
+        Geometry((44, 40, 36), (0.9, 0.8, 0.95), (0.0, 6.0, -8.0)),
+        _sparse_scores,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SCORE_CASES.values(), ids=SCORE_CASES.keys())
+def test_slab_wise_scores_match_whole_volume_simpleitk(case: tuple) -> None:
+    source, target, make = case
+    scores = make(source.shape)
 
     labels = resample_scores_to_labels(scores, source, target)
 
@@ -93,7 +120,23 @@ def test_slab_wise_scores_match_whole_volume_simpleitk() -> None:
             direction, 0.0, sitk.sitkFloat32, True,
         )
         whole.append(sitk.GetArrayFromImage(out))
-    np.testing.assert_array_equal(labels, np.argmax(np.stack(whole), axis=0))
+    expected = np.argmax(np.stack(whole), axis=0)
+    assert len(np.unique(expected)) == 3  # the case has all three labels on the target
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_resample_linear_reads_an_integer_image_and_matches_whole_volume_simpleitk() -> None:
+    from medseg.preprocess import resample_linear
+
+    source = Geometry((30, 40, 50), (2.5, 0.9, 0.8), (1.0, -2.0, 3.0), _oblique())
+    hu = np.random.default_rng(3).integers(-1000, 1500, source.shape).astype(np.int16)
+    region = geo.crop_geometry(model_grid(source, (2.0, 1.5, 1.5)), (3, 5, 7), (20, 19, 22))
+
+    part = resample_linear(hu, source, region)
+
+    whole = resample(Volume(hu.astype(np.float32), source), model_grid(source, (2.0, 1.5, 1.5)))
+    assert part.dtype == np.float32
+    np.testing.assert_allclose(part, whole.array[3:20, 5:19, 7:22], atol=1e-3)
 
 
 def test_scale_intensity_refuses_nan() -> None:
