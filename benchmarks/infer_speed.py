@@ -27,7 +27,7 @@ Defaults (the issue's reference run):
 
 ``--workdir`` keeps the trained model and the CT between runs.
 
-Printed per variant: wall time of the call; peak RSS while it ran (the peak mark is reset just
+Printed per variant: wall time of the call (the median of ``--repeats`` calls in one process); peak RSS while it ran (the peak mark is reset just
 before it, ``/proc/self/clear_refs``) and the memory the call added on top of what was resident
 before it (libraries, weights, the input image); the label Dice against MONAI's labels; and,
 on the default phantom, the Dice against the phantom's true tumours.
@@ -167,17 +167,18 @@ def _run_variant(args: argparse.Namespace) -> None:
             grid = preprocess.model_grid(image.geometry, model.config.preprocess.spacing_mm)
             image = preprocess.resample(image, grid)
         scaled = preprocess.scale_intensity(image, model.config.preprocess).array
-        before_mb = _start_peak_window()
-        started = time.perf_counter()
-        with torch.inference_mode():
-            x = torch.from_numpy(np.array(scaled))[None, None]
-            logits = sliding_window_inference(
-                x, BASELINE_SETTINGS["roi_size"], BASELINE_SETTINGS["sw_batch_size"],
-                model.network, overlap, blend,
-            )
-            assert isinstance(logits, torch.Tensor)
-            labels = logits.argmax(1)[0].to(torch.uint8).numpy()
-        seconds = time.perf_counter() - started
+
+        def call() -> tuple[torch.Tensor, np.ndarray]:
+            with torch.inference_mode():
+                x = torch.from_numpy(np.array(scaled))[None, None]
+                out = sliding_window_inference(
+                    x, BASELINE_SETTINGS["roi_size"], BASELINE_SETTINGS["sw_batch_size"],
+                    model.network, overlap, blend,
+                )
+                assert isinstance(out, torch.Tensor)
+                return out, out.argmax(1)[0].to(torch.uint8).numpy()
+
+        (logits, labels), seconds, before_mb, peak_mb = _timed(call, args.repeats)
         peak_mb = _status_mb("VmHWM")  # the call's peak, before the untimed mapping back
         if model.config.preprocess.spacing_mm is not None:  # back for the comparison, untimed
             # as MONAI's Invertd would: the logits interpolated linearly onto the CT's grid,
@@ -202,14 +203,28 @@ def _run_variant(args: argparse.Namespace) -> None:
             onnx_predictor(model.network, args.variant, infer.roi_size,
                            precision=infer.precision, num_threads=args.threads,
                            batch_size=infer.sw_batch_size)
-        before_mb = _start_peak_window()
-        started = time.perf_counter()
-        labels = predict(model, image).array
-        seconds = time.perf_counter() - started
-        peak_mb = _status_mb("VmHWM")  # before saving: np.save may copy
+        labels, seconds, before_mb, peak_mb = _timed(
+            lambda: predict(model, image).array, args.repeats
+        )
     np.save(args.out, labels)
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb,
                       "added_mb": peak_mb - before_mb}))
+
+
+def _timed(call, repeats: int):  # type: ignore[no-untyped-def]
+    """``call()`` run ``repeats`` times: (its last result, the median wall time, RSS before the
+    first call and peak RSS during the first call, in MB). The first call's memory is the
+    cold one; the median damps the other processes of a shared 2-core machine."""
+    before_mb = _start_peak_window()
+    times, result, peak_mb = [], None, 0.0
+    for index in range(repeats):
+        result = None  # the previous result is freed before the next call
+        started = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - started)
+        if index == 0:
+            peak_mb = _status_mb("VmHWM")
+    return result, float(np.median(times)), before_mb, peak_mb
 
 
 def _status_mb(field: str) -> float:
@@ -262,6 +277,8 @@ def main() -> None:
     parser.add_argument("--medseg-sw-batch", type=int, default=default_batch,
                         help="windows per forward pass for medseg (default: medseg's "
                         f"InferConfig default, {default_batch}; MONAI runs 4)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed calls per variant; the median is printed (default 3)")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
                         help="medseg's infer.precision (default: the model config's)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)

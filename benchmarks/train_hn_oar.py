@@ -49,7 +49,7 @@ from medseg import geometry as geo
 from medseg.config import ExperimentConfig
 from medseg.phantom import ct_from_label_maps
 from medseg.phantom_oar import LabelMapPhantom, load_label_maps
-from medseg.preprocess import model_grid, resample
+from medseg.preprocess import foreground_box, model_grid, resample
 from medseg.volume import Volume
 
 #: The 21 organs of the set; label value ``i + 1`` is ``CLASS_NAMES[i]`` in every scan.
@@ -124,17 +124,9 @@ def _scans(data_root: Path) -> list[Path]:
 
 def _crop_to_organs(volume: Volume, labels: Volume, margin_mm: float) -> tuple[Volume, Volume]:
     """Both volumes cut to the organs' bounding box plus ``margin_mm`` (world positions kept)."""
-    grid = labels.geometry
-    start, stop = [], []
-    for axis in range(3):
-        hits = np.flatnonzero(
-            np.asarray(labels.array).any(axis=tuple(a for a in range(3) if a != axis))
-        )
-        margin = math.ceil(margin_mm / grid.spacing_mm[axis])
-        start.append(max(0, int(hits[0]) - margin))
-        stop.append(min(grid.shape[axis], int(hits[-1]) + 1 + margin))
+    start, stop = foreground_box(volume, labels, None, margin_mm)
     window = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
-    cropped = geo.crop_geometry(grid, start, stop)
+    cropped = geo.crop_geometry(labels.geometry, start, stop)
     return (
         Volume(np.asarray(volume.array)[window], cropped, volume.kind, volume.source),
         Volume(np.asarray(labels.array)[window], cropped, labels.kind, labels.source),

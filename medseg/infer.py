@@ -199,11 +199,15 @@ def _predict_on_grid(
             _sliding_window(slab_of, region.shape, starts, pre, infer, n_classes, predictor,
                             to_labels, normalise, divide=False)
             return out
-        scores = np.zeros((n_classes, *region.shape), dtype=np.float16)
+        # labels need only each class's score minus background's: one channel less to keep
+        relative = want == "labels"
+        scores = np.zeros((n_classes - int(relative), *region.shape), dtype=np.float16)
 
         def keep(first: int, block: torch.Tensor) -> None:
             if want == "probabilities":
                 block = torch.softmax(block, dim=0)
+            else:
+                block = block[1:] - block[0]
             scores[:, first : first + block.shape[1]] = block.numpy()
 
         _sliding_window(slab_of, region.shape, starts, pre, infer, n_classes, predictor, keep,
@@ -218,7 +222,9 @@ def _predict_on_grid(
     back = geo.crop_geometry(image.geometry, *covered)
     on_input = tuple(slice(a, b) for a, b in zip(*covered, strict=True))
     if want == "labels":
-        out[on_input] = preprocess.resample_scores_to_labels(scores, region, back)
+        out[on_input] = preprocess.resample_scores_to_labels(
+            scores, region, back, relative_to_background=True
+        )
         return out
     box_of_out = out[:, on_input[0], on_input[1], on_input[2]]  # a view
     for label in range(n_classes):

@@ -159,50 +159,54 @@ def body_box(
         >>> body_box(Volume(ct, grid), -500.0, 1.0)
         ((1, 0, 2), (4, 3, 5))
     """
-    array = np.asarray(image.array)
-    shape = image.geometry.shape
-    along = [np.zeros(n, dtype=bool) for n in shape]
-    for first in range(0, shape[0], _BODY_SLAB_SLICES):
-        above = array[first : first + _BODY_SLAB_SLICES] > threshold_hu
-        along[0][first : first + above.shape[0]] = above.any(axis=(1, 2))
-        along[1] |= above.any(axis=(0, 2))
-        along[2] |= above.any(axis=(0, 1))
+    along = _projections(np.asarray(image.array), threshold_hu)
     if not along[0].any():
         return None
-    start, stop = [], []
-    for axis, hits in enumerate(along):
-        margin = math.ceil(margin_mm / image.geometry.spacing_mm[axis] - 1e-9)
-        found = np.flatnonzero(hits)
-        start.append(max(0, int(found[0]) - margin))
-        stop.append(min(shape[axis], int(found[-1]) + 1 + margin))
-    return (start[0], start[1], start[2]), (stop[0], stop[1], stop[2])
+    return _grown_box(along, image.geometry, margin_mm)
 
 
 def foreground_box(
-    image: Volume, labels: Volume, threshold_hu: float, margin_mm: float
+    image: Volume, labels: Volume, threshold_hu: float | None, margin_mm: float
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """The box around the voxels above ``threshold_hu`` and every labelled voxel, plus margin.
 
     Labelled voxels are always inside, wherever they are, so cropping never drops foreground.
-    The whole grid when nothing is above the threshold and nothing is labelled.
+    ``threshold_hu`` ``None``: the labelled voxels alone. The whole grid when nothing is above
+    the threshold and nothing is labelled.
     """
-    shape = image.geometry.shape
-    box = body_box(image, threshold_hu, 0.0)
-    start = list(box[0]) if box else list(shape)
-    stop = list(box[1]) if box else [0, 0, 0]
-    labelled = np.asarray(labels.array) > 0
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(labelled.any(axis=others))
-        if hits.size:
-            start[axis] = min(start[axis], int(hits[0]))
-            stop[axis] = max(stop[axis], int(hits[-1]) + 1)
-    if any(a >= b for a, b in zip(start, stop, strict=True)):
+    along = _projections(np.asarray(labels.array), 0)
+    if threshold_hu is not None:
+        body = _projections(np.asarray(image.array), threshold_hu)
+        along = [a | b for a, b in zip(along, body, strict=True)]
+    if not along[0].any():
+        shape = image.geometry.shape
         return (0, 0, 0), (shape[0], shape[1], shape[2])
-    for axis in range(3):
-        margin = math.ceil(margin_mm / image.geometry.spacing_mm[axis] - 1e-9)
-        start[axis] = max(0, start[axis] - margin)
-        stop[axis] = min(shape[axis], stop[axis] + margin)
+    return _grown_box(along, image.geometry, margin_mm)
+
+
+def _projections(array: NDArray[np.generic], above: float) -> list[NDArray[np.bool_]]:
+    """Per axis, which indices hold a voxel ``> above``: computed slab by slab, so the
+    boolean temporary is :data:`_BODY_SLAB_SLICES` slices, never the whole volume."""
+    along = [np.zeros(n, dtype=bool) for n in array.shape]
+    for first in range(0, array.shape[0], _BODY_SLAB_SLICES):
+        hits = np.greater(array[first : first + _BODY_SLAB_SLICES], above)
+        along[0][first : first + hits.shape[0]] = hits.any(axis=(1, 2))
+        along[1] |= hits.any(axis=(0, 2))
+        along[2] |= hits.any(axis=(0, 1))
+    return along
+
+
+def _grown_box(
+    along: Sequence[NDArray[np.bool_]], geometry: Geometry, margin_mm: float
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The box from first to last hit along each axis, grown by ``margin_mm`` (whole voxels,
+    clipped to the grid)."""
+    start, stop = [], []
+    for axis, hits in enumerate(along):
+        margin = math.ceil(margin_mm / geometry.spacing_mm[axis] - 1e-9)
+        found = np.flatnonzero(hits)
+        start.append(max(0, int(found[0]) - margin))
+        stop.append(min(geometry.shape[axis], int(found[-1]) + 1 + margin))
     return (start[0], start[1], start[2]), (stop[0], stop[1], stop[2])
 
 
@@ -344,7 +348,11 @@ def _needed_box(
 
 
 def resample_scores_to_labels(
-    scores: NDArray[np.floating], source: Geometry, target: Geometry
+    scores: NDArray[np.floating],
+    source: Geometry,
+    target: Geometry,
+    *,
+    relative_to_background: bool = False,
 ) -> NDArray[np.uint8]:
     """Labels on ``target`` from per-class scores on ``source``, slab by slab.
 
@@ -363,12 +371,16 @@ def resample_scores_to_labels(
         scores: ``(class, slice, row, column)`` on ``source``; any float type.
         source: the grid of ``scores``.
         target: the grid of the labels.
+        relative_to_background: ``scores`` holds only classes ``1..n`` as their score minus
+            background's (whose score is then 0 everywhere): one channel less to keep, the
+            same labels (interpolation is linear, so differences interpolate exactly).
 
     Returns:
         uint8 labels ``(slice, row, column)`` on ``target``; ties go to the lower label value.
     """
     labels = np.zeros(target.shape, dtype=np.uint8)
-    winners = _argmax_labels(scores)
+    offset = 1 if relative_to_background else 0
+    winners = _argmax_labels(scores, offset)
     for first in range(0, target.shape[0], SCORE_SLAB_SLICES):
         last = min(target.shape[0], first + SCORE_SLAB_SLICES)
         low, high = _needed_box(source, target, (first, 0, 0), (last, *target.shape[1:]))
@@ -393,27 +405,35 @@ def resample_scores_to_labels(
             continue
         part = geo.crop_geometry(target, start, stop)
         best: NDArray[np.float32] | None = None
+        if relative_to_background:
+            best = np.zeros(part.shape, dtype=np.float32)
         best_label = np.zeros(part.shape, dtype=np.uint8)
-        for label in range(scores.shape[0]):
-            score = resample_linear(scores[label], source, part)
+        for channel in range(scores.shape[0]):
+            score = resample_linear(scores[channel], source, part)
             if best is None:
                 best = score
             else:
                 better = score > best
-                best_label[better] = label
+                best_label[better] = channel + offset
                 np.maximum(best, score, out=best)
         labels[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]] = best_label
     return labels
 
 
-def _argmax_labels(scores: NDArray[np.floating]) -> NDArray[np.uint8]:
-    """Argmax over the class axis as uint8 (ties to the lower label), a few slices at a time."""
+def _argmax_labels(scores: NDArray[np.floating], offset: int = 0) -> NDArray[np.uint8]:
+    """Argmax over the class axis as uint8 (ties to the lower label), a few slices at a time.
+
+    With ``offset`` 1 the channels are classes ``1..n`` and class 0 scores 0 everywhere.
+    """
     out = np.zeros(scores.shape[1:], dtype=np.uint8)
     for first in range(0, scores.shape[1], SCORE_SLAB_SLICES):
         block = scores[:, first : first + SCORE_SLAB_SLICES]
-        best = np.array(block[0], dtype=np.float32)
-        for label in range(1, scores.shape[0]):
-            score = np.asarray(block[label], dtype=np.float32)
-            out[first : first + block.shape[1]][score > best] = label
+        if offset:
+            best = np.zeros(block.shape[1:], dtype=np.float32)
+        else:
+            best = np.array(block[0], dtype=np.float32)
+        for channel in range(1 - offset, scores.shape[0]):
+            score = np.asarray(block[channel], dtype=np.float32)
+            out[first : first + block.shape[1]][score > best] = channel + offset
             np.maximum(best, score, out=best)
     return out

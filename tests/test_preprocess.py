@@ -123,6 +123,11 @@ def test_slab_wise_scores_match_whole_volume_simpleitk(case: tuple) -> None:
     expected = np.argmax(np.stack(whole), axis=0)
     assert len(np.unique(expected)) == 3  # the case has all three labels on the target
     np.testing.assert_array_equal(labels, expected)
+    # the same from the scores relative to background (one channel less)
+    relative = scores[1:].astype(np.float32) - scores[0].astype(np.float32)
+    from_relative = resample_scores_to_labels(relative, source, target,
+                                              relative_to_background=True)
+    assert np.mean(from_relative == expected) > 0.9995  # float rounding at near-ties only
 
 
 def test_resample_linear_reads_an_integer_image_and_matches_whole_volume_simpleitk() -> None:
