@@ -74,8 +74,9 @@ def predict(model: LoadedModel, image: Volume) -> Volume:
     model spacing) is applied here, so a model is always fed what it was trained on: pass the
     image in Hounsfield units, not already scaled. The steps and settings are in the module
     docstring and :class:`medseg.config.InferConfig`. Peak memory beyond the input is about
-    one uint8 label volume plus ``roi_size[0]`` slices of the body box per class in float16
-    (and, with a model spacing, the logits of the box on the model grid in float16).
+    one uint8 label volume plus ``roi_size[0]`` slices of the tiled region per class in
+    float16 (and, with a model spacing, each foreground class's logit minus background's on
+    the region of the model grid, in float16).
 
     Args:
         model: a network with its config, e.g. from :func:`medseg.model.load_checkpoint`.

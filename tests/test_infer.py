@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import medseg
 from medseg.config import load_config
@@ -15,7 +17,9 @@ from medseg.errors import InputError
 from medseg.geometry import Geometry
 from medseg.infer import predict, predict_probabilities
 from medseg.model import LoadedModel, build_network
+from medseg.preprocess import resample_scores_to_labels
 from medseg.volume import SourceInfo, Volume, VolumeKind
+from tests import strategies
 from tests.conftest import require_data
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -435,3 +439,90 @@ def test_openvino_static_batch_pads_a_partial_batch_and_returns_only_its_windows
         expected = model.network.eval()(windows).numpy()
     assert got.shape == expected.shape == (3, 2, *roi)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_speed_benchmark_runs_and_compares_the_same_windows() -> None:
+    """benchmarks/infer_speed.py as the README runs it, on a grid small enough for CI: a random
+    UNet over the whole image (no body crop), so MONAI and medseg run the same windows and
+    must agree; the ratio lines are printed for both blendings."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    pytest.importorskip("openvino")
+    run = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "infer_speed.py"), "--random-unet",
+         "--slices", "4", "--model-spacing", "5", "5", "5", "--no-body-crop", "--repeats", "1",
+         "--backends", "openvino"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    ratios = re.findall(
+        r"^speed ratio \(overlap ([\d.]+) (\w+), medseg openvino vs MONAI\): ([\d.]+)x faster, "
+        r"peak RSS (\d+)% of MONAI, memory added by the call (\d+)% of MONAI's, Dice ([\d.]+)$",
+        run.stdout, re.MULTILINE,
+    )  # fmt: skip
+    assert [(o, b) for o, b, *_ in ratios] == [("0.25", "constant"), ("0.5", "gaussian")], (
+        run.stdout
+    )
+    for *_, speed, _peak, _added, dice in ratios:
+        assert float(speed) > 0 and float(dice) >= 0.99
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(
+    shape=st.tuples(st.integers(8, 40), st.integers(20, 90), st.integers(20, 90)),
+    spacing=st.tuples(*[st.sampled_from([0.7, 1.0, 1.3, 2.5])] * 3),
+    model_spacing=st.none() | st.tuples(*[st.sampled_from([1.0, 1.6, 3.0])] * 3),
+    body=st.tuples(*[st.floats(0.0, 1.0)] * 6),
+    direction=strategies.directions(),
+    overlap=st.sampled_from([0.0, 0.25, 0.6]),
+)
+def test_body_crop_agrees_with_monai_on_any_grid(
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    model_spacing: tuple[float, float, float] | None,
+    body: tuple[float, ...],
+    direction: tuple[float, ...],
+    overlap: float,
+) -> None:
+    """Property form of the test above: any shape (smaller or larger than the window), any
+    spacing and direction, with or without a model grid, a body box anywhere (at the edge
+    too): inside the body, medseg's labels are those of MONAI's whole-image tiling."""
+    from monai.inferers import sliding_window_inference
+
+    from medseg.preprocess import model_grid, resample, scale_intensity
+
+    grid = Geometry(shape, spacing, (3.0, -7.0, 11.0), direction)
+    # a body of at least 7 mm (two voxels of the coarsest model grid) per axis, anywhere: a
+    # thinner one blurs below lower_hu on the model grid, and windows of nothing but air are
+    # not run by design (MONAI's labels there are instance norm's answer to a constant)
+    least = [min(n, math.ceil(7.0 / d)) for n, d in zip(shape, spacing, strict=True)]
+    lows = [int(f * (n - m)) for f, n, m in zip(body[:3], shape, least, strict=True)]
+    highs = [lo + m + int(f * (n - lo - m))
+             for lo, f, n, m in zip(lows, body[3:], shape, least, strict=True)]
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    inside = tuple(slice(a, b) for a, b in zip(lows, highs, strict=True))
+    hu[inside] = np.random.default_rng(sum(shape)).uniform(0.0, 250.0, hu[inside].shape)
+    model = _untrained_model()
+    pre = model.config.preprocess.model_copy(update={"spacing_mm": model_spacing})
+    model = _model_with({"preprocess": pre}, blend="constant", overlap=overlap, sw_batch_size=2)
+    image = Volume(hu, grid)
+
+    labels = predict(model, image).array
+
+    resampled = image if model_spacing is None else resample(image, model_grid(grid, model_spacing))
+    with torch.inference_mode():
+        x = torch.from_numpy(scale_intensity(resampled, pre).array.copy())
+        logits = sliding_window_inference(x[None, None], (16, 32, 32), 2, model.network, overlap)
+    assert isinstance(logits, torch.Tensor)
+    if model_spacing is None:
+        expected = logits.argmax(1)[0].numpy()
+    else:
+        scores = logits[0].numpy().astype(np.float16)
+        expected = resample_scores_to_labels(scores, resampled.geometry, grid)
+    body_voxels = hu > -500.0
+    assert labels.shape == shape
+    assert np.mean(labels[body_voxels] == expected[body_voxels]) > 0.995
