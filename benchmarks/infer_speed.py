@@ -22,6 +22,9 @@ Defaults (the issue's reference run):
   path. MONAI's logits are then brought back to the CT's grid as MONAI's ``Invertd`` would
   (linear interpolation, then argmax; untimed, after its peak memory is read), so the two
   label maps are compared on the CT's grid. ``--model-spacing`` overrides it.
+* On a CUDA machine the GPU variants run too (``GPU_VARIANTS``: MONAI on the GPU, medseg's
+  torch backend on the GPU in float32, float16 and bfloat16 autocast) with their peak GPU
+  memory (``torch.cuda.max_memory_allocated``) and a "GPU speed ratio" line each.
 * medseg runs with its own ``sw_batch_size`` default (``--medseg-sw-batch``), MONAI with 4;
   ``--precision`` sets medseg's ``infer.precision``.
 
@@ -46,6 +49,10 @@ from pathlib import Path
 import numpy as np
 
 BASELINE_SETTINGS = {"roi_size": (96, 96, 96), "sw_batch_size": 4}
+
+#: Run on a CUDA machine after the CPU variants: MONAI on the GPU (float32), and medseg's
+#: torch backend on the GPU with each autocast precision.
+GPU_VARIANTS = ("monai-cuda", "cuda-float32", "cuda-float16", "cuda-bfloat16")
 
 
 def _random_unet_ct(shape: tuple[int, int, int]) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -160,7 +167,11 @@ def _run_variant(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model, image, _ = _load(args)
     overlap, blend = args.overlap, args.blend
-    if args.variant == "monai":
+    cuda = args.variant in GPU_VARIANTS
+    if cuda:
+        model.network.cuda()
+        torch.cuda.reset_peak_memory_stats()
+    if args.variant in ("monai", "monai-cuda"):
         from monai.inferers import sliding_window_inference
 
         if model.config.preprocess.spacing_mm is not None:  # "the same preprocessed input"
@@ -171,12 +182,14 @@ def _run_variant(args: argparse.Namespace) -> None:
         def call() -> tuple[torch.Tensor, np.ndarray]:
             with torch.inference_mode():
                 x = torch.from_numpy(np.array(scaled))[None, None]
+                if cuda:
+                    x = x.cuda()
                 out = sliding_window_inference(
                     x, BASELINE_SETTINGS["roi_size"], BASELINE_SETTINGS["sw_batch_size"],
                     model.network, overlap, blend,
                 )
                 assert isinstance(out, torch.Tensor)
-                return out, out.argmax(1)[0].to(torch.uint8).numpy()
+                return out.cpu(), out.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
         (logits, labels), seconds, before_mb, peak_mb = _timed(call, args.repeats)
         peak_mb = _status_mb("VmHWM")  # the call's peak, before the untimed mapping back
@@ -188,16 +201,17 @@ def _run_variant(args: argparse.Namespace) -> None:
                 logits[0].numpy().astype(np.float16), image.geometry, original.geometry
             )
     else:
+        precision = args.variant.removeprefix("cuda-") if cuda else args.precision
         infer = model.config.infer.model_copy(update={
             "roi_size": BASELINE_SETTINGS["roi_size"], "overlap": overlap, "blend": blend,
             "sw_batch_size": args.medseg_sw_batch,
-            "backend": args.variant, "num_threads": args.threads,
-            **({"precision": args.precision} if args.precision else {}),
+            "backend": "torch" if cuda else args.variant, "num_threads": args.threads,
+            **({"precision": precision} if precision else {}),
             **({"body_threshold_hu": None} if args.no_body_crop else {}),
         })
         model = LoadedModel(model.network, model.config.model_copy(update={"infer": infer}),
                             model.label_names, model.medseg_version)
-        if args.variant != "torch":  # session and export are built once per model, untimed
+        if not cuda and args.variant != "torch":  # export and session once per model, untimed
             from medseg.runtime import onnx_predictor
 
             onnx_predictor(model.network, args.variant, infer.roi_size,
@@ -207,8 +221,9 @@ def _run_variant(args: argparse.Namespace) -> None:
             lambda: predict(model, image).array, args.repeats
         )
     np.save(args.out, labels)
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb,
-                      "added_mb": peak_mb - before_mb}))
+                      "added_mb": peak_mb - before_mb, "gpu_peak_mb": gpu_mb}))
 
 
 def _timed(call, repeats: int):  # type: ignore[no-untyped-def]
@@ -281,6 +296,8 @@ def main() -> None:
                         help="timed calls per variant; the median is printed (default 3)")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
                         help="medseg's infer.precision (default: the model config's)")
+    parser.add_argument("--no-gpu", action="store_true",
+                        help="skip the CUDA variants even where a GPU is present")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--overlap", type=float, default=0.25, help=argparse.SUPPRESS)
     parser.add_argument("--blend", default="constant", help=argparse.SUPPRESS)
@@ -306,13 +323,18 @@ def main() -> None:
     passthrough = [a for a in sys.argv[1:]]
     passthrough += [*(["--ct", args.ct] if args.ct else []),
                     *(["--checkpoint", args.checkpoint] if args.checkpoint else [])]
+    import torch
+
+    gpu = list(GPU_VARIANTS) if torch.cuda.is_available() and not args.no_gpu else []
+    if not gpu:
+        print("GPU variants not run: " + ("--no-gpu" if args.no_gpu else "no CUDA device"))
     ratios = []
     with tempfile.TemporaryDirectory() as folder:
         for overlap, blend in ((0.25, "constant"), (0.5, "gaussian")):
             print(f"\n== roi 96^3, overlap {overlap}, {blend}; sw_batch MONAI 4, medseg "
                   f"{args.medseg_sw_batch}; medseg precision {args.precision or 'as configured'} ==")
             results = {}
-            for variant in ["monai", *args.backends]:
+            for variant in ["monai", *args.backends, *gpu]:
                 out = Path(folder) / f"{variant}.npy"
                 command = [sys.executable, __file__, *passthrough, "--variant", variant,
                            "--overlap", str(overlap), "--blend", blend, "--out", str(out)]
@@ -325,22 +347,34 @@ def main() -> None:
                 reference = np.load(Path(folder) / "monai.npy")
                 results[variant]["dice"] = _dice(labels, reference)
                 truth_note = "" if truth is None else f"  Dice vs truth {_dice(labels, truth):.4f}"
-                name = "MONAI sliding_window_inference" if variant == "monai" else (
-                    f"medseg.infer.predict backend={variant}")
+                name = {"monai": "MONAI sliding_window_inference",
+                        "monai-cuda": "MONAI sliding_window_inference on CUDA"}.get(
+                    variant, f"medseg.infer.predict backend={variant}")
                 r = results[variant]
+                gpu_note = "" if r.get("gpu_peak_mb") is None else (
+                    f"  peak GPU memory {r['gpu_peak_mb']:6.0f} MB")
                 print(f"{name:45s} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB "
                       f"(+{r['added_mb']:5.0f} MB by the call)  Dice vs MONAI {r['dice']:.4f}"
-                      + truth_note)
+                      + truth_note + gpu_note)
             if "monai" in results and args.backends[0] in results:
                 base, best = results["monai"], results[args.backends[0]]
                 ratios.append((overlap, blend, base["seconds"] / best["seconds"],
                                best["peak_rss_mb"] / base["peak_rss_mb"],
                                best["added_mb"] / base["added_mb"], best["dice"]))
+            if "monai-cuda" in results:
+                for variant in gpu[1:]:
+                    if variant in results:
+                        r = results[variant]
+                        print(f"GPU speed ratio (overlap {overlap} {blend}, medseg {variant} vs "
+                              f"MONAI on CUDA): "
+                              f"{results['monai-cuda']['seconds'] / r['seconds']:.2f}x faster, "
+                              f"peak GPU memory {r['gpu_peak_mb']:.0f} MB vs "
+                              f"{results['monai-cuda']['gpu_peak_mb']:.0f} MB, "
+                              f"Dice vs MONAI (CPU) {r['dice']:.4f}")
     for overlap, blend, speed, memory, added, dice in ratios:
         print(f"speed ratio (overlap {overlap} {blend}, medseg {args.backends[0]} vs MONAI): "
               f"{speed:.2f}x faster, peak RSS {100 * memory:.0f}% of MONAI, memory added by "
               f"the call {100 * added:.0f}% of MONAI's, Dice {dice:.4f}")
-
 
 if __name__ == "__main__":
     main()

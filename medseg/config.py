@@ -135,7 +135,8 @@ class PreprocessConfig(_Section):
         crop_foreground: training only: each case is cut to the bounding box of its voxels
             above ``lower_hu`` and its labels, plus ``crop_margin_mm``, before patches are drawn
             (as nnU-Net crops to the non-zero region), so air costs neither memory nor patches.
-            Inference tiles the body box anyway (``infer.body_threshold_hu``).
+            Inference runs only the windows that reach the body anyway
+            (``infer.body_threshold_hu``).
         crop_margin_mm: margin around the foreground box.
     """
 

@@ -469,6 +469,10 @@ def test_speed_benchmark_runs_and_compares_the_same_windows() -> None:
     )
     for *_, speed, _peak, _added, dice in ratios:
         assert float(speed) > 0 and float(dice) >= 0.99
+    if not torch.cuda.is_available():
+        assert "GPU variants not run: no CUDA device" in run.stdout
+    else:
+        assert run.stdout.count("GPU speed ratio") == 6, run.stdout  # 3 medseg variants x 2
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)
