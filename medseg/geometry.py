@@ -53,6 +53,7 @@ __all__ = [
     "from_nifti_affine",
     "from_sitk",
     "geometries_equal",
+    "index_box_in",
     "index_to_world",
     "lps_to_ras",
     "nifti_array_to_array_order",
@@ -170,6 +171,25 @@ def world_to_index(geometry: Geometry, world_mm: ArrayLike) -> NDArray[np.float6
     # direction is orthonormal, so its inverse is its transpose; dividing by spacing undoes scaling.
     rel = pts - np.asarray(geometry.origin_mm)
     return (rel @ geometry.direction_matrix) / np.asarray(geometry.spacing_mm)
+
+
+def index_box_in(
+    source: Geometry, first: Sequence[float], last: Sequence[float], target: Geometry
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Fractional ``target`` indices spanned by the ``source`` voxel centres ``first..last``.
+
+    ``first`` and ``last`` are inclusive array-order indices of a box on ``source``; its eight
+    corner centres are mapped through world space, so the result is right for any pair of
+    grids (on oblique or differently oriented ones it is the bounding box of the corners).
+    Returns the per-axis minimum and maximum, in array order.
+    """
+    corners = np.array(
+        [[k, j, i] for k in (first[0], last[0]) for j in (first[1], last[1])
+         for i in (first[2], last[2])],
+        dtype=float,
+    )
+    reach = world_to_index(target, index_to_world(source, corners))
+    return reach.min(axis=0), reach.max(axis=0)
 
 
 def voxel_volume_ml(geometry: Geometry) -> float:

@@ -269,6 +269,9 @@ def _tiling(image: Volume, grid: Geometry, infer: InferConfig) -> _Tiling | None
         if found is None:
             return None
         body = found
+    lowest, highest = geo.index_box_in(
+        image.geometry, body[0], [b - 1 for b in body[1]], grid
+    )
     start, stop, starts = [0, 0, 0], [0, 0, 0], []
     for axis in range(3):
         n = grid.shape[axis]
@@ -276,10 +279,8 @@ def _tiling(image: Volume, grid: Geometry, infer: InferConfig) -> _Tiling | None
             stop[axis] = n
             starts.append([0])
             continue
-        # grid and image share origin and direction: index scales by the spacing ratio
-        ratio = image.geometry.spacing_mm[axis] / grid.spacing_mm[axis]
-        low = math.floor(body[0][axis] * ratio)
-        high = math.floor((body[1][axis] - 1) * ratio) + 2  # exclusive, one voxel to spare
+        low = math.floor(lowest[axis] + 1e-6)
+        high = math.floor(highest[axis] + 1e-6) + 2  # exclusive, one voxel to spare
         chosen = [s for s in window_starts(n, roi[axis], infer.overlap)
                   if s < high and s + roi[axis] > low]
         start[axis], stop[axis] = chosen[0], chosen[-1] + roi[axis]
@@ -291,14 +292,13 @@ def _covered_box(
     image: Geometry, region: Geometry
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
     """The input voxels whose centres lie inside ``region`` (a box of the model grid)."""
-    corners = np.array([[k, j, i] for k in (0, region.shape[0] - 1)
-                        for j in (0, region.shape[1] - 1) for i in (0, region.shape[2] - 1)],
-                       dtype=float)
-    reach = geo.world_to_index(image, geo.index_to_world(region, corners))
+    lowest, highest = geo.index_box_in(
+        region, (0, 0, 0), [n - 1 for n in region.shape], image
+    )
     start, stop = [], []
     for axis in range(3):
-        start.append(max(0, math.ceil(reach[:, axis].min() - 1e-6)))
-        stop.append(min(image.shape[axis], math.floor(reach[:, axis].max() + 1e-6) + 1))
+        start.append(max(0, math.ceil(lowest[axis] - 1e-6)))
+        stop.append(min(image.shape[axis], math.floor(highest[axis] + 1e-6) + 1))
     if any(a >= b for a, b in zip(start, stop, strict=True)):
         return None
     return (start[0], start[1], start[2]), (stop[0], stop[1], stop[2])

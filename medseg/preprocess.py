@@ -7,7 +7,7 @@ Intensity functions change no geometry. Resampling uses SimpleITK with every gri
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -332,18 +332,13 @@ def _needed_box(
     their bounding box grown to the enclosing voxels plus one (float noise), clipped to
     ``source`` and never empty.
     """
-    corners = np.array(
-        [[k, j, i] for k in (start[0], stop[0] - 1) for j in (start[1], stop[1] - 1)
-         for i in (start[2], stop[2] - 1)],
-        dtype=float,
-    )
-    needed = geo.world_to_index(source, geo.index_to_world(target, corners))
+    lowest, highest = geo.index_box_in(target, start, [b - 1 for b in stop], source)
     low, high = [], []
     for axis in range(3):
         n = source.shape[axis]
-        a = int(np.clip(math.floor(needed[:, axis].min()) - 1, 0, n - 1))
+        a = int(np.clip(math.floor(lowest[axis]) - 1, 0, n - 1))
         low.append(a)
-        high.append(int(np.clip(math.ceil(needed[:, axis].max()) + 2, a + 1, n)))
+        high.append(int(np.clip(math.ceil(highest[axis]) + 2, a + 1, n)))
     return (low[0], low[1], low[2]), (high[0], high[1], high[2])
 
 
@@ -392,31 +387,19 @@ def resample_scores_to_labels(
         # the non-background box grown by one voxel, in source indices, then in target ones
         box_low = [low[a] + int(h[0]) - 1 for a, h in enumerate(hits)]
         box_high = [low[a] + int(h[-1]) + 1 for a, h in enumerate(hits)]
-        corners = np.array([[k, j, i] for k in (box_low[0], box_high[0])
-                            for j in (box_low[1], box_high[1])
-                            for i in (box_low[2], box_high[2])], dtype=float)
-        reach = geo.world_to_index(target, geo.index_to_world(source, corners))
+        lowest, highest = geo.index_box_in(source, box_low, box_high, target)
         start = [first, 0, 0]
         stop = [last, target.shape[1], target.shape[2]]
         for axis in range(3):
-            start[axis] = max(start[axis], math.floor(reach[:, axis].min()) - 1)
-            stop[axis] = min(stop[axis], math.ceil(reach[:, axis].max()) + 2)
+            start[axis] = max(start[axis], math.floor(lowest[axis]) - 1)
+            stop[axis] = min(stop[axis], math.ceil(highest[axis]) + 2)
         if any(a >= b for a, b in zip(start, stop, strict=True)):
             continue
         part = geo.crop_geometry(target, start, stop)
-        best: NDArray[np.float32] | None = None
-        if relative_to_background:
-            best = np.zeros(part.shape, dtype=np.float32)
-        best_label = np.zeros(part.shape, dtype=np.uint8)
-        for channel in range(scores.shape[0]):
-            score = resample_linear(scores[channel], source, part)
-            if best is None:
-                best = score
-            else:
-                better = score > best
-                best_label[better] = channel + offset
-                np.maximum(best, score, out=best)
-        labels[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]] = best_label
+        channels = (resample_linear(score, source, part) for score in scores)
+        labels[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]] = _running_argmax(
+            channels, part.shape, offset
+        )
     return labels
 
 
@@ -428,12 +411,23 @@ def _argmax_labels(scores: NDArray[np.floating], offset: int = 0) -> NDArray[np.
     out = np.zeros(scores.shape[1:], dtype=np.uint8)
     for first in range(0, scores.shape[1], SCORE_SLAB_SLICES):
         block = scores[:, first : first + SCORE_SLAB_SLICES]
-        if offset:
-            best = np.zeros(block.shape[1:], dtype=np.float32)
-        else:
-            best = np.array(block[0], dtype=np.float32)
-        for channel in range(1 - offset, scores.shape[0]):
-            score = np.asarray(block[channel], dtype=np.float32)
-            out[first : first + block.shape[1]][score > best] = channel + offset
-            np.maximum(best, score, out=best)
+        out[first : first + block.shape[1]] = _running_argmax(block, block.shape[1:], offset)
     return out
+
+
+def _running_argmax(
+    channels: Iterable[NDArray[np.floating]], shape: tuple[int, ...], offset: int
+) -> NDArray[np.uint8]:
+    """Argmax as uint8 of scores that arrive one class at a time (ties to the lower label), so
+    only the best score so far and one class's are held. With ``offset`` 1 the channels are
+    classes ``1..n`` and class 0 scores 0 everywhere."""
+    labels = np.zeros(shape, dtype=np.uint8)
+    best = np.zeros(shape, dtype=np.float32) if offset else None
+    for channel, score in enumerate(channels):
+        if best is None:
+            best = np.array(score, dtype=np.float32)  # a copy: best is written in place
+            continue
+        score = np.asarray(score, dtype=np.float32)
+        labels[score > best] = channel + offset
+        np.maximum(best, score, out=best)
+    return labels

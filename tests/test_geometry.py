@@ -73,6 +73,23 @@ def test_crop_keeps_world_positions(g: Geometry, data: st.DataObject) -> None:
     )
 
 
+@given(geometries(), st.data())
+def test_index_box_in_a_crop_is_the_box_shifted(g: Geometry, data: st.DataObject) -> None:
+    """A box of ``g`` seen from a crop of ``g`` (same spacing and direction) is the same box
+    shifted by the crop's start; seen from a grid with twice the spacing, half of it."""
+    start = [data.draw(st.integers(0, n - 1)) for n in g.shape]
+    stop = [data.draw(st.integers(s + 1, n)) for s, n in zip(start, g.shape)]
+    first = np.array([data.draw(st.integers(0, n - 1)) for n in g.shape], float)
+    last = np.array([data.draw(st.integers(int(f), n - 1)) for f, n in zip(first, g.shape)], float)
+    low, high = geo.index_box_in(g, first, last, geo.crop_geometry(g, start, stop))
+    np.testing.assert_allclose(low, first - start, atol=1e-6)
+    np.testing.assert_allclose(high, last - start, atol=1e-6)
+    coarse = Geometry(g.shape, tuple(2 * d for d in g.spacing_mm), g.origin_mm, g.direction)
+    low, high = geo.index_box_in(g, first, last, coarse)
+    np.testing.assert_allclose(low, first / 2, atol=1e-6)
+    np.testing.assert_allclose(high, last / 2, atol=1e-6)
+
+
 @given(geometries(), st.floats(0.01, 100.0))
 def test_shifted_geometry_is_never_equal(g: Geometry, shift_mm: float) -> None:
     moved = Geometry(g.shape, g.spacing_mm, (g.origin_mm[0] + shift_mm, *g.origin_mm[1:]), g.direction)

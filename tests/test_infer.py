@@ -147,25 +147,39 @@ def test_window_starts_are_monai_s(size: int, overlap: float) -> None:
     assert window_starts(size, roi, overlap) == expected
 
 
+def _monai_labels(model: LoadedModel, image: Volume) -> np.ndarray:
+    """The referee: MONAI's sliding_window_inference over the whole image, resampled to the
+    model's spacing if it has one, with the model's window settings; labels on ``image``'s
+    grid (the logits interpolated linearly back, as MONAI's Invertd would, then argmax)."""
+    from monai.inferers import sliding_window_inference
+
+    from medseg.preprocess import model_grid, resample, scale_intensity
+
+    pre, infer = model.config.preprocess, model.config.infer
+    resampled = image
+    if pre.spacing_mm is not None:
+        resampled = resample(image, model_grid(image.geometry, pre.spacing_mm))
+    with torch.inference_mode():
+        x = torch.from_numpy(scale_intensity(resampled, pre).array.copy())
+        logits = sliding_window_inference(x[None, None], infer.roi_size, infer.sw_batch_size,
+                                          model.network, infer.overlap, infer.blend)
+    assert isinstance(logits, torch.Tensor)
+    if pre.spacing_mm is None:
+        return logits.argmax(1)[0].numpy()
+    scores = logits[0].numpy().astype(np.float16)
+    return resample_scores_to_labels(scores, resampled.geometry, image.geometry)
+
+
 @pytest.mark.parametrize("blend", ["constant", "gaussian"])
 def test_whole_image_tiling_agrees_with_monai(blend: str) -> None:
     """Without the body box, the labels are MONAI's (up to float16 summation)."""
-    from monai.inferers import sliding_window_inference
-
-    from medseg.preprocess import scale_intensity
-
     model = _model_with({}, body_threshold_hu=None, blend=blend, overlap=0.5, sw_batch_size=3)
+    assert model.config.infer.roi_size == (16, 32, 32)
     grid = Geometry((37, 70, 61), (2.0, 0.8, 0.9), (0.0, 0.0, 0.0))
     hu = np.random.default_rng(1).normal(50.0, 200.0, grid.shape).astype(np.float32)
     image = Volume(hu, grid)
     labels = predict(model, image).array
-    with torch.inference_mode():
-        x = torch.from_numpy(scale_intensity(image, model.config.preprocess).array.copy())
-        logits = sliding_window_inference(
-            x[None, None], (16, 32, 32), 3, model.network, 0.5, blend
-        )
-    assert isinstance(logits, torch.Tensor)
-    expected = logits.argmax(1)[0].numpy()
+    expected = _monai_labels(model, image)
     assert np.mean(labels == expected) > 0.999
 
 
@@ -187,15 +201,6 @@ def test_body_crop_gives_every_window_monai_s_input(spacing: tuple[float, ...] |
     whole-image tiling places there, with the same input, so even a network that normalises
     each window (instance norm, as here) sees the same context. Referee: MONAI's
     sliding_window_inference over the whole (resampled) image."""
-    from monai.inferers import sliding_window_inference
-
-    from medseg.preprocess import (
-        model_grid,
-        resample,
-        resample_scores_to_labels,
-        scale_intensity,
-    )
-
     model = _untrained_model()
     pre = model.config.preprocess.model_copy(update={"spacing_mm": spacing})
     model = _model_with({"preprocess": pre}, blend="gaussian", overlap=0.5, sw_batch_size=3)
@@ -206,17 +211,7 @@ def test_body_crop_gives_every_window_monai_s_input(spacing: tuple[float, ...] |
 
     labels = predict(model, image).array
 
-    resampled = image if spacing is None else resample(image, model_grid(grid, spacing))
-    with torch.inference_mode():
-        x = torch.from_numpy(scale_intensity(resampled, pre).array.copy())
-        logits = sliding_window_inference(x[None, None], (16, 32, 32), 3, model.network, 0.5,
-                                          "gaussian")
-    assert isinstance(logits, torch.Tensor)
-    if spacing is None:
-        expected = logits.argmax(1)[0].numpy()
-    else:
-        scores = logits[0].numpy().astype(np.float16)
-        expected = resample_scores_to_labels(scores, resampled.geometry, grid)
+    expected = _monai_labels(model, image)
     body = hu > -500.0
     assert 0.05 < np.mean(expected[body] == 1) < 0.95  # the network says something
     assert np.mean(labels[body] == expected[body]) > 0.999
@@ -495,10 +490,6 @@ def test_body_crop_agrees_with_monai_on_any_grid(
     """Property form of the test above: any shape (smaller or larger than the window), any
     spacing and direction, with or without a model grid, a body box anywhere (at the edge
     too): inside the body, medseg's labels are those of MONAI's whole-image tiling."""
-    from monai.inferers import sliding_window_inference
-
-    from medseg.preprocess import model_grid, resample, scale_intensity
-
     grid = Geometry(shape, spacing, (3.0, -7.0, 11.0), direction)
     # a body of at least 7 mm (two voxels of the coarsest model grid) per axis, anywhere: a
     # thinner one blurs below lower_hu on the model grid, and windows of nothing but air are
@@ -517,16 +508,7 @@ def test_body_crop_agrees_with_monai_on_any_grid(
 
     labels = predict(model, image).array
 
-    resampled = image if model_spacing is None else resample(image, model_grid(grid, model_spacing))
-    with torch.inference_mode():
-        x = torch.from_numpy(scale_intensity(resampled, pre).array.copy())
-        logits = sliding_window_inference(x[None, None], (16, 32, 32), 2, model.network, overlap)
-    assert isinstance(logits, torch.Tensor)
-    if model_spacing is None:
-        expected = logits.argmax(1)[0].numpy()
-    else:
-        scores = logits[0].numpy().astype(np.float16)
-        expected = resample_scores_to_labels(scores, resampled.geometry, grid)
+    expected = _monai_labels(model, image)
     body_voxels = hu > -500.0
     assert labels.shape == shape
     assert np.mean(labels[body_voxels] == expected[body_voxels]) > 0.995
