@@ -90,11 +90,19 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
     """medseg command line."""
+    _configure_logging(verbose)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """medseg's own messages at INFO and other libraries' at WARNING, so a run shows medseg's
+    progress and not, for example, highdicom's note that a SEG's frames skip the empty
+    slices; ``verbose``: everything at DEBUG."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("medseg").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 @app.command()

@@ -3,6 +3,12 @@
 A session is built from an ONNX export of the network (:func:`medseg.model.export_onnx`) and
 cached per network, so repeated predictions reuse it; changing the network's weights in place
 (an optimiser step) or its window size builds a new one.
+
+There is no int8 option. NNCF post-training quantisation of the demo U-Net (OpenVINO, 96^3
+windows, 2 cores with AVX-512 VNNI) ran 0.049 s per window against 0.058 s in float32, and
+its labels agreed with float32's at Dice 0.47-0.52: too little gain for a wrong answer. The
+small network is bound by memory traffic rather than arithmetic: its full-resolution layers
+have 1, 2 or 8 channels, which the CPU kernels pad to blocks of 16.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""The training loop: patches with foreground balance, DiceCE loss, sliding-window validation.
+"""The training loop: DiceCE loss on sampled patches, sliding-window validation, checkpoints.
 
 Training works on volumes already loaded by the caller (this module reads no files). Images
-are in Hounsfield units: the config's intensity window is applied here, exactly as
-:func:`medseg.infer.predict` applies the window stored with the model.
+are in Hounsfield units: :mod:`medseg.patches` applies the config's intensity window, exactly
+as :func:`medseg.infer.predict` applies the window stored with the model, and samples the
+patches with foreground balance.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
-from numpy.typing import NDArray
 
 import medseg
 from medseg import distributed
@@ -36,16 +36,16 @@ from medseg.model import (
     load_training_state,
     save_checkpoint,
 )
-from medseg.preprocess import (
-    foreground_box,
-    model_grid,
-    normaliser,
-    reorient,
-    require_finite_image,
-    resample,
+from medseg.patches import (
+    PreparedCase,
+    augmentation,
+    augmented,
+    check_pair,
+    prepare_case,
+    sample_patches,
 )
 from medseg.progress import Progress, plot_curves, progress_bar
-from medseg.volume import Volume, VolumeKind, require_same_geometry
+from medseg.volume import Volume
 
 __all__ = ["EpochRecord", "RunTracker", "TrainResult", "lr_factor", "train"]
 
@@ -145,15 +145,6 @@ class TrainResult:
     stopped_early: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class _Case:
-    image: NDArray[np.float32]  # scaled to [0, 1], padded to at least the patch size
-    labels: NDArray[np.int64]
-    foreground: NDArray[np.intp]  # flat indices of label > 0
-    # class_balanced sampling: flat indices of each label present (else empty)
-    by_label: tuple[NDArray[np.intp], ...] = ()
-
-
 @dataclass(slots=True)
 class _Loop:
     """Everything one optimiser step needs.
@@ -239,9 +230,9 @@ def train(
         # one sampler stream per rank: the ranks see different patches
         rng = np.random.default_rng(config.seed if world == 1 else [config.seed, rank])
 
-        cases = [_prepare_case(image, labels, config) for image, labels in train_cases]
+        cases = [prepare_case(image, labels, config) for image, labels in train_cases]
         for image, labels in val_cases:
-            _check_pair(image, labels, config)
+            check_pair(image, labels, config)
 
         network = build_network(config.model).to(device)
         optimizer = _optimizer(network, train_cfg)
@@ -271,7 +262,7 @@ def _run(
     loop: _Loop,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     rng: np.random.Generator,
-    cases: Sequence[_Case],
+    cases: Sequence[PreparedCase],
     val_cases: Sequence[tuple[Volume, Volume]],
     out_dir: Path,
     tracker: RunTracker | None,
@@ -568,105 +559,21 @@ def _restore(
 
 
 # ---------------------------------------------------------------------------------------------
-# data
-
-
-def _check_pair(image: Volume, labels: Volume, config: ExperimentConfig) -> None:
-    where = image.source.describe()
-    if image.kind is not VolumeKind.IMAGE or labels.kind is not VolumeKind.LABELS:
-        raise InputError(
-            f"{where}: expected an (image, labels) pair, got ({image.kind.value}, "
-            f"{labels.kind.value})"
-        )
-    require_same_geometry(image, labels)
-    n_labels = len(config.model.labels)
-    found = np.unique(labels.array)
-    unknown = found[(found < 0) | (found > n_labels)]
-    if unknown.size:
-        raise InputError(
-            f"{labels.source.describe()}: label values {unknown.tolist()} are not in "
-            f"model.labels (expected 0..{n_labels})"
-        )
-
-
-def _prepare_case(image: Volume, labels: Volume, config: ExperimentConfig) -> _Case:
-    """Orientation, model grid, foreground crop, padding to a patch, intensity: as configured."""
-    _check_pair(image, labels, config)
-    require_finite_image(image, "training")
-    pre = config.preprocess
-    if pre.orientation == "LPS":  # the orientation predict() feeds the network
-        image, labels = reorient(image)[0], reorient(labels)[0]
-    if pre.spacing_mm is not None:  # the grid predict() feeds the network
-        grid = model_grid(image.geometry, pre.spacing_mm)
-        image, labels = resample(image, grid), resample(labels, grid)
-    hu = np.asarray(image.array)
-    label_array = np.asarray(labels.array, dtype=np.int64)
-    if pre.crop_foreground:
-        start, stop = foreground_box(image, labels, pre.lower_hu, pre.crop_margin_mm)
-        inside = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
-        hu, label_array = hu[inside], label_array[inside]
-    normalise = normaliser(hu, pre)
-    # Pad small volumes at the high end so that every patch fits, with the window's lower end
-    # (air) and background.
-    pad = [(0, max(0, p - s)) for p, s in zip(config.train.patch_size, hu.shape, strict=True)]
-    if any(after for _, after in pad):
-        hu = np.pad(np.asarray(hu, dtype=np.float32), pad, constant_values=pre.lower_hu)
-        label_array = np.pad(label_array, pad, constant_values=0)
-    foreground = np.flatnonzero(label_array > 0)
-    by_label: tuple[NDArray[np.intp], ...] = ()
-    if config.train.foreground_sampling == "class_balanced" and foreground.size:
-        values = label_array.ravel()[foreground]
-        order = np.argsort(values, kind="stable")
-        starts = np.unique(values[order], return_index=True)[1]
-        by_label = tuple(np.split(foreground[order], starts[1:]))
-    return _Case(
-        image=np.ascontiguousarray(normalise(hu), dtype=np.float32),
-        labels=np.ascontiguousarray(label_array),
-        foreground=foreground,
-        by_label=by_label,
-    )
-
-
-def _sample_patches(
-    cases: Sequence[_Case], config: ExperimentConfig, rng: np.random.Generator
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """``samples_per_case`` patches per case, as ``(n, 1, slice, row, column)`` arrays."""
-    patch = np.asarray(config.train.patch_size)
-    images, labels = [], []
-    for case in cases:
-        shape = np.asarray(case.image.shape)
-        for _ in range(config.train.samples_per_case):
-            if case.foreground.size and rng.random() < config.train.foreground_fraction:
-                voxels = case.by_label[rng.integers(len(case.by_label))] if case.by_label else (
-                    case.foreground
-                )
-                flat = voxels[rng.integers(voxels.size)]
-                centre = np.asarray(np.unravel_index(flat, case.image.shape))
-            else:
-                centre = rng.integers(0, shape)
-            start = np.clip(centre - patch // 2, 0, shape - patch)
-            window = tuple(slice(int(a), int(a + p)) for a, p in zip(start, patch, strict=True))
-            images.append(case.image[window])
-            labels.append(case.labels[window])
-    return np.stack(images)[:, None], np.stack(labels)[:, None]
-
-
-# ---------------------------------------------------------------------------------------------
 # steps
 
 
 def _train_one_epoch(
     loop: _Loop,
-    cases: Sequence[_Case],
+    cases: Sequence[PreparedCase],
     config: ExperimentConfig,
     rng: np.random.Generator,
     bar: Progress,
 ) -> list[float]:
     """One pass over freshly sampled patches; the loss of every step."""
-    images, labels = _sample_patches(cases, config, rng)
-    augment = _augmentation(config.train)
+    images, labels = sample_patches(cases, config, rng)
+    augment = augmentation(config.train)
     if augment is not None:
-        images, labels = _augmented(augment, images, labels, rng)
+        images, labels = augmented(augment, images, labels, rng)
     order = rng.permutation(len(images))
     batch_size = config.train.batch_size
     network, optimizer = loop.network, loop.optimizer
@@ -692,48 +599,6 @@ def _train_one_epoch(
         losses.append(float(loss.detach()))
         bar.step(losses[-1])
     return losses
-
-
-def _augmentation(train_cfg: TrainConfig) -> Any:
-    """The MONAI transforms the config asks for (a ``Compose``), or ``None``."""
-    from monai import transforms as mt
-
-    keys = ["image", "label"]
-    steps: list[Any] = [
-        mt.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in train_cfg.augment_flip_axes
-    ]
-    if train_cfg.augment_affine_probability > 0:
-        angle = math.radians(train_cfg.augment_rotate_degrees)
-        steps.append(
-            mt.RandAffined(
-                keys,
-                prob=train_cfg.augment_affine_probability,
-                rotate_range=(angle, angle, angle),
-                scale_range=(train_cfg.augment_scale,) * 3,
-                mode=("bilinear", "nearest"),
-                padding_mode="border",
-            )
-        )
-    if train_cfg.augment_intensity_probability > 0:
-        probability = train_cfg.augment_intensity_probability
-        steps.append(mt.RandScaleIntensityd("image", factors=0.1, prob=probability))
-        steps.append(mt.RandShiftIntensityd("image", offsets=0.1, prob=probability))
-    if train_cfg.augment_noise_std > 0:
-        steps.append(mt.RandGaussianNoised("image", prob=0.5, std=train_cfg.augment_noise_std))
-    return mt.Compose(steps) if steps else None
-
-
-def _augmented(
-    augment: Any, images: NDArray[np.float32], labels: NDArray[np.int64], rng: np.random.Generator
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """Patches ``(n, 1, slice, row, column)`` after ``augment``, seeded from ``rng``."""
-    augment.set_random_state(seed=int(rng.integers(2**31)))
-    out_images, out_labels = [], []
-    for image, label in zip(images, labels, strict=True):
-        result = augment({"image": image, "label": label})
-        out_images.append(np.asarray(result["image"], dtype=np.float32))
-        out_labels.append(np.rint(np.asarray(result["label"])).astype(np.int64))
-    return np.stack(out_images), np.stack(out_labels)
 
 
 def _supervised_loss(loop: _Loop, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

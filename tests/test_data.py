@@ -226,7 +226,8 @@ def test_decathlon_datalist_over_real_mr_and_ct_cases_trains(tmp_path: Path) -> 
     from medseg import geometry as geo
     from medseg.config import load_config
     from medseg.crossval import load_cases
-    from medseg.train import _prepare_case, train
+    from medseg.patches import prepare_case
+    from medseg.train import train
     from tests.conftest import require_data
 
     source = require_data("mr-tumour")
@@ -256,7 +257,7 @@ def test_decathlon_datalist_over_real_mr_and_ct_cases_trains(tmp_path: Path) -> 
     assert sorted(cases) == ["training_000", "training_001", "training_002"]
     for case in cases.values():
         assert case.labels.array.sum() > 0
-        prepared = _prepare_case(case.image, case.labels, config)
+        prepared = prepare_case(case.image, case.labels, config)
         # the crop keeps every labelled voxel, and the intensities are z-scores
         assert np.count_nonzero(prepared.labels) == np.count_nonzero(case.labels.array)
         body = prepared.image[prepared.image > prepared.image.min()]

@@ -50,3 +50,17 @@ def test_version_lives_in_one_place() -> None:
     changelog = (REPO_ROOT / "CHANGELOG.md").read_text()
     first = re.search(r"^## \[?([0-9][^\]\s]*)", changelog, flags=re.MULTILINE)
     assert first and first[1] == medseg.__version__, "CHANGELOG's newest entry is not the version"
+
+
+def test_every_subpackage_is_installed() -> None:
+    """setuptools installs only the packages pyproject lists; a new subpackage left out works
+    in the editable install of the tests and fails in a wheel or the Docker image."""
+    listed = set(
+        tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    root = REPO_ROOT / "medseg"
+    found = {
+        ".".join(("medseg", *init.parent.relative_to(root).parts))
+        for init in root.rglob("__init__.py")
+    }
+    assert found - listed == set()

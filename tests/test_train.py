@@ -367,15 +367,15 @@ def test_augmentation_changes_patches_reproducibly(tmp_path: Path) -> None:
 
 
 def test_augmented_labels_stay_labels() -> None:
-    import medseg.train as train_module
+    from medseg.patches import augmentation, augmented
 
     config = _config_with(load_config(TINY), augment_flip_axes=(1,), augment_affine_probability=1.0)
-    augment = train_module._augmentation(config.train)
+    augment = augmentation(config.train)
     rng = np.random.default_rng(0)
     labels = np.zeros((3, 1, 16, 32, 32), dtype=np.int64)
     labels[:, :, 4:12, 8:24, 8:24] = 1
     images = labels.astype(np.float32)
-    out_images, out_labels = train_module._augmented(augment, images, labels, rng)
+    out_images, out_labels = augmented(augment, images, labels, rng)
     assert out_labels.shape == labels.shape and out_labels.dtype == np.int64
     assert set(np.unique(out_labels)) <= {0, 1}
     assert not np.array_equal(out_labels, labels)
@@ -500,7 +500,7 @@ def test_class_balanced_sampling_centres_small_labels_as_often_as_large_ones(
     import numpy as np
 
     from medseg.geometry import Geometry
-    from medseg.train import _prepare_case, _sample_patches
+    from medseg.patches import prepare_case, sample_patches
     from medseg.volume import Volume, VolumeKind
 
     config = load_config(TINY)
@@ -515,8 +515,8 @@ def test_class_balanced_sampling_centres_small_labels_as_often_as_large_ones(
     labels[5:15, 5:15, 5:15] = 1
     labels[18, 35, 35] = 2
     image = Volume(np.zeros(grid.shape, np.float32), grid)
-    case = _prepare_case(image, Volume(labels, grid, VolumeKind.LABELS), config)
-    _, patches = _sample_patches([case], config, np.random.default_rng(0))
+    case = prepare_case(image, Volume(labels, grid, VolumeKind.LABELS), config)
+    _, patches = sample_patches([case], config, np.random.default_rng(0))
     tiny_share = float(np.mean(patches.ravel() == 2))
     assert low <= tiny_share <= high
     assert np.all(patches > 0)  # foreground_fraction 1: every centre is labelled

@@ -167,6 +167,9 @@ def write_seg(
             device_serial_number="none",
             content_label="MEDSEG",
             content_description=f"{algorithm_name} {algorithm_version}"[:_MAX_LO],
+            # frames only where a segment has voxels: highdicom then logs (INFO) that the
+            # frame positions are not regularly spaced, which is expected; each frame still
+            # carries its own ImagePositionPatient, which read_seg maps to its slice
             omit_empty_frames=True,
         )
     with atomic_path(out_path) as tmp:

@@ -1,0 +1,88 @@
+"""Batch runs: every study under a folder tree (or fetched from a PACS) through the per-case
+pipeline, recorded in a ledger so that a run can stop anywhere and the next one picks up.
+
+A *case* is one study. :func:`discover_cases` groups the DICOM files under the input root by
+study (``medseg.io.discovery``) and the config's series selection rules pick the series to
+segment; :func:`run_cases` runs :func:`medseg.pipeline.predict_case` on each case that needs
+it, on one of three executors that run the same function, :func:`run_case`:
+
+* ``local``: in this process, one case after the other;
+* ``pool``: ``workers`` processes (``multiprocessing`` spawn), each loading the model once;
+* ``ray``: one Ray task per case, with ``batch.cpus_per_case`` / ``batch.gpus_per_case``
+  resources, on a local Ray instance or the cluster at ``ray_address``.
+
+Only the driver (the process calling :func:`run_cases`) writes the ledger, so it stays the one
+source of truth whatever the executor. Layout of ``OUTPUT_ROOT``::
+
+    ledger.sqlite          cases, attempts, runs and PACS deliveries (SQLite)
+    .medseg-salt           the key of this root's case ids (keep it with the ledger)
+    summary.csv            one row per case of the latest run
+    cases/<case_id>/       rtstruct.dcm, seg.dcm, labels.nii.gz, volumes.json, lesions.csv,
+                           report/ and case.json (what produced the folder)
+    .staging/<case_id>/    links to (or downloads of) a case's input files while it runs;
+                           kept when the case failed, so the files can be looked at
+    .lock                  held by the run in progress; a second run on the same root refuses
+
+A case folder is written to a hidden temporary sibling and renamed into place, so it is
+complete or absent; a run killed at any point leaves only hidden temporaries, which the next
+run removes before it starts. Cases left ``running`` by a killed run are looked at again: if
+their folder is complete (its ``case.json`` names the same input fingerprint and model) they
+are marked done without running again, otherwise they run. A done case runs again only when
+its input fingerprint or the model changed; a failed one when its input changed or with
+``retry_failed``.
+
+Case ids are ``case-`` and 16 hex digits of an HMAC-SHA256 of the StudyInstanceUID keyed with
+the output root's random salt (``OUTPUT_ROOT/.medseg-salt``, :mod:`medseg.privacy`), so logs
+and the ledger carry no patient names, IDs or folder names, and an id cannot be matched to a
+guessed UID without the salt. Logs name cases by id and errors by class only; the messages go
+to the ledger and ``summary.csv`` and name the numbered links of ``.staging/<case_id>/``, never
+input paths. With ``privacy.log_identifiers`` (``--config``), each case's input folder is
+logged too.
+"""
+
+from __future__ import annotations
+
+from medseg.batch.cases import (
+    CASES_DIR,
+    LEDGER_NAME,
+    SUMMARY_NAME,
+    BatchProgress,
+    BatchSummary,
+    CaseOutcome,
+    CaseSpec,
+    CaseStatus,
+    CaseTask,
+    Executor,
+    ModelRef,
+    SummaryRow,
+    case_id_for,
+    discover_cases,
+    resolve_model_ref,
+)
+from medseg.batch.driver import link_inputs, run_batch, run_cases, write_summary_csv
+from medseg.batch.executors import run_case
+from medseg.batch.ledger import Ledger
+
+__all__ = [
+    "CASES_DIR",
+    "LEDGER_NAME",
+    "SUMMARY_NAME",
+    "BatchProgress",
+    "BatchSummary",
+    "CaseOutcome",
+    "CaseSpec",
+    "CaseStatus",
+    "CaseTask",
+    "Executor",
+    "Ledger",
+    "ModelRef",
+    "SummaryRow",
+    "case_id_for",
+    "discover_cases",
+    "link_inputs",
+    "resolve_model_ref",
+    "run_batch",
+    "run_case",
+    "run_cases",
+    "write_summary_csv",
+]

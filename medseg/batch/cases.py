@@ -1,0 +1,291 @@
+"""Batch cases: the output root's names, the types a batch passes around, and discovery of
+the cases under an input root (see :mod:`medseg.batch` for the design)."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.config import BatchConfig, PrivacyConfig, SeriesSelection
+from medseg.errors import InputError, UnreadableScanError
+from medseg.io.discovery import Inventory, scan_folder, select_series
+from medseg.privacy import pseudonym
+
+__all__ = [
+    "CASES_DIR",
+    "LEDGER_NAME",
+    "LOCK_NAME",
+    "MANIFEST_NAME",
+    "STAGING_DIR",
+    "SUMMARY_NAME",
+    "BatchProgress",
+    "BatchSummary",
+    "CaseOutcome",
+    "CaseSpec",
+    "CaseStatus",
+    "CaseTask",
+    "Executor",
+    "ModelRef",
+    "SummaryRow",
+    "case_id_for",
+    "discover_cases",
+    "resolve_model_ref",
+]
+
+log = logging.getLogger(__name__)
+
+LEDGER_NAME = "ledger.sqlite"
+SUMMARY_NAME = "summary.csv"
+CASES_DIR = "cases"
+MANIFEST_NAME = "case.json"
+STAGING_DIR = ".staging"
+_MODEL_DIR = ".model"
+LOCK_NAME = ".lock"
+
+
+class CaseStatus(str, enum.Enum):
+    """A case's status in the ledger (``queued`` -> ``running`` -> ``done`` | ``failed``)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Executor(str, enum.Enum):
+    """Where cases run: this process, a local process pool, or Ray."""
+
+    LOCAL = "local"
+    POOL = "pool"
+    RAY = "ray"
+
+
+@dataclass(frozen=True, slots=True)
+class CaseSpec:
+    """One case found by discovery (or a PACS query), before it runs.
+
+    Attributes:
+        case_id: PHI-free id (:func:`case_id_for`).
+        study_instance_uid: the study; ``series_instance_uid``: the selected series (``None``
+            when no series could be selected).
+        fingerprint: identifies the input (selected series and its files); a different
+            fingerprint makes a done case run again.
+        files: the selected series' files (folder input; empty for PACS input).
+        error: ``(error class, message)`` when the case already failed at discovery (no
+            series matches the selection rules, an unreadable file); such a case never runs.
+    """
+
+    case_id: str
+    study_instance_uid: str
+    series_instance_uid: str | None
+    fingerprint: str
+    files: tuple[Path, ...] = field(default=(), repr=False)
+    error: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A model as workers load it: a local checkpoint and the id of its content."""
+
+    path: Path
+    model_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CaseTask:
+    """What an executor hands to :func:`run_case` (picklable, no patient data)."""
+
+    case_id: str
+    input_dir: Path
+    out_dir: Path
+    model: ModelRef
+    fingerprint: str
+    study_instance_uid: str
+    series_instance_uid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseOutcome:
+    """What :func:`run_case` returns; the driver records it in the ledger."""
+
+    case_id: str
+    status: CaseStatus
+    seconds: float
+    error_class: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """Counts after each case, for a progress display."""
+
+    total: int
+    done: int
+    failed: int
+    skipped: int
+
+    @property
+    def finished(self) -> int:
+        """Cases accounted for so far (done, failed or skipped)."""
+        return self.done + self.failed + self.skipped
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRow:
+    """One case of a run, as written to ``summary.csv``.
+
+    ``status`` is ``done`` (ran now), ``skipped`` (done before with the same input and model;
+    not run) or ``failed`` (now, or before and not retried: then ``ran`` is False).
+    """
+
+    case_id: str
+    status: str
+    ran: bool
+    study_instance_uid: str
+    series_instance_uid: str | None
+    error_class: str | None
+    error_message: str | None
+    seconds: float | None
+    out_dir: Path | None
+    volumes_ml: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """The outcome of :func:`run_cases`."""
+
+    run_id: str
+    rows: tuple[SummaryRow, ...]
+    ledger_path: Path
+    summary_path: Path
+
+    @property
+    def n_done(self) -> int:
+        """Cases done in this run."""
+        return sum(r.status == "done" for r in self.rows)
+
+    @property
+    def n_skipped(self) -> int:
+        """Cases done earlier and unchanged."""
+        return sum(r.status == "skipped" for r in self.rows)
+
+    @property
+    def n_failed(self) -> int:
+        """Cases failed (now, or earlier and not retried)."""
+        return sum(r.status == "failed" for r in self.rows)
+
+    @property
+    def ok(self) -> bool:
+        """True when no case failed."""
+        return self.n_failed == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery and fingerprints
+
+
+def case_id_for(uid: str, salt: bytes) -> str:
+    """The PHI-free case id of a study: ``case-`` + 16 hex digits of HMAC-SHA256(salt, UID).
+
+    ``salt`` is the output root's (:func:`medseg.privacy.load_salt`).
+
+    Example:
+        >>> case_id_for("1.2.3", b"0" * 32)
+        'case-bff0413eec9998a5'
+    """
+    return pseudonym(uid, salt)
+
+
+def _fingerprint(series_uid: str, files: Sequence[Path], root: Path, mode: str) -> str:
+    digest = hashlib.sha256(series_uid.encode())
+    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        digest.update(b"\0" + path.relative_to(root).as_posix().encode())
+        if mode == "content":
+            with open(path, "rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+        else:
+            stat = path.stat()
+            digest.update(f":{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+def discover_cases(
+    input_root: Path,
+    selection: SeriesSelection,
+    settings: BatchConfig | None = None,
+    *,
+    salt: bytes,
+    privacy: PrivacyConfig | None = None,
+) -> tuple[CaseSpec, ...]:
+    """One :class:`CaseSpec` per study under ``input_root`` (headers only; pixels unread).
+
+    A study where the selection rules find no series (or several) is a case that already
+    failed with the :class:`~medseg.errors.InputError` that lists its series; a file that
+    looks like DICOM but cannot be parsed (and so belongs to no known study) is a failed case
+    ``file-<hash>`` with an :class:`~medseg.errors.UnreadableScanError`. Case ids are keyed
+    with ``salt``; with ``privacy.log_identifiers`` each case's input folder is logged.
+
+    Raises:
+        UnreadableScanError: ``input_root`` is not a directory.
+    """
+    settings = settings or BatchConfig()
+    show = (privacy or PrivacyConfig()).log_identifiers
+    root = Path(input_root)
+    inventory = scan_folder(root)
+    specs: list[CaseSpec] = []
+    for study in inventory.studies:
+        key = study.study_instance_uid or study.series[0].series_instance_uid
+        case_id = case_id_for(key, salt)
+        if show:
+            folder = os.path.commonpath([str(f) for s in study.series for f in s.files])
+            log.info("case %s: input %s (privacy.log_identifiers)", case_id, folder)
+        # the case id stands in for the folder in messages: folder names may hold names
+        sub = Inventory(Path(case_id), (study,), (), 0, 0)
+        try:
+            entry = select_series(sub, selection)
+        except InputError as exc:
+            files = [f for s in study.series for f in s.files]
+            specs.append(CaseSpec(
+                case_id, study.study_instance_uid, None,
+                _fingerprint("", files, root, settings.fingerprint),
+                error=(type(exc).__name__, str(exc)),
+            ))
+            continue
+        specs.append(CaseSpec(
+            case_id, study.study_instance_uid, entry.series_instance_uid,
+            _fingerprint(entry.series_instance_uid, entry.files, root, settings.fingerprint),
+            files=tuple(entry.files),
+        ))
+    for problem in inventory.problems:
+        # the message would name the file, and folder names may hold patient names
+        case_id = pseudonym("\0".join(problem.files), salt, prefix="file-")
+        if show:
+            log.info("case %s: input %s (privacy.log_identifiers)", case_id, problem.files[0])
+        message = (f"{case_id}: a file under the input root looks like DICOM but cannot be "
+                   f"parsed; `medseg inspect INPUT_ROOT` names it")
+        specs.append(CaseSpec(case_id, "", None, "", error=(UnreadableScanError.__name__, message)))
+    return tuple(specs)
+
+
+def resolve_model_ref(model: str | Path, output_root: Path) -> ModelRef:
+    """A local checkpoint for ``model`` (a path or an MLflow URI) and its content id.
+
+    URIs are downloaded into ``output_root/.model`` so that pool and Ray workers (on a cluster:
+    through the shared file system) read the same file.
+
+    Raises:
+        ModelError: the path does not exist or the URI cannot be resolved.
+    """
+    from medseg import tracking
+
+    text = str(model)
+    dst = Path(output_root) / _MODEL_DIR if text.startswith(("runs:/", "models:/")) else None
+    path = Path(tracking.resolve_model(text, dst_dir=dst)).resolve()
+    with open(path, "rb") as fh:
+        model_id = "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+    return ModelRef(path, model_id)

@@ -1,0 +1,358 @@
+"""The batch driver: :func:`run_cases` and :func:`run_batch` decide which cases run, hand
+them to an executor, and record each in the ledger and ``summary.csv`` (see
+:mod:`medseg.batch` for the design)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import logging
+import shutil
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from medseg.batch.cases import (
+    CASES_DIR,
+    LEDGER_NAME,
+    LOCK_NAME,
+    STAGING_DIR,
+    SUMMARY_NAME,
+    BatchProgress,
+    BatchSummary,
+    CaseOutcome,
+    CaseSpec,
+    CaseStatus,
+    CaseTask,
+    Executor,
+    ModelRef,
+    SummaryRow,
+    discover_cases,
+    resolve_model_ref,
+)
+from medseg.batch.executors import Runner, keep_model, make_runner
+from medseg.batch.ledger import Ledger, read_manifest
+from medseg.config import BatchConfig, PrivacyConfig, SeriesSelection
+from medseg.errors import ConfigError, MedsegError
+from medseg.io.files import atomic_path
+from medseg.privacy import load_salt
+
+__all__ = ["link_inputs", "run_batch", "run_cases", "write_summary_csv"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _locked(output_root: Path) -> Iterator[None]:
+    with open(output_root / LOCK_NAME, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConfigError(f"{output_root}: another batch run is using this output folder") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _remove_partial(cases_dir: Path) -> None:
+    """Remove what a killed run left half written: hidden temporaries of case folders."""
+    if cases_dir.is_dir():
+        for path in cases_dir.iterdir():
+            if path.name.startswith(".") and path.is_dir():
+                shutil.rmtree(path)
+
+
+def _remove_done_staging(staging: Path, ledger: Ledger) -> None:
+    """Remove the inputs staged for cases that are done (a killed run may have left them)."""
+    if staging.is_dir():
+        for path in staging.iterdir():
+            row = ledger.case(path.name)
+            if row is not None and row["status"] == CaseStatus.DONE.value:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+Prepare = Callable[[CaseSpec, Path], Path]
+
+
+def _decide(spec: CaseSpec, row: Any, model_id: str, out_dir: Path, retry_failed: bool) -> str:
+    """``run``, ``skip`` (done, unchanged) or ``keep_failed`` (failed, unchanged, no retry)."""
+    if row is None or row["fingerprint"] != spec.fingerprint or row["model_id"] != model_id:
+        return "run"
+    if row["status"] == CaseStatus.DONE.value:
+        manifest = read_manifest(out_dir)
+        same = manifest is not None and manifest.get("fingerprint") == spec.fingerprint
+        return "skip" if same else "run"
+    if row["status"] == CaseStatus.FAILED.value and not retry_failed:
+        return "keep_failed"
+    return "run"
+
+
+def run_cases(
+    specs: Sequence[CaseSpec],
+    output_root: Path,
+    model: ModelRef,
+    prepare: Prepare,
+    *,
+    source: str = "folder",
+    executor: Executor = Executor.LOCAL,
+    workers: int = 1,
+    retry_failed: bool = False,
+    ray_address: str | None = None,
+    settings: BatchConfig | None = None,
+    progress: Callable[[BatchProgress], None] | None = None,
+    loaded_model: Any = None,
+    after: Callable[[Sequence[SummaryRow], Ledger], None] | None = None,
+) -> BatchSummary:
+    """Run every case of ``specs`` that needs it, record each in the ledger, write summary.csv.
+
+    Args:
+        specs: the cases (from :func:`discover_cases` or a PACS query).
+        output_root: where the ledger, ``summary.csv`` and ``cases/<case_id>/`` go.
+        model: the checkpoint workers load, and its id.
+        prepare: ``prepare(spec, folder)`` puts the case's input files into ``folder`` (links
+            or downloads) and returns the folder to segment; it runs in the driver.
+        source: recorded in the ledger (``"folder"``, ``"pacs"``).
+        executor: ``local`` (this process; ``workers > 1`` means a pool), ``pool`` or ``ray``.
+        workers: processes of the pool; with Ray, the CPUs of a local instance it starts.
+        retry_failed: run failed cases again even when their input did not change.
+        ray_address: the Ray cluster to join (``None``: start a local instance).
+        settings: fingerprint mode and Ray resources.
+        progress: called after each case with the counts so far.
+        loaded_model: ``model`` already loaded (the local executor then reuses it).
+        after: called with the rows and the ledger once every case is settled, while the
+            run still holds the output root (e.g. to send results to a PACS).
+
+    Raises:
+        ConfigError: another run holds ``output_root``.
+    """
+    settings = settings or BatchConfig()
+    if executor is Executor.LOCAL and workers > 1:
+        executor = Executor.POOL
+    output_root = Path(output_root).resolve()
+    cases_dir = output_root / CASES_DIR
+    cases_dir.mkdir(parents=True, exist_ok=True)
+    if loaded_model is not None:
+        keep_model(model, loaded_model)
+    with _locked(output_root), Ledger(output_root / LEDGER_NAME) as ledger:
+        _remove_partial(cases_dir)
+        for case_id in ledger.recover(cases_dir):
+            log.info("case %s: finished by an interrupted run; marked done", case_id)
+        _remove_done_staging(output_root / STAGING_DIR, ledger)
+        run_id = uuid.uuid4().hex
+        ledger.begin_run(run_id, executor.value, workers, model.model_id)
+        outcomes: dict[str, SummaryRow] = {}
+        to_run: deque[CaseSpec] = deque()
+        for spec in specs:
+            out_dir = cases_dir / spec.case_id
+            if spec.error is not None:
+                ledger.record(spec, source, CaseStatus.FAILED, model.model_id)
+                log.warning("case %s: failed before running (%s)", spec.case_id, spec.error[0])
+                outcomes[spec.case_id] = _row(spec, "failed", True, *spec.error, None, None)
+                continue
+            decision = _decide(spec, ledger.case(spec.case_id), model.model_id, out_dir,
+                               retry_failed)
+            if decision == "skip":
+                outcomes[spec.case_id] = _row(spec, "skipped", False, None, None, None, out_dir)
+            elif decision == "keep_failed":
+                old: Any = ledger.case(spec.case_id)
+                outcomes[spec.case_id] = _row(spec, "failed", False, old["error_class"],
+                                              old["error_message"], old["seconds"], None)
+            else:
+                ledger.record(spec, source, CaseStatus.QUEUED, model.model_id, out_dir)
+                to_run.append(spec)
+        counts = {s: sum(r.status == s for r in outcomes.values())
+                  for s in ("done", "failed", "skipped")}
+        total = len(specs)
+
+        def report(status: str) -> None:
+            counts[status] += 1
+            if progress is not None:
+                progress(BatchProgress(total, counts["done"], counts["failed"], counts["skipped"]))
+
+        if progress is not None:
+            progress(BatchProgress(total, 0, counts["failed"], counts["skipped"]))
+        log.info("%d cases: %d to run, %d unchanged", total, len(to_run), len(outcomes))
+        if to_run:
+            _drive(to_run, ledger, run_id, model, prepare, output_root, outcomes, report,
+                   make_runner(executor, workers, ray_address, settings))
+        rows = tuple(outcomes[s.case_id] for s in specs)
+        if after is not None:
+            after(rows, ledger)
+        ledger.end_run(run_id, rows)
+        summary_path = write_summary_csv(rows, output_root / SUMMARY_NAME)
+        _write_summary_page(rows, output_root)
+    return BatchSummary(run_id, rows, output_root / LEDGER_NAME, summary_path)
+
+
+def _write_summary_page(rows: Sequence[SummaryRow], output_root: Path) -> None:
+    """``summary.html`` beside ``summary.csv``: one row per case, linking its QA report.
+
+    Done and skipped (done before) cases count as "ok"; the message of a failed case is its
+    error class and medseg's message, which names no patient data.
+    """
+    from medseg.report import CaseSummary, write_summary_page
+
+    cases = [
+        CaseSummary(
+            case=row.case_id,
+            status="ok" if row.status in ("done", "skipped") else row.status,
+            report_path=(
+                row.out_dir / "report" / "report.html" if row.out_dir is not None else None
+            ),
+            volumes_ml=row.volumes_ml,
+            message=(
+                f"{row.error_class}: {row.error_message}" if row.error_class else row.status
+            ),
+        )
+        for row in rows
+    ]
+    write_summary_page(output_root, cases)
+
+
+def _drive(to_run: deque[CaseSpec], ledger: Ledger, run_id: str, model: ModelRef,
+           prepare: Prepare, output_root: Path, outcomes: dict[str, SummaryRow],
+           report: Callable[[str], None], runner: Runner) -> None:
+    specs = {spec.case_id: spec for spec in to_run}
+    attempts: dict[str, int] = {}
+    staging = output_root / STAGING_DIR
+    in_flight = 0
+
+    def settle(spec: CaseSpec, outcome: CaseOutcome, attempt_id: int) -> None:
+        ledger.finish(attempt_id, outcome)
+        out_dir = output_root / CASES_DIR / spec.case_id
+        if outcome.status is CaseStatus.DONE:
+            shutil.rmtree(staging / spec.case_id, ignore_errors=True)
+            log.info("case %s: done in %.1f s", spec.case_id, outcome.seconds)
+            outcomes[spec.case_id] = _row(spec, "done", True, None, None, outcome.seconds, out_dir)
+        else:
+            log.warning("case %s: failed (%s)", spec.case_id, outcome.error_class)
+            outcomes[spec.case_id] = _row(spec, "failed", True, outcome.error_class,
+                                          outcome.error_message, outcome.seconds, None)
+        report(outcome.status.value)
+
+    try:
+        while to_run or in_flight:
+            while to_run and in_flight < runner.capacity:
+                spec = to_run.popleft()
+                task = CaseTask(spec.case_id, staging / spec.case_id,
+                                output_root / CASES_DIR / spec.case_id, model, spec.fingerprint,
+                                spec.study_instance_uid, spec.series_instance_uid)
+                attempt_id = ledger.start(run_id, task)
+                try:
+                    input_dir = prepare(spec, staging / spec.case_id)
+                except (MedsegError, OSError) as exc:  # a download or link failed: this case only
+                    settle(spec, CaseOutcome(spec.case_id, CaseStatus.FAILED, 0.0,
+                                             type(exc).__name__, str(exc)), attempt_id)
+                    continue
+                attempts[spec.case_id] = attempt_id
+                runner.submit(CaseTask(task.case_id, input_dir, task.out_dir, model,
+                                       task.fingerprint, task.study_instance_uid,
+                                       task.series_instance_uid))
+                in_flight += 1
+            if in_flight:
+                outcome = runner.next_done()
+                in_flight -= 1
+                settle(specs[outcome.case_id], outcome, attempts.pop(outcome.case_id))
+    finally:
+        runner.close()
+
+
+def _row(spec: CaseSpec, status: str, ran: bool, error_class: str | None,
+         error_message: str | None, seconds: float | None, out_dir: Path | None) -> SummaryRow:
+    volumes: dict[str, float] = {}
+    if out_dir is not None:
+        manifest = read_manifest(out_dir) or {}
+        volumes = {str(k): float(v) for k, v in (manifest.get("volumes_ml") or {}).items()}
+    return SummaryRow(spec.case_id, status, ran, spec.study_instance_uid,
+                      spec.series_instance_uid, error_class, error_message, seconds, out_dir,
+                      volumes)
+
+
+def write_summary_csv(rows: Sequence[SummaryRow], path: Path) -> Path:
+    """Write ``summary.csv`` (atomically): one row per case, a ``<structure>_ml`` column each."""
+    names = sorted({name for row in rows for name in row.volumes_ml})
+    header = ["case_id", "status", "ran", "error_class", "error_message", "seconds",
+              "study_instance_uid", "series_instance_uid", "out_dir",
+              *[f"{name}_ml" for name in names]]
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow([
+                row.case_id, row.status, "yes" if row.ran else "no", row.error_class or "",
+                row.error_message or "",
+                "" if row.seconds is None else f"{row.seconds:.3f}",
+                row.study_instance_uid, row.series_instance_uid or "",
+                "" if row.out_dir is None else str(row.out_dir),
+                *["" if n not in row.volumes_ml else f"{row.volumes_ml[n]:.4f}" for n in names],
+            ])
+    return Path(path)
+
+
+def link_inputs(input_root: Path) -> Prepare:
+    """The ``prepare`` of :func:`run_cases` for cases found under ``input_root``."""
+    root = Path(input_root).resolve()
+
+    def prepare(spec: CaseSpec, folder: Path) -> Path:
+        """Links ``00001``, ``00002``, ... to the selected series' files (sorted by path).
+
+        The links are numbered, not named after the inputs, because input folder names often
+        hold patient names and error messages name the files; ``ls -l`` shows the targets.
+        """
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        targets = sorted(Path(p).resolve() for p in spec.files)
+        for i, target in enumerate(targets, start=1):
+            target.relative_to(root)  # a file outside the input root is a bug: raise
+            (folder / f"{i:05d}").symlink_to(target)
+        return folder
+
+    return prepare
+
+
+def run_batch(
+    input_root: Path,
+    output_root: Path,
+    model: str | Path,
+    *,
+    selection: SeriesSelection | None = None,
+    settings: BatchConfig | None = None,
+    executor: Executor = Executor.LOCAL,
+    workers: int = 1,
+    retry_failed: bool = False,
+    ray_address: str | None = None,
+    progress: Callable[[BatchProgress], None] | None = None,
+    privacy: PrivacyConfig | None = None,
+) -> BatchSummary:
+    """Segment every study under ``input_root`` into ``output_root`` (see the module doc).
+
+    ``input_root`` is only read. ``selection`` and ``settings`` default to the model's own
+    config (``series_selection``, ``batch``); ``privacy`` does not (a model may come from
+    anywhere): its default logs no input folders.
+
+    Raises:
+        ModelError: the model cannot be resolved or loaded (nothing runs).
+        UnreadableScanError: ``input_root`` is not a directory.
+        ConfigError: another run holds ``output_root``.
+    """
+    from medseg.pipeline import load_model
+
+    output_root = Path(output_root)
+    output_root.mkdir(parents=True, exist_ok=True)
+    ref = resolve_model_ref(model, output_root)
+    loaded = load_model(ref.path)  # fail early, before any case, on a bad model
+    selection = selection or loaded.config.series_selection
+    settings = settings or loaded.config.batch
+    specs = discover_cases(Path(input_root), selection, settings,
+                           salt=load_salt(output_root), privacy=privacy)
+    return run_cases(
+        specs, output_root, ref, link_inputs(Path(input_root)), source="folder",
+        executor=executor, workers=workers, retry_failed=retry_failed,
+        ray_address=ray_address, settings=settings, progress=progress,
+        loaded_model=loaded if executor is Executor.LOCAL and workers == 1 else None,
+    )

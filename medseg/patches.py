@@ -1,0 +1,165 @@
+"""Training cases as patches: each (image, labels) pair is checked, put on the model's grid and
+intensities (as :func:`medseg.infer.predict` will see it), cropped to its foreground, and
+sampled into patches with optional MONAI augmentation. Used by :mod:`medseg.train`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from medseg.config import ExperimentConfig, TrainConfig
+from medseg.errors import InputError
+from medseg.preprocess import (
+    foreground_box,
+    model_grid,
+    normaliser,
+    reorient,
+    require_finite_image,
+    resample,
+)
+from medseg.volume import Volume, VolumeKind, require_same_geometry
+
+__all__ = [
+    "PreparedCase", "augmentation", "augmented", "check_pair", "prepare_case", "sample_patches",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCase:
+    """One training case ready for patch sampling (:func:`prepare_case`)."""
+
+    image: NDArray[np.float32]  # scaled to [0, 1], padded to at least the patch size
+    labels: NDArray[np.int64]
+    foreground: NDArray[np.intp]  # flat indices of label > 0
+    # class_balanced sampling: flat indices of each label present (else empty)
+    by_label: tuple[NDArray[np.intp], ...] = ()
+
+
+def check_pair(image: Volume, labels: Volume, config: ExperimentConfig) -> None:
+    """Raise :class:`InputError` unless ``labels`` fits ``image`` and ``config.model.labels``."""
+    where = image.source.describe()
+    if image.kind is not VolumeKind.IMAGE or labels.kind is not VolumeKind.LABELS:
+        raise InputError(
+            f"{where}: expected an (image, labels) pair, got ({image.kind.value}, "
+            f"{labels.kind.value})"
+        )
+    require_same_geometry(image, labels)
+    n_labels = len(config.model.labels)
+    found = np.unique(labels.array)
+    unknown = found[(found < 0) | (found > n_labels)]
+    if unknown.size:
+        raise InputError(
+            f"{labels.source.describe()}: label values {unknown.tolist()} are not in "
+            f"model.labels (expected 0..{n_labels})"
+        )
+
+
+def prepare_case(image: Volume, labels: Volume, config: ExperimentConfig) -> PreparedCase:
+    """Orientation, model grid, foreground crop, padding to a patch, intensity: as configured."""
+    check_pair(image, labels, config)
+    require_finite_image(image, "training")
+    pre = config.preprocess
+    if pre.orientation == "LPS":  # the orientation predict() feeds the network
+        image, labels = reorient(image)[0], reorient(labels)[0]
+    if pre.spacing_mm is not None:  # the grid predict() feeds the network
+        grid = model_grid(image.geometry, pre.spacing_mm)
+        image, labels = resample(image, grid), resample(labels, grid)
+    hu = np.asarray(image.array)
+    label_array = np.asarray(labels.array, dtype=np.int64)
+    if pre.crop_foreground:
+        start, stop = foreground_box(image, labels, pre.lower_hu, pre.crop_margin_mm)
+        inside = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+        hu, label_array = hu[inside], label_array[inside]
+    normalise = normaliser(hu, pre)
+    # Pad small volumes at the high end so that every patch fits, with the window's lower end
+    # (air) and background.
+    pad = [(0, max(0, p - s)) for p, s in zip(config.train.patch_size, hu.shape, strict=True)]
+    if any(after for _, after in pad):
+        hu = np.pad(np.asarray(hu, dtype=np.float32), pad, constant_values=pre.lower_hu)
+        label_array = np.pad(label_array, pad, constant_values=0)
+    foreground = np.flatnonzero(label_array > 0)
+    by_label: tuple[NDArray[np.intp], ...] = ()
+    if config.train.foreground_sampling == "class_balanced" and foreground.size:
+        values = label_array.ravel()[foreground]
+        order = np.argsort(values, kind="stable")
+        starts = np.unique(values[order], return_index=True)[1]
+        by_label = tuple(np.split(foreground[order], starts[1:]))
+    return PreparedCase(
+        image=np.ascontiguousarray(normalise(hu), dtype=np.float32),
+        labels=np.ascontiguousarray(label_array),
+        foreground=foreground,
+        by_label=by_label,
+    )
+
+
+def sample_patches(
+    cases: Sequence[PreparedCase], config: ExperimentConfig, rng: np.random.Generator
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """``samples_per_case`` patches per case, as ``(n, 1, slice, row, column)`` arrays."""
+    patch = np.asarray(config.train.patch_size)
+    images, labels = [], []
+    for case in cases:
+        shape = np.asarray(case.image.shape)
+        for _ in range(config.train.samples_per_case):
+            if case.foreground.size and rng.random() < config.train.foreground_fraction:
+                voxels = case.by_label[rng.integers(len(case.by_label))] if case.by_label else (
+                    case.foreground
+                )
+                flat = voxels[rng.integers(voxels.size)]
+                centre = np.asarray(np.unravel_index(flat, case.image.shape))
+            else:
+                centre = rng.integers(0, shape)
+            start = np.clip(centre - patch // 2, 0, shape - patch)
+            window = tuple(slice(int(a), int(a + p)) for a, p in zip(start, patch, strict=True))
+            images.append(case.image[window])
+            labels.append(case.labels[window])
+    return np.stack(images)[:, None], np.stack(labels)[:, None]
+
+
+
+def augmentation(train_cfg: TrainConfig) -> Any:
+    """The MONAI transforms the config asks for (a ``Compose``), or ``None``."""
+    from monai import transforms as mt
+
+    keys = ["image", "label"]
+    steps: list[Any] = [
+        mt.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in train_cfg.augment_flip_axes
+    ]
+    if train_cfg.augment_affine_probability > 0:
+        angle = math.radians(train_cfg.augment_rotate_degrees)
+        steps.append(
+            mt.RandAffined(
+                keys,
+                prob=train_cfg.augment_affine_probability,
+                rotate_range=(angle, angle, angle),
+                scale_range=(train_cfg.augment_scale,) * 3,
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            )
+        )
+    if train_cfg.augment_intensity_probability > 0:
+        probability = train_cfg.augment_intensity_probability
+        steps.append(mt.RandScaleIntensityd("image", factors=0.1, prob=probability))
+        steps.append(mt.RandShiftIntensityd("image", offsets=0.1, prob=probability))
+    if train_cfg.augment_noise_std > 0:
+        steps.append(mt.RandGaussianNoised("image", prob=0.5, std=train_cfg.augment_noise_std))
+    return mt.Compose(steps) if steps else None
+
+
+def augmented(
+    augment: Any, images: NDArray[np.float32], labels: NDArray[np.int64], rng: np.random.Generator
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Patches ``(n, 1, slice, row, column)`` after ``augment``, seeded from ``rng``."""
+    augment.set_random_state(seed=int(rng.integers(2**31)))
+    out_images, out_labels = [], []
+    for image, label in zip(images, labels, strict=True):
+        result = augment({"image": image, "label": label})
+        out_images.append(np.asarray(result["image"], dtype=np.float32))
+        out_labels.append(np.rint(np.asarray(result["label"])).astype(np.int64))
+    return np.stack(out_images), np.stack(out_labels)
