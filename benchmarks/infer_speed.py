@@ -30,10 +30,14 @@ Defaults (the issue's reference run):
 
 ``--workdir`` keeps the trained model and the CT between runs.
 
-Printed per variant: wall time of the call (the median of ``--repeats`` calls in one process); peak RSS while it ran (the peak mark is reset just
-before it, ``/proc/self/clear_refs``) and the memory the call added on top of what was resident
-before it (libraries, weights, the input image); the label Dice against MONAI's labels; and,
-on the default phantom, the Dice against the phantom's true tumours.
+Printed per variant: wall time of the call (the median of ``--repeats`` calls in one
+process); peak RSS while it ran (the peak mark is reset just before it,
+``/proc/self/clear_refs``) and the memory the call added on top of what was resident before it
+(libraries, weights, the input image); the label Dice against MONAI's labels; on the default
+phantom, the Dice against the phantom's true tumours; and, from one more (untimed) call with
+the network wrapped, how many windows the network ran, its time per window and the time the
+call spent outside it. A "network alone" line then says how much faster than MONAI medseg's
+call could be if it spent nothing outside the network: the ceiling its per-window cost sets.
 """
 
 from __future__ import annotations
@@ -193,6 +197,14 @@ def _run_variant(args: argparse.Namespace) -> None:
 
         (logits, labels), seconds, before_mb, peak_mb = _timed(call, args.repeats)
         peak_mb = _status_mb("VmHWM")  # the call's peak, before the untimed mapping back
+        network = _count_network(model.network, cuda)
+        with torch.inference_mode():
+            x = torch.from_numpy(np.array(scaled))[None, None]
+            sliding_window_inference(
+                x.cuda() if cuda else x, BASELINE_SETTINGS["roi_size"],
+                BASELINE_SETTINGS["sw_batch_size"], network, overlap, blend,
+            )
+        counted = network.counted
         if model.config.preprocess.spacing_mm is not None:  # back for the comparison, untimed
             # as MONAI's Invertd would: the logits interpolated linearly onto the CT's grid,
             # then the argmax (resample_scores_to_labels is tested against SimpleITK)
@@ -220,10 +232,68 @@ def _run_variant(args: argparse.Namespace) -> None:
         labels, seconds, before_mb, peak_mb = _timed(
             lambda: predict(model, image).array, args.repeats
         )
+        counted = _count_medseg_network(model, image, cuda)
     np.save(args.out, labels)
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb,
-                      "added_mb": peak_mb - before_mb, "gpu_peak_mb": gpu_mb}))
+                      "added_mb": peak_mb - before_mb, "gpu_peak_mb": gpu_mb, **counted}))
+
+
+class _Counted:
+    """Windows run and seconds spent in the network, over one extra (untimed) call."""
+
+    def __init__(self) -> None:
+        self.counted = {"windows": 0, "network_seconds": 0.0}
+
+    def add(self, windows: int, started: float, cuda: bool) -> None:
+        import torch
+
+        if cuda:
+            torch.cuda.synchronize()
+        self.counted["windows"] += windows
+        self.counted["network_seconds"] += time.perf_counter() - started
+
+
+def _count_network(network, cuda: bool):  # type: ignore[no-untyped-def]
+    """``network`` as MONAI calls it, counting its windows and its time."""
+    counter = _Counted()
+
+    def run(batch):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        out = network(batch)
+        counter.add(batch.shape[0], started, cuda)
+        return out
+
+    run.counted = counter.counted  # type: ignore[attr-defined]
+    return run
+
+
+def _count_medseg_network(model, image, cuda: bool) -> dict:  # type: ignore[no-untyped-def]
+    """One more medseg call, with its predictor (the network, whatever the backend) timed."""
+    import contextlib
+
+    import medseg.infer as infer_module
+
+    original = infer_module._inference_settings
+    counter = _Counted()
+
+    @contextlib.contextmanager
+    def counting(loaded):  # type: ignore[no-untyped-def]
+        with original(loaded) as predictor:
+            def run(batch):  # type: ignore[no-untyped-def]
+                started = time.perf_counter()
+                out = predictor(batch)
+                counter.add(batch.shape[0], started, cuda)
+                return out
+
+            yield run
+
+    infer_module._inference_settings = counting
+    try:
+        infer_module.predict(model, image)
+    finally:
+        infer_module._inference_settings = original
+    return counter.counted
 
 
 def _timed(call, repeats: int):  # type: ignore[no-untyped-def]
@@ -257,6 +327,11 @@ def _start_peak_window() -> float:
     the call itself added (libraries, model, input image are already resident)."""
     Path("/proc/self/clear_refs").write_text("5")
     return _status_mb("VmRSS")
+
+
+def _per_window(result: dict) -> float:  # type: ignore[type-arg]
+    """Seconds of network time per window of one variant's counted call."""
+    return float(result["network_seconds"]) / int(result["windows"])
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -356,11 +431,22 @@ def main() -> None:
                 print(f"{name:45s} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB "
                       f"(+{r['added_mb']:5.0f} MB by the call)  Dice vs MONAI {r['dice']:.4f}"
                       + truth_note + gpu_note)
+                if r["windows"]:
+                    print(f"{'':45s} network: {r['windows']} windows, "
+                          f"{1000 * r['network_seconds'] / r['windows']:.0f} ms per window; "
+                          f"the rest of the call {r['seconds'] - r['network_seconds']:.1f} s")
             if "monai" in results and args.backends[0] in results:
                 base, best = results["monai"], results[args.backends[0]]
                 ratios.append((overlap, blend, base["seconds"] / best["seconds"],
                                best["peak_rss_mb"] / base["peak_rss_mb"],
                                best["added_mb"] / base["added_mb"], best["dice"]))
+                if base["windows"] and best["windows"]:
+                    # what the ratio could be if medseg spent nothing outside the network
+                    print(f"network alone: medseg {args.backends[0]} runs {best['windows']} of "
+                          f"MONAI's {base['windows']} windows at "
+                          f"{_per_window(base) / _per_window(best):.2f}x "
+                          f"MONAI's speed per window; with no other work the call would be "
+                          f"{base['seconds'] / best['network_seconds']:.2f}x faster than MONAI's")
             if "monai-cuda" in results:
                 for variant in gpu[1:]:
                     if variant in results:

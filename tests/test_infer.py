@@ -464,6 +464,12 @@ def test_speed_benchmark_runs_and_compares_the_same_windows() -> None:
     )
     for *_, speed, _peak, _added, dice in ratios:
         assert float(speed) > 0 and float(dice) >= 0.99
+    # without the body crop, medseg's network runs exactly MONAI's windows
+    windows = re.findall(r"^network alone: medseg openvino runs (\d+) of MONAI's (\d+) windows",
+                         run.stdout, re.MULTILINE)
+    assert len(windows) == 2 and all(ours == theirs != "0" for ours, theirs in windows), (
+        run.stdout
+    )
     if not torch.cuda.is_available():
         assert "GPU variants not run: no CUDA device" in run.stdout
     else:
