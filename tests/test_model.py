@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import medseg
 from medseg.config import load_config
@@ -108,3 +110,77 @@ def test_extra_must_be_primitives(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="extra values"):
         save_checkpoint(tmp_path / "m.pt", build_network(config.model), config, {"x": [1, 2]})
     assert not (tmp_path / "m.pt").exists()
+
+
+# exact rewrites for the exported runtimes: transposed convolutions as sub-pixel convolutions
+
+#: (kernel, stride, padding, output_padding) per axis whose output is exactly stride x input.
+_SUBPIXEL_AXES = [(3, 2, 1, 1), (2, 2, 0, 0), (4, 2, 1, 0), (5, 2, 2, 1), (3, 1, 1, 0),
+                  (4, 4, 0, 0), (6, 3, 2, 1)]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    axes=st.tuples(*[st.sampled_from(_SUBPIXEL_AXES)] * 3),
+    channels=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    shape=st.tuples(*[st.integers(1, 7)] * 3),
+    bias=st.booleans(),
+    batch=st.integers(1, 3),
+)
+def test_subpixel_convolution_equals_the_transposed_convolution(
+    axes: tuple[tuple[int, int, int, int], ...], channels: tuple[int, int],
+    shape: tuple[int, int, int], bias: bool, batch: int,
+) -> None:
+    from medseg.model import SubPixelConvTranspose3d, subpixel_supported
+
+    kernel, stride, padding, output_padding = (tuple(a[i] for a in axes) for i in range(4))
+    torch.manual_seed(sum(shape) + 7 * channels[0] + channels[1])
+    deconv = torch.nn.ConvTranspose3d(channels[0], channels[1], kernel, stride, padding,
+                                      output_padding, bias=bias)  # fmt: skip
+    assert subpixel_supported(deconv)
+    x = torch.randn(batch, channels[0], *shape)
+    with torch.no_grad():
+        expected, got = deconv(x), SubPixelConvTranspose3d(deconv)(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        torch.nn.ConvTranspose3d(2, 2, 3, 2, 1, 0),  # output 2n - 1
+        torch.nn.ConvTranspose3d(2, 2, 3, 2, 1, 1, groups=2),
+        torch.nn.ConvTranspose3d(2, 2, 3, 2, 2, 1, dilation=2),
+        torch.nn.Conv3d(2, 2, 3),
+    ],
+    ids=["odd-output", "groups", "dilation", "not-transposed"],
+)
+def test_subpixel_leaves_other_modules_alone(module: torch.nn.Module) -> None:
+    from medseg.model import SubPixelConvTranspose3d, subpixel_supported, with_subpixel_upsampling
+
+    assert not subpixel_supported(module)
+    assert type(with_subpixel_upsampling(torch.nn.Sequential(module))[0]) is type(module)
+    if isinstance(module, torch.nn.ConvTranspose3d):
+        with pytest.raises(ValueError, match="not a sub-pixel"):
+            SubPixelConvTranspose3d(module)
+
+
+@pytest.mark.parametrize("name", ["demo", "dynunet"], ids=["unet", "dynunet"])
+def test_subpixel_network_gives_the_network_s_logits(name: str) -> None:
+    from medseg.model import SubPixelConvTranspose3d, with_subpixel_upsampling
+
+    config = load_config(TINY.with_name("demo.yaml")).model
+    if name == "dynunet":
+        config = config.model_copy(update={"name": "dynunet"})
+    torch.manual_seed(3)
+    network = build_network(config).train()
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    rewritten = with_subpixel_upsampling(network)
+    assert network.training and not rewritten.training  # the original's mode is kept
+    assert not any(isinstance(m, torch.nn.ConvTranspose3d) for m in rewritten.modules())
+    assert any(isinstance(m, SubPixelConvTranspose3d) for m in rewritten.modules())
+    x = torch.randn(2, 1, 32, 48, 40)
+    network.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), network(x), rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(v, before[k]) for k, v in network.state_dict().items())
