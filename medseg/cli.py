@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -103,6 +104,8 @@ def _configure_logging(verbose: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("medseg").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:  # MLflow sets its own loggers' level when imported, from this variable
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
 @app.command()
