@@ -49,6 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -183,28 +184,23 @@ def _run_variant(args: argparse.Namespace) -> None:
             image = preprocess.resample(image, grid)
         scaled = preprocess.scale_intensity(image, model.config.preprocess).array
 
-        def call() -> tuple[torch.Tensor, np.ndarray]:
+        def call(network: Any = model.network) -> tuple[torch.Tensor, np.ndarray]:
             with torch.inference_mode():
                 x = torch.from_numpy(np.array(scaled))[None, None]
                 if cuda:
                     x = x.cuda()
                 out = sliding_window_inference(
                     x, BASELINE_SETTINGS["roi_size"], BASELINE_SETTINGS["sw_batch_size"],
-                    model.network, overlap, blend,
+                    network, overlap, blend,
                 )
                 assert isinstance(out, torch.Tensor)
                 return out.cpu(), out.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
         (logits, labels), seconds, before_mb, peak_mb = _timed(call, args.repeats)
         peak_mb = _status_mb("VmHWM")  # the call's peak, before the untimed mapping back
-        network = _count_network(model.network, cuda)
-        with torch.inference_mode():
-            x = torch.from_numpy(np.array(scaled))[None, None]
-            sliding_window_inference(
-                x.cuda() if cuda else x, BASELINE_SETTINGS["roi_size"],
-                BASELINE_SETTINGS["sw_batch_size"], network, overlap, blend,
-            )
-        counted = network.counted
+        counter = _NetworkTime(cuda)
+        call(counter.wrap(model.network))
+        counted = counter.counted
         if model.config.preprocess.spacing_mm is not None:  # back for the comparison, untimed
             # as MONAI's Invertd would: the logits interpolated linearly onto the CT's grid,
             # then the argmax (resample_scores_to_labels is tested against SimpleITK)
@@ -239,33 +235,28 @@ def _run_variant(args: argparse.Namespace) -> None:
                       "added_mb": peak_mb - before_mb, "gpu_peak_mb": gpu_mb, **counted}))
 
 
-class _Counted:
+class _NetworkTime:
     """Windows run and seconds spent in the network, over one extra (untimed) call."""
 
-    def __init__(self) -> None:
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
         self.counted = {"windows": 0, "network_seconds": 0.0}
 
-    def add(self, windows: int, started: float, cuda: bool) -> None:
-        import torch
+    def wrap(self, network):  # type: ignore[no-untyped-def]
+        """``network`` (a batch of windows in, logits out), counting its windows and time."""
 
-        if cuda:
-            torch.cuda.synchronize()
-        self.counted["windows"] += windows
-        self.counted["network_seconds"] += time.perf_counter() - started
+        def run(batch):  # type: ignore[no-untyped-def]
+            import torch
 
+            started = time.perf_counter()
+            out = network(batch)
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.counted["windows"] += batch.shape[0]
+            self.counted["network_seconds"] += time.perf_counter() - started
+            return out
 
-def _count_network(network, cuda: bool):  # type: ignore[no-untyped-def]
-    """``network`` as MONAI calls it, counting its windows and its time."""
-    counter = _Counted()
-
-    def run(batch):  # type: ignore[no-untyped-def]
-        started = time.perf_counter()
-        out = network(batch)
-        counter.add(batch.shape[0], started, cuda)
-        return out
-
-    run.counted = counter.counted  # type: ignore[attr-defined]
-    return run
+        return run
 
 
 def _count_medseg_network(model, image, cuda: bool) -> dict:  # type: ignore[no-untyped-def]
@@ -275,18 +266,12 @@ def _count_medseg_network(model, image, cuda: bool) -> dict:  # type: ignore[no-
     import medseg.infer as infer_module
 
     original = infer_module._inference_settings
-    counter = _Counted()
+    counter = _NetworkTime(cuda)
 
     @contextlib.contextmanager
     def counting(loaded):  # type: ignore[no-untyped-def]
         with original(loaded) as predictor:
-            def run(batch):  # type: ignore[no-untyped-def]
-                started = time.perf_counter()
-                out = predictor(batch)
-                counter.add(batch.shape[0], started, cuda)
-                return out
-
-            yield run
+            yield counter.wrap(predictor)
 
     infer_module._inference_settings = counting
     try:

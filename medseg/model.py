@@ -10,6 +10,7 @@ names and the medseg version that wrote it.
 from __future__ import annotations
 
 import copy
+import itertools
 import pickle
 import re
 import warnings
@@ -317,22 +318,21 @@ class SubPixelConvTranspose3d(torch.nn.Module):
             _phase_taps(int(k), int(s), int(p))
             for k, s, p in zip(deconv.kernel_size, strides, padding, strict=True)
         ]
-        sizes = (len(axes[0][0][0]), len(axes[1][0][0]), len(axes[2][0][0]))
+        tables = [table for table, _ in axes]  # per axis: phase -> tap at each kernel offset
+        sizes = (len(tables[0][0]), len(tables[1][0]), len(tables[2][0]))
         kernel = weight.new_zeros((out_channels, *strides, in_channels, *sizes))
-        for a in range(strides[0]):
-            for b in range(strides[1]):
-                for c in range(strides[2]):
-                    for u, tu in enumerate(axes[0][0][a]):
-                        for v, tv in enumerate(axes[1][0][b]):
-                            for w, tw in enumerate(axes[2][0][c]):
-                                if tu is not None and tv is not None and tw is not None:
-                                    kernel[:, a, b, c, :, u, v, w] = weight[:, :, tu, tv, tw].T
+        # every phase (a, b, c) and kernel offset (u, v, w) that has a tap on all three axes
+        for phases in itertools.product(*(range(s) for s in strides)):
+            offsets = [enumerate(table[phase]) for table, phase in zip(tables, phases, strict=True)]
+            for (u, tu), (v, tv), (w, tw) in itertools.product(*offsets):
+                if tu is not None and tv is not None and tw is not None:
+                    kernel[:, phases[0], phases[1], phases[2], :, u, v, w] = (
+                        weight[:, :, tu, tv, tw].T
+                    )
         self.out_channels = out_channels
         self.strides = strides
         # F.pad order: last axis first, (low, high) each
-        self.padding = tuple(
-            int(x) for _, (low, high) in reversed(axes) for x in (low, high)
-        )
+        self.padding = tuple(int(x) for _, pads in reversed(axes) for x in pads)
         self.conv = torch.nn.Conv3d(
             in_channels, out_channels * strides[0] * strides[1] * strides[2], sizes,
             bias=deconv.bias is not None,
