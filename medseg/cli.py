@@ -6,17 +6,21 @@ Exit codes: 0 success, 1 some cases failed, 2 usage, config or input error.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
 import medseg
-from medseg.errors import MedsegError
+from medseg.errors import ConfigError, MedsegError
 
 __all__ = ["app"]
 
@@ -72,9 +76,61 @@ class EmptyRoiChoice(str, enum.Enum):
     OMIT = "omit"
 
 
-def _fail(error: MedsegError) -> NoReturn:
-    typer.echo(f"error: {error}", err=True)
+#: Exit code of a run stopped by Ctrl-C (SIGINT) or SIGTERM: 128 + the signal number, as a
+#: shell reports a process killed by it, but after a clean stop (no partial output).
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _fail(error: BaseException) -> NoReturn:
+    from medseg.io.files import describe_os_error
+    from medseg.privacy import redact_credentials
+
+    if isinstance(error, OSError) and not isinstance(error, MedsegError):
+        text = describe_os_error(error)
+    else:
+        text = str(error)
+    # one line, whatever a library put into the message; credentials in URLs masked
+    line = " ".join(redact_credentials(text).split())
+    typer.echo(f"error: {line}", err=True)
     raise typer.Exit(code=2)
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """Turn what a command raises on purpose into one line and exit code 2: medseg's errors,
+    and the file system's (a full or read-only disk, a missing permission) that reach the
+    CLI; Ctrl-C or SIGTERM into one line and :data:`EXIT_INTERRUPTED`. Outputs are atomic, so
+    nothing partial is left in any of these cases."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except (MedsegError, OSError) as error:
+        _fail(error)
+    except _Terminated:
+        typer.echo("interrupted (SIGTERM); no partial output was left", err=True)
+        raise typer.Exit(code=EXIT_INTERRUPTED[signal.SIGTERM]) from None
+    except KeyboardInterrupt as stop:
+        from medseg.batch import BatchInterrupted
+
+        if isinstance(stop, BatchInterrupted):  # SIGINT or SIGTERM; the summary is written
+            typer.echo(str(stop), err=True)
+            raise typer.Exit(code=stop.exit_code) from None
+        typer.echo("interrupted (Ctrl-C); no partial output was left", err=True)
+        raise typer.Exit(code=EXIT_INTERRUPTED[signal.SIGINT]) from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that ``finally`` blocks (the atomic writers'
+    clean-up) run."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 def _version(value: bool) -> None:
@@ -89,9 +145,19 @@ def main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+    private: Annotated[
+        bool,
+        typer.Option("--private", help="Outputs readable by their owner only (files 0600, "
+                     "folders 0700); default: as the umask allows."),
+    ] = False,
 ) -> None:
     """medseg command line."""
     _configure_logging(verbose)
+    if private:  # every file and folder this process (and its workers) creates
+        os.umask(0o077)
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -104,6 +170,9 @@ def _configure_logging(verbose: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("medseg").setLevel(logging.DEBUG if verbose else logging.INFO)
+    from medseg.privacy import redact_log_credentials
+
+    redact_log_credentials()
     if not verbose:  # MLflow sets its own loggers' level when imported, from this variable
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
@@ -121,10 +190,8 @@ def demo(
     from medseg.config import builtin_config_path, load_config
     from medseg.pipeline import run_demo
 
-    try:
+    with _reported():
         result = run_demo(load_config(config or builtin_config_path("demo.yaml")), out, n_cases=cases)
-    except MedsegError as error:
-        _fail(error)
     typer.echo(f"tumour volume: predicted {result.predicted_volume_ml:.2f} mL, "
                f"truth {result.true_volume_ml:.2f} mL, Dice {result.dice:.3f}")
     typer.echo(f"MLflow run id: {result.run_id}  (model: {result.model_uri})")
@@ -164,7 +231,7 @@ def train(
         raise typer.BadParameter("use either --fold K or --folds all", param_hint="--folds")
     if resume is not None and (fold is not None or folds is not None):
         raise typer.BadParameter("--resume continues one run, not folds", param_hint="--resume")
-    try:
+    with _reported():
         experiment = load_config(config)
         # under `torchrun --nproc_per_node N -m medseg train`: one DDP process group
         with distributed.session(experiment.train.device) as (rank, _):
@@ -172,8 +239,6 @@ def train(
                 results = [train_from_config(experiment, out, resume_from=resume)]
             else:
                 results = train_folds(experiment, out, None if fold is None else [fold])
-    except MedsegError as error:
-        _fail(error)
     if rank != 0:
         return
     for result in results:
@@ -192,10 +257,8 @@ def predict(
     """Segment one scan: writes rtstruct.dcm, labels.nii.gz and volumes.json."""
     from medseg.pipeline import load_model, predict_case
 
-    try:
+    with _reported():
         result = predict_case(load_model(model), input_path, out_dir, overwrite=overwrite)
-    except MedsegError as error:
-        _fail(error)
     for name, volume_ml in result.volumes_ml.items():
         typer.echo(f"{name}: {volume_ml:.2f} mL")
     typer.echo(f"outputs: {result.out_dir}")
@@ -219,12 +282,10 @@ def evaluate(
     """Dice, IoU, HD, HD95, ASSD, surface Dice and volume errors, per case and summarised."""
     from medseg.evaluation import evaluate_folder
 
-    try:
+    with _reported():
         summary = evaluate_folder(
             pred, ref, out, labels=None, tolerance_mm=tolerance_mm, spacing_from=spacing_from
         )
-    except MedsegError as error:
-        _fail(error)
     typer.echo(f"{len(summary.cases)} cases evaluated, {len(summary.failures)} failed")
     for failure in summary.failures:
         typer.echo(f"failed: {failure.case}: {failure.reason}", err=True)
@@ -243,10 +304,8 @@ def inspect(
 
     from medseg.io.discovery import scan_folder
 
-    try:
+    with _reported():
         inventory = scan_folder(path)
-    except MedsegError as error:
-        _fail(error)
     if as_json:
         typer.echo(json.dumps(inventory.to_dict(), indent=2))
         return
@@ -259,7 +318,8 @@ def inspect(
                 + (f"x{s.slice_spacing_mm:g}" if s.slice_spacing_mm else "") + " mm"
             )
             orientation = f" {s.orientation.value}" if s.orientation is not None else ""
-            typer.echo(f"  {s.describe()}{orientation}{spacing}")
+            # the user asked for this listing of their folder: descriptions included
+            typer.echo(f"  {s.describe(log_identifiers=True)}{orientation}{spacing}")
             for problem in s.problems:
                 typer.echo(f"    problem: {problem.message}")
     for problem in inventory.problems:
@@ -287,10 +347,8 @@ def convert(
         gantry_tilt="resample" if resample_tilt else "error",
         unplaced_contours="skip" if partial else "error",
     )
-    try:
+    with _reported():
         result = convert_dicom(dicom_dir, out_dir, rtstruct=rtstruct, ingest=ingest, overwrite=overwrite)
-    except MedsegError as error:
-        _fail(error)
     typer.echo(f"image {result.shape}: {result.image}")
     for name, path in result.masks.items():
         typer.echo(f"{name}: {path}")
@@ -308,19 +366,25 @@ def export_rtstruct(
         MissingUidsChoice, typer.Option(help="Empty Study/Series UIDs in the CT: error, or generate new ones.")
     ] = MissingUidsChoice.ERROR,
     empty: Annotated[EmptyRoiChoice, typer.Option(help="ROIs with no voxels: keep or omit.")] = EmptyRoiChoice.KEEP,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing --out if it is an RT-STRUCT medseg wrote.")
+    ] = False,
 ) -> None:
     """Export a label map from any tool (TotalSegmentator, nnU-Net, ...) as an RT-STRUCT on its CT."""
     from medseg.io.rois import export_rtstruct as export
 
-    try:
-        path = export(ct, labels, rois, out, missing_uids=missing_uids.value, empty=empty.value)
-    except MedsegError as error:
-        _fail(error)
+    with _reported():
+        path = export(ct, labels, rois, out, missing_uids=missing_uids.value, empty=empty.value,
+                      overwrite=overwrite)
     typer.echo(f"RT-STRUCT written: {path}")
 
 
 def _progress_bar() -> tuple[Any, Any]:
-    """A rich progress bar on stderr (cases done/failed/skipped, ETA) and its update callback."""
+    """A rich progress bar on stderr (cases done/failed/skipped, ETA) and its update callback;
+    where stderr is not a terminal (a service, a pipeline's log) no bar, so the log holds
+    messages only."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(), None
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -373,7 +437,7 @@ def batch(
     from medseg.batch import Executor, run_batch
     from medseg.config import load_config
 
-    try:
+    with _reported():
         experiment = load_config(config) if config is not None else None
         bar, update = _progress_bar()
         with bar:
@@ -385,8 +449,6 @@ def batch(
                 ray_address=ray_address, progress=update,
                 privacy=experiment.privacy if experiment else None,
             )
-    except MedsegError as error:
-        _fail(error)
     _echo_batch(summary)
 
 
@@ -400,7 +462,7 @@ def pacs_run(
     output_root: Annotated[
         Path, typer.Argument(file_okay=False, help="Case folders, ledger.sqlite and summary.csv.")
     ],
-    url: Annotated[str, typer.Option("--url", help="Orthanc REST API, http://HOST:PORT.")],
+    url: Annotated[str, typer.Option("--url", help="Orthanc REST API, http(s)://[USER:PASSWORD@]HOST[:PORT].")],
     model: ModelOption,
     modality: Annotated[
         list[str] | None, typer.Option("--modality", help="Series modality to take (repeat); default CT and MR.")
@@ -424,7 +486,7 @@ def pacs_run(
     from medseg.config import load_config
     from medseg.pacs import PacsQuery, run_pacs
 
-    try:
+    with _reported():
         experiment = load_config(config) if config is not None else None
         query = PacsQuery(tuple(modality) if modality else ("CT", "MR"), date_from, date_to,
                           include_unstable)
@@ -437,8 +499,6 @@ def pacs_run(
                 executor=Executor(executor.value), workers=workers, retry_failed=retry_failed,
                 ray_address=ray_address, send=send, progress=update,
             )
-    except MedsegError as error:
-        _fail(error)
     failed = [d for d in summary.deliveries if d.status == "failed"]
     typer.echo(f"sent {summary.n_sent} objects to {url.split('@')[-1]}, {len(failed)} failed"
                + (f"; {summary.n_unstable} studies still arriving, left for later"
@@ -458,7 +518,18 @@ def pacs_listen(
     model: ModelOption,
     aet: Annotated[str, typer.Option("--aet", help="AE title of the listener.")] = "MEDSEG",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="DICOM port.")] = 11112,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "0.0.0.0",
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (default loopback; 0.0.0.0 for every interface).")
+    ] = "127.0.0.1",
+    allow_aet: Annotated[
+        list[str] | None,
+        typer.Option("--allow-aet", help="Calling AE title allowed to send (repeat); '*' accepts any. Required."),
+    ] = None,
+    reprocess_changed: Annotated[
+        bool,
+        typer.Option("--reprocess-changed", help="Accept a changed instance (same SOPInstanceUID, other "
+                     "content) of a study already processed and run the study again (default: refuse it)."),
+    ] = False,
     destination: Annotated[
         str | None, typer.Option("--destination", help="Orthanc URL to send RT-STRUCT/SEG to.")
     ] = None,
@@ -471,16 +542,19 @@ def pacs_listen(
     from medseg.config import load_config
     from medseg.pacs import listen
 
-    try:
+    with _reported():
         experiment = load_config(config) if config is not None else None
-        listen(output_root, model, aet=aet, port=port, host=host, destination=destination,
-               quiet_period_s=quiet_period,
-               selection=experiment.series_selection if experiment else None,
-               settings=experiment.batch if experiment else None)
-    except MedsegError as error:
-        _fail(error)
-    except KeyboardInterrupt:
-        typer.echo("stopped")
+        try:
+            if not allow_aet:
+                raise ConfigError("--allow-aet: name the calling AE titles allowed to send "
+                                  "(repeat the option), or '*' to accept any")
+            listen(output_root, model, aet=aet, port=port, host=host, destination=destination,
+                   quiet_period_s=quiet_period, allowed_calling_aets=tuple(allow_aet),
+                   reprocess_changed=reprocess_changed,
+                   selection=experiment.series_selection if experiment else None,
+                   settings=experiment.batch if experiment else None)
+        except (KeyboardInterrupt, _Terminated):  # the listener's normal way to stop
+            typer.echo("stopped")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -461,19 +461,28 @@ class IngestConfig(_Section):
             them), or ``"skip"`` them with a warning and import the rest.
         max_voxels: largest image a file or series may declare (slices x rows x columns,
             from its header), checked before any pixel is read: more is a
-            ``ResourceLimitError``. The default, 2**31, is 16 times a 512 x 512 x 512 CT.
+            ``ResourceLimitError``. The default, 2**29 = 2048 x 512 x 512 (5.4e8), admits
+            every real CT (a whole-body CT at 0.5 mm slices is about 2000 x 512 x 512) and
+            refuses a 1e9-voxel header at once. It is sized for a 24 GiB, 2-core machine:
+            ``medseg predict`` of a DICOM CT measured about 15 bytes per voxel beyond a
+            0.7 GB process (8 GiB at the limit), and a scaled NIfTI's float64 adds 6 more
+            (11 GiB, estimated); twice the limit would not fit. It is a fixed number, not a share of
+            the machine's memory, so a config loads the same scans on every machine; raise
+            it in the config on a larger one.
         max_bytes: largest array (bytes) that loading an image may allocate for it: voxels
             x the larger of the stored and the loaded bytes per voxel (float32 for
             rescaled or resampled DICOM, float64 for scaled NIfTI); more is a
-            ``ResourceLimitError``. Default 8 GiB.
+            ``ResourceLimitError``. Default 4 GiB: ``max_voxels`` as float64, the largest
+            array loading makes. A deflated DICOM file may inflate to this plus its header
+            (``medseg.io.headers.DEFLATED_MAX_BYTES``, fixed at the default).
     """
 
     irregular_slices: Literal["error", "resample"] = "error"
     gantry_tilt: Literal["error", "resample"] = "error"
     max_interpolated_slices: PositiveInt = 2
     unplaced_contours: Literal["error", "skip"] = "error"
-    max_voxels: PositiveInt = 2**31
-    max_bytes: PositiveInt = 8 * 2**30
+    max_voxels: PositiveInt = 2**29
+    max_bytes: PositiveInt = 4 * 2**30
 
 
 class BatchConfig(_Section):
@@ -488,11 +497,23 @@ class BatchConfig(_Section):
             ``num_cpus``).
         gpus_per_case: GPUs each case reserves with the Ray executor (its task's
             ``num_gpus``; a fraction lets cases share a GPU).
+        case_timeout_s: the longest one case may run, in seconds, counted from when its
+            worker (with the model loaded) starts it; a case still running then fails with
+            ``CaseTimeoutError`` and the batch goes on. ``None`` (default): no limit, because
+            a fair limit depends on the scanner, the model and the machine. Only a process can
+            be stopped safely mid-case, so with a limit the ``local`` executor runs its cases
+            in one worker process (as ``pool`` with one worker); the Ray executor does not
+            apply it.
+        ledger_timeout_s: how long, in seconds, to wait for ``ledger.sqlite`` while another
+            process holds it locked (e.g. someone reading it with ``sqlite3``) before the run
+            stops with an error naming the file.
     """
 
     fingerprint: Literal["stat", "content"] = "stat"
     cpus_per_case: Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)] = 1.0
     gpus_per_case: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    case_timeout_s: Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    ledger_timeout_s: Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)] = 30.0
 
 
 class PrivacyConfig(_Section):
@@ -503,9 +524,10 @@ class PrivacyConfig(_Section):
             in the ledger and ``summary.csv`` name cases by pseudonym (``case-<salted
             hash>``, ``case_000``) only, never by input folder (hospital exports often name
             folders after the patient). ``true``: also log each case's input folder, and
-            skipped training patients by folder, to map pseudonyms back while debugging.
-            ``medseg batch`` takes this from ``--config`` only, never from a model's own
-            config.
+            skipped training patients by folder, to map pseudonyms back while debugging,
+            and show SeriesDescription (free text that clinics fill with patient names) in
+            messages, the batch summaries and the QA page. ``medseg batch`` takes this from
+            ``--config`` only, never from a model's own config.
     """
 
     log_identifiers: StrictBool = False
@@ -718,6 +740,11 @@ def load_config(path: Path | str) -> ExperimentConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a YAML text file (byte {exc.start} is not UTF-8: "
+            f"{exc.object[exc.start : exc.start + 1]!r}); save the config as UTF-8"
+        ) from exc
     config = parse_config(text, source=str(path))
     updates = {
         key: (path.parent / value).resolve()

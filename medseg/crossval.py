@@ -20,6 +20,7 @@ from typing import Any
 from medseg import data, datasets, splits
 from medseg.config import ExperimentConfig
 from medseg.errors import ConfigError
+from medseg.io.files import claim_output_dir
 from medseg.privacy import redact
 
 __all__ = ["SPLIT_FILE", "load_cases", "train_folds"]
@@ -44,7 +45,9 @@ def train_folds(
     from medseg.train import train
 
     cases = load_cases(config)
-    out_dir = Path(out_dir)
+    out_dir = claim_output_dir(
+        Path(out_dir), inputs=(config.data.datalist, config.data.dicom_root)
+    )
     split_path = out_dir / SPLIT_FILE
     if split_path.is_file():
         all_folds = splits.load_folds(split_path)

@@ -18,7 +18,11 @@
     │                                    that the reference image volume does not hold
     ├── ConfigError                  a config file or CLI option is invalid
     ├── ModelError                   a model checkpoint / URI cannot be loaded or does not fit
+    ├── CaseTimeoutError             a batch case ran longer than batch.case_timeout_s
     └── ExportError                  an output would be invalid and was not written
+        └── OutputError              the output path cannot be used: it overlaps an input,
+                                     exists and is not medseg's, or the file system refuses
+                                     it (read-only, full, no permission); nothing was written
 
 Messages say what was expected, what arrived and which file or case it concerns. They never
 contain patient-identifying DICOM attributes (names, IDs, birth dates).
@@ -27,6 +31,7 @@ contain patient-identifying DICOM attributes (names, IDs, birth dates).
 from __future__ import annotations
 
 __all__ = [
+    "CaseTimeoutError",
     "ConfigError",
     "DuplicateSliceError",
     "ExportError",
@@ -39,6 +44,7 @@ __all__ = [
     "MixedOrientationError",
     "MixedPixelSpacingError",
     "ModelError",
+    "OutputError",
     "ResourceLimitError",
     "UnevenSpacingError",
     "UnreadableScanError",
@@ -104,5 +110,17 @@ class ModelError(MedsegError):
     """A model checkpoint or MLflow model URI cannot be loaded or does not fit the config."""
 
 
+class CaseTimeoutError(MedsegError):
+    """A batch case was still running ``batch.case_timeout_s`` seconds after it started; its
+    worker process was stopped and the case recorded as failed with this class's name."""
+
+
 class ExportError(MedsegError):
     """An output object would be invalid, so it was not written."""
+
+
+class OutputError(ExportError):
+    """The output path cannot be used: it is, contains or lies inside an input; it exists and
+    is not an output medseg wrote (or ``--overwrite`` was not given); or the file system
+    refuses the write (read-only, full, no permission). Nothing was written, and a previous
+    output is unchanged."""

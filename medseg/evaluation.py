@@ -21,7 +21,7 @@ import numpy as np
 
 from medseg.errors import ConfigError, GeometryError, InputError, MedsegError
 from medseg.io import nifti
-from medseg.io.files import atomic_path
+from medseg.io.files import atomic_path, claim_output_dir
 from medseg.metrics import METRIC_NAMES, SegmentationMetrics, compute_metrics
 from medseg.volume import Volume, VolumeKind
 
@@ -203,11 +203,14 @@ def evaluate_folder(
         InputError: if a folder does not exist or holds two files for one case, or
             ``spacing_from`` does not exist.
         ConfigError: on a negative tolerance or two labels sharing a name.
+        OutputError: ``out_dir`` is, contains or lies inside an input folder, holds files
+            medseg did not write, or cannot be written (checked before any case is read).
     """
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise ConfigError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm}")
     if labels is not None and len(set(labels.values())) != len(labels):
         raise ConfigError(f"label names must be unique, got {dict(labels)}")
+    out = claim_output_dir(Path(out_dir), inputs=(pred_dir, ref_dir, spacing_from))
     pred_files, ref_files = _case_files(Path(pred_dir)), _case_files(Path(ref_dir))
     failures = [
         CaseFailure(case, f"no prediction in {pred_dir}")
@@ -250,14 +253,12 @@ def evaluate_folder(
         }
         for value, name in names.items()
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     per_case_csv, summary_csv, summary_json = (
         out / _PER_CASE_CSV,
         out / _SUMMARY_CSV,
         out / _SUMMARY_JSON,
     )
-    with atomic_path(per_case_csv) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_path(per_case_csv) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
         writer = csv.writer(fh)
         writer.writerow(["case", "label", "name", *METRIC_NAMES, "tolerance_mm"])
         for case in sorted(results):
@@ -267,7 +268,7 @@ def evaluate_folder(
                     [case, value, name, *(repr(getattr(m, k)) for k in METRIC_NAMES), tolerance_mm]
                 )
     stat_keys = ("n", "n_not_finite", "mean", "median", "q1", "q3", "iqr")
-    with atomic_path(summary_csv) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_path(summary_csv) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
         writer = csv.writer(fh)
         writer.writerow(["name", "metric", *stat_keys])
         for name, per_metric in statistics.items():

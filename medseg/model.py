@@ -64,6 +64,8 @@ class LoadedModel:
         label_names: label value -> structure name (background 0 excluded).
         medseg_version: version of medseg that wrote the checkpoint.
         extra: primitives stored alongside (e.g. ``epoch``, ``val_dice``).
+        source_path: the checkpoint file it was loaded from (an input that outputs must
+            never overwrite), if any.
     """
 
     network: torch.nn.Module
@@ -71,6 +73,21 @@ class LoadedModel:
     label_names: dict[int, str]
     medseg_version: str
     extra: Mapping[str, ExtraValue] = field(default_factory=dict)
+    source_path: Path | None = None
+
+
+#: Most parameters a network may have (2 GiB of float32 weights; nnU-Net's largest residual
+#: encoder U-Net has about 100 M). A config (or a checkpoint's config) that declares more is
+#: refused before anything is allocated, instead of asking the allocator for hundreds of GB.
+MAX_NETWORK_PARAMETERS = 500_000_000
+
+
+def count_parameters(config: ModelConfig) -> int:
+    """The number of parameters of :func:`build_network`'s network, counted on PyTorch's
+    ``meta`` device (shapes only, no memory)."""
+    with torch.device("meta"):
+        network = _construct(config)
+    return sum(p.numel() for p in network.parameters())
 
 
 def build_network(config: ModelConfig) -> UNet | DynUNet:
@@ -80,7 +97,22 @@ def build_network(config: ModelConfig) -> UNet | DynUNet:
     ``config.downsampling_factor``. A ``DynUNet`` with deep supervision returns, in training
     mode, ``(batch, 1 + deep_supervision_levels, classes, slice, row, column)`` (full
     resolution first); in eval mode both return ``(batch, classes, slice, row, column)``.
+
+    Raises:
+        ModelError: the network would have more than :data:`MAX_NETWORK_PARAMETERS`
+            parameters (checked before any weight is allocated).
     """
+    n_parameters = count_parameters(config)
+    if n_parameters > MAX_NETWORK_PARAMETERS:
+        raise ModelError(
+            f"model.channels {list(config.channels)} declare a {config.name} of {n_parameters} "
+            f"parameters ({n_parameters * 4 / 2**30:.3g} GiB of float32 weights), over the limit "
+            f"of {MAX_NETWORK_PARAMETERS} (medseg.model.MAX_NETWORK_PARAMETERS)"
+        )
+    return _construct(config)
+
+
+def _construct(config: ModelConfig) -> UNet | DynUNet:
     if config.name == "dynunet":
         levels = len(config.channels)
         return DynUNet(
@@ -186,7 +218,10 @@ def load_checkpoint(path: Path, *, device: str = "cpu") -> LoadedModel:
         config = ExperimentConfig.model_validate(payload["config"])
     except (ValidationError, KeyError) as exc:
         raise ModelError(f"{path}: checkpoint config is invalid: {exc}") from exc
-    network = build_network(config.model)
+    try:
+        network = build_network(config.model)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from exc
     try:
         network.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, KeyError) as exc:
@@ -198,6 +233,7 @@ def load_checkpoint(path: Path, *, device: str = "cpu") -> LoadedModel:
         label_names=dict(config.model.labels),
         medseg_version=str(payload.get("medseg_version", "unknown")),
         extra=dict(payload.get("extra", {})),
+        source_path=path,
     )
 
 

@@ -21,6 +21,13 @@ for a SOP instance it has (STOW-RS lists it as stored again, without a duplicate
 :func:`listen` is the DICOM listener: a C-STORE SCP (pynetdicom) that keeps what it receives
 under ``OUTPUT_ROOT/.incoming/<case_id>/``, and once a study has had no new instance for a
 quiet period, runs it through the same ledger and sends the results to a destination Orthanc.
+It listens on the loopback address unless told otherwise, accepts associations only from the
+calling AE titles it is given and only when called by its own AE title, and refuses an
+instance that would replace one of a study it already processed (see :func:`listen`).
+
+PACS URLs are checked when a client is made (http or https, a host, a port in 1..65535). A
+URL's user and password go into the HTTP session, never into a message, a log line or the
+ledger: those name the URL without them, or with them masked (``user:***@``).
 
 Only studies whose CT/MR series Orthanc reports as stable (no new instance for its
 ``StableAge``) are taken, unless ``include_unstable``: a series still arriving would be
@@ -33,6 +40,7 @@ their UIDs, never by anything a sender chose.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import re
 import shutil
@@ -43,11 +51,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
 
 from medseg.batch import (
+    LEDGER_NAME,
     BatchProgress,
     BatchSummary,
     CaseSpec,
@@ -55,6 +64,7 @@ from medseg.batch import (
     Ledger,
     SummaryRow,
     case_id_for,
+    claim_output_root,
     discover_cases,
     link_inputs,
     resolve_model_ref,
@@ -64,7 +74,7 @@ from medseg.config import BatchConfig, SeriesSelection
 from medseg.errors import ConfigError, InputError, UnreadableScanError
 from medseg.io.discovery import scan_folder, select_series
 from medseg.io.files import atomic_path
-from medseg.privacy import load_salt
+from medseg.privacy import load_salt, redact_credentials
 
 __all__ = [
     "DELIVERED_OBJECTS",
@@ -161,24 +171,86 @@ class PacsSummary:
         return self.batch.ok and not any(d.status == "failed" for d in self.deliveries)
 
 
+def _masked_url(url: str) -> str:
+    """``url`` as a message may show it: what precedes its last ``@`` masked, and its query.
+
+    Stricter than :func:`medseg.privacy.redact_credentials`, which needs a ``scheme://`` and
+    stops at a ``/`` or ``@`` in a password: a URL the user typed may have neither right.
+
+    Example:
+        >>> _masked_url("pacs:s3/cr@t@host:8042/x?token=1")
+        'pacs:***@host:8042/x?***'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    credentials, at, location = rest.rpartition("@")
+    if at:
+        user = credentials.split(":", 1)[0]
+        rest = (f"{user}:***" if ":" in credentials else "***") + "@" + location
+    if "?" in rest:
+        rest = rest.split("?", 1)[0] + "?***"
+    return redact_credentials(f"{scheme}{sep}{rest}")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its credentials masked and its whitespace runs made single spaces."""
+    return " ".join(redact_credentials(text).split())
+
+
+def _parse_url(url: str) -> tuple[str, tuple[str, str] | None]:
+    """The URL without user and password, and the (user, password) it held, if any.
+
+    Raises:
+        ConfigError: not ``http(s)://HOST[:PORT][/PATH]`` with a port in 1..65535; the
+            message shows the URL with its credentials masked.
+    """
+    shown = _masked_url(url)
+    if "://" not in url:
+        raise ConfigError(f"PACS URL {shown!r} has no scheme: expected http:// or https://")
+    parts = urlsplit(url.rstrip("/"))
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"PACS URL {shown!r}: the scheme must be http or https")
+    if parts.query or parts.fragment or url.rstrip("/").endswith(("?", "#")):
+        raise ConfigError(f"PACS URL {shown!r} must not have a query (?...) or fragment (#...)")
+    if "@" in url.partition("://")[2] and "@" not in parts.netloc:
+        # the user or password holds a raw '/', '?' or '#' (or the path an '@')
+        raise ConfigError(f"PACS URL {shown!r} has an '@' after its host: a '/', '?' or '#' "
+                          "in a user or password must be percent-encoded")
+    hostport = parts.netloc.rpartition("@")[2]
+    port_text = hostport.rpartition("]")[2].partition(":")[2]
+    if port_text and not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        raise ConfigError(f"PACS URL {shown!r}: port must be a number in 1..65535")
+    host = parts.hostname
+    if not host:
+        raise ConfigError(f"PACS URL {shown!r} has no host")
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{int(port_text)}" if port_text else "")
+    auth = None
+    if parts.username is not None:
+        auth = (unquote(parts.username), unquote(parts.password or ""))
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")), auth
+
+
 class OrthancClient:
     """A small client for Orthanc's REST API.
 
     Args:
-        url: e.g. ``http://127.0.0.1:8042`` (user and password may be in the URL).
+        url: ``http(s)://HOST[:PORT][/PATH]``, e.g. ``http://127.0.0.1:8042``; a user and
+            password may be in the URL (percent-encoded where they hold ``/ ? # @ %``). They
+            go into the HTTP session; :attr:`url`, messages and logs never show them.
         timeout_s: per-request timeout in seconds.
+
+    Raises:
+        ConfigError: the URL is not http(s), has no host, or a port outside 1..65535.
     """
 
     def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
-        parts = urlsplit(url.rstrip("/"))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"PACS URL must be http(s)://HOST:PORT, got {url!r}")
+        safe_url, auth = _parse_url(url)
         self._session = requests.Session()
-        if parts.username is not None:
-            self._session.auth = (parts.username, parts.password or "")
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        if auth is not None:
+            self._session.auth = auth
         #: the URL without credentials, safe to log and record
-        self.url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        self.url = safe_url
         self._timeout_s = timeout_s
 
     def close(self) -> None:
@@ -190,10 +262,11 @@ class OrthancClient:
             response = self._session.request(method, f"{self.url}{path}",
                                              timeout=self._timeout_s, **kwargs)
         except requests.RequestException as exc:
-            raise InputError(f"{self.url}: {method} {path} failed: {exc}") from exc
+            # requests' text names the URL (without credentials: they are in the session)
+            raise InputError(_one_line(f"{self.url}: {method} {path} failed: {exc}")) from exc
         if response.status_code >= 400:
-            raise InputError(f"{self.url}: {method} {path} answered HTTP "
-                             f"{response.status_code}: {response.text[:200]}")
+            raise InputError(_one_line(f"{self.url}: {method} {path} answered HTTP "
+                                       f"{response.status_code}: {response.text[:200]}"))
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -254,7 +327,8 @@ class OrthancClient:
         failed = answer.get("00081198", {}).get("Value") if isinstance(answer, dict) else None
         stored = answer.get("00081199", {}).get("Value") if isinstance(answer, dict) else None
         if failed or not stored:
-            raise InputError(f"{self.url}: STOW-RS of {path.name} was refused: {answer}")
+            raise InputError(_one_line(f"{self.url}: STOW-RS of {path.name} was refused: "
+                                       f"{str(answer)[:200]}"))
         uid = stored[0].get("00081155", {}).get("Value", [""])[0]
         return {"ID": uid, "Status": "Success"}
 
@@ -262,20 +336,29 @@ class OrthancClient:
 def _retrieve(client: OrthancClient, studies: dict[str, StudyRef],
               selection: SeriesSelection) -> Callable[[CaseSpec, Path], Path]:
     def prepare(spec: CaseSpec, folder: Path) -> Path:
-        """Download the study's candidate series, then select one as in a folder."""
+        """Download the study's candidate series into ``folder`` (the case's staging folder),
+        then select one as in a folder. If any of it fails, ``folder`` is removed: a failed
+        download or selection leaves no copy of the study behind."""
         if folder.exists():
             shutil.rmtree(folder)
-        download = folder / "download"
-        for i, series in enumerate(sorted(studies[spec.case_id].series, key=lambda s: s["ID"])):
-            series_dir = download / f"series{i:03d}"
-            series_dir.mkdir(parents=True)
-            for j, instance in enumerate(sorted(series.get("Instances", []))):
-                client.download_instance(instance, series_dir / f"{j:05d}.dcm")
-        inventory = scan_folder(download)
-        if inventory.problems:
-            raise UnreadableScanError(f"{spec.case_id}: {inventory.problems[0].message}")
-        entry = select_series(inventory, selection)
-        return download / Path(entry.files[0]).relative_to(download).parts[0]
+        ready = False
+        try:
+            download = folder / "download"
+            series_list = sorted(studies[spec.case_id].series, key=lambda s: s["ID"])
+            for i, series in enumerate(series_list):
+                series_dir = download / f"series{i:03d}"
+                series_dir.mkdir(parents=True)
+                for j, instance in enumerate(sorted(series.get("Instances", []))):
+                    client.download_instance(instance, series_dir / f"{j:05d}.dcm")
+            inventory = scan_folder(download)
+            if inventory.problems:
+                raise UnreadableScanError(f"{spec.case_id}: {inventory.problems[0].message}")
+            entry = select_series(inventory, selection)
+            ready = True
+            return download / Path(entry.files[0]).relative_to(download).parts[0]
+        finally:
+            if not ready:
+                shutil.rmtree(folder, ignore_errors=True)
 
     return prepare
 
@@ -332,7 +415,8 @@ def run_pacs(
     """Find studies in Orthanc, segment those that need it, send their results back.
 
     Args:
-        url: Orthanc's REST API, ``http://HOST:PORT``.
+        url: Orthanc's REST API, ``http(s)://[USER:PASSWORD@]HOST[:PORT]`` (see
+            :class:`OrthancClient`; the password appears in no message, log or ledger row).
         output_root: case folders, ledger and ``summary.csv`` (as ``medseg batch``).
         model: checkpoint path or MLflow model URI.
         query: which studies (default: every stable study with a CT or MR series).
@@ -353,8 +437,7 @@ def run_pacs(
     client = OrthancClient(url)
     try:
         client.system()
-        output_root = Path(output_root)
-        output_root.mkdir(parents=True, exist_ok=True)
+        output_root = claim_output_root(output_root, inputs=(model,))
         ref = resolve_model_ref(model, output_root)
         loaded = load_model(ref.path)
         selection = selection or loaded.config.series_selection
@@ -395,6 +478,47 @@ _INCOMING_DIR = ".incoming"
 _SUCCESS = 0x0000
 _CANNOT_UNDERSTAND = 0xC000
 _OUT_OF_RESOURCES = 0xA700
+# PS3.7 C.4 "Refused: Not Authorized": the sender may not replace an instance already used
+_REFUSED_NOT_AUTHORISED = 0x0124
+# ``allowed_calling_aets=("*",)``: accept any calling AE title
+_ANY_CALLING_AET = "*"
+_AE_TITLE_MAX = 16
+
+
+def _ae_title(name: str, value: str) -> str:
+    """``value`` as an AE title (PS3.5 VR AE, surrounding spaces dropped), or ConfigError."""
+    title = value.strip() if isinstance(value, str) else ""
+    if not title or len(title) > _AE_TITLE_MAX or "\\" in title or not title.isascii() \
+            or not title.isprintable():
+        raise ConfigError(f"{name} must be an AE title of 1 to {_AE_TITLE_MAX} printable ASCII "
+                          f"characters without '\\', got {value!r}")
+    return title
+
+
+def _calling_aets(allowed: Sequence[str]) -> tuple[str, ...]:
+    """The allowed calling AE titles, checked; ``()`` stands for any (``"*"``)."""
+    if isinstance(allowed, str):
+        raise ConfigError(f"allowed_calling_aets must be a sequence of AE titles, "
+                          f"got the string {allowed!r}")
+    titles = tuple(allowed)
+    if not titles:
+        raise ConfigError("allowed_calling_aets is empty: name the calling AE titles that may "
+                          f"send, or {_ANY_CALLING_AET!r} to accept any")
+    if _ANY_CALLING_AET in titles:
+        if len(titles) > 1:
+            raise ConfigError(f"allowed_calling_aets: {_ANY_CALLING_AET!r} (any) cannot be "
+                              f"combined with AE titles, got {titles}")
+        return ()
+    return tuple(_ae_title("allowed_calling_aets", t) for t in titles)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _uid_hash(uid: str) -> str:
@@ -407,7 +531,9 @@ def listen(
     *,
     aet: str = "MEDSEG",
     port: int = 11112,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
+    allowed_calling_aets: Sequence[str] = (),
+    reprocess_changed: bool = False,
     destination: str | None = None,
     quiet_period_s: float = 30.0,
     selection: SeriesSelection | None = None,
@@ -426,12 +552,31 @@ def listen(
     REST URL) with the same bookkeeping as :func:`run_pacs`. Studies already in
     ``.incoming`` when the listener starts (received before a stop) are looked at too.
 
+    Who may send: the listener binds the loopback address unless ``host`` says otherwise, and
+    accepts an association only when its *called* AE title is ``aet`` and its *calling* AE
+    title is one of ``allowed_calling_aets``. There is no default list: an empty one is a
+    :class:`ConfigError`, and ``("*",)`` accepts any calling AE title (explicitly; a warning
+    is logged when the host is not loopback). AE titles are not authentication (a sender
+    chooses its own); on a network, restrict who reaches the port too.
+
+    An instance is *changed* when a file with its SOPInstanceUID is already stored for its
+    study with other bytes. Before the study ran, the new one replaces the old (the sender
+    corrected it). Once the study was processed (by this listener or an earlier one on the
+    same ``output_root``), a changed instance is refused with C-STORE status 0x0124 (Refused:
+    Not Authorized), is not stored, and the study does not run again, unless
+    ``reprocess_changed``; either way a warning names the case id. An identical resend is
+    stored as it was (nothing changes; the study is looked at again and skipped). The same
+    instance sent in another transfer syntax has other bytes, and so counts as changed.
+
     Runs until ``stop`` is set (or KeyboardInterrupt).
 
     Args:
         output_root: received files, case folders, ledger and ``summary.csv``.
         model: checkpoint path or MLflow model URI.
-        aet: the listener's AE title; ``port`` and ``host``: where it listens.
+        aet: the listener's AE title, which callers must call; ``port`` and ``host``: where it
+            listens (``host`` default ``127.0.0.1``; ``0.0.0.0`` listens on every interface).
+        allowed_calling_aets: the calling AE titles accepted, or ``("*",)`` for any.
+        reprocess_changed: store a changed instance of a processed study and run it again.
         destination: Orthanc URL to send results to (``None``: keep them in ``output_root``).
         quiet_period_s: seconds without a new instance after which a study is complete.
         selection, settings: as :func:`run_pacs` (default: the model's config).
@@ -440,14 +585,26 @@ def listen(
         on_study: called with each study's summary (for a caller's display or tests).
 
     Raises:
-        ModelError: the model cannot be loaded; ConfigError: the output root is in use.
+        ConfigError: no allowed calling AE titles, an invalid AE title, port or destination
+            URL (all checked before the model loads), the address cannot be bound, or the
+            output root is in use.
+        ModelError: the model cannot be loaded.
     """
     from pynetdicom import AE, AllStoragePresentationContexts, evt
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     from medseg.pipeline import load_model
 
-    output_root = Path(output_root)
+    aet = _ae_title("aet", aet)
+    calling_aets = _calling_aets(allowed_calling_aets)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"port must be in 1..65535, got {port}")
+    if quiet_period_s < 0 or poll_s <= 0:
+        raise ConfigError(f"quiet_period_s must be >= 0 and poll_s > 0, got {quiet_period_s} "
+                          f"and {poll_s}")
+    if destination is not None:
+        _parse_url(destination)
+    output_root = claim_output_root(output_root, inputs=(model,))
     incoming = output_root / _INCOMING_DIR
     incoming.mkdir(parents=True, exist_ok=True)
     ref = resolve_model_ref(model, output_root)
@@ -457,7 +614,28 @@ def listen(
     salt = load_salt(output_root)
     stop = stop or threading.Event()
     arrivals: dict[str, float] = {d.name: time.monotonic() for d in incoming.iterdir() if d.is_dir()}
+    # studies processed (or being processed): a changed instance of one is refused
+    with Ledger(output_root / LEDGER_NAME) as ledger:
+        processed = {c for c in arrivals if ledger.case(c) is not None}
     lock = threading.Lock()
+
+    def store(case_id: str, target: Path, data: bytes) -> int:
+        """Write ``data`` to ``target`` unless it replaces an instance already used."""
+        if target.is_file():
+            if target.read_bytes() == data:
+                return _SUCCESS  # an identical resend leaves the file and the fingerprint
+            if case_id in processed:
+                if not reprocess_changed:
+                    log.warning("case %s: refused a changed instance (same SOPInstanceUID, "
+                                "other content) of a study already processed; the stored one "
+                                "stays (reprocess_changed is off)", case_id)
+                    return _REFUSED_NOT_AUTHORISED
+                log.warning("case %s: a changed instance (same SOPInstanceUID, other "
+                            "content) replaces the stored one of a study already processed; "
+                            "it runs again (reprocess_changed)", case_id)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+        return _SUCCESS
 
     def on_c_store(event: Any) -> int:
         try:
@@ -469,22 +647,22 @@ def listen(
         case_id = case_id_for(study, salt)
         folder = incoming / case_id / _uid_hash(series)
         target = folder / f"{_uid_hash(sop)}.dcm"
-        try:
-            data = event.encoded_dataset(include_meta=True)
-            folder.mkdir(parents=True, exist_ok=True)
-            # an identical resend leaves the file (and so the study's fingerprint) untouched
-            if not target.is_file() or target.read_bytes() != data:
-                with atomic_path(target) as tmp:
-                    tmp.write_bytes(data)
-        except OSError:
-            log.warning("case %s: could not store a received instance", case_id)
-            return _OUT_OF_RESOURCES
-        with lock:
-            arrivals[case_id] = time.monotonic()
-        return _SUCCESS
+        data = event.encoded_dataset(include_meta=True)
+        with lock:  # against process() marking the study processed meanwhile
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                status = store(case_id, target, data)
+            except OSError:
+                log.warning("case %s: could not store a received instance", case_id)
+                return _OUT_OF_RESOURCES
+            if status == _SUCCESS:
+                arrivals[case_id] = time.monotonic()
+        return status
 
     def process(case_id: str) -> None:
         study_dir = incoming / case_id
+        with lock:
+            processed.add(case_id)
         specs = discover_cases(study_dir, selection, settings, salt=salt)
         delivered: list[Delivery] = []
 
@@ -506,9 +684,18 @@ def listen(
     ae = AE(ae_title=aet)
     ae.supported_contexts = AllStoragePresentationContexts
     ae.add_supported_context(Verification)
-    server = ae.start_server((host, port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, on_c_store)])
-    log.info("listening as %s on %s:%d", aet, host, port)
+    ae.require_called_aet = True
+    ae.require_calling_aet = list(calling_aets)  # empty: any (allowed_calling_aets "*")
+    try:
+        server = ae.start_server((host, port), block=False,
+                                 evt_handlers=[(evt.EVT_C_STORE, on_c_store)])
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    if not calling_aets and not _is_loopback(host):
+        log.warning("listening on %s for any calling AE title: whoever reaches port %d may "
+                    "send", host, port)
+    log.info("listening as %s on %s:%d for calling AE titles %s", aet, host, port,
+             ", ".join(calling_aets) or "any")
     try:
         while not stop.wait(poll_s):
             now = time.monotonic()

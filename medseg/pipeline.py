@@ -18,7 +18,7 @@ from medseg import data, phantom, postprocess
 from medseg.config import ExperimentConfig, IngestConfig, SeriesSelection
 from medseg.errors import InputError
 from medseg.io import dicom, nifti, rtstruct, seg
-from medseg.io.files import atomic_dir, atomic_path
+from medseg.io.files import atomic_dir, atomic_path, check_output, claim_output_dir
 from medseg.metrics import dice_score
 from medseg.report import write_report
 from medseg.volume import Volume, VolumeKind
@@ -96,7 +96,7 @@ def predict_case(
         model: a :class:`medseg.model.LoadedModel`.
         input_path: a DICOM series folder or a NIfTI/NRRD image.
         out_dir: output folder; it appears complete or not at all.
-        overwrite: replace an existing ``out_dir``.
+        overwrite: replace an existing ``out_dir`` that medseg wrote (never another folder).
         selection: which series of a DICOM folder to segment (default: the model config's
             ``series_selection``).
         ingest: how irregular or tilted DICOM series are handled (default: the model
@@ -105,7 +105,8 @@ def predict_case(
     from medseg.infer import predict, predict_probabilities
 
     config = model.config
-    input_path = Path(input_path)
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    check_output(out_dir, inputs=(input_path, getattr(model, "source_path", None)), overwrite=overwrite)
     if input_path.is_dir():
         image = dicom.load_series(
             input_path,
@@ -138,7 +139,6 @@ def predict_case(
         )
         for value, name in sorted(model.label_names.items())
     ]
-    out_dir = Path(out_dir)
     present = {int(v) for v in np.unique(np.asarray(labels.array))}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         rtstruct_path = None
@@ -167,6 +167,7 @@ def predict_case(
             tmp / "report",
             rtstruct_path=rtstruct_path,
             model_id=_model_id(model),
+            show_identifiers=config.privacy.log_identifiers,
         )
     volumes = {name: entry["volume_ml"] for name, entry in report["labels"].items()}
     return CaseResult(
@@ -201,6 +202,7 @@ def train_from_config(
     from medseg.errors import ConfigError
     from medseg.train import train
 
+    claim_output_dir(Path(out_dir), inputs=(config.data.datalist, config.data.dicom_root))
     if config.data.datalist is not None:
         datalist = data.load_datalist(Path(config.data.datalist))
         pairs = [(c.image, c.labels) for c in datalist.training]
@@ -251,8 +253,7 @@ def run_demo(config: ExperimentConfig, out_dir: Path, *, n_cases: int = 8) -> De
     """
     from medseg import tracking
 
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = claim_output_dir(Path(out_dir).resolve())
     tracking_uri = tracking.resolve_tracking_uri(config.tracking.tracking_uri, out_dir)
     dataset = out_dir / "phantoms"
     if not dataset.exists():

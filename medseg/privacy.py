@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -38,6 +39,8 @@ __all__ = [
     "load_salt",
     "pseudonym",
     "redact",
+    "redact_credentials",
+    "redact_log_credentials",
     "safe_filename",
     "unique_filenames",
 ]
@@ -49,6 +52,10 @@ SALT_NAME = ".medseg-salt"
 MAX_FILENAME_LENGTH = 100
 
 _SALT_BYTES = 32
+# ``scheme://user:password@`` or ``scheme://token@`` in any text: the part before ``@`` is a
+# credential. Matched anywhere in a message, not only at its start, because libraries (MLflow,
+# requests) append URLs to their own messages.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<credentials>[^/\s]*)@")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # Names Windows (and so SMB shares) refuse whatever the extension.
 _RESERVED = frozenset(
@@ -160,3 +167,52 @@ def redact(text: str, replacements: Mapping[str, str]) -> str:
     for key in sorted((k for k in replacements if k), key=len, reverse=True):
         text = text.replace(key, replacements[key])
     return text
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the credentials of every URL in it masked: ``user:***@``.
+
+    A URL's ``user:password@`` (or a lone token before ``@``) never appears in a message, a
+    log line or an MLflow tag; the host stays, so the message still says where.
+
+    Example:
+        >>> redact_credentials("cannot reach ftp://ann:s3cret@pacs:21/x")
+        'cannot reach ftp://ann:***@pacs:21/x'
+        >>> redact_credentials("http://tok@host/ and https://host/ok")
+        'http://***@host/ and https://host/ok'
+        >>> redact_credentials("https://u:p@ss:w@host:1/a@b")
+        'https://u:***@host:1/a@b'
+    """
+
+    def mask(match: re.Match[str]) -> str:
+        # up to the last "@" of the authority: a password may hold "@" (and ":")
+        user, colon, _ = match.group("credentials").partition(":")
+        return f"{match.group('scheme')}{user}:***@" if colon else f"{match.group('scheme')}***@"
+
+    return _URL_CREDENTIALS.sub(mask, text)
+
+
+def redact_log_credentials() -> None:
+    """Mask URL credentials in every log record this process creates, whichever library logs
+    it and whichever handler writes it (MLflow and requests log URLs at DEBUG).
+
+    Installs a log record factory (idempotent): each record's message is formatted, passed
+    through :func:`redact_credentials` and stored formatted. The CLI calls it at start-up.
+    """
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "_medseg_redacts", False):
+        return
+
+    def make(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = factory(*args, **kwargs)  # type: ignore[arg-type]
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a library's bad format string: leave it to logging
+            return record
+        redacted = redact_credentials(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return record
+
+    make._medseg_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(make)

@@ -103,6 +103,7 @@ def write_report(
     reference: Volume | None = None,
     rtstruct_path: Path | None = None,
     model_id: str | None = None,
+    show_identifiers: bool = False,
 ) -> Path:
     """Write ``report.html`` and its view PNGs into ``out_dir``, atomically.
 
@@ -124,6 +125,8 @@ def write_report(
             label map's outlines are drawn.
         model_id: the model that made ``labels`` (e.g. name, version, run id). Without it the
             page shows the RT-STRUCT's ROIGenerationDescription.
+        show_identifiers: show the image's SeriesDescription (``privacy.log_identifiers``);
+            clinics put patient names there, so by default the page says it is withheld.
 
     Returns:
         The path of ``report.html``. PNGs are named ``label<value>-lesion<id>-<view>.png``
@@ -155,7 +158,10 @@ def write_report(
         structure_set = rtstruct_read.read_contours(Path(rtstruct_path), image)
         exported = structure_set.by_name()
         exported_masks = structure_set.masks(image)
-        series_description = structure_set.image_series_description or series_description
+        if not show_identifiers:
+            series_description = "withheld (privacy.log_identifiers is off)"
+        else:
+            series_description = structure_set.image_series_description or series_description
         generation = sorted({r.generation_description or "" for r in structure_set.rois} - {""})
         missing = [name for name in names.values() if name not in exported]
         if missing:
@@ -224,7 +230,8 @@ def write_report(
             metrics_section=_metrics_section(metrics),
             views="\n".join(views_html) or "<p>No lesions.</p>",
         )
-        (tmp / "report.html").write_text(page, encoding="utf-8")
+        # an input path that is not UTF-8 (a folder named in Latin-1) is shown escaped
+        (tmp / "report.html").write_text(page, encoding="utf-8", errors="backslashreplace")
     return out_dir / "report.html"
 
 
@@ -440,7 +447,7 @@ def write_summary_page(
     )
     path = out_root / SUMMARY_PAGE
     with atomic_path(path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+        tmp.write_text(page, encoding="utf-8", errors="backslashreplace")
     return path
 
 

@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 import yaml
@@ -45,6 +45,7 @@ import yaml
 import medseg
 from medseg.config import ExperimentConfig
 from medseg.errors import ConfigError, ModelError
+from medseg.privacy import redact_credentials
 
 __all__ = [
     "CHECKPOINT_ARTIFACT_DIR",
@@ -186,7 +187,7 @@ class Tracker:
             self._close("FAILED")
             raise ConfigError(
                 f"cannot start an MLflow run in experiment {self._config.tracking.experiment!r} "
-                f"at {_redact_uri(self._tracking_uri)}: {exc}"
+                f"at {redact_credentials(self._tracking_uri)}: {redact_credentials(str(exc))}"
             ) from exc
         except BaseException:
             self._close("FAILED")
@@ -334,12 +335,13 @@ def resolve_model(
         from mlflow.exceptions import MlflowException
 
         uri = resolve_tracking_uri(tracking_uri)
+        _require_reachable_store(text, uri)
         if dst_dir is not None:
             Path(dst_dir).mkdir(parents=True, exist_ok=True)
         # MLflow 3.17 resolves a run's logged model (runs:/<id>/model -> models:/<model_id>)
         # with the global tracking URI, ignoring the one passed in; so set it meanwhile.
         try:
-            with _using_tracking_uri(uri):
+            with _using_tracking_uri(uri), _bounded_http():
                 downloaded = mlflow.artifacts.download_artifacts(
                     artifact_uri=text,
                     dst_path=None if dst_dir is None else str(dst_dir),
@@ -347,7 +349,9 @@ def resolve_model(
                     registry_uri=uri,
                 )
         except (MlflowException, OSError) as exc:
-            raise ModelError(f"{text}: cannot download from {_redact_uri(uri)}: {exc}") from exc
+            raise ModelError(
+                redact_credentials(f"{text}: cannot download from {uri}: {exc}")
+            ) from exc
         local = Path(downloaded)
     else:
         local = Path(text)
@@ -424,19 +428,68 @@ def _find_checkpoint(local: Path, what: str) -> Path:
     return candidates[0]
 
 
-def _redact_uri(uri: str) -> str:
-    """``http://user:secret@host`` -> ``http://***@host``."""
+#: Seconds one HTTP request to a tracking server may take, and how often MLflow retries,
+#: unless ``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` say otherwise
+#: (MLflow's own defaults, 120 s and 7 retries with back-off, let an unreachable server
+#: take over four minutes to fail).
+HTTP_TIMEOUT_S = 15
+HTTP_MAX_RETRIES = 1
+
+
+def _require_reachable_store(model: str, uri: str) -> None:
+    """Fail fast, and create nothing, when the store a model URI names is not there: a local
+    SQLite file that does not exist (MLflow would create an empty store in its place), or a
+    tracking server that does not answer within :data:`HTTP_TIMEOUT_S`."""
     parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+    if parts.scheme == "sqlite":
+        db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        if db is not None and str(db) not in ("", ":memory:") and not db.is_file():
+            raise ModelError(
+                f"{model}: no MLflow store at {db} (set MLFLOW_TRACKING_URI, or run from the "
+                "folder that holds mlflow.db)"
+            )
+    elif parts.scheme in ("http", "https"):
+        timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_TIMEOUT_S))
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise ModelError(redact_credentials(f"{model}: tracking URI {uri}: {exc}")) from exc
+        try:
+            with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+                pass
+        except OSError as exc:
+            raise ModelError(
+                redact_credentials(
+                    f"{model}: the MLflow tracking server {uri} does not answer "
+                    f"({exc.strerror or exc}; waited at most {timeout:g} s)"
+                )
+            ) from exc
+    elif parts.scheme in ("", "file"):
+        root = Path(parts.path if parts.scheme == "file" else uri)
+        if not root.is_dir():
+            raise ModelError(f"{model}: no MLflow store at {root}")
+
+
+@contextlib.contextmanager
+def _bounded_http() -> Iterator[None]:
+    """MLflow's HTTP timeout and retries bounded for this call (unless the user set them)."""
+    names = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(HTTP_TIMEOUT_S),
+             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(HTTP_MAX_RETRIES)}
+    added = [name for name in names if name not in os.environ]
+    for name in added:
+        os.environ[name] = names[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def _redacted(config: ExperimentConfig) -> ExperimentConfig:
     uri = config.tracking.tracking_uri
-    if uri is None or _redact_uri(uri) == uri:
+    if uri is None or redact_credentials(uri) == uri:
         return config
-    tracking = config.tracking.model_copy(update={"tracking_uri": _redact_uri(uri)})
+    tracking = config.tracking.model_copy(update={"tracking_uri": redact_credentials(uri)})
     return config.model_copy(update={"tracking": tracking})
 
 

@@ -147,7 +147,8 @@ def test_listener_receives_a_series_from_storescu_and_sends_rtstruct_to_orthanc(
     out = tmp_path / "out"
     listener = threading.Thread(target=listen, args=(out, tiny_model), kwargs={
         "aet": "MEDSEG", "port": port, "host": "127.0.0.1", "destination": orthanc_server.url,
-        "quiet_period_s": 1.0, "stop": stop, "poll_s": 0.2, "on_study": studies.append})
+        "allowed_calling_aets": ("TESTSCU",), "quiet_period_s": 1.0, "stop": stop,
+        "poll_s": 0.2, "on_study": studies.append})
     listener.start()
     try:
         deadline = time.monotonic() + 30
@@ -164,10 +165,15 @@ def test_listener_receives_a_series_from_storescu_and_sends_rtstruct_to_orthanc(
         while not studies and time.monotonic() < deadline:
             time.sleep(0.2)
         assert studies, "the listener never processed the study"
+        # a sender whose AE title is not allowed is refused (storescu's own AE title)
+        stranger = subprocess.run([storescu, "-aec", "MEDSEG", "+sd", "+r", "127.0.0.1",
+                                   str(port), str(paths.ct_dir)], check=False,
+                                  capture_output=True, text=True, timeout=60)
+        assert stranger.returncode != 0, stranger.stdout + stranger.stderr
         # the same series again (a resend): segmented once only, nothing new sent
-        again = subprocess.run([storescu, "-aec", "MEDSEG", "+sd", "+r", "127.0.0.1", str(port),
-                                str(paths.ct_dir)], check=False, capture_output=True, text=True,
-                               timeout=60)
+        again = subprocess.run([storescu, "-aec", "MEDSEG", "-aet", "TESTSCU", "+sd", "+r",
+                                "127.0.0.1", str(port), str(paths.ct_dir)], check=False,
+                               capture_output=True, text=True, timeout=60)
         assert again.returncode == 0, again.stdout + again.stderr
         deadline = time.monotonic() + 30
         while len(studies) < 2 and time.monotonic() < deadline:

@@ -197,7 +197,7 @@ def test_inspect_lists_series_and_problems(tmp_path: Path) -> None:
     paths = phantom.write_case(case, tmp_path / "case", patient_id="PHANTOM-INSPECT")
     result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert f"{paths.series_instance_uid} (CT, 'medseg phantom CT', 20 slices) axial" in result.output
+    assert f"{paths.series_instance_uid} (CT, 'medseg phantom CT', series 1, 20 slices) axial" in result.output
     as_json = CliRunner().invoke(app, ["inspect", str(tmp_path), "--json"])
     inventory = json.loads(as_json.output)
     assert inventory["studies"][0]["series"][0]["n_slices"] == 20

@@ -216,7 +216,11 @@ def test_contours_come_from_the_rtstruct_not_the_mask(
         assert y_px / height == pytest.approx(fy, abs=0.03), view
     text = page.read_text()
     assert "unit-test-model" in text  # the model, from the RT-STRUCT's ROIGenerationDescription
-    assert "Series description: medseg" in text  # write_series' default SeriesDescription
+    assert "Series description: withheld" in text  # identifying, unless asked (below)
+    assert "Series description: medseg" not in text
+    shown = write_report(image, labels, {1: "lesion"}, tmp_path / "qa-identified",
+                         rtstruct_path=path, show_identifiers=True)
+    assert "Series description: medseg" in shown.read_text()  # write_series' default
     assert "from the exported RT-STRUCT rtstruct.dcm" in text
     assert 'class="warning"' not in text
 

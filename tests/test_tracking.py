@@ -121,7 +121,7 @@ def test_params_are_flat_and_hide_credentials() -> None:
     params = flatten_params(_config("http://user:secret@mlflow.example:5000"))
     assert params["model.channels"] == "4,8,16"
     assert params["model.labels.1"] == "tumour"
-    assert params["tracking.tracking_uri"] == "http://***@mlflow.example:5000"
+    assert params["tracking.tracking_uri"] == "http://user:***@mlflow.example:5000"
     assert not any("secret" in value for value in params.values())
 
 
@@ -162,6 +162,13 @@ def test_resolve_local_paths_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no such checkpoint"):
         resolve_model(tmp_path / "absent.pt")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ModelError, match="no MLflow store at"):  # and none is created
+        resolve_model("runs:/0123456789abcdef0123456789abcdef/model", tracking_uri=store)
+    assert not (tmp_path / "mlflow.db").exists()
+    import mlflow
+
+    mlflow.MlflowClient(store).search_experiments()  # an empty store, made on purpose
+    assert (tmp_path / "mlflow.db").is_file()
     with pytest.raises(ModelError, match="cannot download"):
         resolve_model("runs:/0123456789abcdef0123456789abcdef/model", tracking_uri=store)
     with pytest.raises(ModelError, match="cannot download"):

@@ -11,6 +11,13 @@ it, on one of three executors that run the same function, :func:`run_case`:
 * ``ray``: one Ray task per case, with ``batch.cpus_per_case`` / ``batch.gpus_per_case``
   resources, on a local Ray instance or the cluster at ``ray_address``.
 
+``batch.case_timeout_s`` (default: none) limits each case, counted from when its worker has
+the model loaded and starts it: the worker is killed, the case fails with
+:class:`~medseg.errors.CaseTimeoutError`, its half-written temporary folder is removed and a
+new worker takes the next case. Only a process can be stopped safely mid-case, so with a
+limit ``local`` runs its cases in one worker process; Ray does not apply the limit. A pool
+worker that dies (out of memory) fails its own case only.
+
 Only the driver (the process calling :func:`run_cases`) writes the ledger, so it stays the one
 source of truth whatever the executor. Layout of ``OUTPUT_ROOT``::
 
@@ -20,8 +27,14 @@ source of truth whatever the executor. Layout of ``OUTPUT_ROOT``::
     cases/<case_id>/       rtstruct.dcm, seg.dcm, labels.nii.gz, volumes.json, lesions.csv,
                            report/ and case.json (what produced the folder)
     .staging/<case_id>/    links to (or downloads of) a case's input files while it runs;
-                           kept when the case failed, so the files can be looked at
+                           removed when the case ends, done or failed, and all of .staging
+                           when a run starts and ends: the links' targets name input folders
     .lock                  held by the run in progress; a second run on the same root refuses
+
+A ``ledger.sqlite`` that is not a medseg ledger (not SQLite, cut short, damaged, another
+program's database) stops the run with a :class:`~medseg.errors.ConfigError` naming it, and
+is left as it is; one that another process holds locked is waited for
+``batch.ledger_timeout_s`` seconds (default 30), then refused the same way.
 
 A case folder is written to a hidden temporary sibling and renamed into place, so it is
 complete or absent; a run killed at any point leaves only hidden temporaries, which the next
@@ -31,13 +44,32 @@ are marked done without running again, otherwise they run. A done case runs agai
 its input fingerprint or the model changed; a failed one when its input changed or with
 ``retry_failed``.
 
+SIGINT (Ctrl-C) and SIGTERM stop a run cleanly (from the main thread: the handlers are
+installed while :func:`run_batch` / :func:`run_cases` run, and the previous ones restored).
+The cases in flight are abandoned, not waited for: pool workers are killed (they ignore both
+signals themselves, so Ctrl-C to the terminal's process group cannot cut a case in half), a
+case running in this process is interrupted, and half-written folders are removed. Those
+cases go back to ``queued`` in the ledger (their attempt ``interrupted``), unless a case's
+folder was complete, which counts as done, exactly as after a kill. ``summary.csv`` and
+``summary.html`` list every case not finished as ``interrupted``, then
+:class:`BatchInterrupted` is raised: ``medseg batch`` prints its one line
+(``interrupted: N cases not finished; summary: PATH``) and exits 128 + the signal number
+(130 for SIGINT, 143 for SIGTERM). The next run runs the unfinished cases. A signal while
+the ledger or the summaries are written waits for them.
+
 Case ids are ``case-`` and 16 hex digits of an HMAC-SHA256 of the StudyInstanceUID keyed with
 the output root's random salt (``OUTPUT_ROOT/.medseg-salt``, :mod:`medseg.privacy`), so logs
 and the ledger carry no patient names, IDs or folder names, and an id cannot be matched to a
 guessed UID without the salt. Logs name cases by id and errors by class only; the messages go
 to the ledger and ``summary.csv`` and name the numbered links of ``.staging/<case_id>/``, never
-input paths. With ``privacy.log_identifiers`` (``--config``), each case's input folder is
-logged too.
+input paths (``medseg inspect INPUT_ROOT`` names the files). Series are named by UID,
+modality, number and size: SeriesDescription is free text that clinics fill with anything,
+patient names included. With ``privacy.log_identifiers`` (``--config``), each case's input
+folder is logged too and messages show series descriptions.
+
+Input files reached through symlinks under the input root (a file link, a linked folder) are
+part of the input, named by their paths under the root as the walk found them, never by their
+targets.
 """
 
 from __future__ import annotations
@@ -46,6 +78,7 @@ from medseg.batch.cases import (
     CASES_DIR,
     LEDGER_NAME,
     SUMMARY_NAME,
+    BatchInterrupted,
     BatchProgress,
     BatchSummary,
     CaseOutcome,
@@ -59,7 +92,13 @@ from medseg.batch.cases import (
     discover_cases,
     resolve_model_ref,
 )
-from medseg.batch.driver import link_inputs, run_batch, run_cases, write_summary_csv
+from medseg.batch.driver import (
+    claim_output_root,
+    link_inputs,
+    run_batch,
+    run_cases,
+    write_summary_csv,
+)
 from medseg.batch.executors import run_case
 from medseg.batch.ledger import Ledger
 
@@ -67,6 +106,7 @@ __all__ = [
     "CASES_DIR",
     "LEDGER_NAME",
     "SUMMARY_NAME",
+    "BatchInterrupted",
     "BatchProgress",
     "BatchSummary",
     "CaseOutcome",
@@ -78,6 +118,7 @@ __all__ = [
     "ModelRef",
     "SummaryRow",
     "case_id_for",
+    "claim_output_root",
     "discover_cases",
     "link_inputs",
     "resolve_model_ref",

@@ -23,6 +23,7 @@ __all__ = [
     "MANIFEST_NAME",
     "STAGING_DIR",
     "SUMMARY_NAME",
+    "BatchInterrupted",
     "BatchProgress",
     "BatchSummary",
     "CaseOutcome",
@@ -49,7 +50,12 @@ LOCK_NAME = ".lock"
 
 
 class CaseStatus(str, enum.Enum):
-    """A case's status in the ledger (``queued`` -> ``running`` -> ``done`` | ``failed``)."""
+    """A case's status in the ledger (``queued`` -> ``running`` -> ``done`` | ``failed``).
+
+    A case a stopped run did not finish goes back to ``queued`` (``summary.csv`` says
+    ``interrupted``) rather than to a status of its own: the CHECK constraint of ledgers
+    already written allows only these four.
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -140,7 +146,9 @@ class SummaryRow:
     """One case of a run, as written to ``summary.csv``.
 
     ``status`` is ``done`` (ran now), ``skipped`` (done before with the same input and model;
-    not run) or ``failed`` (now, or before and not retried: then ``ran`` is False).
+    not run), ``failed`` (now, or before and not retried: then ``ran`` is False) or
+    ``interrupted`` (the run was stopped before the case finished: ``ran`` says whether it had
+    started; the next run runs it).
     """
 
     case_id: str
@@ -180,9 +188,50 @@ class BatchSummary:
         return sum(r.status == "failed" for r in self.rows)
 
     @property
+    def n_interrupted(self) -> int:
+        """Cases not finished because the run was stopped."""
+        return sum(r.status == "interrupted" for r in self.rows)
+
+    @property
     def ok(self) -> bool:
-        """True when no case failed."""
-        return self.n_failed == 0
+        """True when every case is done (now or before)."""
+        return self.n_failed == 0 and self.n_interrupted == 0
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """A batch stopped by SIGINT (Ctrl-C) or SIGTERM, raised once the stop is recorded.
+
+    By then the cases in flight were abandoned (their workers stopped, their half-written
+    folders removed) and set back to ``queued``, and ``summary.csv`` and ``summary.html`` list
+    them as ``interrupted``. It is a KeyboardInterrupt (for SIGTERM too) so that no ``except
+    Exception`` swallows it and code that stops on Ctrl-C (the PACS listener) stops on it.
+    ``str()`` is the one line the CLI prints; :attr:`exit_code` is its exit status.
+
+    Attributes:
+        signal_number: the signal received.
+        summary: the run's summary (``None`` when stopped before the cases were known).
+        n_unfinished: cases not finished (they run next time).
+    """
+
+    def __init__(self, signal_number: int, summary: BatchSummary | None,
+                 n_unfinished: int) -> None:
+        super().__init__(signal_number, summary, n_unfinished)
+        self.signal_number = signal_number
+        self.summary = summary
+        self.n_unfinished = n_unfinished
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process the signal ended: 130 for
+        SIGINT, 143 for SIGTERM."""
+        return 128 + self.signal_number
+
+    def __str__(self) -> str:
+        if self.summary is None:
+            return "interrupted before the cases were found: nothing ran; no summary written"
+        cases = "case" if self.n_unfinished == 1 else "cases"
+        return (f"interrupted: {self.n_unfinished} {cases} not finished; "
+                f"summary: {self.summary.summary_path}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +277,15 @@ def discover_cases(
     failed with the :class:`~medseg.errors.InputError` that lists its series; a file that
     looks like DICOM but cannot be parsed (and so belongs to no known study) is a failed case
     ``file-<hash>`` with an :class:`~medseg.errors.UnreadableScanError`. Case ids are keyed
-    with ``salt``; with ``privacy.log_identifiers`` each case's input folder is logged.
+    with ``salt``. Series are named by UID, modality, number and size, not by
+    SeriesDescription (clinics put patient names there); with ``privacy.log_identifiers``
+    each case's input folder is logged and messages show descriptions too.
+
+    Files are named by their paths under ``input_root`` as the walk found them (a file reached
+    through a symlink is named by its path under the root, not by its target); the
+    fingerprint hashes these paths and the size and time (or bytes) of the file each reaches.
+    A study whose files cannot be read for the fingerprint (removed since the walk, no
+    permission) is a failed case too.
 
     Raises:
         UnreadableScanError: ``input_root`` is not a directory.
@@ -247,18 +304,28 @@ def discover_cases(
         # the case id stands in for the folder in messages: folder names may hold names
         sub = Inventory(Path(case_id), (study,), (), 0, 0)
         try:
-            entry = select_series(sub, selection)
+            entry = select_series(sub, selection, log_identifiers=show)
         except InputError as exc:
             files = [f for s in study.series for f in s.files]
-            specs.append(CaseSpec(
-                case_id, study.study_instance_uid, None,
-                _fingerprint("", files, root, settings.fingerprint),
-                error=(type(exc).__name__, str(exc)),
-            ))
+            try:
+                fingerprint = _fingerprint("", files, root, settings.fingerprint)
+            except OSError:
+                fingerprint = ""
+            specs.append(CaseSpec(case_id, study.study_instance_uid, None, fingerprint,
+                                  error=(type(exc).__name__, str(exc))))
+            continue
+        try:
+            fingerprint = _fingerprint(entry.series_instance_uid, entry.files, root,
+                                       settings.fingerprint)
+        except OSError as exc:
+            # the message would name the file (folder names may hold patient names)
+            message = (f"{case_id}: a file of the selected series cannot be read "
+                       f"({exc.strerror or type(exc).__name__})")
+            specs.append(CaseSpec(case_id, study.study_instance_uid, entry.series_instance_uid,
+                                  "", error=(UnreadableScanError.__name__, message)))
             continue
         specs.append(CaseSpec(
-            case_id, study.study_instance_uid, entry.series_instance_uid,
-            _fingerprint(entry.series_instance_uid, entry.files, root, settings.fingerprint),
+            case_id, study.study_instance_uid, entry.series_instance_uid, fingerprint,
             files=tuple(entry.files),
         ))
     for problem in inventory.problems:

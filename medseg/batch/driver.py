@@ -21,6 +21,7 @@ from medseg.batch.cases import (
     LOCK_NAME,
     STAGING_DIR,
     SUMMARY_NAME,
+    BatchInterrupted,
     BatchProgress,
     BatchSummary,
     CaseOutcome,
@@ -35,12 +36,13 @@ from medseg.batch.cases import (
 )
 from medseg.batch.executors import Runner, keep_model, make_runner
 from medseg.batch.ledger import Ledger, read_manifest
+from medseg.batch.stopping import Stop, StopSignals, stop_signals
 from medseg.config import BatchConfig, PrivacyConfig, SeriesSelection
-from medseg.errors import ConfigError, MedsegError
-from medseg.io.files import atomic_path
-from medseg.privacy import load_salt
+from medseg.errors import ConfigError, InputError, MedsegError
+from medseg.io.files import atomic_path, claim_output_dir
+from medseg.privacy import SALT_NAME, load_salt
 
-__all__ = ["link_inputs", "run_batch", "run_cases", "write_summary_csv"]
+__all__ = ["claim_output_root", "link_inputs", "run_batch", "run_cases", "write_summary_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +68,12 @@ def _remove_partial(cases_dir: Path) -> None:
                 shutil.rmtree(path)
 
 
-def _remove_done_staging(staging: Path, ledger: Ledger) -> None:
-    """Remove the inputs staged for cases that are done (a killed run may have left them)."""
-    if staging.is_dir():
-        for path in staging.iterdir():
-            row = ledger.case(path.name)
-            if row is not None and row["status"] == CaseStatus.DONE.value:
-                shutil.rmtree(path, ignore_errors=True)
+def _clear_staging(staging: Path) -> None:
+    """Remove every staged input: the links' targets name input folders, which may be named
+    after patients, so none outlives its case (a killed run may have left some)."""
+    if staging.is_symlink():
+        staging.unlink()
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 Prepare = Callable[[CaseSpec, Path], Path]
@@ -127,7 +128,10 @@ def run_cases(
             run still holds the output root (e.g. to send results to a PACS).
 
     Raises:
-        ConfigError: another run holds ``output_root``.
+        ConfigError: another run holds ``output_root``; ``ledger.sqlite`` there is not a
+            medseg ledger, or another process held it locked for ``batch.ledger_timeout_s``.
+        BatchInterrupted: SIGINT or SIGTERM came (in the main thread); the cases in flight
+            were abandoned and set back to ``queued``, and the summaries were written.
     """
     settings = settings or BatchConfig()
     if executor is Executor.LOCAL and workers > 1:
@@ -135,13 +139,15 @@ def run_cases(
     output_root = Path(output_root).resolve()
     cases_dir = output_root / CASES_DIR
     cases_dir.mkdir(parents=True, exist_ok=True)
+    staging = output_root / STAGING_DIR
     if loaded_model is not None:
         keep_model(model, loaded_model)
-    with _locked(output_root), Ledger(output_root / LEDGER_NAME) as ledger:
+    with (stop_signals() as stop, _locked(output_root),
+          Ledger(output_root / LEDGER_NAME, timeout_s=settings.ledger_timeout_s) as ledger):
         _remove_partial(cases_dir)
         for case_id in ledger.recover(cases_dir):
             log.info("case %s: finished by an interrupted run; marked done", case_id)
-        _remove_done_staging(output_root / STAGING_DIR, ledger)
+        _clear_staging(staging)
         run_id = uuid.uuid4().hex
         ledger.begin_run(run_id, executor.value, workers, model.model_id)
         outcomes: dict[str, SummaryRow] = {}
@@ -176,16 +182,56 @@ def run_cases(
         if progress is not None:
             progress(BatchProgress(total, 0, counts["failed"], counts["skipped"]))
         log.info("%d cases: %d to run, %d unchanged", total, len(to_run), len(outcomes))
-        if to_run:
-            _drive(to_run, ledger, run_id, model, prepare, output_root, outcomes, report,
-                   make_runner(executor, workers, ray_address, settings))
+        stopped: int | None = None
+        try:
+            stop.check()
+            if to_run:
+                runner = make_runner(executor, workers, ray_address, settings)
+                stop.reclaim()
+                _drive(to_run, ledger, run_id, model, prepare, output_root, outcomes, report,
+                       runner, stop)
+        except Stop as exc:
+            stopped = exc.signal_number
+            _settle_interrupted(specs, ledger, output_root, outcomes)
         rows = tuple(outcomes[s.case_id] for s in specs)
-        if after is not None:
-            after(rows, ledger)
+        if after is not None and stopped is None:
+            try:
+                with stop.armed():
+                    after(rows, ledger)
+            except Stop as exc:
+                stopped = exc.signal_number
         ledger.end_run(run_id, rows)
         summary_path = write_summary_csv(rows, output_root / SUMMARY_NAME)
         _write_summary_page(rows, output_root)
-    return BatchSummary(run_id, rows, output_root / LEDGER_NAME, summary_path)
+        _clear_staging(staging)
+        if stopped is None:
+            stopped = stop.signal_number  # came while the summaries were written
+    summary = BatchSummary(run_id, rows, output_root / LEDGER_NAME, summary_path)
+    if stopped is not None:
+        raise BatchInterrupted(stopped, summary, summary.n_interrupted)
+    return summary
+
+
+def _settle_interrupted(specs: Sequence[CaseSpec], ledger: Ledger, output_root: Path,
+                        outcomes: dict[str, SummaryRow]) -> None:
+    """After a stop: the executor's workers are gone; remove what they left half written,
+    settle the cases left ``running`` as a killed run's are (done if the folder is complete,
+    else back to ``queued``), and list every unfinished case as ``interrupted``."""
+    cases_dir = output_root / CASES_DIR
+    _remove_partial(cases_dir)
+    started = {row["case_id"] for row in ledger.cases() if row["status"] == "running"}
+    recovered = set(ledger.recover(cases_dir))
+    for spec in specs:
+        if spec.case_id in outcomes:
+            continue
+        if spec.case_id in recovered:
+            outcomes[spec.case_id] = _row(spec, "done", True, None, None, None,
+                                          cases_dir / spec.case_id)
+        else:
+            outcomes[spec.case_id] = _row(spec, "interrupted", spec.case_id in started, None,
+                                          None, None, None)
+    log.info("stopped by signal: %d cases not finished",
+             sum(r.status == "interrupted" for r in outcomes.values()))
 
 
 def _write_summary_page(rows: Sequence[SummaryRow], output_root: Path) -> None:
@@ -215,7 +261,7 @@ def _write_summary_page(rows: Sequence[SummaryRow], output_root: Path) -> None:
 
 def _drive(to_run: deque[CaseSpec], ledger: Ledger, run_id: str, model: ModelRef,
            prepare: Prepare, output_root: Path, outcomes: dict[str, SummaryRow],
-           report: Callable[[str], None], runner: Runner) -> None:
+           report: Callable[[str], None], runner: Runner, stop: StopSignals) -> None:
     specs = {spec.case_id: spec for spec in to_run}
     attempts: dict[str, int] = {}
     staging = output_root / STAGING_DIR
@@ -223,9 +269,10 @@ def _drive(to_run: deque[CaseSpec], ledger: Ledger, run_id: str, model: ModelRef
 
     def settle(spec: CaseSpec, outcome: CaseOutcome, attempt_id: int) -> None:
         ledger.finish(attempt_id, outcome)
+        # failed or not: the links' targets name input folders (see _clear_staging)
+        shutil.rmtree(staging / spec.case_id, ignore_errors=True)
         out_dir = output_root / CASES_DIR / spec.case_id
         if outcome.status is CaseStatus.DONE:
-            shutil.rmtree(staging / spec.case_id, ignore_errors=True)
             log.info("case %s: done in %.1f s", spec.case_id, outcome.seconds)
             outcomes[spec.case_id] = _row(spec, "done", True, None, None, outcome.seconds, out_dir)
         else:
@@ -237,13 +284,15 @@ def _drive(to_run: deque[CaseSpec], ledger: Ledger, run_id: str, model: ModelRef
     try:
         while to_run or in_flight:
             while to_run and in_flight < runner.capacity:
+                stop.check()
                 spec = to_run.popleft()
                 task = CaseTask(spec.case_id, staging / spec.case_id,
                                 output_root / CASES_DIR / spec.case_id, model, spec.fingerprint,
                                 spec.study_instance_uid, spec.series_instance_uid)
                 attempt_id = ledger.start(run_id, task)
                 try:
-                    input_dir = prepare(spec, staging / spec.case_id)
+                    with stop.armed():
+                        input_dir = prepare(spec, staging / spec.case_id)
                 except (MedsegError, OSError) as exc:  # a download or link failed: this case only
                     settle(spec, CaseOutcome(spec.case_id, CaseStatus.FAILED, 0.0,
                                              type(exc).__name__, str(exc)), attempt_id)
@@ -254,11 +303,15 @@ def _drive(to_run: deque[CaseSpec], ledger: Ledger, run_id: str, model: ModelRef
                                        task.series_instance_uid))
                 in_flight += 1
             if in_flight:
-                outcome = runner.next_done()
+                stop.check()
+                with stop.armed():
+                    outcome = runner.next_done()
                 in_flight -= 1
                 settle(specs[outcome.case_id], outcome, attempts.pop(outcome.case_id))
-    finally:
-        runner.close()
+    except BaseException:
+        runner.abort()  # a stop, or an error of the driver: no case may go on unrecorded
+        raise
+    runner.close()
 
 
 def _row(spec: CaseSpec, status: str, ran: bool, error_class: str | None,
@@ -294,25 +347,67 @@ def write_summary_csv(rows: Sequence[SummaryRow], path: Path) -> Path:
 
 
 def link_inputs(input_root: Path) -> Prepare:
-    """The ``prepare`` of :func:`run_cases` for cases found under ``input_root``."""
-    root = Path(input_root).resolve()
+    """The ``prepare`` of :func:`run_cases` for cases found under ``input_root``.
+
+    A case's files are the paths the walk of ``input_root`` found (:func:`discover_cases`),
+    symlinks and files under symlinked folders included; each link points at that path under
+    the root, never at a resolved target (which may lie outside the root, and whose path may
+    hold a patient name), and the kernel follows the rest of the way when the case reads it.
+    """
+    given = Path(input_root)
+    root = given.absolute()  # not resolved: ".." and links in it stay for the kernel
 
     def prepare(spec: CaseSpec, folder: Path) -> Path:
-        """Links ``00001``, ``00002``, ... to the selected series' files (sorted by path).
+        """Links ``00001``, ``00002``, ... to the selected series' files (sorted by their
+        paths under the root).
 
         The links are numbered, not named after the inputs, because input folder names often
-        hold patient names and error messages name the files; ``ls -l`` shows the targets.
+        hold patient names and error messages name the files; ``ls -l`` shows the targets
+        while the case runs (the folder is removed when it ends).
+
+        Raises:
+            InputError: a file is not under the input root (named by its number only).
         """
-        if folder.exists():
-            shutil.rmtree(folder)
+        relative = []
+        for i, path in enumerate(spec.files, start=1):
+            try:
+                relative.append(_under(Path(path), given, root))
+            except ValueError:
+                raise InputError(f"{spec.case_id}: input file {i} of {len(spec.files)} is not "
+                                 "under the input root") from None
+        if folder.exists() or folder.is_symlink():
+            _clear_staging(folder)
         folder.mkdir(parents=True)
-        targets = sorted(Path(p).resolve() for p in spec.files)
-        for i, target in enumerate(targets, start=1):
-            target.relative_to(root)  # a file outside the input root is a bug: raise
-            (folder / f"{i:05d}").symlink_to(target)
+        for i, rel in enumerate(sorted(relative, key=lambda r: r.as_posix()), start=1):
+            (folder / f"{i:05d}").symlink_to(root / rel)
         return folder
 
     return prepare
+
+
+def _under(path: Path, given: Path, root: Path) -> Path:
+    """``path`` relative to the input root, found from the root as given or as an absolute
+    path; lexically, so links are not followed. Raises ValueError for a path outside it."""
+    for base, candidate in ((given, path), (root, path.absolute())):
+        try:
+            rel = candidate.relative_to(base)
+        except ValueError:
+            continue
+        if ".." not in rel.parts:
+            return rel
+    raise ValueError(path)
+
+
+def claim_output_root(output_root: Path, *, inputs: Sequence[Path | str | None]) -> Path:
+    """``OUTPUT_ROOT`` of a batch, PACS run or listener, checked before any work: it must not
+    be, contain or lie inside an input (the input root, a local model checkpoint), and an
+    existing folder must be a batch root (its ledger or salt) or empty.
+
+    Raises:
+        OutputError: naming the root and the input, or the folder medseg did not write.
+    """
+    local = [p for p in inputs if p is not None and not str(p).startswith(("runs:/", "models:/"))]
+    return claim_output_dir(Path(output_root), inputs=local, recognise=(LEDGER_NAME, SALT_NAME))
 
 
 def run_batch(
@@ -338,21 +433,27 @@ def run_batch(
     Raises:
         ModelError: the model cannot be resolved or loaded (nothing runs).
         UnreadableScanError: ``input_root`` is not a directory.
-        ConfigError: another run holds ``output_root``.
+        ConfigError: as :func:`run_cases`.
+        BatchInterrupted: SIGINT or SIGTERM came; as :func:`run_cases`, or before the cases
+            were found (then nothing ran and no summary was written).
     """
     from medseg.pipeline import load_model
 
-    output_root = Path(output_root)
-    output_root.mkdir(parents=True, exist_ok=True)
-    ref = resolve_model_ref(model, output_root)
-    loaded = load_model(ref.path)  # fail early, before any case, on a bad model
-    selection = selection or loaded.config.series_selection
-    settings = settings or loaded.config.batch
-    specs = discover_cases(Path(input_root), selection, settings,
-                           salt=load_salt(output_root), privacy=privacy)
-    return run_cases(
-        specs, output_root, ref, link_inputs(Path(input_root)), source="folder",
-        executor=executor, workers=workers, retry_failed=retry_failed,
-        ray_address=ray_address, settings=settings, progress=progress,
-        loaded_model=loaded if executor is Executor.LOCAL and workers == 1 else None,
-    )
+    output_root = claim_output_root(output_root, inputs=(input_root, model))
+    with stop_signals() as stop:
+        try:
+            with stop.armed():
+                ref = resolve_model_ref(model, output_root)
+                loaded = load_model(ref.path)  # fail early, before any case, on a bad model
+                selection = selection or loaded.config.series_selection
+                settings = settings or loaded.config.batch
+                specs = discover_cases(Path(input_root), selection, settings,
+                                       salt=load_salt(output_root), privacy=privacy)
+        except Stop as exc:
+            raise BatchInterrupted(exc.signal_number, None, 0) from None
+        return run_cases(
+            specs, output_root, ref, link_inputs(Path(input_root)), source="folder",
+            executor=executor, workers=workers, retry_failed=retry_failed,
+            ray_address=ray_address, settings=settings, progress=progress,
+            loaded_model=loaded if executor is Executor.LOCAL and workers == 1 else None,
+        )

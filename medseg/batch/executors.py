@@ -1,24 +1,47 @@
 """Batch executors: :func:`run_case`, the per-case function, and the local, process-pool
 and Ray runners that run it (see :mod:`medseg.batch` for the design). Ray is imported only
-here."""
+here.
+
+The pool is medseg's own rather than ``concurrent.futures``: the driver talks to each worker
+process through its own pipe, so it knows which case each one runs and since when, and can
+stop one worker (a case over ``batch.case_timeout_s``, a worker that died) without losing
+the cases of the others, or stop them all at once (SIGTERM, Ctrl-C).
+"""
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import atexit
 import contextlib
 import json
+import logging
 import multiprocessing
+import os
+import shutil
+import signal
+import threading
 import time
 from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any, Protocol
 
 import medseg
 from medseg.batch.cases import MANIFEST_NAME, CaseOutcome, CaseStatus, CaseTask, Executor, ModelRef
 from medseg.batch.ledger import utc_timestamp
 from medseg.config import BatchConfig
+from medseg.errors import CaseTimeoutError
 from medseg.io.files import atomic_dir
 
-__all__ = ["Runner", "keep_model", "make_runner", "run_case"]
+__all__ = ["Runner", "keep_model", "make_runner", "remove_case_temporaries", "run_case"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a worker gets to exit after the driver closes its pipe, before it is killed.
+_WORKER_EXIT_S = 30.0
+#: The signals that stop a batch: the driver handles them, its workers ignore them.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,13 +104,27 @@ def run_case(task: CaseTask) -> CaseOutcome:
 
 
 class Runner(Protocol):
+    """What the driver needs of an executor: up to ``capacity`` cases in flight."""
+
     capacity: int
 
     def submit(self, task: CaseTask) -> None: ...
 
     def next_done(self) -> CaseOutcome: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the workers once no case is in flight."""
+
+    def abort(self) -> None:
+        """Stop now: the cases in flight are abandoned (their processes killed)."""
+
+
+def remove_case_temporaries(out_dir: Path) -> None:
+    """Remove the hidden temporaries (``.<case_id>.*.tmp`` / ``.old``) that a case stopped
+    inside :func:`~medseg.io.files.atomic_dir` leaves beside its folder."""
+    for path in out_dir.parent.glob(f".{out_dir.name}.*"):
+        if path.suffix in (".tmp", ".old") and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class _LocalRunner:
@@ -107,55 +144,210 @@ class _LocalRunner:
     def close(self) -> None:
         self._queue.clear()
 
+    def abort(self) -> None:
+        # a case interrupted in this process has left run_case (atomic_dir removed its folder)
+        self._queue.clear()
 
-def _init_pool_worker() -> None:
+
+def _die_with_driver(driver_pid: int) -> None:
     """Die with the driver: a killed batch must not leave workers writing case folders."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != driver_pid:  # the driver died before prctl took effect
+        os._exit(1)
+
+
+def _warm(ref: ModelRef) -> None:
+    """Load the model before a case's clock starts (a worker's first case)."""
+    try:
+        _model(ref)
+    # run_case loads it again and records what failed, as for any other error of a case
+    except Exception:  # noqa: BLE001
+        return
+
+
+def _worker_main(conn: Connection, driver_pid: int) -> None:
+    """A pool worker: run the driver's tasks one at a time until it closes the pipe.
+
+    Sends ``("started", case_id)`` once the model is loaded and ``("done", outcome)`` after
+    each case. SIGINT and SIGTERM are ignored (from the first instruction when
+    :meth:`_PoolRunner._spawn` ran in the main thread): Ctrl-C reaches the terminal's whole
+    process group, and a service manager may signal every process of the service, but a
+    worker must not die half-way through a case on them; the driver stops its workers itself.
+    """
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    _die_with_driver(driver_pid)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        _warm(task.model)
+        conn.send(("started", task.case_id))
+        conn.send(("done", run_case(task)))
+
+
+@dataclass(slots=True)
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    task: CaseTask | None = None
+    warm: bool = False  # has loaded the model
+    submitted: float = 0.0
+    started: float | None = None  # when the current case's clock started (time.monotonic)
 
 
 class _PoolRunner:
-    """A spawn-context process pool; a worker that dies fails only the cases it had."""
+    """``workers`` spawned worker processes, each loading the model once (see the module doc).
 
-    def __init__(self, workers: int) -> None:
+    With ``timeout_s``, a case still running ``timeout_s`` seconds after its worker started
+    it (with the model loaded) has its worker killed and fails with
+    :class:`~medseg.errors.CaseTimeoutError`; a worker that dies fails only its own case.
+    Either way the case's half-written temporary folder is removed and a new worker takes
+    the next case.
+    """
+
+    def __init__(self, workers: int, timeout_s: float | None = None) -> None:
         self.capacity = workers
-        self._workers = workers
-        self._pool = self._new_pool()
-        self._futures: dict[cf.Future[CaseOutcome], CaseTask] = {}
-
-    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        self._timeout_s = timeout_s
         # spawn, not fork: forking a process that has torch's thread pools can deadlock
-        return cf.ProcessPoolExecutor(
-            self._workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_pool_worker,
-        )
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: list[_Worker] = []
+
+    def _spawn(self) -> _Worker:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(target=_worker_main, args=(theirs, os.getpid()),
+                                        name="medseg-batch-worker", daemon=True)
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            # an ignored signal stays ignored across exec, and a Python started with SIGINT
+            # ignored sets no KeyboardInterrupt handler: the worker ignores both from its
+            # first instruction, imports included (one sent to the driver in these few
+            # milliseconds is lost)
+            previous = {s: signal.signal(s, signal.SIG_IGN) for s in _STOP_SIGNALS}
+        try:
+            process.start()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        theirs.close()
+        worker = _Worker(process, ours)
+        self._workers.append(worker)
+        if len(self._workers) == 1:
+            # workers ignore SIGTERM, so multiprocessing's exit handler (terminate, then join)
+            # would wait for ever on one left alive by a driver that failed to close us
+            atexit.register(self.abort)
+        return worker
 
     def submit(self, task: CaseTask) -> None:
-        self._futures[self._pool.submit(run_case, task)] = task
+        idle = [w for w in self._workers if w.task is None]
+        worker = idle[0] if idle else self._spawn()
+        try:
+            worker.conn.send(task)
+        except OSError:  # an idle worker died (killed): give the case to a new one
+            self._discard(worker)
+            worker = self._spawn()
+            worker.conn.send(task)
+        now = time.monotonic()
+        worker.task, worker.submitted = task, now
+        worker.started = now if worker.warm else None
 
     def next_done(self) -> CaseOutcome:
-        done, _ = cf.wait(self._futures, return_when=cf.FIRST_COMPLETED)
-        future = next(iter(done))
-        task = self._futures.pop(future)
+        while True:
+            busy = [w for w in self._workers if w.task is not None]
+            if not busy:
+                raise RuntimeError("next_done() without a case in flight")
+            now = time.monotonic()
+            wait_s = None
+            if self._timeout_s is not None:
+                for worker in busy:
+                    if worker.started is not None:
+                        left = worker.started + self._timeout_s - now
+                        if left <= 0:
+                            return self._timed_out(worker)
+                        wait_s = left if wait_s is None else min(wait_s, left)
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], wait_s)
+            for worker in busy:
+                if worker.conn in ready or worker.process.sentinel in ready:
+                    outcome = self._receive(worker)
+                    if outcome is not None:
+                        return outcome
+
+    def _receive(self, worker: _Worker) -> CaseOutcome | None:
+        """The outcome a worker sent, after noting when its case started; ``None`` if none yet."""
         try:
-            return future.result()
-        except cf.process.BrokenProcessPool as exc:
-            # a worker was killed (out of memory, signal): the pool is unusable; start another
-            pending = list(self._futures.values())
-            self._futures.clear()
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
-            for other in pending:
-                self.submit(other)
-            return CaseOutcome(task.case_id, CaseStatus.FAILED, 0.0, type(exc).__name__,
-                               f"{task.case_id}: a worker process died while running this "
-                               f"case or another one (killed, e.g. out of memory): {exc}")
+            while worker.conn.poll():
+                kind, value = worker.conn.recv()
+                if kind == "started":
+                    worker.warm = True
+                    if worker.started is None:
+                        worker.started = time.monotonic()
+                else:
+                    worker.task, worker.started = None, None
+                    outcome: CaseOutcome = value
+                    return outcome
+        except (EOFError, OSError):
+            return self._died(worker)
+        return self._died(worker) if not worker.process.is_alive() else None
+
+    def _died(self, worker: _Worker) -> CaseOutcome:
+        task = worker.task
+        assert task is not None
+        worker.process.join(1.0)  # its sentinel fired (or its pipe closed): it is ending
+        code = worker.process.exitcode
+        self._discard(worker)
+        remove_case_temporaries(task.out_dir)
+        how = (f"killed by signal {-code}" if code is not None and code < 0
+               else f"exit code {code}")
+        return CaseOutcome(task.case_id, CaseStatus.FAILED, time.monotonic() - worker.submitted,
+                           ChildProcessError.__name__,
+                           f"{task.case_id}: the worker process running this case died "
+                           f"({how}; out of memory?)")
+
+    def _timed_out(self, worker: _Worker) -> CaseOutcome:
+        task = worker.task
+        assert task is not None and self._timeout_s is not None
+        self._discard(worker)
+        remove_case_temporaries(task.out_dir)
+        return CaseOutcome(task.case_id, CaseStatus.FAILED, time.monotonic() - worker.submitted,
+                           CaseTimeoutError.__name__,
+                           f"{task.case_id}: not finished within batch.case_timeout_s = "
+                           f"{self._timeout_s:g} s; its worker process was stopped")
+
+    def _discard(self, worker: _Worker) -> None:
+        """Kill a worker (if still alive) and forget it."""
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(_WORKER_EXIT_S)
+        worker.conn.close()
+        self._workers.remove(worker)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        atexit.unregister(self.abort)
+        for worker in self._workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        deadline = time.monotonic() + _WORKER_EXIT_S
+        for worker in list(self._workers):
+            if worker.task is None:
+                worker.process.join(max(0.0, deadline - time.monotonic()))
+            self._discard(worker)
+
+    def abort(self) -> None:
+        atexit.unregister(self.abort)
+        for worker in self._workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+        for worker in list(self._workers):
+            task = worker.task
+            self._discard(worker)
+            if task is not None:
+                remove_case_temporaries(task.out_dir)
 
 
 class _RayRunner:
@@ -200,11 +392,21 @@ class _RayRunner:
         if self._started:
             self._ray.shutdown()
 
+    def abort(self) -> None:
+        # best effort: a cancelled task's worker may still be renaming its folder into place
+        self.close()
+
 
 def make_runner(executor: Executor, workers: int, ray_address: str | None,
-            settings: BatchConfig) -> Runner:
+                settings: BatchConfig) -> Runner:
+    """The runner of ``executor``; with ``settings.case_timeout_s``, ``local`` runs its cases
+    in one worker process, because only a process can be stopped safely mid-case."""
     if executor is Executor.RAY:
+        if settings.case_timeout_s is not None:
+            log.warning("batch.case_timeout_s is not applied with the Ray executor")
         return _RayRunner(ray_address, workers, settings)
     if executor is Executor.POOL:
-        return _PoolRunner(workers)
+        return _PoolRunner(workers, settings.case_timeout_s)
+    if settings.case_timeout_s is not None:
+        return _PoolRunner(1, settings.case_timeout_s)
     return _LocalRunner()

@@ -1,14 +1,21 @@
 """The batch ledger: the SQLite record of cases, attempts, runs and PACS deliveries in
-``OUTPUT_ROOT/ledger.sqlite`` (see :mod:`medseg.batch` for the design)."""
+``OUTPUT_ROOT/ledger.sqlite`` (see :mod:`medseg.batch` for the design).
+
+A file at that path that is not a medseg ledger (not SQLite, cut short, damaged, or another
+program's database) is refused with a :class:`~medseg.errors.ConfigError` naming it, before
+anything is written to it: it is never repaired, replaced or deleted. A ledger another
+process holds locked is waited for ``batch.ledger_timeout_s`` seconds, then refused too.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from medseg.batch.cases import (
     MANIFEST_NAME,
@@ -18,8 +25,17 @@ from medseg.batch.cases import (
     CaseTask,
     SummaryRow,
 )
+from medseg.errors import ConfigError, MedsegError, OutputError
 
 __all__ = ["Ledger", "read_manifest", "utc_timestamp"]
+
+#: ``PRAGMA application_id`` of a medseg ledger ("msLg"), so that a ledger is recognised as
+#: one by its header; ledgers written before it was set are recognised by their tables.
+APPLICATION_ID = 0x6D734C67
+#: What an SQLite file starts with (https://www.sqlite.org/fileformat.html).
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: The longest quick_check finding quoted in a message.
+_MAX_FINDING_CHARS = 120
 
 
 _SCHEMA = """
@@ -78,6 +94,43 @@ CREATE TABLE IF NOT EXISTS deliveries (
 """
 
 
+def _schema_columns() -> dict[str, tuple[str, ...]]:
+    """Each table of :data:`_SCHEMA` and its columns, in order (read from SQLite itself)."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: tuple(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in tables}
+    finally:
+        db.close()
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _named_errors(
+    method: Callable[Concatenate[Ledger, _P], _T],
+) -> Callable[Concatenate[Ledger, _P], _T]:
+    """Turn SQLite's errors in ``method`` into medseg errors naming the ledger file (a
+    traceback from sqlite3 names neither the file nor what to do), rolling back a
+    transaction left open."""
+
+    @functools.wraps(method)
+    def wrapper(self: Ledger, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                try:
+                    self._db.rollback()
+                except sqlite3.Error:
+                    pass  # the error below is the one to report
+            raise self._error(exc) from None
+
+    return wrapper
+
+
 def utc_timestamp() -> str:
     """Now, in UTC, ISO 8601 to the millisecond (the ledger's time stamps)."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
@@ -90,15 +143,95 @@ class Ledger:
     message, timings, output folder), ``attempts`` (one row per time a case was started, with
     its end: done, failed, or ``recovered`` when a killed run had finished it), ``runs`` and
     ``deliveries`` (objects sent to a PACS). Only the driver of a run writes it.
+
+    Args:
+        path: ``OUTPUT_ROOT/ledger.sqlite``; created when absent (or empty).
+        timeout_s: how long to wait for a lock another process holds on it (every statement
+            waits as long) before giving up (``batch.ledger_timeout_s``).
+
+    Raises:
+        ConfigError: ``path`` is not a medseg ledger (not SQLite, cut short, damaged, another
+            program's database; left as it is), or another process held it locked for
+            ``timeout_s``. Methods raise it too, or an
+            :class:`~medseg.errors.OutputError` (disk full, read-only), when SQLite fails.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, timeout_s: float = 30.0) -> None:
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._timeout_s = timeout_s
+        self._refuse_foreign_header()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=timeout_s)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _refuse_foreign_header(self) -> None:
+        """Refuse, from its first 100 bytes and before SQLite opens it, a file that is not
+        SQLite, or that another program marked as its own (the header's application id)."""
+        try:
+            with open(self.path, "rb") as fh:
+                header = fh.read(100)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot read the ledger "
+                              f"({exc.strerror or type(exc).__name__})") from None
+        if not header:
+            return  # empty: a new ledger
+        if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+            raise self._not_a_ledger("file is not a database")
+        application_id = int.from_bytes(header[68:72], "big")
+        if application_id not in (0, APPLICATION_ID):
+            raise self._not_a_ledger("another program's SQLite database")
+
+    @_named_errors
+    def _open(self) -> None:
         self._db.row_factory = sqlite3.Row
+        (application_id,) = self._db.execute("PRAGMA application_id").fetchone()
+        tables = {r[0] for r in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )}
+        expected = _schema_columns()
+        if application_id != APPLICATION_ID:  # a new ledger, or one older than the id
+            columns = {t: tuple(r[1] for r in self._db.execute(f"PRAGMA table_info({t})"))
+                       for t in tables & set(expected)}
+            if tables - set(expected) or any(columns[t] != expected[t] for t in columns):
+                raise self._not_a_ledger("another program's SQLite database")
+        finding = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if finding != "ok":
+            finding = " ".join(str(finding).split())[:_MAX_FINDING_CHARS]
+            raise self._not_a_ledger(f"damaged: {finding}")
+        # only now is anything written to the file
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db.execute("BEGIN IMMEDIATE")  # waits for another process's lock, up to timeout_s
+        self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+        self._db.execute("COMMIT")
+
+    def _not_a_ledger(self, reason: str) -> ConfigError:
+        return ConfigError(f"{self.path}: not a medseg ledger ({reason}); move it away or "
+                           "choose another OUTPUT_ROOT")
+
+    def _error(self, exc: sqlite3.Error) -> MedsegError:
+        """The medseg error for an SQLite error on this ledger."""
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, sqlite3.OperationalError):
+            if "locked" in text or "busy" in text:
+                return ConfigError(
+                    f"{self.path}: locked by another process for longer than "
+                    f"batch.ledger_timeout_s = {self._timeout_s:g} s ({text}); wait for it to "
+                    "finish or stop it"
+                )
+            return OutputError(f"{self.path}: cannot use the ledger ({text})")
+        return self._not_a_ledger(text)
 
     def close(self) -> None:
         """Close the database."""
@@ -110,14 +243,17 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @_named_errors
     def case(self, case_id: str) -> sqlite3.Row | None:
         """The ``cases`` row of ``case_id``, or None."""
         return self._db.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
 
+    @_named_errors
     def cases(self) -> list[sqlite3.Row]:
         """Every ``cases`` row, by case id."""
         return self._db.execute("SELECT * FROM cases ORDER BY case_id").fetchall()
 
+    @_named_errors
     def attempts(self, case_id: str | None = None) -> list[sqlite3.Row]:
         """``attempts`` rows (of one case, or all), oldest first."""
         if case_id is None:
@@ -126,6 +262,7 @@ class Ledger:
             "SELECT * FROM attempts WHERE case_id = ? ORDER BY attempt_id", (case_id,)
         ).fetchall()
 
+    @_named_errors
     def record(self, spec: CaseSpec, source: str, status: CaseStatus, model_id: str | None,
                out_dir: Path | None = None) -> None:
         """Insert or update a case's row with its current input and ``status``."""
@@ -146,6 +283,7 @@ class Ledger:
              None if out_dir is None else str(out_dir)),
         )
 
+    @_named_errors
     def start(self, run_id: str, task: CaseTask) -> int:
         """Mark a case ``running`` and open an attempt; returns the attempt id."""
         now = utc_timestamp()
@@ -161,6 +299,7 @@ class Ledger:
         )
         return int(cursor.lastrowid or 0)
 
+    @_named_errors
     def finish(self, attempt_id: int, outcome: CaseOutcome) -> None:
         """Close an attempt and set the case's status from ``outcome``."""
         now = utc_timestamp()
@@ -177,6 +316,7 @@ class Ledger:
         )
         self._db.execute("COMMIT")
 
+    @_named_errors
     def recover(self, cases_dir: Path) -> list[str]:
         """Settle cases a killed run left ``running``; returns the ids marked done.
 
@@ -206,6 +346,7 @@ class Ledger:
                 recovered.append(row["case_id"])
         return recovered
 
+    @_named_errors
     def begin_run(self, run_id: str, executor: str, workers: int, model_id: str) -> None:
         """Open a ``runs`` row."""
         self._db.execute(
@@ -213,6 +354,7 @@ class Ledger:
             (run_id, utc_timestamp(), executor, workers, model_id),
         )
 
+    @_named_errors
     def end_run(self, run_id: str, rows: Sequence[SummaryRow]) -> None:
         """Close a ``runs`` row with its counts."""
         counts = {s: sum(r.status == s for r in rows) for s in ("done", "failed", "skipped")}
@@ -222,6 +364,7 @@ class Ledger:
             (utc_timestamp(), len(rows), counts["done"], counts["failed"], counts["skipped"], run_id),
         )
 
+    @_named_errors
     def delivered(self, case_id: str, obj: str, destination: str) -> sqlite3.Row | None:
         """The ``deliveries`` row of one object of a case sent to ``destination``, or None."""
         return self._db.execute(
@@ -229,6 +372,7 @@ class Ledger:
             (case_id, obj, destination),
         ).fetchone()
 
+    @_named_errors
     def record_delivery(self, case_id: str, obj: str, destination: str, fingerprint: str,
                         model_id: str | None, remote_id: str | None) -> None:
         """Record that one object of a case (e.g. ``"rtstruct"``) reached ``destination``."""

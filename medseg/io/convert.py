@@ -17,7 +17,7 @@ from medseg.config import IngestConfig, SeriesSelection
 from medseg.errors import UnreadableScanError
 from medseg.io import nifti
 from medseg.io.dicom import load_series
-from medseg.io.files import atomic_dir
+from medseg.io.files import atomic_dir, check_output
 from medseg.io.rtstruct_read import read
 from medseg.privacy import unique_filenames
 
@@ -66,7 +66,8 @@ def convert_dicom(
     Args:
         dicom_dir: folder tree holding the image series (other series and objects are
             ignored according to ``selection``).
-        out_dir: folder to create (must not exist unless ``overwrite``).
+        out_dir: folder to create (must not exist unless ``overwrite``, and then only a
+            folder medseg wrote is replaced).
         rtstruct: an RT-STRUCT drawn on that series; each ROI becomes one mask on the image
             grid (array order ``(slice, row, column)``, same geometry as the image).
         selection: which series to convert when the folder holds several.
@@ -77,8 +78,11 @@ def convert_dicom(
     Raises:
         InputError: from loading the series or reading the RT-STRUCT (named errors: no or
             several series, geometry defects, missing references, another frame of reference).
-        ExportError: ``out_dir`` exists and ``overwrite`` is False.
+        OutputError: ``out_dir`` is, contains or lies inside an input, exists without
+            ``overwrite`` or is not a medseg output, or cannot be written; checked before any
+            work.
     """
+    check_output(Path(out_dir), inputs=(dicom_dir, rtstruct), overwrite=overwrite)
     ingest = ingest or IngestConfig()
     if rtstruct is not None and not Path(rtstruct).is_file():
         raise UnreadableScanError(f"{rtstruct}: no such RT-STRUCT file")

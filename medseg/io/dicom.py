@@ -10,7 +10,10 @@ Type 1 and Type 2 attribute of the CT Image IOD so ``dciodvfy`` reports no error
 
 Compressed transfer syntaxes (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE) are
 decoded by pydicom's plugins: pylibjpeg (with pylibjpeg-libjpeg, -openjpeg, -rle), pyjpegls
-and Pillow. Deflate and big-endian are handled by pydicom itself.
+and Pillow. Big-endian is handled by pydicom itself. A deflated file is inflated in bounded
+chunks by :func:`medseg.io.headers.read_dicom`; its uncompressed pixel data are read, like
+those of any uncompressed file, as exactly the bytes the header declares (once the declared
+size has passed the limits), never as whatever length the pixel data element claims.
 """
 
 from __future__ import annotations
@@ -35,11 +38,11 @@ from pydicom.uid import (
 
 from medseg import geometry as geo
 from medseg.config import IngestConfig, SeriesSelection
-from medseg.errors import UnreadableScanError
+from medseg.errors import ResourceLimitError, UnreadableScanError
 from medseg.io.dicom_write import IMPLEMENTATION_CLASS_UID, file_meta, format_ds, write_series
 from medseg.io.discovery import SeriesKind, _scan, select_series
 from medseg.io.headers import HEADER_ERRORS, header_value, integer
-from medseg.io.limits import require_within_limits
+from medseg.io.limits import InflatedReader, require_within_limits
 from medseg.io.slices import (
     SLICE_SPACING_RELATIVE_TOLERANCE,
     ProblemKind,
@@ -60,8 +63,8 @@ __all__ = [
     "write_series",
 ]
 
-#: Uncompressed transfer syntaxes whose pixel bytes are read directly (pydicom has already
-#: inflated deflated files), with their byte order.
+#: Uncompressed transfer syntaxes whose pixel bytes are read directly (from the file, or for a
+#: deflated file from its InflatedReader), with their byte order.
 _NATIVE_BYTE_ORDER = {
     ImplicitVRLittleEndian: "<",
     ExplicitVRLittleEndian: "<",
@@ -87,17 +90,23 @@ def _decode(record: _Record) -> NDArray[Any]:
             # What pydicom's native decoder does, without its per-call overhead (~0.7 ms/slice).
             kind = "i" if int(ds.get("PixelRepresentation", 0)) == 1 else "u"
             dtype = np.dtype(f"{order}{kind}{bits // 8}")
-            data = ds.PixelData
             count = n_frames * rows * columns
-            if len(data) < count * dtype.itemsize:
+            layout = _deferred_layout(ds, dtype)
+            length = len(ds.PixelData) if layout is None else layout[1]
+            if length < count * dtype.itemsize:
                 raise UnreadableScanError(
-                    f"{record.path}: pixel data has {len(data)} bytes, expected "
+                    f"{record.path}: pixel data has {length} bytes, expected "
                     f"{count * dtype.itemsize} for {n_frames} x {rows} x {columns} pixels of "
                     f"{bits} bits (truncated file?)"
                 )
-            arr = np.frombuffer(data, dtype, count=count).reshape(n_frames, rows, columns)
+            if layout is not None:  # the declared frames only, whatever the element claims
+                out = np.empty((n_frames, rows, columns), dtype.newbyteorder("="))
+                _read_native_into(record, layout, out)
+                return out
+            arr = np.frombuffer(ds.PixelData, dtype, count=count).reshape(n_frames, rows, columns)
             return arr.astype(dtype.newbyteorder("="), copy=False)
         arr = ds.pixel_array
+        _release(record)
     except _DECODE_ERRORS as exc:
         raise UnreadableScanError(f"{record.path}: pixel data cannot be decoded ({exc})") from exc
     except BaseException as exc:
@@ -142,15 +151,34 @@ def _native_layout_of(record: _Record) -> tuple[int, int, np.dtype[Any]] | None:
     syntax = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
     order = _NATIVE_BYTE_ORDER.get(UID(syntax))
     bits = int(ds.get("BitsAllocated", 0) or 0)
-    if order is None or syntax == DeflatedExplicitVRLittleEndian or bits not in (8, 16, 32):
+    if order is None or bits not in (8, 16, 32):
         return None
+    kind = "i" if int(ds.get("PixelRepresentation", 0)) == 1 else "u"
+    return _deferred_layout(ds, np.dtype(f"{order}{kind}{bits // 8}"))
+
+
+def _deferred_layout(ds: Dataset, dtype: np.dtype[Any]) -> tuple[int, int, np.dtype[Any]] | None:
+    """(offset, byte length, dtype) of pixel data pydicom deferred with a defined length: the
+    offset in the file, or for a deflated file in its inflated data set; None otherwise."""
     if _PIXEL_DATA_TAG not in ds:
         return None
     raw = ds.get_item(_PIXEL_DATA_TAG, keep_deferred=True)
     if not isinstance(raw, RawDataElement) or raw.value is not None or raw.length == 0xFFFFFFFF:
         return None
-    kind = "i" if int(ds.get("PixelRepresentation", 0)) == 1 else "u"
-    return raw.value_tell, raw.length, np.dtype(f"{order}{kind}{bits // 8}")
+    return raw.value_tell, raw.length, dtype
+
+
+def _inflated(record: _Record) -> InflatedReader | None:
+    """The reader of a deflated file's data set (see ``medseg.io.headers.read_dicom``)."""
+    stream = getattr(record.header, "buffer", None)
+    return stream if isinstance(stream, InflatedReader) else None
+
+
+def _release(record: _Record) -> None:
+    """Close a deflated file's reader after a read (a series may have thousands)."""
+    stream = _inflated(record)
+    if stream is not None:
+        stream.release()
 
 
 def _require_length(
@@ -172,9 +200,17 @@ def _read_native_into(record: _Record, layout: tuple[int, int, np.dtype[Any]],
     (whose size :func:`_require_length` has checked against the element's length)."""
     offset, _length, dtype = layout
     needed = out.size * dtype.itemsize
-    with open(record.path, "rb", buffering=0) as fh:
-        fh.seek(offset)
-        got = fh.readinto(memoryview(out).cast("B"))  # type: ignore[arg-type]
+    stream = _inflated(record)
+    if stream is not None:
+        try:
+            stream.seek(offset)
+            got = stream.readinto(out)
+        finally:
+            stream.release()
+    else:
+        with open(record.path, "rb", buffering=0) as fh:
+            fh.seek(offset)
+            got = fh.readinto(memoryview(out).cast("B"))  # type: ignore[arg-type]
     if got != needed:
         raise UnreadableScanError(
             f"{record.path}: pixel data ends after {got} of {needed} bytes (truncated file?)"
@@ -390,7 +426,8 @@ def load_series(
     if inventory.problems:
         shown = "; ".join(p.message for p in inventory.problems[:5])
         more = f"; and {len(inventory.problems) - 5} more" if len(inventory.problems) > 5 else ""
-        raise UnreadableScanError(
+        too_large = any(p.kind is ProblemKind.TOO_LARGE for p in inventory.problems)
+        raise (ResourceLimitError if too_large else UnreadableScanError)(
             f"{folder}: {len(inventory.problems)} file(s) cannot be read: {shown}{more}"
         )
     if not any(s.kind is SeriesKind.VOLUME for s in inventory.series):

@@ -22,10 +22,26 @@ from medseg.errors import ExportError
 from medseg.io.files import atomic_dir
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
-__all__ = ["IMPLEMENTATION_CLASS_UID", "file_meta", "format_ds", "write_series"]
+__all__ = ["IMPLEMENTATION_CLASS_UID", "file_meta", "format_ds", "is_medseg_dicom", "write_series"]
 
 # A UUID-derived UID (ISO/IEC 9834-8 arc 2.25) that identifies medseg as the implementation.
 IMPLEMENTATION_CLASS_UID = UID("2.25.208501962560291471238227467631826952322")
+
+
+def is_medseg_dicom(path: Path, sop_class_uid: str | None = None) -> bool:
+    """Whether ``path`` is a DICOM file medseg wrote (its file meta names medseg's
+    implementation class UID) and, if ``sop_class_uid`` is given, of that SOP class: the only
+    kind of existing file ``--overwrite`` replaces."""
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        meta = read_file_meta_info(path)
+    except (OSError, InvalidDicomError, ValueError, KeyError, EOFError, TypeError):
+        return False
+    if str(meta.get("ImplementationClassUID", "")) != IMPLEMENTATION_CLASS_UID:
+        return False
+    return sop_class_uid is None or str(meta.get("MediaStorageSOPClassUID", "")) == sop_class_uid
 
 
 def format_ds(value: float) -> str:
@@ -133,7 +149,7 @@ def write_series(
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     normal = geo.slice_normal([float(v) for v in geo.dicom_orientation(g)])
     header: Dataset | None = None
-    with atomic_dir(Path(out_dir), overwrite=overwrite) as tmp:
+    with atomic_dir(Path(out_dir), overwrite=overwrite, marker=False) as tmp:
         for k in range(g.shape[0]):
             ds = Dataset()
             ds.SpecificCharacterSet = "ISO_IR 100"

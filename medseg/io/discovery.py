@@ -18,24 +18,25 @@ modality, descriptions, counts, geometry and file paths relative to the scanned 
 from __future__ import annotations
 
 import enum
+import logging
 import math
+import os
 import re
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from medseg.config import SeriesSelection
-from medseg.errors import GeometryError, InputError, UnreadableScanError
-from medseg.io.headers import HEADER_ERRORS, BoundedReader, header_value, integer
+from medseg.errors import GeometryError, InputError, ResourceLimitError, UnreadableScanError
+from medseg.io.headers import HEADER_ERRORS, header_value, integer, read_dicom
 from medseg.io.slices import (
     MISSING_SLICE_RATIO_TOLERANCE,
     SLICE_SPACING_RELATIVE_TOLERANCE,
@@ -94,7 +95,9 @@ class SeriesKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class SeriesEntry:
-    """One series of the inventory (PHI-free: UIDs, descriptions, counts, geometry).
+    """One series of the inventory: UIDs, descriptions, counts, geometry. Its description is
+    free text (clinics put patient names there): :meth:`describe` leaves it out of messages
+    unless asked.
 
     Attributes:
         n_slices: frames of an image series (a multi-frame file counts its frames);
@@ -127,14 +130,25 @@ class SeriesEntry:
     problems: tuple[Problem, ...]
     files: tuple[Path, ...] = field(default=(), repr=False, compare=False)
 
-    def describe(self) -> str:
-        """A one-line, PHI-free description for messages."""
+    def describe(self, *, log_identifiers: bool = False) -> str:
+        """A one-line description for messages: UID, modality, SeriesNumber and size.
+
+        SeriesDescription is free text that clinics fill with anything, patient names
+        included, so it is shown only with ``log_identifiers`` (``privacy.log_identifiers``).
+
+        Example:
+            ``1.2.3 (CT, series 3, 120 slices)``; with ``log_identifiers``:
+            ``1.2.3 (CT, 'CHEST 1mm', series 3, 120 slices)``.
+        """
         extra = ", localizer" if self.is_localizer else ""
         unit = "objects" if self.kind is SeriesKind.NON_IMAGE else "slices"
-        return (
-            f"{self.series_instance_uid} ({self.modality or '?'}, "
-            f"{self.series_description or 'no description'!r}, {self.n_slices} {unit}{extra})"
-        )
+        parts = [self.modality or "?"]
+        if log_identifiers:
+            parts.append(repr(self.series_description or "no description"))
+        if self.series_number is not None:
+            parts.append(f"series {self.series_number}")
+        parts.append(f"{self.n_slices} {unit}{extra}")
+        return f"{self.series_instance_uid} ({', '.join(parts)})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (enums as their values, no file paths except in problems)."""
@@ -221,8 +235,60 @@ class _Scan:
 
 
 def _iter_files(root: Path) -> Iterable[Path]:
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name.upper() != "DICOMDIR":
+    """Every file under ``root`` but DICOMDIRs, following symbolic links to folders, in the
+    order of ``sorted(root.rglob("*"))``: depth first, each folder's entries sorted by name.
+
+    Paths are as seen under ``root`` (``root/link/file``, not resolved). Each real folder is
+    entered once (by ``(st_dev, st_ino)``), so a loop of links ends and a folder behind two
+    links is walked once, under its first path in this order; likewise a file reached by two
+    paths (a link beside its target, a hard link) is yielded once, at its first path. A
+    symbolic link to nothing (or in a loop of links) is yielded too, and :func:`_read` reports
+    it as a problem. Entries that are neither files nor folders (sockets, FIFOs) are skipped;
+    a folder that cannot be listed is skipped with a logged warning.
+    """
+    seen_folders: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+
+    def listing(folder: Path) -> Iterator[os.DirEntry[str]] | None:
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in seen_folders:
+                return None
+            seen_folders.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as entries:
+                return iter(sorted(entries, key=lambda entry: entry.name))
+        except OSError as exc:
+            logging.getLogger(__name__).warning(
+                "%s: folder cannot be listed, skipped (%s)", folder, exc.strerror or exc
+            )
+            return None
+
+    top = listing(root)
+    stack = [] if top is None else [(root, top)]
+    while stack:
+        folder, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        path = folder / entry.name
+        try:
+            is_dir, is_file = entry.is_dir(), entry.is_file()  # both follow links
+        except OSError:  # a loop of links (ELOOP)
+            is_dir = is_file = False
+        if is_dir:
+            inner = listing(path)
+            if inner is not None:
+                stack.append((path, inner))
+        elif is_file:
+            try:
+                info = entry.stat()
+            except OSError:  # removed since it was listed
+                continue
+            if (info.st_dev, info.st_ino) not in seen_files and entry.name.upper() != "DICOMDIR":
+                seen_files.add((info.st_dev, info.st_ino))
+                yield path
+        elif entry.is_symlink() and not path.exists():
             yield path
 
 
@@ -233,13 +299,30 @@ def _has_dicm_preamble(path: Path) -> bool:
 
 
 def _read(path: Path, name: str) -> Dataset | Problem | None:
-    """The header (pixel data deferred), a problem for a broken DICOM file, None for others."""
+    """The header (pixel data deferred); a problem for a broken DICOM file, a deflated one over
+    the bounds of :func:`~medseg.io.headers.read_dicom`, or a symbolic link to nothing; None
+    for files that are not DICOM."""
+    if not path.exists():  # _iter_files yields links whose target is missing
+        return Problem(
+            ProblemKind.UNREADABLE,
+            f"{name}: symbolic link to nothing (its target is missing, or links form a loop)",
+            (name,),
+        )
     try:
-        # deferred elements are read later from ``path`` (pydicom reopens it by name)
-        with BoundedReader(path) as fh:
-            return pydicom.dcmread(fh, defer_size=_DEFER_BYTES)
+        # deferred elements are read later from ``path`` (pydicom reopens it by name), or,
+        # for a deflated file, from the InflatedReader the header keeps
+        return read_dicom(path, _DEFER_BYTES, where=name)
+    except ResourceLimitError as exc:
+        return Problem(ProblemKind.TOO_LARGE, str(exc), (name,))
+    except InputError as exc:  # a deflated data set that does not inflate
+        return Problem(ProblemKind.UNREADABLE, str(exc), (name,))
     except (InvalidDicomError, zlib.error, *HEADER_ERRORS) as exc:
-        if _has_dicm_preamble(path):
+        try:
+            has_preamble = _has_dicm_preamble(path)
+        except OSError as error:  # e.g. no permission to read it
+            reason = error.strerror or error
+            return Problem(ProblemKind.UNREADABLE, f"{name}: cannot be read ({reason})", (name,))
+        if has_preamble:
             return Problem(ProblemKind.UNREADABLE, f"{name}: DICOM file cannot be parsed ({exc})", (name,))
         if path.suffix.lower() == ".dcm":
             return Problem(
@@ -467,13 +550,16 @@ def _preference(series: SeriesEntry, prefer: str | None) -> float:
     return 0.0
 
 
-def select_series(inventory: Inventory, rules: SeriesSelection | None = None) -> SeriesEntry:
+def select_series(
+    inventory: Inventory, rules: SeriesSelection | None = None, *, log_identifiers: bool = False
+) -> SeriesEntry:
     """The one series of ``inventory`` that ``rules`` select.
 
     Filters (kind, modality, min_slices, localizer, descriptions) leave the candidates;
     ``prefer`` keeps only the best of them (ties within ``SLICE_SPACING_RELATIVE_TOLERANCE``
     are kept); ``require="exactly_one"`` then needs exactly one, ``"first"`` takes the first
-    by preference, SeriesNumber and UID.
+    by preference, SeriesNumber and UID. Errors list series by :meth:`SeriesEntry.describe`,
+    with their SeriesDescription only if ``log_identifiers``.
 
     Raises:
         InputError: no series matches (every series is listed with the reason it was
@@ -487,7 +573,7 @@ def select_series(inventory: Inventory, rules: SeriesSelection | None = None) ->
         if reason is None:
             candidates.append(series)
         else:
-            rejected.append(f"{series.describe()}: {reason}")
+            rejected.append(f"{series.describe(log_identifiers=log_identifiers)}: {reason}")
     if not candidates:
         found = "; ".join(rejected) if rejected else "no DICOM series at all"
         raise InputError(f"{inventory.root}: no series matches the selection rules. Found: {found}")
@@ -501,7 +587,7 @@ def select_series(inventory: Inventory, rules: SeriesSelection | None = None) ->
         or _preference(s, rules.prefer) == best_score
     ]
     if len(best) > 1 and rules.require == "exactly_one":
-        listed = "; ".join(s.describe() for s in best)
+        listed = "; ".join(s.describe(log_identifiers=log_identifiers) for s in best)
         how = f" equally good by prefer={rules.prefer}" if rules.prefer else ""
         raise InputError(
             f"{inventory.root}: {len(best)} series match the selection rules{how}, expected "

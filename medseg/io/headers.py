@@ -5,6 +5,11 @@ that does not fit its VR, an unknown VR, a sequence whose items do not parse) ra
 access, anywhere in the loaders. :func:`header_value` is the one way the loaders read a value
 they convert: any failure becomes an :class:`~medseg.errors.UnreadableScanError` naming the
 file. :class:`BoundedReader` keeps a corrupt element length from reserving memory.
+
+:func:`read_dicom` is the one way medseg opens a DICOM file it scans or loads: through a
+BoundedReader, and for the Deflated Explicit VR Little Endian transfer syntax through an
+:class:`~medseg.io.limits.InflatedReader` (pydicom itself would inflate the whole data set
+into memory first, so 1.4 MB of deflated zeros cost 1.4 GB before any check could run).
 """
 
 from __future__ import annotations
@@ -17,12 +22,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset
+import pydicom
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import BytesLengthException
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from medseg.errors import UnreadableScanError
+from medseg.config import IngestConfig
+from medseg.errors import MedsegError, UnreadableScanError
+from medseg.io.limits import RAW_DEFLATE_WBITS, InflatedReader
 
-__all__ = ["HEADER_ERRORS", "BoundedReader", "finite", "header_value", "integer"]
+__all__ = [
+    "DEFLATED_HEADER_MAX_BYTES",
+    "DEFLATED_MAX_BYTES",
+    "HEADER_ERRORS",
+    "BoundedReader",
+    "finite",
+    "header_value",
+    "integer",
+    "read_dicom",
+]
+
+#: What parsing the header of a deflated DICOM file may read into memory: every element
+#: except the large ones pydicom defers (pixel data), i.e. sequences and undefined-length
+#: values too. 256 MiB holds the largest real headers (enhanced multi-frame functional groups,
+#: RT-STRUCT contour data are a few MB to tens of MB); more is a ResourceLimitError.
+DEFLATED_HEADER_MAX_BYTES = 256 * 2**20
+
+#: The most a deflated DICOM data set may inflate to: the largest image loading admits by
+#: default (``IngestConfig().max_bytes``) plus a header of DEFLATED_HEADER_MAX_BYTES. Bytes
+#: skipped are inflated and dropped a chunk at a time, so this bounds time (about a second
+#: per GB), not memory; more is a ResourceLimitError.
+DEFLATED_MAX_BYTES = IngestConfig().max_bytes + DEFLATED_HEADER_MAX_BYTES
 
 #: What reading a malformed header value raises: pydicom converting the raw bytes on access
 #: (BytesLengthException for a length that does not fit the VR, NotImplementedError for an
@@ -94,3 +125,61 @@ class BoundedReader(io.BufferedReader):
         if size is not None and size > 0:
             size = min(size, max(0, self._size - self.tell()))
         return super().read(size)
+
+
+def read_dicom(
+    path: Path,
+    defer_size: int,
+    *,
+    where: object = None,
+    max_bytes: int = DEFLATED_MAX_BYTES,
+    header_max_bytes: int = DEFLATED_HEADER_MAX_BYTES,
+) -> FileDataset:
+    """The data set of a DICOM file, elements longer than ``defer_size`` read on access.
+
+    A deflated file's data set is inflated as pydicom parses it (the deferred elements are
+    skipped, not kept) and again, from the start, when a deferred element is read; the
+    returned data set keeps its :class:`~medseg.io.limits.InflatedReader` as ``buffer``.
+
+    Args:
+        path: the file.
+        defer_size: elements longer than this are read on first access.
+        where: names the file in errors (default: ``path``).
+        max_bytes: the most the deflated data set may inflate to.
+        header_max_bytes: the most parsing a deflated data set may read into memory.
+
+    Raises:
+        InvalidDicomError, and the HEADER_ERRORS pydicom raises, for a file that is not
+            DICOM or whose header does not parse (as ``pydicom.dcmread``).
+        ResourceLimitError: a deflated data set over ``max_bytes``, or a header over
+            ``header_max_bytes``.
+        UnreadableScanError: a deflated data set that does not inflate (corrupt, truncated).
+    """
+    with BoundedReader(path) as fh:
+        preamble = read_preamble(fh, False)
+        file_meta = _read_file_meta_info(fh)
+        if file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            fh.seek(0)
+            return pydicom.dcmread(fh, defer_size=defer_size)
+        start = fh.tell()
+    stream = InflatedReader(
+        path, wbits=RAW_DEFLATE_WBITS, start=start, limit=max_bytes,
+        what=path if where is None else where,
+        limit_name="the bound on a deflated DICOM data set",
+    )
+    stream.set_budget(header_max_bytes, "the bound on a deflated DICOM header")
+    try:
+        dataset = read_dataset(
+            stream.as_binary_io(), is_implicit_VR=False, is_little_endian=True,
+            defer_size=defer_size,
+        )
+    except HEADER_ERRORS as exc:
+        if isinstance(stream.failure, MedsegError):  # pydicom turned ours into an OSError
+            raise stream.failure from exc
+        raise
+    finally:
+        stream.set_budget(None)
+        stream.release()
+    ds = FileDataset(stream.as_binary_io(), dataset, preamble, file_meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds

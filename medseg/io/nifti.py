@@ -1,6 +1,12 @@
 """NIfTI (nibabel) and NRRD/MetaImage (SimpleITK) volumes.
 
 NIfTI stores RAS; it is converted to our LPS once, here, through ``medseg.geometry``.
+
+A ``.nii.gz`` is read through an :class:`~medseg.io.limits.InflatedReader`: its header and
+extensions may inflate to :data:`NIFTI_HEADER_MAX_BYTES`, and once the header's declared size
+has passed ``require_within_limits``, the stream is inflated only up to the end of the voxel
+data it declares (a stream holding more is never inflated further; one holding less is an
+UnreadableScanError), straight into the one array nibabel allocates for the voxels.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from medseg import geometry as geo
 from medseg.config import IngestConfig
 from medseg.errors import ExportError, GeometryError, InputError, UnreadableScanError
 from medseg.io.files import atomic_path
-from medseg.io.limits import require_within_limits
+from medseg.io.limits import GZIP_WBITS, InflatedReader, require_within_limits
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
 __all__ = ["load", "save"]
@@ -31,6 +37,10 @@ _SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 # nibabel raises these (and its own two) for unreadable headers and short or corrupt data
 _NIBABEL_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError,
                    OSError, EOFError, ValueError, OverflowError, TypeError, zlib.error)
+
+#: The most the header and extensions of a ``.nii.gz`` may inflate to, before its declared
+#: size is known (extensions are metadata: DICOM headers, CIFTI XML; a few MB at most).
+NIFTI_HEADER_MAX_BYTES = 64 * 2**20
 
 #: Bytes per voxel of SimpleITK's scalar pixel types.
 _SITK_BYTES = {
@@ -58,9 +68,34 @@ def _as_kind(array: NDArray[Any], kind: VolumeKind, path: Path) -> NDArray[Any]:
     return array.astype(np.uint16 if array.max() > 255 else np.uint8)
 
 
+def _open_nifti(path: Path) -> tuple[nib.Nifti1Image, InflatedReader | None]:
+    """The image with its voxels not read, and for a ``.nii.gz`` the reader they come from
+    (inflating at most NIFTI_HEADER_MAX_BYTES until the caller raises its ``limit``)."""
+    if _suffix(path) != ".nii.gz":
+        return cast(nib.Nifti1Image, nib.load(str(path))), None
+    stream = InflatedReader(
+        path, wbits=GZIP_WBITS, limit=NIFTI_HEADER_MAX_BYTES,
+        limit_name="the bound on a NIfTI header and its extensions",
+    )
+    head = stream.read(nib.Nifti2Header.sizeof_hdr)
+    # the classes nib.load tries for a .nii file, by the same test of the header bytes
+    for klass in (nib.Nifti1Image, nib.Nifti2Image):
+        if klass.header_class.may_contain_header(head):
+            stream.seek(0)
+            # no mmap: numpy's memmap would seek to the end of the stream to find its size
+            file_map = klass.make_file_map(
+                {klass.files_types[0][0]: stream}  # type: ignore[dict-item]  # a file object
+            )
+            return cast(nib.Nifti1Image, klass.from_file_map(file_map, mmap=False)), stream
+    raise UnreadableScanError(
+        f"{path}: not a NIfTI file (the {len(head)} inflated bytes of its start hold no "
+        "NIfTI-1 or NIfTI-2 header)"
+    )
+
+
 def _load_nifti(path: Path, ingest: IngestConfig) -> tuple[NDArray[Any], geo.Geometry]:
     try:
-        image = cast(nib.Nifti1Image, nib.load(str(path)))
+        image, stream = _open_nifti(path)
         shape = tuple(int(n) for n in image.shape)
         # dataobj applies scl_slope/scl_inter in floating point (float64 at most); nibabel
         # moves them from the header to the array proxy on load
@@ -75,9 +110,13 @@ def _load_nifti(path: Path, ingest: IngestConfig) -> tuple[NDArray[Any], geo.Geo
         raise InputError(f"{path}: expected a 3D image, got shape {shape}")
     scaled = slope != 1.0 or inter != 0.0
     require_within_limits(path, shape, 8 if scaled else stored, ingest)
-    if _suffix(path) == ".nii":  # a short file is refused before its voxels are allocated
-        offset = int(getattr(image.dataobj, "offset", 0))
-        needed, size = offset + math.prod(shape) * stored, path.stat().st_size
+    offset = int(getattr(image.dataobj, "offset", 0))
+    needed = offset + math.prod(shape) * stored
+    if stream is not None:  # inflate no further than the voxel data the header declares
+        stream.limit = needed
+        stream.limit_name = f"what its header declares (voxel data from byte {offset})"
+    elif _suffix(path) == ".nii":  # a short file is refused before its voxels are allocated
+        size = path.stat().st_size
         if size < needed:
             raise UnreadableScanError(
                 f"{path}: the header declares {needed} bytes (voxel data from byte {offset}), "
@@ -89,8 +128,15 @@ def _load_nifti(path: Path, ingest: IngestConfig) -> tuple[NDArray[Any], geo.Geo
         raise UnreadableScanError(f"{path}: NIfTI voxel data cannot be read ({exc})") from exc
     data = data.reshape(shape)
     # nibabel silently "fixes" a zero pixdim to 1 on load; read the raw header to refuse it.
-    with nib.openers.ImageOpener(str(path)) as fh:
-        raw_header: Any = type(image.header).from_fileobj(fh, check=False)  # type: ignore[arg-type,call-arg]
+    header_class: Any = type(image.header)
+    if stream is not None:
+        stream.seek(0)
+        raw = stream.read(header_class.sizeof_hdr)
+        stream.release()
+    else:
+        with open(path, "rb") as fh:
+            raw = fh.read(header_class.sizeof_hdr)
+    raw_header = header_class(raw, check=False)
     zooms = raw_header["pixdim"][1:4]
     if any(not np.isfinite(z) or z <= 0 for z in zooms):
         raise GeometryError(f"{path}: voxel spacing (pixdim) must be > 0, got {tuple(map(float, zooms))}")

@@ -13,12 +13,15 @@ from typing import Literal
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydicom.uid import RTStructureSetStorage
 
 from medseg import contours
 from medseg import geometry as geo
 from medseg.errors import ConfigError, ExportError, GeometryError
 from medseg.io import nifti
 from medseg.io.dicom import load_series
+from medseg.io.dicom_write import is_medseg_dicom
+from medseg.io.files import check_output
 from medseg.io.rtstruct import MissingUids, RoiSpec, duplicated_roi_fields, write
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
@@ -105,6 +108,7 @@ def export_rtstruct(
     empty: Literal["keep", "omit"] = "keep",
     missing_uids: MissingUids = "error",
     tolerance_mm: float = contours.DEFAULT_TOLERANCE_MM,
+    overwrite: bool = False,
 ) -> Path:
     """Export a label map made by any tool (NIfTI/NRRD) as an RT-STRUCT on its CT series.
 
@@ -120,6 +124,8 @@ def export_rtstruct(
             present as ``label_<n>`` (type ORGAN, distinct colours).
         out_path: the RT-STRUCT file to write (atomically).
         model_id, empty, missing_uids, tolerance_mm: as in :func:`write`.
+        overwrite: replace an existing ``out_path`` if it is an RT-STRUCT medseg wrote (never
+            another file). ``out_path`` may not lie inside the CT folder or be an input.
 
     Returns:
         ``out_path``.
@@ -128,9 +134,14 @@ def export_rtstruct(
         GeometryError: the label map is not on the CT grid (the message names both files).
         ConfigError: an invalid ROI file.
         ExportError: nothing to export, or any reason :func:`write` refuses.
+        OutputError: ``out_path`` lies inside an input, exists (without ``overwrite``, or was
+            not written by medseg), is a folder, or cannot be written; checked before any work.
         InputError, UnreadableScanError: unreadable CT folder or label map.
     """
     ct_dir, labels_path, out_path = Path(ct_dir), Path(labels_path), Path(out_path)
+    check_output(out_path, inputs=(ct_dir, labels_path, rois_path), overwrite=overwrite,
+                 is_folder=False,
+                 is_medseg_file=lambda p: is_medseg_dicom(p, RTStructureSetStorage))
     reference = load_series(ct_dir)
     loaded = nifti.load(labels_path, VolumeKind.LABELS)
     try:

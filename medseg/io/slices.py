@@ -33,6 +33,7 @@ from medseg.errors import (
     MissingSliceError,
     MixedOrientationError,
     MixedPixelSpacingError,
+    ResourceLimitError,
     UnevenSpacingError,
     UnreadableScanError,
 )
@@ -74,6 +75,7 @@ class ProblemKind(enum.Enum):
     UNEVEN_SPACING = "uneven_spacing"
     GANTRY_TILT = "gantry_tilt"
     INVALID_GEOMETRY = "invalid_geometry"
+    TOO_LARGE = "too_large"  # over a resource bound: a deflated data set that inflates too far
 
 
 _ERRORS: dict[ProblemKind, type[InputError]] = {
@@ -87,6 +89,7 @@ _ERRORS: dict[ProblemKind, type[InputError]] = {
     ProblemKind.UNEVEN_SPACING: UnevenSpacingError,
     ProblemKind.GANTRY_TILT: GantryTiltError,
     ProblemKind.INVALID_GEOMETRY: GeometryError,
+    ProblemKind.TOO_LARGE: ResourceLimitError,
 }
 
 

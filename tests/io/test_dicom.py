@@ -216,7 +216,8 @@ def test_two_image_series_are_refused_and_listed(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="2 series match the selection rules") as info:
         load_series(tmp_path)
     for written in (a, b):
-        assert f"{written.source.series_instance_uid} (CT, 'medseg', 2 slices)" in str(info.value)
+        number = 1 if written is a else 2
+        assert f"{written.source.series_instance_uid} (CT, series {number}, 2 slices)" in str(info.value)
 
 
 # --- mutations of a real series: each gives exactly one named outcome --------------------------
@@ -363,8 +364,9 @@ def test_several_series_need_a_selection_and_the_error_lists_them(tmp_path: Path
     folder, lung_uid, head_uid = _two_series_and_a_localizer(tmp_path)
     with pytest.raises(InputError, match="2 series match") as info:
         load_series(folder)
-    assert f"{lung_uid} (CT, 'CHEST 3 mm', 6 slices)" in str(info.value)
-    assert f"{head_uid} (CT, 'HEAD 3 mm', 4 slices)" in str(info.value)
+    assert f"{lung_uid} (CT, 6 slices)" in str(info.value)
+    assert f"{head_uid} (CT, 4 slices)" in str(info.value)
+    assert "CHEST" not in str(info.value)
     assert "localizer" not in str(info.value)
 
 

@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from medseg.config import SeriesSelection, load_config, parse_config
 from medseg.errors import ConfigError, InputError, UnreadableScanError
 from medseg.geometry import Geometry
-from medseg.io.dicom import write_series
+from medseg.io.dicom import load_series, write_series
 from medseg.io.discovery import (
     Inventory,
     Orientation,
@@ -23,6 +23,7 @@ from medseg.io.discovery import (
     SeriesEntry,
     SeriesKind,
     StudyEntry,
+    _iter_files,
     scan_folder,
     select_series,
 )
@@ -188,19 +189,20 @@ def test_a_localizer_and_an_rtstruct_never_compete_with_the_one_series() -> None
 def test_tied_preference_with_exactly_one_lists_the_tied_series() -> None:
     with pytest.raises(InputError, match="2 series match the selection rules equally good by prefer=thinnest") as info:
         select_series(_inventory(*ALL), SeriesSelection(modalities=("CT",), prefer="thinnest"))
-    assert "1.2 (CT, 'CHEST 1mm', 250 slices)" in str(info.value)
-    assert "1.3 (CT, 'CHEST 1mm recon', 80 slices)" in str(info.value)
+    assert "1.2 (CT, series 3, 250 slices)" in str(info.value)
+    assert "1.3 (CT, series 4, 80 slices)" in str(info.value)
     assert "1.1 " not in str(info.value)
+    assert "CHEST" not in str(info.value)  # SeriesDescription is identifying (log_identifiers)
 
 
 def test_no_match_lists_every_series_with_its_reason() -> None:
     with pytest.raises(InputError, match="/scans/case: no series matches") as info:
         select_series(_inventory(*ALL), SeriesSelection(modalities=("CT",), min_slices=300))
     message = str(info.value)
-    assert "1.2 (CT, 'CHEST 1mm', 250 slices): 250 slices < min_slices 300" in message
-    assert "1.4 (CT, 'Topogram', 1 slices, localizer): 1 slices < min_slices 300" in message
-    assert "1.5 (MR, 'T1 axial', 150 slices): modality MR not in ['CT']" in message
-    assert "1.6 (RTSTRUCT, 'contours', 1 objects): not a CT/MR image volume (RT Structure Set Storage)" in message
+    assert "1.2 (CT, series 3, 250 slices): 250 slices < min_slices 300" in message
+    assert "1.4 (CT, series 1, 1 slices, localizer): 1 slices < min_slices 300" in message
+    assert "1.5 (MR, series 5, 150 slices): modality MR not in ['CT']" in message
+    assert "1.6 (RTSTRUCT, series 1, 1 objects): not a CT/MR image volume (RT Structure Set Storage)" in message
 
 
 def test_empty_inventory_says_so() -> None:
@@ -248,3 +250,80 @@ def test_inspect_command_prints_the_inventory_as_table_and_json(tmp_path: Path) 
     as_json = runner.invoke(app, ["inspect", str(tmp_path), "--json"])
     assert as_json.exit_code == 0
     assert json.loads(as_json.output) == json.loads(json.dumps(inventory.to_dict()))
+
+
+# --- folder walk: symbolic links --------------------------------------------------------------
+
+
+def _small_series(folder: Path, n: int = 3) -> Volume:
+    g = Geometry((n, 4, 4), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    return write_series(Volume(np.zeros(g.shape, np.int16), g), folder)
+
+
+def test_series_behind_a_folder_link_is_found_under_the_link(tmp_path: Path) -> None:
+    """``medseg inspect PATH`` and ``medseg batch`` walk through scan_folder: a series whose
+    folder is a symbolic link was skipped ("0 cases")."""
+    written = _small_series(tmp_path / "store" / "ct")
+    root = tmp_path / "root"
+    (root / "patient").mkdir(parents=True)
+    (root / "patient" / "ct").symlink_to(tmp_path / "store" / "ct", target_is_directory=True)
+    inventory = scan_folder(root)
+    assert inventory.problems == ()
+    (series,) = inventory.series
+    assert series.series_instance_uid == written.source.series_instance_uid
+    assert series.n_slices == 3 and series.problems == ()
+    # paths as seen under the root, not resolved
+    assert all(p.parent == root / "patient" / "ct" for p in series.files)
+    volume = load_series(root)
+    assert volume.geometry.shape == (3, 4, 4)
+
+
+def test_a_loop_of_folder_links_ends_and_lists_each_file_once(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _small_series(root / "a" / "ct")
+    (root / "a" / "ct" / "up").symlink_to(root, target_is_directory=True)  # a loop to the root
+    (root / "a" / "self").symlink_to(root / "a", target_is_directory=True)
+    (root / "b").symlink_to(root / "a", target_is_directory=True)  # the same folder twice
+    inventory = scan_folder(root)
+    assert inventory.problems == ()
+    (series,) = inventory.series
+    assert series.n_files == 3
+    assert inventory.n_files == 3
+    assert all(p.relative_to(root).parts[:2] == ("a", "ct") for p in series.files)
+
+
+def test_a_file_reached_by_two_paths_is_listed_once_at_the_first(tmp_path: Path) -> None:
+    written = _small_series(tmp_path / "ct", n=2)
+    first = min((tmp_path / "ct").iterdir())
+    (tmp_path / "ct" / "zz_link.dcm").symlink_to(first)
+    (tmp_path / "ct" / "00_link.dcm").symlink_to(first)  # sorts before its target
+    inventory = scan_folder(tmp_path)
+    (series,) = inventory.series
+    assert series.series_instance_uid == written.source.series_instance_uid
+    assert inventory.n_files == 2 and series.n_files == 2
+    assert tmp_path / "ct" / "00_link.dcm" in series.files
+
+
+def test_a_broken_link_is_a_problem(tmp_path: Path) -> None:
+    _small_series(tmp_path / "ct")
+    (tmp_path / "ct" / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    (tmp_path / "ct" / "knot").symlink_to(tmp_path / "ct" / "knot")  # a link to itself
+    inventory = scan_folder(tmp_path)
+    assert [(p.kind, p.files) for p in inventory.problems] == [
+        (ProblemKind.UNREADABLE, ("ct/gone.dcm",)), (ProblemKind.UNREADABLE, ("ct/knot",)),
+    ]
+    assert "symbolic link to nothing" in inventory.problems[0].message
+    assert inventory.series[0].n_slices == 3
+    with pytest.raises(UnreadableScanError, match="ct/gone.dcm: symbolic link to nothing"):
+        load_series(tmp_path)
+
+
+def test_walk_order_is_rglob_order_without_links(tmp_path: Path) -> None:
+    names = ["a/z", "a.dcm", "a-b/c", "A/x", "b/a/b/c", "b/a.x", "DICOMDIR", "c/dicomdir", "c/d"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)  # different contents: different files
+    expected = [
+        p for p in sorted(tmp_path.rglob("*")) if p.is_file() and p.name.upper() != "DICOMDIR"
+    ]
+    assert list(_iter_files(tmp_path)) == expected

@@ -116,11 +116,16 @@ def _dcm_bytes(ds: Dataset) -> bytes:
 
 @functools.cache
 def seed_bytes(name: str) -> bytes:
-    """A pydicom test file's bytes; ``enhanced`` is emri_small.dcm with frame geometry."""
+    """A pydicom test file's bytes; ``enhanced`` is emri_small.dcm with frame geometry,
+    ``deflated`` CT_small.dcm in Deflated Explicit VR Little Endian."""
     if name.startswith("series"):
         return SERIES[int(name[-1])]
     if name in ("rtstruct", "seg"):
         return rt_seeds()[1 if name == "rtstruct" else 2]
+    if name == "deflated":
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+        return _dcm_bytes(ds)
     if name != "enhanced":
         return Path(get_testdata_file(name)).read_bytes()
     ds = pydicom.dcmread(get_testdata_file("emri_small.dcm"))
@@ -354,7 +359,7 @@ def _load_folder(files: dict[str, bytes]) -> None:
 
 def test_seeds_load() -> None:
     """The seeds themselves are valid: the fuzzing starts from files that load."""
-    for name in (*SINGLE_FRAME_SEEDS, "enhanced"):
+    for name in (*SINGLE_FRAME_SEEDS, "enhanced", "deflated"):
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "x.dcm").write_bytes(seed_bytes(name))
             volume = load_series(Path(tmp))
@@ -370,6 +375,16 @@ def test_seeds_load() -> None:
 @given(data=st.data(), name=st.sampled_from(SINGLE_FRAME_SEEDS))
 def test_mutated_single_frame_dicom(data: st.DataObject, name: str) -> None:
     mutated = data.draw(dicom_mutations(name), label="file")
+    _load_folder({"x.dcm": mutated})
+
+
+@pytest.mark.timeout(300)
+@FUZZ
+@given(data=st.data())
+def test_mutated_deflated_dicom(data: st.DataObject) -> None:
+    """The data set is inflated by medseg's bounded reader: flipped or cut deflate data, and
+    mutated elements inside the compressed stream, are named errors too."""
+    mutated = data.draw(dicom_mutations("deflated"), label="file")
     _load_folder({"x.dcm": mutated})
 
 
