@@ -31,6 +31,7 @@ from medseg.pacs import OrthancClient, PacsQuery, PacsSummary, listen, run_pacs
 from medseg.privacy import load_salt
 from tests.conftest import OrthancServer, _free_port
 from tests.test_batch import train_tiny_model
+from tests.test_pacs import _wait_stable
 
 CANARY = "Canary-Pw-7f3e9"
 _REFUSED_NOT_AUTHORISED = 0x0124
@@ -149,14 +150,6 @@ def _slice_position(path: Path) -> float:
     return float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2])
 
 
-def _wait_stable(server: OrthancServer, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        studies = requests.get(f"{server.url}/studies?expand", timeout=10).json()
-        if studies and all(s["IsStable"] for s in studies):
-            return
-        time.sleep(0.2)
-    pytest.fail("Orthanc never reported the uploaded studies as stable")
 
 
 def _everything_recorded(out: Path) -> str:

@@ -239,6 +239,14 @@ def _output_error(target: Path, exc: OSError, previous_kept: bool) -> OutputErro
     return OutputError(f"{target}: cannot write: {_reason(exc)}; {kept}")
 
 
+def _appeared(target: Path) -> OutputError:
+    """A second writer made ``target`` while this one wrote: theirs is kept."""
+    return OutputError(
+        f"{target}: appeared while this run was writing it (another process?); "
+        "refusing to overwrite it: this run's output was discarded"
+    )
+
+
 def _refuse_existing(
     target: Path,
     overwrite: bool,
@@ -333,10 +341,7 @@ def atomic_dir(target: Path, *, overwrite: bool = False, marker: bool = True) ->
             _write_marker(tmp)
         yield tmp
         if target.exists() and not existed:
-            raise OutputError(
-                f"{target}: appeared while this run was writing it (another process?); "
-                "refusing to overwrite it: this run's output was discarded"
-            )
+            raise _appeared(target)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, old)
@@ -347,10 +352,7 @@ def atomic_dir(target: Path, *, overwrite: bool = False, marker: bool = True) ->
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
-                raise OutputError(
-                    f"{target}: appeared while this run was writing it (another process?); "
-                    "refusing to overwrite it: this run's output was discarded"
-                ) from exc
+                raise _appeared(target) from exc
     except (OSError, OutputError) as exc:  # a nested writer's error is named as this output's
         cause = _output_os_error(exc)
         if cause is not None:
