@@ -61,6 +61,7 @@ def workspace(tmp_path: Path) -> Workspace:
     paths = phantom.write_case(case, patient, patient_id="PHANTOM-017")
     config = _tiny_config(tmp_path)
     loaded = load_config(config)
+    torch.manual_seed(17)  # fixed weights: the same labels, so the same output size, every run
     model = save_checkpoint(tmp_path / "model.pt", build_network(loaded.model), loaded)
     return Workspace(tmp_path, patient, paths.ct_dir, paths.labels_path, model, config)
 
@@ -311,10 +312,10 @@ def test_output_on_a_read_only_file_system(workspace: Workspace) -> None:
 
 
 def test_disk_full_leaves_nothing_and_keeps_the_previous_output(workspace: Workspace) -> None:
-    """A 300 kB file system: the DICOM SEG/labels/report cannot all fit. The first run leaves
+    """A 64 kB file system: the seeded model's outputs (about 170 kB) cannot fit. The first run leaves
     nothing; a run with --overwrite over a (small, earlier) output keeps it unchanged."""
     before = _checksums([workspace.patient])
-    with _tmpfs(workspace.root / "small", "size=300k") as small:
+    with _tmpfs(workspace.root / "small", "size=64k") as small:
         out = small / "out"
         result = _medseg("predict", "--model", str(workspace.model), str(workspace.ct), str(out),
                          cwd=workspace.root)
