@@ -147,7 +147,7 @@ def _load(args: argparse.Namespace):
         config = config.model_copy(update={"model": network_config})
         torch.manual_seed(0)
         network = build_network(config.model).eval()
-        model = LoadedModel(network, config, dict(config.model.labels), medseg.__version__)
+        model = LoadedModel(network, config, config.model.label_names, medseg.__version__)
         note = "weights: RANDOM but fixed (seed 0), UNet channels 16-256, 2 classes"
     if args.model_spacing:
         pre = model.config.preprocess.model_copy(update={"spacing_mm": tuple(args.model_spacing)})

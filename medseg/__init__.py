@@ -16,6 +16,7 @@ from medseg.errors import (
     UnreadableScanError,
 )
 from medseg.geometry import Geometry
+from medseg.structures import InterpretedType, Structure
 from medseg.volume import SourceInfo, Volume, VolumeKind, require_same_geometry
 
 __all__ = [
@@ -24,9 +25,11 @@ __all__ = [
     "Geometry",
     "GeometryError",
     "InputError",
+    "InterpretedType",
     "MedsegError",
     "ModelError",
     "SourceInfo",
+    "Structure",
     "UnreadableScanError",
     "Volume",
     "VolumeKind",

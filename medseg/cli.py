@@ -195,8 +195,8 @@ def demo(
     typer.echo(f"tumour volume: predicted {result.predicted_volume_ml:.2f} mL, "
                f"truth {result.true_volume_ml:.2f} mL, Dice {result.dice:.3f}")
     typer.echo(f"MLflow run id: {result.run_id}  (model: {result.model_uri})")
-    typer.echo(f"outputs: {result.case.out_dir} (rtstruct.dcm, seg.dcm, labels.nii.gz, "
-               "volumes.json, lesions.csv, report/report.html)")
+    written = ", ".join(sorted(p.name for p in result.case.out_dir.iterdir() if p.is_file()))
+    typer.echo(f"outputs: {result.case.out_dir} ({written}, report/report.html)")
     typer.echo(f"summary: {result.summary_path}")
     typer.echo(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri}")
 
@@ -278,13 +278,20 @@ def evaluate(
             "(spacing, origin, direction) the predictions adopt voxel for voxel; shapes must match.",
         ),
     ] = None,
+    rois: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False,
+                     help="rois.yaml naming the labels (as for export-rtstruct); default: label_<n>."),
+    ] = None,
 ) -> None:
     """Dice, IoU, HD, HD95, ASSD, surface Dice and volume errors, per case and summarised."""
     from medseg.evaluation import evaluate_folder
+    from medseg.io.rois import load_roi_specs
 
     with _reported():
+        structures = load_roi_specs(rois) if rois is not None else None
         summary = evaluate_folder(
-            pred, ref, out, labels=None, tolerance_mm=tolerance_mm, spacing_from=spacing_from
+            pred, ref, out, labels=structures, tolerance_mm=tolerance_mm, spacing_from=spacing_from
         )
     typer.echo(f"{len(summary.cases)} cases evaluated, {len(summary.failures)} failed")
     for failure in summary.failures:
@@ -365,17 +372,28 @@ def export_rtstruct(
     missing_uids: Annotated[
         MissingUidsChoice, typer.Option(help="Empty Study/Series UIDs in the CT: error, or generate new ones.")
     ] = MissingUidsChoice.ERROR,
-    empty: Annotated[EmptyRoiChoice, typer.Option(help="ROIs with no voxels: keep or omit.")] = EmptyRoiChoice.KEEP,
+    empty: Annotated[EmptyRoiChoice, typer.Option(help="ROIs with no voxels: omit (readable by every reader) or keep (listed without contours).")] = EmptyRoiChoice.OMIT,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing --out if it is an RT-STRUCT medseg wrote.")
+    ] = False,
+    tg263: Annotated[
+        bool, typer.Option("--tg263", help="Propose TG-263 standard names (ROIDescription) for structures without one.")
     ] = False,
 ) -> None:
     """Export a label map from any tool (TotalSegmentator, nnU-Net, ...) as an RT-STRUCT on its CT."""
     from medseg.io.rois import export_rtstruct as export
+    from medseg.io.rois import load_roi_specs
+    from medseg.structures import with_standard_names
 
     with _reported():
         path = export(ct, labels, rois, out, missing_uids=missing_uids.value, empty=empty.value,
-                      overwrite=overwrite)
+                      overwrite=overwrite, tg263=tg263)
+        if tg263 and rois is not None:
+            _, proposed, unmapped = with_standard_names(load_roi_specs(rois))
+            for name, standard in proposed.items():
+                typer.echo(f"TG-263: {name} -> {standard}")
+            if unmapped:
+                typer.echo(f"TG-263: no standard name for {', '.join(unmapped)}")
     typer.echo(f"RT-STRUCT written: {path}")
 
 

@@ -10,14 +10,15 @@ in voxels.
 Example:
     >>> from pathlib import Path
     >>> config = load_config(Path(__file__).parents[1] / "configs" / "tiny.yaml")
-    >>> config.model.labels
-    {1: 'tumour'}
+    >>> config.model.label_names, config.model.labels[0].type.value
+    ({1: 'tumour'}, 'GTV')
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,6 +37,7 @@ from pydantic import (
 )
 
 from medseg.errors import ConfigError
+from medseg.structures import InterpretedType, Structure, structure_set
 
 __all__ = [
     "BatchConfig",
@@ -178,8 +180,12 @@ class ModelConfig(_Section):
         strides: downsampling stride between levels; ``len(channels) - 1`` values.
         num_res_units: residual units per block (0 = plain convolutions); for ``dynunet``,
             any value > 0 selects residual blocks.
-        labels: label value -> structure name, values ``1..N`` without gaps; 0 is background
-            and is implicit. Output channel ``c`` predicts label value ``c``.
+        labels: the structures (:class:`medseg.structures.Structure`), label values ``1..N``
+            without gaps; 0 is background and is implicit. Output channel ``c`` predicts label
+            value ``c``. Written as a map ``{1: GTV, 2: Parotid L}`` (types decided from the
+            names, colours from the palette) or as a list of full structures
+            ``[{label: 1, name: GTV, type: GTV, color: [255, 0, 0], standard_name: GTVp}]``;
+            always stored in the list form.
         deep_supervision: ``dynunet`` only: during training the loss is also taken on the
             outputs of the ``deep_supervision_levels`` coarsest-but-one decoder levels
             (upsampled), weighted ``1, 1/2, 1/4, ...``; inference uses the full-resolution
@@ -191,30 +197,39 @@ class ModelConfig(_Section):
     channels: tuple[PositiveInt, ...]
     strides: tuple[PositiveInt, ...]
     num_res_units: Annotated[StrictInt, Field(ge=0)] = 2
-    labels: dict[StrictInt, str]
+    labels: tuple[Structure, ...]
     deep_supervision: StrictBool = False
     deep_supervision_levels: PositiveInt = 1
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _structures(cls, labels: Any) -> tuple[Structure, ...]:
+        if isinstance(labels, (str, bytes)) or not isinstance(labels, (Mapping, list, tuple)):
+            raise ValueError(  # noqa: TRY004 - pydantic reports only ValueError
+                "labels must be a map {1: GTV, ...} or a list of structures "
+                f"[{{label: 1, name: GTV, type: GTV}}, ...], got {labels!r}"
+            )
+        if not labels:
+            raise ValueError("at least one foreground label is needed, got none")
+        return structure_set(labels, where="model.labels")
+
     @field_validator("labels")
     @classmethod
-    def _labels_are_contiguous(cls, labels: dict[int, str]) -> dict[int, str]:
-        if not labels:
-            raise ValueError("at least one foreground label is needed, got {}")
+    def _labels_are_contiguous(cls, labels: tuple[Structure, ...]) -> tuple[Structure, ...]:
         if len(labels) > _MAX_LABELS:
             raise ValueError(
                 f"at most {_MAX_LABELS} labels fit a uint8 label map, got {len(labels)}"
             )
+        values = sorted(s.label for s in labels)
         expected = list(range(1, len(labels) + 1))
-        if sorted(labels) != expected:
-            raise ValueError(
-                f"label values must be {expected} (0 is background), got {sorted(labels)}"
-            )
-        names = [name.strip() for name in labels.values()]
-        if any(not name for name in names) or len(set(names)) != len(names):
-            raise ValueError(
-                f"label names must be non-empty and unique, got {list(labels.values())}"
-            )
-        return labels
+        if values != expected:
+            raise ValueError(f"label values must be {expected} (0 is background), got {values}")
+        return tuple(sorted(labels, key=lambda s: s.label))
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """Label value -> structure name, in label order."""
+        return {s.label: s.name for s in self.labels}
 
     @model_validator(mode="after")
     def _levels_match(self) -> ModelConfig:
@@ -570,13 +585,17 @@ class PostprocessConfig(_Section):
     Attributes:
         connectivity: neighbourhood that joins voxels into components: 6 (faces), 18 (and
             edges) or 26 (and corners).
-        default: the rule for every label value not listed in ``labels``.
+        default: the rule for every label value not covered by ``labels`` or ``types``.
         labels: label value -> rule, for labels that need their own.
+        types: RT ROI Interpreted Type -> rule for every structure of that type not listed
+            in ``labels``, e.g. ``{ORGAN: {keep_largest_component: true}}`` (an organ is one
+            piece) while targets, which may be several lesions, keep ``default``.
     """
 
     connectivity: Literal[6, 18, 26] = 26
     default: LabelPostprocessConfig = LabelPostprocessConfig()
     labels: dict[StrictInt, LabelPostprocessConfig] = Field(default_factory=dict)
+    types: dict[InterpretedType, LabelPostprocessConfig] = Field(default_factory=dict)
 
     @field_validator("labels")
     @classmethod
@@ -588,9 +607,15 @@ class PostprocessConfig(_Section):
             raise ValueError(f"label values must be >= 1 (0 is background), got {bad}")
         return labels
 
-    def rule_for(self, label: int) -> LabelPostprocessConfig:
-        """The rule that applies to ``label``."""
-        return self.labels.get(label, self.default)
+    def rule_for(
+        self, label: int, interpreted_type: InterpretedType | None = None
+    ) -> LabelPostprocessConfig:
+        """The rule that applies to ``label``, a structure of ``interpreted_type``."""
+        if label in self.labels:
+            return self.labels[label]
+        if interpreted_type is not None and interpreted_type in self.types:
+            return self.types[interpreted_type]
+        return self.default
 
 
 class ExportConfig(_Section):
@@ -603,14 +628,16 @@ class ExportConfig(_Section):
             instead: smooth outlines whose rasterised volume agrees with the mask within a few
             percent, not exactly.
         tolerance_mm: largest distance a simplified contour may deviate from the traced one.
-        empty_rois: a label the model did not find is written as a ROI without contours
-            (``"keep"``, so the structure set always lists every structure) or left out
-            (``"omit"``); both warn.
+        empty_rois: a label the model did not find is left out of the RT-STRUCT
+            (``"omit"``, the default: its StructureSetDescription and ``volumes.json`` say
+            which) or written as a ROI without contours (``"keep"``: valid DICOM, but rt-utils
+            cannot read such a structure set); both warn. When no structure is found at all,
+            no RT-STRUCT (and no SEG) is written under ``"omit"``: DICOM needs one ROI.
     """
 
     contours: Literal["voxel_edges", "subvoxel"] = "voxel_edges"
     tolerance_mm: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 0.1
-    empty_rois: Literal["keep", "omit"] = "keep"
+    empty_rois: Literal["keep", "omit"] = "omit"
 
 
 class ExperimentConfig(_Section):

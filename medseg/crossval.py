@@ -92,10 +92,10 @@ def load_cases(config: ExperimentConfig) -> dict[str, data.LabelledCase]:
     """
     source = config.data
     if source.dicom_root is not None and source.labels is not None:
-        if set(source.labels) != set(config.model.labels):
+        if set(source.labels) != set(config.model.label_names):
             raise ConfigError(
                 f"data.labels values {sorted(source.labels)} must be model.labels values "
-                f"{sorted(config.model.labels)}"
+                f"{sorted(config.model.label_names)}"
             )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -23,6 +23,7 @@ from medseg.errors import ConfigError, GeometryError, InputError, MedsegError
 from medseg.io import nifti
 from medseg.io.files import atomic_path, claim_output_dir
 from medseg.metrics import METRIC_NAMES, SegmentationMetrics, compute_metrics
+from medseg.structures import Structure
 from medseg.volume import Volume, VolumeKind
 
 __all__ = ["CaseFailure", "EvaluationSummary", "evaluate_folder"]
@@ -167,7 +168,7 @@ def evaluate_folder(
     ref_dir: Path,
     out_dir: Path,
     *,
-    labels: Mapping[int, str] | None,
+    labels: Mapping[int, str] | Sequence[Structure] | None,
     tolerance_mm: float,
     spacing_from: Path | None = None,
 ) -> EvaluationSummary:
@@ -184,8 +185,9 @@ def evaluate_folder(
         out_dir: created if missing; receives ``metrics_per_case.csv`` (one row per case and
             label), ``metrics_summary.csv`` (one row per label and metric) and
             ``metrics_summary.json``, each written atomically.
-        labels: label value -> name; ``None`` evaluates every non-zero value found in any
-            case, named ``label_<value>``.
+        labels: the structures (a model's ``model.labels`` or a ``rois.yaml``'s), or label
+            value -> name; ``None`` evaluates every non-zero value found in any case, named
+            ``label_<value>``.
         tolerance_mm: surface Dice tolerance in mm.
         spacing_from: where the *predictions'* voxel grid comes from, for predictions saved
             without their true geometry (e.g. NIfTI with a unit-spacing affine): an image
@@ -208,6 +210,8 @@ def evaluate_folder(
     """
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise ConfigError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm}")
+    if labels is not None and not isinstance(labels, Mapping):
+        labels = {s.label: s.name for s in labels}
     if labels is not None and len(set(labels.values())) != len(labels):
         raise ConfigError(f"label names must be unique, got {dict(labels)}")
     out = claim_output_dir(Path(out_dir), inputs=(pred_dir, ref_dir, spacing_from))

@@ -27,6 +27,7 @@ import medseg
 from medseg.config import ExperimentConfig, ModelConfig
 from medseg.errors import ModelError
 from medseg.io.files import atomic_path
+from medseg.structures import Structure
 
 #: ONNX opset of :func:`export_onnx` (supported by ONNX Runtime >= 1.12 and OpenVINO).
 ONNX_OPSET = 17
@@ -74,6 +75,11 @@ class LoadedModel:
     medseg_version: str
     extra: Mapping[str, ExtraValue] = field(default_factory=dict)
     source_path: Path | None = None
+
+    @property
+    def structures(self) -> tuple[Structure, ...]:
+        """The structures the network segments (from its config), in label order."""
+        return self.config.model.labels
 
 
 #: Most parameters a network may have (2 GiB of float32 weights; nnU-Net's largest residual
@@ -175,7 +181,7 @@ def save_checkpoint(
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "medseg_version": medseg.__version__,
         "config": config.model_dump(),
-        "label_names": dict(config.model.labels),
+        "label_names": config.model.label_names,
         "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
         "extra": extra,
     }
@@ -230,7 +236,7 @@ def load_checkpoint(path: Path, *, device: str = "cpu") -> LoadedModel:
     return LoadedModel(
         network=network,
         config=config,
-        label_names=dict(config.model.labels),
+        label_names=config.model.label_names,
         medseg_version=str(payload.get("medseg_version", "unknown")),
         extra=dict(payload.get("extra", {})),
         source_path=path,

@@ -34,10 +34,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Distinct, colour-blind-safe-ish RGB colours for ROIs, cycled by label value.
-_ROI_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
-
-
 @dataclass(frozen=True, slots=True)
 class CaseResult:
     """What :func:`predict_case` wrote.
@@ -128,42 +124,41 @@ def predict_case(
         )
     else:
         raw = predict(model, image)
-    labels = postprocess.apply_postprocess(raw, config.postprocess)
+    labels = postprocess.apply_postprocess(raw, config.postprocess, model.structures)
     report = postprocess.volumes_report(labels, model.label_names)
-    rois = [
-        rtstruct.RoiSpec(
-            name=name,
-            label=value,
-            color=_ROI_COLOURS[(value - 1) % len(_ROI_COLOURS)],
-            interpreted_type="GTV" if "tumour" in name.lower() or "gtv" in name.lower() else "ORGAN",
-        )
-        for value, name in sorted(model.label_names.items())
-    ]
+    structures = model.structures
     present = {int(v) for v in np.unique(np.asarray(labels.array))}
+    found = [s for s in structures if s.label in present]
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         rtstruct_path = None
-        if image.source.sop_instance_uids:
+        # a structure set and a SEG need at least one structure; when the model found none
+        # (and empty structures are omitted, the default) neither is written and the report
+        # and volumes.json say that nothing was found
+        if image.source.sop_instance_uids and (found or config.export.empty_rois == "keep"):
             rtstruct_path = rtstruct.write(
                 labels,
                 image,
-                rois,
+                structures,
                 tmp / "rtstruct.dcm",
                 model_id=_model_id(model),
                 empty=config.export.empty_rois,
                 tolerance_mm=config.export.tolerance_mm,
                 probabilities=probabilities,
             )
-            # DICOM SEG holds one segment per structure found; a SEG needs at least one
-            segments = [roi for roi in rois if roi.label in present]
-            if segments:
-                seg.write_seg(labels, image, segments, tmp / "seg.dcm")
+            if found:
+                seg.write_seg(labels, image, found, tmp / "seg.dcm")
+        elif image.source.sop_instance_uids:
+            log.warning(
+                "no structure found (%s); no RT-STRUCT or SEG written",
+                ", ".join(s.name for s in structures),
+            )
         nifti.save(labels, tmp / "labels.nii.gz")
         postprocess.write_volumes_json(report, tmp / "volumes.json")
         postprocess.write_lesions_csv(report, tmp / "lesions.csv")
         write_report(
             image,
             labels,
-            model.label_names,
+            structures,
             tmp / "report",
             rtstruct_path=rtstruct_path,
             model_id=_model_id(model),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +26,7 @@ from medseg import geometry as geo
 from medseg.config import LabelPostprocessConfig, PostprocessConfig
 from medseg.errors import ConfigError, InputError
 from medseg.io.files import atomic_path
+from medseg.structures import Structure
 from medseg.volume import Volume, VolumeKind
 
 __all__ = [
@@ -329,7 +330,9 @@ def _require_unique_names(names: Mapping[int, str]) -> None:
 # clean-up
 
 
-def apply_postprocess(labels: Volume, config: PostprocessConfig) -> Volume:
+def apply_postprocess(
+    labels: Volume, config: PostprocessConfig, structures: Sequence[Structure] = ()
+) -> Volume:
     """Clean up every label of a label map with its rule from ``config``.
 
     For each label value present (0 is background and is never processed), the rule
@@ -343,6 +346,9 @@ def apply_postprocess(labels: Volume, config: PostprocessConfig) -> Volume:
     Args:
         labels: a ``LABELS`` volume, array order ``(slice, row, column)``.
         config: the per-label rules.
+        structures: the structures of the label map; their interpreted types select
+            ``config.types`` rules (a label without a structure gets ``labels`` or
+            ``default``).
 
     Returns:
         A new labels volume on the same grid and source, same dtype.
@@ -353,8 +359,9 @@ def apply_postprocess(labels: Volume, config: PostprocessConfig) -> Volume:
     array = _require_labels(labels, "apply_postprocess")
     out = np.array(array, copy=True)
     voxel_ml = geo.voxel_volume_ml(labels.geometry)
+    types = {s.label: s.interpreted_type for s in structures}
     for value in (int(v) for v in np.unique(array) if v != 0):
-        rule = config.rule_for(value)
+        rule = config.rule_for(value, types.get(value))
         if rule.is_noop:
             continue
         mask = out == value

@@ -35,6 +35,7 @@ from medseg.io.files import atomic_dir, atomic_path
 from medseg.metrics import SegmentationMetrics, compute_label_metrics
 from medseg.postprocess import Lesion, find_lesions, volumes_report
 from medseg.report_views import VIEWS, Outline, axis_map, display_window, draw_view
+from medseg.structures import InterpretedType, Structure, structure_set
 from medseg.volume import Volume, require_same_geometry
 
 __all__ = [
@@ -58,7 +59,6 @@ REPORT_TOLERANCE_MM = 2.0
 SUMMARY_PAGE = "summary.html"
 
 #: Outline colours when the RT-STRUCT gives none (or there is no RT-STRUCT), by label order.
-_COLOURS = ("#ff3030", "#30c030", "#3080ff", "#ff9f00", "#d040d0", "#00d0d0")
 _REFERENCE_COLOUR = "#ffff60"
 
 _STYLE = """body { font-family: sans-serif; margin: 1.5em; background: #fafafa; color: #111; }
@@ -97,7 +97,7 @@ views. Solid contours: {solid_note}{reference_note}. {oblique_note}</p>
 def write_report(
     image: Volume,
     labels: Volume,
-    names: Mapping[int, str],
+    names: Sequence[Structure] | Mapping[int, str],
     out_dir: Path,
     *,
     reference: Volume | None = None,
@@ -111,7 +111,8 @@ def write_report(
         image: the scan, array order ``(slice, row, column)``; HU for CT.
         labels: the predicted ``LABELS`` volume on the image's grid; lesions, volumes and
             views come from it.
-        names: label value -> structure name; only these labels are shown.
+        names: the structures to show (:class:`medseg.structures.Structure`, drawn in their
+            display colours), or label value -> structure name (palette colours).
         out_dir: the report folder; replaced as a whole if it exists (a half-written report is
             never left behind).
         reference: optional reference ``LABELS`` volume on the same grid: its contours are
@@ -120,9 +121,9 @@ def write_report(
         rtstruct_path: the RT-STRUCT exported from ``labels`` onto ``image`` (which must
             then be the DICOM series it references). The contours drawn are the file's, ROIs
             matched to ``names`` by ROIName, in the file's display colours; the volume table
-            gets the file's rasterised volumes, and the page shows the image's
-            SeriesDescription and warns about a ROI missing from the file. Without it the
-            label map's outlines are drawn.
+            gets the file's rasterised volumes, and the page warns about a structure found
+            but missing from the file. Without it the label map's outlines are drawn. The
+            page shows the image's SeriesDescription (if read from DICOM) either way.
         model_id: the model that made ``labels`` (e.g. name, version, run id). Without it the
             page shows the RT-STRUCT's ROIGenerationDescription.
         show_identifiers: show the image's SeriesDescription (``privacy.log_identifiers``);
@@ -143,6 +144,9 @@ def write_report(
     require_same_geometry(image, labels)
     if reference is not None:
         require_same_geometry(labels, reference)
+    structures = _as_structures(names)
+    colours = {s.label: s.hex_color for s in structures}
+    names = {s.label: s.name for s in structures}
     report = volumes_report(labels, names)
     metrics: dict[str, SegmentationMetrics] = (
         compute_label_metrics(labels, reference, names, tolerance_mm=REPORT_TOLERANCE_MM)
@@ -154,24 +158,32 @@ def write_report(
     warnings_html: list[str] = []
     series_description = "not recorded"
     generation: list[str] = []
+    found = {name for name, entry in report["labels"].items() if entry["voxel_count"]}
+    header = image.source.dicom_header
+    if header is not None:  # which scan this is, also when no RT-STRUCT was written
+        if not show_identifiers:
+            series_description = "withheld (privacy.log_identifiers is off)"
+        else:
+            series_description = str(header.get("SeriesDescription", "") or series_description)
     if rtstruct_path is not None:
         structure_set = rtstruct_read.read_contours(Path(rtstruct_path), image)
         exported = structure_set.by_name()
         exported_masks = structure_set.masks(image)
-        if not show_identifiers:
-            series_description = "withheld (privacy.log_identifiers is off)"
-        else:
-            series_description = structure_set.image_series_description or series_description
         generation = sorted({r.generation_description or "" for r in structure_set.rois} - {""})
-        missing = [name for name in names.values() if name not in exported]
+        missing = [name for name in names.values() if name not in exported and name in found]
         if missing:
             warnings_html.append(f"Not in the RT-STRUCT: {', '.join(missing)}.")
+    not_found = [name for name in names.values() if name not in found]
+    if not_found:  # left out of the RT-STRUCT and SEG (export.empty_rois: omit)
+        warnings_html.append(f"Not found in this scan: {', '.join(not_found)}.")
     window = display_window(image)
     out_dir = Path(out_dir)
     views_html: list[str] = []
     with atomic_dir(out_dir, overwrite=True) as tmp:
-        for n, (value, name) in enumerate(names.items()):
-            outlines = _outlines(labels, value, name, exported, exported_masks, n, rtstruct_path)
+        for value, name in names.items():
+            outlines = _outlines(
+                labels, value, name, exported, exported_masks, colours[value], rtstruct_path
+            )
             if reference is not None:
                 outlines.append(
                     Outline(np.asarray(reference.array == value), _REFERENCE_COLOUR, "dashed")
@@ -235,26 +247,36 @@ def write_report(
     return out_dir / "report.html"
 
 
+def _as_structures(names: Sequence[Structure] | Mapping[int, str]) -> tuple[Structure, ...]:
+    """Structures as given, or made from a ``{label: name}`` map with palette colours.
+
+    The report shows no interpreted type, so names given as a map are not sent through the
+    type rule (whose warnings belong where structures are declared).
+    """
+    if isinstance(names, Mapping):
+        return structure_set(
+            [Structure(label=v, name=n, type=InterpretedType.ORGAN) for v, n in names.items()]
+        )
+    return tuple(names)
+
+
 def _outlines(
     labels: Volume,
     value: int,
     name: str,
     exported: Mapping[str, rtstruct_read.RoiContours],
     exported_masks: Mapping[str, Volume],
-    n: int,
+    colour: str,
     rtstruct_path: Path | None,
 ) -> list[Outline]:
     """The solid outline of one structure: the RT-STRUCT's when given, else the label map's."""
     if rtstruct_path is None:
-        return [Outline(np.asarray(labels.array == value), _COLOURS[n % len(_COLOURS)])]
+        return [Outline(np.asarray(labels.array == value), colour)]
     roi = exported.get(name)
     if roi is None:
         return []  # the page warns that it is missing
-    colour = (
-        "#{:02x}{:02x}{:02x}".format(*roi.colour_rgb)
-        if roi.colour_rgb is not None
-        else _COLOURS[n % len(_COLOURS)]
-    )
+    if roi.colour_rgb is not None:  # the file's own colour, as a planning system shows it
+        colour = "#{:02x}{:02x}{:02x}".format(*roi.colour_rgb)
     mask = np.asarray(exported_masks[name].array, dtype=bool)
     return [Outline(mask, colour, "solid", polygons=roi.polygons)]
 

@@ -94,7 +94,8 @@ def resolve_tracking_uri(configured: str | None = None, workdir: Path | None = N
 
 
 def flatten_params(config: ExperimentConfig) -> dict[str, str]:
-    """The config as flat MLflow params, e.g. ``{"train.epochs": "40", "model.labels.1": ...}``.
+    """The config as flat MLflow params, e.g. ``{"train.epochs": "40", "model.labels.1": "GTV",
+    "model.labels.1.type": "GTV", ...}``.
 
     Credentials in ``tracking.tracking_uri`` are masked.
     """
@@ -104,6 +105,13 @@ def flatten_params(config: ExperimentConfig) -> dict[str, str]:
         if isinstance(value, Mapping):
             for key, item in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, (tuple, list)) and value and all(
+            isinstance(v, Mapping) and "label" in v for v in value
+        ):  # structures: model.labels.<value> = name, .type, .color, ... (unset ones left out)
+            for item in value:
+                flat[f"{prefix}.{item['label']}"] = str(item["name"])
+                walk(f"{prefix}.{item['label']}", {k: v for k, v in item.items()
+                                                   if k not in ("label", "name") and v is not None})
         elif isinstance(value, (tuple, list)):
             flat[prefix] = ",".join(str(v) for v in value)
         else:
@@ -237,7 +245,8 @@ class Tracker:
         multiple of ``model.downsampling_factor``. The signature says so, the input example
         is a small zero-filled batch of that kind, and the pip requirements pin medseg,
         torch, MONAI and numpy. The checkpoint (weights only, with its config) travels with
-        the model as an extra file. With ``tracking.registered_model_name`` set, a new
+        the model as an extra file, and the MLmodel metadata lists the structures
+        (``metadata["structures"]``). With ``tracking.registered_model_name`` set, a new
         version of that registered model is created.
 
         Returns:
@@ -270,6 +279,9 @@ class Tracker:
                 pip_requirements=_requirements(),
                 extra_files=[str(checkpoint_path)],
                 registered_model_name=self._config.tracking.registered_model_name,
+                # the structures (name, interpreted type, colour, codes) in the MLmodel
+                # file, so a registry user sees what each output channel is
+                metadata={"structures": [s.model_dump(mode="json") for s in loaded.structures]},
                 # pt2 (torch.export) would fix every dimension to the input example's
                 serialization_format="pickle",
             )

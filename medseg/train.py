@@ -277,7 +277,7 @@ def _run(
     loaded = LoadedModel(
         network=network,
         config=config,
-        label_names=dict(config.model.labels),
+        label_names=config.model.label_names,
         medseg_version=medseg.__version__,
     )
     best_path, last_path = out_dir / BEST_CHECKPOINT, out_dir / LAST_CHECKPOINT

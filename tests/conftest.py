@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -38,6 +40,17 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+def require_module(name: str) -> ModuleType:
+    """Import a test dependency; skip (or fail under CI=true) when it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        message = f"test dependency {name!r} not importable ({exc}); bash scripts/install.sh --test"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ SOP Instance UIDs in array order, header). plastimatch is the independent raster
 from __future__ import annotations
 
 import subprocess
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -19,7 +20,7 @@ from medseg import geometry as geo
 from medseg.geometry import Geometry
 from medseg.io.dicom import load_series, write_series
 from medseg.volume import Volume, VolumeKind
-from tests.conftest import require_tool
+from tests.conftest import require_module, require_tool
 
 #: plastimatch writes NIfTI affines in float32; 0.01 mm covers that rounding on a 50 cm grid.
 NIFTI_POSITION_TOLERANCE_MM = 0.01
@@ -137,3 +138,30 @@ def require_geometry_match(theirs: Geometry, ours: Geometry) -> None:
     assert geo.geometries_equal(theirs, ours, position_tolerance_mm=NIFTI_POSITION_TOLERANCE_MM), (
         f"plastimatch grid {theirs} differs from reference grid {ours}"
     )
+
+
+def rt_utils_masks(rtstruct: Path, ct_dir: Path, reference: Volume) -> dict[str, NDArray[np.bool_]]:
+    """Rasterise every ROI of ``rtstruct`` with rt-utils (the reader most Python users call).
+
+    ``RTStructBuilder.create_from(...).get_roi_mask_by_name`` returns a ``(Columns, Rows,
+    slices)`` array in its own slice order (ascending position along the slice normal); its
+    fill writes pixel ``[row, column]`` into that array, so only square slices come back
+    whole (a quirk of rt-utils 1.2.7; callers pass square grids). Slices are mapped back to
+    the reference's array order by SOP Instance UID. Returns name -> ``(slice, row, column)``.
+    """
+    rt_utils = require_module("rt_utils")
+    rows, columns = reference.geometry.shape[1:]
+    assert rows == columns, f"rt-utils 1.2.7 reads square slices only, got {rows} x {columns}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom deprecation notes from rt-utils
+        structure_set = rt_utils.RTStructBuilder.create_from(str(ct_dir), str(rtstruct))
+        order = [str(ds.SOPInstanceUID) for ds in structure_set.series_data]
+        index = {uid: k for k, uid in enumerate(reference.source.sop_instance_uids)}
+        masks = {}
+        for name in structure_set.get_roi_names():
+            theirs = np.asarray(structure_set.get_roi_mask_by_name(name), dtype=bool)
+            ours = np.zeros(reference.geometry.shape, dtype=bool)
+            for j, uid in enumerate(order):
+                ours[index[uid]] = theirs[:, :, j]
+            masks[name] = ours
+    return masks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ def _write(tmp_path: Path, data: dict) -> Path:
 def test_shipped_configs_load(path: Path) -> None:
     config = load_config(path)
     assert isinstance(config, ExperimentConfig)
-    assert config.model.labels == {1: "tumour"}
+    assert config.model.label_names == {1: "tumour"}
+    assert config.model.labels[0].interpreted_type.value == "GTV"  # a tumour is a target
 
 
 def test_configs_folder_has_demo_and_tiny() -> None:
@@ -161,4 +163,42 @@ def test_yaml_and_dump_round_trip() -> None:
     assert parse_config(config.to_yaml()) == config
     assert ExperimentConfig.model_validate(config.model_dump()) == config
     dumped = config.model_dump()
-    assert dumped["model"]["labels"] == {1: "tumour"}
+    (structure,) = dumped["model"]["labels"]  # always stored in the list form, plain values
+    assert (structure["label"], structure["name"], structure["type"]) == (1, "tumour", "GTV")
+    assert isinstance(structure["type"], str) and len(structure["color"]) == 3
+
+
+def test_model_labels_take_both_forms_and_decide_types() -> None:
+    from medseg.config import ModelConfig
+
+    def labels(value: object) -> list[tuple[str, str]]:
+        model = ModelConfig(channels=(4, 8), strides=(2,), labels=value)
+        return [(s.name, s.interpreted_type.value) for s in model.labels]
+
+    assert labels({1: "CTV", 2: "Tumor", 3: "PTV_70", 4: "Lesion"}) == [
+        ("CTV", "CTV"), ("Tumor", "GTV"), ("PTV_70", "PTV"), ("Lesion", "GTV")
+    ]
+    assert labels([{"label": 2, "name": "Cord", "type": "OAR"}, {"label": 1, "name": "GTV"}]) == [
+        ("GTV", "GTV"), ("Cord", "OAR")
+    ]
+    with pytest.warns(UserWarning, match=r"model\.labels: .*'label_2' \(label 2\).*ORGAN"):
+        assert labels({1: "GTV", 2: "label_2"})[1] == ("label_2", "ORGAN")
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        pytest.param({1: "A", 2: "A"}, "duplicate name", id="duplicate-name"),
+        pytest.param([{"label": 1, "name": "A", "type": "TUMOUR"}], "Interpreted Type", id="type"),
+        pytest.param([{"label": 1, "name": "A", "colour": [1, 2, 3]}], r"0\.colour: unknown key", id="key"),
+        pytest.param([{"label": 1, "name": "A", "color": [1, 2, 300]}], r"0\.color", id="colour"),
+        pytest.param({1: "A", 3: "B"}, r"label values must be \[1, 2\]", id="gap"),
+        pytest.param([{"label": 1, "name": "A", "standard_name": "Parotid_Lt"}], "TG-263", id="tg263"),
+        pytest.param("GTV", "a map", id="string"),
+    ],
+)  # fmt: skip
+def test_model_labels_refuse_invalid_structures(labels: object, match: str) -> None:
+    tiny = next(path for path in CONFIGS if path.name == "tiny.yaml")
+    config_text = tiny.read_text().replace("labels: {1: tumour}", "labels: " + json.dumps(labels))
+    with pytest.raises(ConfigError, match=match):
+        parse_config(config_text)

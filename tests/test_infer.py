@@ -29,7 +29,7 @@ def _untrained_model() -> LoadedModel:
     config = load_config(TINY)
     torch.manual_seed(0)
     network = build_network(config.model).eval()
-    return LoadedModel(network, config, dict(config.model.labels), medseg.__version__)
+    return LoadedModel(network, config, config.model.label_names, medseg.__version__)
 
 
 def _oblique_direction() -> tuple[float, ...]:
@@ -219,7 +219,7 @@ def test_body_crop_gives_every_window_monai_s_input(spacing: tuple[float, ...] |
 
 def test_body_box_never_drops_a_lesion_at_the_image_border() -> None:
     config = load_config(TINY)
-    model = LoadedModel(_Threshold(), config, dict(config.model.labels), medseg.__version__)
+    model = LoadedModel(_Threshold(), config, config.model.label_names, medseg.__version__)
     grid = Geometry((40, 90, 90), (2.5, 0.9, 0.9), (0.0, 0.0, 0.0))
     hu = np.full(grid.shape, -1000.0, dtype=np.float32)
     hu[12:30, 30:60, 30:60] = 40.0  # body: soft tissue, below the network's threshold
@@ -361,7 +361,7 @@ class Affine(torch.nn.Module):  # 2 classes, logits (0, 40 x - 20): a network wi
         yield torch.zeros(1)
 # the test is about the aggregation, not the network
 network = Affine().eval()
-model = LoadedModel(network, config, dict(config.model.labels), "t")
+model = LoadedModel(network, config, config.model.label_names, "t")
 grid = Geometry((400, 512, 512), (1.0, 0.8, 0.8), (0.0, 0.0, 0.0))
 hu = np.full(grid.shape, -1000, dtype=np.int16)
 k, j, i = np.ogrid[:400, :512, :512]

@@ -51,7 +51,27 @@ def test_checkpoint_is_plain_data_loadable_with_weights_only(tmp_path: Path) -> 
     path = save_checkpoint(tmp_path / "model.pt", build_network(config.model), config)
     payload = torch.load(path, weights_only=True)
     assert payload["format"] == CHECKPOINT_FORMAT
-    assert payload["config"]["model"]["labels"] == {1: "tumour"}
+    (structure,) = payload["config"]["model"]["labels"]
+    assert (structure["name"], structure["type"]) == ("tumour", "GTV")
+
+
+def test_checkpoint_of_medseg_before_structures_loads_unchanged(tmp_path: Path) -> None:
+    """Checkpoints written before structures (``labels: {1: tumour}``) keep loading, with the
+    interpreted type decided from the name, and give the same network outputs."""
+    config = load_config(TINY)
+    network = build_network(config.model)
+    path = save_checkpoint(tmp_path / "model.pt", network, config)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["model"]["labels"] = {1: "tumour"}  # exactly as 0.1.0 wrote it
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    loaded = load_checkpoint(old)
+    assert loaded.label_names == {1: "tumour"}
+    assert [(s.name, s.interpreted_type.value) for s in loaded.structures] == [("tumour", "GTV")]
+    assert loaded.structures == load_checkpoint(path).structures
+    x = torch.rand(1, 1, *config.train.patch_size)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.network(x), network.eval()(x))
 
 
 class _Exploit:

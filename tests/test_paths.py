@@ -142,6 +142,7 @@ def test_batch_with_hostile_descriptions_writes_inside_its_output(tmp_path: Path
     raw = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     raw["infer"].update({"roi_size": [48, 96, 96], "overlap": 0.0})
     raw["postprocess"] = {"default": {"min_component_volume_ml": 1.0e6}}  # untrained: no contours
+    raw["export"] = {"empty_rois": "keep"}  # so an RT-STRUCT (with the empty ROI) is written
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
     config = load_config(tmp_path / "run.yaml")
     model = save_checkpoint(tmp_path / "model.pt", build_network(config.model), config)

@@ -204,6 +204,23 @@ def test_inspect_lists_series_and_problems(tmp_path: Path) -> None:
     assert "PHANTOM" not in as_json.output  # no patient name or ID in the inventory
 
 
+def test_evaluate_command_names_labels_from_a_rois_file(tmp_path: Path) -> None:
+    from medseg import phantom
+
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    case = phantom.make_case(8, shape=(20, 64, 64), n_tumours=1)
+    nifti.save(case.labels, pred / "a.nii.gz")
+    nifti.save(case.labels, ref / "a.nii.gz")
+    rois = tmp_path / "rois.yaml"
+    rois.write_text("rois:\n  - {label: 1, name: GTV primary, type: GTV}\n")
+    result = CliRunner().invoke(
+        app, ["evaluate", str(pred), str(ref), "--out", str(tmp_path / "eval"), "--rois", str(rois)]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "eval" / "metrics_summary.json").read_text())
+    assert summary["labels"] == {"1": "GTV primary"}
+
+
 def test_evaluate_command_scores_cases_and_flags_failures(tmp_path: Path) -> None:
     from medseg import phantom
 
@@ -337,3 +354,111 @@ def test_train_command_on_dicom_rtstruct_patients_then_resume(
     assert len(state["training_state"]["history"]) == 2
     bad = CliRunner().invoke(app, ["train", "two.yaml", "--fold", "0", "--resume", "run/last.pt"])
     assert bad.exit_code == 2
+
+
+class _StripesNet:
+    """A stand-in network with ``n`` foreground classes: class ``c`` wins in the ``c``-th of
+    ``n`` column stripes of every window, so every structure is found in every scan."""
+
+    def __new__(cls, n: int):  # type: ignore[no-untyped-def]
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.scale = torch.nn.Parameter(torch.ones(()))
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                width = x.shape[-1]
+                stripe = torch.arange(width, device=x.device) * n // width  # 0..n-1
+                logits = torch.zeros((x.shape[0], n + 1, *x.shape[2:]), device=x.device)
+                for c in range(n):
+                    logits[:, c + 1, ..., stripe == c] = 4.0
+                return logits * self.scale
+
+        return Net()
+
+
+def _structures_model(labels: object, *, empty_rois: str = "omit"):  # type: ignore[no-untyped-def]
+    from medseg.config import ExperimentConfig, builtin_config_path, load_config
+    from medseg.model import LoadedModel
+
+    dumped = load_config(builtin_config_path("tiny.yaml")).model_dump()
+    dumped["model"]["labels"] = labels
+    dumped["export"]["empty_rois"] = empty_rois
+    config = ExperimentConfig.model_validate(dumped)
+    network = _StripesNet(len(config.model.labels))
+    return LoadedModel(network, config, config.model.label_names, "test")
+
+
+def test_every_interpreted_type_round_trips_through_predict_rtstruct_and_seg(tmp_path: Path) -> None:
+    import pydicom
+
+    from medseg import phantom
+    from medseg.io.dicom import load_series
+    from medseg.io.rtstruct_read import read_contours
+    from medseg.pipeline import predict_case
+    from medseg.structures import InterpretedType
+
+    types = list(InterpretedType)
+    model = _structures_model(
+        [{"label": i, "name": f"S {t.value}", "type": t.value} for i, t in enumerate(types, 1)]
+    )
+    paths = phantom.write_case(phantom.make_case(seed=3), tmp_path / "case", patient_id="PP-3")
+    result = predict_case(model, paths.ct_dir, tmp_path / "out")
+    assert result.rtstruct_path is not None
+    found = read_contours(result.rtstruct_path, load_series(paths.ct_dir)).by_name()
+    assert {name: roi.interpreted_type for name, roi in found.items()} == {
+        f"S {t.value}": t.value for t in types
+    }
+    colours = [roi.colour_rgb for roi in found.values()]
+    assert len(set(colours)) == len(types)  # one palette, a distinct colour each
+    seg = pydicom.dcmread(result.out_dir / "seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [f"S {t.value}" for t in types]
+
+
+def test_target_models_export_target_types_and_codes(tmp_path: Path) -> None:
+    """A model trained with CTV, Tumor, PTV or Lesion labels (the short form of old configs
+    and checkpoints) exports them as targets, never as ORGAN; SEG codes follow."""
+    import pydicom
+
+    from medseg import phantom
+    from medseg.io.dicom import load_series
+    from medseg.io.rtstruct_read import read_contours
+    from medseg.pipeline import predict_case
+
+    model = _structures_model({1: "CTV", 2: "Tumor", 3: "PTV_High", 4: "Lesion", 5: "Parotid L"})
+    paths = phantom.write_case(phantom.make_case(seed=3), tmp_path / "case", patient_id="PP-4")
+    result = predict_case(model, paths.ct_dir, tmp_path / "out")
+    assert result.rtstruct_path is not None
+    found = read_contours(result.rtstruct_path, load_series(paths.ct_dir)).by_name()
+    assert {n: r.interpreted_type for n, r in found.items()} == {
+        "CTV": "CTV", "Tumor": "GTV", "PTV_High": "PTV", "Lesion": "GTV", "Parotid L": "ORGAN"
+    }
+    seg = pydicom.dcmread(result.out_dir / "seg.dcm")
+    kinds = {s.SegmentLabel: s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning
+             for s in seg.SegmentSequence}  # fmt: skip
+    assert kinds["CTV"].startswith("Clinical target volume")
+    assert kinds["Tumor"] == kinds["Lesion"] == "Neoplasm"
+    assert kinds["PTV_High"].startswith("Planning target volume")
+    assert kinds["Parotid L"] == "Parotid gland"
+
+
+def test_nothing_found_writes_no_rtstruct_and_says_so(tmp_path: Path) -> None:
+    """With empty structures omitted (the default, readable by every reader), a scan where the
+    model finds nothing gets no RT-STRUCT or SEG (DICOM needs one ROI); volumes say 0 mL."""
+    import torch
+
+    from medseg import phantom
+    from medseg.pipeline import predict_case
+
+    model = _structures_model({1: "GTV"})
+    with torch.no_grad():
+        model.network.scale.fill_(-1.0)  # background everywhere
+    paths = phantom.write_case(phantom.make_case(seed=3), tmp_path / "case", patient_id="PP-5")
+    result = predict_case(model, paths.ct_dir, tmp_path / "out")
+    assert result.rtstruct_path is None
+    assert not (result.out_dir / "rtstruct.dcm").exists() and not (result.out_dir / "seg.dcm").exists()
+    assert result.volumes_ml == {"GTV": 0.0}
+    page = (result.out_dir / "report" / "report.html").read_text()
+    assert "Not found in this scan: GTV." in page

@@ -574,3 +574,26 @@ def test_postprocess_config_refuses_bad_values_in_yaml() -> None:
         parse_config(text + "\npostprocess:\n  connectivity: 8\n")
     with pytest.raises(ConfigError, match="0 is background"):
         parse_config(text + "\npostprocess:\n  labels: {0: {fill_holes: 3d}}\n")
+
+
+def test_rules_by_interpreted_type_keep_one_organ_and_every_lesion() -> None:
+    """``postprocess.types``: a rule for every structure of a type (organs are one piece,
+    targets may be several lesions); a label's own rule still wins."""
+    from medseg.postprocess import apply_postprocess
+    from medseg.structures import structure_set
+
+    array = np.zeros((6, 20, 20), dtype=np.uint8)
+    for value, column in ((1, 2), (2, 8), (3, 14)):
+        array[1:3, 2:5, column : column + 2] = value  # a large component
+        array[4, 15:17, column] = value  # and a small one
+    structures = structure_set({1: "Parotid L", 2: "GTV", 3: "Spinal Cord"})
+    rules = PostprocessConfig(
+        types={"ORGAN": LabelPostprocessConfig(keep_largest_component=True)},
+        labels={3: LabelPostprocessConfig()},
+    )
+    out = np.asarray(apply_postprocess(_labels(array), rules, structures).array)
+    assert (out == 1).sum() == 12  # organ: the small piece removed
+    assert (out == 2).sum() == (array == 2).sum()  # target: both lesions kept
+    assert (out == 3).sum() == (array == 3).sum()  # its own rule (none) wins over ORGAN's
+    # without structures the type rules cannot apply
+    assert np.array_equal(np.asarray(apply_postprocess(_labels(array), rules).array), array)

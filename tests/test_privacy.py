@@ -112,6 +112,7 @@ def _config(tmp_path: Path, root: Path) -> Path:
     # a network trained for one epoch marks half the body; exporting that as contours takes
     # minutes, so its components are removed (the RT-STRUCT is written with an empty ROI)
     raw["postprocess"] = {"default": {"min_component_volume_ml": 1.0e6}}
+    raw["export"] = {"empty_rois": "keep"}  # so an RT-STRUCT (with the empty ROI) is written
     raw["infer"].update({"roi_size": [48, 96, 96], "overlap": 0.0})  # few windows: fast
     raw["tracking"] = {
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -227,23 +227,29 @@ def test_contours_come_from_the_rtstruct_not_the_mask(
 
 def test_missing_roi_is_flagged_and_another_series_refused(tmp_path: Path) -> None:
     image, _, sphere = _sphere_case(tmp_path, geo.AXIAL_DIRECTION, np.zeros(3), 10.0)
-    labels = image.with_array(sphere.astype(np.uint8), VolumeKind.LABELS)
+    array = sphere.astype(np.uint8)
+    array[0, 0, :3] = 2  # a node the RT-STRUCT lacks
+    labels = image.with_array(array, VolumeKind.LABELS)
     path = rtstruct.write(labels, image, [RoiSpec("GTV", 1)], tmp_path / "rs.dcm")
 
     page = write_report(
-        image, labels, {1: "GTV", 2: "node"}, tmp_path / "qa",
+        image, labels, {1: "GTV", 2: "node", 3: "metastasis"}, tmp_path / "qa",
         rtstruct_path=path, model_id="model <b>7</b>",
     )  # fmt: skip
 
     text = page.read_text()
     assert '<p class="warning">Not in the RT-STRUCT: node.</p>' in text
+    # a structure the model did not find is left out of the RT-STRUCT (readable by all)
+    assert '<p class="warning">Not found in this scan: metastasis.</p>' in text
     assert "model &lt;b&gt;7&lt;/b&gt;" in text  # escaped, and the argument wins
     voxel_ml = geo.voxel_volume_ml(image.geometry)
     # the volume table's RT-STRUCT column: the file reproduces the mask exactly (voxel-edge
     # contours; shown against plastimatch in tests/io/test_rtstruct.py)
     volume = f"{sphere.sum() * voxel_ml:.2f}"
     assert f"<td>GTV</td><td>1</td><td>{volume}</td><td>1</td><td>{volume}</td>" in text
-    assert "<td>node</td><td>2</td><td>0.00</td><td>0</td><td>missing</td>" in text
+    node = f"{3 * voxel_ml:.2f}"
+    assert f"<td>node</td><td>2</td><td>{node}</td><td>1</td><td>missing</td>" in text
+    assert "<td>metastasis</td><td>3</td><td>0.00</td><td>0</td><td>missing</td>" in text
 
     other_series = Volume(
         image.array,

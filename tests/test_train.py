@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.config import ExperimentConfig, load_config
+from medseg.config import ExperimentConfig, ModelConfig, load_config
 from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
 from medseg.model import build_network, load_checkpoint
@@ -505,7 +505,10 @@ def test_class_balanced_sampling_centres_small_labels_as_often_as_large_ones(
 
     config = load_config(TINY)
     config = config.model_copy(update={
-        "model": config.model.model_copy(update={"labels": {1: "large", 2: "tiny"}}),
+        "model": ModelConfig.model_validate({
+            **config.model.model_dump(),
+            "labels": [{"label": 1, "name": "large", "type": "GTV"},
+                       {"label": 2, "name": "tiny", "type": "GTV"}]}),
         "train": config.train.model_copy(update={
             "foreground_fraction": 1.0, "foreground_sampling": sampling, "samples_per_case": 400,
             "patch_size": (1, 1, 1)}),

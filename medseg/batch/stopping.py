@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -39,11 +40,14 @@ class StopSignals:
         self.signal_number: int | None = None
         self._armed = False
         self._previous: dict[int, Any] = {}
+        self._previous_unraisable = sys.unraisablehook
 
     def install(self) -> None:
         """Catch SIGINT and SIGTERM (main thread only), keeping the handlers they had."""
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous_unraisable = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
 
     def reclaim(self) -> None:
         """Install the handlers again where a library replaced them (Ray's init may)."""
@@ -55,6 +59,17 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         self._previous.clear()
+        if sys.unraisablehook == self._unraisable:
+            sys.unraisablehook = self._previous_unraisable
+
+    def _unraisable(self, unraisable: Any) -> None:
+        # a signal that lands while Python runs a finaliser or weakref callback (garbage
+        # collection) raises Stop where it cannot propagate: Python would print it as
+        # "Exception ignored ... Traceback". The signal is remembered, so the driver's next
+        # check() raises it; nothing needs printing.
+        if isinstance(unraisable.exc_value, Stop):
+            return
+        self._previous_unraisable(unraisable)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signal_number is None:

@@ -12,7 +12,6 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydicom.uid import RTStructureSetStorage
 
 from medseg import contours
@@ -22,80 +21,73 @@ from medseg.io import nifti
 from medseg.io.dicom import load_series
 from medseg.io.dicom_write import is_medseg_dicom
 from medseg.io.files import check_output
-from medseg.io.rtstruct import MissingUids, RoiSpec, duplicated_roi_fields, write
+from medseg.io.rtstruct import MissingUids, write
+from medseg.structures import InterpretedType, Structure, structure_set, with_standard_names
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
 __all__ = ["export_rtstruct", "load_roi_specs"]
 
 
-#: Distinct display colours for ROIs named by default (``label_<n>``), cycled.
-_DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
-)  # fmt: skip
-
-class _RoiEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    label: int = Field(ge=1)
-    name: str
-    color: tuple[int, int, int] = (255, 0, 0)
-    type: str = "ORGAN"
-    standard_name: str | None = None
-
-
-class _RoisFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    rois: list[_RoiEntry] = Field(min_length=1)
-
-
-def load_roi_specs(path: Path) -> list[RoiSpec]:
+def load_roi_specs(path: Path) -> tuple[Structure, ...]:
     """Read a ``rois.yaml`` describing the structures of a label map.
 
-    Format::
+    The structures are those of ``model.labels`` (:class:`medseg.structures.Structure`), as a
+    list under ``rois``::
 
         rois:
           - {label: 1, name: GTV, color: [255, 0, 0], type: GTV, standard_name: GTVp}
-          - {label: 2, name: Parotid L, type: ORGAN, standard_name: Parotid_L}
+          - {label: 2, name: Parotid L, standard_name: Parotid_L}
 
-    ``label`` and ``name`` are required; ``color`` defaults to red, ``type`` (the RT ROI
-    Interpreted Type) to ORGAN. Unknown keys are refused, so a typo never drops a setting.
+    or as the short map ``rois: {1: GTV, 2: Parotid L}`` (a bare list or map without the
+    ``rois`` key is read too). ``label`` and ``name`` are required; ``type`` (the RT ROI
+    Interpreted Type) is decided from the name when missing (a warning names each structure
+    it cannot decide, which becomes ORGAN), ``color`` comes from the palette, and
+    ``standard_name`` must be a TG-263 name. Unknown keys are refused, so a typo never drops
+    a setting.
 
     Raises:
         ConfigError: unreadable file, invalid YAML, an unknown or missing key, a wrong type,
-            an invalid ROI field, or a duplicate label or name; the message names the file
-            and the key.
+            an invalid field, or a duplicate label or name; the message names the file and
+            the key.
     """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ROI file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: ROI file is not UTF-8 text ({exc.reason})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if isinstance(data, dict) and "rois" in data:
+        extra = sorted(str(k) for k in data if k != "rois")
+        if extra:
+            raise ConfigError(f"{path}: invalid ROI file: {', '.join(extra)}: unknown key")
+        data = data["rois"]
+    elif isinstance(data, dict) and not all(
+        isinstance(k, int) or (isinstance(k, str) and k.isdigit()) for k in data
+    ):
+        unknown = sorted(str(k) for k in data if not (isinstance(k, int) or str(k).isdigit()))
+        raise ConfigError(
+            f"{path}: invalid ROI file: {', '.join(unknown)}: unknown key (expected 'rois')"
+        )
+    if not isinstance(data, (dict, list)) or not data:
+        raise ConfigError(
+            f"{path}: invalid ROI file: expected a list of structures under 'rois' "
+            f"(or a map {{1: GTV, ...}}), got {type(data).__name__}"
+        )
     try:
-        parsed = _RoisFile.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "<top level>"
-            what = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-            problems.append(f"{where}: {what}")
-        raise ConfigError(f"{path}: invalid ROI file: " + "; ".join(problems)) from exc
-    specs: list[RoiSpec] = []
-    for i, entry in enumerate(parsed.rois):
-        try:
-            specs.append(
-                RoiSpec(entry.name, entry.label, entry.color, entry.type, entry.standard_name)
-            )
-        except ExportError as exc:
-            raise ConfigError(f"{path}: rois.{i}: {exc}") from exc
-    for what, repeated in duplicated_roi_fields(specs).items():
-        raise ConfigError(f"{path}: rois: duplicate {what}(s) {repeated}")
-    return specs
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            structures = structure_set(data, where="rois")
+    except ValueError as exc:
+        problems = "; ".join(
+            p if p.startswith("rois") else f"rois.{p}" for p in str(exc).split("; ")
+        )
+        raise ConfigError(f"{path}: invalid ROI file: {problems}") from exc
+    for warning in caught:  # re-issued naming the file
+        warnings.warn(f"{path}: {warning.message}", stacklevel=2)
+    return structures
 
 
 def export_rtstruct(
@@ -105,10 +97,11 @@ def export_rtstruct(
     out_path: Path,
     *,
     model_id: str | None = None,
-    empty: Literal["keep", "omit"] = "keep",
+    empty: Literal["keep", "omit"] = "omit",
     missing_uids: MissingUids = "error",
     tolerance_mm: float = contours.DEFAULT_TOLERANCE_MM,
     overwrite: bool = False,
+    tg263: bool = False,
 ) -> Path:
     """Export a label map made by any tool (NIfTI/NRRD) as an RT-STRUCT on its CT series.
 
@@ -121,11 +114,14 @@ def export_rtstruct(
         ct_dir: folder with the one CT/MR series the labels were made on.
         labels_path: label map (``.nii``, ``.nii.gz``, ``.nrrd``, ...), integer values.
         rois_path: ``rois.yaml`` (see :func:`load_roi_specs`), or None to export every label
-            present as ``label_<n>`` (type ORGAN, distinct colours).
+            present as ``label_<n>`` (type ORGAN, distinct palette colours).
         out_path: the RT-STRUCT file to write (atomically).
         model_id, empty, missing_uids, tolerance_mm: as in :func:`write`.
         overwrite: replace an existing ``out_path`` if it is an RT-STRUCT medseg wrote (never
             another file). ``out_path`` may not lie inside the CT folder or be an input.
+        tg263: give every structure without a ``standard_name`` the TG-263 name proposed for
+            its name (:func:`medseg.structures.with_standard_names`), written as
+            ROIDescription; a warning lists the names it could not map.
 
     Returns:
         ``out_path``.
@@ -161,10 +157,9 @@ def export_rtstruct(
     if rois_path is None:
         if not present:
             raise ExportError(f"{out_path}: label map {labels_path} has no labels > 0")
-        rois = [
-            RoiSpec(f"label_{n}", n, _DEFAULT_COLORS[i % len(_DEFAULT_COLORS)])
-            for i, n in enumerate(present)
-        ]
+        rois = structure_set(
+            [Structure(label=n, name=f"label_{n}", type=InterpretedType.ORGAN) for n in present]
+        )
     else:
         rois = load_roi_specs(rois_path)
         unlisted = sorted(set(present) - {r.label for r in rois})
@@ -172,6 +167,14 @@ def export_rtstruct(
             warnings.warn(
                 f"{labels_path}: label value(s) {unlisted} have no entry in {rois_path} and are "
                 "not exported",
+                stacklevel=2,
+            )
+    if tg263:
+        rois, _, unmapped = with_standard_names(rois)
+        if unmapped:
+            warnings.warn(
+                f"{labels_path}: no TG-263 name found for {unmapped}; give them standard_name "
+                f"in {rois_path or 'a rois.yaml'}",
                 stacklevel=2,
             )
     return write(

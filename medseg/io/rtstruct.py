@@ -4,9 +4,11 @@ Writing is strict: the object carries every module of the RT Structure Set IOD s
 ``dciodvfy`` reports no errors, every number is a Decimal String of at most 16 characters, and
 every contour lies exactly in its slice's plane (points come from
 ``geometry.index_to_world((k, row, column))``) and references that slice's SOP Instance UID.
-Contours are traced on voxel edges (see :mod:`medseg.contours`), so a rasteriser that takes
-"voxel centre inside the polygon" gives the mask back exactly, and holes are keyhole polygons
-so union readers (plastimatch) keep them too.
+Contours are traced on voxel edges and every point is then moved 0.02 voxel inwards (see
+:mod:`medseg.contours`), so a rasteriser that takes "voxel centre inside the polygon"
+(plastimatch, dicompyler-core, OHIF) and one that rounds points to voxel positions and fills
+the outline (rt-utils, platipy) both give the mask back exactly, and holes are keyhole
+polygons so union readers (plastimatch) keep them too.
 
 ``medseg.io.rois.export_rtstruct`` is the command-line entry point: a CT folder, a label map
 from any tool (NIfTI/NRRD) and an optional ``rois.yaml`` become one RT-STRUCT.
@@ -21,12 +23,12 @@ from __future__ import annotations
 import datetime as _dt
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import ValidationError
 from pydicom.charset import default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -42,6 +44,7 @@ from medseg.errors import ExportError
 from medseg.io.dicom import file_meta, format_ds
 from medseg.io.files import atomic_path
 from medseg.io.rtstruct_read import MAX_OFF_PLANE_SLICES, read
+from medseg.structures import InterpretedType, Structure
 from medseg.volume import Volume, VolumeKind, require_same_geometry
 
 __all__ = [
@@ -57,34 +60,7 @@ __all__ = [
 ]
 
 #: RT ROI Interpreted Types defined by DICOM PS3.3 C.8.8.8.1.
-INTERPRETED_TYPES = frozenset(
-    [
-        "EXTERNAL",
-        "PTV",
-        "CTV",
-        "GTV",
-        "TREATED_VOLUME",
-        "IRRAD_VOLUME",
-        "OAR",
-        "BOLUS",
-        "AVOIDANCE",
-        "ORGAN",
-        "MARKER",
-        "REGISTRATION",
-        "ISOCENTER",
-        "CONTRAST_AGENT",
-        "CAVITY",
-        "BRACHY_CHANNEL",
-        "BRACHY_ACCESSORY",
-        "BRACHY_SRC_APP",
-        "BRACHY_CHNL_SHLD",
-        "SUPPORT",
-        "FIXATION",
-        "DOSE_REGION",
-        "CONTROL",
-        "DOSE_MEASUREMENT",
-    ]
-)
+INTERPRETED_TYPES = frozenset(t.value for t in InterpretedType)
 
 #: Largest value length of one ContourData element. Explicit VR gives DS a 16-bit length
 #: field, so 65534 (even) bytes is the most a contour can hold; longer polygons are split.
@@ -134,71 +110,40 @@ _TYPE2_PATIENT_STUDY = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class RoiSpec:
-    """One structure to export: which label value, under which name and type.
+def RoiSpec(  # the former class name, kept callable for one release
+    name: str,
+    label: int,
+    color: tuple[int, int, int] = (255, 0, 0),
+    interpreted_type: str = "ORGAN",
+    standard_name: str | None = None,
+) -> Structure:
+    """Deprecated since 0.1.0 (removed in 0.2): build a :class:`medseg.structures.Structure`.
 
-    Attributes:
-        name: ROIName (1-64 characters, no backslash).
-        label: label value in the labels volume (>= 1).
-        color: ROIDisplayColor as (red, green, blue), each 0-255.
-        interpreted_type: RTROIInterpretedType, one of :data:`INTERPRETED_TYPES`.
-        standard_name: optional TG-263 style standard name (e.g. ``"Parotid_L"``), written
-            as ROIDescription (3006,0028). DICOM has no registered coding scheme for TG-263,
-            so it is not put in RTROIIdentificationCodeSequence; planning systems that map
-            names read ROIName or ROIDescription anyway.
+    Takes the fields of the former ``RoiSpec`` class in its order and returns the one structure
+    type every writer now takes.
 
     Raises:
-        ExportError: on any invalid field.
+        ExportError: on any invalid field (the message names the ROI and the field).
     """
-
-    name: str
-    label: int
-    color: tuple[int, int, int] = (255, 0, 0)
-    interpreted_type: str = "ORGAN"
-    standard_name: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ExportError(f"ROI name must be a non-empty string, got {self.name!r}")
-        if len(self.name) > _MAX_LO or "\\" in self.name:
-            raise ExportError(
-                f"ROI {self.name!r}: name must be at most {_MAX_LO} characters without '\\', "
-                f"got {len(self.name)} characters"
-            )
-        if isinstance(self.label, bool) or int(self.label) != self.label or self.label < 1:
-            raise ExportError(
-                f"ROI {self.name!r}: label must be an integer >= 1, got {self.label!r}"
-            )
-        color = tuple(self.color)
-        if len(color) != 3 or any(int(c) != c or not 0 <= c <= 255 for c in color):
-            raise ExportError(
-                f"ROI {self.name!r}: color must be 3 integers 0-255, got {self.color}"
-            )
-        if self.interpreted_type not in INTERPRETED_TYPES:
-            raise ExportError(
-                f"ROI {self.name!r}: interpreted_type {self.interpreted_type!r} is not an RT ROI "
-                f"Interpreted Type; expected one of {sorted(INTERPRETED_TYPES)}"
-            )
-        if self.standard_name is not None and (
-            not isinstance(self.standard_name, str)
-            or not self.standard_name.strip()
-            or len(self.standard_name) > _MAX_LO
-            or "\\" in self.standard_name
-        ):
-            raise ExportError(
-                f"ROI {self.name!r}: standard_name must be 1-{_MAX_LO} characters without "
-                f"'\\', got {self.standard_name!r}"
-            )
-        object.__setattr__(self, "label", int(self.label))
-        object.__setattr__(self, "color", tuple(int(c) for c in color))
+    try:
+        return Structure.model_validate(
+            {"label": label, "name": name, "color": color, "type": interpreted_type,
+             "standard_name": standard_name}
+        )  # fmt: skip
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'value'}: "
+            + error["msg"].removeprefix("Value error, ")
+            for error in exc.errors()
+        )
+        raise ExportError(f"ROI {name!r}: {problems}") from exc
 
 
 # ---------------------------------------------------------------------------------------------
 # write
 
 
-def duplicated_roi_fields(rois: Sequence[RoiSpec]) -> dict[str, list[Any]]:
+def duplicated_roi_fields(rois: Sequence[Structure]) -> dict[str, list[Any]]:
     """Label values and names used by more than one ROI (``{"label": [...], "name": [...]}``).
 
     Only fields with repeats are in the result, so an empty dict means the ROIs are distinct.
@@ -217,13 +162,13 @@ def duplicated_roi_fields(rois: Sequence[RoiSpec]) -> dict[str, list[Any]]:
 def write(
     labels: Volume,
     reference: Volume,
-    rois: Sequence[RoiSpec],
+    rois: Sequence[Structure],
     out_path: Path,
     *,
     algorithm_name: str = "medseg",
     algorithm_version: str = medseg.__version__,
     model_id: str | None = None,
-    empty: Literal["keep", "omit"] = "keep",
+    empty: Literal["keep", "omit"] = "omit",
     tolerance_mm: float = contours.DEFAULT_TOLERANCE_MM,
     probabilities: Volume | None = None,
     missing_uids: MissingUids = "error",
@@ -240,8 +185,12 @@ def write(
         algorithm_name: written into ROIGenerationDescription.
         algorithm_version: written into ROIGenerationDescription and SoftwareVersions.
         model_id: written into ROIGenerationDescription when given.
-        empty: a ROI whose label is absent is kept without contours (``"keep"``, with a
-            warning naming it) or left out (``"omit"``, also warned).
+        empty: a ROI whose label is absent is left out (``"omit"``, the default, with a
+            warning naming it; the StructureSetDescription lists the structures left out)
+            or kept without contours (``"keep"``, also warned). DICOM allows a ROI without
+            contours, but rt-utils 1.2.7 cannot read a structure set holding one
+            (``AttributeError``; an empty ContourSequence would be invalid DICOM), so
+            ``"keep"`` is for readers known to accept it.
         tolerance_mm: largest deviation of simplified contours from the traced ones
             (see :func:`medseg.contours.mask_to_polygons`).
         probabilities: optional PROBABILITIES volume ``(class, slice, row, column)`` on the
@@ -293,14 +242,14 @@ def write(
 
 
 def write_masks(
-    masks: Sequence[tuple[RoiSpec, Volume]],
+    masks: Sequence[tuple[Structure, Volume]],
     reference: Volume,
     out_path: Path,
     *,
     algorithm_name: str = "medseg",
     algorithm_version: str = medseg.__version__,
     model_id: str | None = None,
-    empty: Literal["keep", "omit"] = "keep",
+    empty: Literal["keep", "omit"] = "omit",
     tolerance_mm: float = contours.DEFAULT_TOLERANCE_MM,
     missing_uids: MissingUids = "error",
 ) -> Path:
@@ -347,7 +296,7 @@ def write_masks(
 
 
 def _checked_probabilities(
-    probabilities: Volume, labels: Volume, rois: Sequence[RoiSpec], out_path: Path
+    probabilities: Volume, labels: Volume, rois: Sequence[Structure], out_path: Path
 ) -> NDArray[Any]:
     """The probability array after checking kind, grid, channels and value range."""
     if probabilities.kind is not VolumeKind.PROBABILITIES:
@@ -437,7 +386,7 @@ def _reference_uids(
 
 
 def _write_structure_set(
-    masks: Sequence[tuple[RoiSpec, Volume]],
+    masks: Sequence[tuple[Structure, Volume]],
     reference: Volume,
     out_path: Path,
     *,
@@ -485,6 +434,7 @@ def _write_structure_set(
     geometry = reference.geometry
     spacing_rc = geometry.spacing_mm[1:]
     number = 0
+    omitted: list[str] = []
     for roi, volume in masks:
         slab, first_slice, rows, cols = _roi_box(
             np.asarray(volume.array), roi.label, margin=PROBABILITY_SEARCH_VOXELS + 1
@@ -497,6 +447,7 @@ def _write_structure_set(
                 stacklevel=3,
             )
             if empty == "omit":
+                omitted.append(roi.name)
                 continue
         number += 1
         item = Dataset()
@@ -510,7 +461,7 @@ def _write_structure_set(
         roi_items.append(item)
 
         roi_contour = Dataset()
-        roi_contour.ROIDisplayColor = list(roi.color)
+        roi_contour.ROIDisplayColor = list(roi.display_color)
         roi_contour.ReferencedROINumber = number
         contour_sequence: list[Dataset] = []
         # trace within the ROI's bounding box (plus room for the probability search): results
@@ -560,11 +511,15 @@ def _write_structure_set(
         observation.ObservationNumber = number
         observation.ReferencedROINumber = number
         observation.ROIObservationLabel = roi.name[:_MAX_SH]
-        observation.RTROIInterpretedType = roi.interpreted_type
+        observation.RTROIInterpretedType = roi.interpreted_type.value
         observation.ROIInterpreter = ""
         observation_items.append(observation)
     if not roi_items:
         raise ExportError(f"{out_path}: every ROI is empty and empty='omit'; nothing to write")
+    if omitted:  # ST, 1024 characters at most
+        ds.StructureSetDescription = _fit(
+            "structures not found (no contours, not listed): " + ", ".join(omitted), 1024
+        )
     ds.StructureSetROISequence = DicomSequence(roi_items)
     ds.ROIContourSequence = DicomSequence(contour_items)
     ds.RTROIObservationsSequence = DicomSequence(observation_items)
@@ -572,6 +527,11 @@ def _write_structure_set(
     with atomic_path(out_path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return out_path
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, ending in an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _roi_box(
@@ -717,9 +677,13 @@ def _contour_values(
     """ContourData strings for one polygon on slice ``k``, split if too long for one element.
 
     Each returned list holds ``x\\y\\z`` DS strings of one contour, at most
-    :data:`MAX_CONTOUR_DATA_BYTES` bytes once joined with backslashes.
+    :data:`MAX_CONTOUR_DATA_BYTES` bytes once joined with backslashes. Every point is moved
+    :data:`medseg.contours.READER_INSET_VOXELS` towards the inside (after any split, so the
+    pieces of a split polygon also move apart along their cut and no reader fills the cut's
+    voxels twice).
     """
-    index = np.column_stack([np.full(len(polygon), float(k)), polygon])
+    inset = contours.inset_polygon(polygon, contours.READER_INSET_VOXELS)
+    index = np.column_stack([np.full(len(inset), float(k)), inset])
     world = geo.index_to_world(geometry, index)
     # 10 significant digits (1e-7 mm at 1 m) always fit DS's 16 characters for the exponents
     # patient coordinates can have; format_ds (most digits that fit) is the exact fallback.

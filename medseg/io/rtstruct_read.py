@@ -365,6 +365,8 @@ class RoiContours:
         colour_rgb: ROIDisplayColor as ``(red, green, blue)``, 0-255, or None when absent.
         generation_description: ROIGenerationDescription (algorithm, version and model, for
             structures medseg wrote), or None when absent.
+        interpreted_type: RTROIInterpretedType of its RTROIObservationsSequence item (e.g.
+            ``"GTV"``, ``"ORGAN"``), or None when the file gives none.
         polygons: slice index (array axis 0) -> the contours on that slice, each an ``(N, 2)``
             float array of ``(row, column)`` index positions (array axes 1 and 2, continuous:
             a voxel's centre is at integer positions); the closing edge is implied.
@@ -375,6 +377,7 @@ class RoiContours:
     colour_rgb: tuple[int, int, int] | None
     generation_description: str | None
     polygons: dict[int, tuple[NDArray[np.float64], ...]]
+    interpreted_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +451,11 @@ def _contours(
     ds: Dataset, placed: list[_PlacedRoi], path: Path, reference: Volume
 ) -> StructureSetContours:
     series_uids = _referenced_series_uids(ds)
+    types: dict[int, str] = {}
+    for observation in ds.get("RTROIObservationsSequence", []):
+        number, kind = observation.get("ReferencedROINumber"), observation.get("RTROIInterpretedType")
+        if number is not None and kind:
+            types.setdefault(int(number), str(kind))
     rois = []
     for roi in placed:
         colour = roi.contour_item.get("ROIDisplayColor")
@@ -463,6 +471,7 @@ def _contours(
                 generation_description=str(roi.roi.get("ROIGenerationDescription", ""))
                 or None,
                 polygons={k: tuple(polygons) for k, polygons in sorted(roi.slices.items())},
+                interpreted_type=types.get(roi.number),
             )
         )
     header = reference.source.dicom_header

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 import medseg
@@ -40,7 +41,8 @@ from medseg.io.dicom import format_ds
 from medseg.io.files import atomic_path
 from medseg.io.headers import HEADER_ERRORS, header_value, integer
 from medseg.io.limits import require_within_limits
-from medseg.io.rtstruct import RoiSpec, duplicated_roi_fields
+from medseg.io.rtstruct import duplicated_roi_fields
+from medseg.structures import Structure
 from medseg.volume import SourceInfo, Volume, VolumeKind, require_same_geometry
 
 __all__ = ["SEG_POSITION_TOLERANCE_MM", "read_seg", "segment_codes", "write_seg"]
@@ -51,31 +53,26 @@ SEG_POSITION_TOLERANCE_MM = 0.01
 
 _MAX_LO = 64
 
-# Segmented Property Category / Type (DICOM CID 7150 / 7151, SNOMED CT) per RT ROI
-# Interpreted Type. Target volumes use the SNOMED observable entities RT planning systems
-# (and Slicer's RT terminology) use; everything else is an anatomical structure (organ).
-_TARGETS: dict[str, tuple[Any, Any]] = {
-    "GTV": (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm),
-    "CTV": (codes.SCT.SpatialAndRelationalConcept, codes.SCT.ClinicalTargetVolume),
-    "PTV": (codes.SCT.SpatialAndRelationalConcept, codes.SCT.PlanningTargetVolume),
-}
-_ORGAN = (codes.SCT.AnatomicalStructure, codes.SCT.Organ)
+def segment_codes(structure: Structure) -> tuple[Code, Code, Code | None]:
+    """(Segmented Property Category, Type, Type Modifier) codes of one structure (SNOMED CT).
 
-
-def segment_codes(roi: RoiSpec) -> tuple[Any, Any]:
-    """(Segmented Property Category, Segmented Property Type) codes for one ROI.
-
-    GTV: Morphologically Abnormal Structure / Neoplasm; CTV and PTV: Spatial and Relational
-    Concept / Clinical (Planning) Target Volume; every other interpreted type: Anatomical
-    Structure / Organ.
+    The structure's own codes when it declares them, else those
+    :func:`medseg.nomenclature.segment_codes` derives from its interpreted type and (standard)
+    name: a GTV is Morphologically Abnormal Structure / Neoplasm; a CTV or PTV Spatial and
+    Relational Concept / Clinical (Planning) Target Volume; a known organ Anatomical
+    Structure / that organ (a parotid as Parotid gland, with laterality as the modifier);
+    any other organ Anatomical Structure / Organ.
     """
-    return _TARGETS.get(roi.interpreted_type, _ORGAN)
+    return tuple(  # type: ignore[return-value]
+        None if spec is None else Code(spec.value, spec.scheme, spec.meaning)
+        for spec in structure.segment_codes()
+    )
 
 
 def write_seg(
     labels: Volume,
     reference: Volume,
-    segments: Sequence[RoiSpec],
+    segments: Sequence[Structure],
     out_path: Path,
     *,
     algorithm_name: str = "medseg",
@@ -134,7 +131,7 @@ def write_seg(
     )
     descriptions = []
     for number, segment in enumerate(segments, start=1):
-        category, property_type = segment_codes(segment)
+        category, property_type, modifier = segment_codes(segment)
         description = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=segment.name,
@@ -142,8 +139,12 @@ def write_seg(
             segmented_property_type=property_type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
-            display_color=hd.color.CIELabColor.from_rgb(*segment.color),
+            display_color=hd.color.CIELabColor.from_rgb(*segment.display_color),
         )
+        if modifier is not None:  # laterality, inside the property type item (PS3.3 C.8.20.2)
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(modifier.value, modifier.scheme_designator, modifier.meaning)
+            ]
         description.SegmentDescription = segment.standard_name or segment.name
         descriptions.append(description)
 

@@ -25,6 +25,7 @@ from medseg.io import nifti, rtstruct
 from medseg.io.dicom import format_ds, load_series
 from medseg.io.rois import export_rtstruct, load_roi_specs
 from medseg.io.rtstruct import RoiSpec
+from medseg.structures import PALETTE
 from medseg.volume import Volume, VolumeKind
 from tests.conftest import require_data, require_tool
 from tests.rt_helpers import (
@@ -215,6 +216,7 @@ def test_dciodvfy_reports_no_errors(axial_ct: tuple[Volume, Path], tmp_path: Pat
             rois,
             tmp_path / "rs.dcm",
             model_id="unet-test-1",
+            empty="keep",  # a ROI without contours is valid DICOM too
         )
     result = subprocess.run(
         [exe, str(out)], capture_output=True, text=True, timeout=60, check=False
@@ -510,10 +512,35 @@ def test_load_roi_specs(tmp_path: Path) -> None:
         "  - {label: 1, name: GTV, color: [255, 0, 0], type: GTV, standard_name: GTVp}\n"
         "  - {label: 3, name: Parotid L}\n"
     )
-    assert load_roi_specs(path) == [
-        RoiSpec("GTV", 1, (255, 0, 0), "GTV", "GTVp"),
-        RoiSpec("Parotid L", 3),
-    ]
+    gtv, parotid = load_roi_specs(path)
+    assert gtv == RoiSpec("GTV", 1, (255, 0, 0), "GTV", "GTVp")
+    # type decided from the name, colour the first palette colour not taken
+    assert (parotid.name, parotid.label, parotid.interpreted_type.value) == ("Parotid L", 3, "ORGAN")
+    assert parotid.display_color == PALETTE[0]
+
+
+def test_rois_yaml_is_the_model_labels_schema(tmp_path: Path) -> None:
+    """rois.yaml takes the map of model.labels too, and bare lists; both give Structures."""
+    from medseg.config import ModelConfig
+
+    short, bare = tmp_path / "short.yaml", tmp_path / "bare.yaml"
+    short.write_text("rois: {1: CTV_High, 2: Tumor, 3: Spinal Cord}\n")
+    bare.write_text("- {label: 1, name: CTV_High}\n- {label: 2, name: Tumor}\n"
+                    "- {label: 3, name: Spinal Cord}\n")  # fmt: skip
+    from_map, from_list = load_roi_specs(short), load_roi_specs(bare)
+    assert from_map == from_list
+    assert [s.interpreted_type.value for s in from_map] == ["CTV", "GTV", "ORGAN"]
+    assert len({s.display_color for s in from_map}) == 3
+    model = ModelConfig(channels=(4, 8), strides=(2,), labels={1: "CTV_High", 2: "Tumor",
+                                                               3: "Spinal Cord"})  # fmt: skip
+    assert model.labels == from_map
+
+
+def test_rois_yaml_refuses_a_standard_name_outside_tg263(tmp_path: Path) -> None:
+    path = tmp_path / "rois.yaml"
+    path.write_text("rois:\n  - {label: 1, name: Parotid L, standard_name: Parotid_Lt}\n")
+    with pytest.raises(ConfigError, match=r"rois\.0\.standard_name: .*not a TG-263 name.*Parotid_L"):
+        load_roi_specs(path)
 
 
 @pytest.mark.parametrize(
@@ -759,3 +786,29 @@ def test_multiframe_reference_names_each_contours_frame(tmp_path: Path) -> None:
     assert dciodvfy_errors(out) == []
     back = rtstruct.read(out, reference)["box"]
     np.testing.assert_array_equal(np.asarray(back.array), labels)
+
+
+def test_export_rtstruct_cli_proposes_tg263_names(tmp_path: Path) -> None:
+    """``medseg export-rtstruct --tg263``: standard names proposed for common label names,
+    written as ROIDescription; the names it cannot map are said."""
+    from typer.testing import CliRunner
+
+    from medseg import phantom
+    from medseg.cli import app
+
+    paths = phantom.write_case(phantom.make_case(seed=2, n_tumours=2), tmp_path / "case",
+                               patient_id="TG-1")
+    labels = nifti.load(paths.labels_path, VolumeKind.LABELS)
+    array = np.asarray(labels.array).copy()
+    array[array.shape[0] // 2, :4, :4] = 2  # a second structure
+    two = nifti.save(labels.with_array(array, VolumeKind.LABELS), tmp_path / "labels.nii.gz")
+    rois = tmp_path / "rois.yaml"
+    rois.write_text("rois: {1: Left Parotid, 2: label_2}\n")
+    out = tmp_path / "rs.dcm"
+    result = CliRunner().invoke(app, ["export-rtstruct", "--ct", str(paths.ct_dir), "--labels",
+                                      str(two), "--rois", str(rois), "--out", str(out), "--tg263"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "TG-263: Left Parotid -> Parotid_L" in result.output
+    assert "TG-263: no standard name for label_2" in result.output
+    ds = pydicom.dcmread(out)
+    assert [r.get("ROIDescription") for r in ds.StructureSetROISequence] == ["Parotid_L", None]

@@ -60,7 +60,7 @@ def exported(tmp_path: Path) -> tuple[Volume, Path, dict[str, NDArray[np.bool_]]
         warnings.simplefilter("ignore")  # the empty ROI is warned about
         path = rtstruct.write(
             reference.with_array(labels, VolumeKind.LABELS), reference, rois,
-            tmp_path / "rs.dcm", model_id="m-7",
+            tmp_path / "rs.dcm", model_id="m-7", empty="keep",
         )  # fmt: skip
     return reference, path, masks
 

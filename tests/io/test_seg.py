@@ -105,7 +105,9 @@ def test_segment_descriptions_and_references(reference: Volume, tmp_path: Path) 
         for s in items
     ]  # fmt: skip
     assert meanings[0] == ("Morphologically Abnormal Structure", "Neoplasm")
-    assert meanings[1] == ("Anatomical Structure", "Organ")
+    assert meanings[1] == ("Anatomical Structure", "Parotid gland")  # a parotid, not "Organ"
+    modifier = items[1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
+    assert [(m.CodeValue, m.CodeMeaning) for m in modifier] == [("7771000", "Left")]
     assert meanings[3][1].startswith("Planning target volume")
     assert all(
         s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT" for s in items
