@@ -195,7 +195,8 @@ def demo(
     typer.echo(f"tumour volume: predicted {result.predicted_volume_ml:.2f} mL, "
                f"truth {result.true_volume_ml:.2f} mL, Dice {result.dice:.3f}")
     typer.echo(f"MLflow run id: {result.run_id}  (model: {result.model_uri})")
-    written = ", ".join(sorted(p.name for p in result.case.out_dir.iterdir() if p.is_file()))
+    written = ", ".join(sorted(p.name for p in result.case.out_dir.iterdir()
+                               if p.is_file() and not p.name.startswith(".")))
     typer.echo(f"outputs: {result.case.out_dir} ({written}, report/report.html)")
     typer.echo(f"summary: {result.summary_path}")
     typer.echo(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri}")

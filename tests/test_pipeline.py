@@ -356,6 +356,10 @@ def test_train_command_on_dicom_rtstruct_patients_then_resume(
     assert bad.exit_code == 2
 
 
+#: A phantom small enough for few windows and few lesions per structure (fast QA pages).
+SMALL_PHANTOM = (20, 64, 64)
+
+
 class _StripesNet:
     """A stand-in network with ``n`` foreground classes: class ``c`` wins in the ``c``-th of
     ``n`` column stripes of every window, so every structure is found in every scan."""
@@ -404,7 +408,8 @@ def test_every_interpreted_type_round_trips_through_predict_rtstruct_and_seg(tmp
     model = _structures_model(
         [{"label": i, "name": f"S {t.value}", "type": t.value} for i, t in enumerate(types, 1)]
     )
-    paths = phantom.write_case(phantom.make_case(seed=3), tmp_path / "case", patient_id="PP-3")
+    paths = phantom.write_case(phantom.make_case(seed=3, shape=SMALL_PHANTOM, n_tumours=1),
+                               tmp_path / "case", patient_id="PP-3")
     result = predict_case(model, paths.ct_dir, tmp_path / "out")
     assert result.rtstruct_path is not None
     found = read_contours(result.rtstruct_path, load_series(paths.ct_dir)).by_name()
@@ -428,7 +433,8 @@ def test_target_models_export_target_types_and_codes(tmp_path: Path) -> None:
     from medseg.pipeline import predict_case
 
     model = _structures_model({1: "CTV", 2: "Tumor", 3: "PTV_High", 4: "Lesion", 5: "Parotid L"})
-    paths = phantom.write_case(phantom.make_case(seed=3), tmp_path / "case", patient_id="PP-4")
+    paths = phantom.write_case(phantom.make_case(seed=3, shape=SMALL_PHANTOM, n_tumours=1),
+                               tmp_path / "case", patient_id="PP-4")
     result = predict_case(model, paths.ct_dir, tmp_path / "out")
     assert result.rtstruct_path is not None
     found = read_contours(result.rtstruct_path, load_series(paths.ct_dir)).by_name()
@@ -455,7 +461,8 @@ def test_nothing_found_writes_no_rtstruct_and_says_so(tmp_path: Path) -> None:
     model = _structures_model({1: "GTV"})
     with torch.no_grad():
         model.network.scale.fill_(-1.0)  # background everywhere
-    paths = phantom.write_case(phantom.make_case(seed=3), tmp_path / "case", patient_id="PP-5")
+    paths = phantom.write_case(phantom.make_case(seed=3, shape=SMALL_PHANTOM, n_tumours=1),
+                               tmp_path / "case", patient_id="PP-5")
     result = predict_case(model, paths.ct_dir, tmp_path / "out")
     assert result.rtstruct_path is None
     assert not (result.out_dir / "rtstruct.dcm").exists() and not (result.out_dir / "seg.dcm").exists()
