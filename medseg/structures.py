@@ -49,6 +49,7 @@ __all__ = [
     "CodeSpec",
     "InterpretedType",
     "Structure",
+    "duplicated_fields",
     "structure_set",
     "with_standard_names",
 ]
@@ -297,15 +298,26 @@ def _label_value(label: Any) -> int:
     return label
 
 
-def _require_distinct(entries: Sequence[Structure], where: str) -> None:
+def duplicated_fields(structures: Sequence[Structure]) -> dict[str, list[Any]]:
+    """Label values and names used by more than one structure (``{"label": [...], ...}``).
+
+    Only fields with repeats are in the result, so an empty dict means they are distinct.
+    """
+    found: dict[str, list[Any]] = {}
     columns: dict[str, list[Any]] = {
-        "label": [s.label for s in entries],
-        "name": [s.name for s in entries],
+        "label": [s.label for s in structures],
+        "name": [s.name for s in structures],
     }
     for what, values in columns.items():
         repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
         if repeated:
-            raise ValueError(f"{where}: duplicate {what}(s) {repeated}")
+            found[what] = repeated
+    return found
+
+
+def _require_distinct(entries: Sequence[Structure], where: str) -> None:
+    for what, repeated in duplicated_fields(entries).items():
+        raise ValueError(f"{where}: duplicate {what}(s) {repeated}")
 
 
 def _default_colours(taken: set[tuple[int, ...]]) -> Iterator[tuple[int, int, int]]:

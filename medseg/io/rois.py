@@ -64,10 +64,9 @@ def load_roi_specs(path: Path) -> tuple[Structure, ...]:
         if extra:
             raise ConfigError(f"{path}: invalid ROI file: {', '.join(extra)}: unknown key")
         data = data["rois"]
-    elif isinstance(data, dict) and not all(
-        isinstance(k, int) or (isinstance(k, str) and k.isdigit()) for k in data
+    elif isinstance(data, dict) and (
+        unknown := sorted(str(k) for k in data if not (isinstance(k, int) or str(k).isdigit()))
     ):
-        unknown = sorted(str(k) for k in data if not (isinstance(k, int) or str(k).isdigit()))
         raise ConfigError(
             f"{path}: invalid ROI file: {', '.join(unknown)}: unknown key (expected 'rois')"
         )

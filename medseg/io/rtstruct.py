@@ -44,7 +44,7 @@ from medseg.errors import ExportError
 from medseg.io.dicom import file_meta, format_ds
 from medseg.io.files import atomic_path
 from medseg.io.rtstruct_read import MAX_OFF_PLANE_SLICES, read
-from medseg.structures import InterpretedType, Structure
+from medseg.structures import InterpretedType, Structure, duplicated_fields
 from medseg.volume import Volume, VolumeKind, require_same_geometry
 
 __all__ = [
@@ -143,20 +143,9 @@ def RoiSpec(  # the former class name, kept callable for one release
 # write
 
 
-def duplicated_roi_fields(rois: Sequence[Structure]) -> dict[str, list[Any]]:
-    """Label values and names used by more than one ROI (``{"label": [...], "name": [...]}``).
-
-    Only fields with repeats are in the result, so an empty dict means the ROIs are distinct.
-    """
-    found: dict[str, list[Any]] = {}
-    for what, values in (("label", [r.label for r in rois]), ("name", [r.name for r in rois])):
-        counts: dict[Any, int] = {}
-        for value in values:
-            counts[value] = counts.get(value, 0) + 1
-        repeated = sorted((v for v, n in counts.items() if n > 1), key=str)
-        if repeated:
-            found[what] = repeated
-    return found
+#: Label values and names used by more than one ROI (see
+#: :func:`medseg.structures.duplicated_fields`, which owns the check).
+duplicated_roi_fields = duplicated_fields
 
 
 def write(
