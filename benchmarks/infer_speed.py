@@ -84,8 +84,8 @@ def _prepare_defaults(args: argparse.Namespace, workdir: Path) -> None:
     if args.ct is None and not args.random_unet:
         ct_path = workdir / f"phantom_{args.slices}x512x512.nii"
         if not ct_path.exists():
-            from medseg import phantom
             from medseg.io import nifti
+            from medseg.synthetic import phantom
 
             print(f"generating the {args.slices}x512x512 phantom CT (once) ...", flush=True)
             case = phantom.make_case(
@@ -99,9 +99,9 @@ def _prepare_defaults(args: argparse.Namespace, workdir: Path) -> None:
     if args.checkpoint is None and not args.random_unet:
         checkpoint = workdir / "training" / "best.pt"
         if not checkpoint.exists():
-            from medseg import phantom
             from medseg.config import load_config
-            from medseg.train import train
+            from medseg.synthetic import phantom
+            from medseg.training.train import train
 
             print(f"training the tiny demo model ({args.train_epochs} epochs, once) ...",
                   flush=True)
@@ -129,10 +129,10 @@ def _load(args: argparse.Namespace):
     import torch
 
     import medseg
-    from medseg import data
     from medseg.config import load_config
     from medseg.geometry import Geometry
     from medseg.model import LoadedModel, build_network, load_checkpoint
+    from medseg.training import data
     from medseg.volume import Volume
 
     if args.checkpoint:

@@ -69,11 +69,11 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from medseg import geometry as geo
-from medseg import phantom
 from medseg.geometry import Geometry
 from medseg.io import nifti, rtstruct
 from medseg.io.dicom import load_series, write_series
 from medseg.io.rois import export_rtstruct
+from medseg.synthetic import phantom
 from medseg.volume import Volume, VolumeKind
 
 try:  # the ROI type is being renamed; keep the one place to adapt here

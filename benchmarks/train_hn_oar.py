@@ -4,11 +4,11 @@ Usage: .venv/bin/python benchmarks/train_hn_oar.py [--data ROOT] [--out DIR] [--
        [--quick] [--monai-workers N]
 
 The ``hn-oar-labels`` set (DeepMind's head-and-neck organs at risk, oncologist contours) holds
-21 organ label maps on each of 7 CT grids but no CT images; :func:`medseg.phantom.ct_from_label_maps`
+21 organ label maps on each of 7 CT grids but no CT images; :func:`medseg.synthetic.phantom.ct_from_label_maps`
 paints a CT-like image on each grid (organ HU, bone and fat shells, body outline, partial-volume
 blur, noise). The first 5 scans (sorted by name) train, the last 2 (the TCGA scans, other
 patients) validate. Training cases are cropped to their organs' box plus a margin and resampled
-to the model spacing (``medseg.preprocess``); medseg's :func:`medseg.train.train` trains a
+to the model spacing (``medseg.preprocess``); medseg's :func:`medseg.training.train.train` trains a
 21-class U-Net on them. The best checkpoint then segments the two validation images on their own
 full-resolution grids (:func:`medseg.infer.predict`) and per-organ Dice and HD95 (mm) against
 the expert label maps (merged as the phantom merges them: a smaller organ wins an overlap) are
@@ -47,9 +47,9 @@ import numpy as np
 
 from medseg import geometry as geo
 from medseg.config import ExperimentConfig
-from medseg.phantom import ct_from_label_maps
-from medseg.phantom_oar import LabelMapPhantom, load_label_maps
 from medseg.preprocess import foreground_box, model_grid, resample
+from medseg.synthetic.phantom import ct_from_label_maps
+from medseg.synthetic.phantom_oar import LabelMapPhantom, load_label_maps
 from medseg.volume import Volume
 
 #: The 21 organs of the set; label value ``i + 1`` is ``CLASS_NAMES[i]`` in every scan.
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     from medseg.infer import predict
     from medseg.metrics import compute_metrics, dice_score
     from medseg.model import load_checkpoint
-    from medseg.train import train
+    from medseg.training.train import train
 
     scans = _scans(args.data)
     train_scans, val_scans = scans[: settings.n_train], scans[-settings.n_val :]

@@ -6,6 +6,7 @@ torch, MONAI or MLflow); stage modules are imported by name, e.g. ``medseg.io.di
 
 __version__ = "0.1.0"
 
+from medseg import _compat
 from medseg.errors import (
     ConfigError,
     ExportError,
@@ -18,6 +19,8 @@ from medseg.errors import (
 from medseg.geometry import Geometry
 from medseg.structures import InterpretedType, Structure
 from medseg.volume import SourceInfo, Volume, VolumeKind, require_same_geometry
+
+_compat.install()  # old module paths (medseg.train, medseg.io.discovery, ...) until 0.2
 
 __all__ = [
     "ConfigError",

@@ -188,7 +188,7 @@ def demo(
 ) -> None:
     """Make phantom CTs, train a U-Net, predict a held-out phantom and export an RT-STRUCT."""
     from medseg.config import builtin_config_path, load_config
-    from medseg.pipeline import run_demo
+    from medseg.synthetic.demo import run_demo
 
     with _reported():
         result = run_demo(load_config(config or builtin_config_path("demo.yaml")), out, n_cases=cases)
@@ -223,10 +223,10 @@ def train(
     Distributed: `torchrun --nproc_per_node N -m medseg train CONFIG` (DDP; gloo on CPU, NCCL on
     CUDA; rank 0 alone logs to MLflow and writes checkpoints).
     """
-    from medseg import distributed
     from medseg.config import load_config
-    from medseg.crossval import train_folds
     from medseg.pipeline import train_from_config
+    from medseg.training import distributed
+    from medseg.training.crossval import train_folds
 
     if folds not in (None, "all") or (fold is not None and folds is not None):
         raise typer.BadParameter("use either --fold K or --folds all", param_hint="--folds")
@@ -310,7 +310,7 @@ def inspect(
     """List the studies and series under a folder, with the problems found in each."""
     import json
 
-    from medseg.io.discovery import scan_folder
+    from medseg.io.dicom import scan_folder
 
     with _reported():
         inventory = scan_folder(path)
@@ -502,8 +502,8 @@ def pacs_run(
 ) -> None:
     """Find studies in Orthanc, segment those new or changed, send the results into their study."""
     from medseg.batch import Executor
+    from medseg.batch.orthanc import PacsQuery, run_pacs
     from medseg.config import load_config
-    from medseg.pacs import PacsQuery, run_pacs
 
     with _reported():
         experiment = load_config(config) if config is not None else None
@@ -558,8 +558,8 @@ def pacs_listen(
     config: RunConfigOption = None,
 ) -> None:
     """Receive studies by C-STORE, segment each once it is complete, send the results on."""
+    from medseg.batch.listener import listen
     from medseg.config import load_config
-    from medseg.pacs import listen
 
     with _reported():
         experiment = load_config(config) if config is not None else None

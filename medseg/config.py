@@ -83,7 +83,7 @@ class DataConfig(_Section):
         num_folds: folds of ``medseg train --fold K`` / ``--folds all`` cross-validation
             over the training cases (split drawn from ``seed``).
         dicom_root: instead of ``datalist``: a folder with one sub-folder per patient, each
-            holding a CT/MR series and an RT-STRUCT (``medseg.datasets``).
+            holding a CT/MR series and an RT-STRUCT (``medseg.training.datasets``).
         labels: with ``dicom_root``: label value -> ROI name patterns (case-insensitive
             shell globs), e.g. ``{1: [GTV, GTVp, "GTV*"], 2: [Spinal Cord, SpinalCord]}``;
             the values must be ``model.labels``' values. A patient lacking a ROI for any label
@@ -412,7 +412,7 @@ class TrackingConfig(_Section):
 class SeriesSelection(_Section):
     """Which DICOM image series to load from a folder that holds several.
 
-    ``medseg.io.discovery.select_series`` applies the filters in order (kind, modality,
+    ``medseg.io.dicom.select_series`` applies the filters in order (kind, modality,
     min_slices, localizer, descriptions), then ``prefer``, then ``require``. Only CT/MR image
     volumes are ever candidates; RT-STRUCT, RT plan/dose, SR and other images are not.
 
@@ -489,7 +489,7 @@ class IngestConfig(_Section):
             rescaled or resampled DICOM, float64 for scaled NIfTI); more is a
             ``ResourceLimitError``. Default 4 GiB: ``max_voxels`` as float64, the largest
             array loading makes. A deflated DICOM file may inflate to this plus its header
-            (``medseg.io.headers.DEFLATED_MAX_BYTES``, fixed at the default).
+            (``medseg.io.dicom.DEFLATED_MAX_BYTES``, fixed at the default).
     """
 
     irregular_slices: Literal["error", "resample"] = "error"

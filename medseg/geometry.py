@@ -2,7 +2,7 @@
 
 This is the only module that inverts, multiplies or flips affines, or reverses axis order.
 
-Conventions (see ``shared/DESIGN.md``):
+Conventions (see ``docs/design.md``):
 
 * World coordinates are DICOM patient **LPS** in millimetres, as ``(x, y, z)``.
 * Every per-axis tuple is in **array order** ``(slice, row, column)``: ``shape``,

@@ -1,4 +1,4 @@
-"""One case, and the demo, end to end. The CLI and batch runners call this and nothing below it.
+"""One case end to end. The CLI and batch runners call this and nothing below it.
 
 Read the functions top to bottom to follow a scan: load -> infer -> postprocess -> export.
 """
@@ -6,7 +6,6 @@ Read the functions top to bottom to follow a scan: load -> infer -> postprocess 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,21 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from medseg import data, phantom, postprocess
+from medseg import postprocess
 from medseg.config import ExperimentConfig, IngestConfig, SeriesSelection
-from medseg.errors import InputError
 from medseg.io import dicom, nifti, rtstruct, seg
-from medseg.io.files import atomic_dir, atomic_path, check_output, claim_output_dir
-from medseg.metrics import dice_score
+from medseg.io.files import atomic_dir, check_output, claim_output_dir
 from medseg.report import write_report
+from medseg.training import data
 from medseg.volume import Volume, VolumeKind
 
 __all__ = [
     "CaseResult",
-    "DemoResult",
     "load_model",
     "predict_case",
-    "run_demo",
     "train_from_config",
 ]
 
@@ -191,11 +187,12 @@ def train_from_config(
     trains and none validates; use ``medseg train --fold K`` for a held-out fold.
     ``resume_from`` continues from a ``last.pt`` written by an interrupted run.
     """
-    from medseg import splits, tracking
-    from medseg.crossval import load_cases
-    from medseg.distributed import is_main_process
+    from medseg import tracking
     from medseg.errors import ConfigError
-    from medseg.train import train
+    from medseg.training import splits
+    from medseg.training.crossval import load_cases
+    from medseg.training.distributed import is_main_process
+    from medseg.training.train import train
 
     claim_output_dir(Path(out_dir), inputs=(config.data.datalist, config.data.dicom_root))
     if config.data.datalist is not None:
@@ -221,85 +218,10 @@ def train_from_config(
         return train(config, pairs, val_pairs, Path(out_dir), tracker, resume_from=resume_from)
 
 
-@dataclass(frozen=True, slots=True)
-class DemoResult:
-    """Outcome of :func:`run_demo`, for the CLI to print."""
+def __getattr__(name: str) -> Any:
+    """``run_demo`` and ``DemoResult`` moved to :mod:`medseg.synthetic.demo` (until 0.2)."""
+    if name in ("run_demo", "DemoResult"):
+        from medseg._compat import moved_name
 
-    out_dir: Path
-    run_id: str | None
-    model_uri: str | None
-    checkpoint_path: Path
-    case: CaseResult
-    true_volume_ml: float
-    predicted_volume_ml: float
-    dice: float
-    tracking_uri: str
-    summary_path: Path
-
-
-def run_demo(config: ExperimentConfig, out_dir: Path, *, n_cases: int = 8) -> DemoResult:
-    """Generate phantoms, train, predict a held-out phantom, export, and compare with truth.
-
-    Everything goes under ``out_dir``: ``phantoms/`` (training data), ``training/``
-    (checkpoints), ``test_case/`` (the held-out CT and its truth), ``prediction/``
-    (RT-STRUCT, label map, volumes) and ``demo_summary.json``. When the config names no
-    tracking store (and ``MLFLOW_TRACKING_URI`` is unset) the MLflow store is
-    ``out_dir/mlflow.db``.
-    """
-    from medseg import tracking
-
-    out_dir = claim_output_dir(Path(out_dir).resolve())
-    tracking_uri = tracking.resolve_tracking_uri(config.tracking.tracking_uri, out_dir)
-    dataset = out_dir / "phantoms"
-    if not dataset.exists():
-        phantom.make_dataset(dataset, n_cases, config.seed)
-    run_config = config.model_copy(
-        update={
-            "data": config.data.model_copy(update={"datalist": dataset / "dataset.json"}),
-            "tracking": config.tracking.model_copy(update={"tracking_uri": tracking_uri}),
-        }
-    )
-    log.info("training on %d phantom cases", n_cases)
-    result = train_from_config(run_config, out_dir / "training")
-
-    test_case = phantom.make_case(config.seed + 10_000)
-    test_dir = out_dir / "test_case"
-    if not test_dir.exists():
-        phantom.write_case(test_case, test_dir, patient_id="PHANTOM-TEST")
-    model = load_model(result.model_uri or result.checkpoint_path, tracking_uri=tracking_uri)
-    case = predict_case(model, test_dir / "ct", out_dir / "prediction", overwrite=True)
-    truth = nifti.load(test_dir / "labels.nii.gz", kind=case.labels.kind)
-    if truth.geometry.shape != case.labels.geometry.shape:
-        raise InputError(f"{test_dir}: truth and prediction grids differ")
-    name = model.label_names[phantom.TUMOUR_LABEL]
-    dice = dice_score(case.labels, truth, phantom.TUMOUR_LABEL)
-    true_ml = float(np.count_nonzero(truth.array == phantom.TUMOUR_LABEL)) * truth.voxel_volume_ml
-    summary = {
-        "run_id": result.run_id,
-        "model_uri": result.model_uri,
-        "checkpoint": str(result.checkpoint_path),
-        "tracking_uri": tracking_uri,
-        "dice": dice,
-        "true_volume_ml": true_ml,
-        "predicted_volume_ml": case.volumes_ml[name],
-        "outputs": {
-            "rtstruct": str(case.rtstruct_path),
-            "labels": str(case.labels_path),
-            "volumes": str(case.volumes_path),
-        },
-    }
-    summary_path = out_dir / "demo_summary.json"
-    with atomic_path(summary_path) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return DemoResult(
-        out_dir=out_dir,
-        run_id=result.run_id,
-        model_uri=result.model_uri,
-        checkpoint_path=result.checkpoint_path,
-        case=case,
-        true_volume_ml=true_ml,
-        predicted_volume_ml=case.volumes_ml[name],
-        dice=dice,
-        tracking_uri=tracking_uri,
-        summary_path=summary_path,
-    )
+        return moved_name(__name__, name, "medseg.synthetic.demo")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,8 +27,8 @@ import pydicom.uid
 import pytest
 from typer.testing import CliRunner
 
-from medseg import phantom
 from medseg.cli import app
+from medseg.synthetic import phantom
 
 REPO = Path(__file__).resolve().parents[1]
 #: Patient names and IDs written into the inputs; none may reach logs, ledger ids or summary ids.
@@ -42,7 +42,7 @@ def train_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny U-Net trained for a few seconds on two phantoms (it finds some tumour); trained
     once per test session and shared by the batch and PACS tests (read it, never write it)."""
     from medseg.config import load_config
-    from medseg.train import train
+    from medseg.training.train import train
 
     cached = tmp_path_factory.getbasetemp() / "tiny-batch-model" / "best.pt"
     if cached.is_file():

@@ -37,7 +37,7 @@ from medseg.batch import (
 )
 from medseg.config import BatchConfig, PrivacyConfig, SeriesSelection
 from medseg.errors import ConfigError, InputError
-from medseg.io.discovery import SeriesEntry, SeriesKind, scan_folder, select_series
+from medseg.io.dicom import SeriesEntry, SeriesKind, scan_folder, select_series
 from medseg.privacy import load_salt
 from tests.test_batch import (
     SECRET_NAMES,
@@ -590,7 +590,7 @@ def test_describe_names_a_series_without_its_description() -> None:
 
 def _two_series_study(root: Path, description: str) -> None:
     """One study (one patient folder) with two CT series that both match the default rules."""
-    from medseg import phantom
+    from medseg.synthetic import phantom
 
     study_uid = None
     for i in range(2):
@@ -643,7 +643,7 @@ def test_series_description_stays_out_of_the_ledger_summaries_and_logs(
     caplog.set_level("DEBUG")
     inputs = tmp_path / "in"
     _two_series_study(inputs, CANARY)  # fails: two series match
-    from medseg import phantom
+    from medseg.synthetic import phantom
 
     case = phantom.make_case(400, shape=(16, 64, 64), n_tumours=1, radius_range_mm=(7.0, 9.0))
     phantom.write_case(case, inputs / "LEE^ANN", patient_id="MRN-SECRET-901",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from medseg.cli import app
 from medseg.errors import ConfigError
 from medseg.io import nifti
-from medseg.splits import load_folds, make_folds, write_folds
+from medseg.training.splits import load_folds, make_folds, write_folds
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = [f"training_{i:03d}" for i in range(11)]
@@ -98,7 +98,7 @@ def test_cli_trains_every_fold_with_a_saved_split(tmp_path: Path) -> None:
 
 
 def test_roi_patterns_are_case_insensitive_globs() -> None:
-    from medseg.datasets import match_rois
+    from medseg.training.datasets import match_rois
 
     names = ["GTV-1", "gtvp", "CTV", "Spinal Cord", "SPINALCORD", "GTV_primary "]
     assert match_rois(names, ["GTV", "GTVp", "GTV*"]) == ["GTV-1", "gtvp", "GTV_primary "]
@@ -124,8 +124,8 @@ def _patients(tmp_path: Path) -> Path:
 
 
 def test_dicom_rtstruct_source_maps_labels_and_skips_incomplete_cases(tmp_path: Path) -> None:
-    from medseg.datasets import load_dicom_rtstruct_folder
     from medseg.io import dicom, rtstruct
+    from medseg.training.datasets import load_dicom_rtstruct_folder
 
     root = _patients(tmp_path)
     dataset = load_dicom_rtstruct_folder(root, {1: ["GTV", "GTVp", "gtv*"]})
@@ -153,7 +153,7 @@ def test_converted_cache_skips_dicom_and_follows_its_sources(
 
     import pydicom
 
-    from medseg import datasets
+    from medseg.training import datasets
     from tests.conftest import require_data
 
     root = tmp_path / "patients"
@@ -225,9 +225,9 @@ def test_decathlon_datalist_over_real_mr_and_ct_cases_trains(tmp_path: Path) -> 
 
     from medseg import geometry as geo
     from medseg.config import load_config
-    from medseg.crossval import load_cases
-    from medseg.patches import prepare_case
-    from medseg.train import train
+    from medseg.training.crossval import load_cases
+    from medseg.training.patches import prepare_case
+    from medseg.training.train import train
     from tests.conftest import require_data
 
     source = require_data("mr-tumour")

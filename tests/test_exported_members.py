@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import medseg
+from medseg import _compat
 
 # every module of the package, found rather than listed, so a new module cannot be forgotten;
 # and every subpackage that re-exports its modules' names (io/'s __init__ is only a docstring)
@@ -54,7 +55,7 @@ def test_torch_pydicom_mlflow_only_where_allowed() -> None:
 
     root = Path(medseg.__file__).parent
     rules = {
-        "torch": {"model.py", "train.py", "distributed.py", "infer.py", "runtime.py"},
+        "torch": {"model.py", "training/train.py", "training/distributed.py", "infer.py", "runtime.py"},
         "pydicom": None,  # io/ only
         "mlflow": {"tracking.py"},
         "ray": {"batch/executors.py"},
@@ -69,3 +70,54 @@ def test_torch_pydicom_mlflow_only_where_allowed() -> None:
                 if not ok:
                     offenders.append(f"{rel}: {lib}")
     assert offenders == []
+
+
+@pytest.mark.parametrize("old", sorted(_compat.MOVED), ids=sorted(_compat.MOVED))
+def test_moved_module_imports_as_the_new_one_with_a_warning(old: str) -> None:
+    """The 0.1.0 development paths keep working until 0.2, in a fresh interpreter (an import
+    already cached would not warn)."""
+    new = _compat.MOVED[old]
+    code = (
+        "import importlib, sys, warnings\n"
+        "warnings.simplefilter('error', DeprecationWarning)\n"
+        "import medseg\n"
+        "warnings.simplefilter('always', DeprecationWarning)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        f"    old = importlib.import_module({old!r})\n"
+        f"assert old is importlib.import_module({new!r}), old\n"
+        f"assert sys.modules[{old!r}] is old\n"
+        "print('|'.join(str(w.message) for w in caught if w.category is DeprecationWarning))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"{old} is now {new}" in out.stdout
+
+
+def test_split_pacs_module_keeps_its_names() -> None:
+    from medseg.batch.listener import listen
+    from medseg.batch.orthanc import run_pacs
+
+    sys.modules.pop("medseg.pacs", None)  # a fresh import, so it warns
+    with pytest.warns(DeprecationWarning, match="medseg.pacs is now"):
+        pacs = importlib.import_module("medseg.pacs")
+    assert pacs.listen is listen and pacs.run_pacs is run_pacs
+
+
+def test_run_demo_moved_with_a_warning() -> None:
+    from medseg import pipeline
+    from medseg.synthetic.demo import run_demo
+
+    with pytest.warns(DeprecationWarning, match="pipeline.run_demo is now"):
+        assert pipeline.run_demo is run_demo
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = pipeline.nothing  # type: ignore[attr-defined]
+
+
+def test_no_module_file_shadows_a_moved_name() -> None:
+    """A real file at an old path would win over the alias (and over the new module)."""
+    from pathlib import Path
+
+    root = Path(medseg.__file__).parent.parent
+    for old in (*_compat.MOVED, *_compat.SPLIT):
+        relative = old.replace(".", "/")
+        assert not (root / f"{relative}.py").exists() and not (root / relative).is_dir(), old

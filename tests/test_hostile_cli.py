@@ -25,9 +25,9 @@ import pytest
 import torch
 import yaml
 
-from medseg import phantom
 from medseg.config import load_config
 from medseg.model import build_network, save_checkpoint
+from medseg.synthetic import phantom
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "Pa55-canary-w0rd"

@@ -298,7 +298,7 @@ def test_flip_tta_is_invariant_to_flipping_the_input() -> None:
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_exported_backend_agrees_with_torch_on_a_real_ct(backend: str) -> None:
-    from medseg import data
+    from medseg.training import data
 
     case = require_data("hn-ct/pt_1")
     pytest.importorskip(backend)

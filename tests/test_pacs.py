@@ -16,8 +16,8 @@ import pytest
 import requests
 from typer.testing import CliRunner, Result
 
-from medseg import phantom
 from medseg.cli import app
+from medseg.synthetic import phantom
 from tests.conftest import OrthancServer
 from tests.test_batch import train_tiny_model
 
@@ -135,7 +135,8 @@ def test_listener_receives_a_series_from_storescu_and_sends_rtstruct_to_orthanc(
     import subprocess
     import threading
 
-    from medseg.pacs import PacsSummary, listen
+    from medseg.batch.listener import listen
+    from medseg.batch.orthanc import PacsSummary
     from tests.conftest import _free_port, require_tool
 
     storescu = require_tool("storescu")

@@ -23,12 +23,13 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from medseg import phantom
 from medseg.batch import case_id_for
+from medseg.batch.listener import listen
+from medseg.batch.orthanc import OrthancClient, PacsQuery, PacsSummary, run_pacs
 from medseg.cli import app
 from medseg.errors import ConfigError, InputError
-from medseg.pacs import OrthancClient, PacsQuery, PacsSummary, listen, run_pacs
 from medseg.privacy import load_salt
+from medseg.synthetic import phantom
 from tests.conftest import OrthancServer, _free_port
 from tests.test_batch import train_tiny_model
 from tests.test_pacs import _wait_stable
@@ -178,7 +179,7 @@ def test_pacs_run_with_credentials_in_the_url_records_and_logs_no_password(
 
 def _only_study(server: OrthancServer, out: Path) -> tuple[OrthancClient, str, Any]:
     """A client of ``server`` (with a canary password) and the one study it holds."""
-    from medseg.pacs import StudyRef
+    from medseg.batch.orthanc import StudyRef
 
     client = OrthancClient(server.url.replace("http://", f"http://medseg:{CANARY}@"))
     (study,) = client.find_studies(PacsQuery(include_unstable=True))
@@ -195,8 +196,8 @@ def test_a_failed_download_leaves_no_dicom_copy_in_staging(
     from dataclasses import replace
 
     from medseg.batch import CaseSpec
+    from medseg.batch.orthanc import _retrieve
     from medseg.config import SeriesSelection
-    from medseg.pacs import _retrieve
 
     _upload_phantom(orthanc_server, tmp_path, 221, "PHANTOM-STAGING")
     out = tmp_path / "out"
@@ -382,7 +383,7 @@ def test_listen_refuses_a_changed_instance_of_a_processed_study(
 ) -> None:
     """A forged resend (same SOPInstanceUID, other pixels) after the study was segmented is
     refused with a failure status: the stored file stays, nothing runs, nothing is sent."""
-    caplog.set_level(logging.WARNING, logger="medseg.pacs")
+    caplog.set_level(logging.WARNING, logger="medseg.batch.listener")
     datasets = _phantom_series(tmp_path, 230, "PHANTOM-FORGE")
     out = tmp_path / "out"
     with _listening(out, tiny_model, allowed_calling_aets=("TESTSCU",), quiet_period_s=1.0,
@@ -416,7 +417,7 @@ def test_listen_refuses_a_changed_instance_of_a_processed_study(
 def test_listen_with_reprocess_changed_takes_a_changed_instance_and_runs_again(
     tmp_path: Path, tiny_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="medseg.pacs")
+    caplog.set_level(logging.WARNING, logger="medseg.batch.listener")
     datasets = _phantom_series(tmp_path, 231, "PHANTOM-REPROCESS")
     out = tmp_path / "out"
     with _listening(out, tiny_model, allowed_calling_aets=("TESTSCU",), quiet_period_s=1.0,

@@ -1,4 +1,4 @@
-"""Tests of medseg.phantom: determinism, ground truth, and the written DICOM/NIfTI files."""
+"""Tests of medseg.synthetic.phantom: determinism, ground truth, and the written DICOM/NIfTI files."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medseg import geometry as geo
-from medseg import phantom
 from medseg.errors import ConfigError, ExportError
 from medseg.io import nifti
+from medseg.synthetic import phantom
 from medseg.volume import VolumeKind
 from tests.conftest import require_tool
 

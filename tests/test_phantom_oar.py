@@ -1,4 +1,4 @@
-"""medseg.phantom_oar: CT-like images painted on the real head-and-neck organ grids.
+"""medseg.synthetic.phantom_oar: CT-like images painted on the real head-and-neck organ grids.
 
 Real data: DeepMind's oncologist contours of 21 organs (``hn-oar-labels``), which carry the CT
 grid but no image. The expensive full-grid phantom is made once per module (its volumes are
@@ -20,8 +20,8 @@ from scipy import ndimage
 
 from medseg import geometry as geo
 from medseg.errors import ConfigError, GeometryError, InputError
-from medseg.phantom import ct_from_label_maps
-from medseg.phantom_oar import (
+from medseg.synthetic.phantom import ct_from_label_maps
+from medseg.synthetic.phantom_oar import (
     AIR_HU,
     HU_BY_ORGAN,
     LabelMapPhantom,

@@ -159,7 +159,7 @@ def test_readme_demo_reaches_dice_090(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_export_rtstruct_command_from_a_nifti_label_map(tmp_path: Path) -> None:
     """`medseg export-rtstruct`: a phantom's truth label map onto its CT, read back by plastimatch."""
-    from medseg import phantom
+    from medseg.synthetic import phantom
 
     case = phantom.make_case(5, shape=(20, 64, 64), n_tumours=1)
     paths = phantom.write_case(case, tmp_path / "case", patient_id="PHANTOM-CLI")
@@ -176,7 +176,7 @@ def test_export_rtstruct_command_from_a_nifti_label_map(tmp_path: Path) -> None:
 
 
 def test_export_rtstruct_command_refuses_labels_off_the_grid(tmp_path: Path) -> None:
-    from medseg import phantom
+    from medseg.synthetic import phantom
 
     case = phantom.make_case(6, shape=(20, 64, 64), n_tumours=1)
     paths = phantom.write_case(case, tmp_path / "case", patient_id="PHANTOM-CLI")
@@ -191,7 +191,7 @@ def test_export_rtstruct_command_refuses_labels_off_the_grid(tmp_path: Path) -> 
 
 
 def test_inspect_lists_series_and_problems(tmp_path: Path) -> None:
-    from medseg import phantom
+    from medseg.synthetic import phantom
 
     case = phantom.make_case(7, shape=(20, 64, 64), n_tumours=1)
     paths = phantom.write_case(case, tmp_path / "case", patient_id="PHANTOM-INSPECT")
@@ -205,7 +205,7 @@ def test_inspect_lists_series_and_problems(tmp_path: Path) -> None:
 
 
 def test_evaluate_command_names_labels_from_a_rois_file(tmp_path: Path) -> None:
-    from medseg import phantom
+    from medseg.synthetic import phantom
 
     pred, ref = tmp_path / "pred", tmp_path / "ref"
     case = phantom.make_case(8, shape=(20, 64, 64), n_tumours=1)
@@ -222,7 +222,7 @@ def test_evaluate_command_names_labels_from_a_rois_file(tmp_path: Path) -> None:
 
 
 def test_evaluate_command_scores_cases_and_flags_failures(tmp_path: Path) -> None:
-    from medseg import phantom
+    from medseg.synthetic import phantom
 
     pred, ref = tmp_path / "pred", tmp_path / "ref"
     case = phantom.make_case(8, shape=(20, 64, 64), n_tumours=1)
@@ -258,12 +258,12 @@ class _ThresholdNet:
 def test_predict_case_applies_the_models_postprocess_and_export_config(tmp_path: Path) -> None:
     import cc3d
 
-    from medseg import phantom
     from medseg.config import LabelPostprocessConfig, builtin_config_path, load_config
     from medseg.infer import predict
     from medseg.io.dicom import load_series
     from medseg.model import LoadedModel
     from medseg.pipeline import predict_case
+    from medseg.synthetic import phantom
 
     case = phantom.make_case(seed=3)
     paths = phantom.write_case(case, tmp_path / "case", patient_id="PP-1")
@@ -296,10 +296,10 @@ def test_predict_case_subvoxel_contours_follow_the_probabilities(tmp_path: Path)
     written label map, and which differ from the exact voxel-edge outline."""
     import pydicom
 
-    from medseg import phantom
     from medseg.config import ExportConfig, LabelPostprocessConfig, builtin_config_path, load_config
     from medseg.model import LoadedModel
     from medseg.pipeline import predict_case
+    from medseg.synthetic import phantom
 
     case = phantom.make_case(seed=3)
     paths = phantom.write_case(case, tmp_path / "case", patient_id="PP-2")
@@ -398,11 +398,11 @@ def _structures_model(labels: object, *, empty_rois: str = "omit"):  # type: ign
 def test_every_interpreted_type_round_trips_through_predict_rtstruct_and_seg(tmp_path: Path) -> None:
     import pydicom
 
-    from medseg import phantom
     from medseg.io.dicom import load_series
-    from medseg.io.rtstruct_read import read_contours
+    from medseg.io.rtstruct import read_contours
     from medseg.pipeline import predict_case
     from medseg.structures import InterpretedType
+    from medseg.synthetic import phantom
 
     types = list(InterpretedType)
     model = _structures_model(
@@ -427,10 +427,10 @@ def test_target_models_export_target_types_and_codes(tmp_path: Path) -> None:
     and checkpoints) exports them as targets, never as ORGAN; SEG codes follow."""
     import pydicom
 
-    from medseg import phantom
     from medseg.io.dicom import load_series
-    from medseg.io.rtstruct_read import read_contours
+    from medseg.io.rtstruct import read_contours
     from medseg.pipeline import predict_case
+    from medseg.synthetic import phantom
 
     model = _structures_model({1: "CTV", 2: "Tumor", 3: "PTV_High", 4: "Lesion", 5: "Parotid L"})
     paths = phantom.write_case(phantom.make_case(seed=3, shape=SMALL_PHANTOM, n_tumours=1),
@@ -455,8 +455,8 @@ def test_nothing_found_writes_no_rtstruct_and_says_so(tmp_path: Path) -> None:
     model finds nothing gets no RT-STRUCT or SEG (DICOM needs one ROI); volumes say 0 mL."""
     import torch
 
-    from medseg import phantom
     from medseg.pipeline import predict_case
+    from medseg.synthetic import phantom
 
     model = _structures_model({1: "GTV"})
     with torch.no_grad():

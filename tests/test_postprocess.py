@@ -12,7 +12,6 @@ import pytest
 import SimpleITK as sitk
 
 from medseg import geometry as geo
-from medseg import phantom
 from medseg.config import LabelPostprocessConfig, PostprocessConfig, load_config, parse_config
 from medseg.errors import ConfigError, InputError
 from medseg.geometry import Geometry
@@ -26,6 +25,7 @@ from medseg.postprocess import (
     write_lesions_csv,
     write_volumes_json,
 )
+from medseg.synthetic import phantom
 from medseg.volume import SourceInfo, Volume, VolumeKind
 from tests.conftest import require_data
 

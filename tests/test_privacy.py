@@ -231,7 +231,7 @@ def test_identifiers_stay_out_of_train_and_batch_outputs(tmp_path: Path) -> None
 def test_opting_in_logs_input_folders(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """With privacy.log_identifiers the batch logs each case's input folder and the training
     names skipped patients by folder; without it, neither (the same scan as above)."""
-    from medseg.crossval import load_cases
+    from medseg.training.crossval import load_cases
 
     hospital = tmp_path / "hospital"
     _write_hospital(hospital)

@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from medseg import geometry as geo
-from medseg import phantom
 from medseg.errors import GeometryError, InputError, MissingReferenceError
 from medseg.geometry import Geometry
 from medseg.io import rtstruct
@@ -30,6 +29,7 @@ from medseg.report import (
     write_report,
     write_summary_page,
 )
+from medseg.synthetic import phantom
 from medseg.volume import SourceInfo, Volume, VolumeKind
 from tests.conftest import require_tool
 from tests.rt_helpers import write_reference_series

@@ -12,7 +12,7 @@ from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
 from medseg.model import build_network, load_checkpoint
 from medseg.tracking import Tracker, resolve_model
-from medseg.train import train
+from medseg.training.train import train
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -312,7 +312,7 @@ def test_amp_trains_on_cuda(tmp_path: Path, precision: str) -> None:
 def test_early_stopping_after_patience_validations(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medseg.train as train_module
+    import medseg.training.train as train_module
 
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.95])
 
@@ -337,9 +337,9 @@ def test_progress_bars_or_log_lines(
     import logging
 
     config = _config_with(load_config(TINY), epochs=2, samples_per_case=2)
-    with caplog.at_level(logging.INFO, logger="medseg.train"):
+    with caplog.at_level(logging.INFO, logger="medseg.training.train"):
         train(config, [_small_case(1)], [], tmp_path, None, progress=bars)
-    lines = [r.getMessage() for r in caplog.records if r.name == "medseg.train"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "medseg.training.train"]
     assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
     assert all("train_loss" in line for line in lines)
 
@@ -367,7 +367,7 @@ def test_augmentation_changes_patches_reproducibly(tmp_path: Path) -> None:
 
 
 def test_augmented_labels_stay_labels() -> None:
-    from medseg.patches import augmentation, augmented
+    from medseg.training.patches import augmentation, augmented
 
     config = _config_with(load_config(TINY), augment_flip_axes=(1,), augment_affine_probability=1.0)
     augment = augmentation(config.train)
@@ -407,7 +407,7 @@ import torch.distributed as dist
 sys.path.insert(0, {tests!r})
 from test_train import _sphere_case, _tiny_config
 from medseg.tracking import Tracker
-from medseg.train import train
+from medseg.training.train import train
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -466,7 +466,7 @@ def test_torchrun_launches_the_cli_train_command_with_ddp(tmp_path: Path) -> Non
     import mlflow
     import yaml
 
-    from medseg import phantom
+    from medseg.synthetic import phantom
 
     dataset = phantom.make_dataset(tmp_path / "phantoms", 3, seed=5)
     raw = yaml.safe_load(TINY.read_text())
@@ -500,7 +500,7 @@ def test_class_balanced_sampling_centres_small_labels_as_often_as_large_ones(
     import numpy as np
 
     from medseg.geometry import Geometry
-    from medseg.patches import prepare_case, sample_patches
+    from medseg.training.patches import prepare_case, sample_patches
     from medseg.volume import Volume, VolumeKind
 
     config = load_config(TINY)

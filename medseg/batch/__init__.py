@@ -2,7 +2,7 @@
 pipeline, recorded in a ledger so that a run can stop anywhere and the next one picks up.
 
 A *case* is one study. :func:`discover_cases` groups the DICOM files under the input root by
-study (``medseg.io.discovery``) and the config's series selection rules pick the series to
+study (``medseg.io.dicom``) and the config's series selection rules pick the series to
 segment; :func:`run_cases` runs :func:`medseg.pipeline.predict_case` on each case that needs
 it, on one of three executors that run the same function, :func:`run_case`:
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from medseg.config import BatchConfig, PrivacyConfig, SeriesSelection
 from medseg.errors import InputError, UnreadableScanError
-from medseg.io.discovery import Inventory, scan_folder, select_series
+from medseg.io.dicom import Inventory, scan_folder, select_series
 from medseg.privacy import pseudonym
 
 __all__ = [

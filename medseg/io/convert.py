@@ -18,7 +18,7 @@ from medseg.errors import UnreadableScanError
 from medseg.io import nifti
 from medseg.io.dicom import load_series
 from medseg.io.files import atomic_dir, check_output
-from medseg.io.rtstruct_read import read
+from medseg.io.rtstruct import read
 from medseg.privacy import unique_filenames
 
 __all__ = ["Conversion", "convert_dicom"]

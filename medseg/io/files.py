@@ -11,7 +11,7 @@ through :func:`atomic_dir` / :func:`atomic_path`:
 * **Only medseg's own outputs are replaced.** Every folder medseg writes carries a marker file
   (:data:`OUTPUT_MARKER`); ``overwrite`` replaces a folder only if it has the marker (or is
   empty), and a file only if the caller recognises it as one medseg wrote (for DICOM: the
-  implementation class UID medseg writes, :func:`medseg.io.dicom_write.is_medseg_dicom`).
+  implementation class UID medseg writes, :func:`medseg.io.dicom.is_medseg_dicom`).
 * **The file system's refusals are named errors.** A read-only or full file system, a
   missing permission or a parent that is a file give an :class:`~medseg.errors.OutputError`
   naming the path and the reason; the output is then absent (or, with ``overwrite``, the
@@ -123,7 +123,7 @@ def _is_medseg_dir(folder: Path) -> bool:
     which carries no marker so that DICOM tools see DICOM files only)."""
     if (folder / OUTPUT_MARKER).is_file():
         return True
-    from medseg.io.dicom_write import is_medseg_dicom  # dicom_write imports this module
+    from medseg.io.dicom import is_medseg_dicom  # dicom_write imports this module
 
     entries = list(folder.iterdir())
     return all(p.is_file() and not p.is_symlink() and is_medseg_dicom(p) for p in entries)

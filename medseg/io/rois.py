@@ -18,8 +18,7 @@ from medseg import contours
 from medseg import geometry as geo
 from medseg.errors import ConfigError, ExportError, GeometryError
 from medseg.io import nifti
-from medseg.io.dicom import load_series
-from medseg.io.dicom_write import is_medseg_dicom
+from medseg.io.dicom import is_medseg_dicom, load_series
 from medseg.io.files import check_output
 from medseg.io.rtstruct import MissingUids, write
 from medseg.structures import InterpretedType, Structure, structure_set, with_standard_names

@@ -37,9 +37,8 @@ import medseg
 from medseg import geometry as geo
 from medseg.config import IngestConfig
 from medseg.errors import ExportError, GeometryError, UnreadableScanError
-from medseg.io.dicom import format_ds
+from medseg.io.dicom import HEADER_ERRORS, format_ds, header_value, integer
 from medseg.io.files import atomic_path
-from medseg.io.headers import HEADER_ERRORS, header_value, integer
 from medseg.io.limits import require_within_limits
 from medseg.io.rtstruct import duplicated_roi_fields
 from medseg.structures import Structure

@@ -15,18 +15,19 @@ from pydicom.data import get_testdata_file
 from medseg.config import SeriesSelection, load_config, parse_config
 from medseg.errors import ConfigError, InputError, UnreadableScanError
 from medseg.geometry import Geometry
-from medseg.io.dicom import load_series, write_series
-from medseg.io.discovery import (
+from medseg.io.dicom import (
     Inventory,
     Orientation,
     ProblemKind,
     SeriesEntry,
     SeriesKind,
     StudyEntry,
-    _iter_files,
+    load_series,
     scan_folder,
     select_series,
+    write_series,
 )
+from medseg.io.dicom._discovery import _iter_files
 from medseg.volume import Volume
 from tests.conftest import REPO_ROOT, require_data
 

@@ -33,9 +33,14 @@ from medseg.config import IngestConfig, load_config
 from medseg.errors import ConfigError, ResourceLimitError, UnreadableScanError
 from medseg.geometry import Geometry
 from medseg.io import nifti, seg
-from medseg.io.dicom import load_series
-from medseg.io.discovery import ProblemKind, scan_folder
-from medseg.io.headers import DEFLATED_HEADER_MAX_BYTES, DEFLATED_MAX_BYTES, read_dicom
+from medseg.io.dicom import (
+    DEFLATED_HEADER_MAX_BYTES,
+    DEFLATED_MAX_BYTES,
+    ProblemKind,
+    load_series,
+    read_dicom,
+    scan_folder,
+)
 from medseg.io.limits import GZIP_WBITS, RAW_DEFLATE_WBITS, InflatedReader, require_within_limits
 from medseg.io.nifti import NIFTI_HEADER_MAX_BYTES
 from medseg.io.rtstruct import RoiSpec

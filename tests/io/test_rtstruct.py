@@ -293,7 +293,9 @@ def test_split_contours_with_small_limit(
     axial_ct: tuple[Volume, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference, ct_dir = axial_ct
-    monkeypatch.setattr(rtstruct, "MAX_CONTOUR_DATA_BYTES", 1500)
+    from medseg.io.rtstruct import _write  # the writer reads its own module global
+
+    monkeypatch.setattr(_write, "MAX_CONTOUR_DATA_BYTES", 1500)
     mask = _sphere_65ml(reference.geometry) & ~_donut(reference.geometry)
     out = rtstruct.write(
         _labels(mask, reference), reference, [RoiSpec("s", 1)], tmp_path / "rs.dcm"
@@ -793,8 +795,8 @@ def test_export_rtstruct_cli_proposes_tg263_names(tmp_path: Path) -> None:
     written as ROIDescription; the names it cannot map are said."""
     from typer.testing import CliRunner
 
-    from medseg import phantom
     from medseg.cli import app
+    from medseg.synthetic import phantom
 
     paths = phantom.write_case(phantom.make_case(seed=2, n_tumours=2), tmp_path / "case",
                                patient_id="TG-1")

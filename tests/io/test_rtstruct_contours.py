@@ -1,4 +1,4 @@
-"""RT-STRUCT contours read as polygons in index space (``rtstruct_read.read_contours``).
+"""RT-STRUCT contours read as polygons in index space (``rtstruct.read_contours``).
 
 The polygons are checked against the file itself (pydicom's ContourData, mapped back to LPS
 mm), against the hand-made masks they were exported from, and against plastimatch's GTV
@@ -21,8 +21,7 @@ from medseg.errors import GeometryError, UnreadableScanError
 from medseg.geometry import Geometry
 from medseg.io import rtstruct
 from medseg.io.dicom import load_series
-from medseg.io.rtstruct import RoiSpec
-from medseg.io.rtstruct_read import StructureSetContours, read_contours
+from medseg.io.rtstruct import RoiSpec, StructureSetContours, read_contours
 from medseg.volume import SourceInfo, Volume, VolumeKind
 from tests.conftest import require_data
 from tests.rt_helpers import write_reference_series

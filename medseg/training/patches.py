@@ -1,6 +1,6 @@
 """Training cases as patches: each (image, labels) pair is checked, put on the model's grid and
 intensities (as :func:`medseg.infer.predict` will see it), cropped to its foreground, and
-sampled into patches with optional MONAI augmentation. Used by :mod:`medseg.train`.
+sampled into patches with optional MONAI augmentation. Used by :mod:`medseg.training.train`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from pydicom.errors import InvalidDicomError
 from medseg import contours
 from medseg import geometry as geo
 from medseg.errors import GeometryError, MissingReferenceError, UnreadableScanError
-from medseg.io.headers import HEADER_ERRORS, header_value
+from medseg.io.dicom import HEADER_ERRORS, header_value
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
 __all__ = [

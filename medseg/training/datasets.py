@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from medseg.data import LabelledCase
 from medseg.errors import InputError, MedsegError
 from medseg.geometry import Geometry
-from medseg.io import dicom, discovery, rtstruct
+from medseg.io import dicom, rtstruct
 from medseg.io.files import atomic_path
+from medseg.training.data import LabelledCase
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
 __all__ = [
@@ -159,7 +159,7 @@ def load_dicom_rtstruct_folder(
 
 
 def _convert(folder: Path, labels: Mapping[int, Sequence[str]]) -> tuple[Volume, Volume]:
-    inventory = discovery.scan_folder(folder)
+    inventory = dicom.scan_folder(folder)
     structure_sets = [s for s in inventory.series if s.modality == "RTSTRUCT"]
     files = [f for s in structure_sets for f in s.files]
     if not files:

@@ -1,6 +1,6 @@
 """The slices of one DICOM image series: frames, sorting along the normal, geometry checks.
 
-Used by :mod:`medseg.io.discovery` (to list each series' problems) and :mod:`medseg.io.dicom`
+Used by :mod:`medseg.io.dicom` (to list each series' problems) and :mod:`medseg.io.dicom`
 (to load a series or raise the named error of its first problem); the underscored names are
 shared inside ``medseg.io`` only.
 
@@ -37,7 +37,7 @@ from medseg.errors import (
     UnevenSpacingError,
     UnreadableScanError,
 )
-from medseg.io.headers import HEADER_ERRORS, finite, header_value, integer
+from medseg.io.dicom._headers import HEADER_ERRORS, finite, header_value, integer
 
 __all__ = [
     "MISSING_SLICE_RATIO_TOLERANCE",

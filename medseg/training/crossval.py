@@ -2,7 +2,7 @@
 
 The folds are drawn from ``config.seed`` over the training cases (a datalist's ``training``
 list, or the patients of a DICOM + RT-STRUCT ``data.dicom_root``)
-(:func:`medseg.splits.make_folds`) and saved as ``splits.json`` in the output folder; a
+(:func:`medseg.training.splits.make_folds`) and saved as ``splits.json`` in the output folder; a
 saved split file is reused, so every fold of a study trains on the same partition. Each fold
 trains into ``fold_K/`` as its own MLflow run (``<experiment>-fold<K>``) with the split file
 as an artifact.
@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medseg import data, datasets, splits
 from medseg.config import ExperimentConfig
 from medseg.errors import ConfigError
 from medseg.io.files import claim_output_dir
 from medseg.privacy import redact
+from medseg.training import data, datasets, splits
 
 __all__ = ["SPLIT_FILE", "load_cases", "train_folds"]
 
@@ -41,8 +41,8 @@ def train_folds(
             split file names other cases than the datalist.
     """
     from medseg import tracking
-    from medseg.distributed import is_main_process
-    from medseg.train import train
+    from medseg.training.distributed import is_main_process
+    from medseg.training.train import train
 
     cases = load_cases(config)
     out_dir = claim_output_dir(

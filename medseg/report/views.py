@@ -101,7 +101,7 @@ class Outline:
         linestyle: ``"solid"`` or ``"dashed"``.
         polygons: optional slice index (array axis 0) -> ``(N, 2)`` ``(row, column)`` index
             polygons (e.g. an RT-STRUCT's contours from
-            :func:`medseg.io.rtstruct_read.read_contours`). When given, the view that cuts
+            :func:`medseg.io.rtstruct.read_contours`). When given, the view that cuts
             across array axis 0 draws these instead of the mask's outline (see the module
             docstring); ``mask`` should then be their rasterisation.
     """

@@ -11,7 +11,7 @@ DICOMDIR that lists fewer files than are present cannot hide any.
 ``medseg.io.dicom.load_series`` reuses the headers parsed here, so each file is parsed once;
 pixel data is deferred (read on first access) and only the selected series' pixels are read.
 
-The slices of each series are sorted and checked by :mod:`medseg.io.slices`. The inventory holds no patient names, IDs or birth dates: only UIDs,
+The slices of each series are sorted and checked by :mod:`medseg.io.dicom`. The inventory holds no patient names, IDs or birth dates: only UIDs,
 modality, descriptions, counts, geometry and file paths relative to the scanned folder.
 """
 
@@ -36,11 +36,9 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from medseg.config import SeriesSelection
 from medseg.errors import GeometryError, InputError, ResourceLimitError, UnreadableScanError
-from medseg.io.headers import HEADER_ERRORS, header_value, integer, read_dicom
-from medseg.io.slices import (
-    MISSING_SLICE_RATIO_TOLERANCE,
+from medseg.io.dicom._headers import HEADER_ERRORS, header_value, integer, read_dicom
+from medseg.io.dicom._slices import (
     SLICE_SPACING_RELATIVE_TOLERANCE,
-    TILT_TOLERANCE_DEG,
     Orientation,
     Problem,
     ProblemKind,
@@ -52,13 +50,7 @@ from medseg.io.slices import (
 )
 
 __all__ = [
-    "MISSING_SLICE_RATIO_TOLERANCE",
-    "SLICE_SPACING_RELATIVE_TOLERANCE",
-    "TILT_TOLERANCE_DEG",
     "Inventory",
-    "Orientation",
-    "Problem",
-    "ProblemKind",
     "SeriesEntry",
     "SeriesKind",
     "StudyEntry",
@@ -300,7 +292,7 @@ def _has_dicm_preamble(path: Path) -> bool:
 
 def _read(path: Path, name: str) -> Dataset | Problem | None:
     """The header (pixel data deferred); a problem for a broken DICOM file, a deflated one over
-    the bounds of :func:`~medseg.io.headers.read_dicom`, or a symbolic link to nothing; None
+    the bounds of :func:`~medseg.io.dicom.read_dicom`, or a symbolic link to nothing; None
     for files that are not DICOM."""
     if not path.exists():  # _iter_files yields links whose target is missing
         return Problem(

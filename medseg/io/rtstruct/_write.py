@@ -43,18 +43,16 @@ from medseg import geometry as geo
 from medseg.errors import ExportError
 from medseg.io.dicom import file_meta, format_ds
 from medseg.io.files import atomic_path
-from medseg.io.rtstruct_read import MAX_OFF_PLANE_SLICES, read
 from medseg.structures import InterpretedType, Structure, duplicated_fields
 from medseg.volume import Volume, VolumeKind, require_same_geometry
 
 __all__ = [
     "INTERPRETED_TYPES",
     "MAX_CONTOUR_DATA_BYTES",
-    "MAX_OFF_PLANE_SLICES",
     "PROBABILITY_SEARCH_VOXELS",
+    "MissingUids",
     "RoiSpec",
     "duplicated_roi_fields",
-    "read",
     "write",
     "write_masks",
 ]

@@ -1,11 +1,11 @@
-"""QA pages: one per case (views through every lesion with the exported contours, and the
-numbers), and a batch summary page linking the cases.
+"""The QA page of one case: views through every lesion with the exported contours, and the
+numbers.
 
 The case page is what a clinician opens before importing a segmentation into the planning
 system: the model, the input series, then for each lesion (connected component) of each named
 label an axial, a coronal and a sagittal view through its centroid, with the CT in a
 soft-tissue window and the contour drawn **from the exported RT-STRUCT** when one is given
-(see :mod:`medseg.report_views` for what is drawn in which view), the reference contour too
+(see :mod:`medseg.report.views` for what is drawn in which view), the reference contour too
 (dashed) when one is given; then the volumes, the lesion table and, with a reference, the
 agreement metrics.
 
@@ -17,35 +17,27 @@ deep-learning stack is loaded here (a test checks that torch stays out).
 from __future__ import annotations
 
 import html
-import json
 import math
-import os
-import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medseg import geometry as geo
-from medseg.errors import InputError
-from medseg.io import rtstruct_read
-from medseg.io.files import atomic_dir, atomic_path
+from medseg.io import rtstruct
+from medseg.io.files import atomic_dir
 from medseg.metrics import SegmentationMetrics, compute_label_metrics
 from medseg.postprocess import Lesion, find_lesions, volumes_report
-from medseg.report_views import VIEWS, Outline, axis_map, display_window, draw_view
+from medseg.report._html import STYLE, fmt, html_table
+from medseg.report.views import VIEWS, Outline, axis_map, display_window, draw_view
 from medseg.structures import InterpretedType, Structure, structure_set
 from medseg.volume import Volume, require_same_geometry
 
 __all__ = [
     "MAX_LESIONS_PER_LABEL",
     "REPORT_TOLERANCE_MM",
-    "SUMMARY_PAGE",
-    "CaseSummary",
-    "read_case_summary",
     "write_report",
-    "write_summary_page",
 ]
 
 #: Views are drawn for at most this many lesions per label (the largest), so a noisy
@@ -55,21 +47,8 @@ MAX_LESIONS_PER_LABEL = 10
 #: Surface Dice tolerance used on the page when a reference is given.
 REPORT_TOLERANCE_MM = 2.0
 
-#: File name of the batch summary page in its folder.
-SUMMARY_PAGE = "summary.html"
-
 #: Outline colours when the RT-STRUCT gives none (or there is no RT-STRUCT), by label order.
 _REFERENCE_COLOUR = "#ffff60"
-
-_STYLE = """body { font-family: sans-serif; margin: 1.5em; background: #fafafa; color: #111; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: right; }
-th { background: #eee; }
-figure { display: inline-block; margin: 0.3em; }
-figure img { max-width: 30vw; height: auto; border: 1px solid #444; }
-.note { color: #555; font-size: 0.9em; }
-.warning { color: #a00; font-weight: bold; }
-tr.failed td { background: #fdd; }"""
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>medseg QA: {title}</title>
@@ -153,7 +132,7 @@ def write_report(
         if reference is not None
         else {}
     )
-    exported: dict[str, rtstruct_read.RoiContours] = {}
+    exported: dict[str, rtstruct.RoiContours] = {}
     exported_masks: dict[str, Volume] = {}
     warnings_html: list[str] = []
     series_description = "not recorded"
@@ -166,7 +145,7 @@ def write_report(
         else:
             series_description = str(header.get("SeriesDescription", "") or series_description)
     if rtstruct_path is not None:
-        structure_set = rtstruct_read.read_contours(Path(rtstruct_path), image)
+        structure_set = rtstruct.read_contours(Path(rtstruct_path), image)
         exported = structure_set.by_name()
         exported_masks = structure_set.masks(image)
         generation = sorted({r.generation_description or "" for r in structure_set.rois} - {""})
@@ -207,8 +186,8 @@ def write_report(
                         f"<figcaption>{view}</figcaption></figure>"
                     )
                 heading = (
-                    f"{name} (label {value}), lesion {lesion.id}: {_fmt(lesion.volume_ml)} mL, "
-                    f"longest axial diameter {_fmt(lesion.longest_axial_diameter_mm, 1)} mm; "
+                    f"{name} (label {value}), lesion {lesion.id}: {fmt(lesion.volume_ml)} mL, "
+                    f"longest axial diameter {fmt(lesion.longest_axial_diameter_mm, 1)} mm; "
                     f"{source}"
                 )
                 views_html.append(f"<h3>{html.escape(heading)}</h3>" + "".join(figures))
@@ -221,7 +200,7 @@ def write_report(
             contour_source = "from the label map (no RT-STRUCT was given)"
         page = _PAGE.format(
             title=html.escape(image.source.describe()),
-            style=_STYLE,
+            style=STYLE,
             series_description=html.escape(series_description),
             model_id=html.escape(model_id or "; ".join(generation) or "not recorded"),
             contour_source=html.escape(contour_source),
@@ -264,7 +243,7 @@ def _outlines(
     labels: Volume,
     value: int,
     name: str,
-    exported: Mapping[str, rtstruct_read.RoiContours],
+    exported: Mapping[str, rtstruct.RoiContours],
     exported_masks: Mapping[str, Volume],
     colour: str,
     rtstruct_path: Path | None,
@@ -281,39 +260,13 @@ def _outlines(
     return [Outline(mask, colour, "solid", polygons=roi.polygons)]
 
 
-def _fmt(value: float, digits: int = 2) -> str:
-    return f"{value:.{digits}f}" if np.isfinite(value) else ("inf" if value > 0 else "-inf")
-
-
-def _table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], row_classes: Sequence[str] = ()
-) -> str:
-    """An HTML table; cells are escaped, except those given as ``Markup``."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        (f'<tr class="{row_classes[i]}">' if i < len(row_classes) and row_classes[i] else "<tr>")
-        + "".join(
-            f"<td>{cell if isinstance(cell, _Markup) else html.escape(cell)}</td>" for cell in row
-        )
-        + "</tr>"
-        for i, row in enumerate(rows)
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-class _Markup(str):
-    """A table cell that is already HTML (built from escaped parts)."""
-
-    __slots__ = ()
-
-
 def _volumes_table(report: Mapping[str, Any], exported: Mapping[str, Volume] | None) -> str:
     header = ["structure", "label", "volume (mL)", "lesions"]
     rows = [
-        [name, str(entry["label"]), _fmt(entry["volume_ml"]), str(entry["n_lesions"])]
+        [name, str(entry["label"]), fmt(entry["volume_ml"]), str(entry["n_lesions"])]
         for name, entry in report["labels"].items()
     ]
-    rows.append(["total", "", _fmt(report["total_burden_ml"]), str(report["n_lesions_total"])])
+    rows.append(["total", "", fmt(report["total_burden_ml"]), str(report["n_lesions_total"])])
     if exported is not None:
         header.append("RT-STRUCT (mL)")
         total = 0.0
@@ -323,23 +276,23 @@ def _volumes_table(report: Mapping[str, Any], exported: Mapping[str, Volume] | N
                 float(np.count_nonzero(mask.array)) * mask.voxel_volume_ml if mask else math.nan
             )
             total += 0.0 if math.isnan(volume_ml) else volume_ml
-            row.append("missing" if math.isnan(volume_ml) else _fmt(volume_ml))
-        rows[-1].append(_fmt(total))
-    return _table(header, rows)
+            row.append("missing" if math.isnan(volume_ml) else fmt(volume_ml))
+        rows[-1].append(fmt(total))
+    return html_table(header, rows)
 
 
 def _lesions_table(report: Mapping[str, Any]) -> str:
     rows = [
         [
-            name, str(lesion["id"]), _fmt(lesion["volume_ml"]),
-            _fmt(lesion["longest_axial_diameter_mm"], 1),
-            ", ".join(_fmt(c, 1) for c in lesion["centroid_mm"]),
+            name, str(lesion["id"]), fmt(lesion["volume_ml"]),
+            fmt(lesion["longest_axial_diameter_mm"], 1),
+            ", ".join(fmt(c, 1) for c in lesion["centroid_mm"]),
             f"{lesion['first_slice']}-{lesion['last_slice']} ({lesion['n_slices']})",
         ]
         for name, entry in report["labels"].items()
         for lesion in entry["lesions"]
     ]  # fmt: skip
-    return _table(
+    return html_table(
         ["structure", "lesion", "volume (mL)", "longest axial diameter (mm)",
          "centroid LPS (mm)", "slices"],
         rows,
@@ -350,134 +303,13 @@ def _metrics_section(metrics: Mapping[str, SegmentationMetrics]) -> str:
     if not metrics:
         return ""
     rows = [
-        [name, _fmt(m.dice, 3), _fmt(m.hausdorff95_mm), _fmt(m.assd_mm), _fmt(m.surface_dice, 3),
-         _fmt(m.volume_prediction_ml), _fmt(m.volume_reference_ml),
-         _fmt(100 * m.relative_volume_error, 1)]
+        [name, fmt(m.dice, 3), fmt(m.hausdorff95_mm), fmt(m.assd_mm), fmt(m.surface_dice, 3),
+         fmt(m.volume_prediction_ml), fmt(m.volume_reference_ml),
+         fmt(100 * m.relative_volume_error, 1)]
         for name, m in metrics.items()
     ]  # fmt: skip
     header = [
         "structure", "Dice", "HD95 (mm)", "ASSD (mm)", f"surface Dice @{REPORT_TOLERANCE_MM} mm",
         "predicted (mL)", "reference (mL)", "volume error (%)",
     ]  # fmt: skip
-    return "<h2>Agreement with the reference</h2>" + _table(header, rows)
-
-
-# ---------------------------------------------------------------------------------------------
-# batch summary page
-
-
-@dataclass(frozen=True, slots=True)
-class CaseSummary:
-    """One case's row on the batch summary page (:func:`write_summary_page`).
-
-    Attributes:
-        case: the case's name, e.g. its output folder's name; shown as given.
-        status: ``"ok"`` for a case that went through; anything else (e.g. ``"failed"``,
-            ``"skipped"``) is shown as given and the row is highlighted.
-        report_path: the case's ``report.html`` (absolute, or relative to the working
-            directory), linked relatively from the page; None when the case has none (a
-            failed case). A path that does not exist is shown as missing, not linked.
-        volumes_ml: structure name -> volume in mL (e.g. ``pipeline.CaseResult.volumes_ml``
-            or :func:`read_case_summary`); a structure a case lacks shows blank.
-        message: the reason for a failure or another note, shown as given; it must not hold
-            protected health information (error messages from medseg do not).
-    """
-
-    case: str
-    status: str
-    report_path: Path | None = None
-    volumes_ml: Mapping[str, float] = field(default_factory=dict)
-    message: str = ""
-
-
-def read_case_summary(case_dir: Path, *, status: str = "ok", message: str = "") -> CaseSummary:
-    """The :class:`CaseSummary` of a case folder written by ``pipeline.predict_case``.
-
-    Reads ``volumes.json`` for the volumes and links ``report/report.html``; the case's name
-    is the folder's name. Meant for cases finished in an earlier run (a resumed batch).
-
-    Raises:
-        InputError: if ``case_dir/volumes.json`` is missing or not a volumes report.
-    """
-    case_dir = Path(case_dir)
-    volumes_path = case_dir / "volumes.json"
-    try:
-        document = json.loads(volumes_path.read_text(encoding="utf-8"))
-        volumes = {name: float(e["volume_ml"]) for name, e in document["labels"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{volumes_path}: not a readable volumes report ({exc})") from exc
-    return CaseSummary(
-        case=case_dir.name,
-        status=status,
-        report_path=case_dir / "report" / "report.html",
-        volumes_ml=volumes,
-        message=message,
-    )
-
-
-_SUMMARY = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>medseg batch: {title}</title>
-<style>
-{style}
-</style></head>
-<body>
-<h1>{title}</h1>
-<p>{counts}</p>
-{table}
-</body></html>
-"""
-
-
-def write_summary_page(
-    out_root: Path, cases: Sequence[CaseSummary], *, title: str = "medseg batch summary"
-) -> Path:
-    """Write the batch summary page ``out_root/summary.html``, atomically.
-
-    One row per case, in the order given: name, status, the volume of every structure (the
-    union over the cases, in order of first appearance, volumes in mL), the link to the case's
-    ``report.html`` and the message. Links are relative to ``out_root``, so the batch folder
-    can be moved whole.
-
-    Args:
-        out_root: the batch output folder (created if missing).
-        cases: one :class:`CaseSummary` per case (from the batch runner, or
-            :func:`read_case_summary` for case folders).
-        title: the page's heading.
-
-    Returns:
-        The page's path, ``out_root /`` :data:`SUMMARY_PAGE`.
-    """
-    out_root = Path(out_root)
-    structures: dict[str, None] = {}
-    for case in cases:
-        structures.update(dict.fromkeys(case.volumes_ml))
-    rows: list[list[str]] = []
-    for case in cases:
-        row = [case.case, case.status]
-        row += [_fmt(case.volumes_ml[s]) if s in case.volumes_ml else "" for s in structures]
-        row += [_report_link(out_root, case.report_path), case.message]
-        rows.append(row)
-    n_ok = sum(case.status == "ok" for case in cases)
-    counts = f"{len(cases)} cases: {n_ok} ok, {len(cases) - n_ok} not ok."
-    table = _table(
-        ["case", "status", *(f"{s} (mL)" for s in structures), "report", "message"],
-        rows,
-        ["" if case.status == "ok" else "failed" for case in cases],
-    )
-    page = _SUMMARY.format(
-        title=html.escape(title), style=_STYLE, counts=html.escape(counts), table=table
-    )
-    path = out_root / SUMMARY_PAGE
-    with atomic_path(path) as tmp:
-        tmp.write_text(page, encoding="utf-8", errors="backslashreplace")
-    return path
-
-
-def _report_link(out_root: Path, report_path: Path | None) -> str:
-    if report_path is None:
-        return ""
-    if not Path(report_path).is_file():
-        return "missing"
-    relative = Path(os.path.relpath(Path(report_path).resolve(), Path(out_root).resolve()))
-    href = urllib.parse.quote(relative.as_posix())
-    return _Markup(f'<a href="{html.escape(href)}">report</a>')
+    return "<h2>Agreement with the reference</h2>" + html_table(header, rows)

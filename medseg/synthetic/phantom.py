@@ -35,7 +35,7 @@ from medseg.errors import ConfigError
 from medseg.geometry import Geometry
 from medseg.io import dicom, nifti
 from medseg.io.files import atomic_dir, atomic_path
-from medseg.phantom_oar import ct_from_label_maps  # CT-like images from organ label maps
+from medseg.synthetic.phantom_oar import ct_from_label_maps  # CT-like images from organ label maps
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
 __all__ = [

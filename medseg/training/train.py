@@ -1,7 +1,7 @@
 """The training loop: DiceCE loss on sampled patches, sliding-window validation, checkpoints.
 
 Training works on volumes already loaded by the caller (this module reads no files). Images
-are in Hounsfield units: :mod:`medseg.patches` applies the config's intensity window, exactly
+are in Hounsfield units: :mod:`medseg.training.patches` applies the config's intensity window, exactly
 as :func:`medseg.infer.predict` applies the window stored with the model, and samples the
 patches with foreground balance.
 """
@@ -24,7 +24,6 @@ import torch
 from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 
 import medseg
-from medseg import distributed
 from medseg.config import ExperimentConfig, TrainConfig
 from medseg.errors import ConfigError, InputError
 from medseg.infer import predict
@@ -36,7 +35,8 @@ from medseg.model import (
     load_training_state,
     save_checkpoint,
 )
-from medseg.patches import (
+from medseg.training import distributed
+from medseg.training.patches import (
     PreparedCase,
     augmentation,
     augmented,
@@ -44,7 +44,7 @@ from medseg.patches import (
     prepare_case,
     sample_patches,
 )
-from medseg.progress import Progress, plot_curves, progress_bar
+from medseg.training.progress import Progress, plot_curves, progress_bar
 from medseg.volume import Volume
 
 __all__ = ["EpochRecord", "RunTracker", "TrainResult", "lr_factor", "train"]

@@ -1,8 +1,8 @@
 """DICOM image series: loading one CT/MR series as a Volume.
 
-Discovery and selection live in :mod:`medseg.io.discovery`, the geometry checks of a series'
-slices in :mod:`medseg.io.slices`; this module decodes the selected series' pixels, applies
-the rescale and pixel padding. Writing CT series lives in :mod:`medseg.io.dicom_write`
+Discovery and selection live in :mod:`medseg.io.dicom`, the geometry checks of a series'
+slices in :mod:`medseg.io.dicom`; this module decodes the selected series' pixels, applies
+the rescale and pixel padding. Writing CT series lives in :mod:`medseg.io.dicom`
 (re-exported here: ``format_ds``, ``file_meta``, ``write_series``).
 
 Reading is lenient (pydicom's default), writing is strict: a written CT series carries every
@@ -11,7 +11,7 @@ Type 1 and Type 2 attribute of the CT Image IOD so ``dciodvfy`` reports no error
 Compressed transfer syntaxes (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE) are
 decoded by pydicom's plugins: pylibjpeg (with pylibjpeg-libjpeg, -openjpeg, -rle), pyjpegls
 and Pillow. Big-endian is handled by pydicom itself. A deflated file is inflated in bounded
-chunks by :func:`medseg.io.headers.read_dicom`; its uncompressed pixel data are read, like
+chunks by :func:`medseg.io.dicom.read_dicom`; its uncompressed pixel data are read, like
 those of any uncompressed file, as exactly the bytes the header declares (once the declared
 size has passed the limits), never as whatever length the pixel data element claims.
 """
@@ -39,12 +39,9 @@ from pydicom.uid import (
 from medseg import geometry as geo
 from medseg.config import IngestConfig, SeriesSelection
 from medseg.errors import ResourceLimitError, UnreadableScanError
-from medseg.io.dicom_write import IMPLEMENTATION_CLASS_UID, file_meta, format_ds, write_series
-from medseg.io.discovery import SeriesKind, _scan, select_series
-from medseg.io.headers import HEADER_ERRORS, header_value, integer
-from medseg.io.limits import InflatedReader, require_within_limits
-from medseg.io.slices import (
-    SLICE_SPACING_RELATIVE_TOLERANCE,
+from medseg.io.dicom._discovery import SeriesKind, _scan, select_series
+from medseg.io.dicom._headers import HEADER_ERRORS, header_value, integer
+from medseg.io.dicom._slices import (
     ProblemKind,
     _Frame,
     _raise_first,
@@ -52,15 +49,11 @@ from medseg.io.slices import (
     _Regrid,
     _regrid,
 )
+from medseg.io.limits import InflatedReader, require_within_limits
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
 __all__ = [
-    "IMPLEMENTATION_CLASS_UID",
-    "SLICE_SPACING_RELATIVE_TOLERANCE",
-    "file_meta",
-    "format_ds",
     "load_series",
-    "write_series",
 ]
 
 #: Uncompressed transfer syntaxes whose pixel bytes are read directly (from the file, or for a
@@ -169,7 +162,7 @@ def _deferred_layout(ds: Dataset, dtype: np.dtype[Any]) -> tuple[int, int, np.dt
 
 
 def _inflated(record: _Record) -> InflatedReader | None:
-    """The reader of a deflated file's data set (see ``medseg.io.headers.read_dicom``)."""
+    """The reader of a deflated file's data set (see ``medseg.io.dicom.read_dicom``)."""
     stream = getattr(record.header, "buffer", None)
     return stream if isinstance(stream, InflatedReader) else None
 

@@ -1,6 +1,6 @@
 """Training feedback without torch: progress bars (or log lines) and the curves PNG.
 
-:func:`medseg.train.train` reports through :class:`Progress` and plots its history with
+:func:`medseg.training.train.train` reports through :class:`Progress` and plots its history with
 :func:`plot_curves`.
 """
 
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Self
 from medseg.io.files import atomic_path
 
 if TYPE_CHECKING:
-    from medseg.train import EpochRecord
+    from medseg.training.train import EpochRecord
 
 __all__ = ["Progress", "plot_curves", "progress_bar"]
 
-_log = logging.getLogger("medseg.train")
+_log = logging.getLogger("medseg.training.train")
 
 
 def plot_curves(history: Sequence[EpochRecord], path: Path) -> Path:

@@ -1,0 +1,136 @@
+"""The batch summary page: one row per case, with its status, volumes and a link to its QA page."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.errors import InputError
+from medseg.io.files import atomic_path
+from medseg.report._html import STYLE, Markup, fmt, html_table
+
+__all__ = ["SUMMARY_PAGE", "CaseSummary", "read_case_summary", "write_summary_page"]
+
+#: File name of the batch summary page in its folder.
+SUMMARY_PAGE = "summary.html"
+
+@dataclass(frozen=True, slots=True)
+class CaseSummary:
+    """One case's row on the batch summary page (:func:`write_summary_page`).
+
+    Attributes:
+        case: the case's name, e.g. its output folder's name; shown as given.
+        status: ``"ok"`` for a case that went through; anything else (e.g. ``"failed"``,
+            ``"skipped"``) is shown as given and the row is highlighted.
+        report_path: the case's ``report.html`` (absolute, or relative to the working
+            directory), linked relatively from the page; None when the case has none (a
+            failed case). A path that does not exist is shown as missing, not linked.
+        volumes_ml: structure name -> volume in mL (e.g. ``pipeline.CaseResult.volumes_ml``
+            or :func:`read_case_summary`); a structure a case lacks shows blank.
+        message: the reason for a failure or another note, shown as given; it must not hold
+            protected health information (error messages from medseg do not).
+    """
+
+    case: str
+    status: str
+    report_path: Path | None = None
+    volumes_ml: Mapping[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+def read_case_summary(case_dir: Path, *, status: str = "ok", message: str = "") -> CaseSummary:
+    """The :class:`CaseSummary` of a case folder written by ``pipeline.predict_case``.
+
+    Reads ``volumes.json`` for the volumes and links ``report/report.html``; the case's name
+    is the folder's name. Meant for cases finished in an earlier run (a resumed batch).
+
+    Raises:
+        InputError: if ``case_dir/volumes.json`` is missing or not a volumes report.
+    """
+    case_dir = Path(case_dir)
+    volumes_path = case_dir / "volumes.json"
+    try:
+        document = json.loads(volumes_path.read_text(encoding="utf-8"))
+        volumes = {name: float(e["volume_ml"]) for name, e in document["labels"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{volumes_path}: not a readable volumes report ({exc})") from exc
+    return CaseSummary(
+        case=case_dir.name,
+        status=status,
+        report_path=case_dir / "report" / "report.html",
+        volumes_ml=volumes,
+        message=message,
+    )
+
+
+_SUMMARY = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>medseg batch: {title}</title>
+<style>
+{style}
+</style></head>
+<body>
+<h1>{title}</h1>
+<p>{counts}</p>
+{table}
+</body></html>
+"""
+
+
+def write_summary_page(
+    out_root: Path, cases: Sequence[CaseSummary], *, title: str = "medseg batch summary"
+) -> Path:
+    """Write the batch summary page ``out_root/summary.html``, atomically.
+
+    One row per case, in the order given: name, status, the volume of every structure (the
+    union over the cases, in order of first appearance, volumes in mL), the link to the case's
+    ``report.html`` and the message. Links are relative to ``out_root``, so the batch folder
+    can be moved whole.
+
+    Args:
+        out_root: the batch output folder (created if missing).
+        cases: one :class:`CaseSummary` per case (from the batch runner, or
+            :func:`read_case_summary` for case folders).
+        title: the page's heading.
+
+    Returns:
+        The page's path, ``out_root /`` :data:`SUMMARY_PAGE`.
+    """
+    out_root = Path(out_root)
+    structures: dict[str, None] = {}
+    for case in cases:
+        structures.update(dict.fromkeys(case.volumes_ml))
+    rows: list[list[str]] = []
+    for case in cases:
+        row = [case.case, case.status]
+        row += [fmt(case.volumes_ml[s]) if s in case.volumes_ml else "" for s in structures]
+        row += [_report_link(out_root, case.report_path), case.message]
+        rows.append(row)
+    n_ok = sum(case.status == "ok" for case in cases)
+    counts = f"{len(cases)} cases: {n_ok} ok, {len(cases) - n_ok} not ok."
+    table = html_table(
+        ["case", "status", *(f"{s} (mL)" for s in structures), "report", "message"],
+        rows,
+        ["" if case.status == "ok" else "failed" for case in cases],
+    )
+    page = _SUMMARY.format(
+        title=html.escape(title), style=STYLE, counts=html.escape(counts), table=table
+    )
+    path = out_root / SUMMARY_PAGE
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8", errors="backslashreplace")
+    return path
+
+
+def _report_link(out_root: Path, report_path: Path | None) -> str:
+    if report_path is None:
+        return ""
+    if not Path(report_path).is_file():
+        return "missing"
+    relative = Path(os.path.relpath(Path(report_path).resolve(), Path(out_root).resolve()))
+    href = urllib.parse.quote(relative.as_posix())
+    return Markup(f'<a href="{html.escape(href)}">report</a>')
