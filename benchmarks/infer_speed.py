@@ -66,7 +66,9 @@ def _random_unet_ct(shape: tuple[int, int, int]) -> tuple[np.ndarray, tuple[floa
     _, rows, columns = shape
     j, i = np.ogrid[:rows, :columns]
     body = ((j - rows / 2) / (0.40 * rows)) ** 2 + ((i - columns / 2) / (0.45 * columns)) ** 2 < 1
-    organ = ((j - rows / 2) / (0.12 * rows)) ** 2 + ((i - 0.6 * columns) / (0.10 * columns)) ** 2 < 1
+    organ = ((j - rows / 2) / (0.12 * rows)) ** 2 + (
+        (i - 0.6 * columns) / (0.10 * columns)
+    ) ** 2 < 1
     plane = np.where(body, 40.0, -1000.0) + np.where(organ, 80.0, 0.0)
     hu = np.empty(shape, dtype=np.int16)
     for k in range(shape[0]):
@@ -89,8 +91,11 @@ def _prepare_defaults(args: argparse.Namespace, workdir: Path) -> None:
 
             print(f"generating the {args.slices}x512x512 phantom CT (once) ...", flush=True)
             case = phantom.make_case(
-                2024, shape=(args.slices, 512, 512), spacing_mm=(2.5, 0.977, 0.977),
-                origin_mm=(-250.0, -250.0, -1.25 * args.slices), n_tumours=3,
+                2024,
+                shape=(args.slices, 512, 512),
+                spacing_mm=(2.5, 0.977, 0.977),
+                origin_mm=(-250.0, -250.0, -1.25 * args.slices),
+                n_tumours=3,
                 radius_range_mm=(8.0, 25.0),
             )
             nifti.save(case.image, ct_path)
@@ -103,21 +108,31 @@ def _prepare_defaults(args: argparse.Namespace, workdir: Path) -> None:
             from medseg.synthetic import phantom
             from medseg.training.train import train
 
-            print(f"training the tiny demo model ({args.train_epochs} epochs, once) ...",
-                  flush=True)
+            print(
+                f"training the tiny demo model ({args.train_epochs} epochs, once) ...", flush=True
+            )
             config = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
-            config = config.model_copy(update={
-                "preprocess": config.preprocess.model_copy(
-                    update={"spacing_mm": (2.5, 1.5, 1.5)}),
-                "train": config.train.model_copy(
-                    update={"epochs": args.train_epochs, "val_every": args.train_epochs}),
-            })
+            config = config.model_copy(
+                update={
+                    "preprocess": config.preprocess.model_copy(
+                        update={"spacing_mm": (2.5, 1.5, 1.5)}
+                    ),
+                    "train": config.train.model_copy(
+                        update={"epochs": args.train_epochs, "val_every": args.train_epochs}
+                    ),
+                }
+            )
             # phantoms with the benchmark CT's field of view (500 mm) at the model spacing, so
             # the CT is in the training distribution (the anatomy scales with the field)
             cases = [
-                phantom.make_case(seed, shape=(48, 333, 333), spacing_mm=(2.5, 1.5, 1.5),
-                                  origin_mm=(-249.75, -249.75, -60.0), n_tumours=3,
-                                  radius_range_mm=(8.0, 25.0))
+                phantom.make_case(
+                    seed,
+                    shape=(48, 333, 333),
+                    spacing_mm=(2.5, 1.5, 1.5),
+                    origin_mm=(-249.75, -249.75, -60.0),
+                    n_tumours=3,
+                    radius_range_mm=(8.0, 25.0),
+                )
                 for seed in range(8)
             ]
             pairs = [(c.image, c.labels) for c in cases]
@@ -141,8 +156,7 @@ def _load(args: argparse.Namespace):
     else:
         config = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
         network_config = config.model.model_copy(
-            update={"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2),
-                    "num_res_units": 2}
+            update={"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2}
         )
         config = config.model_copy(update={"model": network_config})
         torch.manual_seed(0)
@@ -151,8 +165,12 @@ def _load(args: argparse.Namespace):
         note = "weights: RANDOM but fixed (seed 0), UNet channels 16-256, 2 classes"
     if args.model_spacing:
         pre = model.config.preprocess.model_copy(update={"spacing_mm": tuple(args.model_spacing)})
-        model = LoadedModel(model.network, model.config.model_copy(update={"preprocess": pre}),
-                            model.label_names, model.medseg_version)
+        model = LoadedModel(
+            model.network,
+            model.config.model_copy(update={"preprocess": pre}),
+            model.label_names,
+            model.medseg_version,
+        )
     if args.ct:
         image = data.load_image(Path(args.ct))
     else:
@@ -190,8 +208,12 @@ def _run_variant(args: argparse.Namespace) -> None:
                 if cuda:
                     x = x.cuda()
                 out = sliding_window_inference(
-                    x, BASELINE_SETTINGS["roi_size"], BASELINE_SETTINGS["sw_batch_size"],
-                    network, overlap, blend,
+                    x,
+                    BASELINE_SETTINGS["roi_size"],
+                    BASELINE_SETTINGS["sw_batch_size"],
+                    network,
+                    overlap,
+                    blend,
                 )
                 assert isinstance(out, torch.Tensor)
                 return out.cpu(), out.argmax(1)[0].to(torch.uint8).cpu().numpy()
@@ -210,29 +232,52 @@ def _run_variant(args: argparse.Namespace) -> None:
             )
     else:
         precision = args.variant.removeprefix("cuda-") if cuda else args.precision
-        infer = model.config.infer.model_copy(update={
-            "roi_size": BASELINE_SETTINGS["roi_size"], "overlap": overlap, "blend": blend,
-            "sw_batch_size": args.medseg_sw_batch,
-            "backend": "torch" if cuda else args.variant, "num_threads": args.threads,
-            **({"precision": precision} if precision else {}),
-            **({"body_threshold_hu": None} if args.no_body_crop else {}),
-        })
-        model = LoadedModel(model.network, model.config.model_copy(update={"infer": infer}),
-                            model.label_names, model.medseg_version)
+        infer = model.config.infer.model_copy(
+            update={
+                "roi_size": BASELINE_SETTINGS["roi_size"],
+                "overlap": overlap,
+                "blend": blend,
+                "sw_batch_size": args.medseg_sw_batch,
+                "backend": "torch" if cuda else args.variant,
+                "num_threads": args.threads,
+                **({"precision": precision} if precision else {}),
+                **({"body_threshold_hu": None} if args.no_body_crop else {}),
+            }
+        )
+        model = LoadedModel(
+            model.network,
+            model.config.model_copy(update={"infer": infer}),
+            model.label_names,
+            model.medseg_version,
+        )
         if not cuda and args.variant != "torch":  # export and session once per model, untimed
             from medseg.runtime import onnx_predictor
 
-            onnx_predictor(model.network, args.variant, infer.roi_size,
-                           precision=infer.precision, num_threads=args.threads,
-                           batch_size=infer.sw_batch_size)
+            onnx_predictor(
+                model.network,
+                args.variant,
+                infer.roi_size,
+                precision=infer.precision,
+                num_threads=args.threads,
+                batch_size=infer.sw_batch_size,
+            )
         labels, seconds, before_mb, peak_mb = _timed(
             lambda: predict(model, image).array, args.repeats
         )
         counted = _count_medseg_network(model, image, cuda)
     np.save(args.out, labels)
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb,
-                      "added_mb": peak_mb - before_mb, "gpu_peak_mb": gpu_mb, **counted}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mb": peak_mb,
+                "added_mb": peak_mb - before_mb,
+                "gpu_peak_mb": gpu_mb,
+                **counted,
+            }
+        )
+    )
 
 
 class _NetworkTime:
@@ -334,30 +379,54 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a medseg .pt checkpoint (default: train one)")
     parser.add_argument("--ct", help="DICOM folder or NIfTI (default: phantom 200x512x512)")
     parser.add_argument("--slices", type=int, default=200, help="slices of the phantom CT")
-    parser.add_argument("--random-unet", action="store_true",
-                        help="random UNet 16-256 on the elliptic CT of earlier runs")
-    parser.add_argument("--train-epochs", type=int, default=40,
-                        help="epochs of the default model's training")
+    parser.add_argument(
+        "--random-unet",
+        action="store_true",
+        help="random UNet 16-256 on the elliptic CT of earlier runs",
+    )
+    parser.add_argument(
+        "--train-epochs", type=int, default=40, help="epochs of the default model's training"
+    )
     parser.add_argument("--workdir", help="keep the default CT and model here (default: temp)")
     parser.add_argument("--model-spacing", type=float, nargs=3, metavar="MM")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backends", nargs="+", default=["openvino", "torch"],
-                        choices=["torch", "onnxruntime", "openvino"])
-    parser.add_argument("--no-body-crop", action="store_true",
-                        help="medseg tiles the whole image (to compare with random weights, "
-                        "which label air at random)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["openvino", "torch"],
+        choices=["torch", "onnxruntime", "openvino"],
+    )
+    parser.add_argument(
+        "--no-body-crop",
+        action="store_true",
+        help="medseg tiles the whole image (to compare with random weights, "
+        "which label air at random)",
+    )
     from medseg.config import InferConfig
 
     default_batch = InferConfig.model_fields["sw_batch_size"].default
-    parser.add_argument("--medseg-sw-batch", type=int, default=default_batch,
-                        help="windows per forward pass for medseg (default: medseg's "
-                        f"InferConfig default, {default_batch}; MONAI runs 4)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed calls per variant; the median is printed (default 3)")
-    parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
-                        help="medseg's infer.precision (default: the model config's)")
-    parser.add_argument("--no-gpu", action="store_true",
-                        help="skip the CUDA variants even where a GPU is present")
+    parser.add_argument(
+        "--medseg-sw-batch",
+        type=int,
+        default=default_batch,
+        help="windows per forward pass for medseg (default: medseg's "
+        f"InferConfig default, {default_batch}; MONAI runs 4)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed calls per variant; the median is printed (default 3)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="medseg's infer.precision (default: the model config's)",
+    )
+    parser.add_argument(
+        "--no-gpu", action="store_true", help="skip the CUDA variants even where a GPU is present"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--overlap", type=float, default=0.25, help=argparse.SUPPRESS)
     parser.add_argument("--blend", default="constant", help=argparse.SUPPRESS)
@@ -373,16 +442,20 @@ def main() -> None:
     _prepare_defaults(args, workdir)
     model, image, note = _load(args)
     body = "synthetic" if not args.ct else args.ct
-    print(f"CT: {body}, shape {image.geometry.shape}, spacing {image.geometry.spacing_mm} mm; "
-          f"{note}; {args.threads} threads; model spacing "
-          f"{model.config.preprocess.spacing_mm or 'as input'}; "
-          f"medseg body crop {'off' if args.no_body_crop else 'on'}")
+    print(
+        f"CT: {body}, shape {image.geometry.shape}, spacing {image.geometry.spacing_mm} mm; "
+        f"{note}; {args.threads} threads; model spacing "
+        f"{model.config.preprocess.spacing_mm or 'as input'}; "
+        f"medseg body crop {'off' if args.no_body_crop else 'on'}"
+    )
     del image
     truth_file = _truth_path(Path(args.ct)) if args.ct else None
     truth = np.load(truth_file) if truth_file is not None and truth_file.exists() else None
     passthrough = [a for a in sys.argv[1:]]
-    passthrough += [*(["--ct", args.ct] if args.ct else []),
-                    *(["--checkpoint", args.checkpoint] if args.checkpoint else [])]
+    passthrough += [
+        *(["--ct", args.ct] if args.ct else []),
+        *(["--checkpoint", args.checkpoint] if args.checkpoint else []),
+    ]
     import torch
 
     gpu = list(GPU_VARIANTS) if torch.cuda.is_available() and not args.no_gpu else []
@@ -391,13 +464,26 @@ def main() -> None:
     ratios = []
     with tempfile.TemporaryDirectory() as folder:
         for overlap, blend in ((0.25, "constant"), (0.5, "gaussian")):
-            print(f"\n== roi 96^3, overlap {overlap}, {blend}; sw_batch MONAI 4, medseg "
-                  f"{args.medseg_sw_batch}; medseg precision {args.precision or 'as configured'} ==")
+            print(
+                f"\n== roi 96^3, overlap {overlap}, {blend}; sw_batch MONAI 4, medseg "
+                f"{args.medseg_sw_batch}; medseg precision {args.precision or 'as configured'} =="
+            )
             results = {}
             for variant in ["monai", *args.backends, *gpu]:
                 out = Path(folder) / f"{variant}.npy"
-                command = [sys.executable, __file__, *passthrough, "--variant", variant,
-                           "--overlap", str(overlap), "--blend", blend, "--out", str(out)]
+                command = [
+                    sys.executable,
+                    __file__,
+                    *passthrough,
+                    "--variant",
+                    variant,
+                    "--overlap",
+                    str(overlap),
+                    "--blend",
+                    blend,
+                    "--out",
+                    str(out),
+                ]
                 done = subprocess.run(command, capture_output=True, text=True, check=False)
                 if done.returncode != 0:
                     print(f"{variant}: FAILED\n{done.stderr[-2000:]}")
@@ -407,45 +493,68 @@ def main() -> None:
                 reference = np.load(Path(folder) / "monai.npy")
                 results[variant]["dice"] = _dice(labels, reference)
                 truth_note = "" if truth is None else f"  Dice vs truth {_dice(labels, truth):.4f}"
-                name = {"monai": "MONAI sliding_window_inference",
-                        "monai-cuda": "MONAI sliding_window_inference on CUDA"}.get(
-                    variant, f"medseg.infer.predict backend={variant}")
+                name = {
+                    "monai": "MONAI sliding_window_inference",
+                    "monai-cuda": "MONAI sliding_window_inference on CUDA",
+                }.get(variant, f"medseg.infer.predict backend={variant}")
                 r = results[variant]
-                gpu_note = "" if r.get("gpu_peak_mb") is None else (
-                    f"  peak GPU memory {r['gpu_peak_mb']:6.0f} MB")
-                print(f"{name:45s} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB "
-                      f"(+{r['added_mb']:5.0f} MB by the call)  Dice vs MONAI {r['dice']:.4f}"
-                      + truth_note + gpu_note)
+                gpu_note = (
+                    ""
+                    if r.get("gpu_peak_mb") is None
+                    else (f"  peak GPU memory {r['gpu_peak_mb']:6.0f} MB")
+                )
+                print(
+                    f"{name:45s} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB "
+                    f"(+{r['added_mb']:5.0f} MB by the call)  Dice vs MONAI {r['dice']:.4f}"
+                    + truth_note
+                    + gpu_note
+                )
                 if r["windows"]:
-                    print(f"{'':45s} network: {r['windows']} windows, "
-                          f"{1000 * r['network_seconds'] / r['windows']:.0f} ms per window; "
-                          f"the rest of the call {r['seconds'] - r['network_seconds']:.1f} s")
+                    print(
+                        f"{'':45s} network: {r['windows']} windows, "
+                        f"{1000 * r['network_seconds'] / r['windows']:.0f} ms per window; "
+                        f"the rest of the call {r['seconds'] - r['network_seconds']:.1f} s"
+                    )
             if "monai" in results and args.backends[0] in results:
                 base, best = results["monai"], results[args.backends[0]]
-                ratios.append((overlap, blend, base["seconds"] / best["seconds"],
-                               best["peak_rss_mb"] / base["peak_rss_mb"],
-                               best["added_mb"] / base["added_mb"], best["dice"]))
+                ratios.append(
+                    (
+                        overlap,
+                        blend,
+                        base["seconds"] / best["seconds"],
+                        best["peak_rss_mb"] / base["peak_rss_mb"],
+                        best["added_mb"] / base["added_mb"],
+                        best["dice"],
+                    )
+                )
                 if base["windows"] and best["windows"]:
                     # what the ratio could be if medseg spent nothing outside the network
-                    print(f"network alone: medseg {args.backends[0]} runs {best['windows']} of "
-                          f"MONAI's {base['windows']} windows at "
-                          f"{_per_window(base) / _per_window(best):.2f}x "
-                          f"MONAI's speed per window; with no other work the call would be "
-                          f"{base['seconds'] / best['network_seconds']:.2f}x faster than MONAI's")
+                    print(
+                        f"network alone: medseg {args.backends[0]} runs {best['windows']} of "
+                        f"MONAI's {base['windows']} windows at "
+                        f"{_per_window(base) / _per_window(best):.2f}x "
+                        f"MONAI's speed per window; with no other work the call would be "
+                        f"{base['seconds'] / best['network_seconds']:.2f}x faster than MONAI's"
+                    )
             if "monai-cuda" in results:
                 for variant in gpu[1:]:
                     if variant in results:
                         r = results[variant]
-                        print(f"GPU speed ratio (overlap {overlap} {blend}, medseg {variant} vs "
-                              f"MONAI on CUDA): "
-                              f"{results['monai-cuda']['seconds'] / r['seconds']:.2f}x faster, "
-                              f"peak GPU memory {r['gpu_peak_mb']:.0f} MB vs "
-                              f"{results['monai-cuda']['gpu_peak_mb']:.0f} MB, "
-                              f"Dice vs MONAI (CPU) {r['dice']:.4f}")
+                        print(
+                            f"GPU speed ratio (overlap {overlap} {blend}, medseg {variant} vs "
+                            f"MONAI on CUDA): "
+                            f"{results['monai-cuda']['seconds'] / r['seconds']:.2f}x faster, "
+                            f"peak GPU memory {r['gpu_peak_mb']:.0f} MB vs "
+                            f"{results['monai-cuda']['gpu_peak_mb']:.0f} MB, "
+                            f"Dice vs MONAI (CPU) {r['dice']:.4f}"
+                        )
     for overlap, blend, speed, memory, added, dice in ratios:
-        print(f"speed ratio (overlap {overlap} {blend}, medseg {args.backends[0]} vs MONAI): "
-              f"{speed:.2f}x faster, peak RSS {100 * memory:.0f}% of MONAI, memory added by "
-              f"the call {100 * added:.0f}% of MONAI's, Dice {dice:.4f}")
+        print(
+            f"speed ratio (overlap {overlap} {blend}, medseg {args.backends[0]} vs MONAI): "
+            f"{speed:.2f}x faster, peak RSS {100 * memory:.0f}% of MONAI, memory added by "
+            f"the call {100 * added:.0f}% of MONAI's, Dice {dice:.4f}"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -62,7 +62,9 @@ def _median_s(fn: Callable[[], object], times: list[float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "medseg-load-speed")
+    parser.add_argument(
+        "--dir", type=Path, default=Path(tempfile.gettempdir()) / "medseg-load-speed"
+    )
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     folder = _series(args.dir)
@@ -70,9 +72,13 @@ def main() -> None:
 
     ours = load_series(folder)
     theirs = _sitk_discover(folder)
-    g = geo.from_sitk(theirs.GetSize(), theirs.GetSpacing(), theirs.GetOrigin(), theirs.GetDirection())
+    g = geo.from_sitk(
+        theirs.GetSize(), theirs.GetSpacing(), theirs.GetOrigin(), theirs.GetDirection()
+    )
     assert geo.geometries_equal(ours.geometry, g), "geometry differs from SimpleITK"
-    assert np.array_equal(ours.array, sitk.GetArrayFromImage(theirs)), "pixels differ from SimpleITK"
+    assert np.array_equal(ours.array, sitk.GetArrayFromImage(theirs)), (
+        "pixels differ from SimpleITK"
+    )
 
     t_ours: list[float] = []
     t_discover: list[float] = []

@@ -117,14 +117,19 @@ def run_case(label: str, ct_dir: Path, masks: Masks, work: Path) -> dict[str, di
             n = int(mask.sum())
             both = int(np.count_nonzero(theirs & mask))
             total = n + int(theirs.sum())
-            per_roi[roi] = (int(theirs.sum()) / n if n else float("nan"), 2 * both / total if total else 1.0)
+            per_roi[roi] = (
+                int(theirs.sum()) / n if n else float("nan"),
+                2 * both / total if total else 1.0,
+            )
         results[name] = {
             "seconds": seconds, "errors": errors, "per_roi": per_roi, "kB": out.stat().st_size // 1000,
         }  # fmt: skip
     return results
 
 
-def print_case(title: str, masks: Masks, results: dict[str, dict[str, object]], voxel_ml: float) -> None:
+def print_case(
+    title: str, masks: Masks, results: dict[str, dict[str, object]], voxel_ml: float
+) -> None:
     print(f"\n## {title}")
     for name, result in results.items():
         if "error" in result:
@@ -135,7 +140,9 @@ def print_case(title: str, masks: Masks, results: dict[str, dict[str, object]], 
             f"dciodvfy Error lines {result['errors']}"
         )
     exporters = [n for n in results if "error" not in results[n]]
-    header = f"{'ROI':<18}{'mL':>9}" + "".join(f"{n + ' ratio':>16}{n + ' Dice':>15}" for n in exporters)
+    header = f"{'ROI':<18}{'mL':>9}" + "".join(
+        f"{n + ' ratio':>16}{n + ' Dice':>15}" for n in exporters
+    )
     print(header)
     for roi, mask in masks.items():
         row = f"{roi:<18}{mask.sum() * voxel_ml:>9.3f}"
@@ -168,7 +175,9 @@ def _ball(g: Geometry, centre: tuple[float, float, float], volume_ml: float) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
     parser.add_argument("--scans", default="all", help="'all' or comma-separated scan folders")
     args = parser.parse_args()
     for tool in ("plastimatch", "dciodvfy"):
@@ -187,7 +196,9 @@ def main() -> int:
             "lesion 1 mL": _ball(g, (60.2, 330.4, 170.7), 1.0),
         }
         results = run_case("synthetic", work / "ct-synthetic", masks, work)
-        print_case("200 x 512 x 512 CT: 65 mL sphere + 1 mL lesion", masks, results, geo.voxel_volume_ml(g))
+        print_case(
+            "200 x 512 x 512 CT: 65 mL sphere + 1 mL lesion", masks, results, geo.voxel_volume_ml(g)
+        )
 
         # part 2: real organs, every scan of both annotators
         root = args.data / "hn-oar-labels"
@@ -230,7 +241,9 @@ def main() -> int:
             print(line)
             shutil.rmtree(ct_dir, ignore_errors=True)
         print(f"\n## every hn-oar-labels organ: {len(folders)} scans x annotators")
-        print(f"{'organ':<18}" + "".join(f"{n + ' worst':>16}{n + ' median':>16}" for n in EXPORTERS))
+        print(
+            f"{'organ':<18}" + "".join(f"{n + ' worst':>16}{n + ' median':>16}" for n in EXPORTERS)
+        )
         for roi in sorted(ratios["medseg"]):
             row = f"{roi:<18}"
             for name in EXPORTERS:
@@ -245,7 +258,9 @@ def main() -> int:
                 f"{name:>9}: {seconds[name]:.2f} s in all, dciodvfy Error lines {errors[name]}, "
                 f"volume ratio worst {worst:.4f} over {len(every)} organs"
             )
-        print(f"time ratio rt-utils/medseg over all scans: {seconds['rt-utils'] / seconds['medseg']:.2f}x")
+        print(
+            f"time ratio rt-utils/medseg over all scans: {seconds['rt-utils'] / seconds['medseg']:.2f}x"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

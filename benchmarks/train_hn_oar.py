@@ -274,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     arrays = [(np.array(i.array, np.float32), np.array(lab.array)) for i, lab in cases]
     load_before = os.getloadavg()[0]
     monai_steps = min(steps, MONAI_STEPS)
-    cached_s, monai_loop_s, monai_loss = _monai_loop(config, arrays, monai_steps, args.monai_workers)
+    cached_s, monai_loop_s, monai_loss = _monai_loop(
+        config, arrays, monai_steps, args.monai_workers
+    )
     monai_sps = monai_steps * settings.batch_size / monai_loop_s
     print(
         f"MONAI loop: {monai_steps} steps, final loss {monai_loss:.3f}, caching {cached_s:.1f} s, "

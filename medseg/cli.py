@@ -33,7 +33,6 @@ app = typer.Typer(
 )
 
 
-
 class ExecutorChoice(str, enum.Enum):
     """Where ``medseg batch`` and ``medseg pacs run`` run their cases."""
 
@@ -48,8 +47,11 @@ ModelOption = Annotated[
 ]
 RunConfigOption = Annotated[
     Path | None,
-    typer.Option(exists=True, dir_okay=False,
-                 help="Experiment YAML whose series_selection and batch apply (default: the model's)."),
+    typer.Option(
+        exists=True,
+        dir_okay=False,
+        help="Experiment YAML whose series_selection and batch apply (default: the model's).",
+    ),
 ]
 WorkersOption = Annotated[
     int, typer.Option(min=1, help="Worker processes; with --executor ray, CPUs of a local Ray.")
@@ -58,7 +60,8 @@ ExecutorOption = Annotated[
     ExecutorChoice, typer.Option(help="local (a process pool when --workers > 1), pool or ray.")
 ]
 RayAddressOption = Annotated[
-    str | None, typer.Option(help="Ray cluster to join (auto, ray://HOST:10001); default: start one.")
+    str | None,
+    typer.Option(help="Ray cluster to join (auto, ray://HOST:10001); default: start one."),
 ]
 
 
@@ -147,8 +150,11 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
     private: Annotated[
         bool,
-        typer.Option("--private", help="Outputs readable by their owner only (files 0600, "
-                     "folders 0700); default: as the umask allows."),
+        typer.Option(
+            "--private",
+            help="Outputs readable by their owner only (files 0600, "
+            "folders 0700); default: as the umask allows.",
+        ),
     ] = False,
 ) -> None:
     """medseg command line."""
@@ -191,12 +197,21 @@ def demo(
     from medseg.synthetic.demo import run_demo
 
     with _reported():
-        result = run_demo(load_config(config or builtin_config_path("demo.yaml")), out, n_cases=cases)
-    typer.echo(f"tumour volume: predicted {result.predicted_volume_ml:.2f} mL, "
-               f"truth {result.true_volume_ml:.2f} mL, Dice {result.dice:.3f}")
+        result = run_demo(
+            load_config(config or builtin_config_path("demo.yaml")), out, n_cases=cases
+        )
+    typer.echo(
+        f"tumour volume: predicted {result.predicted_volume_ml:.2f} mL, "
+        f"truth {result.true_volume_ml:.2f} mL, Dice {result.dice:.3f}"
+    )
     typer.echo(f"MLflow run id: {result.run_id}  (model: {result.model_uri})")
-    written = ", ".join(sorted(p.name for p in result.case.out_dir.iterdir()
-                               if p.is_file() and not p.name.startswith(".")))
+    written = ", ".join(
+        sorted(
+            p.name
+            for p in result.case.out_dir.iterdir()
+            if p.is_file() and not p.name.startswith(".")
+        )
+    )
     typer.echo(f"outputs: {result.case.out_dir} ({written}, report/report.html)")
     typer.echo(f"summary: {result.summary_path}")
     typer.echo(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri}")
@@ -214,8 +229,12 @@ def train(
     ] = None,
     resume: Annotated[
         Path | None,
-        typer.Option("--resume", exists=True, dir_okay=False,
-                     help="Continue an interrupted run from its last.pt."),
+        typer.Option(
+            "--resume",
+            exists=True,
+            dir_okay=False,
+            help="Continue an interrupted run from its last.pt.",
+        ),
     ] = None,
 ) -> None:
     """Train a model from an experiment config; tracked in MLflow.
@@ -243,8 +262,10 @@ def train(
     if rank != 0:
         return
     for result in results:
-        typer.echo(f"best checkpoint: {result.checkpoint_path} (epoch {result.best_epoch}, "
-                   f"val Dice {result.best_val_dice})")
+        typer.echo(
+            f"best checkpoint: {result.checkpoint_path} (epoch {result.best_epoch}, "
+            f"val Dice {result.best_val_dice})"
+        )
         typer.echo(f"MLflow run id: {result.run_id}  model: {result.model_uri}")
 
 
@@ -267,10 +288,18 @@ def predict(
 
 @app.command()
 def evaluate(
-    pred: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Predicted label maps.")],
-    ref: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Reference label maps.")],
-    out: Annotated[Path, typer.Option(help="Folder for the metrics CSV/JSON.")] = Path("medseg-evaluation"),
-    tolerance_mm: Annotated[float, typer.Option(min=0.0, help="Surface Dice tolerance (mm).")] = 2.0,
+    pred: Annotated[
+        Path, typer.Argument(exists=True, file_okay=False, help="Predicted label maps.")
+    ],
+    ref: Annotated[
+        Path, typer.Argument(exists=True, file_okay=False, help="Reference label maps.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for the metrics CSV/JSON.")] = Path(
+        "medseg-evaluation"
+    ),
+    tolerance_mm: Annotated[
+        float, typer.Option(min=0.0, help="Surface Dice tolerance (mm).")
+    ] = 2.0,
     spacing_from: Annotated[
         Path | None,
         typer.Option(
@@ -281,8 +310,11 @@ def evaluate(
     ] = None,
     rois: Annotated[
         Path | None,
-        typer.Option(exists=True, dir_okay=False,
-                     help="rois.yaml naming the labels (as for export-rtstruct); default: label_<n>."),
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="rois.yaml naming the labels (as for export-rtstruct); default: label_<n>.",
+        ),
     ] = None,
 ) -> None:
     """Dice, IoU, HD, HD95, ASSD, surface Dice and volume errors, per case and summarised."""
@@ -321,9 +353,14 @@ def inspect(
     for study in inventory.studies:
         typer.echo(f"study {study.study_instance_uid} {study.study_description or ''}".rstrip())
         for s in study.series:
-            spacing = "" if s.pixel_spacing_mm is None else (
-                f" {s.pixel_spacing_mm[0]:g}x{s.pixel_spacing_mm[1]:g}"
-                + (f"x{s.slice_spacing_mm:g}" if s.slice_spacing_mm else "") + " mm"
+            spacing = (
+                ""
+                if s.pixel_spacing_mm is None
+                else (
+                    f" {s.pixel_spacing_mm[0]:g}x{s.pixel_spacing_mm[1]:g}"
+                    + (f"x{s.slice_spacing_mm:g}" if s.slice_spacing_mm else "")
+                    + " mm"
+                )
             )
             orientation = f" {s.orientation.value}" if s.orientation is not None else ""
             # the user asked for this listing of their folder: descriptions included
@@ -341,7 +378,9 @@ def convert(
     rtstruct: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, help="RT-STRUCT: one mask per ROI.")
     ] = None,
-    resample_irregular: Annotated[bool, typer.Option(help="Resample uneven/missing slices.")] = False,
+    resample_irregular: Annotated[
+        bool, typer.Option(help="Resample uneven/missing slices.")
+    ] = False,
     resample_tilt: Annotated[bool, typer.Option(help="Resample a gantry-tilted stack.")] = False,
     partial: Annotated[bool, typer.Option(help="Skip contours whose slices are missing.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
@@ -356,7 +395,9 @@ def convert(
         unplaced_contours="skip" if partial else "error",
     )
     with _reported():
-        result = convert_dicom(dicom_dir, out_dir, rtstruct=rtstruct, ingest=ingest, overwrite=overwrite)
+        result = convert_dicom(
+            dicom_dir, out_dir, rtstruct=rtstruct, ingest=ingest, overwrite=overwrite
+        )
     typer.echo(f"image {result.shape}: {result.image}")
     for name, path in result.masks.items():
         typer.echo(f"{name}: {path}")
@@ -365,20 +406,33 @@ def convert(
 @app.command("export-rtstruct")
 def export_rtstruct(
     ct: Annotated[Path, typer.Option(exists=True, file_okay=False, help="CT series folder.")],
-    labels: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Label map (NIfTI/NRRD).")],
+    labels: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="Label map (NIfTI/NRRD).")
+    ],
     out: Annotated[Path, typer.Option(help="RT-STRUCT file to write.")],
     rois: Annotated[
-        Path | None, typer.Option(exists=True, dir_okay=False, help="rois.yaml: names, colours, types.")
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="rois.yaml: names, colours, types."),
     ] = None,
     missing_uids: Annotated[
-        MissingUidsChoice, typer.Option(help="Empty Study/Series UIDs in the CT: error, or generate new ones.")
+        MissingUidsChoice,
+        typer.Option(help="Empty Study/Series UIDs in the CT: error, or generate new ones."),
     ] = MissingUidsChoice.ERROR,
-    empty: Annotated[EmptyRoiChoice, typer.Option(help="ROIs with no voxels: omit (readable by every reader) or keep (listed without contours).")] = EmptyRoiChoice.OMIT,
+    empty: Annotated[
+        EmptyRoiChoice,
+        typer.Option(
+            help="ROIs with no voxels: omit (readable by every reader) or keep (listed without contours)."
+        ),
+    ] = EmptyRoiChoice.OMIT,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing --out if it is an RT-STRUCT medseg wrote.")
     ] = False,
     tg263: Annotated[
-        bool, typer.Option("--tg263", help="Propose TG-263 standard names (ROIDescription) for structures without one.")
+        bool,
+        typer.Option(
+            "--tg263",
+            help="Propose TG-263 standard names (ROIDescription) for structures without one.",
+        ),
     ] = False,
 ) -> None:
     """Export a label map from any tool (TotalSegmentator, nnU-Net, ...) as an RT-STRUCT on its CT."""
@@ -387,8 +441,16 @@ def export_rtstruct(
     from medseg.structures import with_standard_names
 
     with _reported():
-        path = export(ct, labels, rois, out, missing_uids=missing_uids.value, empty=empty.value,
-                      overwrite=overwrite, tg263=tg263)
+        path = export(
+            ct,
+            labels,
+            rois,
+            out,
+            missing_uids=missing_uids.value,
+            empty=empty.value,
+            overwrite=overwrite,
+            tg263=tg263,
+        )
         if tg263 and rois is not None:
             _, proposed, unmapped = with_standard_names(load_roi_specs(rois))
             for name, standard in proposed.items():
@@ -413,20 +475,32 @@ def _progress_bar() -> tuple[Any, Any]:
         TimeRemainingColumn,
     )
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True))
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
     task = bar.add_task("cases", total=None)
 
     def update(p: Any) -> None:
-        bar.update(task, total=p.total, completed=p.finished,
-                   description=f"done {p.done}, failed {p.failed}, skipped {p.skipped}")
+        bar.update(
+            task,
+            total=p.total,
+            completed=p.finished,
+            description=f"done {p.done}, failed {p.failed}, skipped {p.skipped}",
+        )
 
     return bar, update
 
 
 def _echo_batch(summary: Any) -> None:
-    typer.echo(f"{len(summary.rows)} cases: {summary.n_done} done, {summary.n_skipped} "
-               f"skipped (unchanged), {summary.n_failed} failed")
+    typer.echo(
+        f"{len(summary.rows)} cases: {summary.n_done} done, {summary.n_skipped} "
+        f"skipped (unchanged), {summary.n_failed} failed"
+    )
     for row in summary.rows:
         if row.status == "failed":
             typer.echo(f"failed: {row.case_id}: {row.error_class}", err=True)
@@ -438,7 +512,10 @@ def _echo_batch(summary: Any) -> None:
 @app.command()
 def batch(
     input_root: Annotated[
-        Path, typer.Argument(exists=True, file_okay=False, help="Folder tree of DICOM studies (only read).")
+        Path,
+        typer.Argument(
+            exists=True, file_okay=False, help="Folder tree of DICOM studies (only read)."
+        ),
     ],
     output_root: Annotated[
         Path, typer.Argument(file_okay=False, help="Case folders, ledger.sqlite and summary.csv.")
@@ -461,18 +538,24 @@ def batch(
         bar, update = _progress_bar()
         with bar:
             summary = run_batch(
-                input_root, output_root, model,
+                input_root,
+                output_root,
+                model,
                 selection=experiment.series_selection if experiment else None,
                 settings=experiment.batch if experiment else None,
-                executor=Executor(executor.value), workers=workers, retry_failed=retry_failed,
-                ray_address=ray_address, progress=update,
+                executor=Executor(executor.value),
+                workers=workers,
+                retry_failed=retry_failed,
+                ray_address=ray_address,
+                progress=update,
                 privacy=experiment.privacy if experiment else None,
             )
     _echo_batch(summary)
 
 
-pacs_app = typer.Typer(help="Work with a PACS (Orthanc): find, segment, send back.",
-                       no_args_is_help=True)
+pacs_app = typer.Typer(
+    help="Work with a PACS (Orthanc): find, segment, send back.", no_args_is_help=True
+)
 app.add_typer(pacs_app, name="pacs")
 
 
@@ -481,10 +564,13 @@ def pacs_run(
     output_root: Annotated[
         Path, typer.Argument(file_okay=False, help="Case folders, ledger.sqlite and summary.csv.")
     ],
-    url: Annotated[str, typer.Option("--url", help="Orthanc REST API, http(s)://[USER:PASSWORD@]HOST[:PORT].")],
+    url: Annotated[
+        str, typer.Option("--url", help="Orthanc REST API, http(s)://[USER:PASSWORD@]HOST[:PORT].")
+    ],
     model: ModelOption,
     modality: Annotated[
-        list[str] | None, typer.Option("--modality", help="Series modality to take (repeat); default CT and MR.")
+        list[str] | None,
+        typer.Option("--modality", help="Series modality to take (repeat); default CT and MR."),
     ] = None,
     date_from: Annotated[str | None, typer.Option(help="First StudyDate, YYYYMMDD.")] = None,
     date_to: Annotated[str | None, typer.Option(help="Last StudyDate, YYYYMMDD.")] = None,
@@ -507,21 +593,34 @@ def pacs_run(
 
     with _reported():
         experiment = load_config(config) if config is not None else None
-        query = PacsQuery(tuple(modality) if modality else ("CT", "MR"), date_from, date_to,
-                          include_unstable)
+        query = PacsQuery(
+            tuple(modality) if modality else ("CT", "MR"), date_from, date_to, include_unstable
+        )
         bar, update = _progress_bar()
         with bar:
             summary = run_pacs(
-                url, output_root, model, query=query,
+                url,
+                output_root,
+                model,
+                query=query,
                 selection=experiment.series_selection if experiment else None,
                 settings=experiment.batch if experiment else None,
-                executor=Executor(executor.value), workers=workers, retry_failed=retry_failed,
-                ray_address=ray_address, send=send, progress=update,
+                executor=Executor(executor.value),
+                workers=workers,
+                retry_failed=retry_failed,
+                ray_address=ray_address,
+                send=send,
+                progress=update,
             )
     failed = [d for d in summary.deliveries if d.status == "failed"]
-    typer.echo(f"sent {summary.n_sent} objects to {url.split('@')[-1]}, {len(failed)} failed"
-               + (f"; {summary.n_unstable} studies still arriving, left for later"
-                  if summary.n_unstable else ""))
+    typer.echo(
+        f"sent {summary.n_sent} objects to {url.split('@')[-1]}, {len(failed)} failed"
+        + (
+            f"; {summary.n_unstable} studies still arriving, left for later"
+            if summary.n_unstable
+            else ""
+        )
+    )
     for delivery in failed:
         typer.echo(f"not sent: {delivery.case_id} {delivery.object}: {delivery.message}", err=True)
     _echo_batch(summary.batch)  # exits 1 if a case failed
@@ -538,22 +637,34 @@ def pacs_listen(
     aet: Annotated[str, typer.Option("--aet", help="AE title of the listener.")] = "MEDSEG",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="DICOM port.")] = 11112,
     host: Annotated[
-        str, typer.Option("--host", help="Address to listen on (default loopback; 0.0.0.0 for every interface).")
+        str,
+        typer.Option(
+            "--host", help="Address to listen on (default loopback; 0.0.0.0 for every interface)."
+        ),
     ] = "127.0.0.1",
     allow_aet: Annotated[
         list[str] | None,
-        typer.Option("--allow-aet", help="Calling AE title allowed to send (repeat); '*' accepts any. Required."),
+        typer.Option(
+            "--allow-aet",
+            help="Calling AE title allowed to send (repeat); '*' accepts any. Required.",
+        ),
     ] = None,
     reprocess_changed: Annotated[
         bool,
-        typer.Option("--reprocess-changed", help="Accept a changed instance (same SOPInstanceUID, other "
-                     "content) of a study already processed and run the study again (default: refuse it)."),
+        typer.Option(
+            "--reprocess-changed",
+            help="Accept a changed instance (same SOPInstanceUID, other "
+            "content) of a study already processed and run the study again (default: refuse it).",
+        ),
     ] = False,
     destination: Annotated[
         str | None, typer.Option("--destination", help="Orthanc URL to send RT-STRUCT/SEG to.")
     ] = None,
     quiet_period: Annotated[
-        float, typer.Option("--quiet-period", min=0.0, help="Seconds without new instances before a study runs.")
+        float,
+        typer.Option(
+            "--quiet-period", min=0.0, help="Seconds without new instances before a study runs."
+        ),
     ] = 30.0,
     config: RunConfigOption = None,
 ) -> None:
@@ -565,13 +676,23 @@ def pacs_listen(
         experiment = load_config(config) if config is not None else None
         try:
             if not allow_aet:
-                raise ConfigError("--allow-aet: name the calling AE titles allowed to send "
-                                  "(repeat the option), or '*' to accept any")
-            listen(output_root, model, aet=aet, port=port, host=host, destination=destination,
-                   quiet_period_s=quiet_period, allowed_calling_aets=tuple(allow_aet),
-                   reprocess_changed=reprocess_changed,
-                   selection=experiment.series_selection if experiment else None,
-                   settings=experiment.batch if experiment else None)
+                raise ConfigError(
+                    "--allow-aet: name the calling AE titles allowed to send "
+                    "(repeat the option), or '*' to accept any"
+                )
+            listen(
+                output_root,
+                model,
+                aet=aet,
+                port=port,
+                host=host,
+                destination=destination,
+                quiet_period_s=quiet_period,
+                allowed_calling_aets=tuple(allow_aet),
+                reprocess_changed=reprocess_changed,
+                selection=experiment.series_selection if experiment else None,
+                settings=experiment.batch if experiment else None,
+            )
         except (KeyboardInterrupt, _Terminated):  # the listener's normal way to stop
             typer.echo("stopped")
 

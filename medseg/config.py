@@ -802,4 +802,3 @@ def builtin_config_path(name: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"no built-in config named {name!r} (looked for {path})")
     return path
-

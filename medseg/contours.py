@@ -197,9 +197,7 @@ def mask_to_polygons(
         polygons.append(_join_holes(outer, holes))
     # simplification must never change which voxel centres are inside; dropping exactly
     # collinear points cannot, so the check runs only when more was removed
-    if reduced and not np.array_equal(
-        polygons_to_mask(polygons, binary.shape), binary
-    ):
+    if reduced and not np.array_equal(polygons_to_mask(polygons, binary.shape), binary):
         return mask_to_polygons(binary, spacing_mm, tolerance_mm=0.0)
     return polygons
 
@@ -260,7 +258,9 @@ def probability_to_polygons(
             if _point_in_ring(hole[0], outers[i]):
                 holes_of[i].append(hole)
                 break
-    return [_join_holes(outer, hs) if hs else outer for outer, hs in zip(outers, holes_of, strict=True)]
+    return [
+        _join_holes(outer, hs) if hs else outer for outer, hs in zip(outers, holes_of, strict=True)
+    ]
 
 
 def _within_inside_voxels(ring: Polygon, inside: NDArray[np.bool_]) -> Polygon:
@@ -291,7 +291,9 @@ def _within_inside_voxels(ring: Polygon, inside: NDArray[np.bool_]) -> Polygon:
         centre = np.where(low_inside, low, low + 1).astype(float)
         outward = np.where(low_inside, 1.0, -1.0)  # towards the outside centre
         valid = low_inside != inside[index_high]  # exactly one end inside (always, for 0.5)
-        distance = np.clip((ring[on_grid, other] - centre) * outward, SUBVOXEL_CLEARANCE_VOXELS, limit)
+        distance = np.clip(
+            (ring[on_grid, other] - centre) * outward, SUBVOXEL_CLEARANCE_VOXELS, limit
+        )
         out[np.nonzero(on_grid)[0][valid], other] = (centre + outward * distance)[valid]
     return out
 

@@ -262,7 +262,10 @@ def evaluate_folder(
         out / _SUMMARY_CSV,
         out / _SUMMARY_JSON,
     )
-    with atomic_path(per_case_csv) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
+    with (
+        atomic_path(per_case_csv) as tmp,
+        tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh,
+    ):
         writer = csv.writer(fh)
         writer.writerow(["case", "label", "name", *METRIC_NAMES, "tolerance_mm"])
         for case in sorted(results):
@@ -272,7 +275,10 @@ def evaluate_folder(
                     [case, value, name, *(repr(getattr(m, k)) for k in METRIC_NAMES), tolerance_mm]
                 )
     stat_keys = ("n", "n_not_finite", "mean", "median", "q1", "q3", "iqr")
-    with atomic_path(summary_csv) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
+    with (
+        atomic_path(summary_csv) as tmp,
+        tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh,
+    ):
         writer = csv.writer(fh)
         writer.writerow(["name", "metric", *stat_keys])
         for name, per_metric in statistics.items():

@@ -184,8 +184,12 @@ def index_box_in(
     Returns the per-axis minimum and maximum, in array order.
     """
     corners = np.array(
-        [[k, j, i] for k in (first[0], last[0]) for j in (first[1], last[1])
-         for i in (first[2], last[2])],
+        [
+            [k, j, i]
+            for k in (first[0], last[0])
+            for j in (first[1], last[1])
+            for i in (first[2], last[2])
+        ],
         dtype=float,
     )
     reach = world_to_index(target, index_to_world(source, corners))
@@ -202,7 +206,9 @@ def crop_geometry(geometry: Geometry, start: Sequence[int], stop: Sequence[int])
     start_a = np.asarray(start, dtype=int)
     stop_a = np.asarray(stop, dtype=int)
     if np.any(start_a < 0) or np.any(stop_a > geometry.shape) or np.any(stop_a <= start_a):
-        raise GeometryError(f"crop {tuple(start_a)}..{tuple(stop_a)} outside shape {geometry.shape}")
+        raise GeometryError(
+            f"crop {tuple(start_a)}..{tuple(stop_a)} outside shape {geometry.shape}"
+        )
     origin = index_to_world(geometry, start_a.astype(float))
     return Geometry(
         shape=tuple(int(s) for s in stop_a - start_a),  # type: ignore[arg-type]
@@ -276,7 +282,9 @@ def to_nifti_affine(geometry: Geometry) -> NDArray[np.float64]:
     return ras
 
 
-def from_nifti_affine(affine: ArrayLike, nifti_shape: Sequence[int], what: str = "image") -> Geometry:
+def from_nifti_affine(
+    affine: ArrayLike, nifti_shape: Sequence[int], what: str = "image"
+) -> Geometry:
     """Geometry of a NIfTI image given its RAS affine and its (i, j, k) shape.
 
     Raises:

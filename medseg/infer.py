@@ -197,8 +197,18 @@ def _predict_on_grid(
                 labels = _argmax_uint8(scores)
                 target[first : first + labels.shape[0]] = labels
 
-            _sliding_window(slab_of, region.shape, starts, pre, infer, n_classes, predictor,
-                            to_labels, normalise, divide=False)
+            _sliding_window(
+                slab_of,
+                region.shape,
+                starts,
+                pre,
+                infer,
+                n_classes,
+                predictor,
+                to_labels,
+                normalise,
+                divide=False,
+            )
             return out
         # labels need only each class's score minus background's: one channel less to keep
         relative = want == "labels"
@@ -211,8 +221,18 @@ def _predict_on_grid(
                 block = block[1:] - block[0]
             scores[:, first : first + block.shape[1]] = block.numpy()
 
-        _sliding_window(slab_of, region.shape, starts, pre, infer, n_classes, predictor, keep,
-                        normalise, divide=True)
+        _sliding_window(
+            slab_of,
+            region.shape,
+            starts,
+            pre,
+            infer,
+            n_classes,
+            predictor,
+            keep,
+            normalise,
+            divide=True,
+        )
 
     if not resampled:
         out[:, inside[0], inside[1], inside[2]] = scores
@@ -269,9 +289,7 @@ def _tiling(image: Volume, grid: Geometry, infer: InferConfig) -> _Tiling | None
         if found is None:
             return None
         body = found
-    lowest, highest = geo.index_box_in(
-        image.geometry, body[0], [b - 1 for b in body[1]], grid
-    )
+    lowest, highest = geo.index_box_in(image.geometry, body[0], [b - 1 for b in body[1]], grid)
     start, stop, starts = [0, 0, 0], [0, 0, 0], []
     for axis in range(3):
         n = grid.shape[axis]
@@ -281,8 +299,11 @@ def _tiling(image: Volume, grid: Geometry, infer: InferConfig) -> _Tiling | None
             continue
         low = math.floor(lowest[axis] + 1e-6)
         high = math.floor(highest[axis] + 1e-6) + 2  # exclusive, one voxel to spare
-        chosen = [s for s in window_starts(n, roi[axis], infer.overlap)
-                  if s < high and s + roi[axis] > low]
+        chosen = [
+            s
+            for s in window_starts(n, roi[axis], infer.overlap)
+            if s < high and s + roi[axis] > low
+        ]
         start[axis], stop[axis] = chosen[0], chosen[-1] + roi[axis]
         starts.append([s - chosen[0] for s in chosen])
     return ((start[0], start[1], start[2]), (stop[0], stop[1], stop[2])), starts
@@ -292,9 +313,7 @@ def _covered_box(
     image: Geometry, region: Geometry
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
     """The input voxels whose centres lie inside ``region`` (a box of the model grid)."""
-    lowest, highest = geo.index_box_in(
-        region, (0, 0, 0), [n - 1 for n in region.shape], image
-    )
+    lowest, highest = geo.index_box_in(region, (0, 0, 0), [n - 1 for n in region.shape], image)
     start, stop = [], []
     for axis in range(3):
         start.append(max(0, math.ceil(lowest[axis] - 1e-6)))
@@ -467,7 +486,8 @@ def _with_flips(predictor: _Predictor, axes: Sequence[int]) -> _Predictor:
     if not axes:
         return predictor
     flips = [
-        [2 + a for a in combo] for n in range(1, len(axes) + 1)
+        [2 + a for a in combo]
+        for n in range(1, len(axes) + 1)
         for combo in itertools.combinations(axes, n)
     ]
 

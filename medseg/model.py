@@ -368,15 +368,17 @@ class SubPixelConvTranspose3d(torch.nn.Module):
             offsets = [enumerate(table[phase]) for table, phase in zip(tables, phases, strict=True)]
             for (u, tu), (v, tv), (w, tw) in itertools.product(*offsets):
                 if tu is not None and tv is not None and tw is not None:
-                    kernel[:, phases[0], phases[1], phases[2], :, u, v, w] = (
-                        weight[:, :, tu, tv, tw].T
-                    )
+                    kernel[:, phases[0], phases[1], phases[2], :, u, v, w] = weight[
+                        :, :, tu, tv, tw
+                    ].T
         self.out_channels = out_channels
         self.strides = strides
         # F.pad order: last axis first, (low, high) each
         self.padding = tuple(int(x) for _, pads in reversed(axes) for x in pads)
         self.conv = torch.nn.Conv3d(
-            in_channels, out_channels * strides[0] * strides[1] * strides[2], sizes,
+            in_channels,
+            out_channels * strides[0] * strides[1] * strides[2],
+            sizes,
             bias=deconv.bias is not None,
         )
         self.conv.weight.data = kernel.reshape(self.conv.weight.shape)
@@ -407,8 +409,9 @@ def _phase_taps(
     offsets: list[dict[int, int]] = []
     for a in range(stride):
         base, phase = divmod(a + padding, stride)
-        offsets.append({base - j: stride * j + phase
-                        for j in range(kernel) if stride * j + phase < kernel})
+        offsets.append(
+            {base - j: stride * j + phase for j in range(kernel) if stride * j + phase < kernel}
+        )
     every = [d for taps in offsets for d in taps]
     low, high = min(every), max(every)
     table = [[taps.get(d) for d in range(low, high + 1)] for taps in offsets]
@@ -423,8 +426,14 @@ def subpixel_supported(module: torch.nn.Module) -> bool:
         return False
     return all(
         int(d) == 1 and int(k) + int(op) == int(s) + 2 * int(p)
-        for k, s, p, op, d in zip(module.kernel_size, module.stride, module.padding,
-                                  module.output_padding, module.dilation, strict=True)
+        for k, s, p, op, d in zip(
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.output_padding,
+            module.dilation,
+            strict=True,
+        )
     )
 
 

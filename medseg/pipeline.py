@@ -30,6 +30,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class CaseResult:
     """What :func:`predict_case` wrote.
@@ -98,7 +99,9 @@ def predict_case(
 
     config = model.config
     input_path, out_dir = Path(input_path), Path(out_dir)
-    check_output(out_dir, inputs=(input_path, getattr(model, "source_path", None)), overwrite=overwrite)
+    check_output(
+        out_dir, inputs=(input_path, getattr(model, "source_path", None)), overwrite=overwrite
+    )
     if input_path.is_dir():
         image = dicom.load_series(
             input_path,

@@ -448,7 +448,10 @@ def write_lesions_csv(report: Mapping[str, Any], path: Path) -> Path:
         ``path``.
     """
     path = Path(path)
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
+    with (
+        atomic_path(path) as tmp,
+        tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh,
+    ):
         writer = csv.writer(fh)
         writer.writerow(LESION_CSV_COLUMNS)
         for name, entry in report["labels"].items():

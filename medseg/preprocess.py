@@ -131,7 +131,9 @@ def require_finite_image(image: Volume, what: str) -> None:
     if np.issubdtype(array.dtype, np.floating):
         for first in range(0, array.shape[0], _BODY_SLAB_SLICES):  # no full-size temporary
             if not np.all(np.isfinite(array[first : first + _BODY_SLAB_SLICES])):
-                raise InputError(f"{image.source.describe()}: image contains NaN or infinite values")
+                raise InputError(
+                    f"{image.source.describe()}: image contains NaN or infinite values"
+                )
 
 
 def body_box(
@@ -380,8 +382,9 @@ def resample_scores_to_labels(
         last = min(target.shape[0], first + SCORE_SLAB_SLICES)
         low, high = _needed_box(source, target, (first, 0, 0), (last, *target.shape[1:]))
         inside = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
-        hits = [np.flatnonzero(winners[inside].any(axis=others)) for others in
-                ((1, 2), (0, 2), (0, 1))]
+        hits = [
+            np.flatnonzero(winners[inside].any(axis=others)) for others in ((1, 2), (0, 2), (0, 1))
+        ]
         if hits[0].size == 0:  # every corner is background
             continue
         # the non-background box grown by one voxel, in source indices, then in target ones

@@ -99,9 +99,7 @@ def _onnxruntime_session(path: Path, num_threads: int | None) -> WindowPredictor
     if num_threads is not None:
         options.intra_op_num_threads = num_threads
         options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(
-        str(path), options, providers=["CPUExecutionProvider"]
-    )
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(batch: NDArray[np.float32]) -> NDArray[np.float32]:
         (logits,) = session.run(["logits"], {"image": np.ascontiguousarray(batch)})
@@ -135,8 +133,9 @@ def _openvino_session(
     def run(batch: NDArray[np.float32]) -> NDArray[np.float32]:
         n = batch.shape[0]
         if static_shape is not None and n < static_shape[0]:  # the last, partial batch
-            batch = np.concatenate([batch, np.zeros((static_shape[0] - n, *batch.shape[1:]),
-                                                    dtype=batch.dtype)])
+            batch = np.concatenate(
+                [batch, np.zeros((static_shape[0] - n, *batch.shape[1:]), dtype=batch.dtype)]
+            )
         result = request.infer({"image": np.ascontiguousarray(batch)})
         return np.array(result[compiled.output(0)][:n], dtype=np.float32)  # copy: reused buffer
 

@@ -105,13 +105,17 @@ def flatten_params(config: ExperimentConfig) -> dict[str, str]:
         if isinstance(value, Mapping):
             for key, item in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), item)
-        elif isinstance(value, (tuple, list)) and value and all(
-            isinstance(v, Mapping) and "label" in v for v in value
+        elif (
+            isinstance(value, (tuple, list))
+            and value
+            and all(isinstance(v, Mapping) and "label" in v for v in value)
         ):  # structures: model.labels.<value> = name, .type, .color, ... (unset ones left out)
             for item in value:
                 flat[f"{prefix}.{item['label']}"] = str(item["name"])
-                walk(f"{prefix}.{item['label']}", {k: v for k, v in item.items()
-                                                   if k not in ("label", "name") and v is not None})
+                walk(
+                    f"{prefix}.{item['label']}",
+                    {k: v for k, v in item.items() if k not in ("label", "name") and v is not None},
+                )
         elif isinstance(value, (tuple, list)):
             flat[prefix] = ",".join(str(v) for v in value)
         else:
@@ -485,8 +489,10 @@ def _require_reachable_store(model: str, uri: str) -> None:
 @contextlib.contextmanager
 def _bounded_http() -> Iterator[None]:
     """MLflow's HTTP timeout and retries bounded for this call (unless the user set them)."""
-    names = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(HTTP_TIMEOUT_S),
-             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(HTTP_MAX_RETRIES)}
+    names = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(HTTP_TIMEOUT_S),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(HTTP_MAX_RETRIES),
+    }
     added = [name for name in names if name not in os.environ]
     for name in added:
         os.environ[name] = names[name]

@@ -118,7 +118,9 @@ def config_reference() -> str:
         annotation = field.annotation
         if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
             continue
-        scalars.append(f"| `{name}` | {_type_name(annotation)} | {_default(field)} | {top.get(name, '')} |")
+        scalars.append(
+            f"| `{name}` | {_type_name(annotation)} | {_default(field)} | {top.get(name, '')} |"
+        )
     if scalars:
         out += ["| key | type | default | meaning |", "|---|---|---|---|", *scalars, ""]
     pending = [
@@ -171,8 +173,10 @@ def main() -> int:
     wanted = render(current)
     if "--check" in sys.argv[1:]:
         if wanted != current:
-            print(f"{README}: reference sections are stale: run scripts/reference_docs.py",
-                  file=sys.stderr)
+            print(
+                f"{README}: reference sections are stale: run scripts/reference_docs.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     README.write_text(wanted)

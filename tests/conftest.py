@@ -96,9 +96,15 @@ def orthanc_server(tmp_path: Path) -> Iterator[OrthancServer]:
     http_port, dicom_port = _free_port(), _free_port()
     storage = tmp_path / "orthanc-storage"
     config = {
-        "Name": "medseg-test", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
-        "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "StableAge": 1,
+        "Name": "medseg-test",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "StableAge": 1,
         "Plugins": ["/usr/share/orthanc/plugins"],
     }
     config_path = tmp_path / "orthanc.json"
@@ -115,7 +121,9 @@ def orthanc_server(tmp_path: Path) -> Iterator[OrthancServer]:
                         break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"Orthanc did not start: {(tmp_path / 'orthanc.log').read_text()[-2000:]}")
+                    pytest.fail(
+                        f"Orthanc did not start: {(tmp_path / 'orthanc.log').read_text()[-2000:]}"
+                    )
                 time.sleep(0.1)
         yield OrthancServer(url, dicom_port, "ORTHANC", storage)
     finally:

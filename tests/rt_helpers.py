@@ -122,8 +122,12 @@ def plastimatch_structure_masks(
 def dciodvfy_errors(path: Path) -> list[str]:
     """The ``Error`` lines dciodvfy (dicom3tools) prints for one DICOM file."""
     exe = require_tool("dciodvfy")
-    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120, check=False)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    result = subprocess.run(
+        [exe, str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    return [
+        line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")
+    ]
 
 
 def dice(a: NDArray[np.generic], b: NDArray[np.generic]) -> float:

@@ -32,10 +32,24 @@ from medseg.synthetic import phantom
 
 REPO = Path(__file__).resolve().parents[1]
 #: Patient names and IDs written into the inputs; none may reach logs, ledger ids or summary ids.
-SECRET_NAMES = ("DOE^JANE", "SMITH^JOHN", "ROE^RICHARD", "POE^EDGAR", "LEE^ANN", "KIM^SUN",
-                "PARK^MIN", "CHO^YUN")
-CASE_FILES = ("rtstruct.dcm", "labels.nii.gz", "volumes.json", "lesions.csv", "case.json",
-              "report/report.html")
+SECRET_NAMES = (
+    "DOE^JANE",
+    "SMITH^JOHN",
+    "ROE^RICHARD",
+    "POE^EDGAR",
+    "LEE^ANN",
+    "KIM^SUN",
+    "PARK^MIN",
+    "CHO^YUN",
+)
+CASE_FILES = (
+    "rtstruct.dcm",
+    "labels.nii.gz",
+    "volumes.json",
+    "lesions.csv",
+    "case.json",
+    "report/report.html",
+)
 
 
 def train_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -48,10 +62,13 @@ def train_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if cached.is_file():
         return cached
     config = load_config(REPO / "configs" / "tiny.yaml")
-    config = config.model_copy(update={"train": config.train.model_copy(
-        update={"epochs": 10, "foreground_fraction": 0.7})})
-    cases = [phantom.make_case(seed, shape=(32, 64, 64), n_tumours=2, radius_range_mm=(10.0, 16.0))
-             for seed in range(2)]
+    config = config.model_copy(
+        update={"train": config.train.model_copy(update={"epochs": 10, "foreground_fraction": 0.7})}
+    )
+    cases = [
+        phantom.make_case(seed, shape=(32, 64, 64), n_tumours=2, radius_range_mm=(10.0, 16.0))
+        for seed in range(2)
+    ]
     result = train(config, [(c.image, c.labels) for c in cases], [], cached.parent)
     return Path(result.checkpoint_path)
 
@@ -66,11 +83,16 @@ def _write_inputs(root: Path, n: int, first_seed: int = 100) -> dict[str, str]:
     """``n`` phantom studies under patient-named folders; returns folder -> SeriesInstanceUID."""
     uids = {}
     for i in range(n):
-        case = phantom.make_case(first_seed + i, shape=(16, 64, 64), n_tumours=1,
-                                 radius_range_mm=(7.0, 9.0))
+        case = phantom.make_case(
+            first_seed + i, shape=(16, 64, 64), n_tumours=1, radius_range_mm=(7.0, 9.0)
+        )
         folder = f"{SECRET_NAMES[i % len(SECRET_NAMES)]}_{i:03d}"
-        paths = phantom.write_case(case, root / folder, patient_id=f"MRN-SECRET-{i:03d}",
-                                   patient_name=SECRET_NAMES[i % len(SECRET_NAMES)])
+        paths = phantom.write_case(
+            case,
+            root / folder,
+            patient_id=f"MRN-SECRET-{i:03d}",
+            patient_name=SECRET_NAMES[i % len(SECRET_NAMES)],
+        )
         uids[folder] = paths.series_instance_uid
     return uids
 
@@ -86,9 +108,13 @@ def _truncate_one_slice(series_dir: Path) -> tuple[Path, bytes]:
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
     return {
-        p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns,
-                                         hashlib.sha256(p.read_bytes()).hexdigest())
-        for p in sorted(root.rglob("*")) if p.is_file()
+        p.relative_to(root).as_posix(): (
+            p.stat().st_size,
+            p.stat().st_mtime_ns,
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+        )
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -119,8 +145,12 @@ def _check_case_folder(case_dir: Path, series_uid: str) -> None:
         assert (case_dir / name).is_file(), f"{case_dir}: {name} missing"
     rt = pydicom.dcmread(case_dir / "rtstruct.dcm")
     assert rt.Modality == "RTSTRUCT"
-    referenced = (rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
-                  .RTReferencedSeriesSequence[0].SeriesInstanceUID)
+    referenced = (
+        rt.ReferencedFrameOfReferenceSequence[0]
+        .RTReferencedStudySequence[0]
+        .RTReferencedSeriesSequence[0]
+        .SeriesInstanceUID
+    )
     assert referenced == series_uid
     labels: Any = nib.load(case_dir / "labels.nii.gz")
     assert labels.shape == (64, 64, 16)  # NIfTI (x, y, z) of the (16, 64, 64) input
@@ -213,8 +243,9 @@ def test_batch_records_resumes_skips_and_reruns_what_changed(
     from medseg.model import load_checkpoint, save_checkpoint
 
     loaded = load_checkpoint(tiny_model)
-    other_model = save_checkpoint(tmp_path / "other.pt", loaded.network, loaded.config,
-                                  extra={"note": "retrained"})
+    other_model = save_checkpoint(
+        tmp_path / "other.pt", loaded.network, loaded.config, extra={"note": "retrained"}
+    )
     fifth = _batch(str(inputs), str(out), "--model", str(other_model))
     assert fifth.exit_code == 0, fifth.output
     assert {r["status"] for r in _summary(out).values()} == {"done"}
@@ -224,7 +255,9 @@ def test_batch_records_resumes_skips_and_reruns_what_changed(
 def test_batch_usage_errors_exit_2(tmp_path: Path, tiny_model: Path) -> None:
     inputs = tmp_path / "in"
     _write_inputs(inputs, 1)
-    missing_input = _batch(str(tmp_path / "nope"), str(tmp_path / "out"), "--model", str(tiny_model))
+    missing_input = _batch(
+        str(tmp_path / "nope"), str(tmp_path / "out"), "--model", str(tiny_model)
+    )
     assert missing_input.exit_code == 2
     bad_model = tmp_path / "bad.pt"
     bad_model.write_bytes(b"not a checkpoint")
@@ -257,8 +290,12 @@ def test_discovery_failures_are_named_cases(tmp_path: Path, tiny_model: Path) ->
     assert result.exit_code == 1, result.output
     rows = list(_summary(out).values())
     by_status = sorted((r["status"], r["error_class"]) for r in rows)
-    assert by_status == [("done", ""), ("failed", "InputError"), ("failed", "MissingSliceError"),
-                         ("failed", "UnreadableScanError")]
+    assert by_status == [
+        ("done", ""),
+        ("failed", "InputError"),
+        ("failed", "MissingSliceError"),
+        ("failed", "UnreadableScanError"),
+    ]
     no_volume = next(r for r in rows if r["error_class"] == "InputError")
     assert "not a CT/MR image volume" in no_volume["error_message"]
     done = next(r for r in rows if r["status"] == "done")
@@ -275,7 +312,9 @@ def test_discovery_failures_are_named_cases(tmp_path: Path, tiny_model: Path) ->
     assert "MissingSliceError" in page and "DOE" not in page
 
 
-def test_interrupted_run_is_recovered_without_running_twice(tmp_path: Path, tiny_model: Path) -> None:
+def test_interrupted_run_is_recovered_without_running_twice(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     """A case finished just before a kill (folder in place, ledger still 'running') is marked
     done without running again; a half-written temporary folder is removed."""
     inputs = tmp_path / "in"
@@ -286,8 +325,12 @@ def test_interrupted_run_is_recovered_without_running_twice(tmp_path: Path, tiny
     finished, unfinished = (rows[uids[f]]["case_id"] for f in sorted(uids))
     # what a kill leaves: one case renamed into place but not yet recorded; one half written
     db = sqlite3.connect(out / "ledger.sqlite")
-    db.execute("UPDATE cases SET status = 'running' WHERE case_id IN (?, ?)", (finished, unfinished))
-    db.execute("UPDATE attempts SET status = 'running' WHERE case_id IN (?, ?)", (finished, unfinished))
+    db.execute(
+        "UPDATE cases SET status = 'running' WHERE case_id IN (?, ?)", (finished, unfinished)
+    )
+    db.execute(
+        "UPDATE attempts SET status = 'running' WHERE case_id IN (?, ?)", (finished, unfinished)
+    )
     db.commit()
     db.close()
     import shutil
@@ -299,11 +342,16 @@ def test_interrupted_run_is_recovered_without_running_twice(tmp_path: Path, tiny
     again = _batch(str(inputs), str(out), "--model", str(tiny_model))
     assert again.exit_code == 0, again.output
     assert (out / "cases" / finished / "case.json").stat().st_mtime_ns == mtime  # not rerun
-    statuses = {r["case_id"]: r["status"] for r in _ledger(out, "SELECT * FROM attempts")
-                if r["attempt_id"] > 2}
+    statuses = {
+        r["case_id"]: r["status"]
+        for r in _ledger(out, "SELECT * FROM attempts")
+        if r["attempt_id"] > 2
+    }
     assert statuses == {unfinished: "done"}
-    first_attempts = {r["case_id"]: r["status"] for r in _ledger(
-        out, "SELECT * FROM attempts WHERE attempt_id <= 2")}
+    first_attempts = {
+        r["case_id"]: r["status"]
+        for r in _ledger(out, "SELECT * FROM attempts WHERE attempt_id <= 2")
+    }
     assert first_attempts == {finished: "recovered", unfinished: "interrupted"}
     assert _hidden_leftovers(out) == []
     _check_case_folder(out / "cases" / unfinished, uids[sorted(uids)[1]])
@@ -316,15 +364,20 @@ def test_kill_9_mid_run_then_resume(tmp_path: Path, tiny_model: Path) -> None:
     uids = _write_inputs(inputs, 6)
     out = tmp_path / "out"
     medseg_exe = Path(sys.executable).parent / "medseg"
-    proc = subprocess.Popen([str(medseg_exe), "batch", str(inputs), str(out), "--model",
-                             str(tiny_model)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(medseg_exe), "batch", str(inputs), str(out), "--model", str(tiny_model)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline:
             if (out / "ledger.sqlite").exists():
                 with sqlite3.connect(out / "ledger.sqlite") as db:
                     try:
-                        n_done = db.execute("SELECT count(*) FROM cases WHERE status = 'done'").fetchone()[0]
+                        n_done = db.execute(
+                            "SELECT count(*) FROM cases WHERE status = 'done'"
+                        ).fetchone()[0]
                     except sqlite3.OperationalError:
                         n_done = 0
                 if n_done >= 2:
@@ -346,8 +399,12 @@ def test_kill_9_mid_run_then_resume(tmp_path: Path, tiny_model: Path) -> None:
     rows = _summary(out)
     for uid in uids.values():
         assert rows[uid]["status"] in ("done", "skipped")
-        _check_case_folder(Path(rows[uid]["out_dir"]) if rows[uid]["out_dir"]
-                           else out / "cases" / rows[uid]["case_id"], uid)
+        _check_case_folder(
+            Path(rows[uid]["out_dir"])
+            if rows[uid]["out_dir"]
+            else out / "cases" / rows[uid]["case_id"],
+            uid,
+        )
     completions: dict[str, int] = {}
     for attempt in _ledger(out, "SELECT * FROM attempts"):
         if attempt["status"] in ("done", "recovered"):
@@ -359,8 +416,10 @@ def test_kill_9_mid_run_then_resume(tmp_path: Path, tiny_model: Path) -> None:
 
 @pytest.mark.parametrize(
     "executor_args",
-    [pytest.param(("--workers", "2"), id="process-pool"),
-     pytest.param(("--executor", "ray", "--workers", "2"), id="ray")],
+    [
+        pytest.param(("--workers", "2"), id="process-pool"),
+        pytest.param(("--executor", "ray", "--workers", "2"), id="ray"),
+    ],
 )
 def test_pool_and_ray_executors_give_the_local_results(
     tmp_path: Path, tiny_model: Path, executor_args: tuple[str, ...]

@@ -128,8 +128,11 @@ def _foreign_cases_table(path: Path) -> None:
         pytest.param(_cut_header, None, id="truncated-header"),
         pytest.param(_cut_pages, None, id="truncated-pages"),
         pytest.param(_foreign, "another program's SQLite database", id="foreign-sqlite"),
-        pytest.param(_foreign_cases_table, "another program's SQLite database",
-                     id="foreign-with-a-cases-table"),
+        pytest.param(
+            _foreign_cases_table,
+            "another program's SQLite database",
+            id="foreign-with-a-cases-table",
+        ),
     ],
 )
 def test_a_ledger_that_is_not_medseg_s_is_named_and_left_untouched(
@@ -182,14 +185,17 @@ def test_a_corrupt_ledger_is_exit_2_with_one_line_from_the_cli(
 
 def _hold_write_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
     """Another process holding the database's write lock for ``seconds``."""
-    code = ("import sqlite3, sys, time\n"
-            "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "db.execute('BEGIN EXCLUSIVE')\n"
-            "print('locked', flush=True)\n"
-            "time.sleep(float(sys.argv[2]))\n"
-            "db.execute('COMMIT')\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds)],
-                              stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sqlite3, sys, time\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('BEGIN EXCLUSIVE')\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(float(sys.argv[2]))\n"
+        "db.execute('COMMIT')\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
     return holder
 
@@ -222,8 +228,9 @@ def test_a_ledger_locked_for_a_moment_is_waited_for(tmp_path: Path) -> None:
     _real_ledger(out / "ledger.sqlite", 3)
     holder = _hold_write_lock(out / "ledger.sqlite", 1.5)
     try:
-        summary = run_cases((), out, UNUSED_MODEL, _never,
-                            settings=BatchConfig(ledger_timeout_s=60.0))
+        summary = run_cases(
+            (), out, UNUSED_MODEL, _never, settings=BatchConfig(ledger_timeout_s=60.0)
+        )
     finally:
         holder.wait(30)
     assert summary.rows == () and (out / "summary.csv").is_file()
@@ -266,8 +273,10 @@ def test_link_inputs_links_the_paths_as_seen_under_the_root(
     folder = link_inputs(given)(spec, tmp_path / "staging" / spec.case_id)
     links = sorted(folder.iterdir())
     assert [p.name for p in links] == ["00001", "00002"]  # sorted by path under the root
-    assert [os.readlink(p) for p in links] == [str(root / "SMITH^JOHN" / "1.dcm"),
-                                               str(root / "linked" / "b.dcm")]
+    assert [os.readlink(p) for p in links] == [
+        str(root / "SMITH^JOHN" / "1.dcm"),
+        str(root / "linked" / "b.dcm"),
+    ]
     assert [p.read_bytes() for p in links] == [b"A", b"B"]
 
 
@@ -391,8 +400,13 @@ def test_a_case_over_the_time_limit_fails_and_the_next_one_runs(
 
     limit_s = 8.0
     start = time.monotonic()
-    summary = run_cases(specs, out, resolve_model_ref(tiny_model, out), prepare,
-                        settings=BatchConfig(case_timeout_s=limit_s))
+    summary = run_cases(
+        specs,
+        out,
+        resolve_model_ref(tiny_model, out),
+        prepare,
+        settings=BatchConfig(case_timeout_s=limit_s),
+    )
     took = time.monotonic() - start
     rows = {r.case_id: r for r in summary.rows}
     assert watchers and not watchers[0].is_alive()  # the hanging case did hang
@@ -426,12 +440,15 @@ def test_a_worker_that_dies_fails_its_own_case_only(tmp_path: Path, tiny_model: 
             watchers.append(_signal_worker_inside(out / "cases" / spec.case_id, signal.SIGKILL))
         return link(spec, folder)
 
-    summary = run_cases(specs, out, resolve_model_ref(tiny_model, out), prepare,
-                        executor=Executor.POOL, workers=1)
+    summary = run_cases(
+        specs, out, resolve_model_ref(tiny_model, out), prepare, executor=Executor.POOL, workers=1
+    )
     rows = {r.case_id: r for r in summary.rows}
     assert watchers and not watchers[0].is_alive()
     assert (rows[victim.case_id].status, rows[victim.case_id].error_class) == (
-        "failed", "ChildProcessError")
+        "failed",
+        "ChildProcessError",
+    )
     message = rows[victim.case_id].error_message or ""
     _one_line(message)
     assert victim.case_id in message and "killed by signal 9" in message
@@ -444,8 +461,9 @@ def test_a_worker_that_dies_fails_its_own_case_only(tmp_path: Path, tiny_model: 
 # 16. SIGTERM and Ctrl-C
 
 
-def _wait_for_done(proc: subprocess.Popen[bytes], out: Path, n: int,
-                   timeout_s: float = 180) -> None:
+def _wait_for_done(
+    proc: subprocess.Popen[bytes], out: Path, n: int, timeout_s: float = 180
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if (out / "ledger.sqlite").exists():
@@ -482,9 +500,12 @@ def test_a_signal_stops_the_batch_cleanly_and_a_rerun_finishes(
     inputs = tmp_path / "in"
     uids = _write_inputs(inputs, 6)
     out = tmp_path / "out"
-    proc = subprocess.Popen([str(MEDSEG), "batch", str(inputs), str(out), "--model",
-                             str(tiny_model), *executor_args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(MEDSEG), "batch", str(inputs), str(out), "--model", str(tiny_model), *executor_args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         _wait_for_done(proc, out, 1)
         if signum == signal.SIGINT:
@@ -527,8 +548,7 @@ def test_a_signal_stops_the_batch_cleanly_and_a_rerun_finishes(
 def _pool_workers(pid: int) -> list[int]:
     """The batch worker processes of process ``pid`` (not multiprocessing's resource tracker)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(c) for c in children
-            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 def test_pool_workers_leave_stop_signals_to_the_driver(tmp_path: Path, tiny_model: Path) -> None:
@@ -538,9 +558,12 @@ def test_pool_workers_leave_stop_signals_to_the_driver(tmp_path: Path, tiny_mode
     inputs = tmp_path / "in"
     uids = _write_inputs(inputs, 4)
     out = tmp_path / "out"
-    proc = subprocess.Popen([str(MEDSEG), "batch", str(inputs), str(out), "--model",
-                             str(tiny_model), "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(MEDSEG), "batch", str(inputs), str(out), "--model", str(tiny_model), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         _wait_for_done(proc, out, 1)
         workers = _pool_workers(proc.pid)
@@ -576,8 +599,28 @@ def test_batch_interrupted_says_what_the_cli_prints() -> None:
 
 
 def _entry(description: str | None) -> SeriesEntry:
-    return SeriesEntry("1.2.3", "1.2", None, "CT", description, 3, None, None, SeriesKind.VOLUME,
-                       120, 120, 512, 512, None, None, None, (), False, (), ())
+    return SeriesEntry(
+        "1.2.3",
+        "1.2",
+        None,
+        "CT",
+        description,
+        3,
+        None,
+        None,
+        SeriesKind.VOLUME,
+        120,
+        120,
+        512,
+        512,
+        None,
+        None,
+        None,
+        (),
+        False,
+        (),
+        (),
+    )
 
 
 def test_describe_names_a_series_without_its_description() -> None:
@@ -595,9 +638,13 @@ def _two_series_study(root: Path, description: str) -> None:
     study_uid = None
     for i in range(2):
         case = phantom.make_case(300 + i, shape=(16, 64, 64), n_tumours=0)
-        paths = phantom.write_case(case, root / "ROE^RICHARD" / f"s{i}",
-                                   patient_id="MRN-SECRET-900", patient_name="ROE^RICHARD",
-                                   series_description=description)
+        paths = phantom.write_case(
+            case,
+            root / "ROE^RICHARD" / f"s{i}",
+            patient_id="MRN-SECRET-900",
+            patient_name="ROE^RICHARD",
+            series_description=description,
+        )
         for file in sorted((root / "ROE^RICHARD" / f"s{i}" / "ct").iterdir()):
             ds = pydicom.dcmread(file)
             study_uid = study_uid or str(ds.StudyInstanceUID)
@@ -621,8 +668,9 @@ def test_select_series_lists_descriptions_only_with_log_identifiers(tmp_path: Pa
     salt = load_salt(out)
     (spec,) = discover_cases(tmp_path / "in", SeriesSelection(), salt=salt)
     assert spec.error is not None and CANARY not in spec.error[1]
-    (spec,) = discover_cases(tmp_path / "in", SeriesSelection(), salt=salt,
-                             privacy=PrivacyConfig(log_identifiers=True))
+    (spec,) = discover_cases(
+        tmp_path / "in", SeriesSelection(), salt=salt, privacy=PrivacyConfig(log_identifiers=True)
+    )
     assert spec.error is not None and CANARY in spec.error[1]
 
 
@@ -631,8 +679,12 @@ def _files_holding(root: Path, text: str) -> list[str]:
     are meant to be there)."""
     found = []
     for path in sorted(root.rglob("*")):
-        if (path.is_file() and not path.is_symlink() and path.suffix != ".dcm"
-                and text.encode() in path.read_bytes()):
+        if (
+            path.is_file()
+            and not path.is_symlink()
+            and path.suffix != ".dcm"
+            and text.encode() in path.read_bytes()
+        ):
             found.append(path.relative_to(root).as_posix())
     return found
 
@@ -646,8 +698,13 @@ def test_series_description_stays_out_of_the_ledger_summaries_and_logs(
     from medseg.synthetic import phantom
 
     case = phantom.make_case(400, shape=(16, 64, 64), n_tumours=1, radius_range_mm=(7.0, 9.0))
-    phantom.write_case(case, inputs / "LEE^ANN", patient_id="MRN-SECRET-901",
-                       patient_name=SECRET_NAMES[4], series_description=CANARY)  # done
+    phantom.write_case(
+        case,
+        inputs / "LEE^ANN",
+        patient_id="MRN-SECRET-901",
+        patient_name=SECRET_NAMES[4],
+        series_description=CANARY,
+    )  # done
     (inputs / "lone").mkdir()  # a lone unparseable file: a third, failed case
     (inputs / "lone" / "x.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10")
     out = tmp_path / "out"

@@ -24,17 +24,30 @@ logging.getLogger("mlflow.store").info("MLFLOW-INFO")
 @pytest.mark.parametrize(
     ("mode", "shown", "hidden"),
     [
-        ("plain", {"THIRD-PARTY-WARNING", "MEDSEG-INFO"},
-         {"THIRD-PARTY-INFO", "MEDSEG-DEBUG", "MLFLOW-INFO"}),
-        ("verbose", {"THIRD-PARTY-INFO", "THIRD-PARTY-WARNING", "MEDSEG-INFO", "MEDSEG-DEBUG",
-                     "MLFLOW-INFO"}, set()),
+        (
+            "plain",
+            {"THIRD-PARTY-WARNING", "MEDSEG-INFO"},
+            {"THIRD-PARTY-INFO", "MEDSEG-DEBUG", "MLFLOW-INFO"},
+        ),
+        (
+            "verbose",
+            {
+                "THIRD-PARTY-INFO",
+                "THIRD-PARTY-WARNING",
+                "MEDSEG-INFO",
+                "MEDSEG-DEBUG",
+                "MLFLOW-INFO",
+            },
+            set(),
+        ),
     ],
     ids=["plain", "verbose"],
 )
 def test_log_levels(mode: str, shown: set[str], hidden: set[str]) -> None:
     # a fresh interpreter: the CLI configures the root logger once per process
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
-    out = subprocess.run([sys.executable, "-c", _EMIT, mode], capture_output=True, text=True,
-                         check=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _EMIT, mode], capture_output=True, text=True, check=True, env=env
+    )
     printed = {word for word in shown | hidden if word in out.stderr}
     assert printed == shown, out.stderr

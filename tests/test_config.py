@@ -176,10 +176,14 @@ def test_model_labels_take_both_forms_and_decide_types() -> None:
         return [(s.name, s.interpreted_type.value) for s in model.labels]
 
     assert labels({1: "CTV", 2: "Tumor", 3: "PTV_70", 4: "Lesion"}) == [
-        ("CTV", "CTV"), ("Tumor", "GTV"), ("PTV_70", "PTV"), ("Lesion", "GTV")
+        ("CTV", "CTV"),
+        ("Tumor", "GTV"),
+        ("PTV_70", "PTV"),
+        ("Lesion", "GTV"),
     ]
     assert labels([{"label": 2, "name": "Cord", "type": "OAR"}, {"label": 1, "name": "GTV"}]) == [
-        ("GTV", "GTV"), ("Cord", "OAR")
+        ("GTV", "GTV"),
+        ("Cord", "OAR"),
     ]
     with pytest.warns(UserWarning, match=r"model\.labels: .*'label_2' \(label 2\).*ORGAN"):
         assert labels({1: "GTV", 2: "label_2"})[1] == ("label_2", "ORGAN")

@@ -287,7 +287,9 @@ def test_probability_to_polygons_edge_cases() -> None:
 # readers that round vertices (rt-utils, platipy) and the inward move that makes them exact
 
 
-def _rounding_reader(polygons: list[NDArray[np.float64]], shape: tuple[int, ...]) -> NDArray[np.bool_]:
+def _rounding_reader(
+    polygons: list[NDArray[np.float64]], shape: tuple[int, ...]
+) -> NDArray[np.bool_]:
     """rt-utils 1.2.7's rasteriser (``image_helper.get_slice_mask_from_slice_contour_data``):
     every vertex rounded to the nearest voxel (``np.around``), then ``cv2.fillPoly`` of all
     polygons of the slice together, which fills the outline's own voxels too."""

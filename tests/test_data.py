@@ -62,7 +62,9 @@ def test_cli_trains_every_fold_with_a_saved_split(tmp_path: Path) -> None:
     datalist = _write_cases(tmp_path, 3)
     text = (REPO / "configs" / "tiny.yaml").read_text()
     text = text.replace("datalist: null", f"datalist: {datalist}\n  num_folds: 2")
-    text = text.replace("epochs: 6", "epochs: 1").replace("samples_per_case: 4", "samples_per_case: 2")
+    text = text.replace("epochs: 6", "epochs: 1").replace(
+        "samples_per_case: 4", "samples_per_case: 2"
+    )
     db = tmp_path / "mlflow.db"
     text = text.replace("tracking_uri: null", f"tracking_uri: sqlite:///{db}")
     config = tmp_path / "cv.yaml"
@@ -90,7 +92,6 @@ def test_cli_trains_every_fold_with_a_saved_split(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "fold 2 does not exist" in bad.output
     usage = CliRunner().invoke(app, ["train", str(config), "--folds", "some"])
     assert usage.exit_code == 2
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +199,9 @@ def test_cli_trains_a_fold_on_dicom_rtstruct_patients(tmp_path: Path) -> None:
         f"dicom_root: {root}\n  labels: {{1: [GTV, GTVp, 'GTV*']}}\n  num_folds: 3\n"
         f"  cache_dir: {tmp_path / 'cache'}",
     )
-    text = text.replace("epochs: 6", "epochs: 1").replace("samples_per_case: 4", "samples_per_case: 2")
+    text = text.replace("epochs: 6", "epochs: 1").replace(
+        "samples_per_case: 4", "samples_per_case: 2"
+    )
     text = text.replace("roi_size: [16, 32, 32]", "roi_size: [32, 96, 96]")
     db = tmp_path / "mlflow.db"
     text = text.replace("tracking_uri: null", f"tracking_uri: sqlite:///{db}")
@@ -238,21 +241,42 @@ def test_decathlon_datalist_over_real_mr_and_ct_cases_trains(tmp_path: Path) -> 
     assert liver.sum() > 1000
     nib.save(nib.Nifti1Image(liver, seg.affine, seg.header), tmp_path / "liver.nii.gz")
     datalist = tmp_path / "dataset.json"
-    datalist.write_text(json.dumps({"training": [
-        *({"image": str(source / f"{name}_image.nrrd"), "label": str(source / f"{name}_label.nrrd")}
-          for name in ("brain1", "breast1")),
-        {"image": str(totalseg / "example_ct_sm.nii.gz"), "label": str(tmp_path / "liver.nii.gz")},
-    ]}))
+    datalist.write_text(
+        json.dumps(
+            {
+                "training": [
+                    *(
+                        {
+                            "image": str(source / f"{name}_image.nrrd"),
+                            "label": str(source / f"{name}_label.nrrd"),
+                        }
+                        for name in ("brain1", "breast1")
+                    ),
+                    {
+                        "image": str(totalseg / "example_ct_sm.nii.gz"),
+                        "label": str(tmp_path / "liver.nii.gz"),
+                    },
+                ]
+            }
+        )
+    )
     config = load_config(REPO / "configs" / "tiny.yaml")
-    config = config.model_copy(update={
-        "data": config.data.model_copy(update={"datalist": datalist}),
-        "train": config.train.model_copy(update={"epochs": 1, "samples_per_case": 2}),
-        # MR and CT together: a wide clip, then per-image z-scores over the body
-        "preprocess": config.preprocess.model_copy(update={
-            "lower_hu": -900.0, "upper_hu": 2000.0, "orientation": "LPS", "intensity": "zscore",
-            "crop_foreground": True,
-        }),
-    })
+    config = config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"datalist": datalist}),
+            "train": config.train.model_copy(update={"epochs": 1, "samples_per_case": 2}),
+            # MR and CT together: a wide clip, then per-image z-scores over the body
+            "preprocess": config.preprocess.model_copy(
+                update={
+                    "lower_hu": -900.0,
+                    "upper_hu": 2000.0,
+                    "orientation": "LPS",
+                    "intensity": "zscore",
+                    "crop_foreground": True,
+                }
+            ),
+        }
+    )
     cases = load_cases(config)
     assert sorted(cases) == ["training_000", "training_001", "training_002"]
     for case in cases.values():
@@ -265,9 +289,15 @@ def test_decathlon_datalist_over_real_mr_and_ct_cases_trains(tmp_path: Path) -> 
     # NIfTI and NRRD grids are stored RAS/LPS-flipped: the network sees them canonically
     ct = cases["training_002"].image
     assert not geo.canonical_reorientation(ct.geometry).is_identity
-    result = train(config, [(cases["training_000"].image, cases["training_000"].labels),
-                            (ct, cases["training_002"].labels)],
-                   [(cases["training_001"].image, cases["training_001"].labels)],
-                   tmp_path / "out", None)
+    result = train(
+        config,
+        [
+            (cases["training_000"].image, cases["training_000"].labels),
+            (ct, cases["training_002"].labels),
+        ],
+        [(cases["training_001"].image, cases["training_001"].labels)],
+        tmp_path / "out",
+        None,
+    )
     assert result.best_val_dice is not None and 0.0 <= result.best_val_dice <= 1.0
     assert result.history[0].val_dice_per_label.keys() == {"tumour"}

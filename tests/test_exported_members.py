@@ -25,7 +25,8 @@ def test_top_level_all_matches_public_names() -> None:
     import types
 
     public = {
-        name for name in dir(medseg)
+        name
+        for name in dir(medseg)
         if not name.startswith("_") and not isinstance(getattr(medseg, name), types.ModuleType)
     }
     assert set(medseg.__all__) - {"__version__"} == public
@@ -55,7 +56,13 @@ def test_torch_pydicom_mlflow_only_where_allowed() -> None:
 
     root = Path(medseg.__file__).parent
     rules = {
-        "torch": {"model.py", "training/train.py", "training/distributed.py", "infer.py", "runtime.py"},
+        "torch": {
+            "model.py",
+            "training/train.py",
+            "training/distributed.py",
+            "infer.py",
+            "runtime.py",
+        },
         "pydicom": None,  # io/ only
         "mlflow": {"tracking.py"},
         "ray": {"batch/executors.py"},

@@ -92,7 +92,9 @@ def test_index_box_in_a_crop_is_the_box_shifted(g: Geometry, data: st.DataObject
 
 @given(geometries(), st.floats(0.01, 100.0))
 def test_shifted_geometry_is_never_equal(g: Geometry, shift_mm: float) -> None:
-    moved = Geometry(g.shape, g.spacing_mm, (g.origin_mm[0] + shift_mm, *g.origin_mm[1:]), g.direction)
+    moved = Geometry(
+        g.shape, g.spacing_mm, (g.origin_mm[0] + shift_mm, *g.origin_mm[1:]), g.direction
+    )
     assert not geo.geometries_equal(g, moved)
     with pytest.raises(GeometryError, match="different geometry"):
         geo.require_same_geometry(g, moved)
@@ -100,7 +102,9 @@ def test_shifted_geometry_is_never_equal(g: Geometry, shift_mm: float) -> None:
 
 @given(geometries(), st.floats(1.001, 3.0))
 def test_rescaled_geometry_is_never_equal(g: Geometry, factor: float) -> None:
-    scaled = Geometry(g.shape, (g.spacing_mm[0] * factor, *g.spacing_mm[1:]), g.origin_mm, g.direction)
+    scaled = Geometry(
+        g.shape, (g.spacing_mm[0] * factor, *g.spacing_mm[1:]), g.origin_mm, g.direction
+    )
     assert not geo.geometries_equal(g, scaled)
 
 
@@ -108,8 +112,12 @@ def test_rescaled_geometry_is_never_equal(g: Geometry, factor: float) -> None:
 @given(uids, uids)
 def test_different_frame_of_reference_never_equal(u1: str, u2: str) -> None:
     g = Geometry((2, 3, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
-    a = Volume(np.zeros(g.shape, np.uint8), g, VolumeKind.LABELS, SourceInfo(frame_of_reference_uid=u1))
-    b = Volume(np.zeros(g.shape, np.uint8), g, VolumeKind.LABELS, SourceInfo(frame_of_reference_uid=u2))
+    a = Volume(
+        np.zeros(g.shape, np.uint8), g, VolumeKind.LABELS, SourceInfo(frame_of_reference_uid=u1)
+    )
+    b = Volume(
+        np.zeros(g.shape, np.uint8), g, VolumeKind.LABELS, SourceInfo(frame_of_reference_uid=u2)
+    )
     if u1 == u2:
         require_same_geometry(a, b)
     else:
@@ -154,7 +162,11 @@ def test_dicom_geometry_of_an_axial_stack() -> None:
     ],
 )
 def test_invalid_geometry_is_refused(kwargs: dict[str, object], message: str) -> None:
-    args: dict[str, object] = {"shape": (2, 2, 2), "spacing_mm": (1.0, 1.0, 1.0), "origin_mm": (0.0, 0.0, 0.0)}
+    args: dict[str, object] = {
+        "shape": (2, 2, 2),
+        "spacing_mm": (1.0, 1.0, 1.0),
+        "origin_mm": (0.0, 0.0, 0.0),
+    }
     args.update(kwargs)
     with pytest.raises(GeometryError, match=message):
         Geometry(**args)  # type: ignore[arg-type]
@@ -166,13 +178,20 @@ def test_only_geometry_module_inverts_or_reverses_axes() -> None:
         if path.name == "geometry.py":
             continue
         text = path.read_text()
-        for pattern in (r"linalg\.inv", r"\[::-1\]", r"np\.flip\(", r"transpose\(\s*\(?2,\s*1,\s*0"):
+        for pattern in (
+            r"linalg\.inv",
+            r"\[::-1\]",
+            r"np\.flip\(",
+            r"transpose\(\s*\(?2,\s*1,\s*0",
+        ):
             if re.search(pattern, text):
                 offenders.append(f"{path.relative_to(PACKAGE)}: {pattern}")
     assert offenders == []
 
 
-def _relabelled(g: Geometry, order: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> Geometry:
+def _relabelled(
+    g: Geometry, order: tuple[int, int, int], flips: tuple[bool, bool, bool]
+) -> Geometry:
     """The same lattice as ``g`` with axes reordered and some reversed (independent of geo)."""
     d = g.direction_matrix
     corner = np.array([g.shape[a] - 1 if flips[a] else 0 for a in range(3)], dtype=float)
@@ -191,7 +210,9 @@ def _relabelled(g: Geometry, order: tuple[int, int, int], flips: tuple[bool, boo
     st.permutations([0, 1, 2]),
     st.tuples(st.booleans(), st.booleans(), st.booleans()),
 )
-def test_reorder_to_grid_gathers_the_same_voxels(g: Geometry, order: list[int], flips: tuple[bool, bool, bool]) -> None:
+def test_reorder_to_grid_gathers_the_same_voxels(
+    g: Geometry, order: list[int], flips: tuple[bool, bool, bool]
+) -> None:
     small = Geometry((3, 4, 5), g.spacing_mm, g.origin_mm, g.direction)
     array = np.arange(60).reshape(small.shape)
     other = _relabelled(small, tuple(order), flips)  # type: ignore[arg-type]
@@ -208,13 +229,19 @@ def test_reorder_to_grid_gathers_the_same_voxels(g: Geometry, order: list[int], 
 def test_reorder_to_grid_refuses_a_half_voxel_shift(g: Geometry) -> None:
     small = Geometry((3, 4, 5), g.spacing_mm, g.origin_mm, g.direction)
     shifted = geo.crop_geometry(small, (0, 0, 0), small.shape)
-    half = Geometry(shifted.shape, shifted.spacing_mm,
-                    tuple(geo.index_to_world(small, [0.5, 0.0, 0.0])), shifted.direction)  # type: ignore[arg-type]
+    half = Geometry(
+        shifted.shape,
+        shifted.spacing_mm,
+        tuple(geo.index_to_world(small, [0.5, 0.0, 0.0])),
+        shifted.direction,
+    )  # type: ignore[arg-type]
     with pytest.raises(GeometryError, match="not the same voxel lattice"):
         geo.reorder_to_grid(np.zeros(small.shape), small, half)
 
 
-def _signed_permutation(order: list[int], signs: tuple[float, float, float], tilt_deg: float) -> tuple[float, ...]:
+def _signed_permutation(
+    order: list[int], signs: tuple[float, float, float], tilt_deg: float
+) -> tuple[float, ...]:
     """A direction whose array axes follow world axes in any order and sense, tilted a little."""
     from scipy.spatial.transform import Rotation
 
@@ -235,7 +262,9 @@ def test_canonical_orientation_matches_simpleitk_dicomorient(
     g: Geometry, order: list[int], signs: tuple[float, float, float], tilt_deg: float
 ) -> None:
     """Independent referee: SimpleITK's DICOMOrient(image, "LPS") gives the same grid and voxels."""
-    small = Geometry((3, 4, 5), g.spacing_mm, g.origin_mm, _signed_permutation(order, signs, tilt_deg))
+    small = Geometry(
+        (3, 4, 5), g.spacing_mm, g.origin_mm, _signed_permutation(order, signs, tilt_deg)
+    )
     array = np.arange(60, dtype=np.int16).reshape(small.shape)
     reorientation = geo.canonical_reorientation(small)
 
@@ -245,7 +274,9 @@ def test_canonical_orientation_matches_simpleitk_dicomorient(
     image.SetOrigin(origin)
     image.SetDirection(direction)
     oriented = sitk.DICOMOrient(image, "LPS")
-    expected = geo.from_sitk(oriented.GetSize(), oriented.GetSpacing(), oriented.GetOrigin(), oriented.GetDirection())
+    expected = geo.from_sitk(
+        oriented.GetSize(), oriented.GetSpacing(), oriented.GetOrigin(), oriented.GetDirection()
+    )
 
     assert geo.geometries_equal(reorientation.target, expected)
     np.testing.assert_array_equal(reorientation.apply(array), sitk.GetArrayFromImage(oriented))
@@ -253,14 +284,18 @@ def test_canonical_orientation_matches_simpleitk_dicomorient(
 
 @settings(max_examples=60)
 @given(geometries(), st.data())
-def test_canonical_orientation_round_trip_keeps_every_voxel_in_place(g: Geometry, data: st.DataObject) -> None:
+def test_canonical_orientation_round_trip_keeps_every_voxel_in_place(
+    g: Geometry, data: st.DataObject
+) -> None:
     small = Geometry((3, 4, 5), g.spacing_mm, g.origin_mm, g.direction)
     array = np.arange(60).reshape(small.shape)
     r = geo.canonical_reorientation(small)
     canonical = r.apply(array)
     assert canonical.shape == r.target.shape
     np.testing.assert_array_equal(r.restore(canonical), array)
-    np.testing.assert_array_equal(r.restore(np.stack([canonical, canonical]))[1], array)  # channels first
+    np.testing.assert_array_equal(
+        r.restore(np.stack([canonical, canonical]))[1], array
+    )  # channels first
     # each canonical voxel lies where its source voxel lies
     index = tuple(data.draw(st.integers(0, n - 1)) for n in r.target.shape)
     value = int(canonical[index])

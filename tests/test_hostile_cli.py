@@ -56,8 +56,9 @@ def _tiny_config(root: Path) -> Path:
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
     patient = tmp_path / "patient"
-    case = phantom.make_case(3, shape=(16, 48, 48), spacing_mm=(3.0, 3.0, 3.0), n_tumours=1,
-                             radius_range_mm=(6.0, 8.0))
+    case = phantom.make_case(
+        3, shape=(16, 48, 48), spacing_mm=(3.0, 3.0, 3.0), n_tumours=1, radius_range_mm=(6.0, 8.0)
+    )
     paths = phantom.write_case(case, patient, patient_id="PHANTOM-017")
     config = _tiny_config(tmp_path)
     loaded = load_config(config)
@@ -66,13 +67,19 @@ def workspace(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path, patient, paths.ct_dir, paths.labels_path, model, config)
 
 
-def _medseg(*args: str, cwd: Path, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _medseg(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     full_env.update({"PYTHONPATH": str(REPO), **(env or {})})
     return subprocess.run(
-        [sys.executable, "-m", "medseg", *args], cwd=cwd, env=full_env, capture_output=True,
-        text=True, timeout=timeout, check=False,
+        [sys.executable, "-m", "medseg", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -106,28 +113,45 @@ class Case:
 
 
 def _predict_into_its_input(ws: Workspace) -> tuple[list[str], list[Path]]:
-    return ["predict", "--overwrite", "--model", str(ws.model), str(ws.ct), str(ws.ct)], [ws.patient]
+    return ["predict", "--overwrite", "--model", str(ws.model), str(ws.ct), str(ws.ct)], [
+        ws.patient
+    ]
 
 
 def _predict_into_a_parent(ws: Workspace) -> tuple[list[str], list[Path]]:
-    return ["predict", "--overwrite", "--model", str(ws.model), str(ws.ct), str(ws.patient)], [ws.patient]
+    return ["predict", "--overwrite", "--model", str(ws.model), str(ws.ct), str(ws.patient)], [
+        ws.patient
+    ]
 
 
 def _predict_through_a_link(ws: Workspace) -> tuple[list[str], list[Path]]:
     link = ws.root / "link-to-patient"
     link.symlink_to(ws.patient)
-    return ["predict", "--overwrite", "--model", str(ws.model), str(ws.ct), str(link / "ct" / "out")], [ws.patient]
+    return [
+        "predict",
+        "--overwrite",
+        "--model",
+        str(ws.model),
+        str(ws.ct),
+        str(link / "ct" / "out"),
+    ], [ws.patient]
 
 
 def _predict_over_the_model(ws: Workspace) -> tuple[list[str], list[Path]]:
-    return ["predict", "--overwrite", "--model", str(ws.model), str(ws.ct), str(ws.root)], [ws.patient, ws.model]
+    return ["predict", "--overwrite", "--model", str(ws.model), str(ws.ct), str(ws.root)], [
+        ws.patient,
+        ws.model,
+    ]
 
 
 def _predict_over_a_foreign_folder(ws: Workspace) -> tuple[list[str], list[Path]]:
     foreign = ws.root / "clinic-notes"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("not medseg's")
-    return ["predict", "--overwrite", "--model", str(ws.model), str(ws.ct), str(foreign)], [ws.patient, foreign]
+    return ["predict", "--overwrite", "--model", str(ws.model), str(ws.ct), str(foreign)], [
+        ws.patient,
+        foreign,
+    ]
 
 
 def _predict_existing_out_before_work(ws: Workspace) -> tuple[list[str], list[Path]]:
@@ -147,27 +171,60 @@ def _convert_into_its_input(ws: Workspace) -> tuple[list[str], list[Path]]:
 
 def _export_over_a_slice(ws: Workspace) -> tuple[list[str], list[Path]]:
     slice_file = sorted(ws.ct.glob("*.dcm"))[5]
-    return (["export-rtstruct", "--ct", str(ws.ct), "--labels", str(ws.labels), "--out",
-             str(slice_file)], [ws.patient])
+    return (
+        [
+            "export-rtstruct",
+            "--ct",
+            str(ws.ct),
+            "--labels",
+            str(ws.labels),
+            "--out",
+            str(slice_file),
+        ],
+        [ws.patient],
+    )
 
 
 def _export_new_file_inside_the_ct(ws: Workspace) -> tuple[list[str], list[Path]]:
-    return (["export-rtstruct", "--ct", str(ws.ct), "--labels", str(ws.labels), "--out",
-             str(ws.ct / "RS.dcm")], [ws.patient])
+    return (
+        [
+            "export-rtstruct",
+            "--ct",
+            str(ws.ct),
+            "--labels",
+            str(ws.labels),
+            "--out",
+            str(ws.ct / "RS.dcm"),
+        ],
+        [ws.patient],
+    )
 
 
 def _export_over_a_foreign_file(ws: Workspace) -> tuple[list[str], list[Path]]:
     foreign = ws.root / "plan.dcm"
     foreign.write_bytes(min(ws.ct.glob("*.dcm")).read_bytes())  # someone else's DICOM
-    return (["export-rtstruct", "--overwrite", "--ct", str(ws.ct), "--labels", str(ws.labels),
-             "--out", str(foreign)], [ws.patient, foreign])
+    return (
+        [
+            "export-rtstruct",
+            "--overwrite",
+            "--ct",
+            str(ws.ct),
+            "--labels",
+            str(ws.labels),
+            "--out",
+            str(foreign),
+        ],
+        [ws.patient, foreign],
+    )
 
 
 def _export_to_a_folder(ws: Workspace) -> tuple[list[str], list[Path]]:
     folder = ws.root / "existing"
     folder.mkdir()
-    return (["export-rtstruct", "--ct", str(ws.ct), "--labels", str(ws.labels), "--out",
-             str(folder)], [ws.patient, folder])
+    return (
+        ["export-rtstruct", "--ct", str(ws.ct), "--labels", str(ws.labels), "--out", str(folder)],
+        [ws.patient, folder],
+    )
 
 
 def _evaluate_into_the_reference(ws: Workspace) -> tuple[list[str], list[Path]]:
@@ -196,8 +253,16 @@ def _huge_network(ws: Workspace) -> tuple[list[str], list[Path]]:
 
 
 def _missing_run(ws: Workspace) -> tuple[list[str], list[Path]]:
-    return (["predict", "--model", "runs:/0123456789abcdef0123456789abcdef/model", str(ws.ct),
-             str(ws.root / "out")], [ws.patient])
+    return (
+        [
+            "predict",
+            "--model",
+            "runs:/0123456789abcdef0123456789abcdef/model",
+            str(ws.ct),
+            str(ws.root / "out"),
+        ],
+        [ws.patient],
+    )
 
 
 def _unreachable_server(ws: Workspace) -> tuple[list[str], list[Path]]:
@@ -205,13 +270,33 @@ def _unreachable_server(ws: Workspace) -> tuple[list[str], list[Path]]:
 
 
 def _pacs_port_out_of_range(ws: Workspace) -> tuple[list[str], list[Path]]:
-    return (["pacs", "run", str(ws.root / "out"), "--url", "http://127.0.0.1:99999",
-             "--model", str(ws.model)], [ws.model])
+    return (
+        [
+            "pacs",
+            "run",
+            str(ws.root / "out"),
+            "--url",
+            "http://127.0.0.1:99999",
+            "--model",
+            str(ws.model),
+        ],
+        [ws.model],
+    )
 
 
 def _pacs_ftp_with_password(ws: Workspace) -> tuple[list[str], list[Path]]:
-    return (["pacs", "run", str(ws.root / "out"), "--url", f"ftp://ann:{PASSWORD}@pacs.invalid/",
-             "--model", str(ws.model)], [ws.model])
+    return (
+        [
+            "pacs",
+            "run",
+            str(ws.root / "out"),
+            "--url",
+            f"ftp://ann:{PASSWORD}@pacs.invalid/",
+            "--model",
+            str(ws.model),
+        ],
+        [ws.model],
+    )
 
 
 def _batch_corrupt_ledger(ws: Workspace) -> tuple[list[str], list[Path]]:
@@ -227,31 +312,60 @@ def _listen_open_to_anyone(ws: Workspace) -> tuple[list[str], list[Path]]:
 
 
 CASES = {
-    "predict-into-its-input": Case(_predict_into_its_input, lambda ws: [str(ws.ct), "is the input"]),
-    "predict-into-a-parent": Case(_predict_into_a_parent, lambda ws: [str(ws.patient), "contains the input"]),
-    "predict-through-a-link": Case(_predict_through_a_link, lambda ws: ["lies inside the input", str(ws.ct)]),
-    "predict-over-the-model": Case(_predict_over_the_model, lambda ws: [str(ws.root), "contains the input"]),
-    "predict-over-a-foreign-folder": Case(_predict_over_a_foreign_folder, lambda ws: ["clinic-notes", "not a medseg output"]),
-    "predict-existing-out-first": Case(_predict_existing_out_before_work, lambda ws: [str(ws.root / "out"), "exists"]),
-    "convert-into-its-input": Case(_convert_into_its_input, lambda ws: [str(ws.ct), "is the input"]),
-    "export-over-a-slice": Case(_export_over_a_slice, lambda ws: [str(ws.ct), "lies inside the input"]),
-    "export-inside-the-ct": Case(_export_new_file_inside_the_ct, lambda ws: ["RS.dcm", "lies inside the input"]),
-    "export-over-a-foreign-file": Case(_export_over_a_foreign_file, lambda ws: ["plan.dcm", "not written by medseg"]),
+    "predict-into-its-input": Case(
+        _predict_into_its_input, lambda ws: [str(ws.ct), "is the input"]
+    ),
+    "predict-into-a-parent": Case(
+        _predict_into_a_parent, lambda ws: [str(ws.patient), "contains the input"]
+    ),
+    "predict-through-a-link": Case(
+        _predict_through_a_link, lambda ws: ["lies inside the input", str(ws.ct)]
+    ),
+    "predict-over-the-model": Case(
+        _predict_over_the_model, lambda ws: [str(ws.root), "contains the input"]
+    ),
+    "predict-over-a-foreign-folder": Case(
+        _predict_over_a_foreign_folder, lambda ws: ["clinic-notes", "not a medseg output"]
+    ),
+    "predict-existing-out-first": Case(
+        _predict_existing_out_before_work, lambda ws: [str(ws.root / "out"), "exists"]
+    ),
+    "convert-into-its-input": Case(
+        _convert_into_its_input, lambda ws: [str(ws.ct), "is the input"]
+    ),
+    "export-over-a-slice": Case(
+        _export_over_a_slice, lambda ws: [str(ws.ct), "lies inside the input"]
+    ),
+    "export-inside-the-ct": Case(
+        _export_new_file_inside_the_ct, lambda ws: ["RS.dcm", "lies inside the input"]
+    ),
+    "export-over-a-foreign-file": Case(
+        _export_over_a_foreign_file, lambda ws: ["plan.dcm", "not written by medseg"]
+    ),
     "export-to-a-folder": Case(_export_to_a_folder, lambda ws: ["existing", "is a folder"]),
-    "evaluate-into-the-reference": Case(_evaluate_into_the_reference, lambda ws: ["metrics", "lies inside the input"]),
+    "evaluate-into-the-reference": Case(
+        _evaluate_into_the_reference, lambda ws: ["metrics", "lies inside the input"]
+    ),
     "config-latin-1": Case(_latin1_config, lambda ws: ["latin1.yaml", "UTF-8"]),
     "config-binary": Case(_binary_config, lambda ws: ["model.pt", "UTF-8"]),
     "checkpoint-huge-network": Case(_huge_network, lambda ws: ["huge.pt", "over the limit"]),
-    "model-run-missing": Case(_missing_run, lambda ws: ["runs:/0123456789abcdef0123456789abcdef/model", "no MLflow store"]),
+    "model-run-missing": Case(
+        _missing_run, lambda ws: ["runs:/0123456789abcdef0123456789abcdef/model", "no MLflow store"]
+    ),
     "model-server-unreachable": Case(
-        _unreachable_server, lambda ws: ["does not answer"],
+        _unreachable_server,
+        lambda ws: ["does not answer"],
         env=lambda ws: {"MLFLOW_TRACKING_URI": f"http://ann:{PASSWORD}@127.0.0.1:{_closed_port()}"},
         absent=(PASSWORD,),
     ),
     "pacs-port-out-of-range": Case(_pacs_port_out_of_range, lambda ws: ["99999"]),
-    "batch-corrupt-ledger": Case(_batch_corrupt_ledger, lambda ws: ["ledger.sqlite", "not a medseg ledger"]),
+    "batch-corrupt-ledger": Case(
+        _batch_corrupt_ledger, lambda ws: ["ledger.sqlite", "not a medseg ledger"]
+    ),
     "listen-without-allowed-aets": Case(_listen_open_to_anyone, lambda ws: ["--allow-aet"]),
-    "pacs-url-password": Case(_pacs_ftp_with_password, lambda ws: ["ftp://ann:***@"], absent=(PASSWORD,)),
+    "pacs-url-password": Case(
+        _pacs_ftp_with_password, lambda ws: ["ftp://ann:***@"], absent=(PASSWORD,)
+    ),
 }
 
 
@@ -291,8 +405,12 @@ def test_hostile_command_is_one_named_error_and_inputs_are_unchanged(
 @contextlib.contextmanager
 def _tmpfs(where: Path, options: str) -> Iterator[Path]:
     where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
     try:
@@ -304,8 +422,14 @@ def _tmpfs(where: Path, options: str) -> Iterator[Path]:
 def test_output_on_a_read_only_file_system(workspace: Workspace) -> None:
     before = _checksums([workspace.patient])
     with _tmpfs(workspace.root / "ro", "size=4m,ro") as ro:
-        result = _medseg("predict", "--model", str(workspace.model), str(workspace.ct),
-                         str(ro / "out"), cwd=workspace.root)
+        result = _medseg(
+            "predict",
+            "--model",
+            str(workspace.model),
+            str(workspace.ct),
+            str(ro / "out"),
+            cwd=workspace.root,
+        )
         _assert_one_line_error(result, [str(ro / "out"), "read-only file system"])
         assert list(ro.iterdir()) == []
     assert _checksums([workspace.patient]) == before
@@ -317,16 +441,29 @@ def test_disk_full_leaves_nothing_and_keeps_the_previous_output(workspace: Works
     before = _checksums([workspace.patient])
     with _tmpfs(workspace.root / "small", "size=64k") as small:
         out = small / "out"
-        result = _medseg("predict", "--model", str(workspace.model), str(workspace.ct), str(out),
-                         cwd=workspace.root)
+        result = _medseg(
+            "predict",
+            "--model",
+            str(workspace.model),
+            str(workspace.ct),
+            str(out),
+            cwd=workspace.root,
+        )
         _assert_one_line_error(result, [str(out), "disk full"])
         assert [p.name for p in small.iterdir()] == []
         out.mkdir()
         (out / ".medseg-output").write_text("written by medseg\n")
         (out / "volumes.json").write_text("{}\n")
         previous = _checksums([out])
-        result = _medseg("predict", "--overwrite", "--model", str(workspace.model),
-                         str(workspace.ct), str(out), cwd=workspace.root)
+        result = _medseg(
+            "predict",
+            "--overwrite",
+            "--model",
+            str(workspace.model),
+            str(workspace.ct),
+            str(out),
+            cwd=workspace.root,
+        )
         line = _assert_one_line_error(result, [str(out), "disk full"])
         assert "previous output is unchanged" in line
         assert _checksums([out]) == previous
@@ -343,27 +480,53 @@ def test_input_folder_name_that_is_not_utf8(workspace: Workspace) -> None:
     with the name shown escaped."""
     latin1 = Path(os.fsdecode(bytes(workspace.root) + b"/pat\xe9"))
     workspace.ct.rename(latin1)
-    result = _medseg("predict", "--model", str(workspace.model), str(latin1),
-                     str(workspace.root / "out"), cwd=workspace.root)
+    result = _medseg(
+        "predict",
+        "--model",
+        str(workspace.model),
+        str(latin1),
+        str(workspace.root / "out"),
+        cwd=workspace.root,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     page = (workspace.root / "out" / "report" / "report.html").read_text(encoding="utf-8")
     assert "pat\\udce9" in page
 
 
-@pytest.mark.parametrize(("private", "umask", "file_mode", "dir_mode"),
-                         [(False, 0o002, 0o664, 0o775), (True, 0o002, 0o600, 0o700)],
-                         ids=["umask-002", "private"])
-def test_output_modes_follow_the_umask(workspace: Workspace, private: bool, umask: int,
-                                       file_mode: int, dir_mode: int) -> None:
+@pytest.mark.parametrize(
+    ("private", "umask", "file_mode", "dir_mode"),
+    [(False, 0o002, 0o664, 0o775), (True, 0o002, 0o600, 0o700)],
+    ids=["umask-002", "private"],
+)
+def test_output_modes_follow_the_umask(
+    workspace: Workspace, private: bool, umask: int, file_mode: int, dir_mode: int
+) -> None:
     out = workspace.root / "out"
-    args = [*(["--private"] if private else []), "predict", "--model", str(workspace.model),
-            str(workspace.ct), str(out)]
+    args = [
+        *(["--private"] if private else []),
+        "predict",
+        "--model",
+        str(workspace.model),
+        str(workspace.ct),
+        str(out),
+    ]
     result = subprocess.run(
-        [sys.executable, "-c", (f"import os, sys; os.umask({umask}); sys.argv = ['medseg', "
-                                "*sys.argv[1:]]; from medseg.cli import app; app()"), *args],
-        cwd=workspace.root, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-        text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-c",
+            (
+                f"import os, sys; os.umask({umask}); sys.argv = ['medseg', "
+                "*sys.argv[1:]]; from medseg.cli import app; app()"
+            ),
+            *args,
+        ],
+        cwd=workspace.root,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     paths = [out, *out.rglob("*")]
@@ -376,33 +539,70 @@ def test_overwrite_replaces_a_medseg_output(workspace: Workspace) -> None:
     folder (predict) and for a file (export-rtstruct)."""
     out = workspace.root / "out"
     for _ in range(2):
-        result = _medseg("predict", "--overwrite", "--model", str(workspace.model),
-                         str(workspace.ct), str(out), cwd=workspace.root)
+        result = _medseg(
+            "predict",
+            "--overwrite",
+            "--model",
+            str(workspace.model),
+            str(workspace.ct),
+            str(out),
+            cwd=workspace.root,
+        )
         assert result.returncode == 0, result.stderr
     rtss = workspace.root / "rtss.dcm"
     for flag in ([], ["--overwrite"]):
-        result = _medseg("export-rtstruct", *flag, "--ct", str(workspace.ct), "--labels",
-                         str(workspace.labels), "--out", str(rtss), cwd=workspace.root)
+        result = _medseg(
+            "export-rtstruct",
+            *flag,
+            "--ct",
+            str(workspace.ct),
+            "--labels",
+            str(workspace.labels),
+            "--out",
+            str(rtss),
+            cwd=workspace.root,
+        )
         assert result.returncode == 0, result.stderr
-    again = _medseg("export-rtstruct", "--ct", str(workspace.ct), "--labels",
-                    str(workspace.labels), "--out", str(rtss), cwd=workspace.root)
+    again = _medseg(
+        "export-rtstruct",
+        "--ct",
+        str(workspace.ct),
+        "--labels",
+        str(workspace.labels),
+        "--out",
+        str(rtss),
+        cwd=workspace.root,
+    )
     _assert_one_line_error(again, [str(rtss), "exists"])
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-                         ids=["ctrl-c", "sigterm"])
-def test_interrupted_predict_leaves_no_partial_output(workspace: Workspace, signum: int,
-                                                      code: int) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"]
+)
+def test_interrupted_predict_leaves_no_partial_output(
+    workspace: Workspace, signum: int, code: int
+) -> None:
     """Stopped while it writes its output folder: one line, the documented exit code, and
     neither the output nor its hidden temporary is left."""
     out = workspace.root / "out"
     before = _checksums([workspace.patient])
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "medseg", "predict", "--model", str(workspace.model),
-         str(workspace.ct), str(out)],
-        cwd=workspace.root, env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "medseg",
+            "predict",
+            "--model",
+            str(workspace.model),
+            str(workspace.ct),
+            str(out),
+        ],
+        cwd=workspace.root,
+        env={**env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 240
     while not list(workspace.root.glob(".out.*.tmp")) and process.poll() is None:
@@ -425,17 +625,26 @@ def test_credentials_never_reach_the_debug_log(workspace: Workspace) -> None:
     """``medseg -v`` logs everything at DEBUG (MLflow, urllib3 included): the password of a
     tracking URI appears in none of it."""
     uri = f"http://ann:{PASSWORD}@127.0.0.1:{_closed_port()}"
-    result = _medseg("-v", "predict", "--model", "runs:/0123456789abcdef0123456789abcdef/model",
-                     str(workspace.ct), str(workspace.root / "out"), cwd=workspace.root,
-                     env={"MLFLOW_TRACKING_URI": uri})
+    result = _medseg(
+        "-v",
+        "predict",
+        "--model",
+        "runs:/0123456789abcdef0123456789abcdef/model",
+        str(workspace.ct),
+        str(workspace.root / "out"),
+        cwd=workspace.root,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
     assert result.returncode == 2, result.stderr
     assert PASSWORD not in result.stdout + result.stderr
     assert "ann:***@127.0.0.1" in result.stderr
 
 
 def test_batch_output_inside_its_input_is_refused(workspace: Workspace) -> None:
-    for args in (["batch", str(workspace.root), str(workspace.patient / "out")],
-                 ["batch", str(workspace.patient), str(workspace.root)]):
+    for args in (
+        ["batch", str(workspace.root), str(workspace.patient / "out")],
+        ["batch", str(workspace.patient), str(workspace.root)],
+    ):
         before = _checksums([workspace.patient, workspace.model])
         result = _medseg(*args, "--model", str(workspace.model), cwd=workspace.root)
         _assert_one_line_error(result, [args[2], "the input"])

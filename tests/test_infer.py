@@ -161,8 +161,14 @@ def _monai_labels(model: LoadedModel, image: Volume) -> np.ndarray:
         resampled = resample(image, model_grid(image.geometry, pre.spacing_mm))
     with torch.inference_mode():
         x = torch.from_numpy(scale_intensity(resampled, pre).array.copy())
-        logits = sliding_window_inference(x[None, None], infer.roi_size, infer.sw_batch_size,
-                                          model.network, infer.overlap, infer.blend)
+        logits = sliding_window_inference(
+            x[None, None],
+            infer.roi_size,
+            infer.sw_batch_size,
+            model.network,
+            infer.overlap,
+            infer.blend,
+        )
     assert isinstance(logits, torch.Tensor)
     if pre.spacing_mm is None:
         return logits.argmax(1)[0].numpy()
@@ -188,8 +194,11 @@ def _body_phantom(grid: Geometry) -> np.ndarray:
     rng = np.random.default_rng(7)
     k, j, i = np.ogrid[: grid.shape[0], : grid.shape[1], : grid.shape[2]]
     n, rows, columns = grid.shape
-    body = (((j - rows / 2) / (0.3 * rows)) ** 2 + ((i - columns / 2) / (0.35 * columns)) ** 2
-            < 1) & (k > 3) & (k < n - 4)
+    body = (
+        (((j - rows / 2) / (0.3 * rows)) ** 2 + ((i - columns / 2) / (0.35 * columns)) ** 2 < 1)
+        & (k > 3)
+        & (k < n - 4)
+    )
     hu = np.where(body, rng.normal(40.0, 60.0, grid.shape), -1000.0).astype(np.float32)
     hu[n // 2 : n // 2 + 5, rows // 2 : rows // 2 + 8, columns // 2 : columns // 2 + 9] += 150.0
     return hu
@@ -260,7 +269,9 @@ def test_model_spacing_returns_labels_on_the_input_grid(grid: Geometry) -> None:
     preprocess_config = model.config.preprocess.model_copy(update={"spacing_mm": (2.0, 1.5, 1.5)})
     model = _model_with({"preprocess": preprocess_config})
     hu = np.full(grid.shape, -1000.0, dtype=np.float32)
-    hu[2:-2, 5:-5, 5:-5] = np.random.default_rng(2).normal(50.0, 150.0, (grid.shape[0] - 4, grid.shape[1] - 10, grid.shape[2] - 10))
+    hu[2:-2, 5:-5, 5:-5] = np.random.default_rng(2).normal(
+        50.0, 150.0, (grid.shape[0] - 4, grid.shape[1] - 10, grid.shape[2] - 10)
+    )
     image = Volume(hu, grid)
 
     labels = predict(model, image)
@@ -386,7 +397,10 @@ def test_labels_of_a_large_ct_stay_under_the_memory_bound() -> None:
 
     out = subprocess.run(
         [sys.executable, "-c", _MEMORY_SCRIPT, str(TINY)],
-        capture_output=True, text=True, check=True, timeout=600,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
     )
     growth_mb = float(out.stdout.strip().splitlines()[-1])
     print(f"peak memory growth {growth_mb:.0f} MB (bound {MEMORY_BOUND_MB} MB)")
@@ -404,7 +418,8 @@ def test_canonical_orientation_makes_prediction_independent_of_storage_order() -
     stored_array = np.ascontiguousarray(np.transpose(hu, (2, 1, 0))[:, :, ::-1])
     d = axial.geometry.direction_matrix
     stored_grid = Geometry(
-        stored_array.shape, (1.2, 1.0, 3.0),
+        stored_array.shape,
+        (1.2, 1.0, 3.0),
         tuple(geo.index_to_world(axial.geometry, (hu.shape[0] - 1, 0, 0))),  # type: ignore[arg-type]
         tuple(np.column_stack([d[:, 2], d[:, 1], -d[:, 0]]).ravel()),
     )
@@ -468,11 +483,12 @@ def test_speed_benchmark_runs_and_compares_the_same_windows() -> None:
     for *_, speed, _peak, _added, dice in ratios:
         assert float(speed) > 0 and float(dice) >= 0.99
     # without the body crop, medseg's network runs exactly MONAI's windows
-    windows = re.findall(r"^network alone: medseg openvino runs (\d+) of MONAI's (\d+) windows",
-                         run.stdout, re.MULTILINE)
-    assert len(windows) == 2 and all(ours == theirs != "0" for ours, theirs in windows), (
-        run.stdout
+    windows = re.findall(
+        r"^network alone: medseg openvino runs (\d+) of MONAI's (\d+) windows",
+        run.stdout,
+        re.MULTILINE,
     )
+    assert len(windows) == 2 and all(ours == theirs != "0" for ours, theirs in windows), run.stdout
     if not torch.cuda.is_available():
         assert "GPU variants not run: no CUDA device" in run.stdout
     else:
@@ -505,8 +521,10 @@ def test_body_crop_agrees_with_monai_on_any_grid(
     # not run by design (MONAI's labels there are instance norm's answer to a constant)
     least = [min(n, math.ceil(7.0 / d)) for n, d in zip(shape, spacing, strict=True)]
     lows = [int(f * (n - m)) for f, n, m in zip(body[:3], shape, least, strict=True)]
-    highs = [lo + m + int(f * (n - lo - m))
-             for lo, f, n, m in zip(lows, body[3:], shape, least, strict=True)]
+    highs = [
+        lo + m + int(f * (n - lo - m))
+        for lo, f, n, m in zip(lows, body[3:], shape, least, strict=True)
+    ]
     hu = np.full(shape, -1000.0, dtype=np.float32)
     inside = tuple(slice(a, b) for a, b in zip(lows, highs, strict=True))
     hu[inside] = np.random.default_rng(sum(shape)).uniform(0.0, 250.0, hu[inside].shape)

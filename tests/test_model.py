@@ -135,8 +135,15 @@ def test_extra_must_be_primitives(tmp_path: Path) -> None:
 # exact rewrites for the exported runtimes: transposed convolutions as sub-pixel convolutions
 
 #: (kernel, stride, padding, output_padding) per axis whose output is exactly stride x input.
-_SUBPIXEL_AXES = [(3, 2, 1, 1), (2, 2, 0, 0), (4, 2, 1, 0), (5, 2, 2, 1), (3, 1, 1, 0),
-                  (4, 4, 0, 0), (6, 3, 2, 1)]
+_SUBPIXEL_AXES = [
+    (3, 2, 1, 1),
+    (2, 2, 0, 0),
+    (4, 2, 1, 0),
+    (5, 2, 2, 1),
+    (3, 1, 1, 0),
+    (4, 4, 0, 0),
+    (6, 3, 2, 1),
+]
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
@@ -148,8 +155,11 @@ _SUBPIXEL_AXES = [(3, 2, 1, 1), (2, 2, 0, 0), (4, 2, 1, 0), (5, 2, 2, 1), (3, 1,
     batch=st.integers(1, 3),
 )
 def test_subpixel_convolution_equals_the_transposed_convolution(
-    axes: tuple[tuple[int, int, int, int], ...], channels: tuple[int, int],
-    shape: tuple[int, int, int], bias: bool, batch: int,
+    axes: tuple[tuple[int, int, int, int], ...],
+    channels: tuple[int, int],
+    shape: tuple[int, int, int],
+    bias: bool,
+    batch: int,
 ) -> None:
     from medseg.model import SubPixelConvTranspose3d, subpixel_supported
 

@@ -62,7 +62,9 @@ def test_pacs_run_sends_rtstruct_and_seg_into_the_study_once(
     tmp_path: Path, tiny_model: Path, orthanc_server: OrthancServer
 ) -> None:
     server = orthanc_server
-    ct_uids = {_upload_phantom(server, tmp_path, seed, f"PHANTOM-PACS-{seed}") for seed in (200, 201)}
+    ct_uids = {
+        _upload_phantom(server, tmp_path, seed, f"PHANTOM-PACS-{seed}") for seed in (200, 201)
+    }
     _wait_stable(server)
     out = tmp_path / "out"
     # a date range that matches nothing processes nothing
@@ -70,8 +72,17 @@ def test_pacs_run_sends_rtstruct_and_seg_into_the_study_once(
     assert none.exit_code == 0, none.output
     assert "0 cases" in none.output
 
-    first = _pacs(str(out), "--url", server.url, "--model", str(tiny_model), "--modality", "CT",
-                  "--date-from", "20000101")
+    first = _pacs(
+        str(out),
+        "--url",
+        server.url,
+        "--model",
+        str(tiny_model),
+        "--modality",
+        "CT",
+        "--date-from",
+        "20000101",
+    )
     assert first.exit_code == 0, first.output
     series = _series_by_modality(server)
     assert {s["MainDicomTags"]["SeriesInstanceUID"] for s in series["CT"]} == ct_uids  # type: ignore[index]
@@ -80,18 +91,26 @@ def test_pacs_run_sends_rtstruct_and_seg_into_the_study_once(
         instance = rt_series["Instances"][0]  # type: ignore[index]
         data = requests.get(f"{server.url}/instances/{instance}/file", timeout=10).content
         rt = pydicom.dcmread(io.BytesIO(data))
-        referenced = (rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
-                      .RTReferencedSeriesSequence[0].SeriesInstanceUID)
+        referenced = (
+            rt.ReferencedFrameOfReferenceSequence[0]
+            .RTReferencedStudySequence[0]
+            .RTReferencedSeriesSequence[0]
+            .SeriesInstanceUID
+        )
         assert referenced in ct_uids
         # it lands in the study of the CT it references
-        ct_series = next(s for s in series["CT"]
-                         if s["MainDicomTags"]["SeriesInstanceUID"] == referenced)  # type: ignore[index]
+        ct_series = next(
+            s for s in series["CT"] if s["MainDicomTags"]["SeriesInstanceUID"] == referenced
+        )  # type: ignore[index]
         assert rt_series["ParentStudy"] == ct_series["ParentStudy"]
     # the tiny model finds tumour in these phantoms, so a SEG goes with each RT-STRUCT
     assert len(series.get("SEG", [])) == 2
     n_instances = len(requests.get(f"{server.url}/instances", timeout=10).json())
-    deliveries = sqlite3.connect(out / "ledger.sqlite").execute(
-        "SELECT count(*) FROM deliveries").fetchone()[0]
+    deliveries = (
+        sqlite3.connect(out / "ledger.sqlite")
+        .execute("SELECT count(*) FROM deliveries")
+        .fetchone()[0]
+    )
     assert deliveries == 4
 
     # a second run finds the same studies unchanged: nothing runs, nothing is sent
@@ -121,8 +140,13 @@ def test_pacs_run_leaves_studies_still_arriving(
 def test_pacs_run_unreachable_server_exits_2(tmp_path: Path, tiny_model: Path) -> None:
     from tests.conftest import _free_port
 
-    result = _pacs(str(tmp_path / "out"), "--url", f"http://127.0.0.1:{_free_port()}",
-                   "--model", str(tiny_model))
+    result = _pacs(
+        str(tmp_path / "out"),
+        "--url",
+        f"http://127.0.0.1:{_free_port()}",
+        "--model",
+        str(tiny_model),
+    )
     assert result.exit_code == 2
     assert "failed" in result.output and "Traceback" not in result.output
 
@@ -146,18 +170,43 @@ def test_listener_receives_a_series_from_storescu_and_sends_rtstruct_to_orthanc(
     stop = threading.Event()
     studies: list[PacsSummary] = []
     out = tmp_path / "out"
-    listener = threading.Thread(target=listen, args=(out, tiny_model), kwargs={
-        "aet": "MEDSEG", "port": port, "host": "127.0.0.1", "destination": orthanc_server.url,
-        "allowed_calling_aets": ("TESTSCU",), "quiet_period_s": 1.0, "stop": stop,
-        "poll_s": 0.2, "on_study": studies.append})
+    listener = threading.Thread(
+        target=listen,
+        args=(out, tiny_model),
+        kwargs={
+            "aet": "MEDSEG",
+            "port": port,
+            "host": "127.0.0.1",
+            "destination": orthanc_server.url,
+            "allowed_calling_aets": ("TESTSCU",),
+            "quiet_period_s": 1.0,
+            "stop": stop,
+            "poll_s": 0.2,
+            "on_study": studies.append,
+        },
+    )
     listener.start()
     try:
         deadline = time.monotonic() + 30
         while True:  # the model loads before the listener binds its port
-            sent = subprocess.run([storescu, "-aec", "MEDSEG", "-aet", "TESTSCU", "+sd", "+r",
-                                   "127.0.0.1", str(port), str(paths.ct_dir)],
-                                  check=False, capture_output=True, text=True,
-                                  timeout=60)
+            sent = subprocess.run(
+                [
+                    storescu,
+                    "-aec",
+                    "MEDSEG",
+                    "-aet",
+                    "TESTSCU",
+                    "+sd",
+                    "+r",
+                    "127.0.0.1",
+                    str(port),
+                    str(paths.ct_dir),
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if sent.returncode == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
@@ -167,14 +216,33 @@ def test_listener_receives_a_series_from_storescu_and_sends_rtstruct_to_orthanc(
             time.sleep(0.2)
         assert studies, "the listener never processed the study"
         # a sender whose AE title is not allowed is refused (storescu's own AE title)
-        stranger = subprocess.run([storescu, "-aec", "MEDSEG", "+sd", "+r", "127.0.0.1",
-                                   str(port), str(paths.ct_dir)], check=False,
-                                  capture_output=True, text=True, timeout=60)
+        stranger = subprocess.run(
+            [storescu, "-aec", "MEDSEG", "+sd", "+r", "127.0.0.1", str(port), str(paths.ct_dir)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert stranger.returncode != 0, stranger.stdout + stranger.stderr
         # the same series again (a resend): segmented once only, nothing new sent
-        again = subprocess.run([storescu, "-aec", "MEDSEG", "-aet", "TESTSCU", "+sd", "+r",
-                                "127.0.0.1", str(port), str(paths.ct_dir)], check=False,
-                               capture_output=True, text=True, timeout=60)
+        again = subprocess.run(
+            [
+                storescu,
+                "-aec",
+                "MEDSEG",
+                "-aet",
+                "TESTSCU",
+                "+sd",
+                "+r",
+                "127.0.0.1",
+                str(port),
+                str(paths.ct_dir),
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert again.returncode == 0, again.stdout + again.stderr
         deadline = time.monotonic() + 30
         while len(studies) < 2 and time.monotonic() < deadline:
@@ -187,11 +255,18 @@ def test_listener_receives_a_series_from_storescu_and_sends_rtstruct_to_orthanc(
     series = _series_by_modality(orthanc_server)
     assert "CT" not in series and len(series["RTSTRUCT"]) == 1
     instance = series["RTSTRUCT"][0]["Instances"][0]  # type: ignore[index]
-    rt = pydicom.dcmread(io.BytesIO(requests.get(
-        f"{orthanc_server.url}/instances/{instance}/file", timeout=10).content))
+    rt = pydicom.dcmread(
+        io.BytesIO(
+            requests.get(f"{orthanc_server.url}/instances/{instance}/file", timeout=10).content
+        )
+    )
     assert rt.StudyInstanceUID == case_study_uid(paths.ct_dir)
-    referenced = (rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
-                  .RTReferencedSeriesSequence[0].SeriesInstanceUID)
+    referenced = (
+        rt.ReferencedFrameOfReferenceSequence[0]
+        .RTReferencedStudySequence[0]
+        .RTReferencedSeriesSequence[0]
+        .SeriesInstanceUID
+    )
     assert referenced == paths.series_instance_uid
 
 
@@ -212,9 +287,11 @@ def test_pacs_run_on_a_real_ct_study(
     for path in sorted(folder.glob("*.dcm")):
         header = pydicom.dcmread(path, stop_before_pixels=True)
         (ct_uids if header.Modality == "CT" else clinical).add(
-            str(header.SeriesInstanceUID if header.Modality == "CT" else header.SOPInstanceUID))
-        requests.post(f"{orthanc_server.url}/instances", data=path.read_bytes(),
-                      timeout=10).raise_for_status()
+            str(header.SeriesInstanceUID if header.Modality == "CT" else header.SOPInstanceUID)
+        )
+        requests.post(
+            f"{orthanc_server.url}/instances", data=path.read_bytes(), timeout=10
+        ).raise_for_status()
     _wait_stable(orthanc_server)
     out = tmp_path / "out"
     first = _pacs(str(out), "--url", orthanc_server.url, "--model", str(tiny_model))
@@ -222,13 +299,23 @@ def test_pacs_run_on_a_real_ct_study(
     ours = []
     for rt_series in _series_by_modality(orthanc_server)["RTSTRUCT"]:
         for instance in rt_series["Instances"]:  # type: ignore[attr-defined]
-            rt = pydicom.dcmread(io.BytesIO(requests.get(
-                f"{orthanc_server.url}/instances/{instance}/file", timeout=10).content))
+            rt = pydicom.dcmread(
+                io.BytesIO(
+                    requests.get(
+                        f"{orthanc_server.url}/instances/{instance}/file", timeout=10
+                    ).content
+                )
+            )
             if str(rt.SOPInstanceUID) not in clinical:
                 ours.append(rt)
     assert len(ours) == 1
-    referenced = (ours[0].ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
-                  .RTReferencedSeriesSequence[0].SeriesInstanceUID)
+    referenced = (
+        ours[0]
+        .ReferencedFrameOfReferenceSequence[0]
+        .RTReferencedStudySequence[0]
+        .RTReferencedSeriesSequence[0]
+        .SeriesInstanceUID
+    )
     assert {str(referenced)} == ct_uids
     second = _pacs(str(out), "--url", orthanc_server.url, "--model", str(tiny_model))
     assert second.exit_code == 0 and "sent 0 objects" in second.output, second.output

@@ -58,8 +58,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("http://:8042", "host"),
         ("http://pacs.example:8042/?token=1", "query"),
     ],
-    ids=["port-over-65535", "port-zero", "port-not-a-number", "ftp", "no-scheme", "no-host",
-         "query"],
+    ids=[
+        "port-over-65535",
+        "port-zero",
+        "port-not-a-number",
+        "ftp",
+        "no-scheme",
+        "no-host",
+        "query",
+    ],
 )
 def test_a_bad_orthanc_url_is_a_config_error_naming_it(url: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -103,8 +110,7 @@ def test_a_good_orthanc_url_keeps_where_and_moves_credentials_to_the_session(
         f"http://medseg:pa@{CANARY}@pacs.example:0",
         f"http://{CANARY}@pacs.example:99999",
     ],
-    ids=["ftp", "no-scheme", "bad-port", "no-host", "slash-in-password", "at-in-password",
-         "token"],
+    ids=["ftp", "no-scheme", "bad-port", "no-host", "slash-in-password", "at-in-password", "token"],
 )
 def test_a_bad_orthanc_url_never_shows_its_password(url: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -114,9 +120,18 @@ def test_a_bad_orthanc_url_never_shows_its_password(url: str) -> None:
 
 
 def test_pacs_run_with_a_port_out_of_range_exits_2_without_a_traceback(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["pacs", "run", str(tmp_path / "out"), "--url",
-                                      f"http://medseg:{CANARY}@127.0.0.1:99999",
-                                      "--model", str(tmp_path / "no-model.pt")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "pacs",
+            "run",
+            str(tmp_path / "out"),
+            "--url",
+            f"http://medseg:{CANARY}@127.0.0.1:99999",
+            "--model",
+            str(tmp_path / "no-model.pt"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "port" in result.output
     assert CANARY not in result.output
@@ -135,22 +150,22 @@ def test_an_unreachable_orthanc_with_credentials_logs_no_password(
     assert CANARY not in caplog.text
 
 
-def _upload_phantom(server: OrthancServer, tmp_path: Path, seed: int, patient: str,
-                    drop_slice: int | None = None) -> phantom.PhantomPaths:
+def _upload_phantom(
+    server: OrthancServer, tmp_path: Path, seed: int, patient: str, drop_slice: int | None = None
+) -> phantom.PhantomPaths:
     case = phantom.make_case(seed, shape=(16, 64, 64), n_tumours=1, radius_range_mm=(7.0, 9.0))
     paths = phantom.write_case(case, tmp_path / f"upload-{seed}", patient_id=patient)
     for i, path in enumerate(sorted(paths.ct_dir.iterdir(), key=_slice_position)):
         if i == drop_slice:
             continue
-        requests.post(f"{server.url}/instances", data=path.read_bytes(),
-                      timeout=10).raise_for_status()
+        requests.post(
+            f"{server.url}/instances", data=path.read_bytes(), timeout=10
+        ).raise_for_status()
     return paths
 
 
 def _slice_position(path: Path) -> float:
     return float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2])
-
-
 
 
 def _everything_recorded(out: Path) -> str:
@@ -162,7 +177,9 @@ def _everything_recorded(out: Path) -> str:
 
 
 def test_pacs_run_with_credentials_in_the_url_records_and_logs_no_password(
-    tmp_path: Path, tiny_model: Path, orthanc_server: OrthancServer,
+    tmp_path: Path,
+    tiny_model: Path,
+    orthanc_server: OrthancServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -251,8 +268,15 @@ def test_listen_refuses_to_start_without_allowed_calling_aets(tmp_path: Path) ->
         {"allowed_calling_aets": ("TESTSCU",), "port": 70000},
         {"allowed_calling_aets": ("TESTSCU",), "destination": "http://127.0.0.1:99999"},
     ],
-    ids=["calling-too-long", "calling-backslash", "calling-blank", "star-with-others",
-         "own-aet-too-long", "port", "destination"],
+    ids=[
+        "calling-too-long",
+        "calling-backslash",
+        "calling-blank",
+        "star-with-others",
+        "own-aet-too-long",
+        "port",
+        "destination",
+    ],
 )
 def test_listen_refuses_bad_settings_before_loading_the_model(
     tmp_path: Path, kwargs: dict[str, Any]
@@ -273,8 +297,7 @@ def _listening(out: Path, model: Path, **kwargs: Any) -> Iterator[tuple[int, lis
 
     def target() -> None:
         try:
-            listen(out, model, port=port, stop=stop, poll_s=0.1, on_study=studies.append,
-                   **kwargs)
+            listen(out, model, port=port, stop=stop, poll_s=0.1, on_study=studies.append, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
             errors.append(exc)
 
@@ -344,10 +367,14 @@ def test_listen_binds_loopback_by_default(tmp_path: Path, tiny_model: Path) -> N
     assert inspect.signature(listen).parameters["host"].default == "127.0.0.1"
     with _listening(tmp_path / "out", tiny_model, allowed_calling_aets=("TESTSCU",)) as (port, _):
         process = psutil.Process()
-        connections = (process.net_connections if hasattr(process, "net_connections")
-                       else process.connections)(kind="tcp")
-        bound = {c.laddr.ip for c in connections
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        connections = (
+            process.net_connections if hasattr(process, "net_connections") else process.connections
+        )(kind="tcp")
+        bound = {
+            c.laddr.ip
+            for c in connections
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        }
     assert bound == {"127.0.0.1"}
 
 
@@ -378,7 +405,9 @@ def test_listen_rejects_an_association_called_for_another_aet(
 
 
 def test_listen_refuses_a_changed_instance_of_a_processed_study(
-    tmp_path: Path, tiny_model: Path, orthanc_server: OrthancServer,
+    tmp_path: Path,
+    tiny_model: Path,
+    orthanc_server: OrthancServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A forged resend (same SOPInstanceUID, other pixels) after the study was segmented is
@@ -386,8 +415,13 @@ def test_listen_refuses_a_changed_instance_of_a_processed_study(
     caplog.set_level(logging.WARNING, logger="medseg.batch.listener")
     datasets = _phantom_series(tmp_path, 230, "PHANTOM-FORGE")
     out = tmp_path / "out"
-    with _listening(out, tiny_model, allowed_calling_aets=("TESTSCU",), quiet_period_s=1.0,
-                    destination=orthanc_server.url) as (port, studies):
+    with _listening(
+        out,
+        tiny_model,
+        allowed_calling_aets=("TESTSCU",),
+        quiet_period_s=1.0,
+        destination=orthanc_server.url,
+    ) as (port, studies):
         assert _store(port, datasets) == [0] * len(datasets)
         deadline = time.monotonic() + 60
         while not studies and time.monotonic() < deadline:
@@ -420,8 +454,13 @@ def test_listen_with_reprocess_changed_takes_a_changed_instance_and_runs_again(
     caplog.set_level(logging.WARNING, logger="medseg.batch.listener")
     datasets = _phantom_series(tmp_path, 231, "PHANTOM-REPROCESS")
     out = tmp_path / "out"
-    with _listening(out, tiny_model, allowed_calling_aets=("TESTSCU",), quiet_period_s=1.0,
-                    reprocess_changed=True) as (port, studies):
+    with _listening(
+        out,
+        tiny_model,
+        allowed_calling_aets=("TESTSCU",),
+        quiet_period_s=1.0,
+        reprocess_changed=True,
+    ) as (port, studies):
         assert _store(port, datasets) == [0] * len(datasets)
         deadline = time.monotonic() + 60
         while not studies and time.monotonic() < deadline:
@@ -436,5 +475,8 @@ def test_listen_with_reprocess_changed_takes_a_changed_instance_and_runs_again(
     after = {p: p.read_bytes() for p in _incoming_files(out)}
     assert after.keys() == before.keys() and sum(after[p] != before[p] for p in after) == 1
     case_id = studies[0].batch.rows[0].case_id
-    assert any(case_id in r.getMessage() and "changed" in r.getMessage()
-               for r in caplog.records if r.levelno == logging.WARNING)
+    assert any(
+        case_id in r.getMessage() and "changed" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    )

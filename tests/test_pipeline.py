@@ -29,8 +29,12 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     config_text = (REPO / "configs" / "tiny.yaml").read_text()
     assert "registered_model_name: null" in config_text
     config_path = tmp_path / "tiny-registered.yaml"
-    config_path.write_text(config_text.replace("registered_model_name: null", "registered_model_name: tiny-demo"))
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--config", str(config_path), "--cases", "4"])
+    config_path.write_text(
+        config_text.replace("registered_model_name: null", "registered_model_name: tiny-demo")
+    )
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(out), "--config", str(config_path), "--cases", "4"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "demo_summary.json").read_text())
     assert f"MLflow run id: {summary['run_id']}" in result.output
@@ -65,7 +69,9 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     volumes = json.loads((prediction / "volumes.json").read_text())
     count = int(np.count_nonzero(labels.array == 1))
     assert volumes["labels"]["tumour"]["voxel_count"] == count
-    assert volumes["labels"]["tumour"]["volume_ml"] == pytest.approx(count * geo.voxel_volume_ml(labels.geometry))
+    assert volumes["labels"]["tumour"]["volume_ml"] == pytest.approx(
+        count * geo.voxel_volume_ml(labels.geometry)
+    )
 
     # the MLflow run has params, per-epoch metrics, the resolved config and the model
     client = mlflow.MlflowClient(tracking_uri=summary["tracking_uri"])
@@ -80,14 +86,19 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     # `medseg predict` takes the MLflow model URI and reproduces the demo's prediction
     monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
-    again = CliRunner().invoke(app, ["predict", "--model", summary["model_uri"], str(ct_dir), str(tmp_path / "again")])
+    again = CliRunner().invoke(
+        app, ["predict", "--model", summary["model_uri"], str(ct_dir), str(tmp_path / "again")]
+    )
     assert again.exit_code == 0, again.output
     relabelled = nifti.load(tmp_path / "again" / "labels.nii.gz", VolumeKind.LABELS)
     np.testing.assert_array_equal(relabelled.array, labels.array)
     assert (tmp_path / "again" / "rtstruct.dcm").is_file()
 
     # ... and the registered model's version
-    registered = CliRunner().invoke(app, ["predict", "--model", "models:/tiny-demo/1", str(ct_dir), str(tmp_path / "registered")])
+    registered = CliRunner().invoke(
+        app,
+        ["predict", "--model", "models:/tiny-demo/1", str(ct_dir), str(tmp_path / "registered")],
+    )
     assert registered.exit_code == 0, registered.output
     relabelled = nifti.load(tmp_path / "registered" / "labels.nii.gz", VolumeKind.LABELS)
     np.testing.assert_array_equal(relabelled.array, labels.array)
@@ -97,7 +108,9 @@ def test_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     ("make_input", "problem"),
     [
         pytest.param(lambda p: p.mkdir(), "no DICOM", id="empty-folder"),
-        pytest.param(lambda p: (p.mkdir(), (p / "a.txt").write_text("x")), "no DICOM", id="non-dicom-only"),
+        pytest.param(
+            lambda p: (p.mkdir(), (p / "a.txt").write_text("x")), "no DICOM", id="non-dicom-only"
+        ),
     ],
 )
 def test_predict_bad_input_exits_2_with_message(
@@ -110,7 +123,9 @@ def test_predict_bad_input_exits_2_with_message(
     checkpoint = save_checkpoint(tmp_path / "m.pt", build_network(config.model), config)
     scan = tmp_path / "scan"
     make_input(scan)  # type: ignore[operator]
-    result = CliRunner().invoke(app, ["predict", "--model", str(checkpoint), str(scan), str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app, ["predict", "--model", str(checkpoint), str(scan), str(tmp_path / "out")]
+    )
     assert result.exit_code == 2
     assert str(scan) in result.output and problem in result.output
     assert "Traceback" not in result.output
@@ -131,7 +146,9 @@ def test_predict_zero_spacing_nifti_exits_2(tmp_path: Path) -> None:
     raw = bytearray(path.read_bytes())
     raw[80:84] = np.float32(0.0).tobytes()  # pixdim[1] = 0
     path.write_bytes(bytes(raw))
-    result = CliRunner().invoke(app, ["predict", "--model", str(checkpoint), str(path), str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app, ["predict", "--model", str(checkpoint), str(path), str(tmp_path / "out")]
+    )
     assert result.exit_code == 2
     assert str(path) in result.output and "spacing" in result.output
     assert "Traceback" not in result.output
@@ -166,8 +183,17 @@ def test_export_rtstruct_command_from_a_nifti_label_map(tmp_path: Path) -> None:
     rois = tmp_path / "rois.yaml"
     rois.write_text("rois:\n  - {label: 1, name: GTV, color: [255, 0, 0], type: GTV}\n")
     out = tmp_path / "rs.dcm"
-    args = ["export-rtstruct", "--ct", str(paths.ct_dir), "--labels", str(paths.labels_path),
-            "--rois", str(rois), "--out", str(out)]
+    args = [
+        "export-rtstruct",
+        "--ct",
+        str(paths.ct_dir),
+        "--labels",
+        str(paths.labels_path),
+        "--rois",
+        str(rois),
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     masks = plastimatch_masks(out, paths.ct_dir, tmp_path / "plastimatch")
@@ -183,8 +209,18 @@ def test_export_rtstruct_command_refuses_labels_off_the_grid(tmp_path: Path) -> 
     other = phantom.make_case(6, shape=(20, 64, 64), n_tumours=1, spacing_mm=(2.0, 1.5, 1.5))
     nifti.save(other.labels, tmp_path / "other.nii.gz")
     out = tmp_path / "rs.dcm"
-    result = CliRunner().invoke(app, ["export-rtstruct", "--ct", str(paths.ct_dir), "--labels",
-                                      str(tmp_path / "other.nii.gz"), "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export-rtstruct",
+            "--ct",
+            str(paths.ct_dir),
+            "--labels",
+            str(tmp_path / "other.nii.gz"),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 2
     assert "not on the grid" in result.output and str(tmp_path / "other.nii.gz") in result.output
     assert not out.exists()
@@ -197,7 +233,10 @@ def test_inspect_lists_series_and_problems(tmp_path: Path) -> None:
     paths = phantom.write_case(case, tmp_path / "case", patient_id="PHANTOM-INSPECT")
     result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert f"{paths.series_instance_uid} (CT, 'medseg phantom CT', series 1, 20 slices) axial" in result.output
+    assert (
+        f"{paths.series_instance_uid} (CT, 'medseg phantom CT', series 1, 20 slices) axial"
+        in result.output
+    )
     as_json = CliRunner().invoke(app, ["inspect", str(tmp_path), "--json"])
     inventory = json.loads(as_json.output)
     assert inventory["studies"][0]["series"][0]["n_slices"] == 20
@@ -229,7 +268,9 @@ def test_evaluate_command_scores_cases_and_flags_failures(tmp_path: Path) -> Non
     nifti.save(case.labels, pred / "a.nii.gz")
     nifti.save(case.labels, ref / "a.nii.gz")
     nifti.save(case.labels, ref / "b.nii.gz")  # no prediction for b: a failed case, exit 1
-    result = CliRunner().invoke(app, ["evaluate", str(pred), str(ref), "--out", str(tmp_path / "eval")])
+    result = CliRunner().invoke(
+        app, ["evaluate", str(pred), str(ref), "--out", str(tmp_path / "eval")]
+    )
     assert result.exit_code == 1, result.output
     assert "1 cases evaluated, 1 failed" in result.output
     rows = (tmp_path / "eval" / "metrics_per_case.csv").read_text().splitlines()
@@ -346,7 +387,9 @@ def test_train_command_on_dicom_rtstruct_patients_then_resume(
     first = CliRunner().invoke(app, ["train", "one.yaml", "--out", "run"])
     assert first.exit_code == 0, first.output
     assert "best checkpoint" in first.output
-    resumed = CliRunner().invoke(app, ["train", "two.yaml", "--out", "run", "--resume", "run/last.pt"])
+    resumed = CliRunner().invoke(
+        app, ["train", "two.yaml", "--out", "run", "--resume", "run/last.pt"]
+    )
     assert resumed.exit_code == 0, resumed.output
     import torch
 
@@ -395,7 +438,9 @@ def _structures_model(labels: object, *, empty_rois: str = "omit"):  # type: ign
     return LoadedModel(network, config, config.model.label_names, "test")
 
 
-def test_every_interpreted_type_round_trips_through_predict_rtstruct_and_seg(tmp_path: Path) -> None:
+def test_every_interpreted_type_round_trips_through_predict_rtstruct_and_seg(
+    tmp_path: Path,
+) -> None:
     import pydicom
 
     from medseg.io.dicom import load_series
@@ -408,8 +453,11 @@ def test_every_interpreted_type_round_trips_through_predict_rtstruct_and_seg(tmp
     model = _structures_model(
         [{"label": i, "name": f"S {t.value}", "type": t.value} for i, t in enumerate(types, 1)]
     )
-    paths = phantom.write_case(phantom.make_case(seed=3, shape=SMALL_PHANTOM, n_tumours=1),
-                               tmp_path / "case", patient_id="PP-3")
+    paths = phantom.write_case(
+        phantom.make_case(seed=3, shape=SMALL_PHANTOM, n_tumours=1),
+        tmp_path / "case",
+        patient_id="PP-3",
+    )
     result = predict_case(model, paths.ct_dir, tmp_path / "out")
     assert result.rtstruct_path is not None
     found = read_contours(result.rtstruct_path, load_series(paths.ct_dir)).by_name()
@@ -433,13 +481,20 @@ def test_target_models_export_target_types_and_codes(tmp_path: Path) -> None:
     from medseg.synthetic import phantom
 
     model = _structures_model({1: "CTV", 2: "Tumor", 3: "PTV_High", 4: "Lesion", 5: "Parotid L"})
-    paths = phantom.write_case(phantom.make_case(seed=3, shape=SMALL_PHANTOM, n_tumours=1),
-                               tmp_path / "case", patient_id="PP-4")
+    paths = phantom.write_case(
+        phantom.make_case(seed=3, shape=SMALL_PHANTOM, n_tumours=1),
+        tmp_path / "case",
+        patient_id="PP-4",
+    )
     result = predict_case(model, paths.ct_dir, tmp_path / "out")
     assert result.rtstruct_path is not None
     found = read_contours(result.rtstruct_path, load_series(paths.ct_dir)).by_name()
     assert {n: r.interpreted_type for n, r in found.items()} == {
-        "CTV": "CTV", "Tumor": "GTV", "PTV_High": "PTV", "Lesion": "GTV", "Parotid L": "ORGAN"
+        "CTV": "CTV",
+        "Tumor": "GTV",
+        "PTV_High": "PTV",
+        "Lesion": "GTV",
+        "Parotid L": "ORGAN",
     }
     seg = pydicom.dcmread(result.out_dir / "seg.dcm")
     kinds = {s.SegmentLabel: s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning
@@ -461,11 +516,16 @@ def test_nothing_found_writes_no_rtstruct_and_says_so(tmp_path: Path) -> None:
     model = _structures_model({1: "GTV"})
     with torch.no_grad():
         model.network.scale.fill_(-1.0)  # background everywhere
-    paths = phantom.write_case(phantom.make_case(seed=3, shape=SMALL_PHANTOM, n_tumours=1),
-                               tmp_path / "case", patient_id="PP-5")
+    paths = phantom.write_case(
+        phantom.make_case(seed=3, shape=SMALL_PHANTOM, n_tumours=1),
+        tmp_path / "case",
+        patient_id="PP-5",
+    )
     result = predict_case(model, paths.ct_dir, tmp_path / "out")
     assert result.rtstruct_path is None
-    assert not (result.out_dir / "rtstruct.dcm").exists() and not (result.out_dir / "seg.dcm").exists()
+    assert (
+        not (result.out_dir / "rtstruct.dcm").exists() and not (result.out_dir / "seg.dcm").exists()
+    )
     assert result.volumes_ml == {"GTV": 0.0}
     page = (result.out_dir / "report" / "report.html").read_text()
     assert "Not found in this scan: GTV." in page

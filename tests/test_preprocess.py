@@ -116,8 +116,16 @@ def test_slab_wise_scores_match_whole_volume_simpleitk(case: tuple) -> None:
         image.SetOrigin(s_origin)
         image.SetDirection(s_direction)
         out = sitk.Resample(
-            image, [int(v) for v in size], sitk.Transform(), sitk.sitkLinear, origin, spacing,
-            direction, 0.0, sitk.sitkFloat32, True,
+            image,
+            [int(v) for v in size],
+            sitk.Transform(),
+            sitk.sitkLinear,
+            origin,
+            spacing,
+            direction,
+            0.0,
+            sitk.sitkFloat32,
+            True,
         )
         whole.append(sitk.GetArrayFromImage(out))
     expected = np.argmax(np.stack(whole), axis=0)
@@ -125,8 +133,7 @@ def test_slab_wise_scores_match_whole_volume_simpleitk(case: tuple) -> None:
     np.testing.assert_array_equal(labels, expected)
     # the same from the scores relative to background (one channel less)
     relative = scores[1:].astype(np.float32) - scores[0].astype(np.float32)
-    from_relative = resample_scores_to_labels(relative, source, target,
-                                              relative_to_background=True)
+    from_relative = resample_scores_to_labels(relative, source, target, relative_to_background=True)
     assert np.mean(from_relative == expected) > 0.9995  # float rounding at near-ties only
 
 
@@ -166,8 +173,12 @@ def test_foreground_box_crops_air_but_never_a_label() -> None:
     labels[19, 39, 0] = 0
     box = foreground_box(Volume(hu, grid), Volume(labels, grid, VolumeKind.LABELS), -500.0, 2.0)
     assert box == ((4, 8, 18), (16, 32, 37))  # body box + 1 slice (2 mm) / 2 voxels
-    empty = foreground_box(Volume(np.full(grid.shape, -1000.0), grid),
-                           Volume(np.zeros(grid.shape, np.uint8), grid, VolumeKind.LABELS), -500.0, 2.0)
+    empty = foreground_box(
+        Volume(np.full(grid.shape, -1000.0), grid),
+        Volume(np.zeros(grid.shape, np.uint8), grid, VolumeKind.LABELS),
+        -500.0,
+        2.0,
+    )
     assert empty == ((0, 0, 0), grid.shape)
 
 
@@ -182,7 +193,9 @@ def test_zscore_standardises_the_body_and_clips() -> None:
     body = hu > -900.0
     clipped = np.minimum(hu[body], 1000.0)
     z = normaliser(hu, config)(hu)
-    np.testing.assert_allclose(z[body], (clipped - clipped.mean()) / clipped.std(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        z[body], (clipped - clipped.mean()) / clipped.std(), rtol=1e-4, atol=1e-4
+    )
     # slab by slab gives the same as the whole image (statistics are of the whole image)
     np.testing.assert_array_equal(normaliser(hu, config)(hu[3:5]), z[3:5])
     constant = np.full((2, 3, 3), 7.0)

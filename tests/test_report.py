@@ -218,8 +218,14 @@ def test_contours_come_from_the_rtstruct_not_the_mask(
     assert "unit-test-model" in text  # the model, from the RT-STRUCT's ROIGenerationDescription
     assert "Series description: withheld" in text  # identifying, unless asked (below)
     assert "Series description: medseg" not in text
-    shown = write_report(image, labels, {1: "lesion"}, tmp_path / "qa-identified",
-                         rtstruct_path=path, show_identifiers=True)
+    shown = write_report(
+        image,
+        labels,
+        {1: "lesion"},
+        tmp_path / "qa-identified",
+        rtstruct_path=path,
+        show_identifiers=True,
+    )
     assert "Series description: medseg" in shown.read_text()  # write_series' default
     assert "from the exported RT-STRUCT rtstruct.dcm" in text
     assert 'class="warning"' not in text

@@ -201,8 +201,14 @@ def test_resume_needs_a_checkpoint_with_training_state(tmp_path: Path) -> None:
     config = _config_with(load_config(TINY), epochs=1)
     result = train(config, [_small_case(1)], [_small_case(2)], tmp_path, None)
     with pytest.raises(ModelError, match="no training state"):
-        train(config, [_small_case(1)], [], tmp_path / "again", None,
-              resume_from=result.checkpoint_path)
+        train(
+            config,
+            [_small_case(1)],
+            [],
+            tmp_path / "again",
+            None,
+            resume_from=result.checkpoint_path,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,17 +234,13 @@ def test_each_choice_builds_and_trains(
     import torch
 
     config = load_config(TINY)
-    config = config.model_copy(
-        update={"model": config.model.model_copy(update=model_fields)}
-    )
+    config = config.model_copy(update={"model": config.model.model_copy(update=model_fields)})
     config = _config_with(config, epochs=2, samples_per_case=2, **train_fields)
     result = train(config, [_small_case(1)], [_small_case(2)], tmp_path, None)
     losses = [loss for r in result.history for loss in r.step_losses]
     assert len(losses) == 2 and all(np.isfinite(losses))
     best = load_checkpoint(result.checkpoint_path)
-    assert type(best.network).__name__ == {"unet": "UNet", "dynunet": "DynUNet"}[
-        config.model.name
-    ]
+    assert type(best.network).__name__ == {"unet": "UNet", "dynunet": "DynUNet"}[config.model.name]
     # the stored network segments a full image (eval mode: one output even with deep supervision)
     out = best.network(torch.zeros((1, 1, 16, 32, 32)))
     assert out.shape == (1, 2, 16, 32, 32)
@@ -248,7 +250,9 @@ def test_deep_supervision_needs_dynunet() -> None:
     from medseg.config import parse_config
     from medseg.errors import ConfigError
 
-    text = TINY.read_text().replace("num_res_units: 0", "num_res_units: 0\n  deep_supervision: true")
+    text = TINY.read_text().replace(
+        "num_res_units: 0", "num_res_units: 0\n  deep_supervision: true"
+    )
     with pytest.raises(ConfigError, match="deep_supervision"):
         parse_config(text)
 
@@ -258,7 +262,10 @@ def test_lr_schedules_match_torch_schedulers(tmp_path: Path, schedule: str) -> N
     import torch
 
     config = _config_with(
-        load_config(TINY), epochs=4, samples_per_case=2, lr_schedule=schedule,
+        load_config(TINY),
+        epochs=4,
+        samples_per_case=2,
+        lr_schedule=schedule,
         learning_rate=0.01,
     )
     result = train(config, [_small_case(1)], [], tmp_path, None)
@@ -302,7 +309,11 @@ def test_amp_trains_on_cuda(tmp_path: Path, precision: str) -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     config = _config_with(
-        load_config(TINY), epochs=2, samples_per_case=2, precision=precision, device="cuda",
+        load_config(TINY),
+        epochs=2,
+        samples_per_case=2,
+        precision=precision,
+        device="cuda",
         grad_clip_norm=1.0,
     )
     result = train(config, [_small_case(1)], [_small_case(2)], tmp_path, None)
@@ -355,11 +366,18 @@ def test_augmentation_changes_patches_reproducibly(tmp_path: Path) -> None:
         augment_intensity_probability=1.0,
         augment_noise_std=0.05,
     )
-    plain = _config_with(config, augment_flip_axes=(), augment_affine_probability=0.0,
-                         augment_intensity_probability=0.0, augment_noise_std=0.0)
+    plain = _config_with(
+        config,
+        augment_flip_axes=(),
+        augment_affine_probability=0.0,
+        augment_intensity_probability=0.0,
+        augment_noise_std=0.0,
+    )
     cases = [_sphere_case(1)]
-    runs = [train(c, cases, [], tmp_path / n, None) for c, n in
-            ((config, "a"), (config, "b"), (plain, "c"))]
+    runs = [
+        train(c, cases, [], tmp_path / n, None)
+        for c, n in ((config, "a"), (config, "b"), (plain, "c"))
+    ]
     steps = [[loss for r in run.history for loss in r.step_losses] for run in runs]
     assert steps[0] == steps[1]
     assert steps[0] != steps[2]
@@ -441,7 +459,10 @@ def test_torchrun_ddp_two_cpu_processes(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).parent / "torchrun"
     done = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -453,7 +474,9 @@ def test_torchrun_ddp_two_cpu_processes(tmp_path: Path) -> None:
     experiment = client.get_experiment_by_name("test-train")
     assert len(client.search_runs([experiment.experiment_id])) == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "best.pt", "curves.png", "last.pt"
+        "best.pt",
+        "curves.png",
+        "last.pt",
     ]
 
 
@@ -472,14 +495,29 @@ def test_torchrun_launches_the_cli_train_command_with_ddp(tmp_path: Path) -> Non
     raw = yaml.safe_load(TINY.read_text())
     raw["data"]["datalist"] = str(dataset)
     raw["train"].update({"epochs": 2, "samples_per_case": 2, "num_threads": 1, "val_every": 2})
-    raw["tracking"].update({"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "ddp-cli"})
+    raw["tracking"].update(
+        {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "ddp-cli"}
+    )
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump(raw))
     torchrun = Path(sys.executable).parent / "torchrun"
     done = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "medseg", "train", str(config),
-         "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "medseg",
+            "train",
+            str(config),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("MLflow run id:") == 1  # rank 0 reports, rank 1 is quiet
@@ -492,7 +530,9 @@ def test_torchrun_launches_the_cli_train_command_with_ddp(tmp_path: Path) -> Non
     assert {"best.pt", "last.pt"} <= {p.name for p in (tmp_path / "out").iterdir()}
 
 
-@pytest.mark.parametrize(("sampling", "low", "high"), [("voxel", 0.0, 0.05), ("class_balanced", 0.4, 0.6)])
+@pytest.mark.parametrize(
+    ("sampling", "low", "high"), [("voxel", 0.0, 0.05), ("class_balanced", 0.4, 0.6)]
+)
 def test_class_balanced_sampling_centres_small_labels_as_often_as_large_ones(
     sampling: str, low: float, high: float
 ) -> None:
@@ -504,15 +544,27 @@ def test_class_balanced_sampling_centres_small_labels_as_often_as_large_ones(
     from medseg.volume import Volume, VolumeKind
 
     config = load_config(TINY)
-    config = config.model_copy(update={
-        "model": ModelConfig.model_validate({
-            **config.model.model_dump(),
-            "labels": [{"label": 1, "name": "large", "type": "GTV"},
-                       {"label": 2, "name": "tiny", "type": "GTV"}]}),
-        "train": config.train.model_copy(update={
-            "foreground_fraction": 1.0, "foreground_sampling": sampling, "samples_per_case": 400,
-            "patch_size": (1, 1, 1)}),
-    })
+    config = config.model_copy(
+        update={
+            "model": ModelConfig.model_validate(
+                {
+                    **config.model.model_dump(),
+                    "labels": [
+                        {"label": 1, "name": "large", "type": "GTV"},
+                        {"label": 2, "name": "tiny", "type": "GTV"},
+                    ],
+                }
+            ),
+            "train": config.train.model_copy(
+                update={
+                    "foreground_fraction": 1.0,
+                    "foreground_sampling": sampling,
+                    "samples_per_case": 400,
+                    "patch_size": (1, 1, 1),
+                }
+            ),
+        }
+    )
     grid = Geometry((20, 40, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     labels = np.zeros(grid.shape, dtype=np.uint8)
     labels[5:15, 5:15, 5:15] = 1

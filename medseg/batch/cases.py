@@ -213,8 +213,7 @@ class BatchInterrupted(KeyboardInterrupt):
         n_unfinished: cases not finished (they run next time).
     """
 
-    def __init__(self, signal_number: int, summary: BatchSummary | None,
-                 n_unfinished: int) -> None:
+    def __init__(self, signal_number: int, summary: BatchSummary | None, n_unfinished: int) -> None:
         super().__init__(signal_number, summary, n_unfinished)
         self.signal_number = signal_number
         self.summary = summary
@@ -230,8 +229,10 @@ class BatchInterrupted(KeyboardInterrupt):
         if self.summary is None:
             return "interrupted before the cases were found: nothing ran; no summary written"
         cases = "case" if self.n_unfinished == 1 else "cases"
-        return (f"interrupted: {self.n_unfinished} {cases} not finished; "
-                f"summary: {self.summary.summary_path}")
+        return (
+            f"interrupted: {self.n_unfinished} {cases} not finished; "
+            f"summary: {self.summary.summary_path}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,30 +312,54 @@ def discover_cases(
                 fingerprint = _fingerprint("", files, root, settings.fingerprint)
             except OSError:
                 fingerprint = ""
-            specs.append(CaseSpec(case_id, study.study_instance_uid, None, fingerprint,
-                                  error=(type(exc).__name__, str(exc))))
+            specs.append(
+                CaseSpec(
+                    case_id,
+                    study.study_instance_uid,
+                    None,
+                    fingerprint,
+                    error=(type(exc).__name__, str(exc)),
+                )
+            )
             continue
         try:
-            fingerprint = _fingerprint(entry.series_instance_uid, entry.files, root,
-                                       settings.fingerprint)
+            fingerprint = _fingerprint(
+                entry.series_instance_uid, entry.files, root, settings.fingerprint
+            )
         except OSError as exc:
             # the message would name the file (folder names may hold patient names)
-            message = (f"{case_id}: a file of the selected series cannot be read "
-                       f"({exc.strerror or type(exc).__name__})")
-            specs.append(CaseSpec(case_id, study.study_instance_uid, entry.series_instance_uid,
-                                  "", error=(UnreadableScanError.__name__, message)))
+            message = (
+                f"{case_id}: a file of the selected series cannot be read "
+                f"({exc.strerror or type(exc).__name__})"
+            )
+            specs.append(
+                CaseSpec(
+                    case_id,
+                    study.study_instance_uid,
+                    entry.series_instance_uid,
+                    "",
+                    error=(UnreadableScanError.__name__, message),
+                )
+            )
             continue
-        specs.append(CaseSpec(
-            case_id, study.study_instance_uid, entry.series_instance_uid, fingerprint,
-            files=tuple(entry.files),
-        ))
+        specs.append(
+            CaseSpec(
+                case_id,
+                study.study_instance_uid,
+                entry.series_instance_uid,
+                fingerprint,
+                files=tuple(entry.files),
+            )
+        )
     for problem in inventory.problems:
         # the message would name the file, and folder names may hold patient names
         case_id = pseudonym("\0".join(problem.files), salt, prefix="file-")
         if show:
             log.info("case %s: input %s (privacy.log_identifiers)", case_id, problem.files[0])
-        message = (f"{case_id}: a file under the input root looks like DICOM but cannot be "
-                   f"parsed; `medseg inspect INPUT_ROOT` names it")
+        message = (
+            f"{case_id}: a file under the input root looks like DICOM but cannot be "
+            f"parsed; `medseg inspect INPUT_ROOT` names it"
+        )
         specs.append(CaseSpec(case_id, "", None, "", error=(UnreadableScanError.__name__, message)))
     return tuple(specs)
 

@@ -53,7 +53,9 @@ def _locked(output_root: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise ConfigError(f"{output_root}: another batch run is using this output folder") from exc
+            raise ConfigError(
+                f"{output_root}: another batch run is using this output folder"
+            ) from exc
         try:
             yield
         finally:
@@ -142,8 +144,11 @@ def run_cases(
     staging = output_root / STAGING_DIR
     if loaded_model is not None:
         keep_model(model, loaded_model)
-    with (stop_signals() as stop, _locked(output_root),
-          Ledger(output_root / LEDGER_NAME, timeout_s=settings.ledger_timeout_s) as ledger):
+    with (
+        stop_signals() as stop,
+        _locked(output_root),
+        Ledger(output_root / LEDGER_NAME, timeout_s=settings.ledger_timeout_s) as ledger,
+    ):
         _remove_partial(cases_dir)
         for case_id in ledger.recover(cases_dir):
             log.info("case %s: finished by an interrupted run; marked done", case_id)
@@ -159,19 +164,28 @@ def run_cases(
                 log.warning("case %s: failed before running (%s)", spec.case_id, spec.error[0])
                 outcomes[spec.case_id] = _row(spec, "failed", True, *spec.error, None, None)
                 continue
-            decision = _decide(spec, ledger.case(spec.case_id), model.model_id, out_dir,
-                               retry_failed)
+            decision = _decide(
+                spec, ledger.case(spec.case_id), model.model_id, out_dir, retry_failed
+            )
             if decision == "skip":
                 outcomes[spec.case_id] = _row(spec, "skipped", False, None, None, None, out_dir)
             elif decision == "keep_failed":
                 old: Any = ledger.case(spec.case_id)
-                outcomes[spec.case_id] = _row(spec, "failed", False, old["error_class"],
-                                              old["error_message"], old["seconds"], None)
+                outcomes[spec.case_id] = _row(
+                    spec,
+                    "failed",
+                    False,
+                    old["error_class"],
+                    old["error_message"],
+                    old["seconds"],
+                    None,
+                )
             else:
                 ledger.record(spec, source, CaseStatus.QUEUED, model.model_id, out_dir)
                 to_run.append(spec)
-        counts = {s: sum(r.status == s for r in outcomes.values())
-                  for s in ("done", "failed", "skipped")}
+        counts = {
+            s: sum(r.status == s for r in outcomes.values()) for s in ("done", "failed", "skipped")
+        }
         total = len(specs)
 
         def report(status: str) -> None:
@@ -188,8 +202,18 @@ def run_cases(
             if to_run:
                 runner = make_runner(executor, workers, ray_address, settings)
                 stop.reclaim()
-                _drive(to_run, ledger, run_id, model, prepare, output_root, outcomes, report,
-                       runner, stop)
+                _drive(
+                    to_run,
+                    ledger,
+                    run_id,
+                    model,
+                    prepare,
+                    output_root,
+                    outcomes,
+                    report,
+                    runner,
+                    stop,
+                )
         except Stop as exc:
             stopped = exc.signal_number
             _settle_interrupted(specs, ledger, output_root, outcomes)
@@ -212,8 +236,9 @@ def run_cases(
     return summary
 
 
-def _settle_interrupted(specs: Sequence[CaseSpec], ledger: Ledger, output_root: Path,
-                        outcomes: dict[str, SummaryRow]) -> None:
+def _settle_interrupted(
+    specs: Sequence[CaseSpec], ledger: Ledger, output_root: Path, outcomes: dict[str, SummaryRow]
+) -> None:
     """After a stop: the executor's workers are gone; remove what they left half written,
     settle the cases left ``running`` as a killed run's are (done if the folder is complete,
     else back to ``queued``), and list every unfinished case as ``interrupted``."""
@@ -225,13 +250,17 @@ def _settle_interrupted(specs: Sequence[CaseSpec], ledger: Ledger, output_root: 
         if spec.case_id in outcomes:
             continue
         if spec.case_id in recovered:
-            outcomes[spec.case_id] = _row(spec, "done", True, None, None, None,
-                                          cases_dir / spec.case_id)
+            outcomes[spec.case_id] = _row(
+                spec, "done", True, None, None, None, cases_dir / spec.case_id
+            )
         else:
-            outcomes[spec.case_id] = _row(spec, "interrupted", spec.case_id in started, None,
-                                          None, None, None)
-    log.info("stopped by signal: %d cases not finished",
-             sum(r.status == "interrupted" for r in outcomes.values()))
+            outcomes[spec.case_id] = _row(
+                spec, "interrupted", spec.case_id in started, None, None, None, None
+            )
+    log.info(
+        "stopped by signal: %d cases not finished",
+        sum(r.status == "interrupted" for r in outcomes.values()),
+    )
 
 
 def _write_summary_page(rows: Sequence[SummaryRow], output_root: Path) -> None:
@@ -250,18 +279,25 @@ def _write_summary_page(rows: Sequence[SummaryRow], output_root: Path) -> None:
                 row.out_dir / "report" / "report.html" if row.out_dir is not None else None
             ),
             volumes_ml=row.volumes_ml,
-            message=(
-                f"{row.error_class}: {row.error_message}" if row.error_class else row.status
-            ),
+            message=(f"{row.error_class}: {row.error_message}" if row.error_class else row.status),
         )
         for row in rows
     ]
     write_summary_page(output_root, cases)
 
 
-def _drive(to_run: deque[CaseSpec], ledger: Ledger, run_id: str, model: ModelRef,
-           prepare: Prepare, output_root: Path, outcomes: dict[str, SummaryRow],
-           report: Callable[[str], None], runner: Runner, stop: StopSignals) -> None:
+def _drive(
+    to_run: deque[CaseSpec],
+    ledger: Ledger,
+    run_id: str,
+    model: ModelRef,
+    prepare: Prepare,
+    output_root: Path,
+    outcomes: dict[str, SummaryRow],
+    report: Callable[[str], None],
+    runner: Runner,
+    stop: StopSignals,
+) -> None:
     specs = {spec.case_id: spec for spec in to_run}
     attempts: dict[str, int] = {}
     staging = output_root / STAGING_DIR
@@ -277,8 +313,15 @@ def _drive(to_run: deque[CaseSpec], ledger: Ledger, run_id: str, model: ModelRef
             outcomes[spec.case_id] = _row(spec, "done", True, None, None, outcome.seconds, out_dir)
         else:
             log.warning("case %s: failed (%s)", spec.case_id, outcome.error_class)
-            outcomes[spec.case_id] = _row(spec, "failed", True, outcome.error_class,
-                                          outcome.error_message, outcome.seconds, None)
+            outcomes[spec.case_id] = _row(
+                spec,
+                "failed",
+                True,
+                outcome.error_class,
+                outcome.error_message,
+                outcome.seconds,
+                None,
+            )
         report(outcome.status.value)
 
     try:
@@ -286,21 +329,40 @@ def _drive(to_run: deque[CaseSpec], ledger: Ledger, run_id: str, model: ModelRef
             while to_run and in_flight < runner.capacity:
                 stop.check()
                 spec = to_run.popleft()
-                task = CaseTask(spec.case_id, staging / spec.case_id,
-                                output_root / CASES_DIR / spec.case_id, model, spec.fingerprint,
-                                spec.study_instance_uid, spec.series_instance_uid)
+                task = CaseTask(
+                    spec.case_id,
+                    staging / spec.case_id,
+                    output_root / CASES_DIR / spec.case_id,
+                    model,
+                    spec.fingerprint,
+                    spec.study_instance_uid,
+                    spec.series_instance_uid,
+                )
                 attempt_id = ledger.start(run_id, task)
                 try:
                     with stop.armed():
                         input_dir = prepare(spec, staging / spec.case_id)
                 except (MedsegError, OSError) as exc:  # a download or link failed: this case only
-                    settle(spec, CaseOutcome(spec.case_id, CaseStatus.FAILED, 0.0,
-                                             type(exc).__name__, str(exc)), attempt_id)
+                    settle(
+                        spec,
+                        CaseOutcome(
+                            spec.case_id, CaseStatus.FAILED, 0.0, type(exc).__name__, str(exc)
+                        ),
+                        attempt_id,
+                    )
                     continue
                 attempts[spec.case_id] = attempt_id
-                runner.submit(CaseTask(task.case_id, input_dir, task.out_dir, model,
-                                       task.fingerprint, task.study_instance_uid,
-                                       task.series_instance_uid))
+                runner.submit(
+                    CaseTask(
+                        task.case_id,
+                        input_dir,
+                        task.out_dir,
+                        model,
+                        task.fingerprint,
+                        task.study_instance_uid,
+                        task.series_instance_uid,
+                    )
+                )
                 in_flight += 1
             if in_flight:
                 stop.check()
@@ -314,35 +376,66 @@ def _drive(to_run: deque[CaseSpec], ledger: Ledger, run_id: str, model: ModelRef
     runner.close()
 
 
-def _row(spec: CaseSpec, status: str, ran: bool, error_class: str | None,
-         error_message: str | None, seconds: float | None, out_dir: Path | None) -> SummaryRow:
+def _row(
+    spec: CaseSpec,
+    status: str,
+    ran: bool,
+    error_class: str | None,
+    error_message: str | None,
+    seconds: float | None,
+    out_dir: Path | None,
+) -> SummaryRow:
     volumes: dict[str, float] = {}
     if out_dir is not None:
         manifest = read_manifest(out_dir) or {}
         volumes = {str(k): float(v) for k, v in (manifest.get("volumes_ml") or {}).items()}
-    return SummaryRow(spec.case_id, status, ran, spec.study_instance_uid,
-                      spec.series_instance_uid, error_class, error_message, seconds, out_dir,
-                      volumes)
+    return SummaryRow(
+        spec.case_id,
+        status,
+        ran,
+        spec.study_instance_uid,
+        spec.series_instance_uid,
+        error_class,
+        error_message,
+        seconds,
+        out_dir,
+        volumes,
+    )
 
 
 def write_summary_csv(rows: Sequence[SummaryRow], path: Path) -> Path:
     """Write ``summary.csv`` (atomically): one row per case, a ``<structure>_ml`` column each."""
     names = sorted({name for row in rows for name in row.volumes_ml})
-    header = ["case_id", "status", "ran", "error_class", "error_message", "seconds",
-              "study_instance_uid", "series_instance_uid", "out_dir",
-              *[f"{name}_ml" for name in names]]
+    header = [
+        "case_id",
+        "status",
+        "ran",
+        "error_class",
+        "error_message",
+        "seconds",
+        "study_instance_uid",
+        "series_instance_uid",
+        "out_dir",
+        *[f"{name}_ml" for name in names],
+    ]
     with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         for row in rows:
-            writer.writerow([
-                row.case_id, row.status, "yes" if row.ran else "no", row.error_class or "",
-                row.error_message or "",
-                "" if row.seconds is None else f"{row.seconds:.3f}",
-                row.study_instance_uid, row.series_instance_uid or "",
-                "" if row.out_dir is None else str(row.out_dir),
-                *["" if n not in row.volumes_ml else f"{row.volumes_ml[n]:.4f}" for n in names],
-            ])
+            writer.writerow(
+                [
+                    row.case_id,
+                    row.status,
+                    "yes" if row.ran else "no",
+                    row.error_class or "",
+                    row.error_message or "",
+                    "" if row.seconds is None else f"{row.seconds:.3f}",
+                    row.study_instance_uid,
+                    row.series_instance_uid or "",
+                    "" if row.out_dir is None else str(row.out_dir),
+                    *["" if n not in row.volumes_ml else f"{row.volumes_ml[n]:.4f}" for n in names],
+                ]
+            )
     return Path(path)
 
 
@@ -373,8 +466,10 @@ def link_inputs(input_root: Path) -> Prepare:
             try:
                 relative.append(_under(Path(path), given, root))
             except ValueError:
-                raise InputError(f"{spec.case_id}: input file {i} of {len(spec.files)} is not "
-                                 "under the input root") from None
+                raise InputError(
+                    f"{spec.case_id}: input file {i} of {len(spec.files)} is not "
+                    "under the input root"
+                ) from None
         if folder.exists() or folder.is_symlink():
             _clear_staging(folder)
         folder.mkdir(parents=True)
@@ -447,13 +542,26 @@ def run_batch(
                 loaded = load_model(ref.path)  # fail early, before any case, on a bad model
                 selection = selection or loaded.config.series_selection
                 settings = settings or loaded.config.batch
-                specs = discover_cases(Path(input_root), selection, settings,
-                                       salt=load_salt(output_root), privacy=privacy)
+                specs = discover_cases(
+                    Path(input_root),
+                    selection,
+                    settings,
+                    salt=load_salt(output_root),
+                    privacy=privacy,
+                )
         except Stop as exc:
             raise BatchInterrupted(exc.signal_number, None, 0) from None
         return run_cases(
-            specs, output_root, ref, link_inputs(Path(input_root)), source="folder",
-            executor=executor, workers=workers, retry_failed=retry_failed,
-            ray_address=ray_address, settings=settings, progress=progress,
+            specs,
+            output_root,
+            ref,
+            link_inputs(Path(input_root)),
+            source="folder",
+            executor=executor,
+            workers=workers,
+            retry_failed=retry_failed,
+            ray_address=ray_address,
+            settings=settings,
+            progress=progress,
             loaded_model=loaded if executor is Executor.LOCAL and workers == 1 else None,
         )

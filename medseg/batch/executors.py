@@ -94,8 +94,9 @@ def run_case(task: CaseTask) -> CaseOutcome:
     # The night's run must go on whatever one case raises (MedsegError for bad input,
     # MemoryError, or a bug met only by this scan): the class and message are recorded.
     except Exception as exc:  # noqa: BLE001
-        return CaseOutcome(task.case_id, CaseStatus.FAILED, time.monotonic() - start,
-                           type(exc).__name__, str(exc))
+        return CaseOutcome(
+            task.case_id, CaseStatus.FAILED, time.monotonic() - start, type(exc).__name__, str(exc)
+        )
     return CaseOutcome(task.case_id, CaseStatus.DONE, time.monotonic() - start)
 
 
@@ -221,8 +222,9 @@ class _PoolRunner:
 
     def _spawn(self) -> _Worker:
         ours, theirs = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(theirs, os.getpid()),
-                                        name="medseg-batch-worker", daemon=True)
+        process = self._context.Process(
+            target=_worker_main, args=(theirs, os.getpid()), name="medseg-batch-worker", daemon=True
+        )
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             # an ignored signal stays ignored across exec, and a Python started with SIGINT
@@ -302,22 +304,28 @@ class _PoolRunner:
         code = worker.process.exitcode
         self._discard(worker)
         remove_case_temporaries(task.out_dir)
-        how = (f"killed by signal {-code}" if code is not None and code < 0
-               else f"exit code {code}")
-        return CaseOutcome(task.case_id, CaseStatus.FAILED, time.monotonic() - worker.submitted,
-                           ChildProcessError.__name__,
-                           f"{task.case_id}: the worker process running this case died "
-                           f"({how}; out of memory?)")
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return CaseOutcome(
+            task.case_id,
+            CaseStatus.FAILED,
+            time.monotonic() - worker.submitted,
+            ChildProcessError.__name__,
+            f"{task.case_id}: the worker process running this case died ({how}; out of memory?)",
+        )
 
     def _timed_out(self, worker: _Worker) -> CaseOutcome:
         task = worker.task
         assert task is not None and self._timeout_s is not None
         self._discard(worker)
         remove_case_temporaries(task.out_dir)
-        return CaseOutcome(task.case_id, CaseStatus.FAILED, time.monotonic() - worker.submitted,
-                           CaseTimeoutError.__name__,
-                           f"{task.case_id}: not finished within batch.case_timeout_s = "
-                           f"{self._timeout_s:g} s; its worker process was stopped")
+        return CaseOutcome(
+            task.case_id,
+            CaseStatus.FAILED,
+            time.monotonic() - worker.submitted,
+            CaseTimeoutError.__name__,
+            f"{task.case_id}: not finished within batch.case_timeout_s = "
+            f"{self._timeout_s:g} s; its worker process was stopped",
+        )
 
     def _discard(self, worker: _Worker) -> None:
         """Kill a worker (if still alive) and forget it."""
@@ -381,8 +389,13 @@ class _RayRunner:
         try:
             return self._ray.get(ready[0])  # type: ignore[no-any-return]
         except self._ray.exceptions.RayError as exc:  # the worker died or the task was lost
-            return CaseOutcome(task.case_id, CaseStatus.FAILED, 0.0, type(exc).__name__,
-                               f"{task.case_id}: Ray task failed: {exc}")
+            return CaseOutcome(
+                task.case_id,
+                CaseStatus.FAILED,
+                0.0,
+                type(exc).__name__,
+                f"{task.case_id}: Ray task failed: {exc}",
+            )
 
     def close(self) -> None:
         for ref in self._refs:
@@ -397,8 +410,9 @@ class _RayRunner:
         self.close()
 
 
-def make_runner(executor: Executor, workers: int, ray_address: str | None,
-                settings: BatchConfig) -> Runner:
+def make_runner(
+    executor: Executor, workers: int, ray_address: str | None, settings: BatchConfig
+) -> Runner:
     """The runner of ``executor``; with ``settings.case_timeout_s``, ``local`` runs its cases
     in one worker process, because only a process can be stopped safely mid-case."""
     if executor is Executor.RAY:

@@ -179,8 +179,9 @@ class Ledger:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise ConfigError(f"{self.path}: cannot read the ledger "
-                              f"({exc.strerror or type(exc).__name__})") from None
+            raise ConfigError(
+                f"{self.path}: cannot read the ledger ({exc.strerror or type(exc).__name__})"
+            ) from None
         if not header:
             return  # empty: a new ledger
         if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
@@ -193,13 +194,18 @@ class Ledger:
     def _open(self) -> None:
         self._db.row_factory = sqlite3.Row
         (application_id,) = self._db.execute("PRAGMA application_id").fetchone()
-        tables = {r[0] for r in self._db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        )}
+        tables = {
+            r[0]
+            for r in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
         expected = _schema_columns()
         if application_id != APPLICATION_ID:  # a new ledger, or one older than the id
-            columns = {t: tuple(r[1] for r in self._db.execute(f"PRAGMA table_info({t})"))
-                       for t in tables & set(expected)}
+            columns = {
+                t: tuple(r[1] for r in self._db.execute(f"PRAGMA table_info({t})"))
+                for t in tables & set(expected)
+            }
             if tables - set(expected) or any(columns[t] != expected[t] for t in columns):
                 raise self._not_a_ledger("another program's SQLite database")
         finding = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
@@ -217,8 +223,10 @@ class Ledger:
         self._db.execute("COMMIT")
 
     def _not_a_ledger(self, reason: str) -> ConfigError:
-        return ConfigError(f"{self.path}: not a medseg ledger ({reason}); move it away or "
-                           "choose another OUTPUT_ROOT")
+        return ConfigError(
+            f"{self.path}: not a medseg ledger ({reason}); move it away or "
+            "choose another OUTPUT_ROOT"
+        )
 
     def _error(self, exc: sqlite3.Error) -> MedsegError:
         """The medseg error for an SQLite error on this ledger."""
@@ -263,8 +271,14 @@ class Ledger:
         ).fetchall()
 
     @_named_errors
-    def record(self, spec: CaseSpec, source: str, status: CaseStatus, model_id: str | None,
-               out_dir: Path | None = None) -> None:
+    def record(
+        self,
+        spec: CaseSpec,
+        source: str,
+        status: CaseStatus,
+        model_id: str | None,
+        out_dir: Path | None = None,
+    ) -> None:
         """Insert or update a case's row with its current input and ``status``."""
         error_class, error_message = spec.error or (None, None)
         self._db.execute(
@@ -278,9 +292,19 @@ class Ledger:
                    status = excluded.status, error_class = excluded.error_class,
                    error_message = excluded.error_message, queued_at = excluded.queued_at,
                    out_dir = excluded.out_dir""",
-            (spec.case_id, source, spec.study_instance_uid, spec.series_instance_uid,
-             spec.fingerprint, model_id, status.value, error_class, error_message, utc_timestamp(),
-             None if out_dir is None else str(out_dir)),
+            (
+                spec.case_id,
+                source,
+                spec.study_instance_uid,
+                spec.series_instance_uid,
+                spec.fingerprint,
+                model_id,
+                status.value,
+                error_class,
+                error_message,
+                utc_timestamp(),
+                None if out_dir is None else str(out_dir),
+            ),
         )
 
     @_named_errors
@@ -290,7 +314,8 @@ class Ledger:
         self._db.execute(
             "UPDATE cases SET status = 'running', started_at = ?, finished_at = NULL, "
             "seconds = NULL, error_class = NULL, error_message = NULL, attempts = attempts + 1 "
-            "WHERE case_id = ?", (now, task.case_id),
+            "WHERE case_id = ?",
+            (now, task.case_id),
         )
         cursor = self._db.execute(
             "INSERT INTO attempts (run_id, case_id, fingerprint, model_id, status, started_at) "
@@ -303,16 +328,23 @@ class Ledger:
     def finish(self, attempt_id: int, outcome: CaseOutcome) -> None:
         """Close an attempt and set the case's status from ``outcome``."""
         now = utc_timestamp()
-        values = (outcome.status.value, outcome.error_class, outcome.error_message, now,
-                  outcome.seconds)
+        values = (
+            outcome.status.value,
+            outcome.error_class,
+            outcome.error_message,
+            now,
+            outcome.seconds,
+        )
         self._db.execute("BEGIN")
         self._db.execute(
             "UPDATE cases SET status = ?, error_class = ?, error_message = ?, finished_at = ?, "
-            "seconds = ? WHERE case_id = ?", (*values, outcome.case_id),
+            "seconds = ? WHERE case_id = ?",
+            (*values, outcome.case_id),
         )
         self._db.execute(
             "UPDATE attempts SET status = ?, error_class = ?, error_message = ?, "
-            "finished_at = ?, seconds = ? WHERE attempt_id = ?", (*values, attempt_id),
+            "finished_at = ?, seconds = ? WHERE attempt_id = ?",
+            (*values, attempt_id),
         )
         self._db.execute("COMMIT")
 
@@ -328,7 +360,8 @@ class Ledger:
         for row in self._db.execute("SELECT * FROM cases WHERE status = 'running'").fetchall():
             manifest = read_manifest(cases_dir / row["case_id"])
             finished = manifest is not None and (
-                manifest.get("fingerprint"), manifest.get("model_id")
+                manifest.get("fingerprint"),
+                manifest.get("model_id"),
             ) == (row["fingerprint"], row["model_id"])
             status = "done" if finished else "queued"
             attempt = "recovered" if finished else "interrupted"
@@ -339,7 +372,8 @@ class Ledger:
             )
             self._db.execute(
                 "UPDATE attempts SET status = ?, finished_at = ? WHERE case_id = ? AND "
-                "status = 'running'", (attempt, utc_timestamp(), row["case_id"]),
+                "status = 'running'",
+                (attempt, utc_timestamp(), row["case_id"]),
             )
             self._db.execute("COMMIT")
             if finished:
@@ -361,7 +395,14 @@ class Ledger:
         self._db.execute(
             "UPDATE runs SET finished_at = ?, n_cases = ?, n_done = ?, n_failed = ?, "
             "n_skipped = ? WHERE run_id = ?",
-            (utc_timestamp(), len(rows), counts["done"], counts["failed"], counts["skipped"], run_id),
+            (
+                utc_timestamp(),
+                len(rows),
+                counts["done"],
+                counts["failed"],
+                counts["skipped"],
+                run_id,
+            ),
         )
 
     @_named_errors
@@ -373,8 +414,15 @@ class Ledger:
         ).fetchone()
 
     @_named_errors
-    def record_delivery(self, case_id: str, obj: str, destination: str, fingerprint: str,
-                        model_id: str | None, remote_id: str | None) -> None:
+    def record_delivery(
+        self,
+        case_id: str,
+        obj: str,
+        destination: str,
+        fingerprint: str,
+        model_id: str | None,
+        remote_id: str | None,
+    ) -> None:
         """Record that one object of a case (e.g. ``"rtstruct"``) reached ``destination``."""
         self._db.execute(
             "INSERT OR REPLACE INTO deliveries (case_id, object, destination, fingerprint, "

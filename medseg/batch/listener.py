@@ -57,26 +57,38 @@ _AE_TITLE_MAX = 16
 def _ae_title(name: str, value: str) -> str:
     """``value`` as an AE title (PS3.5 VR AE, surrounding spaces dropped), or ConfigError."""
     title = value.strip() if isinstance(value, str) else ""
-    if not title or len(title) > _AE_TITLE_MAX or "\\" in title or not title.isascii() \
-            or not title.isprintable():
-        raise ConfigError(f"{name} must be an AE title of 1 to {_AE_TITLE_MAX} printable ASCII "
-                          f"characters without '\\', got {value!r}")
+    if (
+        not title
+        or len(title) > _AE_TITLE_MAX
+        or "\\" in title
+        or not title.isascii()
+        or not title.isprintable()
+    ):
+        raise ConfigError(
+            f"{name} must be an AE title of 1 to {_AE_TITLE_MAX} printable ASCII "
+            f"characters without '\\', got {value!r}"
+        )
     return title
 
 
 def _calling_aets(allowed: Sequence[str]) -> tuple[str, ...]:
     """The allowed calling AE titles, checked; ``()`` stands for any (``"*"``)."""
     if isinstance(allowed, str):
-        raise ConfigError(f"allowed_calling_aets must be a sequence of AE titles, "
-                          f"got the string {allowed!r}")
+        raise ConfigError(
+            f"allowed_calling_aets must be a sequence of AE titles, got the string {allowed!r}"
+        )
     titles = tuple(allowed)
     if not titles:
-        raise ConfigError("allowed_calling_aets is empty: name the calling AE titles that may "
-                          f"send, or {_ANY_CALLING_AET!r} to accept any")
+        raise ConfigError(
+            "allowed_calling_aets is empty: name the calling AE titles that may "
+            f"send, or {_ANY_CALLING_AET!r} to accept any"
+        )
     if _ANY_CALLING_AET in titles:
         if len(titles) > 1:
-            raise ConfigError(f"allowed_calling_aets: {_ANY_CALLING_AET!r} (any) cannot be "
-                              f"combined with AE titles, got {titles}")
+            raise ConfigError(
+                f"allowed_calling_aets: {_ANY_CALLING_AET!r} (any) cannot be "
+                f"combined with AE titles, got {titles}"
+            )
         return ()
     return tuple(_ae_title("allowed_calling_aets", t) for t in titles)
 
@@ -169,8 +181,9 @@ def listen(
     if not 1 <= port <= 65535:
         raise ConfigError(f"port must be in 1..65535, got {port}")
     if quiet_period_s < 0 or poll_s <= 0:
-        raise ConfigError(f"quiet_period_s must be >= 0 and poll_s > 0, got {quiet_period_s} "
-                          f"and {poll_s}")
+        raise ConfigError(
+            f"quiet_period_s must be >= 0 and poll_s > 0, got {quiet_period_s} and {poll_s}"
+        )
     if destination is not None:
         parse_url(destination)
     output_root = claim_output_root(output_root, inputs=(model,))
@@ -182,7 +195,9 @@ def listen(
     settings = settings or loaded.config.batch
     salt = load_salt(output_root)
     stop = stop or threading.Event()
-    arrivals: dict[str, float] = {d.name: time.monotonic() for d in incoming.iterdir() if d.is_dir()}
+    arrivals: dict[str, float] = {
+        d.name: time.monotonic() for d in incoming.iterdir() if d.is_dir()
+    }
     # studies processed (or being processed): a changed instance of one is refused
     with Ledger(output_root / LEDGER_NAME) as ledger:
         processed = {c for c in arrivals if ledger.case(c) is not None}
@@ -195,13 +210,19 @@ def listen(
                 return _SUCCESS  # an identical resend leaves the file and the fingerprint
             if case_id in processed:
                 if not reprocess_changed:
-                    log.warning("case %s: refused a changed instance (same SOPInstanceUID, "
-                                "other content) of a study already processed; the stored one "
-                                "stays (reprocess_changed is off)", case_id)
+                    log.warning(
+                        "case %s: refused a changed instance (same SOPInstanceUID, "
+                        "other content) of a study already processed; the stored one "
+                        "stays (reprocess_changed is off)",
+                        case_id,
+                    )
                     return _REFUSED_NOT_AUTHORISED
-                log.warning("case %s: a changed instance (same SOPInstanceUID, other "
-                            "content) replaces the stored one of a study already processed; "
-                            "it runs again (reprocess_changed)", case_id)
+                log.warning(
+                    "case %s: a changed instance (same SOPInstanceUID, other "
+                    "content) replaces the stored one of a study already processed; "
+                    "it runs again (reprocess_changed)",
+                    case_id,
+                )
         with atomic_path(target) as tmp:
             tmp.write_bytes(data)
         return _SUCCESS
@@ -243,10 +264,23 @@ def listen(
                 finally:
                     client.close()
 
-        summary = run_cases(specs, output_root, ref, link_inputs(study_dir), source="listener",
-                            settings=settings, loaded_model=loaded, after=deliver)
-        log.info("case %s: %d done, %d failed, %d objects sent", case_id, summary.n_done,
-                 summary.n_failed, sum(d.status == "sent" for d in delivered))
+        summary = run_cases(
+            specs,
+            output_root,
+            ref,
+            link_inputs(study_dir),
+            source="listener",
+            settings=settings,
+            loaded_model=loaded,
+            after=deliver,
+        )
+        log.info(
+            "case %s: %d done, %d failed, %d objects sent",
+            case_id,
+            summary.n_done,
+            summary.n_failed,
+            sum(d.status == "sent" for d in delivered),
+        )
         if on_study is not None:
             on_study(PacsSummary(summary, tuple(delivered), 0))
 
@@ -256,15 +290,22 @@ def listen(
     ae.require_called_aet = True
     ae.require_calling_aet = list(calling_aets)  # empty: any (allowed_calling_aets "*")
     try:
-        server = ae.start_server((host, port), block=False,
-                                 evt_handlers=[(evt.EVT_C_STORE, on_c_store)])
+        server = ae.start_server(
+            (host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_c_store)]
+        )
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     if not calling_aets and not _is_loopback(host):
-        log.warning("listening on %s for any calling AE title: whoever reaches port %d may "
-                    "send", host, port)
-    log.info("listening as %s on %s:%d for calling AE titles %s", aet, host, port,
-             ", ".join(calling_aets) or "any")
+        log.warning(
+            "listening on %s for any calling AE title: whoever reaches port %d may send", host, port
+        )
+    log.info(
+        "listening as %s on %s:%d for calling AE titles %s",
+        aet,
+        host,
+        port,
+        ", ".join(calling_aets) or "any",
+    )
     try:
         while not stop.wait(poll_s):
             now = time.monotonic()

@@ -202,8 +202,10 @@ def parse_url(url: str) -> tuple[str, tuple[str, str] | None]:
         raise ConfigError(f"PACS URL {shown!r} must not have a query (?...) or fragment (#...)")
     if "@" in url.partition("://")[2] and "@" not in parts.netloc:
         # the user or password holds a raw '/', '?' or '#' (or the path an '@')
-        raise ConfigError(f"PACS URL {shown!r} has an '@' after its host: a '/', '?' or '#' "
-                          "in a user or password must be percent-encoded")
+        raise ConfigError(
+            f"PACS URL {shown!r} has an '@' after its host: a '/', '?' or '#' "
+            "in a user or password must be percent-encoded"
+        )
     hostport = parts.netloc.rpartition("@")[2]
     port_text = hostport.rpartition("]")[2].partition(":")[2]
     if port_text and not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
@@ -246,14 +248,19 @@ class OrthancClient:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         try:
-            response = self._session.request(method, f"{self.url}{path}",
-                                             timeout=self._timeout_s, **kwargs)
+            response = self._session.request(
+                method, f"{self.url}{path}", timeout=self._timeout_s, **kwargs
+            )
         except requests.RequestException as exc:
             # requests' text names the URL (without credentials: they are in the session)
             raise InputError(_one_line(f"{self.url}: {method} {path} failed: {exc}")) from exc
         if response.status_code >= 400:
-            raise InputError(_one_line(f"{self.url}: {method} {path} answered HTTP "
-                                       f"{response.status_code}: {response.text[:200]}"))
+            raise InputError(
+                _one_line(
+                    f"{self.url}: {method} {path} answered HTTP "
+                    f"{response.status_code}: {response.text[:200]}"
+                )
+            )
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -275,13 +282,15 @@ class OrthancClient:
         dicom_query: dict[str, str] = {}
         if query.date_from or query.date_to:
             dicom_query["StudyDate"] = f"{query.date_from or ''}-{query.date_to or ''}"
-        studies = self._json("POST", "/tools/find",
-                             json={"Level": "Study", "Query": dicom_query, "Expand": True})
+        studies = self._json(
+            "POST", "/tools/find", json={"Level": "Study", "Query": dicom_query, "Expand": True}
+        )
         found = []
         for study in studies:
             series = self._json("GET", f"/studies/{study['ID']}/series")
-            wanted = tuple(s for s in series
-                           if s.get("MainDicomTags", {}).get("Modality") in query.modalities)
+            wanted = tuple(
+                s for s in series if s.get("MainDicomTags", {}).get("Modality") in query.modalities
+            )
             if wanted:
                 uid = study.get("MainDicomTags", {}).get("StudyInstanceUID", "")
                 # the series' stability, not the study's: results sent back into a study
@@ -314,14 +323,16 @@ class OrthancClient:
         failed = answer.get("00081198", {}).get("Value") if isinstance(answer, dict) else None
         stored = answer.get("00081199", {}).get("Value") if isinstance(answer, dict) else None
         if failed or not stored:
-            raise InputError(_one_line(f"{self.url}: STOW-RS of {path.name} was refused: "
-                                       f"{str(answer)[:200]}"))
+            raise InputError(
+                _one_line(f"{self.url}: STOW-RS of {path.name} was refused: {str(answer)[:200]}")
+            )
         uid = stored[0].get("00081155", {}).get("Value", [""])[0]
         return {"ID": uid, "Status": "Success"}
 
 
-def _retrieve(client: OrthancClient, studies: dict[str, StudyRef],
-              selection: SeriesSelection) -> Callable[[CaseSpec, Path], Path]:
+def _retrieve(
+    client: OrthancClient, studies: dict[str, StudyRef], selection: SeriesSelection
+) -> Callable[[CaseSpec, Path], Path]:
     def prepare(spec: CaseSpec, folder: Path) -> Path:
         """Download the study's candidate series into ``folder`` (the case's staging folder),
         then select one as in a folder. If any of it fails, ``folder`` is removed: a failed
@@ -350,8 +361,9 @@ def _retrieve(client: OrthancClient, studies: dict[str, StudyRef],
     return prepare
 
 
-def deliver(client: OrthancClient, ledger: Ledger, rows: Sequence[SummaryRow],
-             send: bool) -> list[Delivery]:
+def deliver(
+    client: OrthancClient, ledger: Ledger, rows: Sequence[SummaryRow], send: bool
+) -> list[Delivery]:
     deliveries = []
     for row in rows:
         if row.status not in ("done", "skipped") or row.out_dir is None:
@@ -365,7 +377,8 @@ def deliver(client: OrthancClient, ledger: Ledger, rows: Sequence[SummaryRow],
                 continue
             sent = ledger.delivered(row.case_id, obj, client.url)
             if sent is not None and (sent["fingerprint"], sent["model_id"]) == (
-                case["fingerprint"], case["model_id"]
+                case["fingerprint"],
+                case["model_id"],
             ):
                 deliveries.append(Delivery(row.case_id, obj, "already_sent", sent["remote_id"]))
                 continue
@@ -377,8 +390,14 @@ def deliver(client: OrthancClient, ledger: Ledger, rows: Sequence[SummaryRow],
                 log.warning("case %s: sending %s failed", row.case_id, obj)
                 deliveries.append(Delivery(row.case_id, obj, "failed", None, str(exc)))
                 continue
-            ledger.record_delivery(row.case_id, obj, client.url, case["fingerprint"],
-                                   case["model_id"], str(answer.get("ID")))
+            ledger.record_delivery(
+                row.case_id,
+                obj,
+                client.url,
+                case["fingerprint"],
+                case["model_id"],
+                str(answer.get("ID")),
+            )
             log.info("case %s: %s sent (%s)", row.case_id, obj, answer.get("Status"))
             deliveries.append(Delivery(row.case_id, obj, "sent", str(answer.get("ID"))))
     return deliveries
@@ -431,17 +450,25 @@ def run_pacs(
         settings = settings or loaded.config.batch
         found = client.find_studies(query)
         salt = load_salt(output_root)
-        studies = {case_id_for(s.study_instance_uid, salt): s for s in found
-                   if s.stable or query.include_unstable}
+        studies = {
+            case_id_for(s.study_instance_uid, salt): s
+            for s in found
+            if s.stable or query.include_unstable
+        }
         n_unstable = len(found) - len(studies)
         if n_unstable:
-            log.info("%d studies still arriving (not stable yet) are left for a later run",
-                     n_unstable)
+            log.info(
+                "%d studies still arriving (not stable yet) are left for a later run", n_unstable
+            )
         specs = [
-            CaseSpec(case_id, study.study_instance_uid,
-                     study.series[0]["MainDicomTags"].get("SeriesInstanceUID")
-                     if len(study.series) == 1 else None,
-                     study.fingerprint)
+            CaseSpec(
+                case_id,
+                study.study_instance_uid,
+                study.series[0]["MainDicomTags"].get("SeriesInstanceUID")
+                if len(study.series) == 1
+                else None,
+                study.fingerprint,
+            )
             for case_id, study in sorted(studies.items())
         ]
         delivered: list[Delivery] = []
@@ -450,9 +477,17 @@ def run_pacs(
             delivered.extend(deliver(client, ledger, rows, send))
 
         summary = run_cases(
-            specs, output_root, ref, _retrieve(client, studies, selection), source="pacs",
-            executor=executor, workers=workers, retry_failed=retry_failed,
-            ray_address=ray_address, settings=settings, progress=progress,
+            specs,
+            output_root,
+            ref,
+            _retrieve(client, studies, selection),
+            source="pacs",
+            executor=executor,
+            workers=workers,
+            retry_failed=retry_failed,
+            ray_address=ray_address,
+            settings=settings,
+            progress=progress,
             loaded_model=loaded if executor is Executor.LOCAL and workers == 1 else None,
             after=deliver,
         )

@@ -52,15 +52,26 @@ OUTPUT_MARKER = ".medseg-output"
 #: ``errno`` values that say the *output* side cannot be written (as opposed to a bug or an
 #: input that cannot be read); they become :class:`~medseg.errors.OutputError`.
 _OUTPUT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
-     errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EFBIG,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENAMETOOLONG,
+    }
 )
 
 
 def _reason(error: OSError) -> str:
-    return {errno.ENOSPC: "no space left on the device (disk full)",
-            errno.EDQUOT: "disk quota exceeded",
-            errno.EROFS: "read-only file system"}.get(error.errno or -1, error.strerror or str(error))
+    return {
+        errno.ENOSPC: "no space left on the device (disk full)",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "read-only file system",
+    }.get(error.errno or -1, error.strerror or str(error))
 
 
 def describe_os_error(error: OSError) -> str:
@@ -343,7 +354,9 @@ def atomic_dir(target: Path, *, overwrite: bool = False, marker: bool = True) ->
         if target.exists() and not existed:
             raise _appeared(target)
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+            )
             os.replace(target, old)
             os.replace(tmp, target)
         else:

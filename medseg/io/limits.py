@@ -35,8 +35,13 @@ from typing import Any, BinaryIO, Self
 from medseg.config import IngestConfig
 from medseg.errors import ResourceLimitError, UnreadableScanError
 
-__all__ = ["GZIP_WBITS", "INFLATE_CHUNK_BYTES", "RAW_DEFLATE_WBITS", "InflatedReader",
-           "require_within_limits"]
+__all__ = [
+    "GZIP_WBITS",
+    "INFLATE_CHUNK_BYTES",
+    "RAW_DEFLATE_WBITS",
+    "InflatedReader",
+    "require_within_limits",
+]
 
 #: The most bytes one call to zlib inflates (its ``max_length``), and the compressed bytes
 #: read from the file at a time.
@@ -127,7 +132,13 @@ class InflatedReader:
     """
 
     def __init__(
-        self, path: Path, *, wbits: int, limit: int, start: int = 0, what: object = None,
+        self,
+        path: Path,
+        *,
+        wbits: int,
+        limit: int,
+        start: int = 0,
+        what: object = None,
         limit_name: str = "the declared size",
     ) -> None:
         self.name = str(path)
@@ -217,8 +228,16 @@ class InflatedReader:
         self.release()
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("name", "limit", "limit_name", "budget", "_budget_name", "_what", "_start",
-                "_wbits")
+        keep = (
+            "name",
+            "limit",
+            "limit_name",
+            "budget",
+            "_budget_name",
+            "_what",
+            "_start",
+            "_wbits",
+        )
         return {key: self.__dict__[key] for key in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -294,16 +313,18 @@ class InflatedReader:
             try:
                 data = self._inflater.decompress(source, max_length)
             except zlib.error as exc:
-                raise self._fail(UnreadableScanError(
-                    f"{self._what}: compressed data cannot be inflated ({exc})"
-                )) from exc
+                raise self._fail(
+                    UnreadableScanError(f"{self._what}: compressed data cannot be inflated ({exc})")
+                ) from exc
             if data:
                 return data
             if not source and not self._inflater.eof:
-                raise self._fail(UnreadableScanError(
-                    f"{self._what}: compressed data end after {self._out} inflated bytes, "
-                    "before the end of the stream (truncated file?)"
-                ))
+                raise self._fail(
+                    UnreadableScanError(
+                        f"{self._what}: compressed data end after {self._out} inflated bytes, "
+                        "before the end of the stream (truncated file?)"
+                    )
+                )
         return b""
 
     def _produce(self, max_length: int) -> bytes:
@@ -312,10 +333,12 @@ class InflatedReader:
         if room <= 0:
             if self._ended or not self._inflate(1):
                 return b""
-            raise self._fail(ResourceLimitError(
-                f"{self._what}: inflates to more than {self.limit} bytes "
-                f"({_gib(self.limit)}), {self.limit_name}"
-            ))
+            raise self._fail(
+                ResourceLimitError(
+                    f"{self._what}: inflates to more than {self.limit} bytes "
+                    f"({_gib(self.limit)}), {self.limit_name}"
+                )
+            )
         data = self._inflate(min(max_length, room, INFLATE_CHUNK_BYTES))
         self._out += len(data)
         self._tail = (self._tail + data if len(data) < _KEEP_BYTES else data)[-_KEEP_BYTES:]
@@ -352,6 +375,8 @@ class InflatedReader:
         if self.budget is not None:
             self.budget -= got
             if self.budget < 0:
-                raise self._fail(ResourceLimitError(
-                    f"{self._what}: more than {self._budget_name} read into memory"
-                ))
+                raise self._fail(
+                    ResourceLimitError(
+                        f"{self._what}: more than {self._budget_name} read into memory"
+                    )
+                )

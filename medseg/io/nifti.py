@@ -35,8 +35,16 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 
 # nibabel raises these (and its own two) for unreadable headers and short or corrupt data
-_NIBABEL_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError,
-                   OSError, EOFError, ValueError, OverflowError, TypeError, zlib.error)
+_NIBABEL_ERRORS = (
+    nib.filebasedimages.ImageFileError,
+    nib.spatialimages.HeaderDataError,
+    OSError,
+    EOFError,
+    ValueError,
+    OverflowError,
+    TypeError,
+    zlib.error,
+)
 
 #: The most the header and extensions of a ``.nii.gz`` may inflate to, before its declared
 #: size is known (extensions are metadata: DICOM headers, CIFTI XML; a few MB at most).
@@ -44,9 +52,16 @@ NIFTI_HEADER_MAX_BYTES = 64 * 2**20
 
 #: Bytes per voxel of SimpleITK's scalar pixel types.
 _SITK_BYTES = {
-    sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2,
-    sitk.sitkUInt32: 4, sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8,
-    sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+    sitk.sitkUInt8: 1,
+    sitk.sitkInt8: 1,
+    sitk.sitkUInt16: 2,
+    sitk.sitkInt16: 2,
+    sitk.sitkUInt32: 4,
+    sitk.sitkInt32: 4,
+    sitk.sitkUInt64: 8,
+    sitk.sitkInt64: 8,
+    sitk.sitkFloat32: 4,
+    sitk.sitkFloat64: 8,
 }
 
 
@@ -62,9 +77,13 @@ def _as_kind(array: NDArray[Any], kind: VolumeKind, path: Path) -> NDArray[Any]:
     if kind is not VolumeKind.LABELS or np.issubdtype(array.dtype, np.integer):
         return array
     if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-        raise InputError(f"{path}: a label map must hold integer values, got non-integer {array.dtype}")
+        raise InputError(
+            f"{path}: a label map must hold integer values, got non-integer {array.dtype}"
+        )
     if array.min() < 0 or array.max() > 65535:
-        raise InputError(f"{path}: label values must be in 0..65535, got {array.min()}..{array.max()}")
+        raise InputError(
+            f"{path}: label values must be in 0..65535, got {array.min()}..{array.max()}"
+        )
     return array.astype(np.uint16 if array.max() > 255 else np.uint8)
 
 
@@ -74,7 +93,9 @@ def _open_nifti(path: Path) -> tuple[nib.Nifti1Image, InflatedReader | None]:
     if _suffix(path) != ".nii.gz":
         return cast(nib.Nifti1Image, nib.load(str(path))), None
     stream = InflatedReader(
-        path, wbits=GZIP_WBITS, limit=NIFTI_HEADER_MAX_BYTES,
+        path,
+        wbits=GZIP_WBITS,
+        limit=NIFTI_HEADER_MAX_BYTES,
         limit_name="the bound on a NIfTI header and its extensions",
     )
     head = stream.read(nib.Nifti2Header.sizeof_hdr)
@@ -139,7 +160,9 @@ def _load_nifti(path: Path, ingest: IngestConfig) -> tuple[NDArray[Any], geo.Geo
     raw_header = header_class(raw, check=False)
     zooms = raw_header["pixdim"][1:4]
     if any(not np.isfinite(z) or z <= 0 for z in zooms):
-        raise GeometryError(f"{path}: voxel spacing (pixdim) must be > 0, got {tuple(map(float, zooms))}")
+        raise GeometryError(
+            f"{path}: voxel spacing (pixdim) must be > 0, got {tuple(map(float, zooms))}"
+        )
     try:
         geometry = _qform_sform_geometry(image, data.shape, path)
     except _NIBABEL_ERRORS as exc:  # e.g. quaternion b, c, d of norm > 1: no rotation
@@ -151,7 +174,9 @@ def _load_nifti(path: Path, ingest: IngestConfig) -> tuple[NDArray[Any], geo.Geo
     return geo.nifti_array_to_array_order(data), geometry
 
 
-def _qform_sform_geometry(image: nib.Nifti1Image, shape: tuple[int, ...], path: Path) -> geo.Geometry:
+def _qform_sform_geometry(
+    image: nib.Nifti1Image, shape: tuple[int, ...], path: Path
+) -> geo.Geometry:
     """The grid nibabel and ITK agree on, warning when qform and sform disagree.
 
     nibabel uses the sform whenever ``sform_code > 0``; ITK (SimpleITK 2.x) uses it when

@@ -133,9 +133,13 @@ def export_rtstruct(
         InputError, UnreadableScanError: unreadable CT folder or label map.
     """
     ct_dir, labels_path, out_path = Path(ct_dir), Path(labels_path), Path(out_path)
-    check_output(out_path, inputs=(ct_dir, labels_path, rois_path), overwrite=overwrite,
-                 is_folder=False,
-                 is_medseg_file=lambda p: is_medseg_dicom(p, RTStructureSetStorage))
+    check_output(
+        out_path,
+        inputs=(ct_dir, labels_path, rois_path),
+        overwrite=overwrite,
+        is_folder=False,
+        is_medseg_file=lambda p: is_medseg_dicom(p, RTStructureSetStorage),
+    )
     reference = load_series(ct_dir)
     loaded = nifti.load(labels_path, VolumeKind.LABELS)
     try:
@@ -149,7 +153,9 @@ def export_rtstruct(
         array,
         reference.geometry,
         VolumeKind.LABELS,
-        SourceInfo(path=labels_path, frame_of_reference_uid=reference.source.frame_of_reference_uid),
+        SourceInfo(
+            path=labels_path, frame_of_reference_uid=reference.source.frame_of_reference_uid
+        ),
     )
     present = sorted(int(v) for v in np.unique(array) if v > 0)
     if rois_path is None:

@@ -52,6 +52,7 @@ SEG_POSITION_TOLERANCE_MM = 0.01
 
 _MAX_LO = 64
 
+
 def segment_codes(structure: Structure) -> tuple[Code, Code, Code | None]:
     """(Segmented Property Category, Type, Type Modifier) codes of one structure (SNOMED CT).
 
@@ -102,7 +103,9 @@ def write_seg(
     """
     out_path = Path(out_path)
     if labels.kind is not VolumeKind.LABELS:
-        raise ExportError(f"{out_path}: DICOM SEG export needs a LABELS volume, got {labels.kind.value}")
+        raise ExportError(
+            f"{out_path}: DICOM SEG export needs a LABELS volume, got {labels.kind.value}"
+        )
     require_same_geometry(labels, reference)
     if not segments:
         raise ExportError(f"{out_path}: no segments to write")
@@ -141,7 +144,9 @@ def write_seg(
             display_color=hd.color.CIELabColor.from_rgb(*segment.display_color),
         )
         if modifier is not None:  # laterality, inside the property type item (PS3.3 C.8.20.2)
-            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+            description.SegmentedPropertyTypeCodeSequence[
+                0
+            ].SegmentedPropertyTypeModifierCodeSequence = [
                 hd.sr.CodedConcept(modifier.value, modifier.scheme_designator, modifier.meaning)
             ]
         description.SegmentDescription = segment.standard_name or segment.name
@@ -300,9 +305,11 @@ def _read_segments(
     # one uint8 mask on the reference grid per segment
     require_within_limits(path, (len(numbers), *g.shape), 1, ingest)
     masks = {number: np.zeros(g.shape, dtype=np.uint8) for number in numbers}
-    threshold = 0 if str(seg.SegmentationType) == "BINARY" else int(
-        seg.get("MaximumFractionalValue", 1)
-    ) / 2
+    threshold = (
+        0
+        if str(seg.SegmentationType) == "BINARY"
+        else int(seg.get("MaximumFractionalValue", 1)) / 2
+    )
     for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
         if "PlaneOrientationSequence" in item:
             _require_plane(path, item, g)

@@ -19,6 +19,7 @@ __all__ = ["SUMMARY_PAGE", "CaseSummary", "read_case_summary", "write_summary_pa
 #: File name of the batch summary page in its folder.
 SUMMARY_PAGE = "summary.html"
 
+
 @dataclass(frozen=True, slots=True)
 class CaseSummary:
     """One case's row on the batch summary page (:func:`write_summary_page`).

@@ -45,9 +45,7 @@ def train_folds(
     from medseg.training.train import train
 
     cases = load_cases(config)
-    out_dir = claim_output_dir(
-        Path(out_dir), inputs=(config.data.datalist, config.data.dicom_root)
-    )
+    out_dir = claim_output_dir(Path(out_dir), inputs=(config.data.datalist, config.data.dicom_root))
     split_path = out_dir / SPLIT_FILE
     if split_path.is_file():
         all_folds = splits.load_folds(split_path)

@@ -55,11 +55,15 @@ def _entries(raw: object, key: str, source: Path) -> list[dict[str, str]]:
         isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("label"), str)
         for e in raw
     ):
-        raise ConfigError(f"{source}: {key!r} must be a list of {{'image': ..., 'label': ...}} entries")
+        raise ConfigError(
+            f"{source}: {key!r} must be a list of {{'image': ..., 'label': ...}} entries"
+        )
     return raw
 
 
-def _load_cases(entries: Sequence[dict[str, str]], root: Path, prefix: str) -> tuple[LabelledCase, ...]:
+def _load_cases(
+    entries: Sequence[dict[str, str]], root: Path, prefix: str
+) -> tuple[LabelledCase, ...]:
     cases = []
     for i, entry in enumerate(entries):
         image = load_image(root / entry["image"])
@@ -122,6 +126,8 @@ def load_datalist(path: Path, *, validation_cases: int = 1) -> Datalist:
         training, validation = training[:-validation_cases], training[-validation_cases:]
     root = path.parent
     try:
-        return Datalist(_load_cases(training, root, "training"), _load_cases(validation, root, "validation"))
+        return Datalist(
+            _load_cases(training, root, "training"), _load_cases(validation, root, "validation")
+        )
     except InputError as exc:
         raise type(exc)(f"{path}: {exc}") from exc

@@ -93,8 +93,10 @@ def cache_key(folder: Path, labels: Mapping[int, Sequence[str]], preprocess: Any
     digest.update(f"medseg-dicom-cache-{_CACHE_VERSION}".encode())
     digest.update(
         json.dumps(
-            {"labels": {str(k): list(v) for k, v in sorted(labels.items())},
-             "preprocess": preprocess},
+            {
+                "labels": {str(k): list(v) for k, v in sorted(labels.items())},
+                "preprocess": preprocess,
+            },
             sort_keys=True,
             default=str,
         ).encode()
@@ -198,8 +200,11 @@ def _write_cache(path: Path, image: Volume, labels: Volume) -> None:
             origin_mm=np.asarray(g.origin_mm, dtype=np.float64),
             direction=np.asarray(g.direction, dtype=np.float64),
             uids=np.asarray(
-                [image.source.series_instance_uid or "", image.source.frame_of_reference_uid or "",
-                 image.source.modality or ""]
+                [
+                    image.source.series_instance_uid or "",
+                    image.source.frame_of_reference_uid or "",
+                    image.source.modality or "",
+                ]
             ),
         )
 

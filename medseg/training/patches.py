@@ -26,7 +26,12 @@ from medseg.preprocess import (
 from medseg.volume import Volume, VolumeKind, require_same_geometry
 
 __all__ = [
-    "PreparedCase", "augmentation", "augmented", "check_pair", "prepare_case", "sample_patches",
+    "PreparedCase",
+    "augmentation",
+    "augmented",
+    "check_pair",
+    "prepare_case",
+    "sample_patches",
 ]
 
 
@@ -108,8 +113,10 @@ def sample_patches(
         shape = np.asarray(case.image.shape)
         for _ in range(config.train.samples_per_case):
             if case.foreground.size and rng.random() < config.train.foreground_fraction:
-                voxels = case.by_label[rng.integers(len(case.by_label))] if case.by_label else (
-                    case.foreground
+                voxels = (
+                    case.by_label[rng.integers(len(case.by_label))]
+                    if case.by_label
+                    else (case.foreground)
                 )
                 flat = voxels[rng.integers(voxels.size)]
                 centre = np.asarray(np.unravel_index(flat, case.image.shape))
@@ -120,7 +127,6 @@ def sample_patches(
             images.append(case.image[window])
             labels.append(case.labels[window])
     return np.stack(images)[:, None], np.stack(labels)[:, None]
-
 
 
 def augmentation(train_cfg: TrainConfig) -> Any:

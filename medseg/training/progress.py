@@ -121,4 +121,3 @@ class Progress:
 
 def progress_bar(enabled: bool | None, epochs: int, steps: int, done: int) -> Progress:
     return Progress(enabled, epochs, steps, done)
-

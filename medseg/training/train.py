@@ -241,9 +241,7 @@ def train(
             model=network,
             loss_fn=_loss(train_cfg.loss),
             optimizer=optimizer,
-            scaler=torch.amp.GradScaler(
-                device.type, enabled=autocast_dtype is torch.float16
-            ),
+            scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype is torch.float16),
             device=device,
             autocast_dtype=autocast_dtype,
             deep_supervision=config.model.deep_supervision,
@@ -252,9 +250,19 @@ def train(
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda index: lr_factor(train_cfg, index)
         )
-        return _run(config, loop, scheduler, rng, cases, val_cases if rank == 0 else [],
-                    Path(out_dir), tracker if rank == 0 else None, resume_from, progress,
-                    main=rank == 0)
+        return _run(
+            config,
+            loop,
+            scheduler,
+            rng,
+            cases,
+            val_cases if rank == 0 else [],
+            Path(out_dir),
+            tracker if rank == 0 else None,
+            resume_from,
+            progress,
+            main=rank == 0,
+        )
 
 
 def _run(
@@ -329,16 +337,20 @@ def _run(
                     )
                 if best_dice is None or val_dice > best_dice:
                     best_dice, best_epoch, stale = val_dice, epoch, 0
-                    save_checkpoint(
-                        best_path, network, config, _extra(epoch, train_loss, val_dice)
-                    )
+                    save_checkpoint(best_path, network, config, _extra(epoch, train_loss, val_dice))
                 else:
                     stale += 1
             seconds = time.perf_counter() - started
             metrics["epoch_seconds"] = seconds
             history.append(
                 EpochRecord(
-                    epoch, train_loss, val_dice, seconds, lr, dice_per_label, hd95_per_label,
+                    epoch,
+                    train_loss,
+                    val_dice,
+                    seconds,
+                    lr,
+                    dice_per_label,
+                    hd95_per_label,
                     tuple(step_losses),
                 )
             )
@@ -471,7 +483,10 @@ def _optimizer(network: torch.nn.Module, train_cfg: TrainConfig) -> torch.optim.
         return torch.optim.AdamW(params, lr=lr, weight_decay=decay)
     if train_cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=lr, momentum=train_cfg.momentum, nesterov=train_cfg.momentum > 0,
+            params,
+            lr=lr,
+            momentum=train_cfg.momentum,
+            nesterov=train_cfg.momentum > 0,
             weight_decay=decay,
         )
     return torch.optim.Adam(params, lr=lr, weight_decay=decay)
@@ -542,9 +557,7 @@ def _restore(
 ) -> dict[str, Any]:
     checkpoint = load_checkpoint(path)
     if checkpoint.config.model != config.model:
-        raise ConfigError(
-            f"{path}: cannot resume: it was trained with a different model config"
-        )
+        raise ConfigError(f"{path}: cannot resume: it was trained with a different model config")
     state = load_training_state(path)
     loop.model.load_state_dict(checkpoint.network.state_dict())
     loop.optimizer.load_state_dict(state["optimizer"])

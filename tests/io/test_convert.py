@@ -60,7 +60,9 @@ def test_cli_convert_partial_import_and_refusal(tmp_path: Path) -> None:
     refused = runner.invoke(app, ["convert", str(folder), str(tmp_path / "a"), "--rtstruct", rs])
     assert refused.exit_code == 2
     assert "cannot be placed" in refused.output and not (tmp_path / "a").exists()
-    ok = runner.invoke(app, ["convert", str(folder), str(tmp_path / "b"), "--rtstruct", rs, "--partial"])
+    ok = runner.invoke(
+        app, ["convert", str(folder), str(tmp_path / "b"), "--rtstruct", rs, "--partial"]
+    )
     assert ok.exit_code == 0, ok.output
     names = sorted(p.name for p in (tmp_path / "b" / "masks").iterdir())
     assert names == [f"ROI-{i}.nii.gz" for i in range(1, 5)]
@@ -78,11 +80,15 @@ def test_convert_refuses_missing_references_unless_partial(tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
     with pytest.warns(UserWarning, match="partial import"):
         result = convert_dicom(
-            folder, tmp_path / "out", rtstruct=folder / "rtss.dcm",
+            folder,
+            tmp_path / "out",
+            rtstruct=folder / "rtss.dcm",
             ingest=IngestConfig(unplaced_contours="skip"),
         )
     ds = pydicom.dcmread(folder / "rtss.dcm")
     assert list(result.masks) == [str(r.ROIName) for r in ds.StructureSetROISequence]
     assert result.masks["Lt Lung"].name == "Lt_Lung.nii.gz"
-    filled = {name for name, path in result.masks.items() if np.asarray(nib.load(str(path)).dataobj).any()}
+    filled = {
+        name for name, path in result.masks.items() if np.asarray(nib.load(str(path)).dataobj).any()
+    }
     assert filled == {"BODY"}  # the only ROI with a contour on the one CT slice present

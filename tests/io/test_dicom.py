@@ -126,7 +126,9 @@ def test_each_slice_position_matches_its_own_header() -> None:
     by_uid = {}
     for p in folder.iterdir():
         ds = pydicom.dcmread(p, stop_before_pixels=True)
-        by_uid[ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID] = np.array([float(v) for v in ds.ImagePositionPatient])
+        by_uid[ds.SOPInstanceUID or ds.file_meta.MediaStorageSOPInstanceUID] = np.array(
+            [float(v) for v in ds.ImagePositionPatient]
+        )
     expected = np.stack([by_uid[u] for u in volume.source.sop_instance_uids])
     np.testing.assert_allclose(geo.slice_positions_mm(volume.geometry), expected, atol=1e-3)
 
@@ -144,7 +146,9 @@ def _oblique(shape: tuple[int, int, int]) -> Geometry:
         pytest.param(_oblique((5, 8, 7)), id="oblique"),
     ],
 )
-def test_written_series_reads_back_and_matches_simpleitk(tmp_path: Path, geometry: Geometry) -> None:
+def test_written_series_reads_back_and_matches_simpleitk(
+    tmp_path: Path, geometry: Geometry
+) -> None:
     array = np.random.default_rng(1).integers(-1024, 3000, geometry.shape).astype(np.int16)
     written = write_series(Volume(array, geometry), tmp_path / "ct", uid_seed="test")
     again = load_series(tmp_path / "ct")
@@ -160,7 +164,11 @@ def test_written_series_passes_dciodvfy(tmp_path: Path) -> None:
     write_series(Volume(np.zeros(g.shape, np.int16), g), tmp_path / "ct")
     for path in sorted((tmp_path / "ct").iterdir()):
         result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, check=False)
-        errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+        errors = [
+            line
+            for line in (result.stdout + result.stderr).splitlines()
+            if line.startswith("Error")
+        ]
         assert errors == [], f"{path.name}: {errors}"
 
 
@@ -175,7 +183,10 @@ def test_write_refuses_to_overwrite(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [pytest.param(v, id=repr(v)) for v in (-26.399997413158417, 1e-12, 123456789.123456, -0.0001234, 0.5)],
+    [
+        pytest.param(v, id=repr(v))
+        for v in (-26.399997413158417, 1e-12, 123456789.123456, -0.0001234, 0.5)
+    ],
 )
 def test_format_ds_fits_16_characters(value: float) -> None:
     text = format_ds(value)
@@ -217,7 +228,9 @@ def test_two_image_series_are_refused_and_listed(tmp_path: Path) -> None:
         load_series(tmp_path)
     for written in (a, b):
         number = 1 if written is a else 2
-        assert f"{written.source.series_instance_uid} (CT, series {number}, 2 slices)" in str(info.value)
+        assert f"{written.source.series_instance_uid} (CT, series {number}, 2 slices)" in str(
+            info.value
+        )
 
 
 # --- mutations of a real series: each gives exactly one named outcome --------------------------
@@ -284,7 +297,9 @@ def _tilt(s: Slices) -> Slices:
     z0 = float(s[0][1].ImagePositionPatient[2])
     for _, ds in s:
         x, y, z = (float(v) for v in ds.ImagePositionPatient)
-        ds.ImagePositionPatient = [format_ds(v) for v in (x, y + (z - z0) * np.tan(np.radians(15)), z)]
+        ds.ImagePositionPatient = [
+            format_ds(v) for v in (x, y + (z - z0) * np.tan(np.radians(15)), z)
+        ]
     return s
 
 
@@ -295,7 +310,9 @@ def _tilt(s: Slices) -> Slices:
         pytest.param(_duplicate_slice, DuplicateSliceError, (2,), id="duplicate-position"),
         pytest.param(_shift_one_slice, UnevenSpacingError, (3,), id="uneven-spacing"),
         pytest.param(_rotate_one_orientation, MixedOrientationError, (2,), id="mixed-orientation"),
-        pytest.param(_stretch_one_pixel_spacing, MixedPixelSpacingError, (2,), id="mixed-pixel-spacing"),
+        pytest.param(
+            _stretch_one_pixel_spacing, MixedPixelSpacingError, (2,), id="mixed-pixel-spacing"
+        ),
         pytest.param(_tilt, GantryTiltError, (0, 5), id="gantry-tilt"),
     ],
 )
@@ -327,14 +344,18 @@ def test_oblique_copy_keeps_its_direction_and_every_slice_position(tmp_path: Pat
     by_uid = {ds.SOPInstanceUID: [float(v) for v in ds.ImagePositionPatient] for _, ds in slices}
     expected = np.array([by_uid[u] for u in volume.source.sop_instance_uids])
     np.testing.assert_allclose(geo.slice_positions_mm(volume.geometry), expected, atol=1e-3)
-    np.testing.assert_allclose(volume.geometry.direction_matrix, rot @ np.asarray(AXIAL_DIRECTION).reshape(3, 3), atol=1e-5)
+    np.testing.assert_allclose(
+        volume.geometry.direction_matrix, rot @ np.asarray(AXIAL_DIRECTION).reshape(3, 3), atol=1e-5
+    )
     _assert_same_as_sitk(volume, folder)
 
 
 def test_non_dicom_file_named_dcm_inside_a_series_is_named(tmp_path: Path) -> None:
     folder = _save(_real_slices(n=3), tmp_path / "series")
     (folder / "IMG_0099.dcm").write_text("this is a note, not a slice")
-    with pytest.raises(UnreadableScanError, match=r"IMG_0099\.dcm: named \.dcm but is not a DICOM file"):
+    with pytest.raises(
+        UnreadableScanError, match=r"IMG_0099\.dcm: named \.dcm but is not a DICOM file"
+    ):
         load_series(folder)
 
 
@@ -357,7 +378,11 @@ def _two_series_and_a_localizer(tmp_path: Path) -> tuple[Path, str, str]:
     # the head series' pixel data is cut short: only reading its pixels would fail
     victim = tmp_path / "patient" / "study2" / "head" / head[1][0]
     victim.write_bytes(victim.read_bytes()[:-1000])
-    return tmp_path / "patient", str(lung[0][1].SeriesInstanceUID), str(head[0][1].SeriesInstanceUID)
+    return (
+        tmp_path / "patient",
+        str(lung[0][1].SeriesInstanceUID),
+        str(head[0][1].SeriesInstanceUID),
+    )
 
 
 def test_several_series_need_a_selection_and_the_error_lists_them(tmp_path: Path) -> None:
@@ -379,7 +404,10 @@ def test_selection_picks_one_series_and_reads_only_its_pixels(tmp_path: Path) ->
 
 def test_truncated_pixel_data_of_the_selected_series_is_named(tmp_path: Path) -> None:
     folder, _, _ = _two_series_and_a_localizer(tmp_path)
-    with pytest.raises(UnreadableScanError, match=r"head/IMG_\d+\.dcm: truncated DICOM file: element \(7FE0,0010\) declares 522242 bytes, the file holds 521242"):
+    with pytest.raises(
+        UnreadableScanError,
+        match=r"head/IMG_\d+\.dcm: truncated DICOM file: element \(7FE0,0010\) declares 522242 bytes, the file holds 521242",
+    ):
         load_series(folder, SeriesSelection(include_description="(?i)head"))
 
 
@@ -436,7 +464,9 @@ def test_real_series_reencoded_loads_identically(tmp_path: Path, syntax: str) ->
     folder.mkdir()
     for name, ds in slices:
         ds.save_as(folder / name, implicit_vr=False, little_endian=True, enforce_file_format=True)
-    assert {str(pydicom.dcmread(p).file_meta.TransferSyntaxUID) for p in folder.iterdir()} == {syntax}
+    assert {str(pydicom.dcmread(p).file_meta.TransferSyntaxUID) for p in folder.iterdir()} == {
+        syntax
+    }
     again = load_series(folder)
     assert geo.geometries_equal(again.geometry, reference.geometry)
     np.testing.assert_array_equal(again.array, reference.array)
@@ -460,7 +490,10 @@ def test_real_series_reencoded_as_jpeg_lossless_loads_identically(tmp_path: Path
         writer.SetFile(reader.GetFile())
         writer.SetImage(change.GetOutput())
         assert writer.Write()
-    assert pydicom.dcmread(tmp_path / "jpeg" / slices[0][0]).file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
+    assert (
+        pydicom.dcmread(tmp_path / "jpeg" / slices[0][0]).file_meta.TransferSyntaxUID
+        == pydicom.uid.JPEGLosslessSV1
+    )
     np.testing.assert_array_equal(load_series(tmp_path / "jpeg").array, load_series(plain).array)
 
 
@@ -480,7 +513,9 @@ def test_jpeg_baseline_decodes_like_pillow_and_simpleitk(tmp_path: Path) -> None
     ds.PixelRepresentation = 0
     ds.RescaleIntercept, ds.RescaleSlope = 0, 1
     (tmp_path / "s").mkdir()
-    ds.save_as(tmp_path / "s" / "x.dcm", implicit_vr=False, little_endian=True, enforce_file_format=True)
+    ds.save_as(
+        tmp_path / "s" / "x.dcm", implicit_vr=False, little_endian=True, enforce_file_format=True
+    )
     volume = load_series(tmp_path / "s")
     pillow = np.asarray(Image.open(buffer))
     assert np.abs(_stored(volume)[0] - pillow).max() <= 1  # two libjpeg builds: IDCT rounding
@@ -511,8 +546,14 @@ def test_undecodable_jpeg_is_a_named_error(tmp_path: Path) -> None:
     "name",
     [
         pytest.param(n, id=n.removeprefix("MR_small_").removesuffix(".dcm"))
-        for n in ("MR_small_bigendian.dcm", "MR_small_expb.dcm", "MR_small_implicit.dcm",
-                  "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm")
+        for n in (
+            "MR_small_bigendian.dcm",
+            "MR_small_expb.dcm",
+            "MR_small_implicit.dcm",
+            "MR_small_RLE.dcm",
+            "MR_small_jp2klossless.dcm",
+            "MR_small_jpeg_ls_lossless.dcm",
+        )
     ],
 )
 def test_pydicom_mr_variants_equal_the_plain_file(tmp_path: Path, name: str) -> None:
@@ -522,7 +563,9 @@ def test_pydicom_mr_variants_equal_the_plain_file(tmp_path: Path, name: str) -> 
     plain, variant = load_series(tmp_path / "plain"), load_series(tmp_path / "variant")
     assert geo.geometries_equal(variant.geometry, plain.geometry)
     np.testing.assert_array_equal(variant.array, plain.array)
-    np.testing.assert_array_equal(plain.array[0], pydicom.dcmread(tmp_path / "plain" / "MR_small.dcm").pixel_array)
+    np.testing.assert_array_equal(
+        plain.array[0], pydicom.dcmread(tmp_path / "plain" / "MR_small.dcm").pixel_array
+    )
 
 
 def test_pixel_padding_becomes_the_smallest_real_value(tmp_path: Path) -> None:
@@ -547,34 +590,52 @@ def test_enhanced_ct_frames_take_their_per_frame_positions() -> None:
     volume = load_series(folder)
     ds = pydicom.dcmread(path)
     frames = ds.PerFrameFunctionalGroupsSequence
-    positions = [[float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient] for f in frames]
+    positions = [
+        [float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient] for f in frames
+    ]
     assert volume.geometry.shape == (2, 512, 512)
     assert volume.geometry.spacing_mm == pytest.approx((10.0, 0.388672, 0.388672))
     # sorted along the normal (row x column cosine = -z here), as for single-frame series
     order = np.argsort([-p[2] for p in positions])
-    np.testing.assert_allclose(geo.slice_positions_mm(volume.geometry), np.array(positions)[order], atol=1e-3)
+    np.testing.assert_allclose(
+        geo.slice_positions_mm(volume.geometry), np.array(positions)[order], atol=1e-3
+    )
     shared = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
-    expected = ds.pixel_array[order].astype(np.int64) * int(float(shared.RescaleSlope)) + int(float(shared.RescaleIntercept))
+    expected = ds.pixel_array[order].astype(np.int64) * int(float(shared.RescaleSlope)) + int(
+        float(shared.RescaleIntercept)
+    )
     np.testing.assert_array_equal(volume.array, expected)
     # SimpleITK keeps frame order; the same world position holds the same pixels
     image = sitk.ReadImage(str(folder / path.name))
     theirs = sitk.GetArrayFromImage(image)
     for k in range(2):
         origin = image.TransformIndexToPhysicalPoint((0, 0, k))
-        ours = int(np.argmin(np.linalg.norm(geo.slice_positions_mm(volume.geometry) - origin, axis=1)))
+        ours = int(
+            np.argmin(np.linalg.norm(geo.slice_positions_mm(volume.geometry) - origin, axis=1))
+        )
         np.testing.assert_array_equal(volume.array[ours], theirs[k])
 
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, id=n) for n in ("emri_small.dcm", "emri_small_big_endian.dcm", "emri_small_RLE.dcm",
-                                     "emri_small_jpeg_ls_lossless.dcm", "emri_small_jpeg_2k_lossless.dcm")],
+    [
+        pytest.param(n, id=n)
+        for n in (
+            "emri_small.dcm",
+            "emri_small_big_endian.dcm",
+            "emri_small_RLE.dcm",
+            "emri_small_jpeg_ls_lossless.dcm",
+            "emri_small_jpeg_2k_lossless.dcm",
+        )
+    ],
 )
 def test_enhanced_mr_without_frame_geometry_is_refused(tmp_path: Path, name: str) -> None:
     """pydicom's emri_small files carry no functional groups: SimpleITK reads them with origin
     0 and spacing 1 (silently wrong); medseg names the missing geometry instead."""
     shutil.copy(_pydicom_file(name), tmp_path / name)
-    with pytest.raises(GeometryError, match=rf"{name}: 10 frames but no PerFrameFunctionalGroupsSequence"):
+    with pytest.raises(
+        GeometryError, match=rf"{name}: 10 frames but no PerFrameFunctionalGroupsSequence"
+    ):
         load_series(tmp_path)
 
 
@@ -671,7 +732,9 @@ def test_pixel_data_shorter_than_rows_times_columns_is_named(tmp_path: Path) -> 
     short = slices[1][1]
     short.PixelData = short.PixelData[: len(short.PixelData) // 2]  # a consistent, short file
     folder = _save(slices, tmp_path / "s")
-    with pytest.raises(UnreadableScanError, match=rf"{slices[1][0]}: pixel data has \d+ bytes, expected"):
+    with pytest.raises(
+        UnreadableScanError, match=rf"{slices[1][0]}: pixel data has \d+ bytes, expected"
+    ):
         load_series(folder)
 
 

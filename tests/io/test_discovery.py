@@ -44,7 +44,11 @@ def test_dicomdir_tree_with_several_studies() -> None:
     assert inventory.n_dicom_files < inventory.n_files - len(dicomdirs) + 1  # DICOMDIRs skipped
     by_description = {s.series_description: s for s in inventory.series}
     smart = by_description["SmartScore - Gated 0.5 sec"]
-    assert (smart.kind, smart.orientation, smart.n_slices) == (SeriesKind.VOLUME, Orientation.AXIAL, 5)
+    assert (smart.kind, smart.orientation, smart.n_slices) == (
+        SeriesKind.VOLUME,
+        Orientation.AXIAL,
+        5,
+    )
     assert smart.pixel_spacing_mm == pytest.approx((0.488281, 0.488281))
     assert smart.slice_spacing_mm == pytest.approx(2.5)
     assert smart.problems == ()
@@ -74,8 +78,12 @@ def test_mixed_folder_lists_every_object_and_problem(tmp_path: Path) -> None:
     assert inventory.problems[0].files == ("a/broken",)
     kinds = {s.modality: s.kind for s in inventory.series}
     assert kinds == {
-        "CT": SeriesKind.VOLUME, "RTSTRUCT": SeriesKind.NON_IMAGE, "RTPLAN": SeriesKind.NON_IMAGE,
-        "RTDOSE": SeriesKind.NON_IMAGE, "SR": SeriesKind.NON_IMAGE, "MR": SeriesKind.VOLUME,
+        "CT": SeriesKind.VOLUME,
+        "RTSTRUCT": SeriesKind.NON_IMAGE,
+        "RTPLAN": SeriesKind.NON_IMAGE,
+        "RTDOSE": SeriesKind.NON_IMAGE,
+        "SR": SeriesKind.NON_IMAGE,
+        "MR": SeriesKind.VOLUME,
     }
     ct = next(s for s in inventory.series if s.modality == "CT")
     assert ct.n_slices == 60 and ct.problems == () and ct.orientation is Orientation.AXIAL
@@ -85,7 +93,9 @@ def test_mixed_folder_lists_every_object_and_problem(tmp_path: Path) -> None:
     # a broken file stops loading; it is named
     from medseg.io.dicom import load_series
 
-    with pytest.raises(UnreadableScanError, match=r"a/broken: truncated DICOM file: element \(0020,000D\)"):
+    with pytest.raises(
+        UnreadableScanError, match=r"a/broken: truncated DICOM file: element \(0020,000D\)"
+    ):
         load_series(tmp_path)
 
 
@@ -114,7 +124,9 @@ def test_inventory_is_json_and_free_of_patient_identifiers(tmp_path: Path) -> No
         pytest.param((0, 0.6, 0.8, 0, 0.8, -0.6, 1, 0, 0), Orientation.OBLIQUE, id="oblique"),
     ],
 )
-def test_orientation_is_classified(tmp_path: Path, direction: tuple[float, ...], expected: Orientation) -> None:
+def test_orientation_is_classified(
+    tmp_path: Path, direction: tuple[float, ...], expected: Orientation
+) -> None:
     g = Geometry((3, 4, 5), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(float(v) for v in direction))
     write_series(Volume(np.zeros(g.shape, np.int16), g), tmp_path / "s")
     (series,) = scan_folder(tmp_path).series
@@ -138,12 +150,26 @@ def test_scan_refuses_a_file_path(tmp_path: Path) -> None:
 # --- selection rules (exact, hand-made inventories) ------------------------------------------
 
 _BASE = SeriesEntry(
-    series_instance_uid="1.2.3", study_instance_uid="1.2", frame_of_reference_uid=None,
-    modality="CT", series_description="CHEST", series_number=1, sop_class_uid=None,
-    sop_class_name="CT Image Storage", kind=SeriesKind.VOLUME, n_files=100, n_slices=100,
-    rows=512, columns=512, orientation=Orientation.AXIAL, pixel_spacing_mm=(0.8, 0.8),
-    slice_spacing_mm=3.0, image_type=("ORIGINAL", "PRIMARY", "AXIAL"), is_localizer=False,
-    transfer_syntaxes=(), problems=(),
+    series_instance_uid="1.2.3",
+    study_instance_uid="1.2",
+    frame_of_reference_uid=None,
+    modality="CT",
+    series_description="CHEST",
+    series_number=1,
+    sop_class_uid=None,
+    sop_class_name="CT Image Storage",
+    kind=SeriesKind.VOLUME,
+    n_files=100,
+    n_slices=100,
+    rows=512,
+    columns=512,
+    orientation=Orientation.AXIAL,
+    pixel_spacing_mm=(0.8, 0.8),
+    slice_spacing_mm=3.0,
+    image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
+    is_localizer=False,
+    transfer_syntaxes=(),
+    problems=(),
 )
 
 
@@ -155,14 +181,32 @@ def _series(uid: str, **changes: object) -> SeriesEntry:
     return dataclasses.replace(_BASE, series_instance_uid=uid, **changes)  # type: ignore[arg-type]
 
 
-THICK = _series("1.1", series_description="CHEST 3mm", slice_spacing_mm=3.0, n_slices=100, series_number=2)
-THIN = _series("1.2", series_description="CHEST 1mm", slice_spacing_mm=1.0, n_slices=250, series_number=3)
-SHORT_THIN = _series("1.3", series_description="CHEST 1mm recon", slice_spacing_mm=1.0, n_slices=80, series_number=4)
-SCOUT = _series("1.4", series_description="Topogram", n_slices=1, is_localizer=True, series_number=1,
-                image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+THICK = _series(
+    "1.1", series_description="CHEST 3mm", slice_spacing_mm=3.0, n_slices=100, series_number=2
+)
+THIN = _series(
+    "1.2", series_description="CHEST 1mm", slice_spacing_mm=1.0, n_slices=250, series_number=3
+)
+SHORT_THIN = _series(
+    "1.3", series_description="CHEST 1mm recon", slice_spacing_mm=1.0, n_slices=80, series_number=4
+)
+SCOUT = _series(
+    "1.4",
+    series_description="Topogram",
+    n_slices=1,
+    is_localizer=True,
+    series_number=1,
+    image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+)
 MR = _series("1.5", modality="MR", series_description="T1 axial", n_slices=150, series_number=5)
-RTSTRUCT = _series("1.6", modality="RTSTRUCT", kind=SeriesKind.NON_IMAGE, n_slices=1,
-                   series_description="contours", sop_class_name="RT Structure Set Storage")
+RTSTRUCT = _series(
+    "1.6",
+    modality="RTSTRUCT",
+    kind=SeriesKind.NON_IMAGE,
+    n_slices=1,
+    series_description="contours",
+    sop_class_name="RT Structure Set Storage",
+)
 ALL = (THICK, THIN, SHORT_THIN, SCOUT, MR, RTSTRUCT)
 
 
@@ -171,12 +215,28 @@ ALL = (THICK, THIN, SHORT_THIN, SCOUT, MR, RTSTRUCT)
     [
         pytest.param({"modalities": ("MR",)}, MR, id="modality"),
         pytest.param({"modalities": ("CT",), "min_slices": 200}, THIN, id="min-slices"),
-        pytest.param({"modalities": ("CT",), "include_description": "3mm"}, THICK, id="include-regex"),
-        pytest.param({"modalities": ("CT",), "exclude_description": "1mm"}, THICK, id="exclude-regex"),
+        pytest.param(
+            {"modalities": ("CT",), "include_description": "3mm"}, THICK, id="include-regex"
+        ),
+        pytest.param(
+            {"modalities": ("CT",), "exclude_description": "1mm"}, THICK, id="exclude-regex"
+        ),
         pytest.param({"modalities": ("CT",), "prefer": "most_slices"}, THIN, id="most-slices"),
-        pytest.param({"modalities": ("CT",), "prefer": "thinnest", "require": "first"}, THIN, id="thinnest-first"),
-        pytest.param({"modalities": ("CT",), "min_slices": 1, "exclude_localizers": False,
-                          "include_description": "(?i)topo"}, SCOUT, id="localizer-allowed"),
+        pytest.param(
+            {"modalities": ("CT",), "prefer": "thinnest", "require": "first"},
+            THIN,
+            id="thinnest-first",
+        ),
+        pytest.param(
+            {
+                "modalities": ("CT",),
+                "min_slices": 1,
+                "exclude_localizers": False,
+                "include_description": "(?i)topo",
+            },
+            SCOUT,
+            id="localizer-allowed",
+        ),
     ],
 )
 def test_selection_rules(rules: dict[str, object], expected: SeriesEntry) -> None:
@@ -188,7 +248,9 @@ def test_a_localizer_and_an_rtstruct_never_compete_with_the_one_series() -> None
 
 
 def test_tied_preference_with_exactly_one_lists_the_tied_series() -> None:
-    with pytest.raises(InputError, match="2 series match the selection rules equally good by prefer=thinnest") as info:
+    with pytest.raises(
+        InputError, match="2 series match the selection rules equally good by prefer=thinnest"
+    ) as info:
         select_series(_inventory(*ALL), SeriesSelection(modalities=("CT",), prefer="thinnest"))
     assert "1.2 (CT, series 3, 250 slices)" in str(info.value)
     assert "1.3 (CT, series 4, 80 slices)" in str(info.value)
@@ -203,7 +265,10 @@ def test_no_match_lists_every_series_with_its_reason() -> None:
     assert "1.2 (CT, series 3, 250 slices): 250 slices < min_slices 300" in message
     assert "1.4 (CT, series 1, 1 slices, localizer): 1 slices < min_slices 300" in message
     assert "1.5 (MR, series 5, 150 slices): modality MR not in ['CT']" in message
-    assert "1.6 (RTSTRUCT, series 1, 1 objects): not a CT/MR image volume (RT Structure Set Storage)" in message
+    assert (
+        "1.6 (RTSTRUCT, series 1, 1 objects): not a CT/MR image volume (RT Structure Set Storage)"
+        in message
+    )
 
 
 def test_empty_inventory_says_so() -> None:
@@ -214,16 +279,28 @@ def test_empty_inventory_says_so() -> None:
 @pytest.mark.parametrize(
     ("yaml_section", "message"),
     [
-        pytest.param("{include_description: '(unclosed'}", "series_selection.include_description: not a valid regular expression", id="bad-regex"),
-        pytest.param("{modalities: []}", "series_selection.modalities: modalities must be non-empty", id="no-modality"),
+        pytest.param(
+            "{include_description: '(unclosed'}",
+            "series_selection.include_description: not a valid regular expression",
+            id="bad-regex",
+        ),
+        pytest.param(
+            "{modalities: []}",
+            "series_selection.modalities: modalities must be non-empty",
+            id="no-modality",
+        ),
         pytest.param("{modalities: [PET]}", "series_selection.modalities.0", id="unknown-modality"),
         pytest.param("{prefer: thickest}", "series_selection.prefer", id="unknown-preference"),
         pytest.param("{min_slice: 3}", "series_selection.min_slice: unknown key", id="typo"),
-        pytest.param("{exclude_localizers: 'yes'}", "series_selection.exclude_localizers", id="not-a-bool"),
+        pytest.param(
+            "{exclude_localizers: 'yes'}", "series_selection.exclude_localizers", id="not-a-bool"
+        ),
     ],
 )
 def test_bad_selection_config_is_named(yaml_section: str, message: str) -> None:
-    text = (REPO_ROOT / "configs" / "tiny.yaml").read_text() + f"\nseries_selection: {yaml_section}\n"
+    text = (
+        REPO_ROOT / "configs" / "tiny.yaml"
+    ).read_text() + f"\nseries_selection: {yaml_section}\n"
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         parse_config(text, source="tiny.yaml")
 
@@ -311,7 +388,8 @@ def test_a_broken_link_is_a_problem(tmp_path: Path) -> None:
     (tmp_path / "ct" / "knot").symlink_to(tmp_path / "ct" / "knot")  # a link to itself
     inventory = scan_folder(tmp_path)
     assert [(p.kind, p.files) for p in inventory.problems] == [
-        (ProblemKind.UNREADABLE, ("ct/gone.dcm",)), (ProblemKind.UNREADABLE, ("ct/knot",)),
+        (ProblemKind.UNREADABLE, ("ct/gone.dcm",)),
+        (ProblemKind.UNREADABLE, ("ct/knot",)),
     ]
     assert "symbolic link to nothing" in inventory.problems[0].message
     assert inventory.series[0].n_slices == 3

@@ -58,7 +58,10 @@ def test_overwrite_replaces_only_medseg_folders(tmp_path: Path) -> None:
     (foreign / "notes.txt").write_text("x")
     with pytest.raises(OutputError, match="not a medseg output"):
         check_output(foreign, overwrite=True)
-    with pytest.raises(OutputError, match="not a medseg output"), atomic_dir(foreign, overwrite=True):
+    with (
+        pytest.raises(OutputError, match="not a medseg output"),
+        atomic_dir(foreign, overwrite=True),
+    ):
         pass
     assert (foreign / "notes.txt").read_text() == "x"
     (tmp_path / "empty").mkdir()
@@ -91,7 +94,9 @@ def test_output_that_appears_meanwhile_is_not_overwritten(tmp_path: Path) -> Non
 def test_a_nested_write_error_names_the_outer_output(tmp_path: Path) -> None:
     target = tmp_path / "case"
     full = OSError(errno.ENOSPC, "No space left on device")
-    named = pytest.raises(OutputError, match=r"case: cannot write: no space left.*nothing was written")
+    named = pytest.raises(
+        OutputError, match=r"case: cannot write: no space left.*nothing was written"
+    )
     with named, atomic_dir(target) as tmp, atomic_path(tmp / "seg.dcm"):
         raise full
     assert list(tmp_path.iterdir()) == []

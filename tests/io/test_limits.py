@@ -83,7 +83,9 @@ def test_defaults_are_documented_values() -> None:
 def test_defaults_admit_a_whole_body_ct_and_refuse_a_billion_voxels() -> None:
     require_within_limits("ct/", (2000, 512, 512), 4)  # 0.5 mm slices, rescaled to float32
     require_within_limits("ct.nii.gz", (512, 512, 2000), 8)  # scaled NIfTI: float64
-    with pytest.raises(ResourceLimitError, match="1000000000 voxels is over the limit of 536870912"):
+    with pytest.raises(
+        ResourceLimitError, match="1000000000 voxels is over the limit of 536870912"
+    ):
         require_within_limits("x.nii.gz", (1000, 1000, 1000), 1)
 
 
@@ -349,7 +351,11 @@ def _deflated_zeros(n_bytes: int) -> bytes:
 
 
 def _deflated_ct(
-    folder: Path, *, rows: int = 128, columns: int = 128, pixel_bytes: int = 128 * 128 * 2,
+    folder: Path,
+    *,
+    rows: int = 128,
+    columns: int = 128,
+    pixel_bytes: int = 128 * 128 * 2,
     signature_bytes: int | None = None,
 ) -> Path:
     """CT_small.dcm in Deflated Explicit VR Little Endian whose pixel data element holds
@@ -369,9 +375,11 @@ def _deflated_ct(
     pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes)
     stream = _deflate(body.getvalue() + pixel_header) + _deflated_zeros(pixel_bytes)
     if signature_bytes is not None:
-        opening = (struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, 0xFFFFFFFF)
-                   + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
-                   + struct.pack("<HH2sHI", 0x0400, 0x0120, b"OB", 0, signature_bytes))
+        opening = (
+            struct.pack("<HH2sHI", 0xFFFA, 0xFFFA, b"SQ", 0, 0xFFFFFFFF)
+            + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+            + struct.pack("<HH2sHI", 0x0400, 0x0120, b"OB", 0, signature_bytes)
+        )
         closing = struct.pack("<HHIHHI", 0xFFFE, 0xE00D, 0, 0xFFFE, 0xE0DD, 0)
         stream += _deflate(opening) + _deflated_zeros(signature_bytes) + _deflate(closing)
     folder.mkdir(parents=True, exist_ok=True)
@@ -406,7 +414,10 @@ def test_inspect_of_a_deflate_bomb_stays_small(tmp_path: Path) -> None:
     assert path.stat().st_size < 1.5e6
     out = subprocess.run(
         [sys.executable, "-c", _INSPECT_PEAK, str(path.parent)],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     assert "1 DICOM files of 1" in out.stdout and "problem" not in out.stdout
     peak_mb = float(out.stdout.strip().splitlines()[-1].split()[-1])
@@ -491,9 +502,16 @@ def test_deflated_header_copies_and_pickles_with_its_deferred_pixel_data(tmp_pat
         assert other.PixelData == ds.PixelData
 
 
-@pytest.mark.parametrize("wbits", [pytest.param(GZIP_WBITS, id="gzip-members"),
-                                   pytest.param(RAW_DEFLATE_WBITS, id="raw-deflate")])
-def test_inflated_reader_reads_and_seeks_like_the_inflated_bytes(tmp_path: Path, wbits: int) -> None:
+@pytest.mark.parametrize(
+    "wbits",
+    [
+        pytest.param(GZIP_WBITS, id="gzip-members"),
+        pytest.param(RAW_DEFLATE_WBITS, id="raw-deflate"),
+    ],
+)
+def test_inflated_reader_reads_and_seeks_like_the_inflated_bytes(
+    tmp_path: Path, wbits: int
+) -> None:
     rng = np.random.default_rng(0)
     data = rng.integers(0, 4, 3 * MiB // 2, dtype=np.uint8).tobytes() + bytes(MiB)
     path = tmp_path / "x.z"

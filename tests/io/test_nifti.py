@@ -42,7 +42,9 @@ def test_real_files_match_simpleitk(relative: str, kind: VolumeKind) -> None:
 
 
 @pytest.mark.parametrize("suffix", [pytest.param(s, id=s) for s in (".nii.gz", ".nii", ".nrrd")])
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(g=geometries())
 def test_write_read_keeps_geometry(tmp_path: Path, suffix: str, g: Geometry) -> None:
     small = Geometry((3, 4, 5), g.spacing_mm, g.origin_mm, g.direction)
@@ -53,7 +55,9 @@ def test_write_read_keeps_geometry(tmp_path: Path, suffix: str, g: Geometry) -> 
     assert geo.geometries_equal(again.geometry, small, position_tolerance_mm=1e-2)
     np.testing.assert_array_equal(again.array, array)
     image = sitk.ReadImage(str(path))
-    theirs = geo.from_sitk(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    theirs = geo.from_sitk(
+        image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    )
     assert geo.geometries_equal(theirs, small, position_tolerance_mm=1e-2)
 
 
@@ -115,7 +119,9 @@ def test_conflicting_qform_sform_warns_naming_both_and_matches_simpleitk(tmp_pat
         volume = nifti.load(path)
     assert "(-10.0, -20.0, 30.0)" in str(record[0].message)  # the qform's origin, in LPS
     image = sitk.ReadImage(str(path))
-    theirs = geo.from_sitk(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    theirs = geo.from_sitk(
+        image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    )
     assert geo.geometries_equal(volume.geometry, theirs)
     assert volume.geometry.origin_mm == pytest.approx((5.0, -7.0, 1.0))
 

@@ -517,7 +517,11 @@ def test_load_roi_specs(tmp_path: Path) -> None:
     gtv, parotid = load_roi_specs(path)
     assert gtv == RoiSpec("GTV", 1, (255, 0, 0), "GTV", "GTVp")
     # type decided from the name, colour the first palette colour not taken
-    assert (parotid.name, parotid.label, parotid.interpreted_type.value) == ("Parotid L", 3, "ORGAN")
+    assert (parotid.name, parotid.label, parotid.interpreted_type.value) == (
+        "Parotid L",
+        3,
+        "ORGAN",
+    )
     assert parotid.display_color == PALETTE[0]
 
 
@@ -541,7 +545,9 @@ def test_rois_yaml_is_the_model_labels_schema(tmp_path: Path) -> None:
 def test_rois_yaml_refuses_a_standard_name_outside_tg263(tmp_path: Path) -> None:
     path = tmp_path / "rois.yaml"
     path.write_text("rois:\n  - {label: 1, name: Parotid L, standard_name: Parotid_Lt}\n")
-    with pytest.raises(ConfigError, match=r"rois\.0\.standard_name: .*not a TG-263 name.*Parotid_L"):
+    with pytest.raises(
+        ConfigError, match=r"rois\.0\.standard_name: .*not a TG-263 name.*Parotid_L"
+    ):
         load_roi_specs(path)
 
 
@@ -648,7 +654,9 @@ def test_missing_reference_uids(
     axial_ct: tuple[Volume, Path], tmp_path: Path, field: str, tag: str
 ) -> None:
     reference, _ = axial_ct
-    blank = dataclasses.replace(reference, source=dataclasses.replace(reference.source, **{field: None}))
+    blank = dataclasses.replace(
+        reference, source=dataclasses.replace(reference.source, **{field: None})
+    )
     labels = _labels(_lesion_1ml(reference.geometry), reference)
     out = tmp_path / "rs.dcm"
     with pytest.raises(ExportError, match=tag.replace("(", r"\(").replace(")", r"\)")) as info:
@@ -658,12 +666,18 @@ def test_missing_reference_uids(
     with pytest.warns(UserWarning, match="generated"):
         rtstruct.write(labels, blank, [RoiSpec("a", 1)], out, missing_uids="generate")
     with pytest.warns(UserWarning, match="generated"):
-        rtstruct.write(labels, blank, [RoiSpec("a", 1)], tmp_path / "again.dcm", missing_uids="generate")
+        rtstruct.write(
+            labels, blank, [RoiSpec("a", 1)], tmp_path / "again.dcm", missing_uids="generate"
+        )
     assert dciodvfy_errors(out) == []
     first, second = pydicom.dcmread(out), pydicom.dcmread(tmp_path / "again.dcm")
     study = first.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
     series = study.RTReferencedSeriesSequence[0]
-    generated = study.ReferencedSOPInstanceUID if field == "study_instance_uid" else series.SeriesInstanceUID
+    generated = (
+        study.ReferencedSOPInstanceUID
+        if field == "study_instance_uid"
+        else series.SeriesInstanceUID
+    )
     assert generated and generated != getattr(reference.source, field)
     # the same series always gets the same generated UID
     study2 = second.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
@@ -680,7 +694,9 @@ def test_missing_frame_of_reference_is_always_an_error(
     )
     labels = _labels(_lesion_1ml(reference.geometry), reference)
     with pytest.raises(ExportError, match="FrameOfReferenceUID"):
-        rtstruct.write(labels, blank, [RoiSpec("a", 1)], tmp_path / "rs.dcm", missing_uids="generate")
+        rtstruct.write(
+            labels, blank, [RoiSpec("a", 1)], tmp_path / "rs.dcm", missing_uids="generate"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -694,7 +710,10 @@ def _smooth_ball(
     radius_mm = (3.0 * volume_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
     k, j, i = np.indices(g.shape, dtype=float)
     distance = np.sqrt(
-        sum(((a - c) * s) ** 2 for a, c, s in zip((k, j, i), centre_index, g.spacing_mm, strict=True))
+        sum(
+            ((a - c) * s) ** 2
+            for a, c, s in zip((k, j, i), centre_index, g.spacing_mm, strict=True)
+        )
     )
     return 1.0 / (1.0 + np.exp((distance - radius_mm) / width_mm))
 
@@ -771,8 +790,10 @@ def test_multiframe_reference_names_each_contours_frame(tmp_path: Path) -> None:
 
     ds = pydicom.dcmread(out)
     listed = (
-        ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
-        .RTReferencedSeriesSequence[0].ContourImageSequence
+        ds.ReferencedFrameOfReferenceSequence[0]
+        .RTReferencedStudySequence[0]
+        .RTReferencedSeriesSequence[0]
+        .ContourImageSequence
     )
     assert len(listed) == 1
     assert listed[0].ReferencedSOPInstanceUID == reference.source.sop_instance_uids[0]
@@ -798,8 +819,9 @@ def test_export_rtstruct_cli_proposes_tg263_names(tmp_path: Path) -> None:
     from medseg.cli import app
     from medseg.synthetic import phantom
 
-    paths = phantom.write_case(phantom.make_case(seed=2, n_tumours=2), tmp_path / "case",
-                               patient_id="TG-1")
+    paths = phantom.write_case(
+        phantom.make_case(seed=2, n_tumours=2), tmp_path / "case", patient_id="TG-1"
+    )
     labels = nifti.load(paths.labels_path, VolumeKind.LABELS)
     array = np.asarray(labels.array).copy()
     array[array.shape[0] // 2, :4, :4] = 2  # a second structure

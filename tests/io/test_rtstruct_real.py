@@ -356,7 +356,9 @@ def test_dicompyler_structures_with_one_ct_slice_list_the_missing_images() -> No
 
 
 @pytest.mark.parametrize(
-    "name", ["invalid_reference_rt.dcm", "non_existent_reference_rt.dcm"], ids=["invalid", "non-existent"]
+    "name",
+    ["invalid_reference_rt.dcm", "non_existent_reference_rt.dcm"],
+    ids=["invalid", "non-existent"],
 )
 def test_rtutils_missing_references_are_named_or_skipped(name: str, tmp_path: Path) -> None:
     from medseg.errors import MissingReferenceError
@@ -374,7 +376,8 @@ def test_rtutils_missing_references_are_named_or_skipped(name: str, tmp_path: Pa
     ds = pydicom.dcmread(folder / name)
     for roi in ds.ROIContourSequence:
         roi.ContourSequence = [
-            c for c in roi.ContourSequence
+            c
+            for c in roi.ContourSequence
             if c.ContourImageSequence[0].ReferencedSOPInstanceUID != missing_uid
         ]
     ds.save_as(tmp_path / "placeable.dcm")
@@ -399,7 +402,9 @@ def test_rtstruct_of_another_series_is_a_named_error(tmp_path: Path) -> None:
     study.RTReferencedSeriesSequence = [series]
     frame.RTReferencedStudySequence = [study]
     ds.save_as(tmp_path / "rs.dcm")
-    with pytest.raises(MissingReferenceError, match=r"series 1\.2\.826\.0\.1\.3680043\.8\.498\.1, which is missing"):
+    with pytest.raises(
+        MissingReferenceError, match=r"series 1\.2\.826\.0\.1\.3680043\.8\.498\.1, which is missing"
+    ):
         rtstruct.read(tmp_path / "rs.dcm", reference)
 
 
@@ -418,14 +423,18 @@ def test_nested_contours_on_one_slice_make_a_hole(tmp_path: Path) -> None:
     rings = []
     for half_mm in (25.0, 10.0):
         corners = np.array([[-1, -1], [-1, 1], [1, 1], [1, -1]], float) * half_mm
-        index = np.column_stack([np.full(4, float(k)), centre + corners / reference.geometry.spacing_mm[1]])
+        index = np.column_stack(
+            [np.full(4, float(k)), centre + corners / reference.geometry.spacing_mm[1]]
+        )
         rings.append(index)
     contours = []
     for ring in rings:
         contour = pydicom.Dataset()
         contour.ContourGeometricType = "CLOSED_PLANAR"
         contour.NumberOfContourPoints = len(ring)
-        contour.ContourData = [f"{v:.6f}" for v in geo.index_to_world(reference.geometry, ring).ravel()]
+        contour.ContourData = [
+            f"{v:.6f}" for v in geo.index_to_world(reference.geometry, ring).ravel()
+        ]
         contours.append(contour)
     roi.ContourSequence = contours
     ds.save_as(tmp_path / "rs.dcm")

@@ -67,7 +67,9 @@ def test_round_trip_is_exact(reference: Volume, tmp_path: Path) -> None:
     assert list(back) == [r.name for r in ROIS]
     for roi in ROIS:
         assert back[roi.name].kind is VolumeKind.LABELS
-        assert np.array_equal(back[roi.name].array, (labels == roi.label).astype(np.uint8)), roi.name
+        assert np.array_equal(back[roi.name].array, (labels == roi.label).astype(np.uint8)), (
+            roi.name
+        )
 
 
 def test_dciodvfy_reports_no_errors(reference: Volume, tmp_path: Path) -> None:
@@ -106,7 +108,9 @@ def test_segment_descriptions_and_references(reference: Volume, tmp_path: Path) 
     ]  # fmt: skip
     assert meanings[0] == ("Morphologically Abnormal Structure", "Neoplasm")
     assert meanings[1] == ("Anatomical Structure", "Parotid gland")  # a parotid, not "Organ"
-    modifier = items[1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
+    modifier = (
+        items[1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
+    )
     assert [(m.CodeValue, m.CodeMeaning) for m in modifier] == [("7771000", "Left")]
     assert meanings[3][1].startswith("Planning target volume")
     assert all(
@@ -144,7 +148,9 @@ def test_write_refuses_invalid_input(tmp_path: Path) -> None:
 def test_read_refuses_another_grid(tmp_path: Path) -> None:
     reference = write_reference_series(AXIAL, tmp_path / "ct")
     g = reference.geometry
-    out = seg.write_seg(Volume(_labels(g), g, VolumeKind.LABELS), reference, ROIS, tmp_path / "s.dcm")
+    out = seg.write_seg(
+        Volume(_labels(g), g, VolumeKind.LABELS), reference, ROIS, tmp_path / "s.dcm"
+    )
     other_frame = dataclasses.replace(
         reference, source=dataclasses.replace(reference.source, frame_of_reference_uid="1.2.3")
     )
@@ -164,6 +170,8 @@ def test_single_segment_round_trip_reads_shared_functional_groups(tmp_path: Path
     mask = np.zeros(g.shape, np.uint8)
     mask[2:4, 5:9, 6:12] = 1
     labels = Volume(mask, g, VolumeKind.LABELS, reference.source)
-    out = seg.write_seg(labels, reference, [RoiSpec("tumour", 1, interpreted_type="GTV")], tmp_path / "seg.dcm")
+    out = seg.write_seg(
+        labels, reference, [RoiSpec("tumour", 1, interpreted_type="GTV")], tmp_path / "seg.dcm"
+    )
     back = seg.read_seg(out, reference)
     np.testing.assert_array_equal(back["tumour"].array, mask)

@@ -158,7 +158,9 @@ class SeriesEntry:
             "rows": self.rows,
             "columns": self.columns,
             "orientation": None if self.orientation is None else self.orientation.value,
-            "pixel_spacing_mm": None if self.pixel_spacing_mm is None else list(self.pixel_spacing_mm),
+            "pixel_spacing_mm": None
+            if self.pixel_spacing_mm is None
+            else list(self.pixel_spacing_mm),
             "slice_spacing_mm": self.slice_spacing_mm,
             "image_type": list(self.image_type),
             "is_localizer": self.is_localizer,
@@ -219,7 +221,6 @@ class _Scan:
     inventory: Inventory
     records: dict[str, list[_Record]]  # by SeriesInstanceUID
     stacks: dict[str, _Stack]  # volume series only
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,10 +316,14 @@ def _read(path: Path, name: str) -> Dataset | Problem | None:
             reason = error.strerror or error
             return Problem(ProblemKind.UNREADABLE, f"{name}: cannot be read ({reason})", (name,))
         if has_preamble:
-            return Problem(ProblemKind.UNREADABLE, f"{name}: DICOM file cannot be parsed ({exc})", (name,))
+            return Problem(
+                ProblemKind.UNREADABLE, f"{name}: DICOM file cannot be parsed ({exc})", (name,)
+            )
         if path.suffix.lower() == ".dcm":
             return Problem(
-                ProblemKind.UNREADABLE, f"{name}: named .dcm but is not a DICOM file ({exc})", (name,)
+                ProblemKind.UNREADABLE,
+                f"{name}: named .dcm but is not a DICOM file ({exc})",
+                (name,),
             )
         return None
 
@@ -336,7 +341,9 @@ def _meta(header: Dataset) -> Dataset:
 def _truncation(header: Dataset, path: Path, name: str) -> Problem | None:
     """A problem if the file ends inside its last element (pydicom stops there silently)."""
     if not len(header):
-        return Problem(ProblemKind.UNREADABLE, f"{name}: DICOM file with an empty data set", (name,))
+        return Problem(
+            ProblemKind.UNREADABLE, f"{name}: DICOM file with an empty data set", (name,)
+        )
     last = header.get_item(max(header.keys()), keep_deferred=True)
     if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF:
         return None
@@ -351,7 +358,8 @@ def _truncation(header: Dataset, path: Path, name: str) -> Problem | None:
     return Problem(
         ProblemKind.UNREADABLE,
         f"{name}: truncated DICOM file: element {last.tag} declares {size} bytes, the file "
-        f"holds {max(have, 0)}", (name,),
+        f"holds {max(have, 0)}",
+        (name,),
     )
 
 
@@ -404,10 +412,13 @@ def _scan(root: Path) -> _Scan:
             try:
                 series_uid = str(header.get("SeriesInstanceUID", "") or "")
             except HEADER_ERRORS as exc:
-                problems.append(Problem(
-                    ProblemKind.UNREADABLE, f"{name}: SeriesInstanceUID cannot be read ({exc})",
-                    (name,),
-                ))
+                problems.append(
+                    Problem(
+                        ProblemKind.UNREADABLE,
+                        f"{name}: SeriesInstanceUID cannot be read ({exc})",
+                        (name,),
+                    )
+                )
                 continue
             if truncated is not None and not series_uid:
                 problems.append(truncated)  # belongs to no known series: it may be any slice
@@ -422,12 +433,23 @@ def _scan(root: Path) -> _Scan:
         if stack is not None:
             stacks[uid] = stack
         studies[entry.study_instance_uid].append(entry)
-        study_descriptions.setdefault(entry.study_instance_uid, _text(records[0].header, "StudyDescription"))
+        study_descriptions.setdefault(
+            entry.study_instance_uid, _text(records[0].header, "StudyDescription")
+        )
     study_entries = tuple(
         StudyEntry(
-            uid, study_descriptions[uid],
-            tuple(sorted(series, key=lambda s: (s.series_number is None, s.series_number or 0,
-                                                s.series_instance_uid))),
+            uid,
+            study_descriptions[uid],
+            tuple(
+                sorted(
+                    series,
+                    key=lambda s: (
+                        s.series_number is None,
+                        s.series_number or 0,
+                        s.series_instance_uid,
+                    ),
+                )
+            ),
         )
         for uid, series in sorted(studies.items())
     )
@@ -457,17 +479,24 @@ def _series_entry(uid: str, records: list[_Record]) -> tuple[SeriesEntry, _Stack
                 broken.append(Problem(ProblemKind.UNREADABLE, str(exc), (record.name,)))
                 problems.append(broken[-1])
         if lacking:
-            problems.append(Problem(
-                ProblemKind.MISSING_GEOMETRY,
-                f"{len(lacking)} of {len(records)} files lack slice geometry (first: {lacking[0][1]})",
-                tuple(name for name, _ in lacking),
-            ))
+            problems.append(
+                Problem(
+                    ProblemKind.MISSING_GEOMETRY,
+                    f"{len(lacking)} of {len(records)} files lack slice geometry (first: {lacking[0][1]})",
+                    tuple(name for name, _ in lacking),
+                )
+            )
         n_slices = len(frames) + len(lacking) + len(broken)
         if frames:
             stack = _stack(frames)
             problems.extend(stack.problems)
-            stack = _Stack(stack.frames, tuple(problems), stack.geometry if not problems else None,
-                           stack.orientation, stack.slice_spacing_mm)
+            stack = _Stack(
+                stack.frames,
+                tuple(problems),
+                stack.geometry if not problems else None,
+                stack.orientation,
+                stack.slice_spacing_mm,
+            )
     try:
         image_type = tuple(str(v) for v in (first.get("ImageType") or ()))
     except HEADER_ERRORS:
@@ -527,7 +556,9 @@ def _rejection(series: SeriesEntry, rules: SeriesSelection) -> str | None:
     if rules.exclude_localizers and series.is_localizer:
         return f"localizer (ImageType {'/'.join(series.image_type)})"
     description = series.series_description or ""
-    if rules.include_description is not None and not re.search(rules.include_description, description):
+    if rules.include_description is not None and not re.search(
+        rules.include_description, description
+    ):
         return f"description does not match include_description {rules.include_description!r}"
     if rules.exclude_description is not None and re.search(rules.exclude_description, description):
         return f"description matches exclude_description {rules.exclude_description!r}"
@@ -569,13 +600,21 @@ def select_series(
     if not candidates:
         found = "; ".join(rejected) if rejected else "no DICOM series at all"
         raise InputError(f"{inventory.root}: no series matches the selection rules. Found: {found}")
-    candidates.sort(key=lambda s: (_preference(s, rules.prefer), s.series_number is None,
-                                   s.series_number or 0, s.series_instance_uid))
+    candidates.sort(
+        key=lambda s: (
+            _preference(s, rules.prefer),
+            s.series_number is None,
+            s.series_number or 0,
+            s.series_instance_uid,
+        )
+    )
     best_score = _preference(candidates[0], rules.prefer)
     best = [
-        s for s in candidates
-        if math.isclose(_preference(s, rules.prefer), best_score,
-                        rel_tol=SLICE_SPACING_RELATIVE_TOLERANCE)
+        s
+        for s in candidates
+        if math.isclose(
+            _preference(s, rules.prefer), best_score, rel_tol=SLICE_SPACING_RELATIVE_TOLERANCE
+        )
         or _preference(s, rules.prefer) == best_score
     ]
     if len(best) > 1 and rules.require == "exactly_one":

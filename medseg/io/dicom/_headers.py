@@ -163,14 +163,19 @@ def read_dicom(
             return pydicom.dcmread(fh, defer_size=defer_size)
         start = fh.tell()
     stream = InflatedReader(
-        path, wbits=RAW_DEFLATE_WBITS, start=start, limit=max_bytes,
+        path,
+        wbits=RAW_DEFLATE_WBITS,
+        start=start,
+        limit=max_bytes,
         what=path if where is None else where,
         limit_name="the bound on a deflated DICOM data set",
     )
     stream.set_budget(header_max_bytes, "the bound on a deflated DICOM header")
     try:
         dataset = read_dataset(
-            stream.as_binary_io(), is_implicit_VR=False, is_little_endian=True,
+            stream.as_binary_io(),
+            is_implicit_VR=False,
+            is_little_endian=True,
             defer_size=defer_size,
         )
     except HEADER_ERRORS as exc:

@@ -62,6 +62,7 @@ MISSING_SLICE_RATIO_TOLERANCE = 0.1
 #: not reported as gantry tilt; positions are rounded in files, so a tiny angle is noise.
 TILT_TOLERANCE_DEG = 0.01
 
+
 class ProblemKind(enum.Enum):
     """What is wrong with a file or a series; each stops ``load_series`` with its own error."""
 
@@ -145,7 +146,9 @@ class _Frame:
 
     @property
     def name(self) -> str:
-        return self.record.name if self.index is None else f"{self.record.name} frame {self.index + 1}"
+        return (
+            self.record.name if self.index is None else f"{self.record.name} frame {self.index + 1}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,12 +171,17 @@ class _Stack:
 
 def _raise_first(problems: Sequence[Problem], where: Path) -> NoReturn:
     """Raise the named error of the first problem; its message names the folder and files."""
-    problem = problems[0] if problems else Problem(ProblemKind.MISSING_GEOMETRY, "no slice geometry")
+    problem = (
+        problems[0] if problems else Problem(ProblemKind.MISSING_GEOMETRY, "no slice geometry")
+    )
     raise _ERRORS[problem.kind](f"{where}: {problem.message}")
 
 
-_DS_TAGS = {"ImagePositionPatient": 0x00200032, "ImageOrientationPatient": 0x00200037,
-            "PixelSpacing": 0x00280030}
+_DS_TAGS = {
+    "ImagePositionPatient": 0x00200032,
+    "ImageOrientationPatient": 0x00200037,
+    "PixelSpacing": 0x00280030,
+}
 
 
 def _floats(item: Dataset, keyword: str, count: int, where: str) -> NDArray[np.float64]:
@@ -214,8 +222,10 @@ def _orientation_of(item: Dataset, where: str) -> NDArray[np.float64]:
 
 
 def _rescale(item: Dataset, where: str) -> tuple[float, float]:
-    return (header_value(item, "RescaleSlope", finite, 1.0, where),
-            header_value(item, "RescaleIntercept", finite, 0.0, where))
+    return (
+        header_value(item, "RescaleSlope", finite, 1.0, where),
+        header_value(item, "RescaleIntercept", finite, 0.0, where),
+    )
 
 
 def _frames_of(record: _Record) -> list[_Frame]:
@@ -230,8 +240,10 @@ def _frames_of(record: _Record) -> list[_Frame]:
     ds = record.header
     where = record.name
     try:
-        rows, columns = (header_value(ds, "Rows", integer, 0, where),
-                         header_value(ds, "Columns", integer, 0, where))
+        rows, columns = (
+            header_value(ds, "Rows", integer, 0, where),
+            header_value(ds, "Columns", integer, 0, where),
+        )
     except UnreadableScanError as exc:
         raise GeometryError(f"{where}: missing or invalid Rows/Columns ({exc.__cause__})") from exc
     if rows < 1 or columns < 1:
@@ -257,9 +269,15 @@ def _frames_with_groups(record: _Record, rows: int, columns: int, n_frames: int)
         slope, intercept = _rescale(ds, where)
         return [
             _Frame(
-                record, None, _floats(ds, "ImagePositionPatient", 3, where),
+                record,
+                None,
+                _floats(ds, "ImagePositionPatient", 3, where),
                 _orientation_of(ds, where),
-                _floats(ds, "PixelSpacing", 2, where), rows, columns, slope, intercept,
+                _floats(ds, "PixelSpacing", 2, where),
+                rows,
+                columns,
+                slope,
+                intercept,
             )
         ]
     per_frame = ds.PerFrameFunctionalGroupsSequence
@@ -285,10 +303,15 @@ def _frames_with_groups(record: _Record, rows: int, columns: int, n_frames: int)
         slope, intercept = _rescale(group("PixelValueTransformationSequence"), here)
         frames.append(
             _Frame(
-                record, i, _floats(group("PlanePositionSequence"), "ImagePositionPatient", 3, here),
+                record,
+                i,
+                _floats(group("PlanePositionSequence"), "ImagePositionPatient", 3, here),
                 _orientation_of(group("PlaneOrientationSequence"), here),
                 _floats(group("PixelMeasuresSequence"), "PixelSpacing", 2, here),
-                rows, columns, slope, intercept,
+                rows,
+                columns,
+                slope,
+                intercept,
             )
         )
     return frames
@@ -319,19 +342,25 @@ def _stack(frames: Sequence[_Frame]) -> _Stack:
     problems: list[Problem] = []
     for f in frames[1:]:
         if (f.rows, f.columns) != (first.rows, first.columns):
-            problems.append(Problem(
-                ProblemKind.MIXED_SLICE_SIZE,
-                f"mixed slice sizes in one series: {f.rows}x{f.columns} pixels in {f.name}, "
-                f"{first.rows}x{first.columns} in {first.name}", (first.name, f.name),
-            ))
+            problems.append(
+                Problem(
+                    ProblemKind.MIXED_SLICE_SIZE,
+                    f"mixed slice sizes in one series: {f.rows}x{f.columns} pixels in {f.name}, "
+                    f"{first.rows}x{first.columns} in {first.name}",
+                    (first.name, f.name),
+                )
+            )
             break
     for f in frames[1:]:
         if np.abs(f.pixel_spacing - spacing).max() > geo.SPACING_RELATIVE_TOLERANCE * spacing.max():
-            problems.append(Problem(
-                ProblemKind.MIXED_PIXEL_SPACING,
-                f"mixed pixel spacings in one series: PixelSpacing {f.pixel_spacing.tolist()} in "
-                f"{f.name}, {spacing.tolist()} in {first.name}", (first.name, f.name),
-            ))
+            problems.append(
+                Problem(
+                    ProblemKind.MIXED_PIXEL_SPACING,
+                    f"mixed pixel spacings in one series: PixelSpacing {f.pixel_spacing.tolist()} in "
+                    f"{f.name}, {spacing.tolist()} in {first.name}",
+                    (first.name, f.name),
+                )
+            )
             break
     normal = geo.slice_normal(iop)
     distance = np.array([f.position @ normal for f in frames])
@@ -354,13 +383,18 @@ def _stack(frames: Sequence[_Frame]) -> _Stack:
                     header_tilt = first.record.header.get("GantryDetectorTilt")
                 except HEADER_ERRORS:
                     header_tilt = None  # only quoted in the message
-                said = "" if header_tilt in (None, "") else f"; GantryDetectorTilt says {header_tilt}"
-                problems.append(Problem(
-                    ProblemKind.GANTRY_TILT,
-                    f"gantry tilt or sheared stack of {tilt_deg:.2f} degrees: slices from "
-                    f"{ordered[0].name} to {ordered[-1].name} are not stacked along their "
-                    f"normal{said}", (ordered[0].name, ordered[-1].name),
-                ))
+                said = (
+                    "" if header_tilt in (None, "") else f"; GantryDetectorTilt says {header_tilt}"
+                )
+                problems.append(
+                    Problem(
+                        ProblemKind.GANTRY_TILT,
+                        f"gantry tilt or sheared stack of {tilt_deg:.2f} degrees: slices from "
+                        f"{ordered[0].name} to {ordered[-1].name} are not stacked along their "
+                        f"normal{said}",
+                        (ordered[0].name, ordered[-1].name),
+                    )
+                )
     geometry = None
     if not problems:
         try:
@@ -378,26 +412,34 @@ def _spacing_problems(
     if dup:
         pairs = [(ordered[i].name, ordered[i + 1].name) for i in dup]
         shown = "; ".join(f"{a} and {b} at {distance[i]:.3f} mm" for (a, b), i in zip(pairs, dup))
-        problems.append(Problem(
-            ProblemKind.DUPLICATE_SLICES,
-            f"{len(pairs)} duplicate slice position(s) along the normal: {shown}",
-            tuple(name for pair in pairs for name in pair),
-        ))
+        problems.append(
+            Problem(
+                ProblemKind.DUPLICATE_SLICES,
+                f"{len(pairs)} duplicate slice position(s) along the normal: {shown}",
+                tuple(name for pair in pairs for name in pair),
+            )
+        )
         return problems  # the steps around a duplicate say nothing about gaps
     nominal = float(np.median(steps))
     ratio = steps / nominal
     k = np.rint(ratio)
-    gaps = [int(i) for i in np.nonzero((k >= 2) & (np.abs(ratio - k) <= MISSING_SLICE_RATIO_TOLERANCE))[0]]
+    gaps = [
+        int(i)
+        for i in np.nonzero((k >= 2) & (np.abs(ratio - k) <= MISSING_SLICE_RATIO_TOLERANCE))[0]
+    ]
     if gaps:
         shown = "; ".join(
             f"{int(k[i]) - 1} missing between {ordered[i].name} and {ordered[i + 1].name} "
-            f"(step {steps[i]:.3f} mm)" for i in gaps
+            f"(step {steps[i]:.3f} mm)"
+            for i in gaps
         )
-        problems.append(Problem(
-            ProblemKind.MISSING_SLICES,
-            f"missing slice(s), spacing {nominal:.3f} mm: {shown}",
-            tuple(name for i in gaps for name in (ordered[i].name, ordered[i + 1].name)),
-        ))
+        problems.append(
+            Problem(
+                ProblemKind.MISSING_SLICES,
+                f"missing slice(s), spacing {nominal:.3f} mm: {shown}",
+                tuple(name for i in gaps for name in (ordered[i].name, ordered[i + 1].name)),
+            )
+        )
         regular = np.ones(len(steps), bool)
         regular[gaps] = False
         steps = steps[regular]
@@ -407,19 +449,23 @@ def _spacing_problems(
     residual = np.abs(distance - (distance[0] + mean_step * np.arange(len(distance))))
     if not gaps and residual.max() > SLICE_SPACING_RELATIVE_TOLERANCE * mean_step:
         worst = int(np.argmax(np.abs(np.diff(distance) - nominal)))
-        problems.append(Problem(
-            ProblemKind.UNEVEN_SPACING,
-            f"uneven slice spacing: step {np.diff(distance)[worst]:.3f} mm between "
-            f"{ordered[worst].name} and {ordered[worst + 1].name}, typical step {nominal:.3f} mm; "
-            f"a slice is {residual.max():.3f} mm off the regular grid",
-            (ordered[worst].name, ordered[worst + 1].name),
-        ))
+        problems.append(
+            Problem(
+                ProblemKind.UNEVEN_SPACING,
+                f"uneven slice spacing: step {np.diff(distance)[worst]:.3f} mm between "
+                f"{ordered[worst].name} and {ordered[worst + 1].name}, typical step {nominal:.3f} mm; "
+                f"a slice is {residual.max():.3f} mm off the regular grid",
+                (ordered[worst].name, ordered[worst + 1].name),
+            )
+        )
     elif gaps and np.abs(steps - nominal).max() > SLICE_SPACING_RELATIVE_TOLERANCE * nominal:
-        problems.append(Problem(
-            ProblemKind.UNEVEN_SPACING,
-            f"uneven slice spacing besides the gaps: steps from {steps.min():.3f} to "
-            f"{steps.max():.3f} mm, typical {nominal:.3f} mm",
-        ))
+        problems.append(
+            Problem(
+                ProblemKind.UNEVEN_SPACING,
+                f"uneven slice spacing besides the gaps: steps from {steps.min():.3f} to "
+                f"{steps.max():.3f} mm, typical {nominal:.3f} mm",
+            )
+        )
     return problems
 
 
@@ -468,9 +514,12 @@ def _regrid(
     distance = positions @ normal
     steps = np.diff(distance)
     nominal = float(np.median(steps))
-    too_wide = [int(i) for i in np.nonzero(
-        steps > (max_interpolated_slices + 1 + MISSING_SLICE_RATIO_TOLERANCE) * nominal
-    )[0]]
+    too_wide = [
+        int(i)
+        for i in np.nonzero(
+            steps > (max_interpolated_slices + 1 + MISSING_SLICE_RATIO_TOLERANCE) * nominal
+        )[0]
+    ]
     if too_wide:
         shown = "; ".join(
             f"{frames[i].name} to {frames[i + 1].name} ({steps[i]:.3f} mm)" for i in too_wide
@@ -505,8 +554,11 @@ def _regrid(
         f"{where}: resampled {len(frames)} slices onto a regular orthogonal grid of "
         f"{n_target} slices {step:.3f} mm apart (linear interpolation along the slice "
         f"normal"
-        + (", slices shifted in-plane by up to "
-           f"{np.abs(shift_px).max():.2f} pixels" if np.any(shift_px) else "")
+        + (
+            f", slices shifted in-plane by up to {np.abs(shift_px).max():.2f} pixels"
+            if np.any(shift_px)
+            else ""
+        )
         + f") because {reasons}. Interpolated target slices (on no acquired slice): "
         + (", ".join(str(i) for i in interpolated) if interpolated else "none")
         + ". The volume has no per-slice SOP Instance UIDs, so exports cannot reference "

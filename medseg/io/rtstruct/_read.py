@@ -43,8 +43,6 @@ MAX_OFF_PLANE_SLICES = 0.5
 MAX_LISTED = 10
 
 
-
-
 def read(path: Path, reference: Volume, *, unplaced: str = "error") -> dict[str, Volume]:
     """Rasterise every ROI of an RT Structure Set onto the reference image grid.
 
@@ -150,9 +148,7 @@ def _place_contours(
         raise UnreadableScanError(f"{path}: RT Structure Set cannot be read ({exc})") from exc
 
 
-def _placed_rois(
-    ds: Dataset, path: Path, reference: Volume, unplaced: str
-) -> list[_PlacedRoi]:
+def _placed_rois(ds: Dataset, path: Path, reference: Volume, unplaced: str) -> list[_PlacedRoi]:
     if str(ds.get("Modality", "")) != "RTSTRUCT" or "StructureSetROISequence" not in ds:
         raise UnreadableScanError(
             f"{path}: not an RT Structure Set (Modality {ds.get('Modality', '')!r})"
@@ -258,8 +254,7 @@ def _describe_unplaced(missing: dict[str, list[tuple[str, float]]], reference: V
         listed = ", ".join(f"{uid} ({mm:+.2f} mm)" for uid, mm in shown[:MAX_LISTED])
         more = f", and {len(shown) - MAX_LISTED} more" if len(shown) > MAX_LISTED else ""
         parts.append(
-            f"they reference {len(images)} image(s) the reference series lacks: "
-            f"{listed}{more}"
+            f"they reference {len(images)} image(s) the reference series lacks: {listed}{more}"
         )
     if outside:
         parts.append(
@@ -453,7 +448,10 @@ def _contours(
     series_uids = _referenced_series_uids(ds)
     types: dict[int, str] = {}
     for observation in ds.get("RTROIObservationsSequence", []):
-        number, kind = observation.get("ReferencedROINumber"), observation.get("RTROIInterpretedType")
+        number, kind = (
+            observation.get("ReferencedROINumber"),
+            observation.get("RTROIInterpretedType"),
+        )
         if number is not None and kind:
             types.setdefault(int(number), str(kind))
     rois = []
@@ -468,8 +466,7 @@ def _contours(
                     if colour is not None and len(colour) == 3
                     else None
                 ),
-                generation_description=str(roi.roi.get("ROIGenerationDescription", ""))
-                or None,
+                generation_description=str(roi.roi.get("ROIGenerationDescription", "")) or None,
                 polygons={k: tuple(polygons) for k, polygons in sorted(roi.slices.items())},
                 interpreted_type=types.get(roi.number),
             )

@@ -336,7 +336,10 @@ def _reference_uids(
             f"{out_path}: reference {where} has {len(src.sop_instance_uids)} SOP "
             f"Instance UIDs for {n_slices} slices"
         )
-    uids = {"StudyInstanceUID": src.study_instance_uid, "SeriesInstanceUID": src.series_instance_uid}
+    uids = {
+        "StudyInstanceUID": src.study_instance_uid,
+        "SeriesInstanceUID": src.series_instance_uid,
+    }
     empty_tags = {
         "StudyInstanceUID": "StudyInstanceUID (0020,000D)",
         "SeriesInstanceUID": "SeriesInstanceUID (0020,000E)",
@@ -367,9 +370,12 @@ def _reference_uids(
             f"MediaStorageSOPClassUID (0002,0002) {sop_class} instead",
             stacklevel=4,
         )
-    return str(uids["StudyInstanceUID"]), str(uids["SeriesInstanceUID"]), str(
-        src.frame_of_reference_uid
-    ), sop_class
+    return (
+        str(uids["StudyInstanceUID"]),
+        str(uids["SeriesInstanceUID"]),
+        str(src.frame_of_reference_uid),
+        sop_class,
+    )
 
 
 def _write_structure_set(
@@ -541,9 +547,7 @@ def _roi_box(
     boxes = []
     for axis, size in ((1, mask.shape[1]), (2, mask.shape[2])):
         used = np.nonzero(slab.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        boxes.append(
-            slice(max(int(used[0]) - margin, 0), min(int(used[-1]) + 1 + margin, size))
-        )
+        boxes.append(slice(max(int(used[0]) - margin, 0), min(int(used[-1]) + 1 + margin, size)))
     rows, cols = boxes
     return slab[:, rows, cols], first, rows, cols
 
