@@ -33,7 +33,7 @@ from medseg.batch import (
     resolve_model_ref,
     run_cases,
 )
-from medseg.batch.orthanc import Delivery, OrthancClient, PacsSummary, parse_url
+from medseg.batch.orthanc import Delivery, OrthancClient, PacsSummary, deliver_results, parse_url
 from medseg.config import BatchConfig, SeriesSelection
 from medseg.errors import ConfigError
 from medseg.io.files import atomic_path
@@ -260,7 +260,7 @@ def listen(
             if destination is not None:
                 client = OrthancClient(destination)
                 try:
-                    delivered.extend(deliver(client, ledger, rows, True))
+                    delivered.extend(deliver_results(client, ledger, rows, True))
                 finally:
                     client.close()
 

@@ -69,7 +69,7 @@ __all__ = [
     "PacsQuery",
     "PacsSummary",
     "StudyRef",
-    "deliver",
+    "deliver_results",
     "parse_url",
     "run_pacs",
 ]
@@ -361,7 +361,7 @@ def _retrieve(
     return prepare
 
 
-def deliver(
+def deliver_results(
     client: OrthancClient, ledger: Ledger, rows: Sequence[SummaryRow], send: bool
 ) -> list[Delivery]:
     deliveries = []
@@ -474,7 +474,7 @@ def run_pacs(
         delivered: list[Delivery] = []
 
         def deliver(rows: Sequence[SummaryRow], ledger: Ledger) -> None:
-            delivered.extend(deliver(client, ledger, rows, send))
+            delivered.extend(deliver_results(client, ledger, rows, send))
 
         summary = run_cases(
             specs,
