@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install medseg with its test dependencies, the Debian tools the tests use as independent
 # referees and real services (plastimatch, dciodvfy, dcmtk, Chromium, Orthanc; when run as
-# root and missing), and run the whole test suite.
+# root and missing), run the house checks (ruff format, ruff check, mypy; pinned in the test
+# extra) and then the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -20,4 +21,8 @@ if ((${#need[@]})); then
   fi
 fi
 bash scripts/install.sh --test
+# the house checks, before the tests (seconds; a failure names the file and line)
+.venv/bin/ruff format --check --quiet .
+.venv/bin/ruff check --quiet .
+.venv/bin/mypy medseg
 exec .venv/bin/python -m pytest "$@"
