@@ -14,7 +14,17 @@ from medseg import geometry as geo
 from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
 
-__all__ = ["SourceInfo", "Volume", "VolumeKind", "require_same_geometry"]
+__all__ = ["MAX_REPR_CHARACTERS", "SourceInfo", "Volume", "VolumeKind", "require_same_geometry"]
+
+#: Longest repr of a :class:`Volume` or :class:`SourceInfo`: one line, whatever the array's
+#: size or the number of slices, so a repr in a log or traceback stays readable.
+MAX_REPR_CHARACTERS = 200
+
+# A UID in a repr shows this many leading and trailing characters ("1.2.840…3521"): enough to
+# tell series apart by eye, short enough for one line.
+_UID_HEAD, _UID_TAIL = 7, 4
+# Spacings in a repr carry this many significant digits (0.9765625 mm -> 0.977).
+_SPACING_DIGITS = 3
 
 
 class VolumeKind(enum.Enum):
@@ -63,13 +73,41 @@ class SourceInfo:
             return f"series {self.series_instance_uid}"
         return "<in-memory volume>"
 
+    def __repr__(self) -> str:
+        """Modality, abbreviated UIDs and counts, never the header (patient attributes) or
+        the SOP Instance UIDs themselves (thousands on a long series). The path is left
+        out too: folder names may be patient names (``privacy.redact`` exists for them)."""
+        frames = sum(f is not None for f in self.frame_numbers)
+        return (
+            f"SourceInfo(modality={self.modality}, study={_short_uid(self.study_instance_uid)}, "
+            f"series={_short_uid(self.series_instance_uid)}, "
+            f"frame_of_reference={_short_uid(self.frame_of_reference_uid)}, "
+            f"slices={len(self.sop_instance_uids)}"
+            + (f", frames={frames}" if frames else "")
+            + f", header={'yes' if self.dicom_header is not None else 'no'})"
+        )
 
-@dataclass(frozen=True, slots=True)
+
+def _short_uid(uid: str | None) -> str:
+    """A UID cut to its first and last few characters for a repr (``None`` as is)."""
+    if not uid:
+        return "None"
+    if len(uid) <= _UID_HEAD + _UID_TAIL + 1:
+        return uid
+    return f"{uid[:_UID_HEAD]}…{uid[-_UID_TAIL:]}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Volume:
     """A 3D array on a patient-space grid.
 
     ``array`` is in array order ``(slice, row, column)``; for ``PROBABILITIES`` it has a
     leading class axis ``(class, slice, row, column)``. The array is made read-only.
+
+    Two volumes are equal only if they are the same object (and hash by identity), as
+    TorchIO's ``Image``: a generated ``==`` would compare arrays, whose elementwise answer
+    has no truth value. Compare contents explicitly (``np.array_equal`` on the arrays, ``==``
+    on the geometries). The repr is one short line without voxels or patient attributes.
 
     Raises:
         GeometryError: if the array's spatial shape does not match ``geometry.shape``.
@@ -104,6 +142,15 @@ class Volume:
         arr = arr.view()
         arr.flags.writeable = False
         object.__setattr__(self, "array", arr)
+
+    def __repr__(self) -> str:
+        """Kind, array shape, spacing (mm, array order), dtype and abbreviated series UID."""
+        spacing = tuple(float(f"{s:.{_SPACING_DIGITS}g}") for s in self.geometry.spacing_mm)
+        return (
+            f"Volume(kind={self.kind.value}, shape={tuple(self.array.shape)}, "
+            f"spacing={spacing}, dtype={self.array.dtype.name}, "
+            f"series={_short_uid(self.source.series_instance_uid)})"
+        )
 
     @property
     def voxel_volume_ml(self) -> float:

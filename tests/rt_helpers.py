@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
@@ -33,6 +34,45 @@ def write_reference_series(
     image = Volume(np.full(geometry.shape, -1000, dtype=np.int16), geometry, VolumeKind.IMAGE)
     write_series(image, folder, uid_seed=uid_seed)
     return load_series(folder)
+
+
+#: Patient and study values longer than their VR allows (LO 64, SH 16, PN 64 per group), as a
+#: non-conformant scanner or anonymiser writes them; a derived object must still be written.
+OVER_LONG_HEADER = {
+    "StudyDescription": "CT THORAX WITH CONTRAST " + "D" * 46,  # LO, 70 characters
+    "StudyID": "STUDY-" + "4" * 14,  # SH, 20
+    "AccessionNumber": "ACC" + "7" * 15,  # SH, 18
+    "ReferringPhysicianName": "DOE^" + "J" * 66,  # PN, 70 in the alphabetic group
+}
+
+
+def write_over_long_reference(geometry: Geometry, folder: Path) -> Volume:
+    """Like :func:`write_reference_series`, with :data:`OVER_LONG_HEADER` in every slice."""
+    write_reference_series(geometry, folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the lengths: they are the point
+        for path in sorted(folder.glob("*.dcm")):
+            ds = pydicom.dcmread(path)
+            for keyword, value in OVER_LONG_HEADER.items():
+                setattr(ds, keyword, value)
+            ds.save_as(path)
+        return load_series(folder)
+
+
+def require_over_long_header_cut(out: Path, caught: list[warnings.WarningMessage]) -> None:
+    """Each :data:`OVER_LONG_HEADER` attribute of ``out`` is cut to its limit, named by one
+    of medseg's warnings (which hold no value), and ``out`` passes dciodvfy."""
+    from medseg.io.dicom import TEXT_VR_MAX_CHARACTERS
+
+    ds = pydicom.dcmread(out)
+    messages = [str(w.message) for w in caught]
+    for keyword, value in OVER_LONG_HEADER.items():
+        limit = TEXT_VR_MAX_CHARACTERS[pydicom.datadict.dictionary_VR(keyword)]
+        assert str(ds[keyword].value) == value[:limit], keyword
+        ours = [m for m in messages if m.startswith(f"{out}: {keyword} copied from")]
+        assert len(ours) == 1, (keyword, messages)
+    assert not [m for m in messages if "DOE" in m or "THORAX" in m or "4444" in m], messages
+    assert dciodvfy_errors(out) == []
 
 
 def plastimatch_masks(

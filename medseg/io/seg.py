@@ -37,7 +37,14 @@ import medseg
 from medseg import geometry as geo
 from medseg.config import IngestConfig
 from medseg.errors import ExportError, GeometryError, UnreadableScanError
-from medseg.io.dicom import HEADER_ERRORS, format_ds, header_value, integer
+from medseg.io.dicom import (
+    HEADER_ERRORS,
+    TEXT_VR_MAX_CHARACTERS,
+    fit_text,
+    format_ds,
+    header_value,
+    integer,
+)
 from medseg.io.files import atomic_path
 from medseg.io.limits import require_within_limits
 from medseg.io.rtstruct import duplicated_roi_fields
@@ -49,8 +56,6 @@ __all__ = ["SEG_POSITION_TOLERANCE_MM", "read_seg", "segment_codes", "write_seg"
 #: Largest distance (mm) of a frame's position from a slice of the reference grid, in and out
 #: of plane. Positions are written as DS (16 characters), far finer than this.
 SEG_POSITION_TOLERANCE_MM = 0.01
-
-_MAX_LO = 64
 
 
 def segment_codes(structure: Structure) -> tuple[Code, Code, Code | None]:
@@ -98,8 +103,11 @@ def write_seg(
     Raises:
         GeometryError: ``labels`` and ``reference`` are not on the same grid and frame.
         ExportError: a non-LABELS volume, no or duplicate ROIs (names or labels), an empty ROI,
-            or a reference without the DICOM provenance a SEG must reference (study, series
-            and frame of reference UIDs, one SOP Instance UID per slice, a header).
+            a reference without the DICOM provenance a SEG must reference (study, series
+            and frame of reference UIDs, one SOP Instance UID per slice, a header), or a
+            name, version or description longer than DICOM allows (see
+            :func:`medseg.io.dicom.fit_text`; an over-long attribute copied from the
+            reference's header is cut with a warning instead).
     """
     out_path = Path(out_path)
     if labels.kind is not VolumeKind.LABELS:
@@ -111,6 +119,29 @@ def write_seg(
         raise ExportError(f"{out_path}: no segments to write")
     for what, repeated in duplicated_roi_fields(segments).items():
         raise ExportError(f"{out_path}: duplicate segment {what}s {repeated}")
+    # every composed text is checked before highdicom builds anything, in the RT-STRUCT
+    # writer's order, so the same over-long option gives the same error from both
+    where = str(out_path)
+    software_versions = fit_text("SoftwareVersions", algorithm_version, copied=False, where=where)
+    algorithm_name = fit_text("AlgorithmName", algorithm_name, copied=False, where=where)
+    algorithm_version = fit_text("AlgorithmVersion", algorithm_version, copied=False, where=where)
+    content_description = fit_text(
+        "ContentDescription",
+        f"{algorithm_name} {algorithm_version}",
+        copied=False,
+        where=where,
+        what="algorithm name and version",
+    )
+    for segment in segments:
+        what = f"segment {segment.label}"
+        fit_text("SegmentLabel", segment.name, copied=False, where=where, what=what)
+        fit_text(
+            "SegmentDescription",
+            segment.standard_name or segment.name,
+            copied=False,
+            where=where,
+            what=what,
+        )
     sources = _source_datasets(reference, out_path)
 
     array = np.asarray(labels.array)
@@ -168,18 +199,34 @@ def write_seg(
             instance_number=1,
             manufacturer="medseg",
             manufacturer_model_name="medseg",
-            software_versions=algorithm_version,
+            software_versions=software_versions,
             device_serial_number="none",
             content_label="MEDSEG",
-            content_description=f"{algorithm_name} {algorithm_version}"[:_MAX_LO],
+            content_description=content_description,
             # frames only where a segment has voxels: highdicom then logs (INFO) that the
             # frame positions are not regularly spaced, which is expected; each frame still
             # carries its own ImagePositionPatient, which read_seg maps to its slice
             omit_empty_frames=True,
         )
+    _fit_copied_text(seg, header, where)
     with atomic_path(out_path) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     return out_path
+
+
+def _fit_copied_text(seg: Dataset, header: Any, where: str) -> None:
+    """Cut, with a warning, every top-level text of ``seg`` that highdicom copied from the
+    reference's header (its Patient and Study modules) and that is longer than DICOM allows
+    (:func:`medseg.io.dicom.fit_text`); composed values were checked before."""
+    for element in seg:
+        keyword = element.keyword
+        if (
+            keyword  # not a private tag
+            and element.VR in TEXT_VR_MAX_CHARACTERS
+            and keyword in header
+            and element.value == header[keyword].value
+        ):
+            element.value = fit_text(keyword, element.value, copied=True, where=where)
 
 
 def _series_number(header: Any) -> int:

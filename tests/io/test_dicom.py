@@ -11,12 +11,15 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.datadict import dictionary_VR
+from pydicom.valuerep import validate_value
 from scipy.spatial.transform import Rotation
 
 from medseg import geometry as geo
 from medseg.config import IngestConfig, SeriesSelection
 from medseg.errors import (
     DuplicateSliceError,
+    ExportError,
     GantryTiltError,
     GeometryError,
     InputError,
@@ -27,7 +30,7 @@ from medseg.errors import (
     UnreadableScanError,
 )
 from medseg.geometry import AXIAL_DIRECTION, Geometry
-from medseg.io.dicom import format_ds, load_series, write_series
+from medseg.io.dicom import TEXT_VR_MAX_CHARACTERS, fit_text, format_ds, load_series, write_series
 from medseg.volume import Volume
 from tests.conftest import require_data, require_tool
 
@@ -192,6 +195,83 @@ def test_format_ds_fits_16_characters(value: float) -> None:
     text = format_ds(value)
     assert len(text) <= 16
     assert float(text) == pytest.approx(value, rel=1e-9, abs=1e-10)
+
+
+# --- over-long text: one policy (fit_text) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "problem"),
+    [
+        pytest.param("StudyDescription", "d" * 65, "65 characters, more than DICOM allows for "
+                     "LO (64)", id="LO"),
+        pytest.param("StudyID", "s" * 17, "17 characters, more than DICOM allows for SH (16)",
+                     id="SH"),
+        pytest.param("ReferringPhysicianName", "DOE^" + "J" * 61, "65 characters, more than "
+                     "DICOM allows for PN (64 per component group)", id="PN-alphabetic-group"),
+        pytest.param("SoftwareVersions", ["1.0", "v" * 65], "65 characters, more than DICOM "
+                     "allows for LO (64 per value)", id="LO-second-of-two-values"),
+        pytest.param("StructureSetDescription", "x" * 1025, "1025 characters, more than DICOM "
+                     "allows for ST (1024)", id="ST"),
+    ],
+)  # fmt: skip
+def test_fit_text_refuses_a_composed_value_and_cuts_a_copied_one(
+    keyword: str, value: object, problem: str
+) -> None:
+    """Composed: ExportError naming attribute, VR, limit and length. Copied: cut, one warning
+    naming the attribute. Neither message holds the value (it may be a patient's name)."""
+    with pytest.raises(ExportError) as refused:
+        fit_text(keyword, value, copied=False, where="out.dcm")
+    assert str(refused.value) == f"out.dcm: {keyword} is {problem}"
+    with pytest.warns(UserWarning) as w:
+        cut = fit_text(keyword, value, copied=True, where="out.dcm")
+    assert len(w) == 1
+    assert str(w[0].message).startswith(
+        f"out.dcm: {keyword} copied from the reference image is {problem}; written cut to "
+    )
+    for message in (str(refused.value), str(w[0].message)):
+        assert "J" * 10 not in message and "v" * 10 not in message and "x" * 10 not in message
+    values = cut if isinstance(cut, list) else [cut]
+    vr = dictionary_VR(keyword)
+    limit = TEXT_VR_MAX_CHARACTERS[vr]
+    original = value if isinstance(value, list) else [value]
+    assert [v.startswith(o[:limit]) and len(v) == min(len(o), limit) for v, o in
+            zip(values, original, strict=True)] == [True] * len(original)  # fmt: skip
+    for v in values:  # pydicom's own check agrees (it raises in RAISE mode)
+        validate_value(vr, v, pydicom.config.RAISE)
+
+
+def test_fit_text_keeps_values_that_fit_and_splits_at_backslashes_as_pydicom() -> None:
+    name = pydicom.valuerep.PersonName("A" * 64 + "=" + "B" * 64)  # two groups of 64: fits
+    assert fit_text("PatientName", name, copied=False, where="x") is name
+    assert fit_text("SoftwareVersions", "a" * 64 + "\\" + "b" * 64, copied=False, where="x")
+    assert fit_text("StructureSetDescription", "a\\b" * 300, copied=False, where="x")  # ST: 1 text
+    assert fit_text("StudyID", None, copied=False, where="x") is None
+    assert fit_text("Rows", 512, copied=False, where="x") == 512  # not a text VR
+    with pytest.raises(ExportError, match=r"^x: ROIName \(ROI 3\) holds a backslash"):
+        fit_text("ROIName", "GTV\\CTV", copied=False, where="x", what="ROI 3")
+    with pytest.warns(UserWarning, match="OtherPatientIDs copied") as w:
+        cut = fit_text("OtherPatientIDs", "a" * 70 + "\\" + "b" * 3, copied=True, where="x")
+    assert cut == ["a" * 64, "bbb"] and len(w) == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "keyword"),
+    [
+        pytest.param("series_description", "SeriesDescription", id="series-description"),
+        pytest.param("patient_name", "PatientName", id="patient-name"),
+        pytest.param("patient_id", "PatientID", id="patient-id"),
+    ],
+)
+def test_write_series_refuses_an_over_long_option_without_naming_it(
+    option: str, keyword: str, tmp_path: Path
+) -> None:
+    g = Geometry((2, 3, 3), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    value = "DOE^" + "J" * 70
+    with pytest.raises(ExportError, match=rf"{keyword} is 74 characters") as refused:
+        write_series(Volume(np.zeros(g.shape, np.int16), g), tmp_path / "ct", **{option: value})
+    assert "DOE" not in str(refused.value)
+    assert not (tmp_path / "ct").exists()
 
 
 # --- bad input -----------------------------------------------------------------------------

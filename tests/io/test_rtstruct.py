@@ -33,6 +33,8 @@ from tests.rt_helpers import (
     dice,
     plastimatch_masks,
     require_geometry_match,
+    require_over_long_header_cut,
+    write_over_long_reference,
     write_reference_series,
 )
 
@@ -371,6 +373,93 @@ def test_empty_roi_is_warned_about(
         )
     names = list(rtstruct.read(out, reference))
     assert names == (["Lesion", "Nothing"] if empty == "keep" else ["Lesion"])
+
+
+# ---------------------------------------------------------------------------------------------
+# over-long text: refused when composed, cut when copied from the reference (io.dicom.fit_text)
+
+SMALL = Geometry((6, 16, 16), (2.5, 1.0, 1.0), (0.0, 0.0, 0.0))
+
+
+def _small_labels(reference: Volume) -> Volume:
+    labels = np.zeros(reference.geometry.shape, dtype=np.uint8)
+    labels[2:4, 4:9, 5:11] = 1
+    return Volume(labels, reference.geometry, VolumeKind.LABELS)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param({"algorithm_version": "v" * 70}, "SoftwareVersions is 70 characters, more "
+                     "than DICOM allows for LO (64)", id="version"),
+        pytest.param({"algorithm_name": "n" * 60}, "ROIGenerationDescription (algorithm name, "
+                     "version and model_id) is 66 characters, more than DICOM allows for LO "
+                     "(64)", id="name"),
+    ],
+)  # fmt: skip
+def test_an_over_long_option_is_refused_naming_the_attribute(
+    options: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    reference = write_reference_series(SMALL, tmp_path / "ct")
+    out = tmp_path / "rs.dcm"
+    with pytest.raises(ExportError) as refused:
+        rtstruct.write(
+            _small_labels(reference), reference, [RoiSpec("GTV", 1)], out,
+            **{"algorithm_version": "0.1.0", **options},
+        )  # fmt: skip
+    assert str(refused.value) == f"{out}: {message}"
+    assert not out.exists()
+
+
+def test_over_long_reference_attributes_are_cut_with_a_warning(tmp_path: Path) -> None:
+    """A 70-character StudyDescription, a 20-character StudyID etc. on the CT: the structure
+    set is written, each value cut to its limit and warned about once, and dciodvfy agrees."""
+    reference = write_over_long_reference(SMALL, tmp_path / "ct")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = rtstruct.write(
+            _small_labels(reference), reference, [RoiSpec("GTV", 1)], tmp_path / "rs.dcm"
+        )
+    require_over_long_header_cut(out, caught)
+
+
+def test_long_names_have_no_cut_observation_label(tmp_path: Path) -> None:
+    """ROIObservationLabel is SH (16): a longer ROI name is left out of it, not cut (two cut
+    names could be the same label); the ROIName keeps the whole name."""
+    reference = write_reference_series(SMALL, tmp_path / "ct")
+    array = np.array(_small_labels(reference).array)
+    array[2:4, 10:14, 2:6] = 2
+    labels = Volume(array, reference.geometry, VolumeKind.LABELS)
+    long_name = "Parotid_L_PRV03mm"  # 17 characters
+    out = rtstruct.write(
+        labels, reference, [RoiSpec("GTV", 1), RoiSpec(long_name, 2)], tmp_path / "rs.dcm"
+    )
+    ds = pydicom.dcmread(out)
+    assert [r.ROIName for r in ds.StructureSetROISequence] == ["GTV", long_name]
+    observations = ds.RTROIObservationsSequence
+    assert observations[0].ROIObservationLabel == "GTV"
+    assert "ROIObservationLabel" not in observations[1]
+    assert dciodvfy_errors(out) == []
+
+
+def test_many_omitted_structures_are_counted_within_the_description_limit(
+    tmp_path: Path,
+) -> None:
+    """StructureSetDescription (ST, 1024) names as many omitted ROIs as fit, then counts."""
+    reference = write_reference_series(SMALL, tmp_path / "ct")
+    absent = [RoiSpec(f"{k:02d}_" + "x" * 57, k) for k in range(2, 40)]  # 60 characters each
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one warning per omitted ROI
+        out = rtstruct.write(
+            _small_labels(reference), reference, [RoiSpec("GTV", 1), *absent],
+            tmp_path / "rs.dcm",
+        )  # fmt: skip
+    description = str(pydicom.dcmread(out).StructureSetDescription)
+    assert len(description) <= 1024
+    shown = [r.name for r in absent if r.name in description]
+    assert shown == [r.name for r in absent[: len(shown)]] and 0 < len(shown) < len(absent)
+    assert description.endswith(f", {len(absent) - len(shown)} more")
+    assert dciodvfy_errors(out) == []
 
 
 # ---------------------------------------------------------------------------------------------

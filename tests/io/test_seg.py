@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,16 @@ from scipy.spatial.transform import Rotation
 from medseg import geometry as geo
 from medseg.errors import ExportError, GeometryError
 from medseg.geometry import Geometry
-from medseg.io import seg
+from medseg.io import rtstruct, seg
 from medseg.io.rtstruct import RoiSpec
 from medseg.volume import Volume, VolumeKind
-from tests.rt_helpers import dciodvfy_errors, write_reference_series
+from tests.rt_helpers import (
+    OVER_LONG_HEADER,
+    dciodvfy_errors,
+    require_over_long_header_cut,
+    write_over_long_reference,
+    write_reference_series,
+)
 
 AXIAL = Geometry((14, 40, 46), (2.5, 0.9, 0.9), (-20.0, -18.0, 12.5))
 OBLIQUE = Geometry(
@@ -32,6 +39,7 @@ OBLIQUE = Geometry(
     ),
 )
 GRIDS = {"axial": AXIAL, "oblique": OBLIQUE}
+SMALL = Geometry((6, 16, 16), (2.5, 1.0, 1.0), (0.0, 0.0, 0.0))
 
 ROIS = [
     RoiSpec("GTV", 1, (255, 0, 0), "GTV", standard_name="GTVp"),
@@ -39,6 +47,12 @@ ROIS = [
     RoiSpec("Voxel", 5, (0, 0, 255), "AVOIDANCE"),
     RoiSpec("PTV", 7, (255, 255, 0), "PTV"),
 ]
+
+
+def _small_labels(reference: Volume) -> Volume:
+    labels = np.zeros(reference.geometry.shape, dtype=np.uint8)
+    labels[2:4, 4:9, 5:11] = 1
+    return Volume(labels, reference.geometry, VolumeKind.LABELS)
 
 
 def _labels(g: Geometry) -> NDArray[np.uint8]:
@@ -143,6 +157,51 @@ def test_write_refuses_invalid_input(tmp_path: Path) -> None:
     with pytest.raises(GeometryError):
         seg.write_seg(Volume(labels.array, shifted, VolumeKind.LABELS), reference, ROIS, out)
     assert not out.exists()
+
+
+_LO_66 = "is 66 characters, more than DICOM allows for LO (64)"
+
+
+@pytest.mark.parametrize(
+    ("options", "seg_message", "rtstruct_message"),
+    [
+        pytest.param({"algorithm_version": "v" * 70},
+                     "SoftwareVersions is 70 characters, more than DICOM allows for LO (64)",
+                     "SoftwareVersions is 70 characters, more than DICOM allows for LO (64)",
+                     id="version"),
+        pytest.param({"algorithm_name": "n" * 60},
+                     f"ContentDescription (algorithm name and version) {_LO_66}",
+                     f"ROIGenerationDescription (algorithm name, version and model_id) {_LO_66}",
+                     id="name"),
+    ],
+)  # fmt: skip
+def test_an_over_long_option_is_refused_as_by_the_rtstruct_writer(
+    options: dict[str, str], seg_message: str, rtstruct_message: str, tmp_path: Path
+) -> None:
+    """The SEG writer refuses what the RT-STRUCT writer refuses, in the same words (it used
+    to cut ContentDescription to 64 characters silently)."""
+    reference = write_reference_series(SMALL, tmp_path / "ct")
+    labels = _small_labels(reference)
+    for write, message in ((seg.write_seg, seg_message), (rtstruct.write, rtstruct_message)):
+        out = tmp_path / "out.dcm"
+        with pytest.raises(ExportError) as refused:
+            write(labels, reference, [RoiSpec("GTV", 1)], out,
+                  **{"algorithm_version": "0.1.0", **options})  # fmt: skip
+        assert str(refused.value) == f"{out}: {message}"
+        assert not out.exists()
+
+
+def test_over_long_reference_attributes_are_cut_with_a_warning(tmp_path: Path) -> None:
+    """A 70-character StudyDescription, a 20-character StudyID etc. on the CT: highdicom
+    copies them, medseg cuts each to its limit with one warning, and dciodvfy agrees."""
+    reference = write_over_long_reference(SMALL, tmp_path / "ct")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = seg.write_seg(
+            _small_labels(reference), reference, [RoiSpec("GTV", 1)], tmp_path / "seg.dcm"
+        )
+    require_over_long_header_cut(out, caught)
+    assert reference.source.dicom_header.StudyID == OVER_LONG_HEADER["StudyID"]  # not changed
 
 
 def test_read_refuses_another_grid(tmp_path: Path) -> None:

@@ -10,6 +10,10 @@ The scan path, in reading order:
   raising the named error of its first problem.
 - :func:`write_series` writes a CT series strictly (``dciodvfy`` reports no errors).
 
+:func:`fit_text` is the one policy every medseg DICOM writer (CT, RT-STRUCT, SEG) applies to
+length-limited text: a composed value that is too long is refused, one copied from the source
+header is cut with a warning.
+
 Every DICOM file medseg scans or loads is opened by :func:`read_dicom` (bounded reads, streamed
 inflation), and every header value it converts is read by :func:`header_value`, so a corrupt
 file is an :class:`~medseg.errors.UnreadableScanError` naming it. The modules behind this
@@ -47,7 +51,9 @@ from medseg.io.dicom._slices import (
 )
 from medseg.io.dicom._write import (
     IMPLEMENTATION_CLASS_UID,
+    TEXT_VR_MAX_CHARACTERS,
     file_meta,
+    fit_text,
     format_ds,
     is_medseg_dicom,
     write_series,
@@ -60,6 +66,7 @@ __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "MISSING_SLICE_RATIO_TOLERANCE",
     "SLICE_SPACING_RELATIVE_TOLERANCE",
+    "TEXT_VR_MAX_CHARACTERS",
     "TILT_TOLERANCE_DEG",
     "BoundedReader",
     "Inventory",
@@ -71,6 +78,7 @@ __all__ = [
     "StudyEntry",
     "file_meta",
     "finite",
+    "fit_text",
     "format_ds",
     "header_value",
     "integer",

@@ -1,18 +1,23 @@
 """DICOM CT series writing: strict, so a written series passes ``dciodvfy``.
 
 Every Type 1 and Type 2 attribute of the CT Image IOD is written; numbers are formatted as
-DICOM Decimal Strings of at most 16 characters. :mod:`medseg.io.dicom` re-exports these names.
+DICOM Decimal Strings of at most 16 characters, and every length-limited text value passes
+:func:`fit_text`, the one policy for over-long text that the RT-STRUCT and SEG writers share.
+:mod:`medseg.io.dicom` re-exports these names.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydicom.datadict import dictionary_VM, dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -22,10 +27,112 @@ from medseg.errors import ExportError
 from medseg.io.files import atomic_dir
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
-__all__ = ["IMPLEMENTATION_CLASS_UID", "file_meta", "format_ds", "is_medseg_dicom", "write_series"]
+__all__ = [
+    "IMPLEMENTATION_CLASS_UID",
+    "TEXT_VR_MAX_CHARACTERS",
+    "file_meta",
+    "fit_text",
+    "format_ds",
+    "is_medseg_dicom",
+    "write_series",
+]
 
 # A UUID-derived UID (ISO/IEC 9834-8 arc 2.25) that identifies medseg as the implementation.
 IMPLEMENTATION_CLASS_UID = UID("2.25.208501962560291471238227467631826952322")
+
+#: Longest value, in characters, of each length-limited text VR (DICOM PS3.5 Table 6.2-1).
+#: The limit holds for each value of a multi-valued attribute, and for PN for each component
+#: group (alphabetic, ideographic, phonetic). DS is formatted by :func:`format_ds`; UIDs are
+#: generated; UT and UC have no practical limit.
+TEXT_VR_MAX_CHARACTERS = {
+    "AE": 16,
+    "CS": 16,
+    "SH": 16,
+    "LO": 64,
+    "PN": 64,
+    "ST": 1024,
+    "LT": 10240,
+}
+
+# VRs whose value is one text that may hold a backslash (PS3.5 6.2); in every other text VR a
+# backslash separates values, and pydicom splits a string there when it is assigned.
+_ONE_TEXT_VRS = frozenset({"ST", "LT", "UT"})
+# PN component groups are separated by "=" (PS3.5 6.2.1.1).
+_PN_GROUP_SEPARATOR = "="
+
+
+def fit_text(keyword: str, value: Any, *, copied: bool, where: str, what: str = "") -> Any:
+    """``value`` for attribute ``keyword``, within its VR's length limit: the one policy for
+    over-long DICOM text that every medseg writer (CT series, RT-STRUCT, SEG) follows.
+
+    - **Composed values** (``copied=False``): what the user or medseg writes, such as ROI
+      and segment names, descriptions, algorithm names and versions, manufacturer strings
+      and a series description or patient name given as an option. Too long is an
+      :class:`ExportError` naming the attribute, its VR, the limit and the length, never
+      the value (it may be a patient's name). A backslash in a single-valued attribute is
+      refused too: pydicom would split it into two values. Silently cutting a composed
+      value would write something nobody asked for (and cut names can collide).
+    - **Copied values** (``copied=True``): attributes copied from the reference image's
+      header into the derived object (PatientName, PatientID, StudyID, AccessionNumber,
+      StudyDescription, ReferringPhysicianName, ...). A value already too long there comes
+      from a non-conformant source; refusing it would block every export of that scan, so
+      each value is cut to the limit, with one warning per attribute naming it (never the
+      value). The reference files are not changed.
+
+    The limit is :data:`TEXT_VR_MAX_CHARACTERS` of the attribute's VR (from pydicom's data
+    dictionary), for each value of a multi-valued attribute (split at backslashes, as pydicom
+    does) and each PN component group; a value of another VR, a bytes value or an empty one
+    is returned unchanged. A value that fits is returned as given.
+
+    Args:
+        keyword: the DICOM keyword, e.g. ``"StudyDescription"``.
+        value: a string, a pydicom ``PersonName`` or ``MultiValue``, a list of strings, or
+            ``None``.
+        copied: whether the value was copied from the source header (see above).
+        where: the file being written, for the message.
+        what: for a composed value, where it comes from (e.g. ``"algorithm name, version
+            and model_id"``), named in the message so the user knows what to shorten.
+
+    Returns:
+        The value, or for a copied one that is too long, the value cut to the limit (a
+        string, or a list of strings for several values).
+
+    Raises:
+        ExportError: a composed value that is too long, or that holds a backslash where
+            the attribute takes one value.
+    """
+    vr = dictionary_VR(keyword)
+    limit = TEXT_VR_MAX_CHARACTERS.get(vr)
+    if limit is None or value is None or isinstance(value, bytes | bytearray):
+        return value
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        text = str(value)
+        values = [text] if vr in _ONE_TEXT_VRS else text.split("\\")
+    else:  # MultiValue, list, tuple
+        values = [str(v) for v in value]
+    if not copied and len(values) > 1 and dictionary_VM(keyword) == "1":
+        raise ExportError(
+            f"{where}: {keyword}{f' ({what})' if what else ''} holds a backslash, which DICOM "
+            "reads as a value separator, but takes one value"
+        )
+    separator = _PN_GROUP_SEPARATOR if vr == "PN" else None
+    longest = max(len(part) for v in values for part in (v.split(separator) if separator else [v]))
+    if longest <= limit:
+        return value
+    per = " per component group" if vr == "PN" else (" per value" if len(values) > 1 else "")
+    problem = f"is {longest} characters, more than DICOM allows for {vr} ({limit}{per})"
+    if not copied:
+        raise ExportError(f"{where}: {keyword}{f' ({what})' if what else ''} {problem}")
+    warnings.warn(
+        f"{where}: {keyword} copied from the reference image {problem}; written cut to "
+        f"{limit} characters (the reference is not conformant and is not changed)",
+        stacklevel=2,
+    )
+    cut = [
+        separator.join(part[:limit] for part in v.split(separator)) if separator else v[:limit]
+        for v in values
+    ]
+    return cut[0] if len(cut) == 1 else cut
 
 
 def is_medseg_dicom(path: Path, sop_class_uid: str | None = None) -> bool:
@@ -127,7 +234,9 @@ def write_series(
         The same volume with ``source`` describing the written series.
 
     Raises:
-        ExportError: unsupported modality, non-IMAGE volume, non-finite values, existing folder.
+        ExportError: unsupported modality, non-IMAGE volume, non-finite values, existing
+            folder, or a series description, patient name or ID longer than DICOM allows
+            (see :func:`fit_text`).
     """
     if modality != "CT":
         raise ExportError(f"{out_dir}: writing modality {modality!r} is not supported (only CT)")
@@ -137,6 +246,12 @@ def write_series(
         )
     g = volume.geometry
     where = str(out_dir)
+    # given as options, so too long is refused (fit_text) before anything is written
+    series_description = fit_text(
+        "SeriesDescription", series_description, copied=False, where=where
+    )
+    patient_name = fit_text("PatientName", patient_name, copied=False, where=where)
+    patient_id = fit_text("PatientID", patient_id, copied=False, where=where)
     stored, slope, intercept = _to_stored(volume.array, where)
     study_uid = study_instance_uid or _uid(uid_seed, "study")
     series_uid = _uid(uid_seed, "series", series_number)

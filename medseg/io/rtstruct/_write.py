@@ -41,7 +41,7 @@ import medseg
 from medseg import contours
 from medseg import geometry as geo
 from medseg.errors import ExportError
-from medseg.io.dicom import file_meta, format_ds
+from medseg.io.dicom import TEXT_VR_MAX_CHARACTERS, file_meta, fit_text, format_ds
 from medseg.io.files import atomic_path
 from medseg.structures import InterpretedType, Structure, duplicated_fields
 from medseg.volume import Volume, VolumeKind, require_same_geometry
@@ -73,15 +73,14 @@ _STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
 #: removed while the outline is free to move by the sub-voxel amounts the model suggests.
 PROBABILITY_SEARCH_VOXELS = 2
 
-_MAX_LO = 64
 _MAX_DS = 16
-_MAX_SH = 16
 
 MissingUids = Literal["error", "generate"]
 
 _CONTOUR_DATA_TAG = Tag(0x3006, 0x0050)
 
-# Copied from the image header so the structure set lands in the same patient and study.
+# Copied from the image header so the structure set lands in the same patient and study (an
+# over-long value is cut with a warning: medseg.io.dicom.fit_text).
 _PATIENT_STUDY_KEYWORDS = (
     "PatientName",
     "PatientID",
@@ -203,7 +202,9 @@ def write(
             same grid and frame.
         ExportError: a non-LABELS volume, no or duplicate ROIs, a reference without the
             DICOM provenance needed, probabilities that do not cover every ROI's label, or a
-            description that does not fit DICOM's limits.
+            name, version or description longer than DICOM allows (see
+            :func:`medseg.io.dicom.fit_text`; an over-long attribute copied from the
+            reference's header is cut with a warning instead).
     """
     out_path = Path(out_path)
     if labels.kind is not VolumeKind.LABELS:
@@ -400,19 +401,25 @@ def _write_structure_set(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ExportError(f"{out_path}: duplicate ROI names {duplicates}")
-    description = f"{algorithm_name} {algorithm_version}" + (
-        f" model {model_id}" if model_id else ""
+    # every composed text is checked before any contour is traced
+    where = str(out_path)
+    software_versions = fit_text("SoftwareVersions", algorithm_version, copied=False, where=where)
+    description = fit_text(
+        "ROIGenerationDescription",
+        f"{algorithm_name} {algorithm_version}" + (f" model {model_id}" if model_id else ""),
+        copied=False,
+        where=where,
+        what="algorithm name, version and model_id",
     )
-    if len(description) > _MAX_LO:
-        raise ExportError(
-            f"{out_path}: ROIGenerationDescription {description!r} is {len(description)} "
-            f"characters, DICOM allows {_MAX_LO}; shorten model_id"
-        )
+    for roi, _ in masks:
+        fit_text("ROIName", roi.name, copied=False, where=where, what=f"ROI {roi.label}")
+        if roi.standard_name:
+            fit_text("ROIDescription", roi.standard_name, copied=False, where=where)
     study_uid, series_uid, frame_uid, image_sop_class = _reference_uids(
         reference, out_path, missing_uids
     )
     src = reference.source
-    ds = _base_dataset(study_uid, frame_uid, src.dicom_header, algorithm_version)
+    ds = _base_dataset(study_uid, frame_uid, src.dicom_header, software_versions, where)
     frames = src.frame_numbers
     ds.ReferencedFrameOfReferenceSequence = DicomSequence(
         [
@@ -503,15 +510,17 @@ def _write_structure_set(
         observation = Dataset()
         observation.ObservationNumber = number
         observation.ReferencedROINumber = number
-        observation.ROIObservationLabel = roi.name[:_MAX_SH]
+        if len(roi.name) <= TEXT_VR_MAX_CHARACTERS["SH"]:
+            # Type 3 and SH: a longer name is not cut (cut names can collide) but left out
+            observation.ROIObservationLabel = roi.name
         observation.RTROIInterpretedType = roi.interpreted_type.value
         observation.ROIInterpreter = ""
         observation_items.append(observation)
     if not roi_items:
         raise ExportError(f"{out_path}: every ROI is empty and empty='omit'; nothing to write")
-    if omitted:  # ST, 1024 characters at most
-        ds.StructureSetDescription = _fit(
-            "structures not found (no contours, not listed): " + ", ".join(omitted), 1024
+    if omitted:
+        ds.StructureSetDescription = fit_text(
+            "StructureSetDescription", _omitted_description(omitted), copied=False, where=where
         )
     ds.StructureSetROISequence = DicomSequence(roi_items)
     ds.ROIContourSequence = DicomSequence(contour_items)
@@ -522,9 +531,17 @@ def _write_structure_set(
     return out_path
 
 
-def _fit(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, ending in an ellipsis when cut."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _omitted_description(omitted: Sequence[str]) -> str:
+    """The StructureSetDescription naming the ROIs left out, composed to fit ST's limit: as
+    many names as fit, then how many more (255 names of 64 characters would not)."""
+    limit = TEXT_VR_MAX_CHARACTERS["ST"]
+    prefix = "structures not found (no contours, not listed): "
+    for shown in range(len(omitted), -1, -1):
+        rest = len(omitted) - shown
+        text = prefix + ", ".join([*omitted[:shown], *([f"{rest} more"] if rest else [])])
+        if len(text) <= limit:
+            return text
+    raise AssertionError("unreachable: the prefix and a count always fit")  # pragma: no cover
 
 
 def _roi_box(
@@ -584,19 +601,30 @@ def _raw_ds(tag: BaseTag, values: Sequence[str]) -> RawDataElement:
     return RawDataElement(tag, "DS", len(text), text, 0, False, True)
 
 
-def _base_dataset(study_uid: str, frame_uid: str, header: Any, software_version: str) -> Dataset:
-    """Patient, General Study, RT Series, Frame of Reference, Equipment, SOP Common modules."""
+def _base_dataset(
+    study_uid: str, frame_uid: str, header: Any, software_versions: Any, where: str
+) -> Dataset:
+    """Patient, General Study, RT Series, Frame of Reference, Equipment, SOP Common modules.
+
+    Patient and study attributes are copied from ``header``; one that is longer than its VR
+    allows is cut with a warning (:func:`medseg.io.dicom.fit_text`).
+    """
     now = _dt.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds = Dataset()
-    ds.SpecificCharacterSet = header.get("SpecificCharacterSet", "ISO_IR 100")
+    ds.SpecificCharacterSet = fit_text(
+        "SpecificCharacterSet",
+        header.get("SpecificCharacterSet", "ISO_IR 100"),
+        copied=True,
+        where=where,
+    )
     ds.InstanceCreationDate = date
     ds.InstanceCreationTime = time
     ds.SOPClassUID = RTStructureSetStorage
     ds.SOPInstanceUID = generate_uid()
     for keyword in _PATIENT_STUDY_KEYWORDS:
         if keyword in header:
-            setattr(ds, keyword, header[keyword].value)
+            setattr(ds, keyword, fit_text(keyword, header[keyword].value, copied=True, where=where))
     for keyword in _TYPE2_PATIENT_STUDY:  # Type 2: present, possibly empty
         if keyword not in ds:
             setattr(ds, keyword, "")
@@ -609,10 +637,15 @@ def _base_dataset(study_uid: str, frame_uid: str, header: Any, software_version:
     ds.SeriesDescription = "medseg structures"
     ds.OperatorsName = ""
     ds.FrameOfReferenceUID = frame_uid
-    ds.PositionReferenceIndicator = header.get("PositionReferenceIndicator", "")
+    ds.PositionReferenceIndicator = fit_text(
+        "PositionReferenceIndicator",
+        header.get("PositionReferenceIndicator", ""),
+        copied=True,
+        where=where,
+    )
     ds.Manufacturer = "medseg"
     ds.ManufacturerModelName = "medseg"
-    ds.SoftwareVersions = software_version
+    ds.SoftwareVersions = software_versions
     ds.StructureSetLabel = "medseg"
     ds.StructureSetName = "medseg"
     ds.StructureSetDate = date
