@@ -20,7 +20,7 @@ from medseg.model import LoadedModel, build_network
 from medseg.preprocess import resample_scores_to_labels
 from medseg.volume import SourceInfo, Volume, VolumeKind
 from tests import strategies
-from tests.conftest import require_data
+from tests.conftest import require_data, require_module
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -312,7 +312,7 @@ def test_exported_backend_agrees_with_torch_on_a_real_ct(backend: str) -> None:
     from medseg.training import data
 
     case = require_data("hn-ct/pt_1")
-    pytest.importorskip(backend)
+    require_module(backend)
     image = data.load_image(case)
     settings = {"roi_size": (32, 128, 128), "sw_batch_size": 2, "num_threads": 2}
     reference = predict(_model_with({}, **settings), image).array
@@ -464,7 +464,7 @@ def test_speed_benchmark_runs_and_compares_the_same_windows() -> None:
 
     from tests.conftest import REPO_ROOT
 
-    pytest.importorskip("openvino")
+    require_module("openvino")
     run = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "infer_speed.py"), "--random-unet",
          "--slices", "4", "--model-spacing", "5", "5", "5", "--no-body-crop", "--repeats", "1",
