@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Install medseg with its test dependencies, the Debian tools the tests use as independent
 # referees and real services (plastimatch, dciodvfy, dcmtk, Chromium, Orthanc; when run as
-# root and missing), and run the whole test suite.
+# root and missing), and run the whole test suite (as CI does: .ci/run passes no arguments).
+#   bash scripts/test.sh [pytest args]           # everything
+#   bash scripts/test.sh --quick [pytest args]   # local check: skips tests marked slow
+# (--quick must come first; the other arguments go to pytest unchanged, a later -m wins.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+quick=()
+if [[ "${1:-}" == "--quick" ]]; then
+  quick=(-m "not slow")
+  shift
+fi
 need=()
 command -v plastimatch >/dev/null || need+=(plastimatch)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
@@ -20,4 +28,4 @@ if ((${#need[@]})); then
   fi
 fi
 bash scripts/install.sh --test
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest "${quick[@]}" "$@"

@@ -307,6 +307,7 @@ def test_flip_tta_is_invariant_to_flipping_the_input() -> None:
     assert np.mean(np.flip(flipped, (1, 2)) == plain) > 0.999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_exported_backend_agrees_with_torch_on_a_real_ct(backend: str) -> None:
     from medseg.training import data
@@ -454,6 +455,7 @@ def test_openvino_static_batch_pads_a_partial_batch_and_returns_only_its_windows
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_speed_benchmark_runs_and_compares_the_same_windows() -> None:
     """benchmarks/infer_speed.py as the README runs it, on a grid small enough for CI: a random
     UNet over the whole image (no body crop), so MONAI and medseg run the same windows and
