@@ -2,9 +2,17 @@
 # Install medseg with its test dependencies, the Debian tools the tests use as independent
 # referees and real services (plastimatch, dciodvfy, dcmtk, Chromium, Orthanc; when run as
 # root and missing), run the house checks (ruff format, ruff check, mypy; pinned in the test
-# extra) and then the whole test suite.
+# extra) and then the whole test suite (as CI does: .ci/run passes no arguments).
+#   bash scripts/test.sh [pytest args]           # everything
+#   bash scripts/test.sh --quick [pytest args]   # local check: skips tests marked slow
+# (--quick must come first; the other arguments go to pytest unchanged, a later -m wins.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+quick=()
+if [[ "${1:-}" == "--quick" ]]; then
+  quick=(-m "not slow")
+  shift
+fi
 need=()
 command -v plastimatch >/dev/null || need+=(plastimatch)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
@@ -25,4 +33,4 @@ bash scripts/install.sh --test
 .venv/bin/ruff format --check --quiet .
 .venv/bin/ruff check --quiet .
 .venv/bin/mypy medseg
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest "${quick[@]}" "$@"

@@ -414,6 +414,7 @@ def test_kill_9_mid_run_then_resume(tmp_path: Path, tiny_model: Path) -> None:
     assert not any((out / ".staging").iterdir()) if (out / ".staging").exists() else True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "executor_args",
     [

@@ -381,6 +381,7 @@ def _signal_worker_inside(case_dir: Path, signum: int) -> threading.Thread:
     return thread
 
 
+@pytest.mark.slow
 def test_a_case_over_the_time_limit_fails_and_the_next_one_runs(
     tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -425,6 +426,7 @@ def test_a_case_over_the_time_limit_fails_and_the_next_one_runs(
     assert multiprocessing.active_children() == []  # no stopped worker left behind
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_fails_its_own_case_only(tmp_path: Path, tiny_model: Path) -> None:
     inputs = tmp_path / "in"
     _write_inputs(inputs, 2)
@@ -482,6 +484,7 @@ def _wait_for_done(
     pytest.fail("no case was done in time")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "executor_args"),
     [
@@ -551,6 +554,7 @@ def _pool_workers(pid: int) -> list[int]:
     return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
+@pytest.mark.slow
 def test_pool_workers_leave_stop_signals_to_the_driver(tmp_path: Path, tiny_model: Path) -> None:
     """Ctrl-C reaches the terminal's whole process group, and a service manager may signal
     every process of a service: workers ignore SIGINT and SIGTERM (the driver stops them), so

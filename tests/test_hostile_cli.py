@@ -435,6 +435,7 @@ def test_output_on_a_read_only_file_system(workspace: Workspace) -> None:
     assert _checksums([workspace.patient]) == before
 
 
+@pytest.mark.slow
 def test_disk_full_leaves_nothing_and_keeps_the_previous_output(workspace: Workspace) -> None:
     """A 64 kB file system: the seeded model's outputs (about 170 kB) cannot fit. The first run leaves
     nothing; a run with --overwrite over a (small, earlier) output keeps it unchanged."""
@@ -534,6 +535,7 @@ def test_output_modes_follow_the_umask(
     assert {oct(p.stat().st_mode & 0o777) for p in paths if p.is_file()} == {oct(file_mode)}
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_medseg_output(workspace: Workspace) -> None:
     """The other side of the rule: --overwrite does replace what medseg wrote, for a
     folder (predict) and for a file (export-rtstruct)."""

@@ -20,7 +20,7 @@ from medseg.model import LoadedModel, build_network
 from medseg.preprocess import resample_scores_to_labels
 from medseg.volume import SourceInfo, Volume, VolumeKind
 from tests import strategies
-from tests.conftest import require_data
+from tests.conftest import require_data, require_module
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -307,12 +307,13 @@ def test_flip_tta_is_invariant_to_flipping_the_input() -> None:
     assert np.mean(np.flip(flipped, (1, 2)) == plain) > 0.999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_exported_backend_agrees_with_torch_on_a_real_ct(backend: str) -> None:
     from medseg.training import data
 
     case = require_data("hn-ct/pt_1")
-    pytest.importorskip(backend)
+    require_module(backend)
     image = data.load_image(case)
     settings = {"roi_size": (32, 128, 128), "sw_batch_size": 2, "num_threads": 2}
     reference = predict(_model_with({}, **settings), image).array
@@ -454,6 +455,7 @@ def test_openvino_static_batch_pads_a_partial_batch_and_returns_only_its_windows
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_speed_benchmark_runs_and_compares_the_same_windows() -> None:
     """benchmarks/infer_speed.py as the README runs it, on a grid small enough for CI: a random
     UNet over the whole image (no body crop), so MONAI and medseg run the same windows and
@@ -464,7 +466,7 @@ def test_speed_benchmark_runs_and_compares_the_same_windows() -> None:
 
     from tests.conftest import REPO_ROOT
 
-    pytest.importorskip("openvino")
+    require_module("openvino")
     run = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "infer_speed.py"), "--random-unet",
          "--slices", "4", "--model-spacing", "5", "5", "5", "--no-body-crop", "--repeats", "1",

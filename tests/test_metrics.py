@@ -33,7 +33,7 @@ from medseg.metrics import (
     compute_metrics,
 )
 from medseg.volume import SourceInfo, Volume, VolumeKind
-from tests.conftest import require_data
+from tests.conftest import require_data, require_module
 
 #: Surface Dice tolerance for the real organs: between voxel-distance steps of these grids
 #: (0.98, 1.96, 2.5, 2.68 mm ...), so float32 (MONAI) and float64 (medseg) classify alike.
@@ -66,7 +66,7 @@ def _crop_union(a: np.ndarray, b: np.ndarray, margin: int = 2) -> tuple[np.ndarr
 def _deepmind(
     pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], tau: float
 ) -> dict[str, float]:
-    surface_distance = pytest.importorskip("surface_distance")
+    surface_distance = require_module("surface_distance")
     with warnings.catch_warnings():  # it uses scipy's deprecated ndimage.filters namespace
         warnings.simplefilter("ignore", DeprecationWarning)
         d = surface_distance.compute_surface_distances(ref, pred, spacing)
@@ -82,8 +82,8 @@ def _deepmind(
 def _monai(
     pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], tau: float
 ) -> dict[str, float]:
-    torch = pytest.importorskip("torch")
-    monai_metrics = pytest.importorskip("monai.metrics")
+    torch = require_module("torch")
+    monai_metrics = require_module("monai.metrics")
 
     def one_hot(mask: np.ndarray) -> object:
         m = torch.from_numpy(mask.astype(np.float32))[None, None]

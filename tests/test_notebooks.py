@@ -14,6 +14,7 @@ from tests.conftest import require_data
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_has_no_outputs_and_runs(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -30,7 +30,7 @@ from medseg.cli import app
 from medseg.errors import ConfigError, InputError
 from medseg.privacy import load_salt
 from medseg.synthetic import phantom
-from tests.conftest import OrthancServer, _free_port
+from tests.conftest import OrthancServer, _free_port, require_module
 from tests.test_batch import train_tiny_model
 from tests.test_pacs import _wait_stable
 
@@ -363,7 +363,8 @@ def _forged(ds: pydicom.Dataset) -> pydicom.Dataset:
 def test_listen_binds_loopback_by_default(tmp_path: Path, tiny_model: Path) -> None:
     import inspect
 
-    psutil = pytest.importorskip("psutil")
+    # psutil: pinned in requirements.lock, installed with the test extra (ipykernel -> ipython)
+    psutil = require_module("psutil")
     assert inspect.signature(listen).parameters["host"].default == "127.0.0.1"
     with _listening(tmp_path / "out", tiny_model, allowed_calling_aets=("TESTSCU",)) as (port, _):
         process = psutil.Process()

@@ -208,6 +208,7 @@ def test_refuses_bad_inputs(tmp_path: Path) -> None:
         load_label_maps(tmp_path)
 
 
+@pytest.mark.slow
 def test_benchmark_quick_prints_dice_per_organ_and_the_speed_ratio(tmp_path: Path) -> None:
     data_root = require_data("hn-oar-labels/oncologist").parents[1]
     script = REPO_ROOT / "benchmarks" / "train_hn_oar.py"

@@ -175,6 +175,7 @@ def _leaks(texts: dict[str, bytes]) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_identifiers_stay_out_of_train_and_batch_outputs(tmp_path: Path) -> None:
     hospital = tmp_path / "hospital"
     patients = _write_hospital(hospital)

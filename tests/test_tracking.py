@@ -242,6 +242,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
+@pytest.mark.slow
 def test_tracking_server_round_trip(mlflow_server: str, tmp_path: Path) -> None:
     config = _config(mlflow_server, registered="tiny-on-server")
     _log_and_resolve(config, _checkpoint(tmp_path, config), tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,13 +27,14 @@ from medseg.errors import (
     MissingSliceError,
     MixedOrientationError,
     MixedPixelSpacingError,
+    OutputError,
     UnevenSpacingError,
     UnreadableScanError,
 )
 from medseg.geometry import AXIAL_DIRECTION, Geometry
 from medseg.io.dicom import TEXT_VR_MAX_CHARACTERS, fit_text, format_ds, load_series, write_series
 from medseg.volume import Volume
-from tests.conftest import require_data, require_tool
+from tests.conftest import require_data, require_module, require_tool
 
 REAL_SERIES = [
     pytest.param("lung-gtv-ct/pat_1", id="lung-pat1"),
@@ -74,13 +76,13 @@ def _assert_same_as_sitk(volume: Volume, folder: Path) -> None:
 
 
 @pytest.mark.parametrize("relative", REAL_SERIES)
-def test_real_series_match_simpleitk(relative: str) -> None:
+def test_real_series_match_simpleitk(relative: str, tmp_path: Path) -> None:
     folder = require_data(relative)
     image_only = folder
     volume = load_series(folder)
     if any(p.name.startswith("DCM_RS") for p in folder.iterdir()):
         # SimpleITK's GDCM series reader must not see the RT-STRUCT: give it the images only
-        image_only = Path(pytest.importorskip("tempfile").mkdtemp())
+        image_only = tmp_path
         for p in folder.iterdir():
             if p.name.startswith("DCM_IMG"):
                 shutil.copy(p, image_only / p.name)
@@ -179,7 +181,9 @@ def test_write_refuses_to_overwrite(tmp_path: Path) -> None:
     g = Geometry((2, 3, 3), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     (tmp_path / "ct").mkdir()
     (tmp_path / "ct" / "keep.txt").write_text("precious")
-    with pytest.raises(Exception, match="refusing to overwrite"):
+    with pytest.raises(
+        OutputError, match=rf"^{re.escape(str(tmp_path / 'ct'))}: exists; refusing to overwrite"
+    ):
         write_series(Volume(np.zeros(g.shape, np.int16), g), tmp_path / "ct")
     assert (tmp_path / "ct" / "keep.txt").read_text() == "precious"
 
@@ -553,7 +557,7 @@ def test_real_series_reencoded_loads_identically(tmp_path: Path, syntax: str) ->
 
 
 def test_real_series_reencoded_as_jpeg_lossless_loads_identically(tmp_path: Path) -> None:
-    gdcm = pytest.importorskip("gdcm")  # python-gdcm: the only JPEG lossless encoder at hand
+    gdcm = require_module("gdcm")  # python-gdcm: the only JPEG lossless encoder at hand
     slices = _real_slices(n=3)
     plain = _save(slices, tmp_path / "plain")
     (tmp_path / "jpeg").mkdir()
@@ -663,9 +667,9 @@ def test_pixel_padding_becomes_the_smallest_real_value(tmp_path: Path) -> None:
     assert np.all(volume.array[0, :10] == real.min())
 
 
-def test_enhanced_ct_frames_take_their_per_frame_positions() -> None:
+def test_enhanced_ct_frames_take_their_per_frame_positions(tmp_path: Path) -> None:
     path = Path(_pydicom_file("eCT_Supplemental.dcm"))
-    folder = Path(pytest.importorskip("tempfile").mkdtemp())
+    folder = tmp_path
     shutil.copy(path, folder / path.name)
     volume = load_series(folder)
     ds = pydicom.dcmread(path)
@@ -818,9 +822,9 @@ def test_pixel_data_shorter_than_rows_times_columns_is_named(tmp_path: Path) -> 
         load_series(folder)
 
 
-def test_enhanced_ct_keeps_frame_numbers_for_references() -> None:
+def test_enhanced_ct_keeps_frame_numbers_for_references(tmp_path: Path) -> None:
     path = Path(_pydicom_file("eCT_Supplemental.dcm"))
-    folder = Path(pytest.importorskip("tempfile").mkdtemp())
+    folder = tmp_path
     shutil.copy(path, folder / path.name)
     volume = load_series(folder)
     ds = pydicom.dcmread(path, stop_before_pixels=True)
