@@ -9,8 +9,15 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from hypothesis import settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests check properties, not speed: on a loaded 2-core CI machine hypothesis's 200 ms
+# per-example deadline would fail a correct test (speed is measured by benchmarks/).
+settings.register_profile("ci", deadline=None)
+if os.environ.get("CI", "").lower() == "true":
+    settings.load_profile("ci")
 
 
 def _data_root() -> Path:
