@@ -15,12 +15,16 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 import medseg
 from medseg.errors import ConfigError, MedsegError
+from medseg.status import SummaryStatus
+
+if TYPE_CHECKING:
+    from medseg.batch import RunOptions
 
 __all__ = ["app"]
 
@@ -496,13 +500,41 @@ def _progress_bar() -> tuple[Any, Any]:
     return bar, update
 
 
+def _run_options(
+    config: Path | None,
+    *,
+    executor: ExecutorChoice = ExecutorChoice.LOCAL,
+    workers: int = 1,
+    ray_address: str | None = None,
+    retry_failed: bool = False,
+    progress: Any = None,
+) -> RunOptions:
+    """The command's :class:`medseg.batch.RunOptions`: ``series_selection``, ``batch`` and
+    ``privacy`` from ``--config`` (without it: the model's selection and settings, and the
+    default privacy, never the model's), and the command's own options."""
+    from medseg.batch import Executor, RunOptions
+    from medseg.config import PrivacyConfig, load_config
+
+    experiment = load_config(config) if config is not None else None
+    return RunOptions(
+        selection=experiment.series_selection if experiment else None,
+        settings=experiment.batch if experiment else None,
+        privacy=experiment.privacy if experiment else PrivacyConfig(),
+        executor=Executor(executor.value),
+        workers=workers,
+        ray_address=ray_address,
+        retry_failed=retry_failed,
+        progress=progress,
+    )
+
+
 def _echo_batch(summary: Any) -> None:
     typer.echo(
         f"{len(summary.rows)} cases: {summary.n_done} done, {summary.n_skipped} "
         f"skipped (unchanged), {summary.n_failed} failed"
     )
     for row in summary.rows:
-        if row.status == "failed":
+        if row.status is SummaryStatus.FAILED:
             typer.echo(f"failed: {row.case_id}: {row.error_class}", err=True)
     typer.echo(f"summary: {summary.summary_path}\nledger: {summary.ledger_path}")
     if not summary.ok:
@@ -530,26 +562,20 @@ def batch(
     ] = False,
 ) -> None:
     """Segment every study under INPUT_ROOT; resumable: a rerun skips done, unchanged cases."""
-    from medseg.batch import Executor, run_batch
-    from medseg.config import load_config
+    from medseg.batch import run_batch
 
     with _reported():
-        experiment = load_config(config) if config is not None else None
         bar, update = _progress_bar()
+        options = _run_options(
+            config,
+            executor=executor,
+            workers=workers,
+            ray_address=ray_address,
+            retry_failed=retry_failed,
+            progress=update,
+        )
         with bar:
-            summary = run_batch(
-                input_root,
-                output_root,
-                model,
-                selection=experiment.series_selection if experiment else None,
-                settings=experiment.batch if experiment else None,
-                executor=Executor(executor.value),
-                workers=workers,
-                retry_failed=retry_failed,
-                ray_address=ray_address,
-                progress=update,
-                privacy=experiment.privacy if experiment else None,
-            )
+            summary = run_batch(input_root, output_root, model, options=options)
     _echo_batch(summary)
 
 
@@ -587,31 +613,23 @@ def pacs_run(
     ] = False,
 ) -> None:
     """Find studies in Orthanc, segment those new or changed, send the results into their study."""
-    from medseg.batch import Executor
     from medseg.batch.orthanc import PacsQuery, run_pacs
-    from medseg.config import load_config
 
     with _reported():
-        experiment = load_config(config) if config is not None else None
         query = PacsQuery(
             tuple(modality) if modality else ("CT", "MR"), date_from, date_to, include_unstable
         )
         bar, update = _progress_bar()
+        options = _run_options(
+            config,
+            executor=executor,
+            workers=workers,
+            ray_address=ray_address,
+            retry_failed=retry_failed,
+            progress=update,
+        )
         with bar:
-            summary = run_pacs(
-                url,
-                output_root,
-                model,
-                query=query,
-                selection=experiment.series_selection if experiment else None,
-                settings=experiment.batch if experiment else None,
-                executor=Executor(executor.value),
-                workers=workers,
-                retry_failed=retry_failed,
-                ray_address=ray_address,
-                send=send,
-                progress=update,
-            )
+            summary = run_pacs(url, output_root, model, query=query, options=options, send=send)
     failed = [d for d in summary.deliveries if d.status == "failed"]
     typer.echo(
         f"sent {summary.n_sent} objects to {url.split('@')[-1]}, {len(failed)} failed"
@@ -670,10 +688,9 @@ def pacs_listen(
 ) -> None:
     """Receive studies by C-STORE, segment each once it is complete, send the results on."""
     from medseg.batch.listener import listen
-    from medseg.config import load_config
 
     with _reported():
-        experiment = load_config(config) if config is not None else None
+        options = _run_options(config)
         try:
             if not allow_aet:
                 raise ConfigError(
@@ -690,8 +707,7 @@ def pacs_listen(
                 quiet_period_s=quiet_period,
                 allowed_calling_aets=tuple(allow_aet),
                 reprocess_changed=reprocess_changed,
-                selection=experiment.series_selection if experiment else None,
-                settings=experiment.batch if experiment else None,
+                options=options,
             )
         except (KeyboardInterrupt, _Terminated):  # the listener's normal way to stop
             typer.echo("stopped")

@@ -541,8 +541,8 @@ class PrivacyConfig(_Section):
             folders after the patient). ``true``: also log each case's input folder, and
             skipped training patients by folder, to map pseudonyms back while debugging,
             and show SeriesDescription (free text that clinics fill with patient names) in
-            messages, the batch summaries and the QA page. ``medseg batch`` takes this from
-            ``--config`` only, never from a model's own config.
+            messages, the batch summaries and the QA page. ``medseg batch``, ``pacs run`` and
+            ``pacs listen`` take this from ``--config`` only, never from a model's own config.
     """
 
     log_identifiers: StrictBool = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import html.parser
 import os
 import signal
 import sqlite3
@@ -130,6 +131,48 @@ def _summary(out: Path) -> dict[str, dict[str, str]]:
         return {row["series_instance_uid"] or row["case_id"]: row for row in csv.DictReader(fh)}
 
 
+class _PageRows(html.parser.HTMLParser):
+    """The rows of a summary page: (row class, cells as text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[str | None, list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            self.rows.append((dict(attrs).get("class"), []))
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1][1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _page_statuses(out: Path) -> dict[str, tuple[str, str | None]]:
+    """``summary.html``'s case id -> (status shown, row class: the highlight)."""
+    parser = _PageRows()
+    parser.feed((out / "summary.html").read_text())
+    (_, header), *rows = parser.rows
+    assert header[:2] == ["case", "status"], header
+    return {cells[0]: (cells[1], row_class) for row_class, cells in rows}
+
+
+def _csv_statuses(out: Path) -> dict[str, tuple[str, str | None]]:
+    """``summary.csv``'s case id -> (status, the highlight the page should give it)."""
+    highlighted = {"failed", "interrupted"}
+    return {
+        r["case_id"]: (r["status"], r["status"] if r["status"] in highlighted else None)
+        for r in _summary(out).values()
+    }
+
+
 def _ledger(out: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
     db = sqlite3.connect(out / "ledger.sqlite")
     db.row_factory = sqlite3.Row
@@ -197,6 +240,8 @@ def test_batch_records_resumes_skips_and_reruns_what_changed(
     assert _hidden_leftovers(out) == []
     assert _snapshot(inputs) == before  # inputs never written to
     assert "3 done, 0 skipped (unchanged), 1 failed" in first.output
+    assert _page_statuses(out) == _csv_statuses(out)  # the page says what summary.csv says
+    assert "4 cases: 3 done, 1 failed." in (out / "summary.html").read_text()
 
     # the ledger: one row per case, an attempt each, the model's content id
     cases = {r["series_instance_uid"]: r for r in _ledger(out, "SELECT * FROM cases")}
@@ -220,6 +265,8 @@ def test_batch_records_resumes_skips_and_reruns_what_changed(
     rows = _summary(out)
     assert {rows[u]["status"] for u in good} == {"skipped"}
     assert (rows[uids[bad_folder]]["status"], rows[uids[bad_folder]]["ran"]) == ("failed", "no")
+    assert _page_statuses(out) == _csv_statuses(out)
+    assert "4 cases: 3 skipped, 1 failed." in (out / "summary.html").read_text()
     assert len(_ledger(out, "SELECT * FROM attempts")) == 4
 
     # --retry-failed runs only the failed case again
@@ -250,6 +297,68 @@ def test_batch_records_resumes_skips_and_reruns_what_changed(
     assert fifth.exit_code == 0, fifth.output
     assert {r["status"] for r in _summary(out).values()} == {"done"}
     assert {r["model_id"] for r in _ledger(out, "SELECT model_id FROM cases")} != {model_id}
+
+
+def test_summary_csv_and_page_say_the_same_word_for_each_case(tmp_path: Path) -> None:
+    """Every status a run reports, as the driver writes both summaries: the same word for
+    each case, counted on the page, failed and interrupted rows highlighted."""
+    from medseg.batch import SummaryRow, SummaryStatus, write_summary_csv
+    from medseg.batch.driver import _write_summary_page
+
+    def row(case_id: str, status: SummaryStatus, error: str | None = None) -> SummaryRow:
+        return SummaryRow(
+            case_id, status, True, "1.2.3", None, error, "no slices" if error else None, None,
+            None, {},
+        )  # fmt: skip
+
+    rows = [
+        row("case-1", SummaryStatus.DONE),
+        row("case-2", SummaryStatus.SKIPPED),
+        row("case-3", SummaryStatus.FAILED, "UnreadableScanError"),
+        row("case-4", SummaryStatus.INTERRUPTED),
+        row("case-5", SummaryStatus.DONE),
+    ]
+    write_summary_csv(rows, tmp_path / "summary.csv")
+    _write_summary_page(rows, tmp_path)
+    assert _page_statuses(tmp_path) == _csv_statuses(tmp_path)
+    assert [r["status"] for r in _summary(tmp_path).values()] == [
+        "done",
+        "skipped",
+        "failed",
+        "interrupted",
+        "done",
+    ]
+    page = (tmp_path / "summary.html").read_text()
+    assert "5 cases: 2 done, 1 skipped, 1 failed, 1 interrupted." in page
+    assert "UnreadableScanError: no slices" in page
+
+
+def test_the_ledger_keeps_its_four_statuses_and_shares_done_and_failed(tmp_path: Path) -> None:
+    """Ledgers already written allow only queued, running, done and failed (their CHECK
+    constraint): CaseStatus stays those four, and a finished case's word is the summaries'."""
+    from medseg.batch import CaseSpec, CaseStatus, Ledger, SummaryStatus
+
+    assert [s.value for s in CaseStatus] == ["queued", "running", "done", "failed"]
+    assert {CaseStatus.DONE.value, CaseStatus.FAILED.value} == {
+        SummaryStatus.DONE.value,
+        SummaryStatus.FAILED.value,
+    }
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        for i, status in enumerate(CaseStatus):
+            ledger.record(CaseSpec(f"case-{i}", "1.2", None, "sha256:0"), "folder", status, None)
+    db = sqlite3.connect(tmp_path / "ledger.sqlite")
+    try:
+        for word in ("skipped", "interrupted"):  # the summaries' words only
+            with pytest.raises(sqlite3.IntegrityError):
+                db.execute(
+                    "INSERT INTO cases (case_id, source, fingerprint, status) VALUES (?, ?, ?, ?)",
+                    (word, "folder", "sha256:0", word),
+                )
+    finally:
+        db.close()
+    assert [
+        r["status"] for r in _ledger(tmp_path, "SELECT status FROM cases ORDER BY case_id")
+    ] == [s.value for s in CaseStatus]
 
 
 def test_batch_usage_errors_exit_2(tmp_path: Path, tiny_model: Path) -> None:

@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "medseg.config",
             "medseg.privacy",
             "medseg.contours",
+            "medseg.status",
         ),
     ),
     ("io", ("medseg.io", "medseg.io.*")),

@@ -23,15 +23,18 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from medseg.batch import case_id_for
+from medseg.batch import RunOptions, SummaryStatus, case_id_for
 from medseg.batch.listener import listen
 from medseg.batch.orthanc import OrthancClient, PacsQuery, PacsSummary, run_pacs
 from medseg.cli import app
+from medseg.config import PrivacyConfig
 from medseg.errors import ConfigError, InputError
 from medseg.privacy import load_salt
 from medseg.synthetic import phantom
 from tests.conftest import OrthancServer, _free_port, require_module
-from tests.test_batch import train_tiny_model
+from tests.test_batch import REPO, _summary, train_tiny_model
+from tests.test_batch_faults import CANARY as DESCRIPTION
+from tests.test_batch_faults import _two_series_study
 from tests.test_pacs import _wait_stable
 
 CANARY = "Canary-Pw-7f3e9"
@@ -247,6 +250,45 @@ def test_a_failed_study_leaves_no_dicom_copy_in_staging(
     assert [p for p in (out / ".staging").rglob("*") if p.is_file()] == []
 
 
+def _two_series_files(root: Path) -> list[Path]:
+    """The CT files of one study with two series described as a patient's name, which both
+    match the default selection rules (so the case fails, and its message lists them)."""
+    _two_series_study(root, DESCRIPTION)
+    files = sorted(root.glob("*/s*/ct/*.dcm"))
+    assert len({pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID for f in files}) == 2
+    return files
+
+
+def test_pacs_run_shows_series_descriptions_only_with_log_identifiers_from_the_config(
+    tmp_path: Path, tiny_model: Path, orthanc_server: OrthancServer
+) -> None:
+    """``privacy.log_identifiers`` in ``--config`` reaches a PACS run as it reaches
+    ``medseg batch``: the message listing the study's series names their descriptions."""
+    for path in _two_series_files(tmp_path / "two"):
+        requests.post(
+            f"{orthanc_server.url}/instances", data=path.read_bytes(), timeout=10
+        ).raise_for_status()
+    _wait_stable(orthanc_server)
+    opted = tmp_path / "opted-in.yaml"
+    opted.write_text(
+        (REPO / "configs" / "tiny.yaml").read_text() + "privacy: {log_identifiers: true}\n"
+    )
+    messages = {}
+    for name, config in (("default", ()), ("opted", ("--config", str(opted)))):
+        out = tmp_path / name
+        result = CliRunner().invoke(
+            app,
+            ["pacs", "run", str(out), "--url", orthanc_server.url, "--model", str(tiny_model)]
+            + list(config),
+        )
+        assert result.exit_code == 1, result.output
+        (row,) = _summary(out).values()
+        assert row["status"] == "failed" and "2 series match" in row["error_message"], row
+        messages[name] = row["error_message"]
+    assert DESCRIPTION not in messages["default"]
+    assert f"(CT, {DESCRIPTION!r}, series 1, 16 slices)" in messages["opted"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The C-STORE listener (item 20)
 
@@ -403,6 +445,28 @@ def test_listen_rejects_an_association_called_for_another_aet(
         assert any_calling.is_established  # "*": any calling AE title
         any_calling.release()
     assert _incoming_files(out) == []
+
+
+def test_listen_shows_series_descriptions_only_with_log_identifiers(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    datasets = [pydicom.dcmread(f) for f in _two_series_files(tmp_path / "two")]
+    opted = RunOptions(privacy=PrivacyConfig(log_identifiers=True))
+    with _listening(
+        tmp_path / "out",
+        tiny_model,
+        allowed_calling_aets=("TESTSCU",),
+        quiet_period_s=0.5,
+        options=opted,
+    ) as (port, studies):
+        assert _store(port, datasets) == [0] * len(datasets)
+        deadline = time.monotonic() + 60
+        while not studies and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert studies, "the study never ran"
+    (row,) = studies[0].batch.rows
+    assert row.status is SummaryStatus.FAILED and "2 series match" in (row.error_message or "")
+    assert f"(CT, {DESCRIPTION!r}, series 1, 16 slices)" in (row.error_message or "")
 
 
 def test_listen_refuses_a_changed_instance_of_a_processed_study(

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from medseg import geometry as geo
-from medseg.errors import GeometryError, InputError, MissingReferenceError
+from medseg.errors import ConfigError, GeometryError, InputError, MissingReferenceError
 from medseg.geometry import Geometry
 from medseg.io import rtstruct
 from medseg.io.dicom import load_series
@@ -25,6 +25,7 @@ from medseg.postprocess import volumes_report, write_volumes_json
 from medseg.report import (
     SUMMARY_PAGE,
     CaseSummary,
+    SummaryStatus,
     read_case_summary,
     write_report,
     write_summary_page,
@@ -315,10 +316,15 @@ def test_summary_page_links_reports_and_lists_volumes(tmp_path: Path) -> None:
     (case2 / "report").mkdir()
     (case2 / "report" / "report.html").write_text("<html></html>")
     cases = [
-        CaseSummary("case 1", "ok", out_root / "case 1" / "report" / "report.html", {"GTV": 1.5}),
+        CaseSummary(
+            "case 1",
+            SummaryStatus.DONE,
+            out_root / "case 1" / "report" / "report.html",
+            {"GTV": 1.5},
+        ),
         read_case_summary(case2),
         CaseSummary("bad<case>", "failed", None, {}, "UnreadableScanError: <no slices>"),
-        CaseSummary("gone", "ok", out_root / "gone" / "report.html", {"GTV": 2.0}),
+        CaseSummary("gone", SummaryStatus.DONE, out_root / "gone" / "report.html", {"GTV": 2.0}),
     ]
 
     page = write_summary_page(out_root, cases)
@@ -338,7 +344,34 @@ def test_summary_page_links_reports_and_lists_volumes(tmp_path: Path) -> None:
         assert not href.startswith("/")
         assert (page.parent / unquote(href)).is_file()
     assert "<case>" not in page.read_text()  # escaped
-    assert "4 cases: 3 ok, 1 not ok." in page.read_text()
+    assert "4 cases: 3 done, 1 failed." in page.read_text()
+
+
+def test_summary_page_shows_each_status_word_counts_them_and_highlights_the_unfinished(
+    tmp_path: Path,
+) -> None:
+    statuses = ["done", "skipped", "failed", "interrupted", "done"]
+    page = write_summary_page(
+        tmp_path, [CaseSummary(f"case-{i}", status) for i, status in enumerate(statuses)]
+    )
+    parser = _Links()
+    parser.feed(page.read_text())
+    _, *rows = parser.rows
+    assert [cells[1] for _, cells in rows] == statuses  # the words summary.csv has
+    assert [row_class for row_class, _ in rows] == [None, None, "failed", "interrupted", None]
+    text = page.read_text()
+    assert "5 cases: 2 done, 1 skipped, 1 failed, 1 interrupted." in text
+    assert "tr.failed td" in text and "tr.interrupted td" in text  # both are highlighted
+    assert CaseSummary("x", "skipped").status is SummaryStatus.SKIPPED
+
+
+def test_summary_page_refuses_a_status_that_is_not_one_of_the_words() -> None:
+    with pytest.raises(ConfigError) as caught:
+        CaseSummary("case-1", "ok")  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert message == (
+        "CaseSummary.status of 'case-1' must be one of done, skipped, failed, interrupted, got 'ok'"
+    )
 
 
 def test_read_case_summary_refuses_a_folder_without_volumes(tmp_path: Path) -> None:
@@ -405,7 +438,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     rs = rtstruct.write(labels, image, [RoiSpec("tumour", 1)], tmp_path / "rtstruct.dcm")
     page = write_report(image, labels, {1: "tumour"}, tmp_path / "out" / "report", rtstruct_path=rs)
     summary = write_summary_page(
-        tmp_path / "out", [CaseSummary("case", "ok", page, {"tumour": 1.0})]
+        tmp_path / "out", [CaseSummary("case", SummaryStatus.DONE, page, {"tumour": 1.0})]
     )
     profile = tmp_path / "chromium-profile"
 

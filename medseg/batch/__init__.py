@@ -11,6 +11,16 @@ it, on one of three executors that run the same function, :func:`run_case`:
 * ``ray``: one Ray task per case, with ``batch.cpus_per_case`` / ``batch.gpus_per_case``
   resources, on a local Ray instance or the cluster at ``ray_address``.
 
+Every run of the family (:func:`run_batch`, :func:`run_cases`,
+:func:`medseg.batch.orthanc.run_pacs`, :func:`medseg.batch.listener.listen`) takes its
+run-wide options as one :class:`RunOptions`: series selection, batch settings, privacy,
+executor, workers, ``retry_failed``, Ray address and a progress callback.
+
+What became of each case is said in the words of :class:`SummaryStatus` (``done``,
+``skipped``, ``failed``, ``interrupted``), the same in ``summary.csv``, ``summary.html`` and
+:class:`BatchSummary`; the ledger keeps its own :class:`CaseStatus` (``queued``, ``running``,
+``done``, ``failed``).
+
 ``batch.case_timeout_s`` (default: none) limits each case, counted from when its worker has
 the model loaded and starts it: the worker is killed, the case fails with
 :class:`~medseg.errors.CaseTimeoutError`, its half-written temporary folder is removed and a
@@ -101,6 +111,8 @@ from medseg.batch.driver import (
 )
 from medseg.batch.executors import run_case
 from medseg.batch.ledger import Ledger
+from medseg.batch.options import RunOptions
+from medseg.status import SummaryStatus
 
 __all__ = [
     "CASES_DIR",
@@ -116,7 +128,9 @@ __all__ = [
     "Executor",
     "Ledger",
     "ModelRef",
+    "RunOptions",
     "SummaryRow",
+    "SummaryStatus",
     "case_id_for",
     "claim_output_root",
     "discover_cases",

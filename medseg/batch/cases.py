@@ -15,6 +15,7 @@ from medseg.config import BatchConfig, PrivacyConfig, SeriesSelection
 from medseg.errors import InputError, UnreadableScanError
 from medseg.io.dicom import Inventory, scan_folder, select_series
 from medseg.privacy import pseudonym
+from medseg.status import SummaryStatus
 
 __all__ = [
     "CASES_DIR",
@@ -52,15 +53,17 @@ LOCK_NAME = ".lock"
 class CaseStatus(str, enum.Enum):
     """A case's status in the ledger (``queued`` -> ``running`` -> ``done`` | ``failed``).
 
-    A case a stopped run did not finish goes back to ``queued`` (``summary.csv`` says
-    ``interrupted``) rather than to a status of its own: the CHECK constraint of ledgers
-    already written allows only these four.
+    ``done`` and ``failed`` are the words of :class:`~medseg.status.SummaryStatus`, which the
+    summaries use. A case a stopped run did not finish goes back to ``queued`` (the summaries
+    say ``interrupted``) rather than to a status of its own, and ``skipped`` is a summary's
+    word for a case the ledger keeps ``done``: the CHECK constraint of ledgers already
+    written allows only these four values.
     """
 
     QUEUED = "queued"
     RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
+    DONE = SummaryStatus.DONE.value
+    FAILED = SummaryStatus.FAILED.value
 
 
 class Executor(str, enum.Enum):
@@ -143,16 +146,16 @@ class BatchProgress:
 
 @dataclass(frozen=True, slots=True)
 class SummaryRow:
-    """One case of a run, as written to ``summary.csv``.
+    """One case of a run, as written to ``summary.csv`` and ``summary.html``.
 
     ``status`` is ``done`` (ran now), ``skipped`` (done before with the same input and model;
     not run), ``failed`` (now, or before and not retried: then ``ran`` is False) or
     ``interrupted`` (the run was stopped before the case finished: ``ran`` says whether it had
-    started; the next run runs it).
+    started; the next run runs it); see :class:`~medseg.status.SummaryStatus`.
     """
 
     case_id: str
-    status: str
+    status: SummaryStatus
     ran: bool
     study_instance_uid: str
     series_instance_uid: str | None
@@ -172,30 +175,34 @@ class BatchSummary:
     ledger_path: Path
     summary_path: Path
 
+    def count(self, status: SummaryStatus) -> int:
+        """Cases of this run with ``status``."""
+        return sum(r.status is status for r in self.rows)
+
     @property
     def n_done(self) -> int:
         """Cases done in this run."""
-        return sum(r.status == "done" for r in self.rows)
+        return self.count(SummaryStatus.DONE)
 
     @property
     def n_skipped(self) -> int:
         """Cases done earlier and unchanged."""
-        return sum(r.status == "skipped" for r in self.rows)
+        return self.count(SummaryStatus.SKIPPED)
 
     @property
     def n_failed(self) -> int:
         """Cases failed (now, or earlier and not retried)."""
-        return sum(r.status == "failed" for r in self.rows)
+        return self.count(SummaryStatus.FAILED)
 
     @property
     def n_interrupted(self) -> int:
         """Cases not finished because the run was stopped."""
-        return sum(r.status == "interrupted" for r in self.rows)
+        return self.count(SummaryStatus.INTERRUPTED)
 
     @property
     def ok(self) -> bool:
         """True when every case is done (now or before)."""
-        return self.n_failed == 0 and self.n_interrupted == 0
+        return all(r.status.ok for r in self.rows)
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -266,7 +273,7 @@ def _fingerprint(series_uid: str, files: Sequence[Path], root: Path, mode: str) 
 
 def discover_cases(
     input_root: Path,
-    selection: SeriesSelection,
+    selection: SeriesSelection | None,
     settings: BatchConfig | None = None,
     *,
     salt: bytes,
@@ -278,9 +285,10 @@ def discover_cases(
     failed with the :class:`~medseg.errors.InputError` that lists its series; a file that
     looks like DICOM but cannot be parsed (and so belongs to no known study) is a failed case
     ``file-<hash>`` with an :class:`~medseg.errors.UnreadableScanError`. Case ids are keyed
-    with ``salt``. Series are named by UID, modality, number and size, not by
-    SeriesDescription (clinics put patient names there); with ``privacy.log_identifiers``
-    each case's input folder is logged and messages show descriptions too.
+    with ``salt``; ``selection`` ``None`` applies the default rules. Series are named by UID,
+    modality, number and size, not by SeriesDescription (clinics put patient names there);
+    with ``privacy.log_identifiers`` each case's input folder is logged and messages show
+    descriptions too.
 
     Files are named by their paths under ``input_root`` as the walk found them (a file reached
     through a symlink is named by its path under the root, not by its target); the

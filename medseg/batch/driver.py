@@ -28,7 +28,6 @@ from medseg.batch.cases import (
     CaseSpec,
     CaseStatus,
     CaseTask,
-    Executor,
     ModelRef,
     SummaryRow,
     discover_cases,
@@ -36,11 +35,13 @@ from medseg.batch.cases import (
 )
 from medseg.batch.executors import Runner, keep_model, make_runner
 from medseg.batch.ledger import Ledger, read_manifest
+from medseg.batch.options import RunOptions, options_from_keywords
 from medseg.batch.stopping import Stop, StopSignals, stop_signals
-from medseg.config import BatchConfig, PrivacyConfig, SeriesSelection
+from medseg.config import BatchConfig
 from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io.files import atomic_path, claim_output_dir
 from medseg.privacy import SALT_NAME, load_salt
+from medseg.status import SummaryStatus
 
 __all__ = ["claim_output_root", "link_inputs", "run_batch", "run_cases", "write_summary_csv"]
 
@@ -94,21 +95,23 @@ def _decide(spec: CaseSpec, row: Any, model_id: str, out_dir: Path, retry_failed
     return "run"
 
 
+#: The loose keyword arguments :func:`run_cases` took before :class:`RunOptions` (until 0.2).
+_RUN_CASES_KEYWORDS = ("executor", "workers", "retry_failed", "ray_address", "settings", "progress")
+#: Those :func:`run_batch` took.
+_RUN_BATCH_KEYWORDS = (*_RUN_CASES_KEYWORDS, "selection", "privacy")
+
+
 def run_cases(
     specs: Sequence[CaseSpec],
     output_root: Path,
     model: ModelRef,
     prepare: Prepare,
     *,
+    options: RunOptions | None = None,
     source: str = "folder",
-    executor: Executor = Executor.LOCAL,
-    workers: int = 1,
-    retry_failed: bool = False,
-    ray_address: str | None = None,
-    settings: BatchConfig | None = None,
-    progress: Callable[[BatchProgress], None] | None = None,
     loaded_model: Any = None,
     after: Callable[[Sequence[SummaryRow], Ledger], None] | None = None,
+    **deprecated: Any,
 ) -> BatchSummary:
     """Run every case of ``specs`` that needs it, record each in the ledger, write summary.csv.
 
@@ -118,16 +121,16 @@ def run_cases(
         model: the checkpoint workers load, and its id.
         prepare: ``prepare(spec, folder)`` puts the case's input files into ``folder`` (links
             or downloads) and returns the folder to segment; it runs in the driver.
+        options: executor, workers, ``retry_failed``, Ray address, progress callback and
+            ``settings`` (fingerprint mode, time limits, Ray resources; ``None``: the
+            defaults); ``selection`` and ``privacy`` were applied when ``specs`` were made.
         source: recorded in the ledger (``"folder"``, ``"pacs"``).
-        executor: ``local`` (this process; ``workers > 1`` means a pool), ``pool`` or ``ray``.
-        workers: processes of the pool; with Ray, the CPUs of a local instance it starts.
-        retry_failed: run failed cases again even when their input did not change.
-        ray_address: the Ray cluster to join (``None``: start a local instance).
-        settings: fingerprint mode and Ray resources.
-        progress: called after each case with the counts so far.
         loaded_model: ``model`` already loaded (the local executor then reuses it).
         after: called with the rows and the ledger once every case is settled, while the
             run still holds the output root (e.g. to send results to a PACS).
+        **deprecated: the loose keywords ``executor``, ``workers``, ``retry_failed``,
+            ``ray_address``, ``settings``, ``progress`` of 0.1.0 development, instead of
+            ``options`` (a DeprecationWarning; removed in 0.2).
 
     Raises:
         ConfigError: another run holds ``output_root``; ``ledger.sqlite`` there is not a
@@ -135,9 +138,10 @@ def run_cases(
         BatchInterrupted: SIGINT or SIGTERM came (in the main thread); the cases in flight
             were abandoned and set back to ``queued``, and the summaries were written.
     """
-    settings = settings or BatchConfig()
-    if executor is Executor.LOCAL and workers > 1:
-        executor = Executor.POOL
+    options = options_from_keywords("run_cases", options, deprecated, _RUN_CASES_KEYWORDS)
+    settings = options.settings or BatchConfig()
+    executor = options.executor_used
+    progress = options.progress
     output_root = Path(output_root).resolve()
     cases_dir = output_root / CASES_DIR
     cases_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +158,7 @@ def run_cases(
             log.info("case %s: finished by an interrupted run; marked done", case_id)
         _clear_staging(staging)
         run_id = uuid.uuid4().hex
-        ledger.begin_run(run_id, executor.value, workers, model.model_id)
+        ledger.begin_run(run_id, executor.value, options.workers, model.model_id)
         outcomes: dict[str, SummaryRow] = {}
         to_run: deque[CaseSpec] = deque()
         for spec in specs:
@@ -162,18 +166,22 @@ def run_cases(
             if spec.error is not None:
                 ledger.record(spec, source, CaseStatus.FAILED, model.model_id)
                 log.warning("case %s: failed before running (%s)", spec.case_id, spec.error[0])
-                outcomes[spec.case_id] = _row(spec, "failed", True, *spec.error, None, None)
+                outcomes[spec.case_id] = _row(
+                    spec, SummaryStatus.FAILED, True, *spec.error, None, None
+                )
                 continue
             decision = _decide(
-                spec, ledger.case(spec.case_id), model.model_id, out_dir, retry_failed
+                spec, ledger.case(spec.case_id), model.model_id, out_dir, options.retry_failed
             )
             if decision == "skip":
-                outcomes[spec.case_id] = _row(spec, "skipped", False, None, None, None, out_dir)
+                outcomes[spec.case_id] = _row(
+                    spec, SummaryStatus.SKIPPED, False, None, None, None, out_dir
+                )
             elif decision == "keep_failed":
                 old: Any = ledger.case(spec.case_id)
                 outcomes[spec.case_id] = _row(
                     spec,
-                    "failed",
+                    SummaryStatus.FAILED,
                     False,
                     old["error_class"],
                     old["error_message"],
@@ -183,24 +191,30 @@ def run_cases(
             else:
                 ledger.record(spec, source, CaseStatus.QUEUED, model.model_id, out_dir)
                 to_run.append(spec)
-        counts = {
-            s: sum(r.status == s for r in outcomes.values()) for s in ("done", "failed", "skipped")
-        }
+        counts = {s: sum(r.status is s for r in outcomes.values()) for s in SummaryStatus}
         total = len(specs)
 
-        def report(status: str) -> None:
+        def progress_now() -> BatchProgress:
+            return BatchProgress(
+                total,
+                counts[SummaryStatus.DONE],
+                counts[SummaryStatus.FAILED],
+                counts[SummaryStatus.SKIPPED],
+            )
+
+        def report(status: SummaryStatus) -> None:
             counts[status] += 1
             if progress is not None:
-                progress(BatchProgress(total, counts["done"], counts["failed"], counts["skipped"]))
+                progress(progress_now())
 
         if progress is not None:
-            progress(BatchProgress(total, 0, counts["failed"], counts["skipped"]))
+            progress(progress_now())
         log.info("%d cases: %d to run, %d unchanged", total, len(to_run), len(outcomes))
         stopped: int | None = None
         try:
             stop.check()
             if to_run:
-                runner = make_runner(executor, workers, ray_address, settings)
+                runner = make_runner(options)
                 stop.reclaim()
                 _drive(
                     to_run,
@@ -251,35 +265,42 @@ def _settle_interrupted(
             continue
         if spec.case_id in recovered:
             outcomes[spec.case_id] = _row(
-                spec, "done", True, None, None, None, cases_dir / spec.case_id
+                spec, SummaryStatus.DONE, True, None, None, None, cases_dir / spec.case_id
             )
         else:
             outcomes[spec.case_id] = _row(
-                spec, "interrupted", spec.case_id in started, None, None, None, None
+                spec,
+                SummaryStatus.INTERRUPTED,
+                spec.case_id in started,
+                None,
+                None,
+                None,
+                None,
             )
     log.info(
         "stopped by signal: %d cases not finished",
-        sum(r.status == "interrupted" for r in outcomes.values()),
+        sum(r.status is SummaryStatus.INTERRUPTED for r in outcomes.values()),
     )
 
 
 def _write_summary_page(rows: Sequence[SummaryRow], output_root: Path) -> None:
-    """``summary.html`` beside ``summary.csv``: one row per case, linking its QA report.
+    """``summary.html`` beside ``summary.csv``: one row per case, linking its QA report,
+    with the status word ``summary.csv`` has.
 
-    Done and skipped (done before) cases count as "ok"; the message of a failed case is its
-    error class and medseg's message, which names no patient data.
+    The message of a failed case is its error class and medseg's message, which names no
+    patient data.
     """
     from medseg.report import CaseSummary, write_summary_page
 
     cases = [
         CaseSummary(
             case=row.case_id,
-            status="ok" if row.status in ("done", "skipped") else row.status,
+            status=row.status,
             report_path=(
                 row.out_dir / "report" / "report.html" if row.out_dir is not None else None
             ),
             volumes_ml=row.volumes_ml,
-            message=(f"{row.error_class}: {row.error_message}" if row.error_class else row.status),
+            message=f"{row.error_class}: {row.error_message}" if row.error_class else "",
         )
         for row in rows
     ]
@@ -294,7 +315,7 @@ def _drive(
     prepare: Prepare,
     output_root: Path,
     outcomes: dict[str, SummaryRow],
-    report: Callable[[str], None],
+    report: Callable[[SummaryStatus], None],
     runner: Runner,
     stop: StopSignals,
 ) -> None:
@@ -310,19 +331,21 @@ def _drive(
         out_dir = output_root / CASES_DIR / spec.case_id
         if outcome.status is CaseStatus.DONE:
             log.info("case %s: done in %.1f s", spec.case_id, outcome.seconds)
-            outcomes[spec.case_id] = _row(spec, "done", True, None, None, outcome.seconds, out_dir)
+            outcomes[spec.case_id] = _row(
+                spec, SummaryStatus.DONE, True, None, None, outcome.seconds, out_dir
+            )
         else:
             log.warning("case %s: failed (%s)", spec.case_id, outcome.error_class)
             outcomes[spec.case_id] = _row(
                 spec,
-                "failed",
+                SummaryStatus.FAILED,
                 True,
                 outcome.error_class,
                 outcome.error_message,
                 outcome.seconds,
                 None,
             )
-        report(outcome.status.value)
+        report(outcomes[spec.case_id].status)
 
     try:
         while to_run or in_flight:
@@ -378,7 +401,7 @@ def _drive(
 
 def _row(
     spec: CaseSpec,
-    status: str,
+    status: SummaryStatus,
     ran: bool,
     error_class: str | None,
     error_message: str | None,
@@ -404,7 +427,8 @@ def _row(
 
 
 def write_summary_csv(rows: Sequence[SummaryRow], path: Path) -> Path:
-    """Write ``summary.csv`` (atomically): one row per case, a ``<structure>_ml`` column each."""
+    """Write ``summary.csv`` (atomically): one row per case, its status word
+    (:class:`~medseg.status.SummaryStatus`), a ``<structure>_ml`` column each."""
     names = sorted({name for row in rows for name in row.volumes_ml})
     header = [
         "case_id",
@@ -425,7 +449,7 @@ def write_summary_csv(rows: Sequence[SummaryRow], path: Path) -> Path:
             writer.writerow(
                 [
                     row.case_id,
-                    row.status,
+                    row.status.value,
                     "yes" if row.ran else "no",
                     row.error_class or "",
                     row.error_message or "",
@@ -510,20 +534,16 @@ def run_batch(
     output_root: Path,
     model: str | Path,
     *,
-    selection: SeriesSelection | None = None,
-    settings: BatchConfig | None = None,
-    executor: Executor = Executor.LOCAL,
-    workers: int = 1,
-    retry_failed: bool = False,
-    ray_address: str | None = None,
-    progress: Callable[[BatchProgress], None] | None = None,
-    privacy: PrivacyConfig | None = None,
+    options: RunOptions | None = None,
+    **deprecated: Any,
 ) -> BatchSummary:
     """Segment every study under ``input_root`` into ``output_root`` (see the module doc).
 
-    ``input_root`` is only read. ``selection`` and ``settings`` default to the model's own
-    config (``series_selection``, ``batch``); ``privacy`` does not (a model may come from
-    anywhere): its default logs no input folders.
+    ``input_root`` is only read. ``options.selection`` and ``options.settings`` default to the
+    model's own config (``series_selection``, ``batch``); ``options.privacy`` does not (a
+    model may come from anywhere): its default logs no input folders. The loose keywords of
+    0.1.0 development (``selection=``, ``workers=``, ``privacy=``, ...) still work instead of
+    ``options``, with a DeprecationWarning, until 0.2.
 
     Raises:
         ModelError: the model cannot be resolved or loaded (nothing runs).
@@ -534,20 +554,20 @@ def run_batch(
     """
     from medseg.pipeline import load_model
 
+    options = options_from_keywords("run_batch", options, deprecated, _RUN_BATCH_KEYWORDS)
     output_root = claim_output_root(output_root, inputs=(input_root, model))
     with stop_signals() as stop:
         try:
             with stop.armed():
                 ref = resolve_model_ref(model, output_root)
                 loaded = load_model(ref.path)  # fail early, before any case, on a bad model
-                selection = selection or loaded.config.series_selection
-                settings = settings or loaded.config.batch
+                options = options.with_defaults_from(loaded.config)
                 specs = discover_cases(
                     Path(input_root),
-                    selection,
-                    settings,
+                    options.selection,
+                    options.settings,
                     salt=load_salt(output_root),
-                    privacy=privacy,
+                    privacy=options.privacy,
                 )
         except Stop as exc:
             raise BatchInterrupted(exc.signal_number, None, 0) from None
@@ -556,12 +576,7 @@ def run_batch(
             output_root,
             ref,
             link_inputs(Path(input_root)),
+            options=options,
             source="folder",
-            executor=executor,
-            workers=workers,
-            retry_failed=retry_failed,
-            ray_address=ray_address,
-            settings=settings,
-            progress=progress,
-            loaded_model=loaded if executor is Executor.LOCAL and workers == 1 else None,
+            loaded_model=loaded if options.in_this_process else None,
         )

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import medseg
 from medseg.batch.cases import MANIFEST_NAME, CaseOutcome, CaseStatus, CaseTask, Executor, ModelRef
 from medseg.batch.ledger import utc_timestamp
+from medseg.batch.options import RunOptions
 from medseg.config import BatchConfig
 from medseg.errors import CaseTimeoutError
 from medseg.io.files import atomic_dir
@@ -410,17 +411,18 @@ class _RayRunner:
         self.close()
 
 
-def make_runner(
-    executor: Executor, workers: int, ray_address: str | None, settings: BatchConfig
-) -> Runner:
-    """The runner of ``executor``; with ``settings.case_timeout_s``, ``local`` runs its cases
-    in one worker process, because only a process can be stopped safely mid-case."""
+def make_runner(options: RunOptions) -> Runner:
+    """The runner of ``options.executor_used`` (``local`` with several workers is a pool);
+    with ``settings.case_timeout_s``, ``local`` runs its cases in one worker process, because
+    only a process can be stopped safely mid-case."""
+    settings = options.settings or BatchConfig()
+    executor = options.executor_used
     if executor is Executor.RAY:
         if settings.case_timeout_s is not None:
             log.warning("batch.case_timeout_s is not applied with the Ray executor")
-        return _RayRunner(ray_address, workers, settings)
+        return _RayRunner(options.ray_address, options.workers, settings)
     if executor is Executor.POOL:
-        return _PoolRunner(workers, settings.case_timeout_s)
+        return _PoolRunner(options.workers, settings.case_timeout_s)
     if settings.case_timeout_s is not None:
         return _PoolRunner(1, settings.case_timeout_s)
     return _LocalRunner()

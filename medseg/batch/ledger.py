@@ -26,6 +26,7 @@ from medseg.batch.cases import (
     SummaryRow,
 )
 from medseg.errors import ConfigError, MedsegError, OutputError
+from medseg.status import SummaryStatus
 
 __all__ = ["Ledger", "read_manifest", "utc_timestamp"]
 
@@ -363,7 +364,7 @@ class Ledger:
                 manifest.get("fingerprint"),
                 manifest.get("model_id"),
             ) == (row["fingerprint"], row["model_id"])
-            status = "done" if finished else "queued"
+            status = (CaseStatus.DONE if finished else CaseStatus.QUEUED).value
             attempt = "recovered" if finished else "interrupted"
             self._db.execute("BEGIN")
             self._db.execute(
@@ -390,17 +391,18 @@ class Ledger:
 
     @_named_errors
     def end_run(self, run_id: str, rows: Sequence[SummaryRow]) -> None:
-        """Close a ``runs`` row with its counts."""
-        counts = {s: sum(r.status == s for r in rows) for s in ("done", "failed", "skipped")}
+        """Close a ``runs`` row with its counts (``runs`` has no column for ``interrupted``
+        cases: they are the rest of ``n_cases``)."""
+        counts = {s: sum(r.status is s for r in rows) for s in SummaryStatus}
         self._db.execute(
             "UPDATE runs SET finished_at = ?, n_cases = ?, n_done = ?, n_failed = ?, "
             "n_skipped = ? WHERE run_id = ?",
             (
                 utc_timestamp(),
                 len(rows),
-                counts["done"],
-                counts["failed"],
-                counts["skipped"],
+                counts[SummaryStatus.DONE],
+                counts[SummaryStatus.FAILED],
+                counts[SummaryStatus.SKIPPED],
                 run_id,
             ),
         )

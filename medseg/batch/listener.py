@@ -25,6 +25,7 @@ from typing import Any
 from medseg.batch import (
     LEDGER_NAME,
     Ledger,
+    RunOptions,
     SummaryRow,
     case_id_for,
     claim_output_root,
@@ -33,8 +34,8 @@ from medseg.batch import (
     resolve_model_ref,
     run_cases,
 )
+from medseg.batch.options import options_from_keywords
 from medseg.batch.orthanc import Delivery, OrthancClient, PacsSummary, deliver_results, parse_url
-from medseg.config import BatchConfig, SeriesSelection
 from medseg.errors import ConfigError
 from medseg.io.files import atomic_path
 from medseg.privacy import load_salt
@@ -117,11 +118,11 @@ def listen(
     reprocess_changed: bool = False,
     destination: str | None = None,
     quiet_period_s: float = 30.0,
-    selection: SeriesSelection | None = None,
-    settings: BatchConfig | None = None,
+    options: RunOptions | None = None,
     stop: threading.Event | None = None,
     poll_s: float = 0.5,
     on_study: Callable[[PacsSummary], None] | None = None,
+    **deprecated: Any,
 ) -> None:
     """Receive DICOM with C-STORE and segment each study once it has gone quiet.
 
@@ -160,10 +161,14 @@ def listen(
         reprocess_changed: store a changed instance of a processed study and run it again.
         destination: Orthanc URL to send results to (``None``: keep them in ``output_root``).
         quiet_period_s: seconds without a new instance after which a study is complete.
-        selection, settings: as :func:`run_pacs` (default: the model's config).
+        options: as for :func:`~medseg.batch.orthanc.run_pacs` (``selection`` and
+            ``settings`` default to the model's config; ``privacy`` does not); each study
+            runs with them.
         stop: set it to stop the listener (after the study being processed, if any).
         poll_s: how often quiet studies are looked for, in seconds.
         on_study: called with each study's summary (for a caller's display or tests).
+        **deprecated: the loose keywords ``selection`` and ``settings`` of 0.1.0
+            development, instead of ``options`` (a DeprecationWarning; removed in 0.2).
 
     Raises:
         ConfigError: no allowed calling AE titles, an invalid AE title, port or destination
@@ -176,6 +181,7 @@ def listen(
 
     from medseg.pipeline import load_model
 
+    options = options_from_keywords("listen", options, deprecated, ("selection", "settings"))
     aet = _ae_title("aet", aet)
     calling_aets = _calling_aets(allowed_calling_aets)
     if not 1 <= port <= 65535:
@@ -191,8 +197,7 @@ def listen(
     incoming.mkdir(parents=True, exist_ok=True)
     ref = resolve_model_ref(model, output_root)
     loaded = load_model(ref.path)
-    selection = selection or loaded.config.series_selection
-    settings = settings or loaded.config.batch
+    options = options.with_defaults_from(loaded.config)
     salt = load_salt(output_root)
     stop = stop or threading.Event()
     arrivals: dict[str, float] = {
@@ -253,7 +258,9 @@ def listen(
         study_dir = incoming / case_id
         with lock:
             processed.add(case_id)
-        specs = discover_cases(study_dir, selection, settings, salt=salt)
+        specs = discover_cases(
+            study_dir, options.selection, options.settings, salt=salt, privacy=options.privacy
+        )
         delivered: list[Delivery] = []
 
         def deliver(rows: Sequence[SummaryRow], ledger: Ledger) -> None:
@@ -269,9 +276,9 @@ def listen(
             output_root,
             ref,
             link_inputs(study_dir),
+            options=options,
             source="listener",
-            settings=settings,
-            loaded_model=loaded,
+            loaded_model=loaded if options.in_this_process else None,
             after=deliver,
         )
         log.info(

@@ -46,18 +46,18 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import requests
 
 from medseg.batch import (
-    BatchProgress,
     BatchSummary,
     CaseSpec,
-    Executor,
     Ledger,
+    RunOptions,
     SummaryRow,
     case_id_for,
     claim_output_root,
     resolve_model_ref,
     run_cases,
 )
-from medseg.config import BatchConfig, SeriesSelection
+from medseg.batch.options import options_from_keywords
+from medseg.config import SeriesSelection
 from medseg.errors import ConfigError, InputError, UnreadableScanError
 from medseg.io.dicom import scan_folder, select_series
 from medseg.privacy import load_salt, redact_credentials
@@ -331,12 +331,17 @@ class OrthancClient:
 
 
 def _retrieve(
-    client: OrthancClient, studies: dict[str, StudyRef], selection: SeriesSelection
+    client: OrthancClient,
+    studies: dict[str, StudyRef],
+    selection: SeriesSelection | None,
+    *,
+    log_identifiers: bool = False,
 ) -> Callable[[CaseSpec, Path], Path]:
     def prepare(spec: CaseSpec, folder: Path) -> Path:
         """Download the study's candidate series into ``folder`` (the case's staging folder),
-        then select one as in a folder. If any of it fails, ``folder`` is removed: a failed
-        download or selection leaves no copy of the study behind."""
+        then select one as in a folder (its errors show SeriesDescription only with
+        ``log_identifiers``). If any of it fails, ``folder`` is removed: a failed download or
+        selection leaves no copy of the study behind."""
         if folder.exists():
             shutil.rmtree(folder)
         ready = False
@@ -351,7 +356,7 @@ def _retrieve(
             inventory = scan_folder(download)
             if inventory.problems:
                 raise UnreadableScanError(f"{spec.case_id}: {inventory.problems[0].message}")
-            entry = select_series(inventory, selection)
+            entry = select_series(inventory, selection, log_identifiers=log_identifiers)
             ready = True
             return download / Path(entry.files[0]).relative_to(download).parts[0]
         finally:
@@ -364,9 +369,16 @@ def _retrieve(
 def deliver_results(
     client: OrthancClient, ledger: Ledger, rows: Sequence[SummaryRow], send: bool
 ) -> list[Delivery]:
+    """Send each done (or skipped) case's RT-STRUCT and SEG to ``client``'s Orthanc, unless
+    the ledger says this object of this input and model reached it already (``send`` False:
+    only report those).
+
+    Returns:
+        One :class:`Delivery` per object sent, already sent, or failed.
+    """
     deliveries = []
     for row in rows:
-        if row.status not in ("done", "skipped") or row.out_dir is None:
+        if not row.status.ok or row.out_dir is None:
             continue
         case = ledger.case(row.case_id)
         if case is None:
@@ -403,20 +415,27 @@ def deliver_results(
     return deliveries
 
 
+#: The loose keyword arguments :func:`run_pacs` took before RunOptions (until 0.2).
+_RUN_PACS_KEYWORDS = (
+    "selection",
+    "settings",
+    "executor",
+    "workers",
+    "retry_failed",
+    "ray_address",
+    "progress",
+)
+
+
 def run_pacs(
     url: str,
     output_root: Path,
     model: str | Path,
     *,
     query: PacsQuery | None = None,
-    selection: SeriesSelection | None = None,
-    settings: BatchConfig | None = None,
-    executor: Executor = Executor.LOCAL,
-    workers: int = 1,
-    retry_failed: bool = False,
-    ray_address: str | None = None,
+    options: RunOptions | None = None,
     send: bool = True,
-    progress: Callable[[BatchProgress], None] | None = None,
+    **deprecated: Any,
 ) -> PacsSummary:
     """Find studies in Orthanc, segment those that need it, send their results back.
 
@@ -426,11 +445,13 @@ def run_pacs(
         output_root: case folders, ledger and ``summary.csv`` (as ``medseg batch``).
         model: checkpoint path or MLflow model URI.
         query: which studies (default: every stable study with a CT or MR series).
-        selection: series selection rules (default: the model's config).
-        settings: batch settings (default: the model's config).
-        executor, workers, retry_failed, ray_address, progress: as
-            :func:`medseg.batch.run_cases`.
+        options: as for :func:`medseg.batch.run_batch`: ``selection`` and ``settings``
+            default to the model's config, ``privacy`` (SeriesDescription in messages) does
+            not.
         send: send RT-STRUCT and SEG back (``False``: only segment).
+        **deprecated: the loose keywords ``selection``, ``settings``, ``executor``,
+            ``workers``, ``retry_failed``, ``ray_address``, ``progress`` of 0.1.0
+            development, instead of ``options`` (a DeprecationWarning; removed in 0.2).
 
     Raises:
         InputError: Orthanc does not answer.
@@ -439,6 +460,7 @@ def run_pacs(
     """
     from medseg.pipeline import load_model
 
+    options = options_from_keywords("run_pacs", options, deprecated, _RUN_PACS_KEYWORDS)
     query = query or PacsQuery()
     client = OrthancClient(url)
     try:
@@ -446,8 +468,7 @@ def run_pacs(
         output_root = claim_output_root(output_root, inputs=(model,))
         ref = resolve_model_ref(model, output_root)
         loaded = load_model(ref.path)
-        selection = selection or loaded.config.series_selection
-        settings = settings or loaded.config.batch
+        options = options.with_defaults_from(loaded.config)
         found = client.find_studies(query)
         salt = load_salt(output_root)
         studies = {
@@ -476,19 +497,20 @@ def run_pacs(
         def deliver(rows: Sequence[SummaryRow], ledger: Ledger) -> None:
             delivered.extend(deliver_results(client, ledger, rows, send))
 
+        prepare = _retrieve(
+            client,
+            studies,
+            options.selection,
+            log_identifiers=options.privacy.log_identifiers,
+        )
         summary = run_cases(
             specs,
             output_root,
             ref,
-            _retrieve(client, studies, selection),
+            prepare,
+            options=options,
             source="pacs",
-            executor=executor,
-            workers=workers,
-            retry_failed=retry_failed,
-            ray_address=ray_address,
-            settings=settings,
-            progress=progress,
-            loaded_model=loaded if executor is Executor.LOCAL and workers == 1 else None,
+            loaded_model=loaded if options.in_this_process else None,
             after=deliver,
         )
     finally:

@@ -9,13 +9,20 @@
 from __future__ import annotations
 
 from medseg.report.case import MAX_LESIONS_PER_LABEL, REPORT_TOLERANCE_MM, write_report
-from medseg.report.summary import SUMMARY_PAGE, CaseSummary, read_case_summary, write_summary_page
+from medseg.report.summary import (
+    SUMMARY_PAGE,
+    CaseSummary,
+    SummaryStatus,
+    read_case_summary,
+    write_summary_page,
+)
 
 __all__ = [
     "MAX_LESIONS_PER_LABEL",
     "REPORT_TOLERANCE_MM",
     "SUMMARY_PAGE",
     "CaseSummary",
+    "SummaryStatus",
     "read_case_summary",
     "write_report",
     "write_summary_page",

@@ -10,11 +10,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.errors import InputError
+from medseg.errors import ConfigError, InputError
 from medseg.io.files import atomic_path
 from medseg.report._html import STYLE, Markup, fmt, html_table
+from medseg.status import SummaryStatus, count_statuses
 
-__all__ = ["SUMMARY_PAGE", "CaseSummary", "read_case_summary", "write_summary_page"]
+__all__ = [
+    "SUMMARY_PAGE",
+    "CaseSummary",
+    "SummaryStatus",
+    "read_case_summary",
+    "write_summary_page",
+]
 
 #: File name of the batch summary page in its folder.
 SUMMARY_PAGE = "summary.html"
@@ -26,8 +33,9 @@ class CaseSummary:
 
     Attributes:
         case: the case's name, e.g. its output folder's name; shown as given.
-        status: ``"ok"`` for a case that went through; anything else (e.g. ``"failed"``,
-            ``"skipped"``) is shown as given and the row is highlighted.
+        status: a :class:`~medseg.status.SummaryStatus` (or its word: ``"done"``,
+            ``"skipped"``, ``"failed"``, ``"interrupted"``), shown as that word, the word
+            ``summary.csv`` has; failed and interrupted rows are highlighted.
         report_path: the case's ``report.html`` (absolute, or relative to the working
             directory), linked relatively from the page; None when the case has none (a
             failed case). A path that does not exist is shown as missing, not linked.
@@ -35,16 +43,31 @@ class CaseSummary:
             or :func:`read_case_summary`); a structure a case lacks shows blank.
         message: the reason for a failure or another note, shown as given; it must not hold
             protected health information (error messages from medseg do not).
+
+    Raises:
+        ConfigError: ``status`` is not a SummaryStatus or one of its words.
     """
 
     case: str
-    status: str
+    status: SummaryStatus
     report_path: Path | None = None
     volumes_ml: Mapping[str, float] = field(default_factory=dict)
     message: str = ""
 
+    def __post_init__(self) -> None:
+        try:
+            status = SummaryStatus(self.status)
+        except ValueError:
+            words = ", ".join(s.value for s in SummaryStatus)
+            raise ConfigError(
+                f"CaseSummary.status of {self.case!r} must be one of {words}, got {self.status!r}"
+            ) from None
+        object.__setattr__(self, "status", status)
 
-def read_case_summary(case_dir: Path, *, status: str = "ok", message: str = "") -> CaseSummary:
+
+def read_case_summary(
+    case_dir: Path, *, status: SummaryStatus = SummaryStatus.DONE, message: str = ""
+) -> CaseSummary:
     """The :class:`CaseSummary` of a case folder written by ``pipeline.predict_case``.
 
     Reads ``volumes.json`` for the volumes and links ``report/report.html``; the case's name
@@ -89,8 +112,9 @@ def write_summary_page(
 
     One row per case, in the order given: name, status, the volume of every structure (the
     union over the cases, in order of first appearance, volumes in mL), the link to the case's
-    ``report.html`` and the message. Links are relative to ``out_root``, so the batch folder
-    can be moved whole.
+    ``report.html`` and the message; failed and interrupted rows are highlighted. Above the
+    table, the count of each status (``5 cases: 3 done, 1 skipped, 1 failed.``). Links are
+    relative to ``out_root``, so the batch folder can be moved whole.
 
     Args:
         out_root: the batch output folder (created if missing).
@@ -107,16 +131,16 @@ def write_summary_page(
         structures.update(dict.fromkeys(case.volumes_ml))
     rows: list[list[str]] = []
     for case in cases:
-        row = [case.case, case.status]
+        row = [case.case, case.status.value]
         row += [fmt(case.volumes_ml[s]) if s in case.volumes_ml else "" for s in structures]
         row += [_report_link(out_root, case.report_path), case.message]
         rows.append(row)
-    n_ok = sum(case.status == "ok" for case in cases)
-    counts = f"{len(cases)} cases: {n_ok} ok, {len(cases) - n_ok} not ok."
+    counts = count_statuses(case.status for case in cases) + "."
     table = html_table(
         ["case", "status", *(f"{s} (mL)" for s in structures), "report", "message"],
         rows,
-        ["" if case.status == "ok" else "failed" for case in cases],
+        # the row's class is its status word: failed and interrupted rows are highlighted
+        ["" if case.status.ok else case.status.value for case in cases],
     )
     page = _SUMMARY.format(
         title=html.escape(title), style=STYLE, counts=html.escape(counts), table=table
