@@ -9,12 +9,14 @@ names and the medseg version that wrote it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
+import logging
 import pickle
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -29,12 +31,23 @@ from medseg.errors import ModelError
 from medseg.io.files import atomic_path
 from medseg.structures import Structure
 
-#: ONNX opset of :func:`export_onnx` (supported by ONNX Runtime >= 1.12 and OpenVINO).
-ONNX_OPSET = 17
+#: ONNX opset of :func:`export_onnx`. 18 is the lowest that torch's ``torch.export``-based
+#: exporter has its operators for: it converts a graph for a lower one afterwards, with a
+#: warning, and the conversion may fail. ONNX Runtime >= 1.14 and OpenVINO (>= 2025.0, the
+#: minimum in pyproject.toml) read it; tests/test_model.py runs the graph in both.
+ONNX_OPSET = 18
+#: The most weight bytes :func:`export_onnx` writes: one ``.onnx`` file is one protobuf
+#: message, at most 2 GiB. Larger weights would need an external-data file beside the graph.
+ONNX_MAX_WEIGHT_BYTES = 2**31
+#: Windows in the example batch the network is captured with: ``torch.export`` fixes a size
+#: it sees as 0 or 1, so an example of 1 would not leave the batch size free.
+_EXPORT_EXAMPLE_BATCH = 2
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
+    "ONNX_MAX_WEIGHT_BYTES",
+    "ONNX_OPSET",
     "LoadedModel",
     "SubPixelConvTranspose3d",
     "build_network",
@@ -281,8 +294,10 @@ def export_onnx(network: torch.nn.Module, path: Path, window_shape: Sequence[int
 
     The graph takes ``image``: ``(batch, 1, slice, row, column)`` float32 with the batch size
     free and the spatial size fixed to ``window_shape``, and returns ``logits``:
-    ``(batch, classes, slice, row, column)``. The network is traced in eval mode on the CPU
-    with the TorchScript-based exporter; its own device and mode are left as they were.
+    ``(batch, classes, slice, row, column)``. The network is captured in eval mode on the CPU
+    with ``torch.export`` (torch's ONNX exporter with ``dynamo=True``; the TorchScript-based
+    one is deprecated) and written as one self-contained file, weights included; its own
+    device and mode are left as they were.
 
     Args:
         network: a network from :func:`build_network`.
@@ -293,33 +308,82 @@ def export_onnx(network: torch.nn.Module, path: Path, window_shape: Sequence[int
         ``path``.
 
     Raises:
-        ModelError: if the exporter fails.
+        ModelError: if the weights are over :data:`ONNX_MAX_WEIGHT_BYTES`, or the exporter
+            fails (for example on a ``forward`` that branches on tensor values, which
+            ``torch.export`` refuses rather than keep one branch).
     """
+    import onnx  # only the exported runtimes need it
+
     path = Path(path)
+    tensors = itertools.chain(network.parameters(), network.buffers())
+    weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    if weight_bytes > ONNX_MAX_WEIGHT_BYTES:
+        raise ModelError(
+            f"{path}: {weight_bytes:,} bytes of weights do not fit one ONNX file "
+            f"(at most {ONNX_MAX_WEIGHT_BYTES:,})"
+        )
     was_training = network.training
     device = next(network.parameters()).device
     network.eval().cpu()
-    example = torch.zeros((1, 1, *(int(s) for s in window_shape)), dtype=torch.float32)
+    window = tuple(int(s) for s in window_shape)
+    example = torch.zeros((_EXPORT_EXAMPLE_BATCH, 1, *window), dtype=torch.float32)
     try:
-        with atomic_path(path) as tmp, warnings.catch_warnings():
-            # InstanceNorm's "training mode" warning does not apply: the graph is traced in eval.
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
+        with _quiet_onnx_exporter():
+            program = torch.onnx.export(
                 network,
                 (example,),
-                str(tmp),
-                dynamo=False,
+                dynamo=True,
                 opset_version=ONNX_OPSET,
                 input_names=["image"],
                 output_names=["logits"],
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                optimize=True,
+                verbose=False,
             )
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise ModelError(f"{path}: ONNX export failed: {exc}") from exc
+            if program is None:  # only the TorchScript exporter returns None
+                raise RuntimeError("torch.onnx.export returned no ONNX program")
+            graph = program.model_proto  # weights inline: no external-data file to carry
+    except (RuntimeError, ValueError, TypeError, ImportError) as exc:  # ImportError: onnxscript
+        raise ModelError(f"{path}: ONNX export failed: {_root_cause(exc)}") from exc
     finally:
         network.to(device).train(was_training)
+    with atomic_path(path) as tmp:
+        onnx.save_model(graph, str(tmp), format="protobuf")
     return path
+
+
+#: torch's ONNX exporter logs this on every export: medseg's networks use no torchvision ops.
+_TORCHVISION_NOTICE = "torchvision is not installed"
+
+
+@contextlib.contextmanager
+def _quiet_onnx_exporter() -> Iterator[None]:
+    """Silence what torch's ONNX exporter says on every export that is no news to a user: a
+    warning per torchvision operator it skips, and a deprecation inside torch's own pytree
+    code. Anything else it logs or warns still shows."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+
+    def skip(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_TORCHVISION_NOTICE)
+
+    registration.addFilter(skip)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning
+            )
+            yield
+    finally:
+        registration.removeFilter(skip)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause: torch's exporter wraps the error that says what
+    is wrong in several paragraphs of advice."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 # ---------------------------------------------------------------------------------------------

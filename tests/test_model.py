@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,7 +15,15 @@ from hypothesis import strategies as st
 import medseg
 from medseg.config import load_config
 from medseg.errors import ModelError
-from medseg.model import CHECKPOINT_FORMAT, build_network, load_checkpoint, save_checkpoint
+from medseg.model import (
+    CHECKPOINT_FORMAT,
+    ONNX_OPSET,
+    build_network,
+    export_onnx,
+    load_checkpoint,
+    save_checkpoint,
+    with_subpixel_upsampling,
+)
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -214,3 +225,136 @@ def test_subpixel_network_gives_the_network_s_logits(name: str) -> None:
     with torch.no_grad():
         torch.testing.assert_close(rewritten(x), network(x), rtol=1e-4, atol=1e-4)
     assert all(torch.equal(v, before[k]) for k, v in network.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX export: the graph that ONNX Runtime and OpenVINO run (medseg.runtime)
+
+#: The opset export_onnx used with torch's legacy TorchScript exporter: the reference below.
+_LEGACY_OPSET = 17
+#: Exported graph against torch, as tests/test_infer.py's OpenVINO check.
+_ONNX_ATOL = 1e-4
+
+#: tiny.yaml's network: id -> (architecture, transposed convolutions as sub-pixel convolutions,
+#: as medseg.runtime exports it).
+_EXPORTED = {
+    "unet-subpixel": ("unet", True),
+    "dynunet-subpixel": ("dynunet", True),
+    "unet": ("unet", False),
+}
+
+
+def _legacy_onnx(network: torch.nn.Module, path: Path, window: tuple[int, ...]) -> Path:
+    """The graph export_onnx wrote before it moved off the TorchScript exporter."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation, tracer notes
+        torch.onnx.export(
+            network,
+            (torch.zeros((1, 1, *window)),),
+            str(path),
+            dynamo=False,
+            opset_version=_LEGACY_OPSET,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return path
+
+
+def _run_onnx(runtime: str, path: Path, batch: np.ndarray) -> np.ndarray:
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(["logits"], {"image": batch})[0])
+    import openvino
+
+    compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return np.array(compiled({"image": batch})[compiled.output(0)])
+
+
+@pytest.mark.parametrize(("name", "subpixel"), _EXPORTED.values(), ids=_EXPORTED.keys())
+def test_onnx_export_gives_the_network_s_and_the_legacy_exporter_s_logits(
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    subpixel: bool,
+) -> None:
+    """One self-contained file, batch free and window fixed, written without a warning or a
+    line of output, whose logits in both runtimes are torch's and the legacy exporter's."""
+    onnx = pytest.importorskip("onnx")
+    for runtime in ("onnxruntime", "openvino"):
+        pytest.importorskip(runtime)
+    config = load_config(TINY)
+    torch.manual_seed(0)
+    network = build_network(config.model.model_copy(update={"name": name})).eval()
+    if subpixel:
+        network = with_subpixel_upsampling(network)
+    window = config.infer.roi_size
+    capfd.readouterr()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = export_onnx(network, tmp_path / "export" / "model.onnx", window)
+
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert [p.name for p in path.parent.iterdir()] == ["model.onnx"]  # no weights beside it
+    graph = onnx.load(str(path), load_external_data=False)
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in graph.graph.initializer)
+    assert {o.domain: o.version for o in graph.opset_import}[""] == ONNX_OPSET
+    (image,), (logits,) = graph.graph.input, graph.graph.output
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in (image, logits)}
+    assert set(shapes) == {"image", "logits"}
+    for dims in shapes.values():  # batch free, the rest fixed
+        assert dims[0].dim_param and not dims[0].HasField("dim_value")
+    assert [d.dim_value for d in shapes["image"][1:]] == [1, *window]
+    assert [d.dim_value for d in shapes["logits"][1:]] == [1 + len(config.model.labels), *window]
+
+    legacy = _legacy_onnx(network, tmp_path / "legacy.onnx", window)
+    for batch in (1, 2):
+        x = torch.rand((batch, 1, *window), generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            expected = network(x).numpy()
+        for runtime in ("onnxruntime", "openvino"):
+            got = _run_onnx(runtime, path, x.numpy())
+            assert got.shape == expected.shape, (runtime, batch)
+            np.testing.assert_allclose(got, expected, atol=_ONNX_ATOL, err_msg=runtime)
+            reference = _run_onnx(runtime, legacy, x.numpy())
+            np.testing.assert_allclose(got, reference, atol=_ONNX_ATOL, err_msg=runtime)
+
+
+class _DataDependent(torch.nn.Module):
+    """Branches on a voxel value: a trace would keep one branch, torch.export refuses it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y if bool(y.sum() > 0) else -y
+
+
+def test_onnx_export_that_fails_says_so_in_one_line_and_leaves_no_file(tmp_path: Path) -> None:
+    network = _DataDependent().train()
+    with pytest.raises(ModelError, match=r"model\.onnx: ONNX export failed") as caught:
+        export_onnx(network, tmp_path / "model.onnx", (4, 4, 4))
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+    assert network.training  # its mode is restored
+
+
+def test_onnx_export_refuses_weights_too_large_for_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medseg.model
+
+    network = torch.nn.Conv3d(1, 2, 1)  # 2 weights and 2 biases: 16 bytes
+    monkeypatch.setattr(medseg.model, "ONNX_MAX_WEIGHT_BYTES", 15)
+    with pytest.raises(ModelError, match=r"model\.onnx: 16 bytes of weights .* \(at most 15\)"):
+        export_onnx(network, tmp_path / "model.onnx", (4, 4, 4))
+    assert list(tmp_path.iterdir()) == []
