@@ -9,7 +9,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,9 +17,13 @@ from medseg import postprocess
 from medseg.config import ExperimentConfig, IngestConfig, SeriesSelection
 from medseg.io import dicom, nifti, rtstruct, seg
 from medseg.io.files import atomic_dir, check_output, claim_output_dir
-from medseg.report import write_report
+from medseg.report import write_lesions_csv, write_report, write_volumes_json
 from medseg.training import data
 from medseg.volume import Volume, VolumeKind
+
+if TYPE_CHECKING:  # both modules load torch, which is needed only to load or train a model
+    from medseg.model import LoadedModel
+    from medseg.training.train import TrainResult
 
 __all__ = [
     "CaseResult",
@@ -52,7 +56,7 @@ class CaseResult:
     labels: Volume
 
 
-def load_model(model: str | Path, *, tracking_uri: str | None = None) -> Any:
+def load_model(model: str | Path, *, tracking_uri: str | None = None) -> LoadedModel:
     """A :class:`medseg.model.LoadedModel` from a checkpoint path or an MLflow model URI.
 
     Accepts ``path/to/best.pt``, ``runs:/<run_id>/model`` and ``models:/<name>/<version>``;
@@ -66,7 +70,7 @@ def load_model(model: str | Path, *, tracking_uri: str | None = None) -> Any:
 
 
 def predict_case(
-    model: Any,
+    model: LoadedModel,
     input_path: Path,
     out_dir: Path,
     *,
@@ -99,9 +103,7 @@ def predict_case(
 
     config = model.config
     input_path, out_dir = Path(input_path), Path(out_dir)
-    check_output(
-        out_dir, inputs=(input_path, getattr(model, "source_path", None)), overwrite=overwrite
-    )
+    check_output(out_dir, inputs=(input_path, model.source_path), overwrite=overwrite)
     if input_path.is_dir():
         image = dicom.load_series(
             input_path,
@@ -124,6 +126,7 @@ def predict_case(
     else:
         raw = predict(model, image)
     labels = postprocess.apply_postprocess(raw, config.postprocess, model.structures)
+    # components are found once per label, here; the tables and the QA page share them
     report = postprocess.volumes_report(labels, model.label_names)
     structures = model.structures
     present = {int(v) for v in np.unique(np.asarray(labels.array))}
@@ -152,8 +155,8 @@ def predict_case(
                 ", ".join(s.name for s in structures),
             )
         nifti.save(labels, tmp / "labels.nii.gz")
-        postprocess.write_volumes_json(report, tmp / "volumes.json")
-        postprocess.write_lesions_csv(report, tmp / "lesions.csv")
+        write_volumes_json(report, tmp / "volumes.json")
+        write_lesions_csv(report, tmp / "lesions.csv")
         write_report(
             image,
             labels,
@@ -162,28 +165,28 @@ def predict_case(
             rtstruct_path=rtstruct_path,
             model_id=_model_id(model),
             show_identifiers=config.privacy.log_identifiers,
+            volumes=report,
         )
-    volumes = {name: entry["volume_ml"] for name, entry in report["labels"].items()}
     return CaseResult(
         out_dir=out_dir,
         rtstruct_path=out_dir / "rtstruct.dcm" if rtstruct_path else None,
         labels_path=out_dir / "labels.nii.gz",
         volumes_path=out_dir / "volumes.json",
-        volumes_ml=volumes,
+        volumes_ml=report.volumes_ml,
         labels=labels,
     )
 
 
-def _model_id(model: Any) -> str:
-    extra = getattr(model, "extra", {}) or {}
-    run_id = extra.get("run_id")
+def _model_id(model: LoadedModel) -> str:
+    run_id = model.extra.get("run_id")
     return f"medseg {model.medseg_version}" + (f" run {run_id}" if run_id else "")
 
 
 def train_from_config(
     config: ExperimentConfig, out_dir: Path, *, resume_from: Path | None = None
-) -> Any:
-    """Train on the config's data with MLflow tracking; returns a ``TrainResult``.
+) -> TrainResult:
+    """Train on the config's data with MLflow tracking; returns its
+    :class:`~medseg.training.train.TrainResult`.
 
     With ``data.datalist`` the Decathlon file's ``training`` and ``validation`` lists are used
     as given. With ``data.dicom_root`` (patients with CT + RT-STRUCT) every usable patient

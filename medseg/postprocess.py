@@ -1,19 +1,21 @@
-"""Post-processing of label volumes: clean-up, connected lesions, volumes and lesion tables.
+"""Post-processing of label volumes: clean-up, connected lesions and the volumes report.
 
 Every function takes a ``LABELS`` :class:`~medseg.volume.Volume` whose array is in array order
 ``(slice, row, column)``. Volumes are in millilitres and come from the volume's geometry
 (:func:`medseg.geometry.voxel_volume_ml`), never from assumed spacing; positions are DICOM
 patient LPS in millimetres (:func:`medseg.geometry.index_to_world`).
+
+The report files of a case (``volumes.json``, ``lesions.csv``) are written by
+:mod:`medseg.report.tables` from the :class:`VolumesReport` made here.
 """
 
 from __future__ import annotations
 
-import csv
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import cc3d
 import numpy as np
@@ -25,20 +27,18 @@ from scipy.spatial.distance import pdist
 from medseg import geometry as geo
 from medseg.config import LabelPostprocessConfig, PostprocessConfig
 from medseg.errors import ConfigError, InputError
-from medseg.io.files import atomic_path
 from medseg.structures import Structure
 from medseg.volume import Volume, VolumeKind
 
 __all__ = [
     "CONNECTIVITIES",
-    "LESION_CSV_COLUMNS",
     "Lesion",
+    "StructureVolume",
+    "VolumesReport",
     "apply_postprocess",
     "find_lesions",
     "label_volumes_ml",
     "volumes_report",
-    "write_lesions_csv",
-    "write_volumes_json",
 ]
 
 #: The neighbourhoods :func:`find_lesions` accepts: 6 (faces), 18 (faces and edges),
@@ -264,10 +264,148 @@ def _longest_axial_diameter_mm(
     return best
 
 
+@dataclass(frozen=True, slots=True)
+class StructureVolume:
+    """The volume and lesions of one named label, one entry of a :class:`VolumesReport`.
+
+    Attributes:
+        name: the structure name (the key of its entry in ``volumes.json``).
+        label: the label value.
+        voxel_count: voxels with that value.
+        volume_ml: ``voxel_count`` times the voxel volume of the grid, in mL.
+        lesions: the label's connected components, largest first (:func:`find_lesions`);
+            empty when the label is absent.
+    """
+
+    name: str
+    label: int
+    voxel_count: int
+    volume_ml: float
+    lesions: tuple[Lesion, ...] = ()
+
+    @property
+    def n_lesions(self) -> int:
+        """Number of lesions (connected components)."""
+        return len(self.lesions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry's JSON-able form in ``volumes.json`` (the name is its key there)."""
+        return {
+            "label": self.label,
+            "voxel_count": self.voxel_count,
+            "volume_ml": self.volume_ml,
+            "n_lesions": self.n_lesions,
+            "lesions": [lesion.to_dict() for lesion in self.lesions],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class VolumesReport:
+    """Volumes and lesions of every named label of one label map, computed once per case.
+
+    :func:`predict_case <medseg.pipeline.predict_case>` makes one and hands it to the writers
+    of ``volumes.json`` and ``lesions.csv`` (:mod:`medseg.report.tables`) and to the QA page,
+    so the connected components of a case are found once and every output shows the same
+    numbers.
+
+    Attributes:
+        source: the label map's PHI-free description (:meth:`SourceInfo.describe
+            <medseg.volume.SourceInfo.describe>`).
+        geometry: the label map's grid (array order ``(slice, row, column)``, mm).
+        connectivity: the neighbourhood the lesions were split with (6, 18 or 26).
+        structures: one entry per named label, in the order the names were given.
+
+    Raises:
+        ConfigError: if two structures share one name (``volumes.json`` is keyed by name).
+    """
+
+    source: str
+    geometry: geo.Geometry
+    connectivity: Connectivity
+    structures: tuple[StructureVolume, ...]
+
+    #: Fixed fields of ``volumes.json``, saying how to read the numbers.
+    AXIS_ORDER: ClassVar[tuple[str, str, str]] = ("slice", "row", "column")
+    COORDINATES: ClassVar[str] = "DICOM patient LPS, mm"
+
+    def __post_init__(self) -> None:
+        names: dict[str, int] = {}
+        for s in self.structures:
+            if s.name in names:
+                raise ConfigError(
+                    f"label name {s.name!r} is used for both {names[s.name]} and {s.label}"
+                )
+            names[s.name] = s.label
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel of :attr:`geometry`, in mL."""
+        return geo.voxel_volume_ml(self.geometry)
+
+    @property
+    def total_burden_ml(self) -> float:
+        """Summed volume of the named labels, in mL: the total tumour burden when the names
+        are the tumour labels only."""
+        return float(sum(s.volume_ml for s in self.structures))
+
+    @property
+    def n_lesions_total(self) -> int:
+        """Number of lesions over all named labels."""
+        return int(sum(s.n_lesions for s in self.structures))
+
+    @property
+    def volumes_ml(self) -> dict[str, float]:
+        """Structure name -> volume in mL."""
+        return {s.name: s.volume_ml for s in self.structures}
+
+    def by_name(self) -> dict[str, StructureVolume]:
+        """Structure name -> its entry."""
+        return {s.name: s for s in self.structures}
+
+    def by_label(self) -> dict[int, StructureVolume]:
+        """Label value -> its entry."""
+        return {s.label: s for s in self.structures}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``volumes.json`` document (plain ``int``/``float``/``str``/``list``/``dict``).
+
+        ``{"source", "axis_order", "coordinates", "shape", "spacing_mm", "voxel_volume_ml",
+        "connectivity", "total_burden_ml", "n_lesions_total", "labels": {name: {"label",
+        "voxel_count", "volume_ml", "n_lesions", "lesions": [Lesion.to_dict(), ...]}}}``, in
+        this key order: the format users parse, kept as it was when this was a dict.
+        """
+        return {
+            "source": self.source,
+            "axis_order": list(self.AXIS_ORDER),
+            "coordinates": self.COORDINATES,
+            "shape": list(self.geometry.shape),
+            "spacing_mm": list(self.geometry.spacing_mm),
+            "voxel_volume_ml": self.voxel_volume_ml,
+            "connectivity": int(self.connectivity),
+            "total_burden_ml": self.total_burden_ml,
+            "n_lesions_total": self.n_lesions_total,
+            "labels": {s.name: s.to_dict() for s in self.structures},
+        }
+
+    def to_json(self) -> str:
+        """The text of ``volumes.json``: :meth:`to_dict`, indented, with a final newline."""
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    def __getitem__(self, key: str) -> Any:
+        """``report["labels"]`` as when :func:`volumes_report` returned a dict (until 0.2)."""
+        warnings.warn(
+            "volumes_report() returns a VolumesReport; use its attributes, or to_dict() for "
+            "the volumes.json document (indexing it goes in medseg 0.2)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.to_dict()[key]
+
+
 def volumes_report(
     labels: Volume, names: Mapping[int, str], *, connectivity: Connectivity = 26
-) -> dict[str, Any]:
-    """A JSON-able summary of every named label: total volume, voxel count and lesions.
+) -> VolumesReport:
+    """Total volume, voxel count and lesions of every named label.
 
     Args:
         labels: a ``LABELS`` volume, array order ``(slice, row, column)``.
@@ -276,12 +414,10 @@ def volumes_report(
             :func:`find_lesions`).
 
     Returns:
-        ``{"source", "axis_order", "coordinates", "shape", "spacing_mm", "voxel_volume_ml",
-        "connectivity", "total_burden_ml", "n_lesions_total", "labels": {name: {"label",
-        "voxel_count", "volume_ml", "n_lesions", "lesions": [Lesion.to_dict(), ...]}}}``,
-        with volumes in mL and positions in LPS mm. A label absent from the array is reported
-        with zero voxels and no lesions. ``total_burden_ml`` is the summed volume of the named
-        labels: the total tumour burden when ``names`` lists the tumour labels only.
+        A :class:`VolumesReport` with one entry per name, in the order given; volumes in mL,
+        positions in LPS mm. A label absent from the array has zero voxels and no lesions.
+        Each present label's components are labelled once; :meth:`VolumesReport.to_dict` is
+        the ``volumes.json`` document.
 
     Raises:
         InputError: if ``labels`` is not a labels volume or has negative values.
@@ -293,29 +429,25 @@ def volumes_report(
     _require_unique_names(names)
     counts = _voxel_counts(array)
     voxel_ml = geo.voxel_volume_ml(labels.geometry)
-    per_label: dict[str, Any] = {}
+    structures = []
     for value, name in names.items():
         count = int(counts[value]) if 0 <= value < len(counts) else 0
         lesions = find_lesions(labels, value, connectivity=connectivity) if count else []
-        per_label[name] = {
-            "label": int(value),
-            "voxel_count": count,
-            "volume_ml": count * voxel_ml,
-            "n_lesions": len(lesions),
-            "lesions": [lesion.to_dict() for lesion in lesions],
-        }
-    return {
-        "source": labels.source.describe(),
-        "axis_order": ["slice", "row", "column"],
-        "coordinates": "DICOM patient LPS, mm",
-        "shape": list(labels.geometry.shape),
-        "spacing_mm": list(labels.geometry.spacing_mm),
-        "voxel_volume_ml": voxel_ml,
-        "connectivity": int(connectivity),
-        "total_burden_ml": float(sum(entry["volume_ml"] for entry in per_label.values())),
-        "n_lesions_total": int(sum(entry["n_lesions"] for entry in per_label.values())),
-        "labels": per_label,
-    }
+        structures.append(
+            StructureVolume(
+                name=name,
+                label=int(value),
+                voxel_count=count,
+                volume_ml=count * voxel_ml,
+                lesions=tuple(lesions),
+            )
+        )
+    return VolumesReport(
+        source=labels.source.describe(),
+        geometry=labels.geometry,
+        connectivity=connectivity,
+        structures=tuple(structures),
+    )
 
 
 def _require_unique_names(names: Mapping[int, str]) -> None:
@@ -405,62 +537,11 @@ def _fill_holes(mask: NDArray[np.bool_], *, per_slice: bool) -> NDArray[np.bool_
     return filled
 
 
-# ---------------------------------------------------------------------------------------------
-# writers
+def __getattr__(name: str) -> Any:
+    """The writers of ``volumes.json`` and ``lesions.csv`` moved to :mod:`medseg.report.tables`
+    (until 0.2)."""
+    if name in ("write_volumes_json", "write_lesions_csv", "LESION_CSV_COLUMNS"):
+        from medseg._compat import moved_name
 
-#: Columns of ``lesions.csv``, one row per lesion; positions in LPS mm.
-LESION_CSV_COLUMNS: tuple[str, ...] = (
-    "name", "label", "lesion_id", "volume_ml", "voxel_count",
-    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
-    "bbox_min_x_mm", "bbox_min_y_mm", "bbox_min_z_mm",
-    "bbox_max_x_mm", "bbox_max_y_mm", "bbox_max_z_mm",
-    "longest_axial_diameter_mm", "first_slice", "last_slice", "n_slices",
-)  # fmt: skip
-
-
-def write_volumes_json(report: Mapping[str, Any], path: Path) -> Path:
-    """Write a :func:`volumes_report` as ``volumes.json``, atomically.
-
-    Args:
-        report: the dict returned by :func:`volumes_report`.
-        path: target file; its folder is created if missing.
-
-    Returns:
-        ``path``.
-    """
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return path
-
-
-def write_lesions_csv(report: Mapping[str, Any], path: Path) -> Path:
-    """Write the lesions of a :func:`volumes_report` as ``lesions.csv``, atomically.
-
-    One row per lesion with the columns :data:`LESION_CSV_COLUMNS`; a label without lesions
-    has no row (its zero volume is in ``volumes.json``).
-
-    Args:
-        report: the dict returned by :func:`volumes_report`.
-        path: target file; its folder is created if missing.
-
-    Returns:
-        ``path``.
-    """
-    path = Path(path)
-    with (
-        atomic_path(path) as tmp,
-        tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh,
-    ):
-        writer = csv.writer(fh)
-        writer.writerow(LESION_CSV_COLUMNS)
-        for name, entry in report["labels"].items():
-            for lesion in entry["lesions"]:
-                writer.writerow(
-                    [name, lesion["label"], lesion["id"], lesion["volume_ml"],
-                     lesion["voxel_count"],
-                     *lesion["centroid_mm"], *lesion["bbox_min_mm"], *lesion["bbox_max_mm"],
-                     lesion["longest_axial_diameter_mm"], lesion["first_slice"],
-                     lesion["last_slice"], lesion["n_slices"]]
-                )  # fmt: skip
-    return path
+        return moved_name(__name__, name, "medseg.report.tables")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -529,3 +529,51 @@ def test_nothing_found_writes_no_rtstruct_and_says_so(tmp_path: Path) -> None:
     assert result.volumes_ml == {"GTV": 0.0}
     page = (result.out_dir / "report" / "report.html").read_text()
     assert "Not found in this scan: GTV." in page
+
+
+def test_predict_case_finds_components_once_and_writes_what_the_parts_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One connected-component labelling per structure per case; volumes.json, lesions.csv
+    and the QA page are what the volumes report and the report writer give on their own."""
+    from medseg import postprocess
+    from medseg.io.dicom import load_series
+    from medseg.pipeline import predict_case
+    from medseg.report import write_lesions_csv, write_report, write_volumes_json
+    from medseg.synthetic import phantom
+
+    model = _structures_model({1: "GTV", 2: "Parotid L"})
+    paths = phantom.write_case(
+        phantom.make_case(seed=3, shape=SMALL_PHANTOM, n_tumours=1),
+        tmp_path / "case",
+        patient_id="PP-6",
+    )
+    calls: list[int] = []
+    labelling = postprocess.cc3d.connected_components
+
+    def counting(mask: np.ndarray, **kwargs: object) -> object:
+        calls.append(int(mask.sum()))
+        return labelling(mask, **kwargs)
+
+    monkeypatch.setattr(postprocess.cc3d, "connected_components", counting)
+    result = predict_case(model, paths.ct_dir, tmp_path / "out")
+    # the model's config has no clean-up rules: only the lesions are labelled, once each
+    assert len(calls) == 2
+    monkeypatch.undo()
+
+    report = postprocess.volumes_report(result.labels, model.label_names)
+    assert result.volumes_ml == report.volumes_ml
+    assert {s.name for s in report.structures if s.voxel_count} == {"GTV", "Parotid L"}
+    parts = tmp_path / "parts"
+    for name, write in (("volumes.json", write_volumes_json), ("lesions.csv", write_lesions_csv)):
+        assert (result.out_dir / name).read_bytes() == write(report, parts / name).read_bytes()
+    assert result.rtstruct_path is not None
+    page = write_report(
+        load_series(paths.ct_dir),
+        result.labels,
+        model.structures,
+        parts / "report",
+        rtstruct_path=result.rtstruct_path,
+        model_id="medseg test",
+    )
+    assert (result.out_dir / "report" / "report.html").read_text() == page.read_text()

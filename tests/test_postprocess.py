@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,19 +13,20 @@ import pytest
 import SimpleITK as sitk
 
 from medseg import geometry as geo
+from medseg import postprocess
 from medseg.config import LabelPostprocessConfig, PostprocessConfig, load_config, parse_config
 from medseg.errors import ConfigError, InputError
 from medseg.geometry import Geometry
 from medseg.postprocess import (
-    LESION_CSV_COLUMNS,
     Lesion,
+    StructureVolume,
+    VolumesReport,
     apply_postprocess,
     find_lesions,
     label_volumes_ml,
     volumes_report,
-    write_lesions_csv,
-    write_volumes_json,
 )
+from medseg.report import LESION_CSV_COLUMNS, write_lesions_csv, write_volumes_json
 from medseg.synthetic import phantom
 from medseg.volume import SourceInfo, Volume, VolumeKind
 from tests.conftest import require_data
@@ -205,18 +207,20 @@ def test_volumes_report_is_json_and_consistent() -> None:
     g = Geometry(shape=(8, 9, 10), spacing_mm=(3.0, 0.9, 0.9), origin_mm=(1.0, 2.0, 3.0))
     labels = Volume(array, g, VolumeKind.LABELS, SourceInfo(modality="CT"))
     report = volumes_report(labels, {1: "GTV", 2: "dot", 7: "absent"})
-    assert json.loads(json.dumps(report)) == report
+    document = report.to_dict()
+    assert json.loads(json.dumps(document)) == document
+    assert json.loads(report.to_json()) == document
     voxel_ml = 3.0 * 0.9 * 0.9 / 1000
-    assert report["voxel_volume_ml"] == pytest.approx(voxel_ml)
-    assert report["spacing_mm"] == [3.0, 0.9, 0.9]
-    assert report["axis_order"] == ["slice", "row", "column"]
-    gtv = report["labels"]["GTV"]
+    assert report.voxel_volume_ml == document["voxel_volume_ml"] == pytest.approx(voxel_ml)
+    assert document["spacing_mm"] == [3.0, 0.9, 0.9]
+    assert document["axis_order"] == ["slice", "row", "column"]
+    gtv = document["labels"]["GTV"]
     assert (gtv["voxel_count"], gtv["n_lesions"]) == (35, 2)
     assert gtv["volume_ml"] == pytest.approx(35 * voxel_ml)
     assert [les["voxel_count"] for les in gtv["lesions"]] == [27, 8]
     assert sum(les["volume_ml"] for les in gtv["lesions"]) == pytest.approx(gtv["volume_ml"])
-    assert report["labels"]["dot"]["n_lesions"] == 1
-    assert report["labels"]["absent"] == {
+    assert document["labels"]["dot"]["n_lesions"] == 1
+    assert document["labels"]["absent"] == {
         "label": 7,
         "voxel_count": 0,
         "volume_ml": 0.0,
@@ -455,11 +459,11 @@ def test_volumes_report_total_burden_and_writers(tmp_path: Path) -> None:
     g = Geometry(shape=(8, 9, 10), spacing_mm=(3.0, 0.9, 0.9), origin_mm=(1.0, 2.0, 3.0))
     report = volumes_report(_labels(array, g), {1: "GTV", 2: "node", 3: "absent"})
     voxel_ml = 3.0 * 0.9 * 0.9 / 1000
-    assert report["total_burden_ml"] == pytest.approx(36 * voxel_ml)
-    assert report["n_lesions_total"] == 3
+    assert report.total_burden_ml == pytest.approx(36 * voxel_ml)
+    assert report.n_lesions_total == 3
     json_path = write_volumes_json(report, tmp_path / "out" / "volumes.json")
     csv_path = write_lesions_csv(report, tmp_path / "out" / "lesions.csv")
-    assert json.loads(json_path.read_text()) == report
+    assert json.loads(json_path.read_text()) == report.to_dict()
     with csv_path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0]) == LESION_CSV_COLUMNS
@@ -469,9 +473,161 @@ def test_volumes_report_total_burden_and_writers(tmp_path: Path) -> None:
         ("node", "1", "1"),
     ]
     assert float(rows[0]["centroid_z_mm"]) == pytest.approx(
-        report["labels"]["GTV"]["lesions"][0]["centroid_mm"][2]
+        report.by_name()["GTV"].lesions[0].centroid_mm[2]
     )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["lesions.csv", "volumes.json"]
+
+
+def _report_case() -> Volume:
+    """Two GTV lesions, a one-voxel dot and a node on an anisotropic grid off the origin."""
+    array = np.zeros((8, 9, 10), dtype=np.int16)
+    array[0:2, 0:2, 0:2] = 1
+    array[5:8, 5:8, 5:8] = 1
+    array[4, 0, 0] = 2
+    array[3:5, 6:9, 0:3] = 3
+    g = Geometry(shape=(8, 9, 10), spacing_mm=(2.5, 0.75, 0.5), origin_mm=(-10.0, 20.0, 30.0))
+    return Volume(array, g, VolumeKind.LABELS, SourceInfo(path=Path("case-1/ct")))
+
+
+_REPORT_NAMES = {1: "GTV", 2: "dot", 3: "node", 7: "absent"}
+
+
+def _lesion(
+    id: int,
+    label: int,
+    voxel_count: int,
+    volume_ml: float,
+    centroid_mm: list[float],
+    bbox_min_mm: list[float],
+    bbox_max_mm: list[float],
+    diameter_mm: float,
+    slices: tuple[int, int, int],
+) -> dict[str, object]:
+    return {
+        "id": id, "label": label, "voxel_count": voxel_count, "volume_ml": volume_ml,
+        "centroid_mm": centroid_mm, "bbox_min_mm": bbox_min_mm, "bbox_max_mm": bbox_max_mm,
+        "longest_axial_diameter_mm": diameter_mm,
+        "first_slice": slices[0], "last_slice": slices[1], "n_slices": slices[2],
+    }  # fmt: skip
+
+
+#: The volumes.json document of :func:`_report_case` as medseg wrote it when
+#: ``volumes_report`` still returned a dict (the schema users parse; key order included).
+_VOLUMES_DOCUMENT = {
+    "source": "case-1/ct",
+    "axis_order": ["slice", "row", "column"],
+    "coordinates": "DICOM patient LPS, mm",
+    "shape": [8, 9, 10],
+    "spacing_mm": [2.5, 0.75, 0.5],
+    "voxel_volume_ml": 0.0009375,
+    "connectivity": 26,
+    "total_burden_ml": 0.050625,
+    "n_lesions_total": 4,
+    "labels": {
+        "GTV": {
+            "label": 1, "voxel_count": 35, "volume_ml": 0.0328125, "n_lesions": 2,
+            "lesions": [
+                _lesion(1, 1, 27, 0.025312499999999998, [-7.0, 24.5, 45.0],
+                        [-7.75, 23.375, 41.25], [-6.25, 25.625, 48.75],
+                        2.462214450449026, (5, 7, 3)),
+                _lesion(2, 1, 8, 0.0075, [-9.75, 20.375, 31.25], [-10.25, 19.625, 28.75],
+                        [-9.25, 21.125, 33.75], 1.5811388300841898, (0, 1, 2)),
+            ],
+        },
+        "dot": {
+            "label": 2, "voxel_count": 1, "volume_ml": 0.0009375, "n_lesions": 1,
+            "lesions": [
+                _lesion(1, 2, 1, 0.0009375, [-10.0, 20.0, 40.0], [-10.25, 19.625, 38.75],
+                        [-9.75, 20.375, 41.25], 0.75, (4, 4, 1)),
+            ],
+        },
+        "node": {
+            "label": 3, "voxel_count": 18, "volume_ml": 0.016875, "n_lesions": 1,
+            "lesions": [
+                _lesion(1, 3, 18, 0.016875, [-9.5, 25.25, 38.75], [-10.25, 24.125, 36.25],
+                        [-8.75, 26.375, 41.25], 2.462214450449026, (3, 4, 2)),
+            ],
+        },
+        "absent": {"label": 7, "voxel_count": 0, "volume_ml": 0.0, "n_lesions": 0, "lesions": []},
+    },
+}  # fmt: skip
+
+#: lesions.csv of :func:`_report_case` as written by the dict-based writer (csv's CRLF rows).
+_LESIONS_CSV = (
+    "name,label,lesion_id,volume_ml,voxel_count,centroid_x_mm,centroid_y_mm,centroid_z_mm,"
+    "bbox_min_x_mm,bbox_min_y_mm,bbox_min_z_mm,bbox_max_x_mm,bbox_max_y_mm,bbox_max_z_mm,"
+    "longest_axial_diameter_mm,first_slice,last_slice,n_slices\r\n"
+    "GTV,1,1,0.025312499999999998,27,-7.0,24.5,45.0,-7.75,23.375,41.25,-6.25,25.625,48.75,"
+    "2.462214450449026,5,7,3\r\n"
+    "GTV,1,2,0.0075,8,-9.75,20.375,31.25,-10.25,19.625,28.75,-9.25,21.125,33.75,"
+    "1.5811388300841898,0,1,2\r\n"
+    "dot,2,1,0.0009375,1,-10.0,20.0,40.0,-10.25,19.625,38.75,-9.75,20.375,41.25,0.75,4,4,1\r\n"
+    "node,3,1,0.016875,18,-9.5,25.25,38.75,-10.25,24.125,36.25,-8.75,26.375,41.25,"
+    "2.462214450449026,3,4,2\r\n"
+)
+
+
+def test_volumes_json_and_lesions_csv_are_byte_compatible(tmp_path: Path) -> None:
+    """volumes.json and lesions.csv are user-facing formats: the typed report writes exactly
+    what the dict-based report wrote."""
+    report = volumes_report(_report_case(), _REPORT_NAMES)
+    assert report.to_dict() == _VOLUMES_DOCUMENT
+    json_path = write_volumes_json(report, tmp_path / "volumes.json")
+    expected = json.dumps(_VOLUMES_DOCUMENT, indent=2, allow_nan=False) + "\n"
+    assert json_path.read_bytes() == expected.encode("utf-8")
+    assert report.to_json() == expected
+    csv_path = write_lesions_csv(report, tmp_path / "lesions.csv")
+    assert csv_path.read_bytes() == _LESIONS_CSV.encode("utf-8")
+
+
+def test_volumes_report_is_a_frozen_typed_object() -> None:
+    labels = _report_case()
+    report = volumes_report(labels, _REPORT_NAMES)
+    assert isinstance(report, VolumesReport)
+    assert report.geometry == labels.geometry and report.source == "case-1/ct"
+    assert [s.name for s in report.structures] == ["GTV", "dot", "node", "absent"]
+    assert all(isinstance(s, StructureVolume) for s in report.structures)
+    gtv = report.by_name()["GTV"]
+    assert (gtv.label, gtv.voxel_count, gtv.n_lesions) == (1, 35, 2)
+    assert gtv.lesions == tuple(find_lesions(labels, 1))  # the Lesion records themselves
+    assert report.by_label()[7].lesions == ()
+    assert report.volumes_ml == {"GTV": 0.0328125, "dot": 0.0009375, "node": 0.016875,
+                                 "absent": 0.0}  # fmt: skip
+    assert report.total_burden_ml == pytest.approx(sum(report.volumes_ml.values()))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.connectivity = 6  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="'GTV'"):
+        VolumesReport(report.source, report.geometry, 26, (gtv, dataclasses.replace(gtv, label=9)))
+
+
+def test_volumes_report_labels_each_structure_once() -> None:
+    """One connected-component labelling per label present (none for an absent label)."""
+    calls: list[int] = []
+    labelling = postprocess.cc3d.connected_components
+
+    def counting(mask: np.ndarray, **kwargs: object) -> object:
+        calls.append(int(mask.sum()))
+        return labelling(mask, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(postprocess.cc3d, "connected_components", counting)
+        volumes_report(_report_case(), _REPORT_NAMES)
+    assert sorted(calls) == [1, 18, 35]
+
+
+def test_old_report_api_works_with_a_warning(tmp_path: Path) -> None:
+    """The writers moved to medseg.report.tables, and the report is no longer a dict: both old
+    uses keep working, with a DeprecationWarning, until 0.2."""
+    from medseg.report import tables
+
+    for name in ("write_volumes_json", "write_lesions_csv", "LESION_CSV_COLUMNS"):
+        with pytest.warns(DeprecationWarning, match=f"postprocess.{name} is now"):
+            assert getattr(postprocess, name) is getattr(tables, name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = postprocess.nothing  # type: ignore[attr-defined]
+    report = volumes_report(_report_case(), _REPORT_NAMES)
+    with pytest.warns(DeprecationWarning, match=r"to_dict\(\)"):
+        assert report["labels"] == _VOLUMES_DOCUMENT["labels"]  # type: ignore[index]
 
 
 # ---------------------------------------------------------------------------------------------

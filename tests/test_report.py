@@ -21,7 +21,7 @@ from medseg.geometry import Geometry
 from medseg.io import rtstruct
 from medseg.io.dicom import load_series
 from medseg.io.rtstruct import RoiSpec
-from medseg.postprocess import volumes_report, write_volumes_json
+from medseg.postprocess import volumes_report
 from medseg.report import (
     SUMMARY_PAGE,
     CaseSummary,
@@ -29,6 +29,7 @@ from medseg.report import (
     read_case_summary,
     write_report,
     write_summary_page,
+    write_volumes_json,
 )
 from medseg.synthetic import phantom
 from medseg.volume import SourceInfo, Volume, VolumeKind
@@ -144,6 +145,87 @@ def test_different_grids_are_refused(tmp_path: Path) -> None:
     other = Volume(case.labels.array, shifted, VolumeKind.LABELS)
     with pytest.raises(GeometryError, match="different geometry"):
         write_report(case.image, case.labels, {1: "t"}, tmp_path / "qa", reference=other)
+    assert not (tmp_path / "qa").exists()
+
+
+def _tables_case() -> tuple[Volume, Volume]:
+    """A blank image and labels with two GTV lesions, a one-voxel dot and a node."""
+    array = np.zeros((8, 9, 10), dtype=np.int16)
+    array[0:2, 0:2, 0:2] = 1
+    array[5:8, 5:8, 5:8] = 1
+    array[4, 0, 0] = 2
+    array[3:5, 6:9, 0:3] = 3
+    g = Geometry(shape=(8, 9, 10), spacing_mm=(2.5, 0.75, 0.5), origin_mm=(-10.0, 20.0, 30.0))
+    source = SourceInfo(path=Path("case-1/ct"))
+    image = Volume(np.zeros(g.shape, dtype=np.int16), g, VolumeKind.IMAGE, source)
+    return image, Volume(array, g, VolumeKind.LABELS, source)
+
+
+_TABLES_NAMES = {1: "GTV", 2: "dot", 3: "node", 7: "absent"}
+
+
+def test_report_numbers_unchanged_and_components_found_once(tmp_path: Path) -> None:
+    """The page shows the volumes report it is given (components are not labelled again),
+    with the numbers the page showed when it computed them itself."""
+    from medseg import postprocess
+
+    image, labels = _tables_case()
+    alone = write_report(image, labels, _TABLES_NAMES, tmp_path / "alone").read_text()
+    report = postprocess.volumes_report(labels, _TABLES_NAMES)
+    calls: list[int] = []
+    labelling = postprocess.cc3d.connected_components
+
+    def counting(mask: np.ndarray, **kwargs: object) -> object:
+        calls.append(int(mask.sum()))
+        return labelling(mask, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(postprocess.cc3d, "connected_components", counting)
+        given = write_report(image, labels, _TABLES_NAMES, tmp_path / "given", volumes=report)
+    assert calls == []
+    assert given.read_text() == alone
+    parser = _Links()
+    parser.feed(alone)
+    # as written before the report was typed (medseg 0.1.0 development, issue 19)
+    assert [cells for _, cells in parser.rows] == [
+        ["structure", "label", "volume (mL)", "lesions"],
+        ["GTV", "1", "0.03", "2"],
+        ["dot", "2", "0.00", "1"],
+        ["node", "3", "0.02", "1"],
+        ["absent", "7", "0.00", "0"],
+        ["total", "", "0.05", "4"],
+        ["structure", "lesion", "volume (mL)", "longest axial diameter (mm)",
+         "centroid LPS (mm)", "slices"],
+        ["GTV", "1", "0.03", "2.5", "-7.0, 24.5, 45.0", "5-7 (3)"],
+        ["GTV", "2", "0.01", "1.6", "-9.8, 20.4, 31.2", "0-1 (2)"],
+        ["dot", "1", "0.00", "0.8", "-10.0, 20.0, 40.0", "4-4 (1)"],
+        ["node", "1", "0.02", "2.5", "-9.5, 25.2, 38.8", "3-4 (2)"],
+    ]  # fmt: skip
+    assert re.findall(r"<h3>([^<]*)</h3>", alone) == [
+        "GTV (label 1), lesion 1: 0.03 mL, longest axial diameter 2.5 mm; prediction",
+        "GTV (label 1), lesion 2: 0.01 mL, longest axial diameter 1.6 mm; prediction",
+        "dot (label 2), lesion 1: 0.00 mL, longest axial diameter 0.8 mm; prediction",
+        "node (label 3), lesion 1: 0.02 mL, longest axial diameter 2.5 mm; prediction",
+    ]
+    assert sorted(p.name for p in given.parent.glob("*.png")) == sorted(
+        p.name for p in (tmp_path / "alone").glob("*.png")
+    )
+
+
+def test_volumes_report_of_other_labels_is_refused(tmp_path: Path) -> None:
+    from medseg import postprocess
+
+    image, labels = _tables_case()
+    other_structures = postprocess.volumes_report(labels, {1: "GTV", 2: "dot"})
+    with pytest.raises(InputError, match="structures"):
+        write_report(image, labels, _TABLES_NAMES, tmp_path / "qa", volumes=other_structures)
+    g = labels.geometry
+    shifted = Geometry(g.shape, g.spacing_mm, (0.0, 0.0, 0.0))
+    other_grid = postprocess.volumes_report(
+        Volume(labels.array, shifted, VolumeKind.LABELS), _TABLES_NAMES
+    )
+    with pytest.raises(InputError, match="grid"):
+        write_report(image, labels, _TABLES_NAMES, tmp_path / "qa", volumes=other_grid)
     assert not (tmp_path / "qa").exists()
 
 

@@ -20,15 +20,15 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from medseg import geometry as geo
+from medseg.errors import InputError
 from medseg.io import rtstruct
 from medseg.io.files import atomic_dir
 from medseg.metrics import SegmentationMetrics, compute_label_metrics
-from medseg.postprocess import Lesion, find_lesions, volumes_report
+from medseg.postprocess import Lesion, VolumesReport, find_lesions, volumes_report
 from medseg.report._html import STYLE, fmt, html_table
 from medseg.report.views import VIEWS, Outline, axis_map, display_window, draw_view
 from medseg.structures import InterpretedType, Structure, structure_set
@@ -83,6 +83,7 @@ def write_report(
     rtstruct_path: Path | None = None,
     model_id: str | None = None,
     show_identifiers: bool = False,
+    volumes: VolumesReport | None = None,
 ) -> Path:
     """Write ``report.html`` and its view PNGs into ``out_dir``, atomically.
 
@@ -107,6 +108,10 @@ def write_report(
             page shows the RT-STRUCT's ROIGenerationDescription.
         show_identifiers: show the image's SeriesDescription (``privacy.log_identifiers``);
             clinics put patient names there, so by default the page says it is withheld.
+        volumes: the :func:`~medseg.postprocess.volumes_report` of ``labels`` and ``names``,
+            when the caller has it (``predict_case`` writes ``volumes.json`` from the same
+            one): its volumes and lesions are shown and the components are not found again.
+            Without it the report is computed here.
 
     Returns:
         The path of ``report.html``. PNGs are named ``label<value>-lesion<id>-<view>.png``
@@ -117,7 +122,8 @@ def write_report(
             is in another frame of reference or does not fit the image's slices
             (:class:`~medseg.errors.MissingReferenceError` when it references another
             series or slices the image lacks).
-        InputError: if ``labels`` or ``reference`` is not a labels volume.
+        InputError: if ``labels`` or ``reference`` is not a labels volume, or ``volumes`` is
+            not the report of ``labels`` (another grid) and ``names`` (other structures).
         UnreadableScanError: if ``rtstruct_path`` is not a readable RT Structure Set.
     """
     require_same_geometry(image, labels)
@@ -126,7 +132,11 @@ def write_report(
     structures = _as_structures(names)
     colours = {s.label: s.hex_color for s in structures}
     names = {s.label: s.name for s in structures}
-    report = volumes_report(labels, names)
+    if volumes is None:
+        report = volumes_report(labels, names)
+    else:
+        _require_report_of(volumes, labels, names)
+        report = volumes
     metrics: dict[str, SegmentationMetrics] = (
         compute_label_metrics(labels, reference, names, tolerance_mm=REPORT_TOLERANCE_MM)
         if reference is not None
@@ -137,7 +147,8 @@ def write_report(
     warnings_html: list[str] = []
     series_description = "not recorded"
     generation: list[str] = []
-    found = {name for name, entry in report["labels"].items() if entry["voxel_count"]}
+    found = {s.name for s in report.structures if s.voxel_count}
+    predicted = report.by_label()
     header = image.source.dicom_header
     if header is not None:  # which scan this is, also when no RT-STRUCT was written
         if not show_identifiers:
@@ -167,7 +178,7 @@ def write_report(
                 outlines.append(
                     Outline(np.asarray(reference.array == value), _REFERENCE_COLOUR, "dashed")
                 )
-            lesions: list[Lesion] = find_lesions(labels, value)[:MAX_LESIONS_PER_LABEL]
+            lesions: list[Lesion] = list(predicted[value].lesions[:MAX_LESIONS_PER_LABEL])
             source = "prediction"
             if not lesions and reference is not None:
                 lesions = find_lesions(reference, value)[:MAX_LESIONS_PER_LABEL]
@@ -239,6 +250,22 @@ def _as_structures(names: Sequence[Structure] | Mapping[int, str]) -> tuple[Stru
     return tuple(names)
 
 
+def _require_report_of(report: VolumesReport, labels: Volume, names: Mapping[int, str]) -> None:
+    """Refuse a volumes report made from another label map or for other structures: the
+    page would show numbers that are not those of its contours."""
+    if report.geometry != labels.geometry:
+        raise InputError(
+            f"{labels.source.describe()}: the volumes report ({report.source}) was made on "
+            f"another grid, {report.geometry}, than the labels' {labels.geometry}"
+        )
+    given = {s.label: s.name for s in report.structures}
+    if given != dict(names):
+        raise InputError(
+            f"{labels.source.describe()}: the volumes report has the structures {given}, "
+            f"the report was asked for {dict(names)}"
+        )
+
+
 def _outlines(
     labels: Volume,
     value: int,
@@ -260,18 +287,15 @@ def _outlines(
     return [Outline(mask, colour, "solid", polygons=roi.polygons)]
 
 
-def _volumes_table(report: Mapping[str, Any], exported: Mapping[str, Volume] | None) -> str:
+def _volumes_table(report: VolumesReport, exported: Mapping[str, Volume] | None) -> str:
     header = ["structure", "label", "volume (mL)", "lesions"]
-    rows = [
-        [name, str(entry["label"]), fmt(entry["volume_ml"]), str(entry["n_lesions"])]
-        for name, entry in report["labels"].items()
-    ]
-    rows.append(["total", "", fmt(report["total_burden_ml"]), str(report["n_lesions_total"])])
+    rows = [[s.name, str(s.label), fmt(s.volume_ml), str(s.n_lesions)] for s in report.structures]
+    rows.append(["total", "", fmt(report.total_burden_ml), str(report.n_lesions_total)])
     if exported is not None:
         header.append("RT-STRUCT (mL)")
         total = 0.0
-        for row, name in zip(rows, report["labels"], strict=False):
-            mask = exported.get(name)
+        for row, structure in zip(rows, report.structures, strict=False):
+            mask = exported.get(structure.name)
             volume_ml = (
                 float(np.count_nonzero(mask.array)) * mask.voxel_volume_ml if mask else math.nan
             )
@@ -281,16 +305,16 @@ def _volumes_table(report: Mapping[str, Any], exported: Mapping[str, Volume] | N
     return html_table(header, rows)
 
 
-def _lesions_table(report: Mapping[str, Any]) -> str:
+def _lesions_table(report: VolumesReport) -> str:
     rows = [
         [
-            name, str(lesion["id"]), fmt(lesion["volume_ml"]),
-            fmt(lesion["longest_axial_diameter_mm"], 1),
-            ", ".join(fmt(c, 1) for c in lesion["centroid_mm"]),
-            f"{lesion['first_slice']}-{lesion['last_slice']} ({lesion['n_slices']})",
+            s.name, str(lesion.id), fmt(lesion.volume_ml),
+            fmt(lesion.longest_axial_diameter_mm, 1),
+            ", ".join(fmt(c, 1) for c in lesion.centroid_mm),
+            f"{lesion.first_slice}-{lesion.last_slice} ({lesion.n_slices})",
         ]
-        for name, entry in report["labels"].items()
-        for lesion in entry["lesions"]
+        for s in report.structures
+        for lesion in s.lesions
     ]  # fmt: skip
     return html_table(
         ["structure", "lesion", "volume (mL)", "longest axial diameter (mm)",
