@@ -57,6 +57,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "medseg.report",
             "medseg.report.*",
+            "medseg.planning",
+            "medseg.planning.*",
             "medseg.training",
             "medseg.training.*",
             "medseg.tracking",
