@@ -273,6 +273,76 @@ def train(
         typer.echo(f"MLflow run id: {result.run_id}  model: {result.model_uri}")
 
 
+class DeviceChoice(str, enum.Enum):
+    """What ``medseg plan`` plans for."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@app.command()
+def plan(
+    data: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="dataset.json (nnU-Net v2 raw layout or a datalist), or an experiment YAML "
+            "whose data names a datalist or a dicom_root with labels.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Plan YAML to write.")] = Path("plan.yaml"),
+    device: Annotated[
+        DeviceChoice | None,
+        typer.Option(
+            help="cuda: nnU-Net's GPU plan; cpu: scaled to the time budget here "
+            "(default: cuda if one is visible)."
+        ),
+    ] = None,
+    gpu_memory_gb: Annotated[
+        float, typer.Option("--gpu-memory-gb", min=0.5, help="nnU-Net's GPU memory target.")
+    ] = 8.0,
+    time_budget_min: Annotated[
+        float,
+        typer.Option("--time-budget-min", min=1.0, help="With cpu: minutes training may take."),
+    ] = 30.0,
+    fold_count: Annotated[
+        int, typer.Option("--fold-count", min=2, help="Cross-validation folds.")
+    ] = 5,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Torch threads of the planned training.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a plan (and fingerprint) medseg plan wrote.")
+    ] = False,
+) -> None:
+    """Plan an experiment from a dataset as nnU-Net v2 would: spacing, intensities, network,
+    patch, batch, training and inference defaults, with the reasons as comments; writes
+    PLAN.yaml and fingerprint.json beside it."""
+    from medseg.planning.command import plan_experiment
+
+    with _reported():
+        result = plan_experiment(
+            data,
+            out,
+            device=None if device is None else device.value,
+            gpu_memory_gb=gpu_memory_gb,
+            time_budget_min=time_budget_min,
+            fold_count=fold_count,
+            num_threads=threads,
+            overwrite=overwrite,
+        )
+    config = result.planned.config
+    typer.echo(
+        f"plan: {result.plan_path} (fingerprint: {result.fingerprint_path}); "
+        f"{len(result.fingerprint.cases)} cases, spacing {list(config.preprocess.spacing_mm or ())} mm, "
+        f"patch {list(config.train.patch_size)}, batch {config.train.batch_size}, "
+        f"features {list(config.model.channels)}, {config.train.epochs} epochs"
+    )
+    for note in result.notes:
+        typer.echo(f"  {note}")
+
+
 @app.command()
 def predict(
     input_path: Annotated[Path, typer.Argument(exists=True, help="DICOM series folder or NIfTI.")],

@@ -48,6 +48,7 @@ __all__ = [
     "IngestConfig",
     "LabelPostprocessConfig",
     "ModelConfig",
+    "PlanInfo",
     "PostprocessConfig",
     "PreprocessConfig",
     "PrivacyConfig",
@@ -640,6 +641,33 @@ class ExportConfig(_Section):
     empty_rois: Literal["keep", "omit"] = "omit"
 
 
+class PlanInfo(_Section):
+    """Where a planned experiment came from: ``medseg plan`` writes this section, training
+    logs the plan's YAML and its fingerprint as MLflow artifacts (``plan/``).
+
+    Attributes:
+        generated_by: the medseg version that planned it, e.g. ``"medseg plan 0.1.0"``.
+        fingerprint: the dataset fingerprint (``fingerprint.json`` beside the YAML; a relative
+            path is resolved against the YAML file's folder by :func:`load_config`).
+        device: the device planned for.
+        gpu_memory_gb: the GPU memory target of nnU-Net's patch and batch rules.
+        time_budget_min: on a CPU: the training time the plan was scaled to fit.
+        source: the YAML file the config was loaded from (set by :func:`load_config`, never
+            written).
+    """
+
+    generated_by: Annotated[str, Field(min_length=1)]
+    fingerprint: Path | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+    gpu_memory_gb: Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    time_budget_min: Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_serializer("fingerprint")
+    def _path_as_str(self, value: Path | None) -> str | None:
+        return None if value is None else str(value)
+
+
 class ExperimentConfig(_Section):
     """One experiment: everything needed to train a model and to apply it.
 
@@ -660,6 +688,7 @@ class ExperimentConfig(_Section):
     batch: BatchConfig = BatchConfig()
     ingest: IngestConfig = IngestConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    plan: PlanInfo | None = None
 
     @model_validator(mode="after")
     def _sizes_fit_the_network(self) -> ExperimentConfig:
@@ -780,6 +809,12 @@ def load_config(path: Path | str) -> ExperimentConfig:
     }
     if updates:
         config = config.model_copy(update={"data": config.data.model_copy(update=updates)})
+    if config.plan is not None:
+        plan_updates: dict[str, Path] = {"source": path.resolve()}
+        fingerprint = config.plan.fingerprint
+        if fingerprint is not None and not fingerprint.is_absolute():
+            plan_updates["fingerprint"] = (path.parent / fingerprint).resolve()
+        config = config.model_copy(update={"plan": config.plan.model_copy(update=plan_updates)})
     return config
 
 

@@ -195,6 +195,7 @@ class Tracker:
             )
             mlflow.log_params(flatten_params(self._config))
             mlflow.log_text(_redacted(self._config).to_yaml(), "config/config.yaml")
+            _log_plan(self._config)
         except (MlflowException, OSError) as exc:
             self._close("FAILED")
             raise ConfigError(
@@ -501,6 +502,20 @@ def _bounded_http() -> Iterator[None]:
     finally:
         for name in added:
             os.environ.pop(name, None)
+
+
+def _log_plan(config: ExperimentConfig) -> None:
+    """A planned experiment's YAML (with its comments) and fingerprint, as ``plan/`` artifacts
+    of the active run, and tags saying it was planned."""
+    import mlflow
+
+    plan = config.plan
+    if plan is None:
+        return
+    mlflow.set_tags({"planned_by": plan.generated_by, "plan_device": plan.device})
+    for path in (plan.source, plan.fingerprint):
+        if path is not None and Path(path).is_file():
+            mlflow.log_artifact(str(path), "plan")
 
 
 def _redacted(config: ExperimentConfig) -> ExperimentConfig:

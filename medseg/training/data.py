@@ -1,7 +1,9 @@
 """Datasets for training: Decathlon-style datalists of (image, label) pairs.
 
 A datalist is a JSON file ``{"training": [{"image": ..., "label": ...}], "validation": [...]}``
-with paths relative to the file. An image is a DICOM series folder or a NIfTI/NRRD file; a
+with paths relative to the file, or the ``dataset.json`` of an nnU-Net v2 raw dataset (no file
+list: the cases are ``labelsTr/<case><file_ending>`` with ``imagesTr/<case>_0000<file_ending>``,
+one input channel). An image is a DICOM series folder or a NIfTI/NRRD file; a
 label is a NIfTI/NRRD label map on the image's grid.
 """
 
@@ -81,10 +83,36 @@ def _read_entries(path: Path) -> tuple[list[dict[str, str]], dict[str, object]]:
         raise ConfigError(f"{path}: cannot read datalist ({exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a datalist must be a JSON object with a 'training' list")
+    if "training" not in raw and "file_ending" in raw:
+        return _nnunet_entries(path, raw), raw
     training = _entries(raw.get("training"), "training", path)
     if not training:
         raise ConfigError(f"{path}: the 'training' list is empty")
     return training, raw
+
+
+def _nnunet_entries(path: Path, raw: dict[str, object]) -> list[dict[str, str]]:
+    """The cases of an nnU-Net v2 raw dataset (``imagesTr/<case>_0000<ending>``,
+    ``labelsTr/<case><ending>``, a ``dataset.json`` without a file list), in case order."""
+    ending, channels = raw.get("file_ending"), raw.get("channel_names", raw.get("modality"))
+    if not isinstance(ending, str) or not ending:
+        raise ConfigError(f"{path}: 'file_ending' must be a file suffix such as '.nii.gz'")
+    if isinstance(channels, dict) and len(channels) != 1:
+        raise ConfigError(
+            f"{path}: {len(channels)} input channels {sorted(channels.values())}; medseg's "
+            "networks take one image per case"
+        )
+    labels_dir, images_dir = path.parent / "labelsTr", path.parent / "imagesTr"
+    names = sorted(p.name[: -len(ending)] for p in labels_dir.glob(f"*{ending}"))
+    if not names:
+        raise ConfigError(f"{labels_dir}: no label maps '*{ending}' (nnU-Net raw layout)")
+    entries = []
+    for name in names:
+        image = images_dir / f"{name}_0000{ending}"
+        if not image.is_file():
+            raise ConfigError(f"{image}: missing: labelsTr/{name}{ending} has no image")
+        entries.append({"image": f"imagesTr/{image.name}", "label": f"labelsTr/{name}{ending}"})
+    return entries
 
 
 def load_training_cases(path: Path) -> tuple[LabelledCase, ...]:

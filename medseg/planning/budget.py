@@ -1,0 +1,230 @@
+"""Scaling a plan to a CPU and a time budget (``medseg plan --device cpu --time-budget-min M``).
+
+nnU-Net plans for a GPU: its 3d_fullres network on a lung CT (48 x 160 x 160 patches, 32-320
+features) took 44 s per training step on 2 CPU cores, and it trains 250,000 steps. A CPU plan
+keeps nnU-Net's rules (spacing, normalisation, pooling, kernel sizes, the memory estimate) and
+gives up width and patch: the same rules are run for smaller base widths (32, 16, 8 features)
+and smaller memory targets, one training step of a candidate is measured on this machine (as
+nnU-Net instantiates networks to estimate their memory, medseg times them), and the widest
+candidate that keeps enough of the patch and affords :data:`MIN_STEPS` steps in the budget is
+chosen. The epochs then fill the budget.
+
+The cost of a step is predicted from nnU-Net's memory estimate (the feature-map voxels of the
+network, which the convolutions' arithmetic follows) calibrated by one measurement, and the
+chosen candidate is measured again; the prediction is only used to avoid timing every
+candidate (a large one costs a minute per step).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from medseg.planning.fingerprint import Fingerprint
+from medseg.planning.rules import Plan, estimate_memory, plan_3d_fullres
+
+__all__ = ["MIN_STEPS", "BudgetChoice", "fit_cpu_budget", "measure_step"]
+
+_log = logging.getLogger(__name__)
+
+#: Fewest optimiser steps a CPU plan must afford within its budget. nnU-Net's schedule is
+#: 250,000; on the 21-organ H&N phantoms medseg's DynUNet needed about 2,000 steps of batch 2
+#: to pass mean Dice 0.6 (benchmarks/plan_vs_hand.py), so a plan that affords fewer would
+#: spend the budget on a network too large to learn anything in it.
+MIN_STEPS = 1500
+#: Share of the budget left for validation, checkpoints and loading.
+OVERHEAD_FRACTION = 0.15
+#: Iterations per epoch of a CPU plan (nnU-Net: 250); smaller, so that a short budget still
+#: has several epochs to validate and schedule the learning rate over.
+CPU_ITERATIONS_PER_EPOCH = 50
+#: A candidate must keep at least this share of the GPU plan's patch voxels (or of the median
+#: shape) before a narrower network is tried: context matters more than width.
+MIN_PATCH_SHARE = 0.25
+#: Base widths tried, widest first.
+BASE_FEATURES = (32, 16, 8)
+#: Memory targets tried: the GPU target halved this many times at most.
+MAX_HALVINGS = 8
+
+#: Measures one training step: (plan, labels, threads) -> seconds.
+StepTimer = Callable[[Plan, int, int], float]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetChoice:
+    """The plan chosen for a CPU budget.
+
+    Attributes:
+        plan: the chosen plan (nnU-Net's rules at ``base_features`` and ``memory_gb``).
+        base_features: its first-stage width.
+        memory_gb: the memory target its patch was planned for.
+        step_seconds: measured seconds per training step on this machine.
+        epochs: epochs that fit the budget.
+        iterations_per_epoch: optimiser steps per epoch.
+        gave_up: lines saying what the CPU plan gave up against the GPU plan.
+        measured: candidate description -> measured seconds per step.
+    """
+
+    plan: Plan
+    base_features: int
+    memory_gb: float
+    step_seconds: float
+    epochs: int
+    iterations_per_epoch: int
+    gave_up: tuple[str, ...]
+    measured: tuple[tuple[str, float], ...]
+
+
+def fit_cpu_budget(
+    fingerprint: Fingerprint,
+    *,
+    time_budget_min: float,
+    num_threads: int,
+    gpu_memory_gb: float = 8.0,
+    min_steps: int = MIN_STEPS,
+    timer: StepTimer | None = None,
+) -> BudgetChoice:
+    """The widest nnU-Net plan whose training affords ``min_steps`` steps in the budget.
+
+    Args:
+        fingerprint: the dataset.
+        time_budget_min: wall-clock minutes the whole training may take.
+        num_threads: torch threads training will use.
+        gpu_memory_gb: the GPU plan's memory target (what the CPU plan is compared with).
+        min_steps: fewest steps the budget must afford.
+        timer: measures one step (default :func:`measure_step`; tests pass their own).
+    """
+    timer = timer or measure_step
+    budget_s = time_budget_min * 60.0 * (1.0 - OVERHEAD_FRACTION)
+    allowed = budget_s / min_steps
+    n_labels = len(fingerprint.labels)
+    reference = plan_3d_fullres(fingerprint, gpu_memory_gb=gpu_memory_gb)
+    measured: list[tuple[str, float]] = []
+
+    def describe(plan: Plan) -> str:
+        return f"features {plan.features[0]}-{plan.features[-1]}, patch {tuple(plan.patch_size)}"
+
+    def cost(plan: Plan) -> float:
+        return plan.batch_size * estimate_memory(plan, n_labels)
+
+    def seconds(plan: Plan) -> float:
+        value = timer(plan, n_labels, num_threads)
+        measured.append((describe(plan), value))
+        _log.info("training step of %s: %.2f s", describe(plan), value)
+        return value
+
+    targets = [gpu_memory_gb / 2**k for k in range(MAX_HALVINGS + 1)]
+    smallest = plan_3d_fullres(
+        fingerprint, gpu_memory_gb=targets[-1], base_features=BASE_FEATURES[-1]
+    )
+    rate = seconds(smallest) / max(cost(smallest), 1.0)  # seconds per unit of estimate
+
+    reference_voxels = math.prod(reference.patch_size)
+    chosen: tuple[Plan, int, float] | None = None
+    for base in BASE_FEATURES:
+        for gb in targets:
+            plan = plan_3d_fullres(fingerprint, gpu_memory_gb=gb, base_features=base)
+            if rate * cost(plan) <= allowed:
+                break
+        else:
+            continue
+        if (
+            math.prod(plan.patch_size) >= MIN_PATCH_SHARE * reference_voxels
+            or base == (BASE_FEATURES[-1])
+        ):
+            chosen = (plan, base, gb)
+            break
+    if chosen is None:
+        chosen = (smallest, BASE_FEATURES[-1], targets[-1])
+    plan, base, gb = chosen
+    step = seconds(plan) if plan is not smallest else measured[0][1]
+    # The prediction is a straight line through one point: if the real step is slower,
+    # step down one memory halving at a time (measuring each) while there is one.
+    while step > 1.25 * allowed and gb > targets[-1]:
+        gb /= 2
+        plan = plan_3d_fullres(fingerprint, gpu_memory_gb=gb, base_features=base)
+        step = seconds(plan)
+
+    total_steps = max(1, int(budget_s / step))
+    iterations = min(CPU_ITERATIONS_PER_EPOCH, total_steps)
+    epochs = max(1, total_steps // iterations)
+    gave_up = _gave_up(reference, plan, step, total_steps, time_budget_min)
+    return BudgetChoice(
+        plan=plan,
+        base_features=base,
+        memory_gb=gb,
+        step_seconds=step,
+        epochs=epochs,
+        iterations_per_epoch=iterations,
+        gave_up=gave_up,
+        measured=tuple(measured),
+    )
+
+
+def _gave_up(
+    reference: Plan, plan: Plan, step: float, total_steps: int, budget_min: float
+) -> tuple[str, ...]:
+    gpu = (
+        f"GPU plan (nnU-Net): features {'-'.join(map(str, reference.features))}, patch "
+        f"{tuple(reference.patch_size)}, batch {reference.batch_size}, 1000 epochs x 250 steps"
+    )
+    cpu = (
+        f"CPU plan: features {'-'.join(map(str, plan.features))}, patch "
+        f"{tuple(plan.patch_size)}, batch {plan.batch_size}: {step:.2f} s per step measured "
+        f"here, {total_steps} steps in {budget_min:g} min"
+    )
+    lines = [gpu, cpu]
+    if plan.features != reference.features:
+        lines.append(
+            f"gave up width: first stage {plan.features[0]} instead of "
+            f"{reference.features[0]} features"
+        )
+    share = math.prod(plan.patch_size) / math.prod(reference.patch_size)
+    if share < 1.0:
+        lines.append(f"gave up context: the patch holds {share:.0%} of the GPU plan's voxels")
+    if len(plan.features) != len(reference.features):
+        lines.append(f"{len(plan.features)} stages instead of {len(reference.features)}")
+    lines.append(f"gave up steps: {total_steps} instead of nnU-Net's 250000")
+    return tuple(lines)
+
+
+def measure_step(plan: Plan, n_labels: int, num_threads: int, *, repeats: int = 2) -> float:
+    """Seconds of one training step (forward, Dice + CE, backward, SGD) of ``plan``'s network
+    on a batch of random patches on this CPU: the median of ``repeats`` after one warm-up."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    from medseg.config import ModelConfig
+    from medseg.model import build_network
+
+    config = ModelConfig(
+        name="dynunet",
+        channels=tuple(plan.features),
+        strides=tuple(tuple(s) for s in plan.strides[1:]),
+        kernel_sizes=tuple(tuple(k) for k in plan.kernel_sizes),
+        num_res_units=0,
+        labels={i: f"label {i}" for i in range(1, n_labels + 1)},
+    )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        network = build_network(config).train()
+        optimiser = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        generator = torch.Generator().manual_seed(0)
+        shape = (plan.batch_size, 1, *plan.patch_size)
+        image = torch.randn(shape, generator=generator)
+        target = torch.randint(0, n_labels + 1, shape, generator=generator)
+        times: list[float] = []
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            optimiser.zero_grad(set_to_none=True)
+            loss = loss_fn(network(image), target)
+            loss.backward()
+            optimiser.step()
+            times.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(previous)
+    return float(sorted(times[1:])[len(times[1:]) // 2])

@@ -1,0 +1,277 @@
+"""A :class:`~medseg.planning.rules.Plan` as a complete experiment config, written as YAML whose
+comments say why each value was chosen (``medseg plan``).
+
+The plan decides the grid, the intensities, the network, the patch and the batch
+(:mod:`medseg.planning.rules`); this module adds nnU-Net v2's training and inference defaults
+(``nnUNetTrainer``: Dice without background + cross-entropy, SGD 1e-2 with Nesterov momentum
+0.99 and a poly schedule, gradient clipping at 12, foreground oversampling 0.33, its
+augmentation set, Gaussian-weighted windows at overlap 0.5 and mirror TTA) and, on a CPU, the
+epochs that fit the time budget (:mod:`medseg.planning.budget`). The YAML it writes parses with
+:func:`medseg.config.parse_config` into the same :class:`~medseg.config.ExperimentConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from medseg.config import ExperimentConfig
+from medseg.planning.fingerprint import Fingerprint
+from medseg.planning.rules import Plan
+
+__all__ = ["PlannedExperiment", "experiment_from_plan", "render_yaml"]
+
+#: nnU-Net v2's iterations per epoch (``nnUNetTrainer.num_iterations_per_epoch``) and epochs.
+NNUNET_ITERATIONS_PER_EPOCH = 250
+NNUNET_EPOCHS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedExperiment:
+    """An experiment config with the reasons for its values.
+
+    Attributes:
+        config: the experiment (validated).
+        reasons: ``"section.key"`` -> one line saying why; written as YAML comments.
+        header: lines written at the top of the YAML (what was planned from what).
+    """
+
+    config: ExperimentConfig
+    reasons: Mapping[str, str] = field(default_factory=dict)
+    header: tuple[str, ...] = ()
+
+
+def experiment_from_plan(
+    plan: Plan,
+    fingerprint: Fingerprint,
+    *,
+    data: Mapping[str, Any],
+    device: str,
+    epochs: int | None = None,
+    samples_per_case: int | None = None,
+    num_threads: int = 2,
+    experiment_name: str = "medseg-plan",
+    extra_reasons: Mapping[str, str] | None = None,
+    header: tuple[str, ...] = (),
+    plan_section: Mapping[str, Any] | None = None,
+) -> PlannedExperiment:
+    """The experiment config that trains and applies ``plan`` as nnU-Net would.
+
+    Args:
+        plan: the planned grid, intensities, network, patch and batch.
+        fingerprint: the dataset it was planned from (labels, case count, modality).
+        data: the ``data`` section (a datalist or a DICOM root with label patterns).
+        device: ``"cpu"`` or ``"cuda"``.
+        epochs: training epochs (default nnU-Net's 1000).
+        samples_per_case: patches per case per epoch (default: nnU-Net's 250 iterations of
+            ``plan.batch_size`` patches spread over the cases).
+        num_threads: torch threads for training.
+        experiment_name: the MLflow experiment.
+        extra_reasons: more ``"section.key"`` reasons (the CPU budget's), overriding these.
+        header: lines for the top of the YAML.
+        plan_section: the config's ``plan`` section (provenance), if any.
+
+    Raises:
+        ConfigError: if the result is not a valid experiment (a planner bug, or labels that
+            medseg cannot represent).
+    """
+    from medseg.config import parse_config
+
+    n_cases = max(1, len(fingerprint.cases))
+    n_stages = len(plan.features)
+    if samples_per_case is None:
+        samples_per_case = max(
+            1, math.ceil(NNUNET_ITERATIONS_PER_EPOCH * plan.batch_size / n_cases)
+        )
+    if epochs is None:
+        epochs = NNUNET_EPOCHS
+    ct = plan.normalisation == "clip_zscore"
+    reasons: dict[str, str] = {}
+
+    # ---- preprocess
+    if ct:
+        assert plan.clip_lower is not None and plan.clip_upper is not None
+        assert plan.mean is not None and plan.std is not None
+        lower, upper = float(plan.clip_lower), float(plan.clip_upper)
+        preprocess: dict[str, Any] = {
+            "lower_hu": lower,
+            "upper_hu": upper,
+            "intensity": "clip_zscore",
+            "intensity_mean": float(plan.mean),
+            "intensity_std": float(plan.std),
+        }
+        reasons["preprocess.lower_hu"] = "foreground p0.5 of the dataset (nnU-Net CTNormalization)"
+        reasons["preprocess.upper_hu"] = "foreground p99.5 of the dataset"
+        reasons["preprocess.intensity_mean"] = "foreground mean (voxels inside the labels)"
+        reasons["preprocess.intensity_std"] = "foreground standard deviation"
+    else:
+        # Per-image z-score uses no window; lower_hu stays what medseg treats as air (outside
+        # the body): the background of an MR is 0.
+        fg = fingerprint.foreground
+        lower = 0.0 if fg.min > 0 else math.floor(fg.min) - 1.0
+        upper = max(lower + 1.0, math.ceil(fg.max) + 1.0)
+        preprocess = {"lower_hu": lower, "upper_hu": upper, "intensity": "image_zscore"}
+        reasons["preprocess.lower_hu"] = (
+            "not a window (per-image z-score): voxels at or below it count as outside the body"
+        )
+        reasons["preprocess.upper_hu"] = "above the foreground maximum: nothing is clipped"
+    reasons["preprocess.intensity"] = plan.reasons.get(
+        "normalisation", "CT: clip + dataset z-score; other modalities: per-image z-score"
+    )
+    preprocess["spacing_mm"] = [float(s) for s in plan.spacing]
+    reasons["preprocess.spacing_mm"] = plan.reasons.get("spacing", "median spacing")
+    preprocess["crop_foreground"] = True
+    reasons["preprocess.crop_foreground"] = (
+        "training crops to the body, as nnU-Net crops to non-zero"
+    )
+    preprocess["resample_separate_z"] = plan.anisotropic_axis is not None
+    reasons["preprocess.resample_separate_z"] = (
+        f"axis {plan.anisotropic_axis} is over 3x coarser than the others: resampled along it "
+        "by nearest neighbour, as nnU-Net"
+        if plan.anisotropic_axis is not None
+        else "spacing within 3x on every axis: one 3-D resampling"
+    )
+
+    # ---- model
+    deep_levels = n_stages - 2
+    model: dict[str, Any] = {
+        "name": "dynunet",
+        "channels": list(plan.features),
+        "strides": [list(s) for s in plan.strides[1:]],
+        "kernel_sizes": [list(k) for k in plan.kernel_sizes],
+        "num_res_units": 0,
+        "labels": {value: name for value, name in sorted(fingerprint.labels.items())},
+        "deep_supervision": deep_levels >= 1,
+    }
+    if deep_levels >= 1:
+        model["deep_supervision_levels"] = deep_levels
+    reasons["model.name"] = "nnU-Net's plain convolutional U-Net (MONAI DynUNet)"
+    reasons["model.channels"] = plan.reasons.get("features", "32 * 2^k features, at most 320")
+    reasons["model.strides"] = plan.reasons.get("topology", "nnU-Net's pooling rules")
+    reasons["model.kernel_sizes"] = plan.reasons.get("kernel_sizes", "(1,3,3) on coarse axes")
+    reasons["model.num_res_units"] = "plain convolutions, two per stage"
+    reasons["model.deep_supervision"] = (
+        f"loss on the {deep_levels} decoder outputs above the lowest too (nnU-Net)"
+        if deep_levels >= 1
+        else "too few stages for deep supervision"
+    )
+
+    # ---- train
+    anisotropic_patch = max(plan.patch_size[1:]) / plan.patch_size[0] > 3
+    train: dict[str, Any] = {
+        "epochs": int(epochs),
+        "patch_size": list(plan.patch_size),
+        "batch_size": int(plan.batch_size),
+        "samples_per_case": int(samples_per_case),
+        "foreground_fraction": 0.33,
+        "learning_rate": 1e-2,
+        "loss": "dice_ce",
+        "loss_include_background": False,
+        "optimizer": "sgd",
+        "momentum": 0.99,
+        "weight_decay": 3e-5,
+        "lr_schedule": "poly",
+        "grad_clip_norm": 12.0,
+        "precision": "auto",
+        "device": device,
+        "num_threads": int(num_threads),
+        "val_every": max(1, min(50, epochs // 10 or 1)),
+        "hd95": False,
+        **nnunet_augmentation(anisotropic_patch),
+    }
+    reasons["train.epochs"] = f"nnU-Net trains {NNUNET_EPOCHS} epochs"
+    reasons["train.patch_size"] = plan.reasons.get("patch_size", "from the memory target")
+    reasons["train.batch_size"] = plan.reasons.get(
+        "batch_size", "at least 2, at most 5 % of voxels"
+    )
+    reasons["train.samples_per_case"] = (
+        f"{NNUNET_ITERATIONS_PER_EPOCH} iterations of {plan.batch_size} patches per epoch over "
+        f"{n_cases} case(s), as nnU-Net"
+    )
+    reasons["train.foreground_fraction"] = "nnU-Net oversamples foreground in 1/3 of patches"
+    reasons["train.loss_include_background"] = "Dice over the structures only, CE over all"
+    reasons["train.optimizer"] = "SGD, Nesterov momentum 0.99, lr 1e-2, poly 0.9 (nnU-Net)"
+    reasons["train.augment_rotate_in_plane_only"] = (
+        "patch is anisotropic (in-plane over 3x the slices): rotation about the slice axis only"
+        if anisotropic_patch
+        else "isotropic enough patch: rotation about every axis"
+    )
+
+    # ---- infer
+    infer: dict[str, Any] = {
+        "roi_size": list(plan.patch_size),
+        "overlap": 0.5,
+        "blend": "gaussian",
+        "sw_batch_size": 1 if device == "cpu" else 2,
+        "flip_tta": [0, 1, 2] if device == "cuda" else [],
+    }
+    if not ct:
+        infer["body_threshold_hu"] = lower
+        reasons["infer.body_threshold_hu"] = "the body is every voxel above lower_hu (MR)"
+    reasons["infer.roi_size"] = "the training patch"
+    reasons["infer.overlap"] = "nnU-Net's step size 0.5, Gaussian-weighted"
+    reasons["infer.flip_tta"] = (
+        "mirroring along every axis, as nnU-Net (8x the network time)"
+        if device == "cuda"
+        else "off on a CPU: mirroring costs 8x the network time; set [0, 1, 2] for nnU-Net's TTA"
+    )
+
+    document: dict[str, Any] = {
+        "seed": 0,
+        "data": dict(data),
+        "preprocess": preprocess,
+        "model": model,
+        "train": train,
+        "infer": infer,
+        "tracking": {"experiment": experiment_name},
+    }
+    if plan_section is not None:
+        document["plan"] = dict(plan_section)
+    reasons.update(extra_reasons or {})
+    text = yaml.safe_dump(document, sort_keys=False)
+    config = parse_config(text, source="<planned experiment>")
+    return PlannedExperiment(config=config, reasons=reasons, header=header)
+
+
+def nnunet_augmentation(anisotropic_patch: bool) -> dict[str, Any]:
+    """nnU-Net v2's training augmentation (``nnUNetTrainer.get_training_transforms``) as
+    ``train`` keys; rotation in-plane only for an anisotropic patch (its
+    ``do_dummy_2d_data_aug``)."""
+    return {
+        "augment_flip_axes": [0, 1, 2],
+        "augment_affine_probability": 0.2,
+        "augment_rotate_degrees": 180.0,
+        "augment_rotate_in_plane_only": anisotropic_patch,
+    }
+
+
+def render_yaml(planned: PlannedExperiment) -> str:
+    """The experiment as YAML: every key of every section (defaults included, so the file is
+    complete), one per line, with its reason as a comment where there is one.
+
+    Hand-written rather than ``yaml.safe_dump`` because PyYAML writes no comments; each value
+    is dumped by PyYAML in flow style, so the text parses back to the same config (tested).
+    """
+    raw = yaml.safe_load(planned.config.to_yaml())
+    lines = [f"# {line}" if line else "#" for line in planned.header]
+    for section, value in raw.items():
+        if not isinstance(value, dict):
+            lines.append(_line(section, value, planned.reasons.get(section), indent=""))
+            continue
+        lines.append(f"{section}:")
+        for key, item in value.items():
+            lines.append(_line(key, item, planned.reasons.get(f"{section}.{key}"), indent="  "))
+    return "\n".join(lines) + "\n"
+
+
+def _line(key: str, value: Any, reason: str | None, *, indent: str) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    if text.endswith("\n..."):
+        text = text.removesuffix("\n...").strip()
+    text = text.removesuffix("...").strip()
+    comment = f"  # {' '.join(reason.split())}" if reason else ""
+    return f"{indent}{key}: {text}{comment}"
