@@ -28,6 +28,8 @@ import json
 import os
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +53,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@contextlib.contextmanager
+def _no_weight_init(torch: Any) -> Iterator[None]:
+    """Skip the random initialisation of convolution weights (a no-op ``reset_parameters``).
+
+    nnU-Net builds a whole PlainConvUNet for every memory estimate it makes (dozens per
+    dataset, ~3 s per dataset here, most of it drawing random weights); the estimate reads
+    only the modules' channel counts and strides, never a weight, so the planner's answers
+    do not change."""
+    conv = torch.nn.modules.conv._ConvNd
+    original = conv.reset_parameters
+    conv.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        conv.reset_parameters = original
+
+
 def plan(payload: dict[str, Any], root: Path) -> list[dict[str, Any]]:
     _set_paths(root)
+    import torch
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import (
         ExperimentPlanner,
     )
@@ -61,6 +81,7 @@ def plan(payload: dict[str, Any], root: Path) -> list[dict[str, Any]]:
     preprocessed = root / "nnUNet_preprocessed" / DATASET_NAME
     answers = []
     for job in payload["jobs"]:
+        started = time.perf_counter()
         raw.mkdir(parents=True, exist_ok=True)
         preprocessed.mkdir(parents=True, exist_ok=True)
         for stale in preprocessed.iterdir():  # plans of the previous job must not be merged in
@@ -76,7 +97,7 @@ def plan(payload: dict[str, Any], root: Path) -> list[dict[str, Any]]:
         }
         (raw / "dataset.json").write_text(json.dumps(dataset_json))
         (preprocessed / "dataset_fingerprint.json").write_text(json.dumps(job["fingerprint"]))
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _no_weight_init(torch):
             planner = ExperimentPlanner(
                 DATASET_NAME, gpu_memory_target_in_gb=job["gpu_memory_target_in_gb"]
             )
@@ -85,14 +106,15 @@ def plan(payload: dict[str, Any], root: Path) -> list[dict[str, Any]]:
         estimate = None
         if fullres is not None:
             arch = fullres["architecture"]
-            estimate = ExperimentPlanner.static_estimate_VRAM_usage(
-                fullres["patch_size"],
-                len(dataset_json["channel_names"]),
-                len(dataset_json["labels"]),
-                arch["network_class_name"],
-                arch["arch_kwargs"],
-                arch["_kw_requires_import"],
-            )
+            with _no_weight_init(torch):
+                estimate = ExperimentPlanner.static_estimate_VRAM_usage(
+                    fullres["patch_size"],
+                    len(dataset_json["channel_names"]),
+                    len(dataset_json["labels"]),
+                    arch["network_class_name"],
+                    arch["arch_kwargs"],
+                    arch["_kw_requires_import"],
+                )
         answers.append(
             _plain(
                 {
@@ -100,6 +122,7 @@ def plan(payload: dict[str, Any], root: Path) -> list[dict[str, Any]]:
                     "transpose_backward": plans["transpose_backward"],
                     "3d_fullres": fullres,
                     "vram_estimate": estimate,
+                    "seconds": time.perf_counter() - started,
                     "foreground_intensity_properties_per_channel": plans[
                         "foreground_intensity_properties_per_channel"
                     ],
