@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from medseg.errors import ConfigError, InputError
@@ -279,12 +279,14 @@ def test_referee_cases_cover_every_branch() -> None:
 fingerprints = st.builds(random_fingerprint, st.integers(0, 2**31 - 1), st.sampled_from(KINDS))
 
 
-def _plan_or_none(fingerprint: Fingerprint, gb: float) -> Plan | None:
+def _plan(fingerprint: Fingerprint, gb: float) -> Plan:
+    """The plan; a dataset nnU-Net plans in 2D only is rejected as an example."""
     try:
         return plan_3d_fullres(fingerprint, gpu_memory_gb=gb)
     except InputError as exc:
         assert "2D only" in str(exc)
-        return None
+        assume(False)
+        raise
 
 
 def _stage_sizes(plan: Plan) -> list[list[float]]:
@@ -300,9 +302,7 @@ def _stage_sizes(plan: Plan) -> list[list[float]]:
 @given(fingerprints)
 def test_topology_properties(drawn: tuple[Fingerprint, float]) -> None:
     fingerprint, gb = drawn
-    plan = _plan_or_none(fingerprint, gb)
-    if plan is None:
-        return
+    plan = _plan(fingerprint, gb)
     n_stages = len(plan.features)
     assert len(plan.kernel_sizes) == len(plan.strides) == n_stages
     assert plan.strides[0] == (1, 1, 1)
@@ -312,6 +312,7 @@ def test_topology_properties(drawn: tuple[Fingerprint, float]) -> None:
     spacing = np.array(plan.spacing)
     current = spacing.copy()
     previous = [float(v) for v in plan.patch_size]
+    never_pooled = [all(s[a] == 1 for s in plan.strides) for a in range(3)]
     for stage, (stride, size) in enumerate(zip(plan.strides, _stage_sizes(plan), strict=True)):
         pooled = [a for a in range(3) if stride[a] == 2]
         assert all(stride[a] in (1, 2) for a in range(3))
@@ -319,7 +320,13 @@ def test_topology_properties(drawn: tuple[Fingerprint, float]) -> None:
         # every pooled feature map keeps at least MIN_FEATURE_MAP_EDGE voxels
         assert all(size[a] >= MIN_FEATURE_MAP_EDGE for a in pooled)
         # no axis pooled while its spacing is over 2x the finest poolable axis' spacing
-        poolable = [a for a in range(3) if previous[a] >= 2 * MIN_FEATURE_MAP_EDGE]
+        # (feature map >= 2 x the edge; an axis never pooled may have been padded from a
+        # median's .5 - 7.5 slices plan as 8 - and counts from 8.5 up)
+        poolable = [
+            a
+            for a in range(3)
+            if previous[a] >= 2 * MIN_FEATURE_MAP_EDGE + (0.5 if never_pooled[a] else 0)
+        ]
         if pooled:
             finest = min(current[a] for a in poolable)
             assert all(current[a] / finest < 2 for a in pooled)
@@ -355,14 +362,11 @@ def test_axis_order_does_not_change_the_plan(
     axis are compared, because nnU-Net's tie-breaks (first maximum, last argsort) depend on
     the order of equal axes."""
     fingerprint, gb = drawn
-    plan = _plan_or_none(fingerprint, gb)
-    if plan is None:
-        return
+    plan = _plan(fingerprint, gb)
     coarse = plan.transpose_forward[0]
     rest = [a for a in order if a != coarse]
     others = [a for a in range(3) if a != coarse]
-    if rest != others or list(plan.spacing).count(max(plan.spacing)) > 1:
-        return
+    assume(rest == others and list(plan.spacing).count(max(plan.spacing)) == 1)
 
     def permute(values: Any) -> Any:
         return tuple(values[a] for a in order)
@@ -421,9 +425,7 @@ def test_memory_estimate_grows_with_the_patch(
 @given(fingerprints)
 def test_same_fingerprint_same_plan(drawn: tuple[Fingerprint, float]) -> None:
     fingerprint, gb = drawn
-    first = _plan_or_none(fingerprint, gb)
-    if first is None:
-        return
+    first = _plan(fingerprint, gb)
     again = plan_3d_fullres(
         Fingerprint.from_dict(json.loads(fingerprint.to_json())), gpu_memory_gb=gb
     )
@@ -470,3 +472,17 @@ def test_bad_options_are_refused(kwargs: dict[str, Any]) -> None:
 def test_no_cases_is_refused() -> None:
     with pytest.raises(InputError, match="no cases"):
         plan_3d_fullres(dataclasses.replace(lung_like(), cases=()))
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"),
+    [("true", pytest.fail.Exception), ("", pytest.skip.Exception)],
+    ids=["ci-fails", "local-skips"],
+)
+def test_missing_referee_fails_under_ci_and_skips_locally(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, ci: str, outcome: type[BaseException]
+) -> None:
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setenv("MEDSEG_NNUNET_PYTHON", str(tmp_path / "no-python"))
+    with pytest.raises(outcome, match="MEDSEG_NNUNET_PYTHON"):
+        nnunet.nnunet_python()

@@ -279,7 +279,7 @@ def _target_spacing(
     aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * max(other_spacings)
     aniso_voxels = target_size[worst] * ANISOTROPY_THRESHOLD < min(other_sizes)
     name = _AXIS_NAMES[worst]
-    head = f"median of the {n_cases} cases' spacings"
+    head = "the one case's spacing" if n_cases == 1 else f"median of the {n_cases} cases' spacings"
     spacing_text = (
         f"{target[worst]:.4g} {'>' if aniso_spacing else '≤'} 3 × {max(other_spacings):.4g}"
     )
@@ -513,7 +513,10 @@ def plan_3d_fullres(
     )
     batch_parts = [f"round({reference:,.0f} / {estimate:,} × 2) = {batch}"]
     if cap < batch:
-        batch_parts.append(f"capped at {cap} so a batch sees ≤ 5 % of the dataset's voxels")
+        batch_parts.append(
+            f"capped at {cap}: a batch holds at most 5 % of the dataset's "
+            f"{n_voxels_dataset:,.0f} voxels"
+        )
     if max(min(batch, cap), 0) < MIN_BATCH_SIZE:
         batch_parts.append(f"raised to the minimum {MIN_BATCH_SIZE}")
     pooled = ", ".join(f"{_AXIS_NAMES[forward[i]]} {n}×" for i, n in enumerate(num_pool))
@@ -533,8 +536,9 @@ def plan_3d_fullres(
     reasons = {
         "spacing": spacing_reason,
         "median_shape": (
-            f"median over the {n_cases} cases of the cropped shape resampled to the target spacing"
-        ),
+            "the one case's" if n_cases == 1 else f"median over the {n_cases} cases of the"
+        )
+        + " cropped shape resampled to the target spacing",
         "transpose": transpose_reason,
         "patch_size": patch_reason,
         "batch_size": "; ".join(batch_parts),

@@ -163,6 +163,10 @@ def nnunet_inputs(fingerprint: Fingerprint) -> dict[str, Any]:
         "median_relative_size_after_cropping": fingerprint.median_relative_size_after_cropping,
     }
     labels = {"background": 0, **{name: value for value, name in fingerprint.labels.items()}}
+    if len(labels) != len(fingerprint.labels) + 1:
+        raise ValueError(
+            f"nnU-Net needs unique label names other than 'background': {fingerprint.labels}"
+        )
     dataset_json = {
         "channel_names": {"0": fingerprint.modality},
         "labels": labels,
