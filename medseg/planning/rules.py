@@ -394,6 +394,64 @@ def _shape_text(values: Any) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
+@dataclass(frozen=True, slots=True)
+class _PatchFit:
+    """The patch search's outcome, in nnU-Net's transposed order."""
+
+    start: list[int]  # the 256³-voxel start shaped by 1 / spacing
+    padded: tuple[int, ...]  # the start clipped to the median and padded to its pooling
+    patch: tuple[int, ...]
+    strides: list[list[int]]
+    kernels: list[list[int]]
+    num_pool: list[int]
+    estimate: int
+    shrunk: list[int]  # how often each axis was shrunk
+
+
+def _fit_patch(
+    spacing_t: np.ndarray,
+    median_t: np.ndarray,
+    reference: float,
+    num_classes: int,
+    base_features: int,
+    max_features: int,
+) -> _PatchFit:
+    """The patch and topology of ``get_plans_for_configuration`` (3D): a start with the volume
+    of 256³ voxels and the aspect of 1 / spacing, clipped to the median shape, padded to its
+    pooling; while the memory estimate is over the reference, the axis with the largest
+    patch / median ratio shrinks by one pooling multiple and the topology is recomputed."""
+    inverse = 1 / np.array(spacing_t)
+    start = [round(i) for i in inverse * (_INITIAL_PATCH_EDGE**3 / np.prod(inverse)) ** (1 / 3)]
+    clipped = np.array([min(i, j) for i, j in zip(start, median_t, strict=True)])
+    num_pool, strides, kernels, patch, divisible = _pool_and_conv_props(spacing_t, clipped)
+
+    def _estimate(patch: Any, strides: list[list[int]]) -> int:
+        features = _features_per_stage(len(strides), base_features, max_features)
+        return estimate_memory(tuple(patch), tuple(map(tuple, strides)), features, num_classes)
+
+    estimate = _estimate(patch, strides)
+    padded = patch
+    shrunk = [0, 0, 0]
+    # the batch of at least 2 is why nnU-Net writes `estimate / ref_bs * 2 > reference`
+    while estimate / REFERENCE_BATCH_SIZE * 2 > reference:
+        axis = int(np.argsort([i / j for i, j in zip(patch, median_t, strict=True)])[-1])
+        # nnU-Net subtracts the multiple of the patch one step smaller, so that no valid
+        # size is skipped (224 between 256 and 192 when 256 must be a multiple of 64)
+        trial = list(patch)
+        trial[axis] -= divisible[axis]
+        *_, divisible = _pool_and_conv_props(spacing_t, trial)
+        smaller = list(patch)
+        smaller[axis] -= divisible[axis]
+        if smaller[axis] < 1:
+            raise InputError(
+                f"no patch fits the memory reference {reference:,.0f}: an axis shrank to nothing"
+            )
+        shrunk[axis] += 1
+        num_pool, strides, kernels, patch, divisible = _pool_and_conv_props(spacing_t, smaller)
+        estimate = _estimate(patch, strides)
+    return _PatchFit(start, padded, patch, strides, kernels, num_pool, estimate, shrunk)
+
+
 def plan_3d_fullres(
     fingerprint: Fingerprint,
     *,
@@ -451,39 +509,10 @@ def plan_3d_fullres(
         )
     n_voxels_dataset = float(np.prod(median_t, dtype=np.float64) * n_cases)
 
-    # get_plans_for_configuration: a 256³-voxel start shaped by 1 / spacing, clipped
-    inverse = 1 / np.array(spacing_t)
-    start = [round(i) for i in inverse * (_INITIAL_PATCH_EDGE**3 / np.prod(inverse)) ** (1 / 3)]
-    clipped = np.array([min(i, j) for i, j in zip(start, median_t, strict=True)])
-    num_pool, strides, kernels, patch, divisible = _pool_and_conv_props(spacing_t, clipped)
-    num_classes = len(fingerprint.labels) + 1
-
-    def _estimate(patch: Any, strides: list[list[int]]) -> int:
-        features = _features_per_stage(len(strides), base_features, max_features)
-        return estimate_memory(tuple(patch), tuple(map(tuple, strides)), features, num_classes)
-
-    estimate = _estimate(patch, strides)
-    padded = patch
     reference = REFERENCE_MEMORY_3D * (gpu_memory_gb / REFERENCE_GPU_MEMORY_GB)
-    shrunk = [0, 0, 0]
-    # the batch of at least 2 is why nnU-Net writes `estimate / ref_bs * 2 > reference`
-    while estimate / REFERENCE_BATCH_SIZE * 2 > reference:
-        axis = int(np.argsort([i / j for i, j in zip(patch, median_t, strict=True)])[-1])
-        # nnU-Net subtracts the multiple of the patch one step smaller, so that no valid
-        # size is skipped (224 between 256 and 192 when 256 must be a multiple of 64)
-        trial = list(patch)
-        trial[axis] -= divisible[axis]
-        *_, divisible = _pool_and_conv_props(spacing_t, trial)
-        smaller = list(patch)
-        smaller[axis] -= divisible[axis]
-        if smaller[axis] < 1:
-            raise InputError(
-                f"no patch fits {gpu_memory_gb} GB: the {_AXIS_NAMES[forward[axis]]} axis "
-                "shrank to nothing"
-            )
-        shrunk[forward[axis]] += 1
-        num_pool, strides, kernels, patch, divisible = _pool_and_conv_props(spacing_t, smaller)
-        estimate = _estimate(patch, strides)
+    num_classes = len(fingerprint.labels) + 1
+    fit = _fit_patch(spacing_t, median_t, reference, num_classes, base_features, max_features)
+    patch, strides, kernels, estimate = fit.patch, fit.strides, fit.kernels, fit.estimate
 
     batch = round((reference / estimate) * REFERENCE_BATCH_SIZE)
     cap = round(n_voxels_dataset * MAX_DATASET_COVERED / np.prod(patch, dtype=np.float64))
@@ -497,13 +526,14 @@ def plan_3d_fullres(
     median = _to_medseg(median_t, backward)
     patch_out = tuple(int(v) for v in _to_medseg(patch, backward))
     gb = f"{gpu_memory_gb:g} GB"
+    shrunk = _to_medseg(fit.shrunk, backward)
     shrink_text = ", ".join(
         f"{count}× along {_AXIS_NAMES[a]}" for a, count in enumerate(shrunk) if count
     )
     patch_reason = (
-        f"256³-voxel start {_shape_text(_to_medseg(start, backward))} shaped by 1/spacing, "
+        f"256³-voxel start {_shape_text(_to_medseg(fit.start, backward))} shaped by 1/spacing, "
         f"clipped to the median shape {_shape_text(median)}, padded to the pooling "
-        f"{_shape_text(_to_medseg(padded, backward))}, "
+        f"{_shape_text(_to_medseg(fit.padded, backward))}, "
         + (
             f"shrunk {shrink_text} until the {gb} estimate fits"
             if shrink_text
@@ -519,7 +549,7 @@ def plan_3d_fullres(
         )
     if max(min(batch, cap), 0) < MIN_BATCH_SIZE:
         batch_parts.append(f"raised to the minimum {MIN_BATCH_SIZE}")
-    pooled = ", ".join(f"{_AXIS_NAMES[forward[i]]} {n}×" for i, n in enumerate(num_pool))
+    pooled = ", ".join(f"{_AXIS_NAMES[forward[i]]} {n}×" for i, n in enumerate(fit.num_pool))
     topology_reason = (
         f"{n_stages} stages: an axis is pooled while its spacing is within 2× of the finest and "
         f"its feature map stays ≥ {MIN_FEATURE_MAP_EDGE} voxels ({pooled}); kernel 3 on axes "
