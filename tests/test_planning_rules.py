@@ -24,13 +24,12 @@ from medseg.planning.fingerprint import CaseFingerprint, Fingerprint, IntensityS
 from medseg.planning.rules import (
     FIELD_REASON,
     MIN_BATCH_SIZE,
-    MIN_FEATURE_MAP_EDGE,
     REFERENCE_GPU_MEMORY_GB,
     REFERENCE_MEMORY_3D,
     Plan,
-    estimate_memory,
     plan_3d_fullres,
 )
+from medseg.planning.topology import MIN_FEATURE_MAP_EDGE, estimate_memory
 from tests.referees import nnunet
 
 KINDS = (

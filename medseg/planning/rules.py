@@ -6,7 +6,8 @@ experiment ``nnunetv2`` 2.8.1's ``ExperimentPlanner.plan_experiment()`` writes a
 PlainConvUNet topology, patch and batch size for a GPU memory target. The arithmetic is
 nnU-Net's, rewritten here because medseg cannot depend on nnunetv2 (it pins its own torch and
 a training stack that does not import beside medseg's); each function names the nnU-Net
-function it reproduces. ``tests/test_planning_rules.py`` runs nnU-Net itself on many
+function it reproduces; the network arithmetic (topology, memory estimate) is in
+:mod:`medseg.planning.topology`. ``tests/test_planning_rules.py`` runs nnU-Net itself on many
 fingerprints and requires the same numbers.
 
 nnU-Net plans in a transposed axis order, the coarsest axis first (``transpose_forward``). That
@@ -25,26 +26,29 @@ import numpy as np
 
 from medseg.errors import ConfigError, InputError
 from medseg.planning.fingerprint import Fingerprint
+from medseg.planning.topology import (
+    MIN_FEATURE_MAP_EDGE,
+    estimate_memory,
+    features_per_stage,
+    pool_and_conv_props,
+)
 
 __all__ = [
     "ANISOTROPY_THRESHOLD",
     "FIELD_REASON",
     "MAX_DATASET_COVERED",
     "MIN_BATCH_SIZE",
-    "MIN_FEATURE_MAP_EDGE",
     "REFERENCE_BATCH_SIZE",
     "REFERENCE_GPU_MEMORY_GB",
     "REFERENCE_MEMORY_3D",
     "Plan",
-    "estimate_memory",
     "plan_3d_fullres",
 ]
 
 #: nnU-Net's ``ANISO_THRESHOLD``: an axis is anisotropic when its spacing is over 3x the others'.
 ANISOTROPY_THRESHOLD = 3
-#: ``ExperimentPlanner.UNet_featuremap_min_edge_length``: the bottleneck's smallest edge.
-MIN_FEATURE_MAP_EDGE = 4
-#: ``UNet_reference_val_3d``: the :func:`estimate_memory` value that fills the reference GPU.
+#: ``UNet_reference_val_3d``: the memory estimate
+#: (:func:`~medseg.planning.topology.estimate_memory`) that fills the reference GPU.
 REFERENCE_MEMORY_3D = 560_000_000
 #: ``UNet_reference_val_corresp_GB``: the GPU memory that reference corresponds to.
 REFERENCE_GPU_MEMORY_GB = 8
@@ -54,10 +58,6 @@ REFERENCE_BATCH_SIZE = 2
 MIN_BATCH_SIZE = 2
 #: ``max_dataset_covered``: one batch sees at most this fraction of the dataset's voxels.
 MAX_DATASET_COVERED = 0.05
-#: ``UNet_blocks_per_stage_encoder`` / ``_decoder``: convolutions per stage.
-CONVS_PER_STAGE = 2
-#: nnU-Net's ``get_pool_and_conv_props(..., max_numpool=999999)``: no cap on poolings.
-_MAX_NUM_POOL = 999_999
 #: the initial patch has the volume of a 256³ cube (nnU-Net's start before shrinking).
 _INITIAL_PATCH_EDGE = 256
 #: nnU-Net's channel names (casefolded) whose normalisation medseg does not implement.
@@ -108,8 +108,9 @@ class Plan:
         features: feature channels per stage (``features_per_stage``).
         kernel_sizes: convolution kernel per stage.
         strides: downsampling per stage, the first ``(1, 1, 1)``.
-        memory_estimate: :func:`estimate_memory` of the patch and network (nnU-Net's units:
-            feature-map voxels; :data:`REFERENCE_MEMORY_3D` fills 8 GB at batch 2).
+        memory_estimate: :func:`~medseg.planning.topology.estimate_memory` of the patch and
+            network (nnU-Net's units: feature-map voxels; :data:`REFERENCE_MEMORY_3D` fills
+            8 GB at batch 2).
         normalisation: ``"clip_zscore"`` (nnU-Net's CTNormalization: clip to
             ``[clip_lower, clip_upper]``, then ``(x - mean) / std`` with the dataset's
             foreground statistics) or ``"image_zscore"`` (ZScoreNormalization: each image by
@@ -153,110 +154,6 @@ def _lists(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _lists(v) for k, v in value.items()}
     return value
-
-
-# ---------------------------------------------------------------------------------------------
-# the network: topology and memory
-
-
-def _pad_shape(shape: Any, must_be_divisible_by: Any) -> np.ndarray:
-    """Round each edge up to a multiple (``network_topology.pad_shape``, kept literally: its
-    float handling decides shapes that come from a median with a ``.5``)."""
-    new_shape = [
-        shape[i] + must_be_divisible_by[i] - shape[i] % must_be_divisible_by[i]
-        for i in range(len(shape))
-    ]
-    for i in range(len(shape)):
-        if shape[i] % must_be_divisible_by[i] == 0:
-            new_shape[i] -= must_be_divisible_by[i]
-    return np.array(new_shape).astype(int)
-
-
-def _pool_and_conv_props(
-    spacing: Any, patch_size: Any
-) -> tuple[list[int], list[list[int]], list[list[int]], tuple[int, ...], np.ndarray]:
-    """nnU-Net's ``get_pool_and_conv_props`` (network_topology.py), in its transposed order.
-
-    Pools every axis whose feature map is at least 2 x :data:`MIN_FEATURE_MAP_EDGE` and whose
-    current spacing is within 2x of the finest such axis, all at once, until none is left (a
-    single remaining axis must be at least 3 x the edge); an axis' kernel becomes 3 once its
-    spacing is within 2x of the finest; the bottleneck's kernel is 3. Returns the poolings per
-    axis, the strides and kernels per stage, the patch padded to the pooling, and that
-    multiple.
-    """
-    dim = len(spacing)
-    current_spacing = list(spacing)
-    current_size = list(patch_size)
-    strides: list[list[int]] = [[1] * dim]
-    kernels: list[list[int]] = []
-    num_pool = [0] * dim
-    kernel = [1] * dim
-    while True:
-        valid = [i for i in range(dim) if current_size[i] >= 2 * MIN_FEATURE_MAP_EDGE]
-        if len(valid) < 1:
-            break
-        finest = min(current_spacing[i] for i in valid)
-        valid = [i for i in valid if current_spacing[i] / finest < 2]
-        valid = [i for i in valid if num_pool[i] < _MAX_NUM_POOL]
-        if len(valid) == 1 and current_size[valid[0]] < 3 * MIN_FEATURE_MAP_EDGE:
-            break
-        if len(valid) < 1:
-            break
-        for d in range(dim):
-            if kernel[d] != 3 and current_spacing[d] / min(current_spacing) < 2:
-                kernel[d] = 3
-        stride = [1] * dim
-        for v in valid:
-            stride[v] = 2
-            num_pool[v] += 1
-            current_spacing[v] *= 2
-            current_size[v] = np.ceil(current_size[v] / 2)
-        strides.append(stride)
-        kernels.append(list(kernel))
-    must_be_divisible_by = 2 ** np.array(num_pool)
-    padded = _pad_shape(patch_size, must_be_divisible_by)
-    kernels.append([3] * dim)
-    return num_pool, strides, kernels, tuple(padded), must_be_divisible_by
-
-
-def estimate_memory(
-    patch_size: tuple[int, ...],
-    strides: tuple[tuple[int, ...], ...],
-    features: tuple[int, ...],
-    num_classes: int,
-    convs_per_stage: int = CONVS_PER_STAGE,
-) -> int:
-    """nnU-Net's memory estimate of a PlainConvUNet for one patch: the number of feature-map
-    voxels its convolutions write (``PlainConvUNet.compute_conv_feature_map_size`` of
-    dynamic_network_architectures 0.4.4, which nnU-Net's ``static_estimate_VRAM_usage`` calls).
-
-    Encoder stage ``s``: ``convs_per_stage`` convolutions of ``features[s]`` channels at the
-    size after its stride. Decoder stage (every stage but the bottleneck): the transposed
-    convolution and ``convs_per_stage`` convolutions of that stage's channels, plus the
-    ``num_classes`` (labels + background) segmentation output at full resolution only (no
-    deep supervision in the estimate). Input channels do not count. Rewritten because medseg
-    cannot import the network package; ``patch_size`` and ``strides`` only need one axis order.
-
-    >>> estimate_memory((8, 8, 8), ((1, 1, 1), (2, 2, 2)), (32, 64), num_classes=2)
-    91136
-    """
-    if len(strides) != len(features) or not strides:
-        raise ConfigError(
-            f"need one stride per stage: {len(strides)} strides, {len(features)} stages"
-        )
-    sizes = []
-    size = list(patch_size)
-    for stride in strides:
-        size = [edge // step for edge, step in zip(size, stride, strict=True)]
-        sizes.append(int(np.prod(size, dtype=np.int64)))
-    encoder = sum(convs_per_stage * channels * voxels for channels, voxels in zip(features, sizes))
-    decoder = sum((convs_per_stage + 1) * features[s] * sizes[s] for s in range(len(features) - 1))
-    return int(encoder + decoder + num_classes * sizes[0])
-
-
-def _features_per_stage(n_stages: int, base: int, most: int) -> tuple[int, ...]:
-    """``_features_per_stage`` of ``get_plans_for_configuration``: base · 2^k, capped."""
-    return tuple(min(most, base * 2**k) for k in range(n_stages))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,6 +287,16 @@ def _to_medseg(values: Any, backward: list[int]) -> tuple[Any, ...]:
     return tuple(values[i] for i in backward)
 
 
+def _ints(values: Any, backward: list[int]) -> tuple[int, int, int]:
+    a, b, c = (int(v) for v in _to_medseg(values, backward))
+    return a, b, c
+
+
+def _floats(values: Any, backward: list[int]) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in _to_medseg(values, backward))
+    return a, b, c
+
+
 def _shape_text(values: Any) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
@@ -423,10 +330,10 @@ def _fit_patch(
     inverse = 1 / np.array(spacing_t)
     start = [round(i) for i in inverse * (_INITIAL_PATCH_EDGE**3 / np.prod(inverse)) ** (1 / 3)]
     clipped = np.array([min(i, j) for i, j in zip(start, median_t, strict=True)])
-    num_pool, strides, kernels, patch, divisible = _pool_and_conv_props(spacing_t, clipped)
+    num_pool, strides, kernels, patch, divisible = pool_and_conv_props(spacing_t, clipped)
 
     def _estimate(patch: Any, strides: list[list[int]]) -> int:
-        features = _features_per_stage(len(strides), base_features, max_features)
+        features = features_per_stage(len(strides), base_features, max_features)
         return estimate_memory(tuple(patch), tuple(map(tuple, strides)), features, num_classes)
 
     estimate = _estimate(patch, strides)
@@ -439,7 +346,7 @@ def _fit_patch(
         # size is skipped (224 between 256 and 192 when 256 must be a multiple of 64)
         trial = list(patch)
         trial[axis] -= divisible[axis]
-        *_, divisible = _pool_and_conv_props(spacing_t, trial)
+        *_, divisible = pool_and_conv_props(spacing_t, trial)
         smaller = list(patch)
         smaller[axis] -= divisible[axis]
         if smaller[axis] < 1:
@@ -447,7 +354,7 @@ def _fit_patch(
                 f"no patch fits the memory reference {reference:,.0f}: an axis shrank to nothing"
             )
         shrunk[axis] += 1
-        num_pool, strides, kernels, patch, divisible = _pool_and_conv_props(spacing_t, smaller)
+        num_pool, strides, kernels, patch, divisible = pool_and_conv_props(spacing_t, smaller)
         estimate = _estimate(patch, strides)
     return _PatchFit(start, padded, patch, strides, kernels, num_pool, estimate, shrunk)
 
@@ -519,12 +426,11 @@ def plan_3d_fullres(
     batch_size = max(min(batch, cap), MIN_BATCH_SIZE)
 
     n_stages = len(strides)
-    features = _features_per_stage(n_stages, base_features, max_features)
+    features = features_per_stage(n_stages, base_features, max_features)
     norm_values, norm_reason, mask_reason = _normalisation(fingerprint)
     anisotropic_axis, aniso_reason = _anisotropic_axis(target)
 
     median = _to_medseg(median_t, backward)
-    patch_out = tuple(int(v) for v in _to_medseg(patch, backward))
     gb = f"{gpu_memory_gb:g} GB"
     shrunk = _to_medseg(fit.shrunk, backward)
     shrink_text = ", ".join(
@@ -578,15 +484,15 @@ def plan_3d_fullres(
         "anisotropic_axis": aniso_reason,
     }
     return Plan(
-        spacing=tuple(float(v) for v in target),  # type: ignore[arg-type]
-        median_shape=tuple(float(v) for v in median),  # type: ignore[arg-type]
-        transpose_forward=tuple(forward),  # type: ignore[arg-type]
-        transpose_backward=tuple(backward),  # type: ignore[arg-type]
-        patch_size=patch_out,  # type: ignore[arg-type]
+        spacing=_floats(target, [0, 1, 2]),
+        median_shape=_floats(median_t, backward),
+        transpose_forward=_ints(forward, [0, 1, 2]),
+        transpose_backward=_ints(backward, [0, 1, 2]),
+        patch_size=_ints(patch, backward),
         batch_size=int(batch_size),
         features=features,
-        kernel_sizes=tuple(tuple(int(v) for v in _to_medseg(k, backward)) for k in kernels),  # type: ignore[misc]
-        strides=tuple(tuple(int(v) for v in _to_medseg(s, backward)) for s in strides),  # type: ignore[misc]
+        kernel_sizes=tuple(_ints(k, backward) for k in kernels),
+        strides=tuple(_ints(s, backward) for s in strides),
         memory_estimate=estimate,
         reasons=reasons,
         anisotropic_axis=anisotropic_axis,
