@@ -44,6 +44,7 @@ KINDS = (
     "thin",
     "huge",
     "many_small",
+    "ct_512",
 )
 GPU_TARGETS_GB = (4.0, 8.0, 11.0, 24.0, 40.0)
 MODALITIES = ("CT", "MR", "T2", "ct", "zscore", "ADC")
@@ -76,7 +77,7 @@ def _case_geometry(
     def n(a: int, b: int) -> int:
         return int(rng.integers(a, b + 1))
 
-    fine = base["fine"] * u(0.95, 1.05)
+    fine = base["fine"] * (1.0 if kind == "ct_512" else u(0.95, 1.05))
     if kind == "isotropic":
         return (fine * u(0.9, 1.1), fine, fine * u(0.9, 1.1)), (n(40, 260), n(40, 260), n(40, 260))
     if kind in ("axial", "coronal", "sagittal"):
@@ -103,6 +104,8 @@ def _case_geometry(
         return (fine, fine, fine * u(0.9, 1.1)), (n(400, 900), n(400, 900), n(400, 900))
     if kind == "many_small":  # batch size over 2: a small patch, 5 % of many cases
         return (fine, fine * u(0.9, 1.1), fine), (n(24, 96), n(24, 96), n(24, 96))
+    if kind == "ct_512":  # square slices: ties between row and column when the patch shrinks
+        return (u(0.6, 5.0), fine, fine), (n(60, 400), 512, 512)
     raise AssertionError(kind)
 
 
@@ -260,6 +263,11 @@ def test_referee_cases_cover_every_branch() -> None:
     assert any("raised to just above" in r["spacing"] for r in reasons)
     assert any("not triggered" in r["spacing"] for r in reasons)
     assert any("shrunk" in r["patch_size"] for r in reasons)
+    # nnU-Net shrinks the last of the axes tied for the largest patch / median ratio
+    assert any(
+        p.median_shape[1] == p.median_shape[2] and "along row" in p.reasons["patch_size"]
+        for _, _, p in plans
+    )
     assert any("as it is" in r["patch_size"] for r in reasons)
     assert any("capped at" in r["batch_size"] for r in reasons)
     assert any(p.batch_size > MIN_BATCH_SIZE for _, _, p in plans)
