@@ -45,11 +45,13 @@ KINDS = (
     "huge",
     "many_small",
     "ct_512",
+    "exact_ratio",
+    "one_slice",
 )
 GPU_TARGETS_GB = (4.0, 8.0, 11.0, 24.0, 40.0)
 MODALITIES = ("CT", "MR", "T2", "ct", "zscore", "ADC")
 #: per kind: how many referee fingerprints (seeds 0..n-1)
-REFEREE_PER_KIND = 5
+REFEREE_PER_KIND = 4
 
 
 def _stats(rng: np.random.Generator) -> IntensityStats:
@@ -106,6 +108,14 @@ def _case_geometry(
         return (fine, fine * u(0.9, 1.1), fine), (n(24, 96), n(24, 96), n(24, 96))
     if kind == "ct_512":  # square slices: ties between row and column when the patch shrinks
         return (u(0.6, 5.0), fine, fine), (n(60, 400), 512, 512)
+    if kind == "exact_ratio":  # slice = 2^k x pixel exactly: the "< 2" boundaries of pooling
+        return (base["pixel"] * base["power"], base["pixel"], base["pixel"]), (
+            n(40, 200),
+            n(200, 400),
+            n(200, 400),
+        )
+    if kind == "one_slice":  # a median of one slice: nnU-Net plans 2D only
+        return (u(1.0, 6.0), fine, fine), (1, n(64, 300), n(64, 300))
     raise AssertionError(kind)
 
 
@@ -117,6 +127,8 @@ def random_fingerprint(seed: int, kind: str) -> tuple[Fingerprint, float]:
         "coarse": float(rng.uniform(2.5, 8.0)),
         "axis": {"axial": 0, "coronal": 1, "sagittal": 2}.get(kind, 0),
         "p_thin": float(rng.uniform(0.2, 0.8)),
+        "pixel": float(rng.choice([0.5, 0.625, 0.75, 1.0])),
+        "power": float(rng.choice([2.0, 4.0, 8.0])),
     }
     n_cases = {"tiny": (1, 2), "huge": (1, 2), "many_small": (40, 400)}.get(kind, (2, 12))
     n_cases = int(rng.integers(n_cases[0], n_cases[1] + 1))
