@@ -4,8 +4,13 @@ The referee (tests/referees/nnunet.py) runs nnU-Net's ``ExperimentPlanner.plan_e
 on every fingerprint of :data:`REFEREE_CASES` in one side process: seeded synthetic datasets
 of every kind the rules branch on (isotropic; anisotropic with the coarse axis first, second
 or last; the 10th-percentile spacing rule with and without its clamp; one or two tiny cases;
-one-slice-thick cases; huge images; CT and MR; many labels; 4 to 40 GB). Every value nnU-Net
-writes for 3d_fullres must be the same. The property tests need no referee.
+one-slice-thick cases and all-one-slice datasets, which nnU-Net plans in 2D only; huge
+images; hundreds of small cases, where the 5 % cap sets the batch; 512 x 512 slices, whose
+tied row/column ratios meet nnU-Net's tie-break; slice spacings exactly 2^k x the pixel's, on
+the "< 2" boundaries; CT and MR; up to 104 labels; 4 to 40 GB). Every value nnU-Net writes
+for 3d_fullres must be the same, and its memory estimate too;
+:func:`test_referee_cases_cover_every_branch` checks that the datasets reach those branches.
+The property tests need no referee.
 """
 
 from __future__ import annotations
