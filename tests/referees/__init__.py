@@ -1,0 +1,1 @@
+"""Referees: other projects' code, run in their own virtualenvs, that tests compare medseg with."""
