@@ -54,8 +54,9 @@ _log = logging.getLogger(__name__)
 #: nnU-Net's percentiles of the foreground sample: 0.5 (the CT clip's lower bound), the
 #: median, 99.5 (the upper bound).
 FOREGROUND_PERCENTILES = (0.5, 50.0, 99.5)
-#: Voxels read at once (whole slices): bounds the temporary masks of one case to a few MB.
-SLAB_VOXELS = 1 << 22
+#: Voxels read at once (whole slices): bounds the temporaries of one case (masks, the label
+#: counts' intp copy) to about 8 MB whatever the image size.
+SLAB_VOXELS = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,9 @@ datalist of the same files, and returns a :class:`RawDataset`:
   the same patients, so a ``data.dicom_root`` config on ``lung-gtv-ct`` must give the same
   fingerprint.
 - :func:`mr_tumour`: ``mr-tumour`` brain1 and breast1 (NRRD image + label, MR) rewritten as
-  NIfTI by :func:`medseg.io.nifti.save`.
+  NIfTI by :func:`medseg.io.nifti.save`, and ``brain1_padded``: brain1 with zero slabs of
+  :data:`PADDING` voxels around it (as scanners and converters pad), so that nnU-Net's crop to
+  the non-zero region has something to cut (no real image here has a zero border).
 - :func:`totalseg_ct`: ``totalseg-example``: ``example_ct_sm`` with TotalSegmentator's
   ``example_seg`` and ``example_seg_fast`` label maps (same grid), and the DICOM series
   ``example_ct_dicom`` (converted) with ``example_seg_dicom``, whose rows are stored the other
@@ -30,12 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.geometry import reorder_to_grid
+from medseg.geometry import Geometry, index_to_world, reorder_to_grid
 from medseg.io import nifti
 from medseg.io.convert import convert_dicom
 from medseg.training.datasets import match_rois
 from medseg.volume import Volume, VolumeKind
 
+#: Zero voxels added before and after each axis of ``brain1_padded`` (slice, row, column).
+PADDING = ((3, 2), (5, 0), (0, 7))
 #: TotalSegmentator v2's class ids (``totalseg-example``'s label maps hold some of them).
 TOTALSEG_CLASSES = 117
 
@@ -137,6 +141,15 @@ def lung_gtv_ct(data_root: Path, out: Path) -> RawDataset:
     return built
 
 
+def _padded(image: Volume) -> Volume:
+    """``image`` inside a border of zeros (:data:`PADDING`), voxel positions kept."""
+    array = np.pad(np.asarray(image.array), PADDING)
+    g = image.geometry
+    origin = index_to_world(g, [-before for before, _ in PADDING])
+    grid = Geometry(array.shape, g.spacing_mm, tuple(float(o) for o in origin), g.direction)
+    return Volume(array, grid, VolumeKind.IMAGE)
+
+
 def mr_tumour(data_root: Path, out: Path) -> RawDataset:
     """``Dataset002_MRTumour`` from ``mr-tumour`` (see the module docstring)."""
     root = Path(data_root) / "mr-tumour"
@@ -145,9 +158,15 @@ def mr_tumour(data_root: Path, out: Path) -> RawDataset:
     for case_id in ("brain1", "breast1"):
         image = nifti.load(root / f"{case_id}_image.nrrd")
         image_file = nifti.save(image, work / f"{case_id}.nii.gz")
-        cases.append(
-            (case_id, image_file, nifti.load(root / f"{case_id}_label.nrrd", VolumeKind.LABELS))
-        )
+        label_map = nifti.load(root / f"{case_id}_label.nrrd", VolumeKind.LABELS)
+        cases.append((case_id, image_file, label_map))
+        if case_id == "brain1":
+            padded = _padded(image)
+            padded_file = nifti.save(padded, work / "brain1_padded.nii.gz")
+            padded_label = padded.with_array(
+                np.pad(np.asarray(label_map.array), PADDING), VolumeKind.LABELS
+            )
+            cases.append(("brain1_padded", padded_file, padded_label))
     built = write_raw_dataset(
         out, "Dataset002_MRTumour", cases, modality="MR", labels={1: "tumour"}
     )
