@@ -158,7 +158,7 @@ def test_dicom_root_gives_the_same_fingerprint(
 def test_deterministic(
     raw: dict[str, raw_datasets.RawDataset], ours: dict[str, Fingerprint]
 ) -> None:
-    again = fingerprint_dataset(raw["mr-tumour"].dataset_json)
+    again = fingerprint_dataset(raw["mr-tumour"].folder)  # the folder: its dataset.json
     assert again.to_json() == ours["mr-tumour"].to_json()
     assert Fingerprint.from_dict(json.loads(again.to_json())) == again
 

@@ -278,8 +278,9 @@ def fingerprint_dataset(
     docstring for what ``source`` may be).
 
     Args:
-        source: a dataset.json (nnU-Net raw layout or medseg datalist), an experiment config
-            YAML file, or a loaded :class:`~medseg.config.ExperimentConfig`.
+        source: a dataset.json (nnU-Net raw layout or medseg datalist), a folder holding one
+            (nnU-Net's ``DatasetNNN_Name``), an experiment config YAML file, or a loaded
+            :class:`~medseg.config.ExperimentConfig`.
         modality: the images' modality (``"CT"``, ``"MR"``) where the data does not say it;
             where it does, both must agree.
         labels: label value -> name, for a datalist without Decathlon ``labels`` (a config's
@@ -296,6 +297,8 @@ def fingerprint_dataset(
     if isinstance(source, ExperimentConfig):
         return _from_config(source, Path("<config>"), modality, seed, samples_per_case)
     path = Path(source)
+    if path.is_dir():  # an nnU-Net raw dataset folder: its dataset.json
+        path = path / "dataset.json"
     if path.suffix.lower() in (".yaml", ".yml"):
         return _from_config(load_config(path), path, modality, seed, samples_per_case)
     return _from_json(path, modality, labels, seed, samples_per_case)
