@@ -275,6 +275,13 @@ class TrainConfig(_Section):
         loss: MONAI loss on softmax outputs and one-hot labels, averaged over the batch:
             ``"dice_ce"`` = ``DiceCELoss``, ``"dice"`` = ``DiceLoss``, ``"dice_focal"`` =
             ``DiceFocalLoss``.
+        loss_include_background: ``false``: the Dice term leaves out the background channel
+            (MONAI ``include_background=False``), as nnU-Net's ``DC_and_CE_loss``
+            (``do_bg=False``); cross-entropy still covers every class. With ``dice_focal``
+            MONAI leaves the background out of the focal term too.
+        loss_batch_dice: Dice sums over the whole batch before dividing (nnU-Net's
+            ``batch_dice``, which its planner sets per configuration); ``false``: per patch,
+            then averaged.
         val_every: validate every this many epochs (and always after the last one).
         device: ``"cpu"`` or ``"cuda"``.
         num_threads: torch intra-op threads.
@@ -312,13 +319,6 @@ class TrainConfig(_Section):
             deviation).
         augment_noise_probability: probability of the noise; 0.5 (configs written before
             this field existed), nnU-Net 0.1.
-        loss_include_background: ``false``: the Dice term leaves out the background channel
-            (MONAI ``include_background=False``), as nnU-Net's ``DC_and_CE_loss``
-            (``do_bg=False``); cross-entropy still covers every class. With ``dice_focal``
-            MONAI leaves the background out of the focal term too.
-        loss_batch_dice: Dice sums over the whole batch before dividing (nnU-Net's
-            ``batch_dice``, which its planner sets per configuration); ``false``: per patch,
-            then averaged.
         augment_rotation_probability: probability of a rotation by angles drawn from
             ``U(-augment_rotate_degrees, augment_rotate_degrees)`` about each axis (about
             the slice axis 0 only with ``augment_in_plane``), independent of the scaling;
@@ -378,6 +378,8 @@ class TrainConfig(_Section):
     foreground_sampling: Literal["voxel", "class_balanced"] = "voxel"
     learning_rate: Annotated[StrictFloat, Field(gt=0.0)] = 1e-3
     loss: Literal["dice_ce", "dice", "dice_focal"] = "dice_ce"
+    loss_include_background: StrictBool = True
+    loss_batch_dice: StrictBool = True
     val_every: PositiveInt = 1
     device: Literal["cpu", "cuda"] = "cpu"
     num_threads: PositiveInt = 2
@@ -398,8 +400,6 @@ class TrainConfig(_Section):
     augment_intensity_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
     augment_noise_std: Annotated[StrictFloat, Field(ge=0.0)] = 0.0
     augment_noise_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.5
-    loss_include_background: StrictBool = True
-    loss_batch_dice: StrictBool = True
     augment_rotation_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
     augment_scaling_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
     augment_scale_range: tuple[
