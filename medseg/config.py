@@ -473,7 +473,11 @@ class TrainConfig(_Section):
         learning rate 0.01, weight decay 3e-5, poly schedule, gradient clipping at 12 and its
         augmentation set; in-plane augmentation (rotations up to 180 degrees) when
         ``max(patch_size[1:]) / patch_size[0] > 3``, else rotations up to 30 degrees about
-        every axis. ``loss_batch_dice`` is left to the caller (nnU-Net's planner decides it).
+        every axis; a third of the patches centred on a voxel of a label drawn from those
+        present (``oversample_foreground_percent``). ``loss_batch_dice`` is left to the
+        caller (nnU-Net's planner decides it), and so are ``epochs`` and ``batch_size``
+        (nnU-Net: 1000 epochs of 250 steps; medseg's epoch is ``samples_per_case`` patches
+        of every case).
 
         Example:
             >>> values = TrainConfig.nnunet_defaults((20, 192, 160))
@@ -483,6 +487,8 @@ class TrainConfig(_Section):
         """
         in_plane = max(patch_size[1:]) / patch_size[0] > 3
         return {
+            "foreground_fraction": 0.33,
+            "foreground_sampling": "class_balanced",
             "loss": "dice_ce",
             "loss_include_background": False,
             "optimizer": "sgd",
