@@ -331,3 +331,15 @@ def test_contrast_keeps_the_mean_and_range_and_noise_stays_within_its_std() -> N
         assert 0.75 - 1e-4 <= factor <= 1.25 + 1e-4
         added = np.asarray(noise({"image": image})["image"]) - image
         assert added.std() <= 0.1 * 1.05
+
+
+@pytest.mark.parametrize("in_plane", [False, True], ids=["3d", "in-plane"])
+def test_the_whole_set_is_reproducible_from_the_seed(in_plane: bool) -> None:
+    cfg = _nnunet(augment_in_plane=in_plane, **{key: 1.0 for key in NNUNET_PROBABILITIES})
+    images, labels = _blob_patches(2)
+    runs = [
+        augmented(augmentation(cfg), images, labels, np.random.default_rng(s)) for s in (8, 8, 9)
+    ]
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert not np.array_equal(runs[0][0], runs[2][0])
