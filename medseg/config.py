@@ -276,6 +276,13 @@ class TrainConfig(_Section):
         loss: MONAI loss on softmax outputs and one-hot labels, averaged over the batch:
             ``"dice_ce"`` = ``DiceCELoss``, ``"dice"`` = ``DiceLoss``, ``"dice_focal"`` =
             ``DiceFocalLoss``.
+        loss_include_background: ``false``: the Dice term leaves out the background channel
+            (MONAI ``include_background=False``), as nnU-Net's ``DC_and_CE_loss``
+            (``do_bg=False``); cross-entropy still covers every class. With ``dice_focal``
+            MONAI leaves the background out of the focal term too.
+        loss_batch_dice: Dice sums over the whole batch before dividing (nnU-Net's
+            ``batch_dice``, which its planner sets per configuration); ``false``: per patch,
+            then averaged.
         val_every: validate every this many epochs (and always after the last one).
         device: ``"cpu"`` or ``"cuda"``.
         num_threads: torch intra-op threads.
@@ -295,18 +302,73 @@ class TrainConfig(_Section):
             Dice; ``None``: never stop early.
         hd95: also compute HD95 (mm) per label at validation.
         augment_flip_axes: training patches are flipped along each of these array axes
-            (0 = slice, 1 = row, 2 = column) with probability 0.5 (MONAI ``RandFlipd``).
+            (0 = slice, 1 = row, 2 = column) with probability 0.5 (MONAI ``RandFlipd``);
+            nnU-Net mirrors all three.
         augment_affine_probability: probability of a random rotation (up to
             ``augment_rotate_degrees`` about every axis) and scaling (by up to
             ``augment_scale``) of a patch (MONAI ``RandAffined``; labels nearest-neighbour).
-        augment_rotate_degrees: largest rotation of the affine augmentation, degrees.
+        augment_rotate_degrees: largest rotation of the affine and the rotation
+            augmentations, degrees.
         augment_scale: largest relative scaling of the affine augmentation.
         augment_intensity_probability: probability of a random intensity scaling and shift
             by up to 10 % of the window (MONAI ``RandScaleIntensityd``/``RandShiftIntensityd``).
-        augment_noise_std: standard deviation of Gaussian noise added with probability 0.5
-            (MONAI ``RandGaussianNoised``), in window units (the window maps to ``[0, 1]``);
-            0 turns it off. With every augmentation off (the default) patches are used as
-            drawn.
+        augment_noise_std: Gaussian noise is added with probability
+            ``augment_noise_probability``, its standard deviation drawn from
+            ``U(0, augment_noise_std)`` per patch (MONAI ``RandGaussianNoised``), in normalised
+            intensity units (window units, or standard deviations with ``zscore``); 0 turns it
+            off. nnU-Net: 0.1 (its ``noise_variance=(0, 0.1)`` is used as the standard
+            deviation).
+        augment_noise_probability: probability of the noise; 0.5 (configs written before
+            this field existed), nnU-Net 0.1.
+        augment_rotation_probability: probability of a rotation by angles drawn from
+            ``U(-augment_rotate_degrees, augment_rotate_degrees)`` about each axis (about
+            the slice axis 0 only with ``augment_in_plane``), independent of the scaling;
+            nnU-Net 0.2 with 30 degrees, or 180 in-plane. Rotation and scaling are one
+            resampling (MONAI ``Affine``): image linear, labels nearest, zeros (background)
+            outside the patch, as nnU-Net pads.
+        augment_scaling_probability: probability of a scaling by one factor for every axis
+            (rows and columns only with ``augment_in_plane``) drawn from
+            ``U(*augment_scale_range)``; nnU-Net 0.2.
+        augment_scale_range: ``(low, high)``: a factor above 1 shows more of the patch's
+            surroundings, so structures look smaller (nnU-Net's and MONAI's convention);
+            nnU-Net ``(0.7, 1.4)``.
+        augment_in_plane: rotation, scaling and simulated low resolution act within each
+            slice only, the slices handled as channels so no slice is mixed with another:
+            nnU-Net's ``do_dummy_2d_data_aug``, which it sets when
+            ``max(patch_size[1:]) / patch_size[0] > 3``. Not with
+            ``augment_affine_probability`` (which rotates about every axis).
+        augment_blur_probability: probability of a Gaussian blur with a standard deviation
+            drawn from ``U(*augment_blur_sigma)`` (voxels) for each axis (MONAI
+            ``RandGaussianSmoothd``); nnU-Net 0.1 (0.2 per patch x 0.5 per channel, for
+            medseg's one channel).
+        augment_blur_sigma: ``(low, high)`` in voxels; nnU-Net ``(0.5, 1.0)``.
+        augment_brightness_probability: probability of multiplying the patch by a factor
+            drawn from ``U(*augment_brightness_range)`` (MONAI ``RandScaleIntensityd``);
+            nnU-Net 0.15.
+        augment_brightness_range: nnU-Net ``(0.75, 1.25)``.
+        augment_contrast_probability: probability of scaling the patch about its mean by a
+            factor drawn from ``U(*augment_contrast_range)``, then clipping to its former
+            range (MONAI ``RandScaleIntensityFixedMeand``, ``preserve_range``); nnU-Net 0.15.
+        augment_contrast_range: nnU-Net ``(0.75, 1.25)``.
+        augment_low_resolution_probability: probability of resampling the patch down by a
+            factor drawn from ``U(*augment_low_resolution_zoom)`` (nearest) and back up
+            (linear), the same factor for every axis (rows and columns only with
+            ``augment_in_plane``) (MONAI ``RandSimulateLowResolutiond``); nnU-Net 0.125
+            (0.25 per patch x 0.5 per channel).
+        augment_low_resolution_zoom: ``(low, high)`` within ``(0, 1]``; nnU-Net ``(0.5, 1.0)``.
+        augment_gamma_probability: probability of a gamma transform of the patch rescaled
+            to ``[0, 1]`` over its own range, then brought back to its former mean and
+            standard deviation (MONAI ``RandAdjustContrastd``, ``retain_stats``); nnU-Net 0.3.
+        augment_inverted_gamma_probability: the same on the negated patch (bright and dark
+            swap roles; ``invert_image``), applied before the plain gamma; nnU-Net 0.1.
+        augment_gamma_range: ``(low, high)``; when ``low < 1 < high``, gamma is drawn as
+            nnU-Net draws it: half the time from ``U(low, 1)``, else from ``U(1, high)``;
+            otherwise from ``U(low, high)``. nnU-Net ``(0.7, 1.5)``.
+
+    With every augmentation off (the default) patches are used as drawn. The transforms run
+    in nnU-Net's order (flips first: they commute with the rest in distribution): flips,
+    affine, rotation/scaling, intensity, noise, blur, brightness, contrast, low resolution,
+    inverted gamma, gamma. :meth:`nnunet_defaults` gives nnU-Net's values for a patch size.
     """
 
     epochs: PositiveInt
@@ -317,6 +379,8 @@ class TrainConfig(_Section):
     foreground_sampling: Literal["voxel", "class_balanced"] = "voxel"
     learning_rate: Annotated[StrictFloat, Field(gt=0.0)] = 1e-3
     loss: Literal["dice_ce", "dice", "dice_focal"] = "dice_ce"
+    loss_include_background: StrictBool = True
+    loss_batch_dice: StrictBool = True
     val_every: PositiveInt = 1
     device: Literal["cpu", "cuda"] = "cpu"
     num_threads: PositiveInt = 2
@@ -336,6 +400,127 @@ class TrainConfig(_Section):
     augment_scale: Annotated[StrictFloat, Field(ge=0.0, lt=1.0)] = 0.1
     augment_intensity_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
     augment_noise_std: Annotated[StrictFloat, Field(ge=0.0)] = 0.0
+    augment_noise_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.5
+    augment_rotation_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
+    augment_scaling_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
+    augment_scale_range: tuple[
+        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+    ] = (0.7, 1.4)
+    augment_in_plane: StrictBool = False
+    augment_blur_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
+    augment_blur_sigma: tuple[
+        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+    ] = (0.5, 1.0)
+    augment_brightness_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
+    augment_brightness_range: tuple[
+        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+    ] = (0.75, 1.25)
+    augment_contrast_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
+    augment_contrast_range: tuple[
+        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+    ] = (0.75, 1.25)
+    augment_low_resolution_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
+    augment_low_resolution_zoom: tuple[
+        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+    ] = (0.5, 1.0)
+    augment_gamma_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
+    augment_inverted_gamma_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
+    augment_gamma_range: tuple[
+        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+    ] = (0.7, 1.5)
+
+    @field_validator(
+        "augment_scale_range",
+        "augment_blur_sigma",
+        "augment_brightness_range",
+        "augment_contrast_range",
+        "augment_low_resolution_zoom",
+        "augment_gamma_range",
+    )
+    @classmethod
+    def _ordered_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError(f"needs (low, high) with low <= high, got {list(value)}")
+        return value
+
+    @field_validator("augment_low_resolution_zoom")
+    @classmethod
+    def _downsampling(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[1] > 1.0:
+            raise ValueError(f"zoom factors must be at most 1 (down-sampling), got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _in_plane_without_affine(self) -> TrainConfig:
+        if self.augment_in_plane and self.augment_affine_probability > 0:
+            raise ValueError(
+                "augment_in_plane needs augment_affine_probability 0 (the affine augmentation "
+                "rotates about every axis); use augment_rotation_probability and "
+                "augment_scaling_probability"
+            )
+        return self
+
+    @staticmethod
+    def nnunet_defaults(patch_size: tuple[int, int, int]) -> dict[str, Any]:
+        """nnU-Net v2's training defaults (``nnUNetTrainer``) for ``patch_size``, as keys.
+
+        Loss (Dice without background + cross-entropy), SGD with Nesterov momentum 0.99,
+        learning rate 0.01, weight decay 3e-5, poly schedule, gradient clipping at 12 and its
+        augmentation set; in-plane augmentation (rotations up to 180 degrees) when
+        ``max(patch_size[1:]) / patch_size[0] > 3``, else rotations up to 30 degrees about
+        every axis; a third of the patches centred on a voxel of a label drawn from those
+        present (``oversample_foreground_percent``). ``loss_batch_dice`` is left to the
+        caller (nnU-Net's planner decides it), and so are ``epochs`` and ``batch_size``
+        (nnU-Net: 1000 epochs of 250 steps; medseg's epoch is ``samples_per_case`` patches
+        of every case).
+
+        Example:
+            >>> values = TrainConfig.nnunet_defaults((20, 192, 160))
+            >>> values["augment_in_plane"], values["augment_rotate_degrees"]
+            (True, 180.0)
+            >>> config = TrainConfig(epochs=1, patch_size=(20, 192, 160), **values)
+        """
+        in_plane = max(patch_size[1:]) / patch_size[0] > 3
+        return {
+            "foreground_fraction": 0.33,
+            "foreground_sampling": "class_balanced",
+            "loss": "dice_ce",
+            "loss_include_background": False,
+            "optimizer": "sgd",
+            "learning_rate": 1e-2,
+            "momentum": 0.99,
+            "weight_decay": 3e-5,
+            "lr_schedule": "poly",
+            "warmup_epochs": 0,
+            "grad_clip_norm": 12.0,
+            "augment_flip_axes": (0, 1, 2),
+            "augment_affine_probability": 0.0,
+            "augment_rotation_probability": 0.2,
+            "augment_rotate_degrees": 180.0 if in_plane else 30.0,
+            "augment_scaling_probability": 0.2,
+            "augment_scale_range": (0.7, 1.4),
+            "augment_in_plane": in_plane,
+            "augment_intensity_probability": 0.0,
+            "augment_noise_std": 0.1,
+            "augment_noise_probability": 0.1,
+            "augment_blur_probability": 0.1,
+            "augment_blur_sigma": (0.5, 1.0),
+            "augment_brightness_probability": 0.15,
+            "augment_brightness_range": (0.75, 1.25),
+            "augment_contrast_probability": 0.15,
+            "augment_contrast_range": (0.75, 1.25),
+            "augment_low_resolution_probability": 0.125,
+            "augment_low_resolution_zoom": (0.5, 1.0),
+            "augment_gamma_probability": 0.3,
+            "augment_inverted_gamma_probability": 0.1,
+            "augment_gamma_range": (0.7, 1.5),
+        }
 
 
 class InferConfig(_Section):

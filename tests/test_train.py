@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -575,3 +576,95 @@ def test_class_balanced_sampling_centres_small_labels_as_often_as_large_ones(
     tiny_share = float(np.mean(patches.ravel() == 2))
     assert low <= tiny_share <= high
     assert np.all(patches > 0)  # foreground_fraction 1: every centre is labelled
+
+
+def _nnunet_dice_ce(logits: Any, target: Any, batch_dice: bool) -> Any:
+    """nnU-Net's DC_and_CE_loss (do_bg=False, smooth 1e-5, weights 1 and 1), written out from
+    MemoryEfficientSoftDiceLoss, with MONAI's ``1 - Dice`` for nnU-Net's ``-Dice``."""
+    import torch
+
+    probabilities = torch.softmax(logits, 1)[:, 1:]
+    onehot = torch.nn.functional.one_hot(target[:, 0], logits.shape[1]).movedim(-1, 1)[:, 1:]
+    axes = tuple(range(2, logits.dim()))
+    intersect = (probabilities * onehot).sum(axes)
+    sum_pred, sum_gt = probabilities.sum(axes), onehot.sum(axes)
+    if batch_dice:
+        intersect, sum_pred, sum_gt = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0)
+    dice = ((2 * intersect + 1e-5) / (sum_gt + sum_pred + 1e-5)).mean()
+    return torch.nn.functional.cross_entropy(logits, target[:, 0]) + 1 - dice
+
+
+def _loss_case(seed: int) -> tuple[Any, Any]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn((2, 3, 4, 8, 8), generator=generator)
+    target = torch.randint(0, 3, (2, 1, 4, 8, 8), generator=generator)
+    return logits, target
+
+
+@pytest.mark.parametrize("batch_dice", [True, False], ids=["batch_dice", "per_patch_dice"])
+def test_loss_without_background_is_nnunets_dice_and_ce(batch_dice: bool) -> None:
+    import torch
+
+    from medseg.training.train import _loss
+
+    logits, target = _loss_case(0)
+    cfg = load_config(TINY).train.model_copy(
+        update={"loss_include_background": False, "loss_batch_dice": batch_dice}
+    )
+    expected = _nnunet_dice_ce(logits, target, batch_dice)
+    torch.testing.assert_close(_loss(cfg)(logits, target), expected)
+    with_background = _loss(cfg.model_copy(update={"loss_include_background": True}))
+    assert not torch.isclose(with_background(logits, target), expected)
+
+
+def test_deep_supervision_heads_use_the_configured_loss() -> None:
+    import torch
+
+    from medseg.training.train import _Loop, _loss, _supervised_loss
+
+    cfg = load_config(TINY).train.model_copy(update={"loss_include_background": False})
+    heads = [_loss_case(seed)[0] for seed in (1, 2, 3)]
+    target = _loss_case(1)[1]
+    network = torch.nn.Identity().train()
+    loop = _Loop(
+        network=network,
+        model=network,
+        loss_fn=_loss(cfg),
+        optimizer=torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        device=torch.device("cpu"),
+        autocast_dtype=None,
+        deep_supervision=True,
+        grad_clip_norm=None,
+    )
+    got = _supervised_loss(loop, torch.stack(heads, dim=1), target)
+    per_head = [_nnunet_dice_ce(h, target, batch_dice=True) for h in heads]
+    weights = [1.0, 0.5, 0.25]
+    expected = sum(w * v for w, v in zip(weights, per_head, strict=True)) / sum(weights)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("patch_size", [(16, 32, 32), (8, 32, 32)], ids=["3d", "in-plane"])
+def test_nnunet_training_defaults_train_with_finite_loss(
+    tmp_path: Path, patch_size: tuple[int, int, int]
+) -> None:
+    from medseg.config import TrainConfig
+
+    config = load_config(TINY)
+    values = {
+        **config.train.model_dump(),
+        **TrainConfig.nnunet_defaults(patch_size),
+        "patch_size": patch_size,
+        "epochs": 2,
+        "samples_per_case": 2,
+    }
+    train_cfg = TrainConfig.model_validate(values)
+    assert train_cfg.augment_in_plane == (patch_size[0] == 8)
+    assert (train_cfg.optimizer, train_cfg.momentum, train_cfg.learning_rate) == ("sgd", 0.99, 1e-2)
+    config = config.model_copy(update={"train": train_cfg})
+    result = train(config, [_small_case(1)], [], tmp_path, None)
+    losses = [loss for r in result.history for loss in r.step_losses]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert result.history[1].learning_rate < result.history[0].learning_rate  # poly

@@ -130,31 +130,104 @@ def sample_patches(
 
 
 def augmentation(train_cfg: TrainConfig) -> Any:
-    """The MONAI transforms the config asks for (a ``Compose``), or ``None``."""
+    """The MONAI transforms the config asks for (a ``Compose``), or ``None``.
+
+    Patches are ``{"image": (1, slice, row, column), "label": ...}``; labels move with the
+    image (nearest) and no intensity transform touches them. Only the transforms whose
+    probability is above 0 are composed, so a config without the nnU-Net keys draws exactly
+    the random numbers, and makes exactly the patches, it made before they existed.
+    """
     from monai import transforms as mt
 
+    from medseg.training.augmentation import RandGammad, RandRotateScaled, SlicesAsChannelsd
+
+    cfg = train_cfg
     keys = ["image", "label"]
     steps: list[Any] = [
-        mt.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in train_cfg.augment_flip_axes
+        mt.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in cfg.augment_flip_axes
     ]
-    if train_cfg.augment_affine_probability > 0:
-        angle = math.radians(train_cfg.augment_rotate_degrees)
+    if cfg.augment_affine_probability > 0:
+        angle = math.radians(cfg.augment_rotate_degrees)
         steps.append(
             mt.RandAffined(
                 keys,
-                prob=train_cfg.augment_affine_probability,
+                prob=cfg.augment_affine_probability,
                 rotate_range=(angle, angle, angle),
-                scale_range=(train_cfg.augment_scale,) * 3,
+                scale_range=(cfg.augment_scale,) * 3,
                 mode=("bilinear", "nearest"),
                 padding_mode="border",
             )
         )
-    if train_cfg.augment_intensity_probability > 0:
-        probability = train_cfg.augment_intensity_probability
+    if cfg.augment_rotation_probability > 0 or cfg.augment_scaling_probability > 0:
+        spatial = RandRotateScaled(
+            keys,
+            ("bilinear", "nearest"),
+            spatial_dims=2 if cfg.augment_in_plane else 3,
+            rotation_probability=cfg.augment_rotation_probability,
+            max_degrees=cfg.augment_rotate_degrees,
+            scaling_probability=cfg.augment_scaling_probability,
+            scale_range=cfg.augment_scale_range,
+        )
+        steps.append(SlicesAsChannelsd(keys, spatial) if cfg.augment_in_plane else spatial)
+    if cfg.augment_intensity_probability > 0:
+        probability = cfg.augment_intensity_probability
         steps.append(mt.RandScaleIntensityd("image", factors=0.1, prob=probability))
         steps.append(mt.RandShiftIntensityd("image", offsets=0.1, prob=probability))
-    if train_cfg.augment_noise_std > 0:
-        steps.append(mt.RandGaussianNoised("image", prob=0.5, std=train_cfg.augment_noise_std))
+    if cfg.augment_noise_std > 0 and cfg.augment_noise_probability > 0:
+        steps.append(
+            mt.RandGaussianNoised(
+                "image", prob=cfg.augment_noise_probability, std=cfg.augment_noise_std
+            )
+        )
+    if cfg.augment_blur_probability > 0:
+        sigma = cfg.augment_blur_sigma
+        steps.append(
+            mt.RandGaussianSmoothd(
+                "image",
+                sigma_x=sigma,
+                sigma_y=sigma,
+                sigma_z=sigma,
+                prob=cfg.augment_blur_probability,
+            )
+        )
+    if cfg.augment_brightness_probability > 0:
+        low, high = cfg.augment_brightness_range
+        steps.append(
+            mt.RandScaleIntensityd(
+                "image", factors=(low - 1.0, high - 1.0), prob=cfg.augment_brightness_probability
+            )
+        )
+    if cfg.augment_contrast_probability > 0:
+        low, high = cfg.augment_contrast_range
+        steps.append(
+            mt.RandScaleIntensityFixedMeand(
+                "image",
+                factors=(low - 1.0, high - 1.0),
+                fixed_mean=True,
+                preserve_range=True,
+                prob=cfg.augment_contrast_probability,
+            )
+        )
+    if cfg.augment_low_resolution_probability > 0:
+        in_plane = cfg.augment_in_plane
+        low_resolution = mt.RandSimulateLowResolutiond(
+            "image",
+            prob=cfg.augment_low_resolution_probability,
+            zoom_range=cfg.augment_low_resolution_zoom,
+            downsample_mode="nearest-exact",  # as nnU-Net
+            upsample_mode="bilinear" if in_plane else "trilinear",
+        )
+        steps.append(SlicesAsChannelsd(["image"], low_resolution) if in_plane else low_resolution)
+    for probability, invert in (
+        (cfg.augment_inverted_gamma_probability, True),
+        (cfg.augment_gamma_probability, False),
+    ):
+        if probability > 0:
+            steps.append(
+                RandGammad(
+                    "image", prob=probability, gamma=cfg.augment_gamma_range, invert_image=invert
+                )
+            )
     return mt.Compose(steps) if steps else None
 
 

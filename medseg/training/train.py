@@ -239,7 +239,7 @@ def train(
         loop = _Loop(
             network=distributed.wrap(network, device) if world > 1 else network,
             model=network,
-            loss_fn=_loss(train_cfg.loss),
+            loss_fn=_loss(train_cfg),
             optimizer=optimizer,
             scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype is torch.float16),
             device=device,
@@ -467,13 +467,27 @@ def _determinism(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.deterministic = previous[2]
 
 
-def _loss(name: str) -> torch.nn.Module:
-    """MONAI loss on logits (softmax) and integer labels (one-hot), reduced over the batch."""
-    if name == "dice":
-        return DiceLoss(to_onehot_y=True, softmax=True, batch=True)
-    if name == "dice_focal":
-        return DiceFocalLoss(to_onehot_y=True, softmax=True, batch=True)
-    return DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+def _loss(train_cfg: TrainConfig) -> torch.nn.Module:
+    """MONAI loss on logits (softmax) and integer labels (one-hot), reduced over the batch.
+
+    With ``loss_include_background: false`` and ``dice_ce`` this is nnU-Net's
+    ``DC_and_CE_loss`` (``do_bg=False``, CE weight 1, Dice weight 1): the same Dice smoothing
+    (1e-5 above and below the fraction), batch Dice as ``loss_batch_dice``, cross-entropy over
+    every class. MONAI's Dice term is ``1 - Dice`` where nnU-Net's is ``-Dice``: a constant
+    apart, the same gradients. Under DDP each process's batch Dice covers its own patches
+    (nnU-Net gathers the sums over processes first).
+    """
+    options: dict[str, Any] = {
+        "to_onehot_y": True,
+        "softmax": True,
+        "batch": train_cfg.loss_batch_dice,
+        "include_background": train_cfg.loss_include_background,
+    }
+    if train_cfg.loss == "dice":
+        return DiceLoss(**options)
+    if train_cfg.loss == "dice_focal":
+        return DiceFocalLoss(**options)
+    return DiceCELoss(**options)
 
 
 def _optimizer(network: torch.nn.Module, train_cfg: TrainConfig) -> torch.optim.Optimizer:
