@@ -146,7 +146,8 @@ class PreprocessConfig(_Section):
         intensity: ``"window"`` (the default): ``[lower_hu, upper_hu]`` mapped onto
             ``[0, 1]``, for CT. ``"zscore"``: clipped to ``[lower_hu, upper_hu]``, then minus
             the image's mean and divided by its standard deviation (over the voxels above
-            ``lower_hu``, the body); set a wide window for MR. ``"clip_zscore"``: nnU-Net's
+            ``lower_hu``, the body, much as nnU-Net's ``ZScoreNormalization`` with
+            ``use_mask_for_norm``); set a wide window for MR. ``"clip_zscore"``: nnU-Net's
             ``CTNormalization``: clipped to ``[lower_hu, upper_hu]`` (the planner sets the
             dataset's foreground 0.5 and 99.5 percentiles), then ``(x - intensity_mean) /
             intensity_std`` with the dataset's foreground statistics, the same for every

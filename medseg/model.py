@@ -414,7 +414,9 @@ class SubPixelConvTranspose3d(torch.nn.Module):
     Supported: ``groups == 1``, ``dilation == 1``, zero padding, and per axis
     ``kernel + output_padding == stride + 2 * padding`` (the output is exactly ``stride`` times
     the input): MONAI UNet's up-sampling (kernel 3, stride 2, padding 1, output padding 1) and
-    DynUNet's (kernel = stride = 2). :func:`subpixel_supported` says whether a module is.
+    DynUNet's (kernel = stride = 2), also with per-axis strides such as ``(1, 2, 2)`` (an axis
+    of stride 1 is a plain convolution along it: UNet's kernel 3, padding 1; DynUNet's kernel
+    1). :func:`subpixel_supported` says whether a module is.
     """
 
     def __init__(self, deconv: torch.nn.ConvTranspose3d) -> None:
