@@ -223,7 +223,7 @@ def _per_axis(value: int | tuple[int, int, int]) -> tuple[int, int, int]:
     return (value, value, value) if isinstance(value, int) else value
 
 
-def _check_axis_sizes(values: Any, key: str, *, odd: bool) -> Any:
+def _check_axis_sizes(values: Any, *, odd: bool) -> Any:
     """One-line errors for ``model.strides``/``model.kernel_sizes`` entries (pydantic's own
     for a union name each member tried)."""
     if not isinstance(values, (list, tuple)):
@@ -287,16 +287,12 @@ class ModelConfig(_Section):
     @field_validator("strides", mode="before")
     @classmethod
     def _strides_are_sizes(cls, strides: Any) -> Any:
-        return _check_axis_sizes(strides, "strides", odd=False)
+        return _check_axis_sizes(strides, odd=False)
 
     @field_validator("kernel_sizes", mode="before")
     @classmethod
     def _kernels_are_odd(cls, kernel_sizes: Any) -> Any:
-        return (
-            kernel_sizes
-            if kernel_sizes is None
-            else _check_axis_sizes(kernel_sizes, "kernel_sizes", odd=True)
-        )
+        return kernel_sizes if kernel_sizes is None else _check_axis_sizes(kernel_sizes, odd=True)
 
     @field_validator("labels", mode="before")
     @classmethod
