@@ -118,13 +118,26 @@ class PreprocessConfig(_Section):
     """CT intensity window, mapped linearly onto ``[0, 1]`` and clipped, and the model's grid.
 
     Attributes:
-        lower_hu: HU mapped to 0 (and everything below it).
+        lower_hu: HU mapped to 0 (and everything below it). In every intensity mode it is
+            also the air/body threshold: voxels at or below it are air (foreground crop,
+            padding of small training volumes, windows inference skips).
         upper_hu: HU mapped to 1 (and everything above it).
         spacing_mm: the voxel spacing the network works at, array order
             ``(slice, row, column)``, in mm. Training resamples images (linear) and labels
             (nearest) to it; inference resamples the image to it and the prediction back onto
             the input grid. ``None`` (the default, and every config written before this field
             existed): the network sees each image at its own spacing.
+        resample_separate_z: with ``spacing_mm``: resample an anisotropic image as nnU-Net
+            does (``resample_data_or_seg`` with ``do_separate_z``): when the coarsest axis of
+            the image's spacing, or else of ``spacing_mm``, is more than 3 times the finest
+            (nnU-Net's ``ANISO_THRESHOLD``), the image is interpolated linearly within each
+            plane across that axis first and then nearest-neighbour along it (nnU-Net's
+            ``order_z=0``), so the network never sees intensities blended between slices
+            several mm apart; labels are nearest-neighbour in both steps. nnU-Net's in-plane
+            order is 3 (cubic spline) for images; medseg keeps linear, which never overshoots
+            the HU range and is what inference uses to bring scores back. Grids that are not
+            anisotropic are resampled as without the flag. ``False`` (the default):
+            trilinear for images.
         orientation: ``"LPS"``: the network sees every image with slices towards S, rows
             towards P and columns towards L (a lossless transpose/flip of the stored voxels,
             :func:`medseg.geometry.canonical_reorientation`; predictions are mapped back
@@ -134,7 +147,18 @@ class PreprocessConfig(_Section):
         intensity: ``"window"`` (the default): ``[lower_hu, upper_hu]`` mapped onto
             ``[0, 1]``, for CT. ``"zscore"``: clipped to ``[lower_hu, upper_hu]``, then minus
             the image's mean and divided by its standard deviation (over the voxels above
-            ``lower_hu``, the body), as nnU-Net normalises MR; set a wide window for MR.
+            ``lower_hu``, the body, much as nnU-Net's ``ZScoreNormalization`` with
+            ``use_mask_for_norm``); set a wide window for MR. ``"clip_zscore"``: nnU-Net's
+            ``CTNormalization``: clipped to ``[lower_hu, upper_hu]`` (the planner sets the
+            dataset's foreground 0.5 and 99.5 percentiles), then ``(x - intensity_mean) /
+            intensity_std`` with the dataset's foreground statistics, the same for every
+            image. ``"image_zscore"``: nnU-Net's ``ZScoreNormalization`` without a mask, for
+            MR: each image minus its mean, divided by its standard deviation (at least
+            1e-8), over all its voxels, not clipped.
+        intensity_mean: ``"clip_zscore"`` only (and required there): the mean subtracted,
+            in HU.
+        intensity_std: ``"clip_zscore"`` only (and required there): the standard deviation
+            divided by, in HU, > 0.
         crop_foreground: training only: each case is cut to the bounding box of its voxels
             above ``lower_hu`` and its labels, plus ``crop_margin_mm``, before patches are drawn
             (as nnU-Net crops to the non-zero region), so air costs neither memory nor patches.
@@ -146,7 +170,9 @@ class PreprocessConfig(_Section):
     lower_hu: StrictFloat
     upper_hu: StrictFloat
     orientation: Literal["as_stored", "LPS"] = "as_stored"
-    intensity: Literal["window", "zscore"] = "window"
+    intensity: Literal["window", "zscore", "clip_zscore", "image_zscore"] = "window"
+    intensity_mean: Annotated[StrictFloat, Field(allow_inf_nan=False)] | None = None
+    intensity_std: Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)] | None = None
     crop_foreground: StrictBool = False
     crop_margin_mm: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 10.0
     spacing_mm: (
@@ -157,6 +183,7 @@ class PreprocessConfig(_Section):
         ]
         | None
     ) = None
+    resample_separate_z: StrictBool = False
 
     @model_validator(mode="after")
     def _window_is_ordered(self) -> PreprocessConfig:
@@ -169,16 +196,71 @@ class PreprocessConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _statistics_match_the_mode(self) -> PreprocessConfig:
+        given = [k for k in ("intensity_mean", "intensity_std") if getattr(self, k) is not None]
+        if self.intensity == "clip_zscore":
+            missing = [k for k in ("intensity_mean", "intensity_std") if k not in given]
+            if missing:
+                raise ValueError(
+                    f"intensity 'clip_zscore' needs {' and '.join(missing)} (the dataset's "
+                    "foreground mean and standard deviation, in HU)"
+                )
+        elif given:
+            raise ValueError(
+                f"{' and '.join(given)} apply only to intensity 'clip_zscore', "
+                f"got intensity {self.intensity!r}"
+            )
+        if self.resample_separate_z and self.spacing_mm is None:
+            raise ValueError("resample_separate_z needs spacing_mm (a model grid to resample to)")
+        return self
+
+
+#: A stride or kernel size: one value for every axis, or one per axis ``[slice, row, column]``.
+AxisSizes = PositiveInt | Shape3
+
+
+def _per_axis(value: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    return (value, value, value) if isinstance(value, int) else value
+
+
+def _check_axis_sizes(values: Any, *, odd: bool) -> Any:
+    """One-line errors for ``model.strides``/``model.kernel_sizes`` entries (pydantic's own
+    for a union name each member tried)."""
+    if not isinstance(values, (list, tuple)):
+        return values  # pydantic reports the type
+    what = "an odd positive int" if odd else "a positive int"
+    for index, value in enumerate(values):
+        axes = value if isinstance(value, (list, tuple)) else [value]
+        fine = len(axes) in (1, 3) and (isinstance(value, (list, tuple)) == (len(axes) == 3))
+        fine = fine and all(
+            isinstance(a, int) and not isinstance(a, bool) and a > 0 and (a % 2 or not odd)
+            for a in axes
+        )
+        if not fine:
+            raise ValueError(
+                f"entry {index} must be {what} or 3 of them [slice, row, column], got {value!r}"
+            )
+    return values
+
 
 class ModelConfig(_Section):
     """A MONAI 3D U-Net with one input channel and ``1 + len(labels)`` output channels.
 
     Attributes:
         name: the architecture: ``"unet"`` (MONAI ``UNet``) or ``"dynunet"`` (MONAI
-            ``DynUNet``, nnU-Net style: 3x3x3 kernels, instance norm, leaky ReLU).
+            ``DynUNet``, nnU-Net style: 3x3x3 kernels unless ``kernel_sizes`` says otherwise,
+            instance norm, leaky ReLU).
         channels: feature channels per level, e.g. ``(8, 16, 32, 64)`` (``DynUNet``'s
             ``filters``).
-        strides: downsampling stride between levels; ``len(channels) - 1`` values.
+        strides: downsampling stride between levels; ``len(channels) - 1`` entries, each an
+            int (every axis) or 3 ints ``[slice, row, column]``, e.g.
+            ``[[1, 2, 2], [2, 2, 2]]`` for a scan with thick slices (nnU-Net's
+            ``pool_op_kernel_sizes`` without its first ``[1, 1, 1]``).
+        kernel_sizes: ``dynunet`` only: convolution kernel size per level,
+            ``len(channels)`` entries, each an odd int or 3 odd ints ``[slice, row, column]``
+            (nnU-Net's ``conv_kernel_sizes``, e.g. ``[[1, 3, 3], [3, 3, 3], [3, 3, 3]]``).
+            ``None`` (the default): 3 on every axis of every level.
         num_res_units: residual units per block (0 = plain convolutions); for ``dynunet``,
             any value > 0 selects residual blocks.
         labels: the structures (:class:`medseg.structures.Structure`), label values ``1..N``
@@ -196,11 +278,22 @@ class ModelConfig(_Section):
 
     name: Literal["unet", "dynunet"] = "unet"
     channels: tuple[PositiveInt, ...]
-    strides: tuple[PositiveInt, ...]
+    strides: tuple[AxisSizes, ...]
+    kernel_sizes: tuple[AxisSizes, ...] | None = None
     num_res_units: Annotated[StrictInt, Field(ge=0)] = 2
     labels: tuple[Structure, ...]
     deep_supervision: StrictBool = False
     deep_supervision_levels: PositiveInt = 1
+
+    @field_validator("strides", mode="before")
+    @classmethod
+    def _strides_are_sizes(cls, strides: Any) -> Any:
+        return _check_axis_sizes(strides, odd=False)
+
+    @field_validator("kernel_sizes", mode="before")
+    @classmethod
+    def _kernels_are_odd(cls, kernel_sizes: Any) -> Any:
+        return kernel_sizes if kernel_sizes is None else _check_axis_sizes(kernel_sizes, odd=True)
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -241,6 +334,23 @@ class ModelConfig(_Section):
                 f"strides needs len(channels) - 1 = {len(self.channels) - 1} values, "
                 f"got {self.strides}"
             )
+        if self.kernel_sizes is not None:
+            if self.name != "dynunet":
+                raise ValueError(f"kernel_sizes needs name 'dynunet', got {self.name!r}")
+            if len(self.kernel_sizes) != len(self.channels):
+                raise ValueError(
+                    f"kernel_sizes needs len(channels) = {len(self.channels)} values, "
+                    f"got {self.kernel_sizes}"
+                )
+            for level, (stride, kernel) in enumerate(
+                zip(self.strides_by_axis, self.kernel_sizes_by_axis[1:], strict=True), 1
+            ):
+                if any(k < s - 1 for k, s in zip(kernel, stride, strict=True)):
+                    # DynUNet pads (kernel - stride + 1) / 2: it must not be negative
+                    raise ValueError(
+                        f"kernel_sizes entry {level} {list(kernel)} must be at least "
+                        f"strides entry {level - 1} {list(stride)} minus 1 on every axis"
+                    )
         if self.deep_supervision:
             if self.name != "dynunet":
                 raise ValueError(f"deep_supervision needs name 'dynunet', got {self.name!r}")
@@ -252,9 +362,22 @@ class ModelConfig(_Section):
         return self
 
     @property
-    def downsampling_factor(self) -> int:
-        """Product of the strides: every patch/ROI size must be a multiple of it."""
-        return math.prod(self.strides)
+    def strides_by_axis(self) -> tuple[tuple[int, int, int], ...]:
+        """``strides`` with every entry as ``(slice, row, column)``."""
+        return tuple(_per_axis(s) for s in self.strides)
+
+    @property
+    def kernel_sizes_by_axis(self) -> tuple[tuple[int, int, int], ...]:
+        """``kernel_sizes`` (3 where ``None``) with every entry as ``(slice, row, column)``."""
+        kernels = self.kernel_sizes or (3,) * len(self.channels)
+        return tuple(_per_axis(k) for k in kernels)
+
+    @property
+    def downsampling_factor(self) -> tuple[int, int, int]:
+        """Product of the strides per axis ``(slice, row, column)``: every patch/ROI size
+        must be a multiple of it along that axis."""
+        along = [math.prod(s[axis] for s in self.strides_by_axis) for axis in range(3)]
+        return (along[0], along[1], along[2])
 
 
 class TrainConfig(_Section):
@@ -853,6 +976,10 @@ class PlanInfo(_Section):
         return None if value is None else str(value)
 
 
+#: Array axes by name, for messages.
+_AXIS_NAMES = ("slice", "row", "column")
+
+
 class ExperimentConfig(_Section):
     """One experiment: everything needed to train a model and to apply it.
 
@@ -880,11 +1007,13 @@ class ExperimentConfig(_Section):
         factor = self.model.downsampling_factor
         sizes = {"train.patch_size": self.train.patch_size, "infer.roi_size": self.infer.roi_size}
         for where, size in sizes.items():
-            if any(s % factor for s in size):
-                raise ValueError(
-                    f"{where} must be a multiple of the product of model.strides ({factor}) "
-                    f"in every axis, got {size}"
-                )
+            for axis, (n, f) in enumerate(zip(size, factor, strict=True)):
+                if n % f:
+                    raise ValueError(
+                        f"{where} must be a multiple of the product of model.strides "
+                        f"{list(factor)} in every axis, got {list(size)}: {n} along axis "
+                        f"{axis} ({_AXIS_NAMES[axis]}) is not a multiple of {f}"
+                    )
         return self
 
     def to_yaml(self) -> str:

@@ -185,7 +185,9 @@ def _predict_on_grid(
         for part in range(first, last, preprocess.SCORE_SLAB_SLICES):  # small input copies
             end = min(last, part + preprocess.SCORE_SLAB_SLICES)
             slab = geo.crop_geometry(region, (part, 0, 0), (end, *region.shape[1:]))
-            out[part - first : end - first] = preprocess.resample_linear(hu, image.geometry, slab)
+            out[part - first : end - first] = preprocess.resample_linear(
+                hu, image.geometry, slab, separate_z=pre.resample_separate_z
+            )
         return out
 
     inside = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
@@ -244,12 +246,14 @@ def _predict_on_grid(
     on_input = tuple(slice(a, b) for a, b in zip(*covered, strict=True))
     if want == "labels":
         out[on_input] = preprocess.resample_scores_to_labels(
-            scores, region, back, relative_to_background=True
+            scores, region, back, relative_to_background=True, separate_z=pre.resample_separate_z
         )
         return out
     box_of_out = out[:, on_input[0], on_input[1], on_input[2]]  # a view
     for label in range(n_classes):
-        box_of_out[label] = preprocess.resample_linear(scores[label], region, back)
+        box_of_out[label] = preprocess.resample_linear(
+            scores[label], region, back, separate_z=pre.resample_separate_z
+        )
     box_of_out[...] = box_of_out / box_of_out.sum(axis=0, keepdims=True)  # sum 1 again
     return out
 
@@ -336,7 +340,7 @@ def _sliding_window(
     n_classes: int,
     predictor: _Predictor,
     sink: _Sink,
-    normalise: Callable[[NDArray[np.generic]], NDArray[np.float32]],
+    normalise: preprocess.Normaliser,
     *,
     divide: bool,
 ) -> None:
@@ -347,14 +351,17 @@ def _sliding_window(
     one window row at a time; ``normalise`` maps them to network input. ``sink`` gets the
     weighted sum of logits per voxel, divided by the sum of weights when ``divide`` (argmax
     does not need the division: the weights are the same for every class). Along an axis
-    shorter than the window the region is padded symmetrically with ``lower_hu`` (0 after the
-    CT window, as MONAI pads) and the padding is cut off again before ``sink`` sees it.
+    shorter than the window the region is padded symmetrically with air (``normalise.air_hu``:
+    ``lower_hu``, 0 after the CT window, as MONAI pads; the image minimum for
+    ``"image_zscore"``, as training pads) and the padding is cut off again before ``sink``
+    sees it.
     """
     roi = infer.roi_size
     before = [max(0, r - s) // 2 for r, s in zip(roi, size, strict=True)]
     pad = [(b, max(0, r - s) - b) for b, r, s in zip(before, roi, size, strict=True)]
     padded = [s + a + b for s, (a, b) in zip(size, pad, strict=True)]
-    lower = np.float32(pre.lower_hu)
+    lower = np.float32(pre.lower_hu)  # the air threshold, in every intensity mode
+    air = np.float32(normalise.air_hu)
     weight = compute_importance_map(tuple(roi), mode=infer.blend, device="cpu")
     depth, rows, columns = roi[0], padded[1], padded[2]
     summed = torch.zeros((n_classes, depth, rows, columns), dtype=torch.float16)
@@ -368,11 +375,11 @@ def _sliding_window(
         hu = slab_of(first, last)
         slab_pad = [(first - (z - before[0]), z + depth - before[0] - last), pad[1], pad[2]]
         if any(a or b for a, b in slab_pad):
-            hu = np.pad(hu, slab_pad, constant_values=np.asarray(lower, dtype=hu.dtype))
+            hu = np.pad(hu, slab_pad, constant_values=np.asarray(air, dtype=hu.dtype))
         corners_in_slab = plane
         if infer.body_threshold_hu is not None:
             # a window of nothing but air (every voxel at or below lower_hu, a constant after
-            # scaling) is not run: its voxels get background unless another window covers
+            # scaling in the modes that clip there) is not run: its voxels get background unless another window covers
             # them. Such a window is numerically meaningless anyway: instance normalisation
             # of a constant input amplifies float rounding to arbitrary logits. Tested on the
             # slab's projection along the slices: one 2-D look-up per window.

@@ -113,7 +113,8 @@ def build_network(config: ModelConfig) -> UNet | DynUNet:
     """A MONAI 3D U-Net or DynUNet: 1 input channel, ``1 + len(config.labels)`` output logits.
 
     Inputs are ``(batch, 1, slice, row, column)``; each spatial size must be a multiple of
-    ``config.downsampling_factor``. A ``DynUNet`` with deep supervision returns, in training
+    ``config.downsampling_factor`` along its axis (per-axis strides such as ``(1, 2, 2)`` keep
+    thick slices unpooled). A ``DynUNet`` with deep supervision returns, in training
     mode, ``(batch, 1 + deep_supervision_levels, classes, slice, row, column)`` (full
     resolution first); in eval mode both return ``(batch, classes, slice, row, column)``.
 
@@ -132,13 +133,15 @@ def build_network(config: ModelConfig) -> UNet | DynUNet:
 
 
 def _construct(config: ModelConfig) -> UNet | DynUNet:
+    # Entries stay as written (an int or a per-axis triple): int-stride configs build the very
+    # network they built before per-axis strides existed.
     if config.name == "dynunet":
         levels = len(config.channels)
         return DynUNet(
             spatial_dims=3,
             in_channels=1,
             out_channels=1 + len(config.labels),
-            kernel_size=[3] * levels,
+            kernel_size=list(config.kernel_sizes or [3] * levels),
             strides=[1, *config.strides],
             upsample_kernel_size=list(config.strides),
             filters=list(config.channels),
@@ -152,7 +155,9 @@ def _construct(config: ModelConfig) -> UNet | DynUNet:
         in_channels=1,
         out_channels=1 + len(config.labels),
         channels=config.channels,
-        strides=config.strides,
+        # typed Sequence[int], but each stride goes to a Convolution that takes per-axis
+        # strides too (tests/test_model.py checks every level's shape)
+        strides=cast(Sequence[int], config.strides),
         num_res_units=config.num_res_units,
     )
 
@@ -409,7 +414,9 @@ class SubPixelConvTranspose3d(torch.nn.Module):
     Supported: ``groups == 1``, ``dilation == 1``, zero padding, and per axis
     ``kernel + output_padding == stride + 2 * padding`` (the output is exactly ``stride`` times
     the input): MONAI UNet's up-sampling (kernel 3, stride 2, padding 1, output padding 1) and
-    DynUNet's (kernel = stride = 2). :func:`subpixel_supported` says whether a module is.
+    DynUNet's (kernel = stride = 2), also with per-axis strides such as ``(1, 2, 2)`` (an axis
+    of stride 1 is a plain convolution along it: UNet's kernel 3, padding 1; DynUNet's kernel
+    1). :func:`subpixel_supported` says whether a module is.
     """
 
     def __init__(self, deconv: torch.nn.ConvTranspose3d) -> None:

@@ -1,13 +1,16 @@
 """Preprocessing of image volumes: intensity window, body box, and resampling between grids.
 
 Intensity functions change no geometry. Resampling uses SimpleITK with every grid converted by
-:mod:`medseg.geometry`; images are interpolated linearly and labels nearest-neighbour.
+:mod:`medseg.geometry`; images are interpolated linearly and labels nearest-neighbour, or, for
+anisotropic grids with ``preprocess.resample_separate_z``, linearly within each plane and
+nearest-neighbour across planes (:func:`separate_z_axis`), as nnU-Net resamples.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -15,11 +18,13 @@ from numpy.typing import NDArray
 
 from medseg import geometry as geo
 from medseg.config import PreprocessConfig
-from medseg.errors import InputError
+from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
 from medseg.volume import Volume, VolumeKind
 
 __all__ = [
+    "ANISOTROPY_THRESHOLD",
+    "Normaliser",
     "body_box",
     "foreground_box",
     "model_grid",
@@ -30,6 +35,7 @@ __all__ = [
     "resample_linear",
     "resample_scores_to_labels",
     "scale_intensity",
+    "separate_z_axis",
     "window_intensity",
 ]
 
@@ -43,6 +49,13 @@ _BODY_SLAB_SLICES = 32
 
 #: Smallest standard deviation ``"zscore"`` divides by (a constant image stays finite).
 _MIN_STD = 1e-6
+#: Smallest standard deviation ``"image_zscore"`` divides by: nnU-Net's ``ZScoreNormalization``
+#: epsilon for float32.
+_NNUNET_MIN_STD = 1e-8
+
+#: A grid is anisotropic when its largest spacing is more than this many times its smallest:
+#: nnU-Net's ``ANISO_THRESHOLD`` (``nnunetv2.configuration``), used the same way.
+ANISOTROPY_THRESHOLD = 3.0
 
 
 def window_intensity(hu: NDArray[np.generic], config: PreprocessConfig) -> NDArray[np.float32]:
@@ -58,44 +71,107 @@ def window_intensity(hu: NDArray[np.generic], config: PreprocessConfig) -> NDArr
     return scaled
 
 
-def normaliser(
-    hu: NDArray[np.generic], config: PreprocessConfig
-) -> Callable[[NDArray[np.generic]], NDArray[np.float32]]:
+@dataclass(frozen=True, slots=True)
+class Normaliser:
+    """The intensity mapping of one image, from :func:`normaliser`: call it on any block.
+
+    Attributes:
+        config: the preprocessing it applies.
+        shift: subtracted (``"zscore"``, ``"clip_zscore"``, ``"image_zscore"``; 0 for
+            ``"window"``), in the image's units.
+        scale: then multiplied by (``"zscore"``) or divided by (``"clip_zscore"``,
+            ``"image_zscore"``, as nnU-Net does, so float32 results are nnU-Net's).
+        air_hu: the input value that stands for air when a volume is padded: ``lower_hu``
+            where the mode clips there (so padding maps to what air maps to), the image's
+            minimum for ``"image_zscore"`` (which does not clip).
+    """
+
+    config: PreprocessConfig
+    shift: float = 0.0
+    scale: float = 1.0
+    air_hu: float = 0.0
+
+    def __call__(self, block: NDArray[np.generic]) -> NDArray[np.float32]:
+        """``block`` (any shape) mapped to float32 network input."""
+        config = self.config
+        if config.intensity == "window":
+            return window_intensity(block, config)
+        if config.intensity == "image_zscore":
+            out = np.array(block, dtype=np.float32)  # a copy: written in place below
+        else:
+            out = np.clip(np.asarray(block, dtype=np.float32), config.lower_hu, config.upper_hu)
+        out -= np.float32(self.shift)
+        if config.intensity == "zscore":
+            out *= np.float32(self.scale)
+        else:
+            out /= np.float32(self.scale)
+        return out
+
+
+def normaliser(hu: NDArray[np.generic], config: PreprocessConfig) -> Normaliser:
     """The intensity mapping of ``config.intensity`` for the image ``hu``, to apply slab by slab.
 
-    ``"window"`` is :func:`window_intensity`. ``"zscore"`` clips to ``[lower_hu, upper_hu]``
-    and standardises with the mean and standard deviation of the clipped values of the voxels
-    above ``lower_hu`` in all of ``hu`` (measured here once, slab by slab, in float64), so
-    every slab of one image is mapped the same way.
+    Statistics of the image are measured here once, slab by slab in float64, so every slab of
+    one image is mapped the same way:
+
+    * ``"window"``: :func:`window_intensity`.
+    * ``"zscore"``: clips to ``[lower_hu, upper_hu]`` and standardises with the mean and
+      standard deviation of the clipped values of the voxels above ``lower_hu``.
+    * ``"clip_zscore"``: nnU-Net's ``CTNormalization``: clip to ``[lower_hu, upper_hu]``, then
+      ``(x - intensity_mean) / intensity_std``; no statistics of ``hu``.
+    * ``"image_zscore"``: nnU-Net's ``ZScoreNormalization`` (``use_mask_for_norm`` False):
+      ``(x - mean) / max(std, 1e-8)`` with the mean and standard deviation of every voxel of
+      ``hu``, unclipped. The sums run in two passes (mean, then squared deviations), so an MR
+      image with a large offset loses no precision.
+
+    Example:
+        >>> from medseg.config import PreprocessConfig
+        >>> pre = PreprocessConfig(lower_hu=-100.0, upper_hu=300.0, intensity="clip_zscore",
+        ...                        intensity_mean=100.0, intensity_std=50.0)
+        >>> hu = np.array([[[-1000.0, 100.0, 150.0, 900.0]]])
+        >>> normaliser(hu, pre)(hu).tolist()
+        [[[-4.0, 0.0, 1.0, 4.0]]]
     """
     if config.intensity == "window":
-        return lambda block: window_intensity(block, config)
+        return Normaliser(config, air_hu=config.lower_hu)
+    if config.intensity == "clip_zscore":
+        # the config refuses clip_zscore without them
+        assert config.intensity_mean is not None and config.intensity_std is not None
+        return Normaliser(
+            config, config.intensity_mean, config.intensity_std, air_hu=config.lower_hu
+        )
     array = np.asarray(hu)
+    if config.intensity == "image_zscore":
+        count, total, lowest = array.size, 0.0, math.inf
+        for block in _float64_slabs(array):
+            total += float(block.sum())
+            lowest = min(lowest, float(block.min()))
+        mean = total / count if count else 0.0
+        squares = sum(float(np.square(block - mean).sum()) for block in _float64_slabs(array))
+        std = math.sqrt(squares / count) if count else 1.0
+        return Normaliser(config, mean, max(std, _NNUNET_MIN_STD), air_hu=lowest)
     count, total, squares = 0, 0.0, 0.0
-    for first in range(0, array.shape[0], _BODY_SLAB_SLICES):
-        block = np.asarray(array[first : first + _BODY_SLAB_SLICES], dtype=np.float64)
+    for block in _float64_slabs(array):
         values = np.minimum(block[block > config.lower_hu], config.upper_hu)
         count += values.size
         total += float(values.sum())
         squares += float(np.square(values).sum())
     mean = total / count if count else float(config.lower_hu)
     std = math.sqrt(max(squares / count - mean * mean, 0.0)) if count else 1.0
-    shift, scale = np.float32(mean), np.float32(1.0 / max(std, _MIN_STD))
+    return Normaliser(config, mean, 1.0 / max(std, _MIN_STD), air_hu=config.lower_hu)
 
-    def zscore(block: NDArray[np.generic]) -> NDArray[np.float32]:
-        out = np.clip(np.asarray(block, dtype=np.float32), config.lower_hu, config.upper_hu)
-        out -= shift
-        out *= scale
-        return out
 
-    return zscore
+def _float64_slabs(array: NDArray[np.generic]) -> Iterable[NDArray[np.float64]]:
+    """``array`` as float64 blocks of :data:`_BODY_SLAB_SLICES` slices (no full-size copy)."""
+    for first in range(0, array.shape[0], _BODY_SLAB_SLICES):
+        yield np.asarray(array[first : first + _BODY_SLAB_SLICES], dtype=np.float64)
 
 
 def scale_intensity(image: Volume, config: PreprocessConfig) -> Volume:
     """Map intensities as ``config.intensity`` says: by default a CT window onto ``[0, 1]``.
 
     With ``"window"``, ``config.lower_hu`` becomes 0 and ``config.upper_hu`` becomes 1; values
-    outside the window are clipped. With ``"zscore"``, see :func:`normaliser`. Geometry,
+    outside the window are clipped. The other modes: see :func:`normaliser`. Geometry,
     source and axis order ``(slice, row, column)`` are unchanged.
 
     Args:
@@ -103,7 +179,8 @@ def scale_intensity(image: Volume, config: PreprocessConfig) -> Volume:
         config: the intensity window.
 
     Returns:
-        An ``IMAGE`` volume of dimensionless float32 intensities in ``[0, 1]`` on the same grid.
+        An ``IMAGE`` volume of dimensionless float32 intensities (in ``[0, 1]`` for
+        ``"window"``) on the same grid.
 
     Raises:
         InputError: if ``image`` is not an ``IMAGE`` volume or contains NaN/inf.
@@ -274,13 +351,45 @@ def _resampler(target: Geometry, interpolator: int) -> sitk.ResampleImageFilter:
     return resampler
 
 
-def resample(volume: Volume, target: Geometry) -> Volume:
+def separate_z_axis(
+    source_spacing_mm: Sequence[float], target_spacing_mm: Sequence[float]
+) -> int | None:
+    """The axis that separate-z resampling treats apart, or ``None``: nnU-Net's
+    ``determine_do_sep_z_and_axis`` (with ``force_separate_z`` ``None``).
+
+    If the source spacing is anisotropic (largest over smallest > :data:`ANISOTROPY_THRESHOLD`)
+    its coarsest axis is the one; otherwise the target spacing's, if that is anisotropic. Two
+    axes sharing the largest spacing (a fine slice axis with coarse pixels) give ``None``, as
+    in nnU-Net. Spacings in array order ``(slice, row, column)``, in mm.
+
+    Example:
+        >>> separate_z_axis((5.0, 0.8, 0.8), (1.0, 1.0, 1.0)), separate_z_axis((1.0,) * 3, (2.0,) * 3)
+        (0, None)
+    """
+    for spacing in (source_spacing_mm, target_spacing_mm):
+        largest, smallest = max(spacing), min(spacing)
+        if largest / smallest > ANISOTROPY_THRESHOLD:
+            coarse = [
+                axis
+                for axis, value in enumerate(spacing)
+                if value >= largest * (1.0 - geo.SPACING_RELATIVE_TOLERANCE)
+            ]
+            return coarse[0] if len(coarse) == 1 else None
+    return None
+
+
+def resample(volume: Volume, target: Geometry, *, separate_z: bool = False) -> Volume:
     """``volume`` resampled onto ``target`` (SimpleITK): linear for images, nearest for labels.
 
     Args:
         volume: an ``IMAGE`` (HU or any unit) or ``LABELS`` volume, array order
             ``(slice, row, column)``.
         target: the grid to sample at (world positions from :mod:`medseg.geometry`).
+        separate_z: images on anisotropic grids (:func:`separate_z_axis`) are interpolated
+            linearly within each plane and nearest-neighbour across planes
+            (``preprocess.resample_separate_z``); ``target`` must then have ``volume``'s
+            direction. Labels are nearest-neighbour either way (on grids of one direction,
+            nearest in 3-D is nearest along each axis: nnU-Net's ``order_z=0``).
 
     Returns:
         A volume of the same kind and source on ``target``: float32 for images, the input's
@@ -288,11 +397,18 @@ def resample(volume: Volume, target: Geometry) -> Volume:
 
     Raises:
         InputError: for a ``PROBABILITIES`` volume (use :func:`resample_scores_to_labels`).
+        GeometryError: ``separate_z`` on an anisotropic pair of grids of different directions.
     """
     if volume.kind is VolumeKind.PROBABILITIES:
         raise InputError(f"{volume.source.describe()}: resample takes images or labels")
     if geo.geometries_equal(volume.geometry, target):
         return volume
+    if volume.kind is VolumeKind.IMAGE and separate_z:
+        axis = separate_z_axis(volume.geometry.spacing_mm, target.spacing_mm)
+        if axis is not None:
+            array = np.asarray(volume.array)
+            out = _separate_z(array, volume.geometry, target, axis)
+            return Volume(out, target, volume.kind, volume.source)
     if volume.kind is VolumeKind.LABELS:
         interpolator, array = sitk.sitkNearestNeighbor, np.asarray(volume.array)
     else:
@@ -304,25 +420,76 @@ def resample(volume: Volume, target: Geometry) -> Volume:
 
 
 def resample_linear(
-    array: NDArray[np.generic], source: Geometry, target: Geometry
+    array: NDArray[np.generic], source: Geometry, target: Geometry, *, separate_z: bool = False
 ) -> NDArray[np.float32]:
     """``array`` (on ``source``) interpolated linearly at ``target``'s voxels, as float32.
 
     Only the source voxels the interpolation needs are read (a box around ``target``'s
     extent), and they keep their type until SimpleITK computes in double: resampling a small
     ``target`` from a large integer image costs memory for the small box, not a float copy of
-    the image. Points outside ``source`` take the nearest voxel, as in :func:`resample`.
+    the image. Points outside ``source`` take the nearest voxel, as in :func:`resample`. With
+    ``separate_z`` on an anisotropic pair of grids, linear within planes and nearest across
+    them, as :func:`resample`.
     """
     low, high = _needed_box(source, target, (0, 0, 0), target.shape)
     chunk = geo.crop_geometry(source, low, high)
     inside = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
-    resampler = _resampler(target, sitk.sitkLinear)
-    resampler.SetOutputPixelType(sitk.sitkFloat32)
     values = np.asarray(array)[inside]
     if values.dtype == np.float16:  # not a SimpleITK pixel type
         values = values.astype(np.float32)
+    axis = separate_z_axis(source.spacing_mm, target.spacing_mm) if separate_z else None
+    if axis is not None:
+        return _separate_z(values, chunk, target, axis)
+    resampler = _resampler(target, sitk.sitkLinear)
+    resampler.SetOutputPixelType(sitk.sitkFloat32)
     out = resampler.Execute(_to_sitk_image(values, chunk))
     return sitk.GetArrayFromImage(out)
+
+
+def _separate_z(
+    array: NDArray[np.generic], source: Geometry, target: Geometry, axis: int
+) -> NDArray[np.float32]:
+    """``array`` on ``source`` at ``target``: nearest-neighbour along ``axis``, linear in the
+    planes across it (nnU-Net's separate-z resampling with ``order_z=0``, in-plane order 1).
+
+    nnU-Net interpolates within planes first and then picks planes; the two steps act on
+    different axes of grids with one direction, so picking first gives the same values and
+    keeps the temporary to ``target``'s planes. Each target plane takes the source plane
+    nearest to it (half-way: the higher one, as ITK rounds; beyond the grid: the edge plane),
+    placed exactly at the target plane's position; SimpleITK's linear interpolation then
+    works within planes only. Written here because neither SimpleITK nor MONAI resamples one
+    axis with another interpolator than the rest.
+
+    Raises:
+        GeometryError: ``source`` and ``target`` have different directions.
+    """
+    if np.abs(source.direction_matrix - target.direction_matrix).max() > geo.DIRECTION_TOLERANCE:
+        raise GeometryError(
+            f"separate-z resampling needs grids of one direction, got {source.direction} and "
+            f"{target.direction}"
+        )
+    steps = np.zeros((target.shape[axis], 3))
+    steps[:, axis] = np.arange(target.shape[axis])
+    along = geo.world_to_index(source, geo.index_to_world(target, steps))[:, axis]
+    nearest = np.clip(np.floor(along + 0.5), 0, source.shape[axis] - 1).astype(np.intp)
+    picked = np.take(np.asarray(array), nearest, axis=axis)
+    if picked.dtype == np.float16:
+        picked = picked.astype(np.float32)
+    # the picked planes' grid: the source's within planes, the target's across them
+    first = geo.world_to_index(source, target.origin_mm)
+    start = np.zeros(3)
+    start[axis] = first[axis]
+    shape, spacing = list(source.shape), list(source.spacing_mm)
+    shape[axis], spacing[axis] = target.shape[axis], target.spacing_mm[axis]
+    planes = Geometry(
+        shape=(shape[0], shape[1], shape[2]),
+        spacing_mm=(spacing[0], spacing[1], spacing[2]),
+        origin_mm=tuple(float(v) for v in geo.index_to_world(source, start)),  # type: ignore[arg-type]
+        direction=source.direction,
+    )
+    resampler = _resampler(target, sitk.sitkLinear)
+    resampler.SetOutputPixelType(sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(resampler.Execute(_to_sitk_image(picked, planes)))
 
 
 def _needed_box(
@@ -350,6 +517,7 @@ def resample_scores_to_labels(
     target: Geometry,
     *,
     relative_to_background: bool = False,
+    separate_z: bool = False,
 ) -> NDArray[np.uint8]:
     """Labels on ``target`` from per-class scores on ``source``, slab by slab.
 
@@ -371,6 +539,10 @@ def resample_scores_to_labels(
         relative_to_background: ``scores`` holds only classes ``1..n`` as their score minus
             background's (whose score is then 0 everywhere): one channel less to keep, the
             same labels (interpolation is linear, so differences interpolate exactly).
+        separate_z: on an anisotropic pair of grids, scores are interpolated linearly within
+            planes and nearest-neighbour across them (:func:`resample_linear`), as nnU-Net
+            resamples its probabilities; still a convex combination of corner voxels, so the
+            background shortcut above holds.
 
     Returns:
         uint8 labels ``(slice, row, column)`` on ``target``; ties go to the lower label value.
@@ -399,7 +571,7 @@ def resample_scores_to_labels(
         if any(a >= b for a, b in zip(start, stop, strict=True)):
             continue
         part = geo.crop_geometry(target, start, stop)
-        channels = (resample_linear(score, source, part) for score in scores)
+        channels = (resample_linear(score, source, part, separate_z=separate_z) for score in scores)
         labels[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]] = _running_argmax(
             channels, part.shape, offset
         )

@@ -247,8 +247,9 @@ class Tracker:
         ``torch.nn.Module`` that maps ``(batch, 1, slice, row, column)`` float32 intensities,
         already preprocessed as the config says (window to ``[0, 1]``, model spacing), to
         ``(batch, classes, slice, row, column)`` logits; each spatial size must be a
-        multiple of ``model.downsampling_factor``. The signature says so, the input example
-        is a small zero-filled batch of that kind, and the pip requirements pin medseg,
+        multiple of ``model.downsampling_factor`` along that axis. The signature says so, the
+        input example is a small zero-filled batch of that kind, and the pip requirements pin
+        medseg,
         torch, MONAI and numpy. The checkpoint (weights only, with its config) travels with
         the model as an extra file, and the MLmodel metadata lists the structures
         (``metadata["structures"]``). With ``tracking.registered_model_name`` set, a new
@@ -266,8 +267,9 @@ class Tracker:
         self.log_artifact(checkpoint_path, CHECKPOINT_ARTIFACT_DIR)
         loaded = load_checkpoint(checkpoint_path)
         n_classes = 1 + len(loaded.label_names)
-        side = 2 * self._config.model.downsampling_factor
-        example = np.zeros((1, 1, side, side, side), dtype=np.float32)
+        # two of the coarsest level's voxels along each axis: the smallest input that fits
+        size = tuple(2 * f for f in self._config.model.downsampling_factor)
+        example = np.zeros((1, 1, *size), dtype=np.float32)
         signature = ModelSignature(
             inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1, -1))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_classes, -1, -1, -1))]),

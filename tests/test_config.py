@@ -206,3 +206,143 @@ def test_model_labels_refuse_invalid_structures(labels: object, match: str) -> N
     config_text = tiny.read_text().replace("labels: {1: tumour}", "labels: " + json.dumps(labels))
     with pytest.raises(ConfigError, match=match):
         parse_config(config_text)
+
+
+# ---------------------------------------------------------------------------------------------
+# nnU-Net-style plans: per-axis strides, kernel sizes, intensity statistics, separate z
+
+
+def _anisotropic_dict(**model: object) -> dict:
+    """tiny.yaml as a DynUNet with [1, 2, 2], [2, 2, 2] strides and a (2, 4, 4)-fitting size."""
+    data = _tiny_dict()
+    data["model"].update({"name": "dynunet", "strides": [[1, 2, 2], [2, 2, 2]], **model})
+    data["train"]["patch_size"] = [6, 32, 32]
+    data["infer"]["roi_size"] = [6, 32, 32]
+    return data
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_int_strides_load_and_dump_as_before(path: Path) -> None:
+    config = load_config(path)
+    raw = yaml.safe_load(path.read_text())["model"]
+    assert config.model.strides == tuple(raw["strides"])  # ints stay ints
+    assert config.model.model_dump()["strides"] == tuple(raw["strides"])
+    assert config.model.kernel_sizes is None
+    product = 1
+    for stride in raw["strides"]:
+        product *= stride
+    assert config.model.downsampling_factor == (product, product, product)
+    assert config.model.kernel_sizes_by_axis == ((3, 3, 3),) * len(raw["channels"])
+
+
+def test_per_axis_strides_and_kernels_parse_and_round_trip() -> None:
+    data = _anisotropic_dict(kernel_sizes=[[1, 3, 3], 3, [3, 3, 3]])
+    config = parse_config(yaml.safe_dump(data))
+    assert config.model.strides == ((1, 2, 2), (2, 2, 2))
+    assert config.model.strides_by_axis == ((1, 2, 2), (2, 2, 2))
+    assert config.model.downsampling_factor == (2, 4, 4)
+    assert config.model.kernel_sizes_by_axis == ((1, 3, 3), (3, 3, 3), (3, 3, 3))
+    assert parse_config(config.to_yaml()) == config
+    assert ExperimentConfig.model_validate(config.model_dump()) == config
+
+
+def test_mixed_int_and_per_axis_strides_multiply_per_axis() -> None:
+    data = _anisotropic_dict(strides=[[1, 2, 2], 2, [3, 1, 1]])
+    data["model"]["channels"] = [4, 8, 16, 32]
+    data["train"]["patch_size"] = data["infer"]["roi_size"] = [12, 8, 8]
+    assert parse_config(yaml.safe_dump(data)).model.downsampling_factor == (6, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        pytest.param({"strides": [[1, 2], 2]}, "model.strides: entry 0 must be a positive int or 3", id="two-axes"),
+        pytest.param({"strides": [2, [1, 2, 2, 2]]}, "model.strides: entry 1", id="four-axes"),
+        pytest.param({"strides": [2, [1, 0, 2]]}, "model.strides: entry 1", id="zero-axis"),
+        pytest.param({"strides": [2, [1, 2.0, 2]]}, "model.strides: entry 1", id="float-axis"),
+        pytest.param({"strides": [True, 2]}, "model.strides: entry 0", id="bool"),
+        pytest.param({"strides": [[1, 2, 2]]}, "strides needs len(channels) - 1 = 2", id="count"),
+        pytest.param({"kernel_sizes": [3, 3]}, "kernel_sizes needs len(channels) = 3", id="k-count"),
+        pytest.param({"kernel_sizes": [3, [1, 2, 3], 3]}, "model.kernel_sizes: entry 1 must be an odd", id="k-even"),
+        pytest.param({"kernel_sizes": [3, 3, 0]}, "model.kernel_sizes: entry 2", id="k-zero"),
+        pytest.param({"name": "unet", "kernel_sizes": [3, 3, 3]}, "kernel_sizes needs name 'dynunet'", id="k-unet"),
+        pytest.param({"strides": [[1, 3, 3], 2], "kernel_sizes": [3, [1, 1, 1], 3]}, "kernel_sizes entry 1 [1, 1, 1] must be at least strides entry 0 [1, 3, 3] minus 1", id="k-below-stride"),
+    ],
+)  # fmt: skip
+def test_bad_strides_and_kernels_name_the_key(model: dict, expected: str) -> None:
+    data = _anisotropic_dict(**model)
+    data["train"]["patch_size"] = data["infer"]["roi_size"] = [36, 36, 36]
+    with pytest.raises(ConfigError) as info:
+        parse_config(yaml.safe_dump(data), "plan.yaml")
+    assert expected in str(info.value)
+    assert "plan.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("where", "size", "axis"),
+    [
+        pytest.param("train", [5, 32, 32], "5 along axis 0 (slice) is not a multiple of 2", id="slice"),
+        pytest.param("infer", [6, 30, 32], "30 along axis 1 (row) is not a multiple of 4", id="row"),
+        pytest.param("infer", [6, 32, 34], "34 along axis 2 (column) is not a multiple of 4", id="column"),
+    ],
+)  # fmt: skip
+def test_sizes_must_fit_the_strides_per_axis(where: str, size: list[int], axis: str) -> None:
+    data = _anisotropic_dict()
+    data[where]["patch_size" if where == "train" else "roi_size"] = size
+    with pytest.raises(ConfigError) as info:
+        parse_config(yaml.safe_dump(data))
+    message = str(info.value)
+    assert f"{where}." in message and "model.strides [2, 4, 4]" in message and axis in message
+
+
+def test_per_axis_strides_allow_sizes_int_strides_would_refuse() -> None:
+    data = _anisotropic_dict()
+    data["train"]["patch_size"] = data["infer"]["roi_size"] = [2, 4, 4]
+    assert parse_config(yaml.safe_dump(data)).train.patch_size == (2, 4, 4)
+    data["model"]["strides"] = [2, 2]
+    with pytest.raises(ConfigError, match="axis 0 .slice."):
+        parse_config(yaml.safe_dump(data))
+
+
+@pytest.mark.parametrize(
+    ("preprocess", "expected"),
+    [
+        pytest.param({"intensity": "clip_zscore"}, "needs intensity_mean and intensity_std", id="none"),
+        pytest.param({"intensity": "clip_zscore", "intensity_mean": 40.0}, "needs intensity_std", id="no-std"),
+        pytest.param({"intensity": "clip_zscore", "intensity_std": 9.0}, "needs intensity_mean", id="no-mean"),
+        pytest.param({"intensity": "clip_zscore", "intensity_mean": 40.0, "intensity_std": 0.0}, "preprocess.intensity_std", id="std-zero"),
+        pytest.param({"intensity": "clip_zscore", "intensity_mean": float("nan"), "intensity_std": 1.0}, "preprocess.intensity_mean", id="mean-nan"),
+        pytest.param({"intensity": "window", "intensity_mean": 40.0}, "intensity_mean apply only to intensity 'clip_zscore', got intensity 'window'", id="window"),
+        pytest.param({"intensity": "image_zscore", "intensity_std": 3.0}, "intensity_std apply only", id="image-zscore"),
+        pytest.param({"intensity": "zscore", "intensity_mean": 1.0, "intensity_std": 3.0}, "intensity_mean and intensity_std apply only", id="zscore"),
+        pytest.param({"intensity": "percentile"}, "preprocess.intensity", id="unknown"),
+        pytest.param({"resample_separate_z": True}, "resample_separate_z needs spacing_mm", id="separate-z"),
+        pytest.param({"resample_separate_z": 1}, "preprocess.resample_separate_z", id="separate-z-int"),
+    ],
+)  # fmt: skip
+def test_intensity_statistics_and_separate_z_are_checked(preprocess: dict, expected: str) -> None:
+    data = _tiny_dict()
+    data["preprocess"].update(preprocess)
+    with pytest.raises(ConfigError) as info:
+        parse_config(yaml.safe_dump(data), "plan.yaml")
+    assert expected in str(info.value)
+    assert "preprocess" in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["window", "zscore", "image_zscore"])
+def test_intensity_modes_without_statistics_load(mode: str) -> None:
+    data = _tiny_dict()
+    data["preprocess"].update(intensity=mode, spacing_mm=[3.0, 1.0, 1.0], resample_separate_z=True)
+    config = parse_config(yaml.safe_dump(data))
+    assert config.preprocess.intensity == mode
+    assert config.preprocess.resample_separate_z is True
+    assert (config.preprocess.intensity_mean, config.preprocess.intensity_std) == (None, None)
+
+
+def test_clip_zscore_with_statistics_round_trips() -> None:
+    data = _tiny_dict()
+    data["preprocess"].update(intensity="clip_zscore", intensity_mean=41.5, intensity_std=12.25)
+    config = parse_config(yaml.safe_dump(data))
+    assert (config.preprocess.intensity_mean, config.preprocess.intensity_std) == (41.5, 12.25)
+    assert config.preprocess.resample_separate_z is False
+    assert parse_config(config.to_yaml()) == config

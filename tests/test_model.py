@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import medseg
-from medseg.config import load_config
+from medseg.config import ModelConfig, load_config
 from medseg.errors import ModelError
 from medseg.model import (
     CHECKPOINT_FORMAT,
@@ -241,6 +241,9 @@ _EXPORTED = {
     "unet-subpixel": ("unet", True),
     "dynunet-subpixel": ("dynunet", True),
     "unet": ("unet", False),
+    # per-axis strides and (1, 3, 3) kernels (tests below), as medseg.runtime exports them:
+    # (1, 2, 2) up-sampling rewritten
+    "dynunet-anisotropic-subpixel": ("dynunet-anisotropic", True),
 }
 
 
@@ -288,7 +291,12 @@ def test_onnx_export_gives_the_network_s_and_the_legacy_exporter_s_logits(
         pytest.importorskip(runtime)
     config = load_config(TINY)
     torch.manual_seed(0)
-    network = build_network(config.model.model_copy(update={"name": name})).eval()
+    if name == "dynunet-anisotropic":
+        model = _anisotropic_model()
+        assert all(s % f == 0 for s, f in zip(config.infer.roi_size, model.downsampling_factor))
+    else:
+        model = config.model.model_copy(update={"name": name})
+    network = build_network(model).eval()
     if subpixel:
         network = with_subpixel_upsampling(network)
     window = config.infer.roi_size
@@ -358,3 +366,154 @@ def test_onnx_export_refuses_weights_too_large_for_one_file(
     with pytest.raises(ModelError, match=r"model\.onnx: 16 bytes of weights .* \(at most 15\)"):
         export_onnx(network, tmp_path / "model.onnx", (4, 4, 4))
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# nnU-Net-style plans: per-axis strides and kernel sizes
+
+#: A small plan for thick slices: no pooling across slices at the first level, a (1, 3, 3)
+#: first kernel (nnU-Net's 3d_fullres plan for 5 mm slices looks like this).
+_ANISOTROPIC = {
+    "channels": (4, 8, 16),
+    "strides": ((1, 2, 2), (2, 2, 2)),
+    "kernel_sizes": ((1, 3, 3), (3, 3, 3), (3, 3, 3)),
+}
+
+
+def _anisotropic_model(name: str = "dynunet", **update: object) -> ModelConfig:
+    fields = {**_ANISOTROPIC, **update}
+    if name != "dynunet":
+        fields.pop("kernel_sizes", None)
+    model = load_config(TINY).model.model_copy(update={"name": name, **fields})
+    return ModelConfig.model_validate(model.model_dump())  # validated, as from YAML
+
+
+def _level_shapes(network: torch.nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
+    """Spatial shapes of every Conv3d's output, in call order."""
+    shapes: list[tuple[int, ...]] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[2:])))
+        for m in network.modules()
+        if type(m) is torch.nn.Conv3d
+    ]
+    with torch.no_grad():
+        network(x)
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+@pytest.mark.parametrize(
+    ("name", "num_res_units"),
+    [("unet", 0), ("unet", 2), ("dynunet", 0), ("dynunet", 1)],
+    ids=["unet", "unet-residual", "dynunet", "dynunet-residual"],
+)
+def test_per_axis_strides_pool_each_axis_by_its_own_factor(name: str, num_res_units: int) -> None:
+    """With strides (1, 2, 2), (2, 2, 2) the coarsest features are (d / 2, h / 4, w / 4): the
+    slice axis is pooled once, not twice, so 2 slices are a valid input."""
+    config = _anisotropic_model(name, num_res_units=num_res_units)
+    assert config.downsampling_factor == (2, 4, 4)
+    network = build_network(config).eval()
+    for shape in ((2, 8, 12), (6, 16, 8)):
+        x = torch.randn(1, 1, *shape)
+        shapes = _level_shapes(network, x)
+        coarsest = (shape[0] // 2, shape[1] // 4, shape[2] // 4)
+        assert min(shapes, key=lambda s: s[0] * s[1] * s[2]) == coarsest
+        with torch.no_grad():
+            assert network(x).shape == (1, 2, *shape)
+
+
+def test_dynunet_kernel_sizes_reach_the_convolutions() -> None:
+    network = build_network(_anisotropic_model())
+    kernels = {tuple(m.kernel_size) for m in network.modules() if type(m) is torch.nn.Conv3d}
+    assert (1, 3, 3) in kernels and (3, 3, 3) in kernels
+    first = network.input_block.conv1.conv  # the first level's first convolution
+    assert tuple(first.kernel_size) == (1, 3, 3) and tuple(first.padding) == (0, 1, 1)
+    ups = [m for m in network.modules() if isinstance(m, torch.nn.ConvTranspose3d)]
+    assert sorted(tuple(m.stride) for m in ups) == [(1, 2, 2), (2, 2, 2)]
+    assert all(tuple(m.kernel_size) == tuple(m.stride) for m in ups)
+
+
+@pytest.mark.parametrize("name", ["unet", "dynunet"])
+def test_int_strides_and_per_axis_triples_build_the_same_network(name: str) -> None:
+    """``[2, 2]`` and ``[[2, 2, 2], [2, 2, 2]]`` (and kernel_sizes 3 written out) are one
+    network: same parameters, same logits from the same seed."""
+    plain = load_config(TINY).model.model_copy(update={"name": name})
+    spelled = {"strides": ((2, 2, 2), (2, 2, 2))}
+    if name == "dynunet":
+        spelled["kernel_sizes"] = ((3, 3, 3),) * 3
+    triples = ModelConfig.model_validate({**plain.model_dump(), **spelled})
+    torch.manual_seed(4)
+    a = build_network(plain).eval()
+    torch.manual_seed(4)
+    b = build_network(triples).eval()
+    assert {k: v.shape for k, v in a.state_dict().items()} == {
+        k: v.shape for k, v in b.state_dict().items()
+    }
+    x = torch.randn(1, 1, 8, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+def test_checkpoint_written_before_per_axis_strides_loads_and_gives_the_same_logits(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint config without the keys issue 20 added (kernel_sizes, intensity_mean,
+    intensity_std, resample_separate_z), as medseg wrote it before, loads bit for bit."""
+    for name in ("unet", "dynunet"):
+        config = load_config(TINY)
+        config = config.model_copy(update={"model": config.model.model_copy(update={"name": name})})
+        network = build_network(config.model).eval()
+        path = save_checkpoint(tmp_path / f"{name}.pt", network, config)
+        payload = torch.load(path, weights_only=True)
+        del payload["config"]["model"]["kernel_sizes"]
+        for key in ("intensity_mean", "intensity_std", "resample_separate_z"):
+            del payload["config"]["preprocess"][key]
+        old = tmp_path / f"{name}-old.pt"
+        torch.save(payload, old)
+        loaded = load_checkpoint(old)
+        assert loaded.config == config and loaded.config.model.strides == (2, 2)
+        x = torch.rand(1, 1, *config.train.patch_size)
+        with torch.no_grad():
+            assert torch.equal(loaded.network(x), network(x))
+
+
+def test_anisotropic_checkpoint_round_trip(tmp_path: Path) -> None:
+    config = load_config(TINY)
+    config = config.model_copy(update={"model": _anisotropic_model(deep_supervision=True)})
+    network = build_network(config.model)
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "model.pt", network, config))
+    assert loaded.config.model.strides == ((1, 2, 2), (2, 2, 2))
+    assert loaded.config.model.kernel_sizes == ((1, 3, 3), (3, 3, 3), (3, 3, 3))
+    x = torch.rand(1, 1, 6, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.network(x), network.eval()(x))
+
+
+def test_deep_supervision_heads_with_per_axis_strides() -> None:
+    network = build_network(_anisotropic_model(deep_supervision=True)).train()
+    out = network(torch.randn(2, 1, 6, 16, 16))
+    assert out.shape == (2, 2, 2, 6, 16, 16)  # (batch, 1 + levels, classes, ...)
+    out.sum().backward()  # every head is differentiable at full size
+    assert network.eval()(torch.randn(1, 1, 6, 16, 16)).shape == (1, 2, 6, 16, 16)
+
+
+@pytest.mark.parametrize("name", ["unet", "dynunet"])
+def test_subpixel_network_with_per_axis_strides_gives_the_network_s_logits(name: str) -> None:
+    """(1, 2, 2) transposed convolutions (stride 1 along slices) are rewritten too, exactly."""
+    from medseg.model import SubPixelConvTranspose3d, subpixel_supported
+
+    torch.manual_seed(5)
+    network = build_network(_anisotropic_model(name)).eval()
+    ups = [m for m in network.modules() if isinstance(m, torch.nn.ConvTranspose3d)]
+    assert any(tuple(m.stride) == (1, 2, 2) for m in ups)
+    assert all(subpixel_supported(m) for m in ups)
+    rewritten = with_subpixel_upsampling(network)
+    assert not any(isinstance(m, torch.nn.ConvTranspose3d) for m in rewritten.modules())
+    strides = sorted(
+        m.strides for m in rewritten.modules() if isinstance(m, SubPixelConvTranspose3d)
+    )
+    assert (1, 2, 2) in strides
+    x = torch.randn(2, 1, 6, 20, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(x), network(x), rtol=1e-4, atol=1e-4)

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medseg import geometry as geo
 from medseg.config import PreprocessConfig
@@ -19,6 +21,7 @@ from medseg.preprocess import (
     resample_scores_to_labels,
     scale_intensity,
 )
+from medseg.preprocess import resample_linear as preprocess_resample_linear
 from medseg.volume import Volume, VolumeKind
 
 
@@ -200,3 +203,225 @@ def test_zscore_standardises_the_body_and_clips() -> None:
     np.testing.assert_array_equal(normaliser(hu, config)(hu[3:5]), z[3:5])
     constant = np.full((2, 3, 3), 7.0)
     assert np.isfinite(normaliser(constant, config)(constant)).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# nnU-Net's intensity normalisations, written out as nnunetv2 computes them
+
+
+def _ct_like(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    hu = np.full((9, 20, 24), -1000.0, dtype=np.float32)
+    hu[1:8, 3:17, 4:20] = rng.normal(40.0, 30.0, (7, 14, 16))
+    hu[4, 8:11, 9:12] = 1500.0  # bone, above the clip
+    return hu
+
+
+def test_clip_zscore_is_nnunet_ct_normalization() -> None:
+    from medseg.preprocess import normaliser
+
+    lower, upper, mean, std = -57.5, 210.25, 38.5, 27.75
+    config = PreprocessConfig(
+        lower_hu=lower, upper_hu=upper, intensity="clip_zscore", intensity_mean=mean,
+        intensity_std=std,
+    )  # fmt: skip
+    hu = _ct_like()
+    # nnunetv2 CTNormalization.run, float32 target dtype
+    expected = hu.astype(np.float32, copy=True)
+    np.clip(expected, lower, upper, out=expected)
+    expected -= mean
+    expected /= max(std, 1e-8)
+    normalise = normaliser(hu, config)
+    np.testing.assert_array_equal(normalise(hu), expected)
+    np.testing.assert_array_equal(normalise(hu[2:5]), expected[2:5])  # slab by slab alike
+    assert normaliser(hu[:1], config)(hu).tobytes() == expected.tobytes()  # no image statistics
+    assert hu[4, 8, 9] == 1500.0  # the input is not written to
+
+
+@pytest.mark.parametrize("offset", [0.0, 20000.0], ids=["ct", "large-offset"])
+def test_image_zscore_is_nnunet_zscore_normalization_over_every_voxel(offset: float) -> None:
+    from medseg.preprocess import normaliser
+
+    config = PreprocessConfig(lower_hu=-900.0, upper_hu=100.0, intensity="image_zscore")
+    hu = _ct_like(1) + np.float32(offset)
+    # nnunetv2 ZScoreNormalization.run with use_mask_for_norm False (in float64 here)
+    image = hu.astype(np.float64)
+    expected = (image - image.mean()) / max(image.std(), 1e-8)
+    normalise = normaliser(hu, config)
+    got = normalise(hu)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert got.max() > (upper := (100.0 + offset - image.mean()) / image.std()) > 0  # no clip
+    assert upper < got[4, 8, 9]
+    np.testing.assert_array_equal(normaliser(hu, config)(hu[3:6]), got[3:6])
+    assert normalise.air_hu == float(hu.min())
+    constant = np.full((2, 3, 3), 7.0, dtype=np.float32)
+    np.testing.assert_array_equal(normaliser(constant, config)(constant), 0.0)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"intensity": "window"},
+        {"intensity": "zscore"},
+        {"intensity": "clip_zscore", "intensity_mean": 30.0, "intensity_std": 40.0},
+        {"intensity": "image_zscore"},
+    ],
+    ids=["window", "zscore", "clip_zscore", "image_zscore"],
+)
+def test_air_maps_to_what_the_darkest_voxel_maps_to(extra: dict) -> None:
+    """Padding with ``air_hu`` gives what the mode makes of air: of the image's minimum (-1000
+    HU here) in every mode, and of ``lower_hu`` itself where the mode clips there."""
+    from medseg.preprocess import normaliser
+
+    config = PreprocessConfig(lower_hu=-200.0, upper_hu=300.0, **extra)
+    hu = _ct_like(2)
+    normalise = normaliser(hu, config)
+    air = normalise(np.array([normalise.air_hu], dtype=np.float32))
+    np.testing.assert_array_equal(air, normalise(np.array([hu.min()])))
+    if config.intensity != "image_zscore":
+        assert normalise.air_hu == config.lower_hu
+
+
+def test_window_and_zscore_are_unchanged_by_the_new_modes() -> None:
+    """The two modes that existed map as their formulas always said (window bit for bit)."""
+    from medseg.preprocess import normaliser, window_intensity
+
+    hu = _ct_like(3)
+    window = PreprocessConfig(lower_hu=-100.0, upper_hu=250.0)
+    expected = np.clip((hu - np.float32(-100.0)) / np.float32(350.0), 0.0, 1.0)
+    np.testing.assert_array_equal(normaliser(hu, window)(hu), expected)
+    np.testing.assert_array_equal(window_intensity(hu, window), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# separate-z resampling (nnU-Net's do_separate_z, order_z 0)
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "axis"),
+    [
+        ((5.0, 0.8, 0.8), (1.0, 1.0, 1.0), 0),
+        ((0.8, 0.8, 5.0), (1.0, 1.0, 1.0), 2),
+        ((0.7, 3.0, 0.7), (1.0, 1.0, 1.0), 1),
+        ((1.0, 1.0, 1.0), (2.0, 2.0, 2.0), None),
+        ((3.0, 1.0, 1.0), (3.0, 1.0, 1.0), None),  # exactly 3: not above the threshold
+        ((1.0, 1.0, 1.0), (4.0, 1.0, 1.0), 0),  # the target's axis when the source is iso
+        ((0.24, 1.25, 1.25), (3.0, 0.5, 0.5), None),  # two coarse axes: nnU-Net's example
+        ((2.0, 0.5, 2.0), (4.0, 1.0, 1.0), None),  # the source decides, even with a tie
+    ],
+    ids=["slices", "columns", "rows", "iso", "at-threshold", "target", "two-coarse", "tie"],
+)
+def test_separate_z_axis_is_nnunet_s_choice(
+    source: tuple[float, ...], target: tuple[float, ...], axis: int | None
+) -> None:
+    from medseg.preprocess import separate_z_axis
+
+    assert separate_z_axis(source, target) == axis
+
+
+def _in_plane_then_nearest(image: Volume, target: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net's separate-z on an axial grid, computed plane by plane with 2-D SimpleITK
+    images (linear in each source slice onto the target's plane, then the nearest source
+    slice for each target slice). Returns the values and a mask of target slices that lie
+    half-way between two source slices (rounding there is a coin toss: not compared)."""
+    source = image.geometry
+    planes = []
+    for k in range(source.shape[0]):
+        plane = sitk.GetImageFromArray(np.asarray(image.array[k], dtype=np.float64))
+        plane.SetSpacing((source.spacing_mm[2], source.spacing_mm[1]))
+        plane.SetOrigin((source.origin_mm[0], source.origin_mm[1]))
+        resampler = sitk.ResampleImageFilter()
+        resampler.SetSize((target.shape[2], target.shape[1]))
+        resampler.SetOutputSpacing((target.spacing_mm[2], target.spacing_mm[1]))
+        resampler.SetOutputOrigin((target.origin_mm[0], target.origin_mm[1]))
+        resampler.SetInterpolator(sitk.sitkLinear)
+        resampler.SetUseNearestNeighborExtrapolator(True)
+        planes.append(sitk.GetArrayFromImage(resampler.Execute(plane)))
+    # slices run along world z on an axial grid: array axis 0, LPS coordinate 2
+    z_mm = target.origin_mm[2] + np.arange(target.shape[0]) * target.spacing_mm[0]
+    index = (z_mm - source.origin_mm[2]) / source.spacing_mm[0]
+    nearest = np.clip(np.floor(index + 0.5), 0, source.shape[0] - 1).astype(int)
+    tie = np.abs(index - np.floor(index) - 0.5) < 1e-6
+    return np.stack(planes)[nearest], tie
+
+
+anisotropic_cases = st.tuples(
+    st.tuples(st.integers(2, 6), st.integers(3, 9), st.integers(3, 9)),
+    st.tuples(st.floats(3.5, 8.0), st.floats(0.5, 1.2), st.floats(0.5, 1.2)),
+    st.tuples(st.floats(0.6, 3.0), st.floats(0.4, 2.0), st.floats(0.4, 2.0)),
+    st.tuples(*[st.floats(-200.0, 200.0)] * 3),
+    st.integers(0, 2**31 - 1),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(anisotropic_cases)
+def test_separate_z_is_in_plane_linear_then_nearest_along_the_coarse_axis(case: tuple) -> None:
+    shape, spacing, target_spacing, origin, seed = case
+    grid = Geometry(shape, spacing, origin)
+    hu = np.random.default_rng(seed).uniform(-1000.0, 1000.0, shape).astype(np.float32)
+    image = Volume(hu, grid)
+    target = model_grid(grid, target_spacing)
+    expected, tie = _in_plane_then_nearest(image, target)
+    got = resample(image, target, separate_z=True)
+    assert got.geometry == target and got.array.dtype == np.float32
+    np.testing.assert_allclose(got.array[~tie], expected[~tie], atol=2e-3)
+    # resample_linear (inference, slab by slab) gives the same on any box of the target
+    start = (target.shape[0] // 3, 1, 0)
+    stop = (target.shape[0], target.shape[1], max(1, target.shape[2] - 1))
+    part = geo.crop_geometry(target, start, stop)
+    slab = preprocess_resample_linear(hu, grid, part, separate_z=True)
+    inside = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+    np.testing.assert_allclose(slab, got.array[inside], atol=2e-3)
+
+
+@settings(max_examples=30, deadline=None)
+@given(anisotropic_cases, st.booleans())
+def test_separate_z_keeps_the_grid_and_changes_only_images(case: tuple, oblique: bool) -> None:
+    """The flag changes values, never the grid (origin, spacing, direction, shape); labels are
+    nearest-neighbour with it or without; identity stays the input."""
+    shape, spacing, target_spacing, origin, seed = case
+    direction = _oblique() if oblique else geo.AXIAL_DIRECTION
+    grid = Geometry(shape, spacing, origin, direction)
+    rng = np.random.default_rng(seed)
+    image = Volume(rng.uniform(-1000.0, 1000.0, shape).astype(np.float32), grid)
+    labels = Volume(rng.integers(0, 3, shape).astype(np.uint8), grid, VolumeKind.LABELS)
+    target = model_grid(grid, target_spacing)
+    with_flag, without = resample(image, target, separate_z=True), resample(image, target)
+    assert with_flag.geometry == without.geometry == target
+    assert with_flag.array.shape == without.array.shape == target.shape
+    np.testing.assert_array_equal(
+        resample(labels, target, separate_z=True).array, resample(labels, target).array
+    )
+    assert resample(image, grid, separate_z=True) is image
+    crop = geo.crop_geometry(grid, (0, 1, 1), (shape[0], shape[1], shape[2]))
+    np.testing.assert_allclose(
+        preprocess_resample_linear(image.array, grid, crop, separate_z=True),
+        image.array[:, 1:, 1:],
+        rtol=1e-6,
+        atol=1e-3,
+    )
+
+
+def test_separate_z_keeps_thick_slices_apart() -> None:
+    """A lesion in one 5 mm slice stays at full intensity on the 1 mm grid (nearest across
+    slices), where trilinear resampling halves it between slices."""
+    grid = Geometry((5, 8, 8), (5.0, 0.8, 0.8), (0.0, 0.0, 0.0))
+    hu = np.zeros(grid.shape, dtype=np.float32)
+    hu[2] = 400.0
+    target = model_grid(grid, (1.0, 0.8, 0.8))
+    separate = resample(Volume(hu, grid), target, separate_z=True).array
+    trilinear = resample(Volume(hu, grid), target).array
+    assert set(np.unique(separate).tolist()) == {0.0, 400.0}
+    assert np.flatnonzero(separate[:, 4, 4]).tolist() == list(range(8, 13))  # 7.5..12.5 mm
+    assert 0.0 < trilinear[7, 4, 4] < 400.0
+
+
+def test_separate_z_refuses_grids_of_different_direction() -> None:
+    from medseg.errors import GeometryError
+
+    grid = Geometry((4, 6, 6), (5.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    turned = Geometry((6, 6, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), _oblique())
+    with pytest.raises(GeometryError, match="one direction"):
+        resample(Volume(np.zeros(grid.shape, np.float32), grid), turned, separate_z=True)

@@ -39,7 +39,7 @@ __all__ = [
 class PreparedCase:
     """One training case ready for patch sampling (:func:`prepare_case`)."""
 
-    image: NDArray[np.float32]  # scaled to [0, 1], padded to at least the patch size
+    image: NDArray[np.float32]  # as preprocess.intensity says, padded to at least the patch
     labels: NDArray[np.int64]
     foreground: NDArray[np.intp]  # flat indices of label > 0
     # class_balanced sampling: flat indices of each label present (else empty)
@@ -66,27 +66,33 @@ def check_pair(image: Volume, labels: Volume, config: ExperimentConfig) -> None:
 
 
 def prepare_case(image: Volume, labels: Volume, config: ExperimentConfig) -> PreparedCase:
-    """Orientation, model grid, foreground crop, padding to a patch, intensity: as configured."""
+    """Orientation, model grid, foreground crop, padding to a patch, intensity: as configured.
+
+    Per-image intensity statistics (``"zscore"``, ``"image_zscore"``) are measured on the
+    whole image before resampling and cropping: on the very voxels :func:`medseg.infer.predict`
+    measures them on, so training and inference map an image alike.
+    """
     check_pair(image, labels, config)
     require_finite_image(image, "training")
     pre = config.preprocess
     if pre.orientation == "LPS":  # the orientation predict() feeds the network
         image, labels = reorient(image)[0], reorient(labels)[0]
+    normalise = normaliser(np.asarray(image.array), pre)
     if pre.spacing_mm is not None:  # the grid predict() feeds the network
         grid = model_grid(image.geometry, pre.spacing_mm)
-        image, labels = resample(image, grid), resample(labels, grid)
+        image = resample(image, grid, separate_z=pre.resample_separate_z)
+        labels = resample(labels, grid)  # nearest: the same with separate z
     hu = np.asarray(image.array)
     label_array = np.asarray(labels.array, dtype=np.int64)
     if pre.crop_foreground:
         start, stop = foreground_box(image, labels, pre.lower_hu, pre.crop_margin_mm)
         inside = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
         hu, label_array = hu[inside], label_array[inside]
-    normalise = normaliser(hu, pre)
-    # Pad small volumes at the high end so that every patch fits, with the window's lower end
-    # (air) and background.
+    # Pad small volumes at the high end so that every patch fits, with air (what the intensity
+    # mode maps air to: the window's lower end where it clips) and background.
     pad = [(0, max(0, p - s)) for p, s in zip(config.train.patch_size, hu.shape, strict=True)]
     if any(after for _, after in pad):
-        hu = np.pad(np.asarray(hu, dtype=np.float32), pad, constant_values=pre.lower_hu)
+        hu = np.pad(np.asarray(hu, dtype=np.float32), pad, constant_values=normalise.air_hu)
         label_array = np.pad(label_array, pad, constant_values=0)
     foreground = np.flatnonzero(label_array > 0)
     by_label: tuple[NDArray[np.intp], ...] = ()
