@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from medseg.planning.fingerprint import Fingerprint
-from medseg.planning.rules import Plan, estimate_memory, plan_3d_fullres
+from medseg.planning.rules import Plan, plan_3d_fullres
 
 __all__ = ["MIN_STEPS", "BudgetChoice", "fit_cpu_budget", "measure_step"]
 
@@ -107,7 +107,7 @@ def fit_cpu_budget(
         return f"features {plan.features[0]}-{plan.features[-1]}, patch {tuple(plan.patch_size)}"
 
     def cost(plan: Plan) -> float:
-        return plan.batch_size * estimate_memory(plan, n_labels)
+        return float(plan.batch_size * plan.memory_estimate)
 
     def seconds(plan: Plan) -> float:
         value = timer(plan, n_labels, num_threads)
@@ -115,37 +115,43 @@ def fit_cpu_budget(
         _log.info("training step of %s: %.2f s", describe(plan), value)
         return value
 
-    targets = [gpu_memory_gb / 2**k for k in range(MAX_HALVINGS + 1)]
-    smallest = plan_3d_fullres(
-        fingerprint, gpu_memory_gb=targets[-1], base_features=BASE_FEATURES[-1]
-    )
-    rate = seconds(smallest) / max(cost(smallest), 1.0)  # seconds per unit of estimate
+    targets = [gpu_memory_gb / 2**k for k in range(MAX_HALVINGS, -1, -1)]  # smallest first
+    cache: dict[tuple[int, float], float] = {}
+
+    def timed(base: int, gb: float) -> tuple[Plan, float]:
+        plan = plan_3d_fullres(fingerprint, gpu_memory_gb=gb, base_features=base)
+        if (base, gb) not in cache:
+            cache[(base, gb)] = seconds(plan)
+        return plan, cache[(base, gb)]
 
     reference_voxels = math.prod(reference.patch_size)
-    chosen: tuple[Plan, int, float] | None = None
+    fits: list[tuple[Plan, int, float, float]] = []  # (plan, base, gb, seconds)
     for base in BASE_FEATURES:
-        for gb in targets:
-            plan = plan_3d_fullres(fingerprint, gpu_memory_gb=gb, base_features=base)
-            if rate * cost(plan) <= allowed:
-                break
-        else:
+        best = _largest_fit(
+            base,
+            targets,
+            allowed,
+            timed,
+            cost_of=lambda b, g: cost(
+                plan_3d_fullres(fingerprint, gpu_memory_gb=g, base_features=b)
+            ),
+        )
+        if best is None:
             continue
-        if (
-            math.prod(plan.patch_size) >= MIN_PATCH_SHARE * reference_voxels
-            or base == (BASE_FEATURES[-1])
-        ):
-            chosen = (plan, base, gb)
+        plan, gb, step = best
+        fits.append((plan, base, gb, step))
+        if math.prod(plan.patch_size) >= MIN_PATCH_SHARE * reference_voxels:
             break
-    if chosen is None:
-        chosen = (smallest, BASE_FEATURES[-1], targets[-1])
-    plan, base, gb = chosen
-    step = seconds(plan) if plan is not smallest else measured[0][1]
-    # The prediction is a straight line through one point: if the real step is slower,
-    # step down one memory halving at a time (measuring each) while there is one.
-    while step > 1.25 * allowed and gb > targets[-1]:
-        gb /= 2
-        plan = plan_3d_fullres(fingerprint, gpu_memory_gb=gb, base_features=base)
-        step = seconds(plan)
+    if fits:  # the first width that keeps the patch, else the largest patch found
+        keeps = [
+            f for f in fits if math.prod(f[0].patch_size) >= MIN_PATCH_SHARE * reference_voxels
+        ]
+        plan, base, gb, step = (
+            keeps[0] if keeps else max(fits, key=lambda f: math.prod(f[0].patch_size))
+        )
+    else:  # not even the smallest fits: take it, and say so
+        base, gb = BASE_FEATURES[-1], targets[0]
+        plan, step = timed(base, gb)
 
     total_steps = max(1, int(budget_s / step))
     iterations = min(CPU_ITERATIONS_PER_EPOCH, total_steps)
@@ -161,6 +167,41 @@ def fit_cpu_budget(
         gave_up=gave_up,
         measured=tuple(measured),
     )
+
+
+def _largest_fit(
+    base: int,
+    targets: list[float],
+    allowed: float,
+    timed: Callable[[int, float], tuple[Plan, float]],
+    cost_of: Callable[[int, float], float],
+) -> tuple[Plan, float, float] | None:
+    """The largest memory target (ascending ``targets``) whose measured step at width
+    ``base`` takes at most ``allowed`` seconds: a search over the targets, which jumps to the
+    largest one a straight line through the last fitting measurement allows (an upper bound
+    of the cost: small networks are dominated by fixed overheads) and halves the range when
+    a jump overshoots."""
+    plan, step = timed(base, targets[0])
+    if step > allowed:
+        return None
+    low, high = 0, len(targets)  # targets[low] fits; targets[high:] are known not to
+    best = (plan, targets[0], step)
+    overshot = False
+    while low + 1 < high:
+        if overshot:
+            probe = (low + high) // 2
+        else:
+            rate = step / max(cost_of(base, targets[low]), 1.0)
+            predicted = [
+                i for i in range(low + 1, high) if rate * cost_of(base, targets[i]) <= allowed
+            ]
+            probe = max(predicted) if predicted else low + 1
+        candidate, seconds = timed(base, targets[probe])
+        if seconds <= allowed:
+            low, step, best = probe, seconds, (candidate, targets[probe], seconds)
+        else:
+            high, overshot = probe, True
+    return best
 
 
 def _gave_up(
@@ -190,22 +231,29 @@ def _gave_up(
     return tuple(lines)
 
 
-def measure_step(plan: Plan, n_labels: int, num_threads: int, *, repeats: int = 2) -> float:
+def measure_step(plan: Plan, n_labels: int, num_threads: int, *, max_steps: int = 12) -> float:
     """Seconds of one training step (forward, Dice + CE, backward, SGD) of ``plan``'s network
-    on a batch of random patches on this CPU: the median of ``repeats`` after one warm-up."""
+    on a batch of random patches on this CPU, once it is steady: steps run until the last
+    three agree within 30 % (or ``max_steps`` ran, or 60 s passed) and their median is
+    returned. oneDNN prepares its kernels for new shapes over the first steps: measured 2–3.6 s
+    for each of the first five steps of a network whose steps then take 0.4–0.6 s."""
     import torch
     from monai.losses import DiceCELoss
 
     from medseg.config import ModelConfig
     from medseg.model import build_network
 
-    config = ModelConfig(
-        name="dynunet",
-        channels=tuple(plan.features),
-        strides=tuple(tuple(s) for s in plan.strides[1:]),
-        kernel_sizes=tuple(tuple(k) for k in plan.kernel_sizes),
-        num_res_units=0,
-        labels={i: f"label {i}" for i in range(1, n_labels + 1)},
+    config = ModelConfig.model_validate(
+        {
+            "name": "dynunet",
+            "channels": list(plan.features),
+            "strides": [list(s) for s in plan.strides[1:]],
+            "kernel_sizes": [list(k) for k in plan.kernel_sizes],
+            "num_res_units": 0,
+            "labels": [
+                {"label": i, "name": f"label {i}", "type": "ORGAN"} for i in range(1, n_labels + 1)
+            ],
+        }
     )
     previous = torch.get_num_threads()
     torch.set_num_threads(num_threads)
@@ -218,13 +266,18 @@ def measure_step(plan: Plan, n_labels: int, num_threads: int, *, repeats: int = 
         image = torch.randn(shape, generator=generator)
         target = torch.randint(0, n_labels + 1, shape, generator=generator)
         times: list[float] = []
-        for _ in range(repeats + 1):
+        began = time.perf_counter()
+        while len(times) < max_steps:
             started = time.perf_counter()
             optimiser.zero_grad(set_to_none=True)
             loss = loss_fn(network(image), target)
             loss.backward()
             optimiser.step()
             times.append(time.perf_counter() - started)
+            last = times[-3:]
+            steady = len(times) >= 4 and max(last) <= 1.3 * min(last)
+            if steady or time.perf_counter() - began > 60.0:
+                break
     finally:
         torch.set_num_threads(previous)
-    return float(sorted(times[1:])[len(times[1:]) // 2])
+    return float(sorted(times[-3:])[len(times[-3:]) // 2])

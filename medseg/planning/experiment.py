@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from medseg.config import ExperimentConfig
+from medseg.config import ExperimentConfig, TrainConfig
 from medseg.planning.fingerprint import Fingerprint
 from medseg.planning.rules import Plan
 
@@ -150,9 +150,11 @@ def experiment_from_plan(
     if deep_levels >= 1:
         model["deep_supervision_levels"] = deep_levels
     reasons["model.name"] = "nnU-Net's plain convolutional U-Net (MONAI DynUNet)"
-    reasons["model.channels"] = plan.reasons.get("features", "32 * 2^k features, at most 320")
+    reasons["model.channels"] = "32 * 2^k features per stage, at most 320 (nnU-Net)"
     reasons["model.strides"] = plan.reasons.get("topology", "nnU-Net's pooling rules")
-    reasons["model.kernel_sizes"] = plan.reasons.get("kernel_sizes", "(1,3,3) on coarse axes")
+    reasons["model.kernel_sizes"] = (
+        "kernel 1 along an axis while it is over 2x coarser than the finest (nnU-Net)"
+    )
     reasons["model.num_res_units"] = "plain convolutions, two per stage"
     reasons["model.deep_supervision"] = (
         f"loss on the {deep_levels} decoder outputs above the lowest too (nnU-Net)"
@@ -161,28 +163,22 @@ def experiment_from_plan(
     )
 
     # ---- train
-    anisotropic_patch = max(plan.patch_size[1:]) / plan.patch_size[0] > 3
+    patch = tuple(int(p) for p in plan.patch_size)
+    batch_dice = math.prod(patch) < 0.25 * math.prod(plan.median_shape)
     train: dict[str, Any] = {
         "epochs": int(epochs),
-        "patch_size": list(plan.patch_size),
+        "patch_size": list(patch),
         "batch_size": int(plan.batch_size),
         "samples_per_case": int(samples_per_case),
-        "foreground_fraction": 0.33,
-        "learning_rate": 1e-2,
-        "loss": "dice_ce",
-        "loss_include_background": False,
-        "optimizer": "sgd",
-        "momentum": 0.99,
-        "weight_decay": 3e-5,
-        "lr_schedule": "poly",
-        "grad_clip_norm": 12.0,
+        **_plain(TrainConfig.nnunet_defaults((patch[0], patch[1], patch[2]))),
+        "loss_batch_dice": batch_dice,
         "precision": "auto",
         "device": device,
         "num_threads": int(num_threads),
         "val_every": max(1, min(50, epochs // 10 or 1)),
         "hd95": False,
-        **nnunet_augmentation(anisotropic_patch),
     }
+    anisotropic_patch = bool(train["augment_in_plane"])
     reasons["train.epochs"] = f"nnU-Net trains {NNUNET_EPOCHS} epochs"
     reasons["train.patch_size"] = plan.reasons.get("patch_size", "from the memory target")
     reasons["train.batch_size"] = plan.reasons.get(
@@ -195,11 +191,19 @@ def experiment_from_plan(
     reasons["train.foreground_fraction"] = "nnU-Net oversamples foreground in 1/3 of patches"
     reasons["train.loss_include_background"] = "Dice over the structures only, CE over all"
     reasons["train.optimizer"] = "SGD, Nesterov momentum 0.99, lr 1e-2, poly 0.9 (nnU-Net)"
-    reasons["train.augment_rotate_in_plane_only"] = (
-        "patch is anisotropic (in-plane over 3x the slices): rotation about the slice axis only"
-        if anisotropic_patch
-        else "isotropic enough patch: rotation about every axis"
+    reasons["train.loss_batch_dice"] = (
+        "Dice over the whole batch: nnU-Net's choice when the patch holds under 25 % of the "
+        "median image (it then also plans 3d_lowres)"
+        if batch_dice
+        else "Dice per patch: nnU-Net's choice when the patch covers 25 % or more of the image"
     )
+    reasons["train.augment_in_plane"] = (
+        "patch is anisotropic (in-plane over 3x the slices): 2-D augmentation in each slice, "
+        "rotation about the slice axis up to 180 degrees (nnU-Net's dummy 2-D augmentation)"
+        if anisotropic_patch
+        else "3-D augmentation, rotations up to 30 degrees about every axis"
+    )
+    reasons["train.augment_flip_axes"] = "nnU-Net's augmentation set (nnUNetTrainer)"
 
     # ---- infer
     infer: dict[str, Any] = {
@@ -237,18 +241,6 @@ def experiment_from_plan(
     return PlannedExperiment(config=config, reasons=reasons, header=header)
 
 
-def nnunet_augmentation(anisotropic_patch: bool) -> dict[str, Any]:
-    """nnU-Net v2's training augmentation (``nnUNetTrainer.get_training_transforms``) as
-    ``train`` keys; rotation in-plane only for an anisotropic patch (its
-    ``do_dummy_2d_data_aug``)."""
-    return {
-        "augment_flip_axes": [0, 1, 2],
-        "augment_affine_probability": 0.2,
-        "augment_rotate_degrees": 180.0,
-        "augment_rotate_in_plane_only": anisotropic_patch,
-    }
-
-
 def render_yaml(planned: PlannedExperiment) -> str:
     """The experiment as YAML: every key of every section (defaults included, so the file is
     complete), one per line, with its reason as a comment where there is one.
@@ -275,3 +267,12 @@ def _line(key: str, value: Any, reason: str | None, *, indent: str) -> str:
     text = text.removesuffix("...").strip()
     comment = f"  # {' '.join(reason.split())}" if reason else ""
     return f"{indent}{key}: {text}{comment}"
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively (what YAML's safe dumper writes)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
