@@ -79,3 +79,232 @@ def test_plan_section_resolves_the_fingerprint_beside_the_yaml(tmp_path: Path) -
     assert config.plan.source == (tmp_path / "plan.yaml").resolve()
     assert "source" not in config.to_yaml()  # where it was read from is never written
     assert parse_config(config.to_yaml()).plan is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan YAML and the command
+
+
+def _plan_cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    result = CliRunner().invoke(app, ["plan", *args])
+    return result.exit_code, result.output
+
+
+def test_plan_yaml_is_complete_commented_and_parses_to_the_same_config(tmp_path: Path) -> None:
+    from medseg.config import load_config
+
+    data = _nnunet_raw(tmp_path / "Dataset001_toy")
+    out = tmp_path / "plan" / "plan.yaml"
+    code, output = _plan_cli(str(data), "--out", str(out), "--device", "cuda")
+    assert code == 0, output
+    text = out.read_text()
+    assert text.startswith("# medseg plan ")
+    config = load_config(out)
+    from medseg.planning.command import plan_experiment
+
+    again = plan_experiment(data, tmp_path / "again" / "plan.yaml", device="cuda")
+    # every section and key is written (the defaults too), and it reads back as planned
+    assert config.model_dump(exclude={"plan"}) == again.planned.config.model_dump(exclude={"plan"})
+    for key in ("postprocess:", "export:", "ingest:", "privacy:", "plan:", "augment_gamma_range"):
+        assert key in text
+    comments = {
+        line.split(":")[0].strip(): line.split("#", 1)[1]
+        for line in text.splitlines()
+        if not line.startswith("#") and "#" in line
+    }
+    for key in ("spacing_mm", "patch_size", "batch_size", "strides", "channels", "lower_hu"):
+        assert comments.get(key, "").strip(), f"{key} has no reason"
+    assert "anisotropic" in comments["spacing_mm"]
+    assert config.preprocess.intensity == "clip_zscore"
+    assert config.preprocess.resample_separate_z  # 3 mm slices of 0.8 mm pixels
+    assert config.train.augment_in_plane is (
+        max(config.train.patch_size[1:]) / config.train.patch_size[0] > 3
+    )
+    assert config.plan is not None and config.plan.fingerprint == out.parent / "fingerprint.json"
+
+
+def test_the_same_data_gives_the_same_plan(tmp_path: Path) -> None:
+    data = _nnunet_raw(tmp_path / "Dataset001_toy")
+    outs = [tmp_path / f"p{i}" / "plan.yaml" for i in range(2)]
+    for out in outs:
+        assert _plan_cli(str(data), "--out", str(out), "--device", "cuda")[0] == 0
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    assert (outs[0].parent / "fingerprint.json").read_bytes() == (
+        outs[1].parent / "fingerprint.json"
+    ).read_bytes()
+
+
+def test_plan_refuses_outputs_it_must_not_write(tmp_path: Path) -> None:
+    data = _nnunet_raw(tmp_path / "Dataset001_toy")
+    before = {p: p.read_bytes() for p in data.parent.rglob("*") if p.is_file()}
+    # inside the dataset
+    code, output = _plan_cli(str(data), "--out", str(data.parent / "plan.yaml"), "--device", "cuda")
+    assert code == 2 and "inside the input" in output and len(output.strip().splitlines()) == 1
+    # someone else's file
+    mine = tmp_path / "notes" / "plan.yaml"
+    mine.parent.mkdir()
+    mine.write_text("my notes\n")
+    code, output = _plan_cli(str(data), "--out", str(mine), "--device", "cuda", "--overwrite")
+    assert code == 2 and str(mine) in output
+    assert mine.read_text() == "my notes\n"
+    # an existing plan: only with --overwrite
+    out = tmp_path / "plan" / "plan.yaml"
+    assert _plan_cli(str(data), "--out", str(out), "--device", "cuda")[0] == 0
+    code, output = _plan_cli(str(data), "--out", str(out), "--device", "cuda")
+    assert code == 2 and "exists" in output
+    assert _plan_cli(str(data), "--out", str(out), "--device", "cuda", "--overwrite")[0] == 0
+    # a dataset that is not one
+    bad = tmp_path / "bad" / "bad.json"
+    bad.parent.mkdir()
+    bad.write_text("[1, 2]")
+    code, output = _plan_cli(str(bad), "--out", str(tmp_path / "b" / "plan.yaml"))
+    assert code == 2 and "bad.json" in output
+    assert {p: p.read_bytes() for p in data.parent.rglob("*") if p.is_file()} == before
+
+
+def test_an_mr_plan_zscores_each_image_and_finds_the_body_above_zero(tmp_path: Path) -> None:
+    from medseg.config import load_config
+
+    data = _nnunet_raw(tmp_path / "Dataset002_mr")
+    raw = json.loads(data.read_text())
+    raw["channel_names"] = {"0": "MR"}
+    data.write_text(json.dumps(raw))
+    for path in (data.parent / "imagesTr").iterdir():  # MR-like: background 0, tissue > 0
+        image = nifti.load(path)
+        nifti.save(image.with_array(np.abs(np.asarray(image.array)) + 1), path)
+    out = tmp_path / "plan" / "plan.yaml"
+    assert _plan_cli(str(data), "--out", str(out), "--device", "cuda")[0] == 0
+    config = load_config(out)
+    assert config.preprocess.intensity == "image_zscore"
+    assert config.preprocess.lower_hu == 0.0
+    assert config.infer.body_threshold_hu == 0.0
+
+
+def test_a_plan_from_a_dicom_root_config_keeps_its_data_section(tmp_path: Path) -> None:
+    from medseg.config import builtin_config_path, load_config
+    from tests.conftest import require_data
+
+    root = require_data("lung-gtv-ct")
+    text = builtin_config_path("tiny.yaml").read_text()
+    config_path = tmp_path / "lung.yaml"
+    config_path.write_text(
+        text + f"\ndata: {{dicom_root: {root}, labels: {{1: ['GTV*']}}, num_folds: 3}}\n"
+        if "data:" not in text
+        else text.replace("data:", f"data:\n  dicom_root: {root}\n  labels: {{1: ['GTV*']}}\n", 1)
+    )
+    out = tmp_path / "plan" / "plan.yaml"
+    code, output = _plan_cli(str(config_path), "--out", str(out), "--device", "cuda")
+    assert code == 0, output
+    config = load_config(out)
+    assert config.data.dicom_root == root.resolve()
+    assert config.data.labels == {1: ("GTV*",)}
+    assert config.preprocess.spacing_mm == pytest.approx((3.0, 0.977, 0.977), abs=1e-3)
+    assert list(config.train.patch_size) == [48, 160, 160]  # ../shared/FINDINGS.md, nnU-Net
+
+
+# ---------------------------------------------------------------------------------------------
+# the CPU budget
+
+
+def _toy_fingerprint(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from medseg.planning.datasets import fingerprint_dataset
+
+    return fingerprint_dataset(_nnunet_raw(tmp_path / "Dataset001_toy"))
+
+
+def _lung_like():  # type: ignore[no-untyped-def]
+    from medseg.planning.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
+
+    cases = tuple(
+        CaseFingerprint(f"case_{i:03d}", (3.0, 0.977, 0.977), s, s, {1: 1}, {1: 1.0})
+        for i, s in enumerate([(41, 138, 141), (46, 130, 150), (60, 150, 139)])
+    )
+    stats = IntensityStats(-100.0, -50.0, 240.0, -1000.0, 400.0, -846.0, 149.0)
+    return Fingerprint("CT", {1: "GTV"}, cases, stats, 1.0)
+
+
+def test_cpu_budget_takes_the_widest_network_whose_steps_fit(tmp_path: Path) -> None:
+    """With a step time proportional to nnU-Net's memory estimate (a deterministic machine),
+    the chosen plan fits the budget, and the next larger memory target would not."""
+    from medseg.planning.budget import MIN_STEPS, OVERHEAD_FRACTION, fit_cpu_budget
+    from medseg.planning.rules import plan_3d_fullres
+
+    seconds_per_unit = 1e-9
+    timed: list[tuple[int, ...]] = []
+
+    def timer(plan, n_labels, threads):  # type: ignore[no-untyped-def]
+        timed.append(plan.patch_size)
+        return seconds_per_unit * plan.batch_size * plan.memory_estimate
+
+    fingerprint = _lung_like()
+    choice = fit_cpu_budget(fingerprint, time_budget_min=30, num_threads=2, timer=timer)
+    allowed = 30 * 60 * (1 - OVERHEAD_FRACTION) / MIN_STEPS
+    assert choice.step_seconds <= allowed
+    assert choice.step_seconds == timer(choice.plan, 1, 2)
+    bigger = plan_3d_fullres(
+        fingerprint, gpu_memory_gb=choice.memory_gb * 2, base_features=choice.base_features
+    )
+    if bigger.patch_size != choice.plan.patch_size:
+        assert timer(bigger, 1, 2) > allowed
+    total = choice.epochs * choice.iterations_per_epoch
+    assert total * choice.step_seconds <= 30 * 60
+    assert any("gave up" in line for line in choice.gave_up)
+    assert len(timed) < 20  # a search, not every candidate
+    # a faster machine affords the full nnU-Net plan
+    fast = fit_cpu_budget(
+        fingerprint, time_budget_min=30, num_threads=2, timer=lambda p, n, t: 1e-4
+    )
+    assert fast.plan == plan_3d_fullres(fingerprint, gpu_memory_gb=8.0)
+
+
+def test_measure_step_times_a_real_training_step(tmp_path: Path) -> None:
+    from medseg.planning.budget import measure_step
+    from medseg.planning.rules import plan_3d_fullres
+
+    plan = plan_3d_fullres(_toy_fingerprint(tmp_path), gpu_memory_gb=8.0, base_features=4)
+    seconds = measure_step(plan, 1, 2, max_steps=5)
+    assert 0.0 < seconds < 30.0
+
+
+def test_training_from_a_plan_logs_the_plan_and_fingerprint_to_mlflow(tmp_path: Path) -> None:
+    """`medseg train PLAN.yaml` (here shortened to one epoch on the CPU) logs the plan's YAML,
+    comments and all, and fingerprint.json as ``plan/`` artifacts, and tags the run."""
+    import re
+
+    import mlflow
+
+    data = _nnunet_raw(tmp_path / "Dataset001_toy")
+    out = tmp_path / "plan" / "plan.yaml"
+    assert _plan_cli(str(data), "--out", str(out), "--device", "cuda")[0] == 0
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    text = out.read_text()
+    for key, value in {
+        "epochs": "1",
+        "samples_per_case": "1",
+        "device": "cpu",
+        "tracking_uri": store,
+        "flip_tta": "[]",
+    }.items():
+        text = re.sub(rf"(?m)^(  {key}): [^#\n]*", rf"\1: {value}  ", text, count=1)
+    short = out.parent / "short.yaml"
+    short.write_text(text)
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    result = CliRunner().invoke(app, ["train", str(short), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    client = mlflow.MlflowClient(store)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("medseg-plan-Dataset001_toy").experiment_id]
+    )
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plan")}
+    assert artifacts == {"plan/short.yaml", "plan/fingerprint.json"}
+    assert run.data.tags["planned_by"].startswith("medseg plan ")
+    assert run.data.params["preprocess.intensity"] == "clip_zscore"
+    logged = client.download_artifacts(run.info.run_id, "plan/short.yaml", str(tmp_path))
+    assert Path(logged).read_text() == text

@@ -32,11 +32,16 @@ from medseg.errors import ConfigError, GeometryError, InputError
 from medseg.geometry import Geometry
 from medseg.io import nifti
 from medseg.planning.datasets import fingerprint_dataset
-from medseg.planning.fingerprint import Fingerprint, compute_fingerprint
+from medseg.planning.fingerprint import (
+    CaseFingerprint,
+    Fingerprint,
+    IntensityStats,
+    compute_fingerprint,
+)
 from medseg.volume import SourceInfo, Volume, VolumeKind
 from tests.conftest import require_data
 from tests.referees import raw_datasets
-from tests.referees.nnunet import fingerprint_with_nnunet
+from tests.referees.nnunet import fingerprint_with_nnunet, plan_with_nnunet
 
 BUILDERS = {
     "lung-gtv-ct": raw_datasets.lung_gtv_ct,
@@ -400,3 +405,93 @@ def test_memory_stays_slab_sized() -> None:
         tracemalloc.stop()
     assert peak < image.nbytes / 4, peak
     assert fp.cases[0].label_voxels == {1: 20 * 60 * 60}
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole of `medseg plan` against nnU-Net on the real data
+
+
+def _fingerprint_from_nnunet(theirs: dict[str, Any], like: Fingerprint) -> Fingerprint:
+    """nnU-Net's own dataset_fingerprint.json as a Fingerprint (for its planner)."""
+    props = theirs["foreground_intensity_properties_per_channel"]["0"]
+    cases = tuple(
+        CaseFingerprint(f"case_{i:03d}", tuple(sp), tuple(sh), tuple(sh), {}, {})  # type: ignore[arg-type]
+        for i, (sp, sh) in enumerate(
+            zip(theirs["spacings"], theirs["shapes_after_crop"], strict=True)
+        )
+    )
+    stats = IntensityStats(**{k: float(props[k]) for k in IntensityStats.__dataclass_fields__})
+    return Fingerprint(
+        like.modality, like.labels, cases, stats, theirs["median_relative_size_after_cropping"]
+    )
+
+
+@pytest.fixture(scope="session")
+def nnunet_plans(
+    ours: dict[str, Fingerprint], nnunet: Callable[[str], dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """nnU-Net's 3d_fullres plan (8 GB) from nnU-Net's own fingerprint of each real dataset,
+    all three in one side process."""
+    names = list(BUILDERS)
+    fingerprints = [_fingerprint_from_nnunet(nnunet(n), ours[n]) for n in names]
+    answers = plan_with_nnunet(fingerprints, [8.0] * len(names))
+    return dict(zip(names, answers, strict=True))
+
+
+@pytest.mark.parametrize("name", list(BUILDERS), ids=list(BUILDERS))
+def test_medseg_plan_equals_nnunet_plan_on_real_data(
+    name: str,
+    raw: dict[str, raw_datasets.RawDataset],
+    nnunet_plans: dict[str, dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    """`medseg plan --device cuda --gpu-memory-gb 8` writes nnU-Net's plan: spacing (1e-3 mm),
+    patch, per-axis strides and kernels, features, batch; CT clip bounds within 2 % of the
+    window of nnU-Net's foreground percentiles (each side samples its own voxels)."""
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+    from medseg.config import load_config
+
+    out = tmp_path / "plan" / "plan.yaml"
+    data = str(raw[name].dataset_json)
+    command = ["plan", data, "--out", str(out), "--device", "cuda", "--gpu-memory-gb", "8"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    config = load_config(out)
+    expected = nnunet_plans[name]
+    fullres = expected["3d_fullres"]
+    forward = expected["transpose_forward"]
+
+    def nnunet_order(values: Any) -> list[Any]:
+        return [list(values)[i] for i in forward]
+
+    def as_triple(value: Any) -> list[int]:
+        return [value] * 3 if isinstance(value, int) else list(value)
+
+    arch = fullres["architecture"]["arch_kwargs"]
+    assert nnunet_order(config.preprocess.spacing_mm) == pytest.approx(fullres["spacing"], abs=1e-3)
+    assert nnunet_order(config.train.patch_size) == fullres["patch_size"]
+    assert list(config.infer.roi_size) == list(config.train.patch_size)
+    assert config.train.batch_size == fullres["batch_size"]
+    assert list(config.model.channels) == arch["features_per_stage"]
+    assert [nnunet_order(as_triple(s)) for s in config.model.strides] == arch["strides"][1:]
+    assert config.model.kernel_sizes is not None
+    kernels = [nnunet_order(as_triple(k)) for k in config.model.kernel_sizes]
+    assert kernels == arch["kernel_sizes"]
+    scheme = fullres["normalization_schemes"][0]
+    assert (
+        config.preprocess.intensity
+        == {
+            "CTNormalization": "clip_zscore",
+            "ZScoreNormalization": "image_zscore",
+        }[scheme]
+    )
+    if scheme == "CTNormalization":
+        props = expected["foreground_intensity_properties_per_channel"]["0"]
+        window = props["percentile_99_5"] - props["percentile_00_5"]
+        assert abs(config.preprocess.lower_hu - props["percentile_00_5"]) <= TOLERANCE * window
+        assert abs(config.preprocess.upper_hu - props["percentile_99_5"]) <= TOLERANCE * window
+    assert (
+        json.loads((out.parent / "fingerprint.json").read_text())["modality"] == raw[name].modality
+    )
