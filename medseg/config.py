@@ -423,6 +423,10 @@ class TrainConfig(_Section):
             (``torch.use_deterministic_algorithms``; slower on CUDA).
         early_stopping_patience: stop after this many validations without a better mean
             Dice; ``None``: never stop early.
+        time_limit_min: stop once the next epoch (timed as the last one) would end past this
+            many minutes of training, validating that last epoch; ``None``: no limit.
+            ``medseg plan`` sets it to a CPU plan's budget. The learning-rate schedule still
+            runs over ``epochs``.
         hd95: also compute HD95 (mm) per label at validation.
         augment_flip_axes: training patches are flipped along each of these array axes
             (0 = slice, 1 = row, 2 = column) with probability 0.5 (MONAI ``RandFlipd``);
@@ -516,6 +520,7 @@ class TrainConfig(_Section):
     precision: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     deterministic: StrictBool = False
     early_stopping_patience: PositiveInt | None = None
+    time_limit_min: Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)] | None = None
     hd95: StrictBool = True
     augment_flip_axes: tuple[Literal[0, 1, 2], ...] = ()
     augment_affine_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0

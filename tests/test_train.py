@@ -342,6 +342,36 @@ def test_early_stopping_after_patience_validations(
     assert load_checkpoint(result.checkpoint_path).extra["epoch"] == 2
 
 
+def test_time_limit_stops_before_an_epoch_that_would_not_fit_and_validates_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Epochs are timed by a fake clock (10 s each, the limit 25 s): the third would end past
+    the limit, so training stops after the second and validates it."""
+    import medseg.training.train as train_module
+
+    clock = iter(float(t) for t in range(0, 10_000, 5))
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter() -> float:
+            return next(clock)
+
+    monkeypatch.setattr(train_module, "time", FakeTime)
+    config = _config_with(
+        load_config(TINY), epochs=6, samples_per_case=1, val_every=5, time_limit_min=25 / 60
+    )
+    result = train(config, [_small_case(1)], [_small_case(2)], tmp_path, None)
+    assert result.stopped_early
+    assert len(result.history) < 6
+    assert result.history[-1].val_dice is not None  # the last epoch is validated
+    assert load_checkpoint(result.checkpoint_path).extra["epoch"] == result.best_epoch
+    unlimited = _config_with(load_config(TINY), epochs=2, samples_per_case=1, val_every=5)
+    clock = iter(float(t) for t in range(0, 10_000, 5))
+    assert (
+        len(train(unlimited, [_small_case(1)], [_small_case(2)], tmp_path / "u", None).history) == 2
+    )
+
+
 @pytest.mark.parametrize("bars", [False, True], ids=["log-lines", "progress-bars"])
 def test_progress_bars_or_log_lines(
     tmp_path: Path, bars: bool, caplog: pytest.LogCaptureFixture

@@ -158,6 +158,7 @@ def plan_experiment(
             "gpu_memory_gb": float(gpu_memory_gb),
             "time_budget_min": float(time_budget_min) if device == "cpu" else None,
         },
+        time_limit_min=float(time_budget_min) if device == "cpu" else None,
     )
     with atomic_path(fingerprint_path, overwrite=overwrite) as tmp:
         tmp.write_text(fingerprint.to_json(), encoding="utf-8")

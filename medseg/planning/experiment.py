@@ -58,6 +58,7 @@ def experiment_from_plan(
     extra_reasons: Mapping[str, str] | None = None,
     header: tuple[str, ...] = (),
     plan_section: Mapping[str, Any] | None = None,
+    time_limit_min: float | None = None,
 ) -> PlannedExperiment:
     """The experiment config that trains and applies ``plan`` as nnU-Net would.
 
@@ -74,6 +75,7 @@ def experiment_from_plan(
         extra_reasons: more ``"section.key"`` reasons (the CPU budget's), overriding these.
         header: lines for the top of the YAML.
         plan_section: the config's ``plan`` section (provenance), if any.
+        time_limit_min: ``train.time_limit_min`` (a CPU plan's budget).
 
     Raises:
         ConfigError: if the result is not a valid experiment (a planner bug, or labels that
@@ -177,9 +179,12 @@ def experiment_from_plan(
         "num_threads": int(num_threads),
         "val_every": max(1, min(50, epochs // 10 or 1)),
         "hd95": False,
+        "time_limit_min": time_limit_min,
     }
     anisotropic_patch = bool(train["augment_in_plane"])
     reasons["train.epochs"] = f"nnU-Net trains {NNUNET_EPOCHS} epochs"
+    if time_limit_min is not None:
+        reasons["train.time_limit_min"] = "the CPU budget: training stops when it is spent"
     reasons["train.patch_size"] = plan.reasons.get("patch_size", "from the memory target")
     reasons["train.batch_size"] = plan.reasons.get(
         "batch_size", "at least 2, at most 5 % of voxels"

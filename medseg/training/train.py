@@ -130,7 +130,8 @@ class TrainResult:
         final_train_loss: training loss of the last epoch.
         final_val_dice: validation Dice after the last epoch (``None`` without validation).
         history: one record per epoch (from epoch 1, also after resuming).
-        stopped_early: whether early stopping ended training before ``train.epochs``.
+        stopped_early: whether early stopping (or ``train.time_limit_min``) ended training
+            before ``train.epochs``.
     """
 
     checkpoint_path: Path
@@ -303,6 +304,8 @@ def _run(
         _log.info("resuming %s after epoch %d", resume_from, first_epoch - 1)
 
     stopped_early = False
+    run_started = time.perf_counter()
+    limit_s = None if train_cfg.time_limit_min is None else train_cfg.time_limit_min * 60.0
     n_steps = math.ceil(len(cases) * train_cfg.samples_per_case / train_cfg.batch_size)
     with progress_bar(progress, train_cfg.epochs, n_steps, first_epoch - 1) as bar:
         for epoch in range(first_epoch, train_cfg.epochs + 1):
@@ -320,8 +323,14 @@ def _run(
             val_dice: float | None = None
             dice_per_label: dict[str, float] = {}
             hd95_per_label: dict[str, float] = {}
+            elapsed = time.perf_counter() - run_started
+            out_of_time = distributed.agreed(
+                limit_s is not None
+                and epoch < train_cfg.epochs
+                and elapsed + train_seconds > limit_s
+            )
             validate = bool(val_cases) and (
-                epoch % train_cfg.val_every == 0 or epoch == train_cfg.epochs
+                epoch % train_cfg.val_every == 0 or epoch == train_cfg.epochs or out_of_time
             )
             if validate:
                 dice_per_label, hd95_per_label = _validate(loaded, val_cases, train_cfg.hd95)
@@ -375,6 +384,16 @@ def _run(
                 tracker.log_metrics(metrics, step=epoch)
             if stopped_early:
                 _log.info("early stopping: no better val_dice in %d validations", patience)
+                break
+            if out_of_time:
+                _log.info(
+                    "time limit: stopping after epoch %d of %d (%.1f of %g min)",
+                    epoch,
+                    train_cfg.epochs,
+                    (time.perf_counter() - run_started) / 60.0,
+                    train_cfg.time_limit_min,
+                )
+                stopped_early = True
                 break
 
     final = history[-1]
