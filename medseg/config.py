@@ -334,6 +334,11 @@ class ModelConfig(_Section):
                 f"strides needs len(channels) - 1 = {len(self.channels) - 1} values, "
                 f"got {self.strides}"
             )
+        if self.name == "dynunet" and len(self.channels) < 3:
+            # MONAI's DynUNet needs an input block, a downsampling block and a bottleneck
+            raise ValueError(
+                f"name 'dynunet' needs at least 3 levels in channels, got {self.channels}"
+            )
         if self.kernel_sizes is not None:
             if self.name != "dynunet":
                 raise ValueError(f"kernel_sizes needs name 'dynunet', got {self.name!r}")

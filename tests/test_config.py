@@ -266,6 +266,7 @@ def test_mixed_int_and_per_axis_strides_multiply_per_axis() -> None:
         pytest.param({"kernel_sizes": [3, [1, 2, 3], 3]}, "model.kernel_sizes: entry 1 must be an odd", id="k-even"),
         pytest.param({"kernel_sizes": [3, 3, 0]}, "model.kernel_sizes: entry 2", id="k-zero"),
         pytest.param({"name": "unet", "kernel_sizes": [3, 3, 3]}, "kernel_sizes needs name 'dynunet'", id="k-unet"),
+        pytest.param({"channels": [4, 8], "strides": [[1, 2, 2]], "kernel_sizes": None}, "'dynunet' needs at least 3 levels", id="dynunet-2-levels"),
         pytest.param({"strides": [[1, 3, 3], 2], "kernel_sizes": [3, [1, 1, 1], 3]}, "kernel_sizes entry 1 [1, 1, 1] must be at least strides entry 0 [1, 3, 3] minus 1", id="k-below-stride"),
     ],
 )  # fmt: skip

@@ -517,3 +517,36 @@ def test_subpixel_network_with_per_axis_strides_gives_the_network_s_logits(name:
     x = torch.randn(2, 1, 6, 20, 12)
     with torch.no_grad():
         torch.testing.assert_close(rewritten(x), network(x), rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(
+    name=st.sampled_from(["unet", "dynunet"]),
+    strides=st.lists(st.tuples(*[st.sampled_from([1, 2])] * 3), min_size=1, max_size=3),
+    multiple=st.tuples(*[st.integers(2, 3)] * 3),
+)
+def test_any_per_axis_strides_keep_the_input_size_and_pool_by_their_product(
+    name: str, strides: list[tuple[int, int, int]], multiple: tuple[int, int, int]
+) -> None:
+    """For any per-axis strides, an input that is a multiple of downsampling_factor per axis
+    comes out at its own size, and the coarsest features are the input / that factor."""
+    if name == "dynunet" and len(strides) < 2:
+        strides = [*strides, (1, 2, 2)]  # DynUNet needs 3 levels (the config says so)
+    config = ModelConfig.model_validate(
+        {
+            **load_config(TINY).model.model_dump(),
+            "name": name,
+            "channels": [2 * (level + 1) for level in range(len(strides) + 1)],
+            "strides": strides,
+            "num_res_units": 0,
+        }
+    )
+    factor = config.downsampling_factor
+    assert factor == tuple(int(np.prod([s[a] for s in strides])) for a in range(3))
+    shape = tuple(f * m for f, m in zip(factor, multiple, strict=True))
+    x = torch.randn(1, 1, *shape)
+    network = build_network(config).eval()
+    shapes = _level_shapes(network, x)
+    assert min(shapes, key=lambda s: s[0] * s[1] * s[2]) == tuple(multiple)
+    with torch.no_grad():
+        assert network(x).shape == (1, 2, *shape)
