@@ -43,6 +43,8 @@ CPU_ITERATIONS_PER_EPOCH = 50
 #: A candidate must keep at least this share of the GPU plan's patch voxels (or of the median
 #: shape) before a narrower network is tried: context matters more than width.
 MIN_PATCH_SHARE = 0.25
+#: Fewest stages of a candidate (MONAI's DynUNet needs 3 levels).
+MIN_STAGES = 3
 #: Base widths tried, widest first.
 BASE_FEATURES = (32, 16, 8)
 #: Memory targets tried: the GPU target halved this many times at most.
@@ -121,7 +123,8 @@ def fit_cpu_budget(
     def timed(base: int, gb: float) -> tuple[Plan, float]:
         plan = plan_3d_fullres(fingerprint, gpu_memory_gb=gb, base_features=base)
         if (base, gb) not in cache:
-            cache[(base, gb)] = seconds(plan)
+            # a patch too small for the 3 levels DynUNet needs is no candidate
+            cache[(base, gb)] = math.inf if len(plan.features) < MIN_STAGES else seconds(plan)
         return plan, cache[(base, gb)]
 
     reference_voxels = math.prod(reference.patch_size)

@@ -85,6 +85,13 @@ def experiment_from_plan(
 
     n_cases = max(1, len(fingerprint.cases))
     n_stages = len(plan.features)
+    if n_stages < 3:
+        from medseg.errors import InputError
+
+        raise InputError(
+            f"the planned network has {n_stages} stages (patch {tuple(plan.patch_size)}): the "
+            "images are too small for the 3 levels medseg's DynUNet needs"
+        )
     if samples_per_case is None:
         samples_per_case = max(
             1, math.ceil(NNUNET_ITERATIONS_PER_EPOCH * plan.batch_size / n_cases)
