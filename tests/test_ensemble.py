@@ -182,8 +182,12 @@ def test_the_folds_folder_loads_as_one_model_and_a_checkpoint_as_before(folds: F
     assert single.folds == () and not isinstance(single.network, FoldEnsemble)
 
 
-def test_mlflow_holds_one_ensemble_model_over_nested_fold_runs(folds: Folds) -> None:
+def test_mlflow_holds_one_ensemble_model_over_nested_fold_runs(
+    folds: Folds, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", folds.tracking_uri)  # for MLflow's own loaders
 
     result = folds.result
     assert result.model_uri == f"runs:/{result.run_id}/model"
@@ -207,6 +211,19 @@ def test_mlflow_holds_one_ensemble_model_over_nested_fold_runs(folds: Folds) -> 
         assert [p.name for p in loaded.folds] == ["fold_0.pt", "fold_1.pt"]
         with torch.inference_mode():
             torch.testing.assert_close(loaded.network(x), expected, rtol=0, atol=0)
+    assert parent.data.tags["folds"] == "2"
+    # the MLflow flavour itself: mlflow.pytorch.load_model gives the same FoldEnsemble
+    import mlflow.pytorch
+    from mlflow.models import get_model_info
+
+    info = get_model_info(result.model_uri)
+    assert info.metadata["folds"] == 2
+    assert info.metadata["fold_run_ids"] == [r.run_id for r in result.folds]
+    assert [s["name"] for s in info.metadata["structures"]] == ["tumour"]
+    flavour = mlflow.pytorch.load_model(result.model_uri)
+    assert isinstance(flavour, FoldEnsemble)
+    with torch.inference_mode():
+        torch.testing.assert_close(flavour.eval()(x), expected, rtol=0, atol=0)
     # a fold's own run still has its own single model
     fold_model = load_model(result.folds[1].model_uri or "", tracking_uri=folds.tracking_uri)
     assert fold_model.folds == ()
@@ -241,11 +258,21 @@ def test_predict_cli_with_the_folds_folder(folds: Folds, tmp_path: Path) -> None
     assert descriptions and all("2-fold ensemble" in d for d in descriptions), descriptions
 
 
-def test_batch_with_the_folds_folder(folds: Folds, tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["folder", "runs", "models"], ids=["folder", "runs", "models"])
+def test_batch_with_the_ensemble(
+    folds: Folds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """The folder and its MLflow model are one model to the batch ledger: the same id."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", folds.tracking_uri)
+    model = {
+        "folder": str(folds.out),
+        "runs": folds.result.model_uri or "",
+        "models": f"models:/{REGISTERED}/1",
+    }[source]
     inputs = tmp_path / "in"
     shutil.copytree(folds.case_dir.parent, inputs / "patient")
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["batch", str(inputs), str(out), "--model", str(folds.out)])
+    result = CliRunner().invoke(app, ["batch", str(inputs), str(out), "--model", model])
     assert result.exit_code == 0, result.output
     db = sqlite3.connect(out / "ledger.sqlite")
     try:

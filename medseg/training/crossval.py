@@ -107,13 +107,7 @@ def train_folds(
     results: list[TrainResult] = []
     with parent_scope as parent:
         if parent is not None:
-            parent.set_tags(
-                {
-                    "folds": str(len(all_folds)),
-                    "dataset_fingerprint": fingerprint,
-                    "ensemble": "k-fold",
-                }
-            )
+            parent.set_tags({"folds": str(len(all_folds)), "dataset_fingerprint": fingerprint})
             parent.log_artifact(split_path, "splits")
         for k in wanted:
             fold = all_folds[k]
