@@ -47,7 +47,14 @@ class ExecutorChoice(str, enum.Enum):
 
 # Options shared by the commands that run cases (predict, batch, pacs run, pacs listen).
 ModelOption = Annotated[
-    str, typer.Option("--model", help="Checkpoint path, runs:/<id>/model or models:/<name>/<v>.")
+    str,
+    typer.Option(
+        "--model",
+        help=(
+            "Checkpoint path, runs:/<id>/model or models:/<name>/<v>; or a `train --folds all` "
+            "folder (or the model it logged): its k folds averaged as one model, k times slower."
+        ),
+    ),
 ]
 RunConfigOption = Annotated[
     Path | None,
@@ -229,7 +236,14 @@ def train(
         int | None, typer.Option("--fold", min=0, help="Train cross-validation fold K only.")
     ] = None,
     folds: Annotated[
-        str | None, typer.Option("--folds", help="'all': train every cross-validation fold.")
+        str | None,
+        typer.Option(
+            "--folds",
+            help=(
+                "'all': train every cross-validation fold; the folder (and one MLflow model) "
+                "is then their ensemble for --model."
+            ),
+        ),
     ] = None,
     resume: Annotated[
         Path | None,
@@ -259,10 +273,12 @@ def train(
         experiment = load_config(config)
         # under `torchrun --nproc_per_node N -m medseg train`: one DDP process group
         with distributed.session(experiment.train.device) as (rank, _):
+            crossval = None
             if fold is None and folds is None:
                 results = [train_from_config(experiment, out, resume_from=resume)]
             else:
-                results = train_folds(experiment, out, None if fold is None else [fold])
+                crossval = train_folds(experiment, out, None if fold is None else [fold])
+                results = list(crossval.folds)
     if rank != 0:
         return
     for result in results:
@@ -271,6 +287,11 @@ def train(
             f"val Dice {result.best_val_dice})"
         )
         typer.echo(f"MLflow run id: {result.run_id}  model: {result.model_uri}")
+    if crossval is not None and folds == "all":
+        typer.echo(
+            f"{len(results)}-fold ensemble: --model {crossval.out_dir}  "
+            f"(MLflow run id: {crossval.run_id}  model: {crossval.model_uri})"
+        )
 
 
 class DeviceChoice(str, enum.Enum):

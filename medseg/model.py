@@ -13,6 +13,7 @@ import contextlib
 import copy
 import itertools
 import logging
+import math
 import pickle
 import re
 import warnings
@@ -46,13 +47,16 @@ _EXPORT_EXAMPLE_BATCH = 2
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
+    "ENSEMBLE_TRAINING_SECTIONS",
     "ONNX_MAX_WEIGHT_BYTES",
     "ONNX_OPSET",
+    "FoldEnsemble",
     "LoadedModel",
     "SubPixelConvTranspose3d",
     "build_network",
     "export_onnx",
     "load_checkpoint",
+    "load_ensemble",
     "load_training_state",
     "save_checkpoint",
     "subpixel_supported",
@@ -79,7 +83,9 @@ class LoadedModel:
         medseg_version: version of medseg that wrote the checkpoint.
         extra: primitives stored alongside (e.g. ``epoch``, ``val_dice``).
         source_path: the checkpoint file it was loaded from (an input that outputs must
-            never overwrite), if any.
+            never overwrite), if any; for an ensemble, the folder holding its folds.
+        folds: for a k-fold ensemble (:func:`load_ensemble`), the checkpoint of each fold in
+            fold order; empty for a single network.
     """
 
     network: torch.nn.Module
@@ -88,6 +94,7 @@ class LoadedModel:
     medseg_version: str
     extra: Mapping[str, ExtraValue] = field(default_factory=dict)
     source_path: Path | None = None
+    folds: tuple[Path, ...] = ()
 
     @property
     def structures(self) -> tuple[Structure, ...]:
@@ -292,6 +299,133 @@ def load_training_state(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or not isinstance(payload.get("training_state"), dict):
         raise ModelError(f"{path}: checkpoint holds no training state to resume from")
     return dict(payload["training_state"])
+
+
+# ---------------------------------------------------------------------------------------------
+# k-fold ensembles
+
+#: Config sections a fold may have of its own: they only say how it was trained. Every other
+#: section (structures and network, preprocessing, inference, post-processing, export, series
+#: selection, ingest, batch, privacy) decides how the model is applied, so the folds of an
+#: ensemble must agree in all of it.
+ENSEMBLE_TRAINING_SECTIONS = ("seed", "data", "train", "tracking")
+
+
+class FoldEnsemble(torch.nn.Module):
+    """The networks of k cross-validation folds as one network, for inference.
+
+    ``forward`` maps ``(batch, 1, slice, row, column)`` to ``log(mean_k softmax(net_k(x)))``,
+    float32 ``(batch, classes, slice, row, column)``: log-probabilities, so that everything
+    after the network treats them as logits and stays as it is (sliding-window blending,
+    flip averaging, the ONNX export, argmax, and the softmax that gives probabilities back:
+    ``softmax(log p) = p``). The folds are averaged in probability as nnU-Net averages its
+    folds, computed as a running ``logaddexp`` of each fold's ``log_softmax`` (stable, and
+    only two outputs in memory at once). It costs k times one network's time and weights.
+
+    Args:
+        networks: the fold networks (from :func:`build_network`), all on one device.
+
+    Raises:
+        ValueError: if ``networks`` is empty.
+    """
+
+    def __init__(self, networks: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        if not networks:
+            raise ValueError("a FoldEnsemble needs at least one network")
+        self.folds = torch.nn.ModuleList(networks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:  # a deep-supervision DynUNet returns a stack of outputs in train mode
+            raise RuntimeError("FoldEnsemble is for inference: call .eval() first")
+        total: torch.Tensor | None = None
+        for network in self.folds:
+            log_p = torch.log_softmax(network(x).float(), dim=1)
+            total = log_p if total is None else torch.logaddexp(total, log_p)
+        assert total is not None  # at least one fold: checked in __init__
+        return total - math.log(len(self.folds))
+
+
+def load_ensemble(
+    checkpoints: Sequence[Path], *, device: str = "cpu", source_path: Path | None = None
+) -> LoadedModel:
+    """The checkpoints of k folds as one model whose network is their :class:`FoldEnsemble`.
+
+    Every fold is loaded as :func:`load_checkpoint` loads it, onto the same ``device``. The
+    model takes the first fold's config; the folds must agree in every section of it except
+    the training-only ones (:data:`ENSEMBLE_TRAINING_SECTIONS`).
+
+    Args:
+        checkpoints: one ``.pt`` file per fold, in fold order.
+        device: where to put the networks (``"cpu"`` or ``"cuda"``).
+        source_path: the folder the folds were found in (recorded as the model's
+            ``source_path``; default: the first checkpoint's folder).
+
+    Returns:
+        The ensemble, with ``folds`` listing the checkpoints and ``extra["folds"]`` = k.
+
+    Raises:
+        ModelError: if ``checkpoints`` is empty, a fold cannot be loaded, two folds' configs
+            differ in what applies them (the message names the first differing setting and
+            both files), or, for an ONNX backend, the folds' weights together exceed
+            :data:`ONNX_MAX_WEIGHT_BYTES`.
+    """
+    paths = tuple(Path(p) for p in checkpoints)
+    where = Path(source_path) if source_path is not None else None
+    if not paths:
+        raise ModelError(f"{where or '.'}: an ensemble needs at least one fold checkpoint")
+    folds = [load_checkpoint(p, device=device) for p in paths]
+    first = folds[0]
+    reference = _applied_settings(first.config)
+    for path, fold in zip(paths[1:], folds[1:], strict=True):
+        difference = _first_difference(reference, _applied_settings(fold.config))
+        if difference is not None:
+            key, ours, theirs = difference
+            raise ModelError(
+                f"{path}: {key} is {theirs!r} but {ours!r} in {paths[0]}; the folds of an "
+                "ensemble must agree in everything but " + ", ".join(ENSEMBLE_TRAINING_SECTIONS)
+            )
+    network = FoldEnsemble([f.network for f in folds]).to(device).eval()
+    if first.config.infer.backend != "torch":
+        tensors = itertools.chain(network.parameters(), network.buffers())
+        weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
+        if weight_bytes > ONNX_MAX_WEIGHT_BYTES:
+            raise ModelError(
+                f"{where or paths[0].parent}: the {len(folds)} folds hold {weight_bytes:,} bytes "
+                f"of weights, more than one ONNX file takes ({ONNX_MAX_WEIGHT_BYTES:,}) for "
+                f"infer.backend {first.config.infer.backend!r}; use infer.backend 'torch'"
+            )
+    versions = sorted({f.medseg_version for f in folds})
+    return LoadedModel(
+        network=network,
+        config=first.config,
+        label_names=first.label_names,
+        medseg_version=", ".join(versions),
+        extra={"folds": len(folds)},
+        source_path=where if where is not None else paths[0].parent,
+        folds=paths,
+    )
+
+
+def _applied_settings(config: ExperimentConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json", exclude=set(ENSEMBLE_TRAINING_SECTIONS))
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted key where ``a`` and ``b`` differ, with both values; ``None`` if equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in [*a, *(k for k in b if k not in a)]:
+            found = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = _first_difference(x, y, f"{prefix}{index}.")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (prefix.rstrip("."), a, b)
 
 
 def export_onnx(network: torch.nn.Module, path: Path, window_shape: Sequence[int]) -> Path:

@@ -61,12 +61,19 @@ def load_model(model: str | Path, *, tracking_uri: str | None = None) -> LoadedM
 
     Accepts ``path/to/best.pt``, ``runs:/<run_id>/model`` and ``models:/<name>/<version>``;
     URIs are looked up in ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI`` or the local
-    store in the working directory).
+    store in the working directory). A k-fold ensemble (the output folder of ``medseg train
+    --folds all``, or the MLflow model that run logged) loads as ONE model that averages its
+    folds' softmax (:func:`medseg.model.load_ensemble`), at k times one network's time and
+    memory for weights; the rule for what is an ensemble is in
+    :func:`medseg.tracking.resolve_model`.
     """
     from medseg import tracking
-    from medseg.model import load_checkpoint
+    from medseg.model import load_checkpoint, load_ensemble
 
-    return load_checkpoint(tracking.resolve_model(str(model), tracking_uri=tracking_uri))
+    resolved = tracking.resolve_model(str(model), tracking_uri=tracking_uri)
+    if resolved.is_file():
+        return load_checkpoint(resolved)
+    return load_ensemble(tracking.model_checkpoints(resolved), source_path=resolved)
 
 
 def predict_case(
@@ -178,8 +185,11 @@ def predict_case(
 
 
 def _model_id(model: LoadedModel) -> str:
+    """The model as provenance says it (RT-STRUCT ROIGenerationDescription, the QA page):
+    medseg version, run id if known, and for an ensemble ``k-fold ensemble``; never a path."""
     run_id = model.extra.get("run_id")
-    return f"medseg {model.medseg_version}" + (f" run {run_id}" if run_id else "")
+    ensemble = f" {len(model.folds)}-fold ensemble" if model.folds else ""
+    return f"medseg {model.medseg_version}{ensemble}" + (f" run {run_id}" if run_id else "")
 
 
 def train_from_config(

@@ -20,6 +20,12 @@ A trained model is logged three ways, so each of these URIs works with :func:`re
   input example, pip requirements) that carries the checkpoint as an extra file;
 * ``models:/<name>/<version>``: that model, registered when ``registered_model_name`` is set.
 
+``medseg train --folds all`` also logs its k folds as one model (:meth:`Tracker.log_ensemble`):
+the parent run ``<experiment>-folds`` holds, as ``model``, the folds' :class:`FoldEnsemble`
+with each fold's checkpoint as the extra file ``fold_K.pt``; the fold runs are its nested
+children, each with its own (unregistered) model. :func:`resolve_model` returns such a model
+as its folder, and :func:`model_checkpoints` lists the fold checkpoints in it.
+
 Security: ``mlflow.pytorch.load_model`` unpickles the network, so use it only on stores you
 trust. medseg itself never does: :func:`resolve_model` returns the checkpoint the model
 carries, and :func:`medseg.model.load_checkpoint` reads it with ``torch.load(weights_only=True)``.
@@ -30,13 +36,16 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import os
+import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -47,12 +56,16 @@ from medseg.config import ExperimentConfig
 from medseg.errors import ConfigError, ModelError
 from medseg.privacy import redact_credentials
 
+if TYPE_CHECKING:  # loads torch
+    from medseg.model import LoadedModel
+
 __all__ = [
     "CHECKPOINT_ARTIFACT_DIR",
     "LOCAL_STORE_DB",
     "MODEL_NAME",
     "Tracker",
     "flatten_params",
+    "model_checkpoints",
     "resolve_model",
     "resolve_tracking_uri",
 ]
@@ -72,6 +85,9 @@ CHECKPOINT_ARTIFACT_DIR = "checkpoints"
 MODEL_NAME = "model"
 #: Key of the checkpoint among the artifacts of models logged by medseg 0.1 (pyfunc flavour).
 _CHECKPOINT_KEY = "checkpoint"
+#: File name of fold K's checkpoint inside a logged ensemble model.
+_FOLD_CHECKPOINT = "fold_{k}.pt"
+_FOLD_CHECKPOINT_PATTERN = re.compile(r"fold_(\d+)\.pt")
 
 
 def resolve_tracking_uri(configured: str | None = None, workdir: Path | None = None) -> str:
@@ -142,6 +158,10 @@ class Tracker:
         config: the experiment config (``config.tracking`` says where to log).
         run_name: a readable run name (MLflow invents one when ``None``).
         workdir: folder of the default local store (default: the working directory).
+        parent_run_id: start the run as a nested child of this (active) run, as the fold
+            runs of ``--folds all`` are children of their ensemble's run.
+        register: whether :meth:`log_model` registers the model under
+            ``tracking.registered_model_name`` (the folds of an ensemble are not registered).
 
     Raises:
         ConfigError: on entry, if the tracking store cannot be reached or refuses the run.
@@ -153,9 +173,13 @@ class Tracker:
         *,
         run_name: str | None = None,
         workdir: Path | None = None,
+        parent_run_id: str | None = None,
+        register: bool = True,
     ) -> None:
         self._config = config
         self._run_name = run_name
+        self._parent_run_id = parent_run_id
+        self._register = register
         self._tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri, workdir)
         self._run_id: str | None = None
         self._uri_scope: contextlib.AbstractContextManager[None] | None = None
@@ -184,7 +208,12 @@ class Tracker:
         self._uri_scope.__enter__()
         try:
             experiment_id = self._experiment_id()
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=self._run_name)
+            run = mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=self._run_name,
+                nested=self._parent_run_id is not None,
+                parent_run_id=self._parent_run_id,
+            )
             self._run_id = run.info.run_id
             mlflow.set_tags(
                 {
@@ -258,14 +287,58 @@ class Tracker:
         Returns:
             ``runs:/<run_id>/model``.
         """
+        from medseg.model import load_checkpoint
+
+        self.log_artifact(checkpoint_path, CHECKPOINT_ARTIFACT_DIR)
+        registered = self._config.tracking.registered_model_name if self._register else None
+        return self._log_loaded(
+            load_checkpoint(checkpoint_path), [Path(checkpoint_path)], {}, registered
+        )
+
+    def log_ensemble(self, checkpoints: Sequence[Path], fold_run_ids: Sequence[str]) -> str:
+        """Log k fold checkpoints as ONE MLflow model, named ``model``; register it if configured.
+
+        As :meth:`log_model`, but the network is the folds' :class:`medseg.model.FoldEnsemble`
+        (its output: the log of the mean of the folds' softmax, ``(batch, classes, slice, row,
+        column)``, k times one network's time), and each fold's checkpoint travels with it as
+        the extra file ``fold_K.pt``. The MLmodel metadata adds ``folds`` (k) and
+        ``fold_run_ids``. With ``tracking.registered_model_name`` set, a new version of it is
+        created.
+
+        Args:
+            checkpoints: each fold's best checkpoint, in fold order.
+            fold_run_ids: each fold's run id, in the same order.
+
+        Returns:
+            ``runs:/<run_id>/model``.
+
+        Raises:
+            ModelError: if the folds do not make one ensemble (see
+                :func:`medseg.model.load_ensemble`).
+        """
+        from medseg.model import load_ensemble
+
+        ensemble = load_ensemble(checkpoints)
+        with tempfile.TemporaryDirectory(prefix="medseg-ensemble-") as folder:
+            renamed = [Path(folder) / _FOLD_CHECKPOINT.format(k=k) for k in range(len(checkpoints))]
+            for source, copy in zip(checkpoints, renamed, strict=True):
+                shutil.copyfile(source, copy)
+            metadata = {"folds": len(renamed), "fold_run_ids": list(fold_run_ids)}
+            registered = self._config.tracking.registered_model_name
+            return self._log_loaded(ensemble, renamed, metadata, registered)
+
+    def _log_loaded(
+        self,
+        loaded: LoadedModel,
+        checkpoints: Sequence[Path],
+        metadata: Mapping[str, Any],
+        registered_model_name: str | None,
+    ) -> str:
+        """Log ``loaded``'s network as the run's MLflow model, carrying ``checkpoints``."""
         import mlflow.pytorch
         from mlflow.models import ModelSignature
         from mlflow.types.schema import Schema, TensorSpec
 
-        from medseg.model import load_checkpoint
-
-        self.log_artifact(checkpoint_path, CHECKPOINT_ARTIFACT_DIR)
-        loaded = load_checkpoint(checkpoint_path)
         n_classes = 1 + len(loaded.label_names)
         # two of the coarsest level's voxels along each axis: the smallest input that fits
         size = tuple(2 * f for f in self._config.model.downsampling_factor)
@@ -284,11 +357,14 @@ class Tracker:
                 signature=signature,
                 input_example=example,
                 pip_requirements=_requirements(),
-                extra_files=[str(checkpoint_path)],
-                registered_model_name=self._config.tracking.registered_model_name,
+                extra_files=[str(p) for p in checkpoints],
+                registered_model_name=registered_model_name,
                 # the structures (name, interpreted type, colour, codes) in the MLmodel
                 # file, so a registry user sees what each output channel is
-                metadata={"structures": [s.model_dump(mode="json") for s in loaded.structures]},
+                metadata={
+                    "structures": [s.model_dump(mode="json") for s in loaded.structures],
+                    **metadata,
+                },
                 # pt2 (torch.export) would fix every dimension to the input example's
                 serialization_format="pickle",
             )
@@ -327,13 +403,21 @@ def resolve_model(
     tracking_uri: str | None = None,
     dst_dir: Path | None = None,
 ) -> Path:
-    """A local checkpoint file for a path, ``runs:/…`` or ``models:/…`` URI.
+    """A local checkpoint file, or k-fold ensemble folder, for a path, ``runs:/…`` or
+    ``models:/…`` URI.
 
     Accepted forms:
 
     * a checkpoint file path, or a folder holding exactly one ``.pt`` file or an MLflow model;
+    * a k-fold ensemble folder: the output of ``medseg train --folds all`` (``splits.json``
+      and ``fold_K/best.pt`` for every fold it lists; see
+      :func:`medseg.training.crossval.fold_checkpoints`), or an MLflow model holding several
+      checkpoints (``fold_K.pt``, as :meth:`Tracker.log_ensemble` logs one);
     * ``runs:/<run_id>/model`` (the logged model) or ``runs:/<run_id>/checkpoints/best.pt``;
     * ``models:/<name>/<version>`` (also ``models:/<name>@<alias>``, ``models:/<model_id>``).
+
+    A folder is read in this order: an ``MLmodel`` file makes it an MLflow model, else a
+    ``splits.json`` a cross-validation folder, else it must hold exactly one ``.pt`` file.
 
     Args:
         uri_or_path: what to resolve.
@@ -342,11 +426,12 @@ def resolve_model(
             local store may be returned in place, so treat the result as read-only).
 
     Returns:
-        Path of the checkpoint file (load it with :func:`medseg.model.load_checkpoint`).
+        Path of the checkpoint file (load it with :func:`medseg.model.load_checkpoint`), or
+        of the ensemble's folder (:func:`model_checkpoints` lists its folds' checkpoints).
 
     Raises:
-        ModelError: if the path does not exist, the URI cannot be downloaded, or no single
-            checkpoint is found in what it points to.
+        ModelError: if the path does not exist, the URI cannot be downloaded, no single
+            checkpoint is found in what it points to, or an ensemble folder is incomplete.
     """
     text = str(uri_or_path)
     if text.startswith(("runs:/", "models:/")):
@@ -376,7 +461,19 @@ def resolve_model(
         local = Path(text)
         if not local.exists():
             raise ModelError(f"{text}: no such checkpoint file or folder")
-    return _find_checkpoint(local, text)
+    found = _find_checkpoints(local, text)
+    return found[0] if len(found) == 1 else local
+
+
+def model_checkpoints(path: Path) -> tuple[Path, ...]:
+    """The checkpoint files of a model :func:`resolve_model` returned: itself for a file, the
+    folds' checkpoints in fold order for an ensemble folder.
+
+    Raises:
+        ModelError: as :func:`resolve_model` for a folder.
+    """
+    path = Path(path)
+    return (path,) if path.is_file() else _find_checkpoints(path, str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,32 +516,60 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _find_checkpoint(local: Path, what: str) -> Path:
+def _is_folds_folder(local: Path) -> bool:
+    from medseg.training.crossval import SPLIT_FILE
+
+    return local.is_dir() and (local / SPLIT_FILE).is_file()
+
+
+def _find_checkpoints(local: Path, what: str) -> tuple[Path, ...]:
+    """The checkpoint(s) of ``local``: a file, an MLflow model, a folds folder or a folder
+    with one ``.pt``."""
     if local.is_file():
-        return local
+        return (local,)
     mlmodel = local / "MLmodel"
     if mlmodel.is_file():
         try:
             flavors = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))["flavors"]
-            if "pytorch" in flavors:  # the checkpoint is an extra file of the model
+            if "pytorch" in flavors:  # the checkpoint(s) are extra files of the model
                 paths = [entry["path"] for entry in flavors["pytorch"].get("extra_files") or []]
-                checkpoints = [p for p in paths if str(p).endswith(".pt")]
-                if len(checkpoints) != 1:
+                relative = [str(p) for p in paths if str(p).endswith(".pt")]
+                if not relative:
                     raise ModelError(f"{what}: an MLflow model without a medseg checkpoint")
-                relative = checkpoints[0]
+                if len(relative) > 1:  # an ensemble: fold_K.pt, in fold order
+                    relative = _in_fold_order(relative, what)
             else:  # models logged before 2026-11: pyfunc, the checkpoint its artifact
-                relative = flavors["python_function"]["artifacts"][_CHECKPOINT_KEY]["path"]
+                relative = [flavors["python_function"]["artifacts"][_CHECKPOINT_KEY]["path"]]
         except (yaml.YAMLError, KeyError, TypeError) as exc:
             raise ModelError(f"{what}: an MLflow model without a medseg checkpoint") from exc
-        checkpoint = local / relative
-        if not checkpoint.is_file():
-            raise ModelError(f"{what}: checkpoint {relative} missing from the MLflow model")
-        return checkpoint
+        for name in relative:
+            if not (local / name).is_file():
+                raise ModelError(f"{what}: checkpoint {name} missing from the MLflow model")
+        return tuple(local / name for name in relative)
+    if _is_folds_folder(local):
+        from medseg.training.crossval import fold_checkpoints
+
+        return fold_checkpoints(local)
     candidates = sorted(local.glob("*.pt"))
     if len(candidates) != 1:
         names = [c.name for c in candidates]
-        raise ModelError(f"{what}: expected exactly one .pt checkpoint in the folder, got {names}")
-    return candidates[0]
+        raise ModelError(
+            f"{what}: expected exactly one .pt checkpoint in the folder (or splits.json and "
+            f"fold_K/ of medseg train --folds all, or an MLflow model), got {names}"
+        )
+    return (candidates[0],)
+
+
+def _in_fold_order(names: Sequence[str], what: str) -> list[str]:
+    folds = {}
+    for name in names:
+        match = _FOLD_CHECKPOINT_PATTERN.fullmatch(Path(name).name)
+        if match is None:
+            raise ModelError(f"{what}: MLflow model checkpoint {name} is not named fold_K.pt")
+        folds[int(match.group(1))] = name
+    if sorted(folds) != list(range(len(folds))):
+        raise ModelError(f"{what}: MLflow model folds {sorted(folds)} are not 0..{len(folds) - 1}")
+    return [folds[k] for k in range(len(folds))]
 
 
 #: Seconds one HTTP request to a tracking server may take, and how often MLflow retries,

@@ -78,7 +78,12 @@ def test_cli_trains_every_fold_with_a_saved_split(tmp_path: Path) -> None:
     assert (out / "fold_0" / "best.pt").is_file() and (out / "fold_1" / "best.pt").is_file()
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("medseg-tiny").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["medseg-tiny-fold0", "medseg-tiny-fold1"]
+    # the folds are children of one parent run, which holds their ensemble
+    names = sorted(r.info.run_name for r in runs)
+    assert names == ["medseg-tiny-fold0", "medseg-tiny-fold1", "medseg-tiny-folds"]
+    parent = next(r for r in runs if r.info.run_name == "medseg-tiny-folds")
+    assert f"2-fold ensemble: --model {out}" in result.output
+    assert f"model: runs:/{parent.info.run_id}/model" in result.output
     import hashlib
 
     fingerprint = hashlib.sha256(b"training_000\ntraining_001\ntraining_002").hexdigest()

@@ -373,7 +373,8 @@ def discover_cases(
 
 
 def resolve_model_ref(model: str | Path, output_root: Path) -> ModelRef:
-    """A local checkpoint for ``model`` (a path or an MLflow URI) and its content id.
+    """A local checkpoint (or k-fold ensemble folder) for ``model`` (a path or an MLflow URI)
+    and its content id (of an ensemble: of its folds' checkpoints, in fold order).
 
     URIs are downloaded into ``output_root/.model`` so that pool and Ray workers (on a cluster:
     through the shared file system) read the same file.
@@ -386,6 +387,12 @@ def resolve_model_ref(model: str | Path, output_root: Path) -> ModelRef:
     text = str(model)
     dst = Path(output_root) / _MODEL_DIR if text.startswith(("runs:/", "models:/")) else None
     path = Path(tracking.resolve_model(text, dst_dir=dst)).resolve()
-    with open(path, "rb") as fh:
-        model_id = "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()[:16]
-    return ModelRef(path, model_id)
+    digests = []
+    for checkpoint in tracking.model_checkpoints(path):  # a k-fold ensemble: every fold's
+        with open(checkpoint, "rb") as fh:
+            digests.append(hashlib.file_digest(fh, "sha256"))
+    # one checkpoint keeps the id it always had, its file's digest
+    digest = (
+        digests[0] if len(digests) == 1 else hashlib.sha256(b"".join(d.digest() for d in digests))
+    )
+    return ModelRef(path, "sha256:" + digest.hexdigest()[:16])

@@ -6,35 +6,71 @@ list, or the patients of a DICOM + RT-STRUCT ``data.dicom_root``)
 saved split file is reused, so every fold of a study trains on the same partition. Each fold
 trains into ``fold_K/`` as its own MLflow run (``<experiment>-fold<K>``) with the split file
 as an artifact.
+
+With ``--folds all`` the fold runs are nested under one parent run (``<experiment>-folds``),
+and once every fold has finished the parent logs the k folds as ONE MLflow model, their
+:class:`~medseg.model.FoldEnsemble` (``runs:/<parent>/model``), registered under
+``tracking.registered_model_name`` when that is set (the fold models then are not
+registered, so every version of the registered model is an ensemble). The output folder
+itself is that ensemble too (:func:`fold_checkpoints`): ``medseg predict --model OUT``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from medseg.config import ExperimentConfig
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, ModelError
 from medseg.io.files import claim_output_dir
 from medseg.privacy import redact
 from medseg.training import data, datasets, splits
 
-__all__ = ["SPLIT_FILE", "load_cases", "train_folds"]
+if TYPE_CHECKING:  # loads torch
+    from medseg.training.train import TrainResult
+
+__all__ = ["FOLD_DIR", "SPLIT_FILE", "FoldsResult", "fold_checkpoints", "load_cases", "train_folds"]
 
 _log = logging.getLogger(__name__)
 
 #: Name of the split file written into the output folder.
 SPLIT_FILE = "splits.json"
+#: Folder of fold K inside the output folder (``FOLD_DIR.format(k=K)``).
+FOLD_DIR = "fold_{k}"
+_FOLD_DIR_PATTERN = re.compile(r"fold_(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class FoldsResult:
+    """Outcome of :func:`train_folds`.
+
+    Attributes:
+        folds: one ``TrainResult`` per fold trained, in the order trained.
+        out_dir: the output folder (``splits.json`` and ``fold_K/``).
+        run_id: the parent MLflow run of ``--folds all`` (``None`` for single folds or
+            without tracking).
+        model_uri: ``runs:/<run_id>/model``, the k-fold ensemble, when it was logged.
+    """
+
+    folds: tuple[TrainResult, ...]
+    out_dir: Path
+    run_id: str | None = None
+    model_uri: str | None = None
 
 
 def train_folds(
     config: ExperimentConfig, out_dir: Path, folds: Sequence[int] | None = None
-) -> list[Any]:
-    """Train the given folds (``None``: all) and return one ``TrainResult`` per fold.
+) -> FoldsResult:
+    """Train the given folds (``None``: all, as one ensemble) into ``out_dir/fold_K``.
+
+    With ``folds=None`` the fold runs are children of one parent MLflow run, which logs the
+    k-fold ensemble as its model once all folds are trained (see the module docstring).
 
     Raises:
         ConfigError: if ``data.datalist`` is unset, a fold number is out of range, or a saved
@@ -56,24 +92,104 @@ def train_folds(
         all_folds = splits.make_folds(list(cases), config.data.num_folds, config.seed)
         splits.write_folds(split_path, all_folds, config.seed)
     wanted = range(len(all_folds)) if folds is None else folds
-    results = []
     for k in wanted:
         if not 0 <= k < len(all_folds):
             raise ConfigError(f"fold {k} does not exist: folds are 0..{len(all_folds) - 1}")
-        fold = all_folds[k]
-        pairs = [(cases[i].image, cases[i].labels) for i in fold.train]
-        val_pairs = [(cases[i].image, cases[i].labels) for i in fold.validation]
-        run_name = f"{config.tracking.experiment}-fold{k}"
-        main = is_main_process()  # under torchrun only rank 0 has an MLflow run
-        scope = tracking.Tracker(config, run_name=run_name) if main else contextlib.nullcontext()
-        with scope as tracker:
-            if tracker is not None:
-                tracker.set_tags(
-                    {"fold": str(k), "dataset_fingerprint": splits.dataset_fingerprint(list(cases))}
+    fingerprint = splits.dataset_fingerprint(list(cases))
+    main = is_main_process()  # under torchrun only rank 0 has MLflow runs
+    experiment = config.tracking.experiment
+    ensemble = folds is None and main
+    parent_scope = (
+        tracking.Tracker(config, run_name=f"{experiment}-folds")
+        if ensemble
+        else contextlib.nullcontext(None)
+    )
+    results: list[TrainResult] = []
+    with parent_scope as parent:
+        if parent is not None:
+            parent.set_tags({"folds": str(len(all_folds)), "dataset_fingerprint": fingerprint})
+            parent.log_artifact(split_path, "splits")
+        for k in wanted:
+            fold = all_folds[k]
+            pairs = [(cases[i].image, cases[i].labels) for i in fold.train]
+            val_pairs = [(cases[i].image, cases[i].labels) for i in fold.validation]
+            scope = (
+                tracking.Tracker(
+                    config,
+                    run_name=f"{experiment}-fold{k}",
+                    parent_run_id=None if parent is None else parent.run_id,
+                    register=parent is None,
                 )
-                tracker.log_artifact(split_path, "splits")
-            results.append(train(config, pairs, val_pairs, out_dir / f"fold_{k}", tracker))
-    return results
+                if main
+                else contextlib.nullcontext()
+            )
+            with scope as tracker:
+                if tracker is not None:
+                    tracker.set_tags({"fold": str(k), "dataset_fingerprint": fingerprint})
+                    tracker.log_artifact(split_path, "splits")
+                results.append(
+                    train(config, pairs, val_pairs, out_dir / FOLD_DIR.format(k=k), tracker)
+                )
+        model_uri = None
+        if parent is not None:
+            model_uri = parent.log_ensemble(
+                [r.checkpoint_path for r in results], [r.run_id or "" for r in results]
+            )
+    return FoldsResult(
+        folds=tuple(results),
+        out_dir=out_dir,
+        run_id=None if parent is None else parent.run_id,
+        model_uri=model_uri,
+    )
+
+
+def fold_checkpoints(folder: Path) -> tuple[Path, ...]:
+    """The best checkpoint of every fold of a cross-validation output folder, in fold order.
+
+    The rule: a folder holding ``splits.json`` is a k-fold ensemble of the k folds that file
+    lists, fold K being ``fold_K/best.pt``; every one must be there (a partial ensemble is
+    not silently a smaller one), and no ``fold_K/`` beyond the k may be.
+
+    Raises:
+        ModelError: naming the file or folder, when ``splits.json`` is missing or unreadable,
+            a fold it lists has no folder or no ``best.pt``, or a ``fold_K`` folder is not
+            one of its folds.
+    """
+    from medseg.training.train import BEST_CHECKPOINT
+
+    folder = Path(folder)
+    split_path = folder / SPLIT_FILE
+    if not split_path.is_file():
+        raise ModelError(f"{folder}: not a cross-validation folder (no {SPLIT_FILE})")
+    try:
+        n_folds = len(splits.load_folds(split_path))
+    except ConfigError as exc:
+        raise ModelError(str(exc)) from exc
+    if n_folds == 0:
+        raise ModelError(f"{split_path}: lists no folds")
+    found = {
+        int(match.group(1)): path
+        for path in folder.iterdir()
+        if path.is_dir() and (match := _FOLD_DIR_PATTERN.fullmatch(path.name))
+    }
+    strays = sorted(k for k in found if k >= n_folds)
+    if strays:
+        raise ModelError(
+            f"{found[strays[0]]}: not a fold of {split_path}, which lists folds 0..{n_folds - 1}"
+        )
+    checkpoints = []
+    for k in range(n_folds):
+        fold_dir = folder / FOLD_DIR.format(k=k)
+        if k not in found:
+            raise ModelError(
+                f"{fold_dir}: missing; {split_path} lists {n_folds} folds "
+                f"(train it with: medseg train CONFIG --out {folder} --fold {k})"
+            )
+        checkpoint = fold_dir / BEST_CHECKPOINT
+        if not checkpoint.is_file():
+            raise ModelError(f"{checkpoint}: missing; fold {k} has no best checkpoint yet")
+        checkpoints.append(checkpoint)
+    return tuple(checkpoints)
 
 
 def load_cases(config: ExperimentConfig) -> dict[str, data.LabelledCase]:
