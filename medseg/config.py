@@ -64,6 +64,11 @@ __all__ = [
 _MAX_LABELS = 255
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
+#: A ``(low, high)`` range of finite positive floats (an augmentation's draw).
+PositiveRange = tuple[
+    Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+    Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
+]
 #: A per-axis size in voxels, array order ``(slice, row, column)``.
 Shape3 = tuple[PositiveInt, PositiveInt, PositiveInt]
 
@@ -536,37 +541,19 @@ class TrainConfig(_Section):
     augment_noise_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.5
     augment_rotation_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
     augment_scaling_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
-    augment_scale_range: tuple[
-        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
-        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
-    ] = (0.7, 1.4)
+    augment_scale_range: PositiveRange = (0.7, 1.4)
     augment_in_plane: StrictBool = False
     augment_blur_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
-    augment_blur_sigma: tuple[
-        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
-        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
-    ] = (0.5, 1.0)
+    augment_blur_sigma: PositiveRange = (0.5, 1.0)
     augment_brightness_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
-    augment_brightness_range: tuple[
-        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
-        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
-    ] = (0.75, 1.25)
+    augment_brightness_range: PositiveRange = (0.75, 1.25)
     augment_contrast_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
-    augment_contrast_range: tuple[
-        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
-        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
-    ] = (0.75, 1.25)
+    augment_contrast_range: PositiveRange = (0.75, 1.25)
     augment_low_resolution_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
-    augment_low_resolution_zoom: tuple[
-        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
-        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
-    ] = (0.5, 1.0)
+    augment_low_resolution_zoom: PositiveRange = (0.5, 1.0)
     augment_gamma_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
     augment_inverted_gamma_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
-    augment_gamma_range: tuple[
-        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
-        Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)],
-    ] = (0.7, 1.5)
+    augment_gamma_range: PositiveRange = (0.7, 1.5)
 
     @field_validator(
         "augment_scale_range",

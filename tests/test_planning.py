@@ -54,7 +54,9 @@ def test_an_nnunet_raw_dataset_is_a_datalist(tmp_path: Path) -> None:
 def test_an_nnunet_raw_dataset_missing_an_image_is_named(tmp_path: Path) -> None:
     path = _nnunet_raw(tmp_path / "Dataset001_toy")
     (path.parent / "imagesTr" / "case_001_0000.nii.gz").unlink()
-    with pytest.raises(ConfigError, match=r"case_001_0000\.nii\.gz: missing"):
+    with pytest.raises(
+        ConfigError, match=r"case_001\.nii\.gz: missing image imagesTr/case_001_0000\.nii\.gz"
+    ):
         load_training_cases(path)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -240,11 +239,8 @@ def measure_step(plan: Plan, n_labels: int, num_threads: int, *, max_steps: int 
     three agree within 30 % (or ``max_steps`` ran, or 60 s passed) and their median is
     returned. oneDNN prepares its kernels for new shapes over the first steps: measured 2–3.6 s
     for each of the first five steps of a network whose steps then take 0.4–0.6 s."""
-    import torch
-    from monai.losses import DiceCELoss
-
     from medseg.config import ModelConfig
-    from medseg.model import build_network
+    from medseg.training.train import time_training_step
 
     config = ModelConfig.model_validate(
         {
@@ -258,29 +254,6 @@ def measure_step(plan: Plan, n_labels: int, num_threads: int, *, max_steps: int 
             ],
         }
     )
-    previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
-    try:
-        network = build_network(config).train()
-        optimiser = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-        generator = torch.Generator().manual_seed(0)
-        shape = (plan.batch_size, 1, *plan.patch_size)
-        image = torch.randn(shape, generator=generator)
-        target = torch.randint(0, n_labels + 1, shape, generator=generator)
-        times: list[float] = []
-        began = time.perf_counter()
-        while len(times) < max_steps:
-            started = time.perf_counter()
-            optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(network(image), target)
-            loss.backward()
-            optimiser.step()
-            times.append(time.perf_counter() - started)
-            last = times[-3:]
-            steady = len(times) >= 4 and max(last) <= 1.3 * min(last)
-            if steady or time.perf_counter() - began > 60.0:
-                break
-    finally:
-        torch.set_num_threads(previous)
-    return float(sorted(times[-3:])[len(times[-3:]) // 2])
+    return time_training_step(
+        config, plan.patch_size, plan.batch_size, num_threads, max_steps=max_steps
+    )

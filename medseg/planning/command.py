@@ -168,9 +168,9 @@ def plan_experiment(
 
 
 def _default_device() -> Literal["cpu", "cuda"]:
-    import torch
+    from medseg.training.train import cuda_available
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if cuda_available() else "cpu"
 
 
 def _dataset_name(data: Path) -> str:

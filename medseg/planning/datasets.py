@@ -26,7 +26,6 @@ declared); errors are one line naming the file.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -102,42 +101,6 @@ def _pair(case_id: str, image_path: Path, label_path: Path) -> Case:
     image = data.load_image(image_path)
     labels = nifti.load(label_path, VolumeKind.LABELS)
     return case_id, image, labels
-
-
-def _nnunet_cases(path: Path, raw: dict[str, Any]) -> list[tuple[str, Path, Path]]:
-    root = path.parent
-    ending = raw.get("file_ending")
-    if not isinstance(ending, str) or not ending:
-        raise ConfigError(f"{path}: 'file_ending' (e.g. '.nii.gz') is missing")
-    if "dataset" in raw:
-        listed = raw["dataset"]
-        if not isinstance(listed, dict):
-            raise ConfigError(f"{path}: 'dataset' must map case ids to images and label")
-        cases = []
-        for case_id, entry in listed.items():
-            images = entry.get("images") if isinstance(entry, dict) else None
-            if not isinstance(images, list) or len(images) != 1 or "label" not in entry:
-                raise ConfigError(f"{path}: case {case_id!r} needs one image and a label")
-            cases.append((str(case_id), root / images[0], root / entry["label"]))
-        return cases
-    images_dir = root / "imagesTr"
-    if not images_dir.is_dir():
-        raise InputError(f"{path}: no imagesTr folder next to it")
-    pattern = re.compile(r"(.+)_(\d{4})" + re.escape(ending))
-    channels: dict[str, set[str]] = {}
-    for file in images_dir.iterdir():
-        match = pattern.fullmatch(file.name)
-        if match:
-            channels.setdefault(match.group(1), set()).add(match.group(2))
-    for case_id, found in sorted(channels.items()):
-        if found != {"0000"}:
-            raise InputError(
-                f"{images_dir}: case {case_id!r} has channels {sorted(found)}, expected only 0000"
-            )
-    return [
-        (case_id, images_dir / f"{case_id}_0000{ending}", root / "labelsTr" / f"{case_id}{ending}")
-        for case_id in sorted(channels)
-    ]
 
 
 def _check_files(cases: list[tuple[str, Path, Path]], path: Path) -> None:
@@ -237,7 +200,7 @@ def _from_json(
         modality = given
         if labels is None:
             labels = _nnunet_labels(raw.get("labels"), path)
-        listed = _nnunet_cases(path, raw)
+        listed = data.nnunet_cases(path, raw)
     else:
         raise ConfigError(
             f"{path}: neither a datalist ('training' list) nor an nnU-Net dataset.json "

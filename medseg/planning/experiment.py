@@ -12,6 +12,7 @@ epochs that fit the time budget (:mod:`medseg.planning.budget`). The YAML it wri
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -179,7 +180,7 @@ def experiment_from_plan(
         "patch_size": list(patch),
         "batch_size": int(plan.batch_size),
         "samples_per_case": int(samples_per_case),
-        **_plain(TrainConfig.nnunet_defaults((patch[0], patch[1], patch[2]))),
+        **json.loads(json.dumps(TrainConfig.nnunet_defaults((patch[0], patch[1], patch[2])))),
         "loss_batch_dice": batch_dice,
         "precision": "auto",
         "device": device,
@@ -279,12 +280,3 @@ def _line(key: str, value: Any, reason: str | None, *, indent: str) -> str:
     text = text.removesuffix("...").strip()
     comment = f"  # {' '.join(reason.split())}" if reason else ""
     return f"{indent}{key}: {text}{comment}"
-
-
-def _plain(value: Any) -> Any:
-    """Tuples -> lists, recursively (what YAML's safe dumper writes)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

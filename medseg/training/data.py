@@ -10,15 +10,24 @@ label is a NIfTI/NRRD label map on the image's grid.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medseg.errors import ConfigError, InputError
 from medseg.io import dicom, nifti
 from medseg.volume import Volume, VolumeKind, require_same_geometry
 
-__all__ = ["Datalist", "LabelledCase", "load_datalist", "load_image", "load_training_cases"]
+__all__ = [
+    "Datalist",
+    "LabelledCase",
+    "load_datalist",
+    "load_image",
+    "load_training_cases",
+    "nnunet_cases",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +84,7 @@ def _load_cases(
     return tuple(cases)
 
 
-def _read_entries(path: Path) -> tuple[list[dict[str, str]], dict[str, object]]:
+def _read_entries(path: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """The ``training`` entries (checked, non-empty) and the whole JSON object of a datalist."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -91,28 +100,78 @@ def _read_entries(path: Path) -> tuple[list[dict[str, str]], dict[str, object]]:
     return training, raw
 
 
-def _nnunet_entries(path: Path, raw: dict[str, object]) -> list[dict[str, str]]:
-    """The cases of an nnU-Net v2 raw dataset (``imagesTr/<case>_0000<ending>``,
-    ``labelsTr/<case><ending>``, a ``dataset.json`` without a file list), in case order."""
-    ending, channels = raw.get("file_ending"), raw.get("channel_names", raw.get("modality"))
+def nnunet_cases(path: Path, raw: dict[str, Any]) -> list[tuple[str, Path, Path]]:
+    """The ``(case id, image, label)`` files of an nnU-Net v2 raw dataset, as nnU-Net finds
+    them: the ``dataset`` map of its ``dataset.json`` if it has one, else every
+    ``imagesTr/<case>_0000<file_ending>`` with ``labelsTr/<case><file_ending>``, by case id.
+
+    Raises:
+        ConfigError: no ``file_ending``, a malformed ``dataset`` map, or a label map in
+            ``labelsTr`` without its image.
+        InputError: no ``imagesTr`` folder, or a case with channels other than ``0000``.
+    """
+    root = path.parent
+    ending = raw.get("file_ending")
     if not isinstance(ending, str) or not ending:
-        raise ConfigError(f"{path}: 'file_ending' must be a file suffix such as '.nii.gz'")
+        raise ConfigError(f"{path}: 'file_ending' (e.g. '.nii.gz') is missing")
+    if "dataset" in raw:
+        listed = raw["dataset"]
+        if not isinstance(listed, dict):
+            raise ConfigError(f"{path}: 'dataset' must map case ids to images and label")
+        cases = []
+        for case_id, entry in listed.items():
+            images = entry.get("images") if isinstance(entry, dict) else None
+            if not isinstance(images, list) or len(images) != 1 or "label" not in entry:
+                raise ConfigError(f"{path}: case {case_id!r} needs one image and a label")
+            cases.append((str(case_id), root / images[0], root / entry["label"]))
+        return cases
+    images_dir = root / "imagesTr"
+    if not images_dir.is_dir():
+        raise InputError(f"{path}: no imagesTr folder next to it")
+    pattern = re.compile(r"(.+)_(\d{4})" + re.escape(ending))
+    channels: dict[str, set[str]] = {}
+    for file in images_dir.iterdir():
+        match = pattern.fullmatch(file.name)
+        if match:
+            channels.setdefault(match.group(1), set()).add(match.group(2))
+    for case_id, found in sorted(channels.items()):
+        if found != {"0000"}:
+            raise InputError(
+                f"{images_dir}: case {case_id!r} has channels {sorted(found)}, expected only 0000"
+            )
+    orphans = sorted(
+        p.name
+        for p in (root / "labelsTr").glob(f"*{ending}")
+        if p.name[: -len(ending)] not in channels
+    )
+    if orphans:
+        raise ConfigError(
+            f"{root / 'labelsTr' / orphans[0]}: missing image imagesTr/"
+            f"{orphans[0][: -len(ending)]}_0000{ending} ({len(orphans)} label map(s) without one)"
+        )
+    return [
+        (case_id, images_dir / f"{case_id}_0000{ending}", root / "labelsTr" / f"{case_id}{ending}")
+        for case_id in sorted(channels)
+    ]
+
+
+def _nnunet_entries(path: Path, raw: dict[str, Any]) -> list[dict[str, str]]:
+    """The cases of an nnU-Net v2 raw dataset (:func:`nnunet_cases`) as datalist entries."""
+    channels = raw.get("channel_names", raw.get("modality"))
     if isinstance(channels, dict) and len(channels) != 1:
         raise ConfigError(
             f"{path}: {len(channels)} input channels {sorted(channels.values())}; medseg's "
             "networks take one image per case"
         )
-    labels_dir, images_dir = path.parent / "labelsTr", path.parent / "imagesTr"
-    names = sorted(p.name[: -len(ending)] for p in labels_dir.glob(f"*{ending}"))
-    if not names:
-        raise ConfigError(f"{labels_dir}: no label maps '*{ending}' (nnU-Net raw layout)")
-    entries = []
-    for name in names:
-        image = images_dir / f"{name}_0000{ending}"
-        if not image.is_file():
-            raise ConfigError(f"{image}: missing: labelsTr/{name}{ending} has no image")
-        entries.append({"image": f"imagesTr/{image.name}", "label": f"labelsTr/{name}{ending}"})
-    return entries
+    try:
+        cases = nnunet_cases(path, raw)
+    except InputError as exc:
+        raise ConfigError(str(exc)) from exc
+    for _, image, label in cases:
+        for file in (image, label):
+            if not file.is_file():
+                raise ConfigError(f"{file}: missing (listed by {path})")
+    return [{"image": str(image), "label": str(label)} for _, image, label in cases]
 
 
 def load_training_cases(path: Path) -> tuple[LabelledCase, ...]:

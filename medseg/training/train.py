@@ -24,7 +24,7 @@ import torch
 from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 
 import medseg
-from medseg.config import ExperimentConfig, TrainConfig
+from medseg.config import ExperimentConfig, ModelConfig, TrainConfig
 from medseg.errors import ConfigError, InputError
 from medseg.infer import predict
 from medseg.metrics import compute_metrics, dice_score
@@ -47,7 +47,15 @@ from medseg.training.patches import (
 from medseg.training.progress import Progress, plot_curves, progress_bar
 from medseg.volume import Volume
 
-__all__ = ["EpochRecord", "RunTracker", "TrainResult", "lr_factor", "train"]
+__all__ = [
+    "EpochRecord",
+    "RunTracker",
+    "TrainResult",
+    "cuda_available",
+    "lr_factor",
+    "time_training_step",
+    "train",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -693,3 +701,56 @@ def _extra(epoch: int, train_loss: float, val_dice: float | None) -> dict[str, A
 def _metric_name(label_name: str) -> str:
     # MLflow metric keys allow letters, digits, "_", "-", ".", " " and "/".
     return re.sub(r"[^\w\-. /]", "_", label_name)
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (``medseg plan``'s default device)."""
+    return bool(torch.cuda.is_available())
+
+
+def time_training_step(
+    model: ModelConfig,
+    patch_size: Sequence[int],
+    batch_size: int,
+    num_threads: int,
+    *,
+    max_steps: int = 12,
+    max_seconds: float = 60.0,
+) -> float:
+    """Seconds of one steady training step (forward, Dice + CE without background, backward,
+    SGD with Nesterov momentum) of ``model`` on a batch of random patches on this CPU.
+
+    Steps run until the last three agree within 30 % (or ``max_steps`` ran, or
+    ``max_seconds`` passed) and their median is returned: oneDNN prepares its kernels for new
+    shapes over the first steps (measured 2–3.6 s for each of the first five steps of a
+    network whose steps then take 0.4–0.6 s). Used by ``medseg plan``'s CPU budget.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        network = build_network(model).train()
+        optimiser = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        generator = torch.Generator().manual_seed(0)
+        shape = (batch_size, 1, *patch_size)
+        image = torch.randn(shape, generator=generator)
+        target = torch.randint(0, len(model.labels) + 1, shape, generator=generator)
+        times: list[float] = []
+        began = time.perf_counter()
+        while len(times) < max_steps:
+            started = time.perf_counter()
+            optimiser.zero_grad(set_to_none=True)
+            output = network(image)
+            if output.ndim == 6:  # deep supervision in training mode: the full-resolution head
+                output = output[:, 0]
+            loss = loss_fn(output, target)
+            loss.backward()
+            optimiser.step()
+            times.append(time.perf_counter() - started)
+            last = times[-3:]
+            steady = len(times) >= 4 and max(last) <= 1.3 * min(last)
+            if steady or time.perf_counter() - began > max_seconds:
+                break
+    finally:
+        torch.set_num_threads(previous)
+    return float(sorted(times[-3:])[len(times[-3:]) // 2])
