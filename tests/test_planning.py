@@ -268,7 +268,7 @@ def test_measure_step_times_a_real_training_step(tmp_path: Path) -> None:
     from medseg.planning.rules import plan_3d_fullres
 
     plan = plan_3d_fullres(_toy_fingerprint(tmp_path), gpu_memory_gb=8.0, base_features=4)
-    seconds = measure_step(plan, 1, 2, max_steps=5)
+    seconds = measure_step(plan, 1, 2, max_steps=3)
     assert 0.0 < seconds < 30.0
 
 

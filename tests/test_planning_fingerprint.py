@@ -41,7 +41,7 @@ from medseg.planning.fingerprint import (
 from medseg.volume import SourceInfo, Volume, VolumeKind
 from tests.conftest import require_data
 from tests.referees import raw_datasets
-from tests.referees.nnunet import fingerprint_with_nnunet, plan_with_nnunet
+from tests.referees.nnunet import fingerprints_with_nnunet, plan_with_nnunet
 
 BUILDERS = {
     "lung-gtv-ct": raw_datasets.lung_gtv_ct,
@@ -60,12 +60,18 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, raw_datasets.RawD
 
 @pytest.fixture(scope="session")
 def nnunet(raw: dict[str, raw_datasets.RawDataset]) -> Callable[[str], dict[str, Any]]:
-    """nnU-Net's dataset_fingerprint.json of a raw dataset, computed once per session (about
-    15 s each: nnU-Net's imports, its worker's, and its 10e7-voxel foreground sample)."""
+    """nnU-Net's dataset_fingerprint.json of each raw dataset, all computed in one side process
+    the first time one is asked for (about 30 s: nnU-Net's imports, its worker's, and its
+    10e7-voxel foreground sample per dataset)."""
 
     @functools.cache
+    def everything() -> dict[str, dict[str, Any]]:
+        names = list(raw)
+        answers = fingerprints_with_nnunet([raw[n].folder for n in names])
+        return dict(zip(names, answers, strict=True))
+
     def run(name: str) -> dict[str, Any]:
-        return fingerprint_with_nnunet(raw[name].folder)
+        return everything()[name]
 
     return run
 
@@ -223,6 +229,11 @@ def test_empty_dataset(raw: dict[str, raw_datasets.RawDataset], tmp_path: Path) 
     folder = _copy(raw["mr-tumour"], tmp_path)
     for image in (folder / "imagesTr").iterdir():
         image.unlink()
+    with pytest.raises(ConfigError) as orphan:  # label maps without their images
+        fingerprint_dataset(folder / "dataset.json")
+    _one_line(orphan, "brain1.nii.gz", "missing image imagesTr/brain1_0000.nii.gz")
+    for label in (folder / "labelsTr").iterdir():
+        label.unlink()
     with pytest.raises(InputError) as exc:
         fingerprint_dataset(folder / "dataset.json")
     _one_line(exc, "dataset.json", "no training cases")

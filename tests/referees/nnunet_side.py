@@ -148,6 +148,18 @@ def fingerprint(payload: dict[str, Any], root: Path) -> dict[str, Any]:
     return _plain(result)  # type: ignore[no-any-return]
 
 
+def fingerprints(payload: dict[str, Any], root: Path) -> list[dict[str, Any]]:
+    """``fingerprint`` for each of ``payload["raw_datasets"]``, in one process (nnU-Net's
+    imports once)."""
+    answers = []
+    for index, folder in enumerate(payload["raw_datasets"]):
+        own = root / str(index)
+        own.mkdir()
+        job = {"raw_dataset": folder, "num_processes": payload["num_processes"]}
+        answers.append(fingerprint(job, own))
+    return answers
+
+
 def main(argv: list[str]) -> int:
     command, request, answer = argv
     payload = json.loads(Path(request).read_text())
@@ -156,8 +168,12 @@ def main(argv: list[str]) -> int:
             result: Any = plan(payload, Path(tmp))
         elif command == "fingerprint":
             result = fingerprint(payload, Path(tmp))
+        elif command == "fingerprints":
+            result = fingerprints(payload, Path(tmp))
         else:
-            raise SystemExit(f"unknown command {command!r}: expected plan or fingerprint")
+            raise SystemExit(
+                f"unknown command {command!r}: expected plan, fingerprint or fingerprints"
+            )
     Path(answer).write_text(json.dumps(result))
     return 0
 
