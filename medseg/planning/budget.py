@@ -30,9 +30,9 @@ __all__ = ["MIN_STEPS", "BudgetChoice", "fit_cpu_budget", "measure_step"]
 _log = logging.getLogger(__name__)
 
 #: Fewest optimiser steps a CPU plan must afford within its budget. nnU-Net's schedule is
-#: 250,000; on the 21-organ H&N phantoms medseg's DynUNet needed about 2,000 steps of batch 2
-#: to pass mean Dice 0.6 (benchmarks/plan_vs_hand.py), so a plan that affords fewer would
-#: spend the budget on a network too large to learn anything in it.
+#: 250,000 steps; medseg's 21-organ H&N benchmark (benchmarks/train_hn_oar.py) trained 2,400
+#: steps of batch 2 in its 30 minutes, and a plan that affords far fewer spends the budget on a
+#: network too large to learn in it. Not yet tuned by benchmarks/plan_vs_hand.py.
 MIN_STEPS = 1500
 #: Share of the budget left for validation, checkpoints and loading.
 OVERHEAD_FRACTION = 0.15
