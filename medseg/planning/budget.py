@@ -17,6 +17,7 @@ candidate (a large one costs a minute per step).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -117,16 +118,22 @@ def fit_cpu_budget(
         return value
 
     targets = [gpu_memory_gb / 2**k for k in range(MAX_HALVINGS, -1, -1)]  # smallest first
-    cache: dict[tuple[int, float], float] = {}
 
+    @functools.cache
+    def planned(base: int, gb: float) -> Plan:
+        return plan_3d_fullres(fingerprint, gpu_memory_gb=gb, base_features=base)
+
+    @functools.cache
     def timed(base: int, gb: float) -> tuple[Plan, float]:
-        plan = plan_3d_fullres(fingerprint, gpu_memory_gb=gb, base_features=base)
-        if (base, gb) not in cache:
-            # a patch too small for the 3 levels DynUNet needs is no candidate
-            cache[(base, gb)] = math.inf if len(plan.features) < MIN_STAGES else seconds(plan)
-        return plan, cache[(base, gb)]
+        plan = planned(base, gb)
+        # a patch too small for the 3 levels DynUNet needs is no candidate
+        return plan, math.inf if len(plan.features) < MIN_STAGES else seconds(plan)
 
     reference_voxels = math.prod(reference.patch_size)
+
+    def keeps_patch(plan: Plan) -> bool:
+        return math.prod(plan.patch_size) >= MIN_PATCH_SHARE * reference_voxels
+
     fits: list[tuple[Plan, int, float, float]] = []  # (plan, base, gb, seconds)
     for base in BASE_FEATURES:
         best = _largest_fit(
@@ -134,22 +141,19 @@ def fit_cpu_budget(
             targets,
             allowed,
             timed,
-            cost_of=lambda b, g: cost(
-                plan_3d_fullres(fingerprint, gpu_memory_gb=g, base_features=b)
-            ),
+            cost_of=lambda b, g: cost(planned(b, g)),
         )
         if best is None:
             continue
         plan, gb, step = best
         fits.append((plan, base, gb, step))
-        if math.prod(plan.patch_size) >= MIN_PATCH_SHARE * reference_voxels:
+        if keeps_patch(plan):
             break
-    if fits:  # the first width that keeps the patch, else the largest patch found
-        keeps = [
-            f for f in fits if math.prod(f[0].patch_size) >= MIN_PATCH_SHARE * reference_voxels
-        ]
+    if fits:  # the first width that keeps the patch (the last tried), else the largest patch
         plan, base, gb, step = (
-            keeps[0] if keeps else max(fits, key=lambda f: math.prod(f[0].patch_size))
+            fits[-1]
+            if keeps_patch(fits[-1][0])
+            else max(fits, key=lambda f: math.prod(f[0].patch_size))
         )
     else:  # not even the smallest fits: take it, and say so
         base, gb = BASE_FEATURES[-1], targets[0]

@@ -17,7 +17,12 @@ from typing import Any, Literal
 import medseg
 from medseg.errors import ConfigError
 from medseg.io.files import atomic_path, check_output
-from medseg.planning.experiment import PlannedExperiment, experiment_from_plan, render_yaml
+from medseg.planning.experiment import (
+    NNUNET_ITERATIONS_PER_EPOCH,
+    PlannedExperiment,
+    experiment_from_plan,
+    render_yaml,
+)
 from medseg.planning.fingerprint import Fingerprint
 
 __all__ = ["FINGERPRINT_FILE", "PLAN_HEADER", "PlanResult", "plan_experiment"]
@@ -90,7 +95,8 @@ def plan_experiment(
 
     notes: list[str] = []
     extra: dict[str, str] = {}
-    epochs = samples = None
+    epochs: int | None = None
+    iterations = NNUNET_ITERATIONS_PER_EPOCH
     if device == "cuda":
         from medseg.planning.rules import plan_3d_fullres
 
@@ -107,8 +113,7 @@ def plan_experiment(
         )
         plan = choice.plan
         epochs = choice.epochs
-        n_cases = max(1, len(fingerprint.cases))
-        samples = max(1, -(-choice.iterations_per_epoch * plan.batch_size // n_cases))
+        iterations = choice.iterations_per_epoch
         notes.extend(choice.gave_up)
         extra["train.epochs"] = (
             f"{choice.epochs} epochs x {choice.iterations_per_epoch} steps of "
@@ -146,7 +151,7 @@ def plan_experiment(
         data=section,
         device=device,
         epochs=epochs,
-        samples_per_case=samples,
+        iterations_per_epoch=iterations,
         num_threads=threads,
         experiment_name=f"medseg-plan-{name}",
         extra_reasons=extra,

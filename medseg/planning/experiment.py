@@ -53,7 +53,7 @@ def experiment_from_plan(
     data: Mapping[str, Any],
     device: str,
     epochs: int | None = None,
-    samples_per_case: int | None = None,
+    iterations_per_epoch: int = NNUNET_ITERATIONS_PER_EPOCH,
     num_threads: int = 2,
     experiment_name: str = "medseg-plan",
     extra_reasons: Mapping[str, str] | None = None,
@@ -69,8 +69,8 @@ def experiment_from_plan(
         data: the ``data`` section (a datalist or a DICOM root with label patterns).
         device: ``"cpu"`` or ``"cuda"``.
         epochs: training epochs (default nnU-Net's 1000).
-        samples_per_case: patches per case per epoch (default: nnU-Net's 250 iterations of
-            ``plan.batch_size`` patches spread over the cases).
+        iterations_per_epoch: optimiser steps per epoch (default nnU-Net's 250), whose
+            ``plan.batch_size`` patches are spread over the cases as ``samples_per_case``.
         num_threads: torch threads for training.
         experiment_name: the MLflow experiment.
         extra_reasons: more ``"section.key"`` reasons (the CPU budget's), overriding these.
@@ -93,10 +93,7 @@ def experiment_from_plan(
             f"the planned network has {n_stages} stages (patch {tuple(plan.patch_size)}): the "
             "images are too small for the 3 levels medseg's DynUNet needs"
         )
-    if samples_per_case is None:
-        samples_per_case = max(
-            1, math.ceil(NNUNET_ITERATIONS_PER_EPOCH * plan.batch_size / n_cases)
-        )
+    samples_per_case = max(1, math.ceil(iterations_per_epoch * plan.batch_size / n_cases))
     if epochs is None:
         epochs = NNUNET_EPOCHS
     ct = plan.normalisation == "clip_zscore"
@@ -198,8 +195,9 @@ def experiment_from_plan(
         "batch_size", "at least 2, at most 5 % of voxels"
     )
     reasons["train.samples_per_case"] = (
-        f"{NNUNET_ITERATIONS_PER_EPOCH} iterations of {plan.batch_size} patches per epoch over "
-        f"{n_cases} case(s), as nnU-Net"
+        f"{iterations_per_epoch} iterations of {plan.batch_size} patches per epoch over "
+        f"{n_cases} case(s)"
+        + (", as nnU-Net" if iterations_per_epoch == NNUNET_ITERATIONS_PER_EPOCH else "")
     )
     reasons["train.foreground_fraction"] = "nnU-Net oversamples foreground in 1/3 of patches"
     reasons["train.loss_include_background"] = "Dice over the structures only, CE over all"
