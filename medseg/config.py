@@ -433,8 +433,9 @@ class TrainConfig(_Section):
             (``torch.use_deterministic_algorithms``; slower on CUDA).
         early_stopping_patience: stop after this many validations without a better mean
             Dice; ``None``: never stop early.
-        time_limit_min: stop once the next epoch (timed as the last one) would end past this
-            many minutes of training, validating that last epoch; ``None``: no limit.
+        time_limit_min: stop training once this many minutes have passed, within an epoch
+            if need be (the clock is read after every step), then validate that last
+            (possibly partial) epoch; ``None``: no limit.
             ``medseg plan`` sets it to a CPU plan's budget. The learning-rate schedule still
             runs over ``epochs``.
         hd95: also compute HD95 (mm) per label at validation.

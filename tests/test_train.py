@@ -342,31 +342,39 @@ def test_early_stopping_after_patience_validations(
     assert load_checkpoint(result.checkpoint_path).extra["epoch"] == 2
 
 
-def test_time_limit_stops_before_an_epoch_that_would_not_fit_and_validates_the_last(
+def test_time_limit_cuts_an_epoch_short_and_validates_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Epochs are timed by a fake clock (10 s each, the limit 25 s): the third would end past
-    the limit, so training stops after the second and validates it."""
+    """A fake clock advances 1 s per reading, the limit is 30 s and an epoch has 40 steps: the
+    limit falls inside the first epoch, which stops there (not after its 40 steps, and not
+    before it starts), is validated, and ends training."""
     import medseg.training.train as train_module
 
-    clock = iter(float(t) for t in range(0, 10_000, 5))
+    readings = iter(range(1_000_000))
 
     class FakeTime:
         @staticmethod
         def perf_counter() -> float:
-            return next(clock)
+            return float(next(readings))
 
     monkeypatch.setattr(train_module, "time", FakeTime)
     config = _config_with(
-        load_config(TINY), epochs=6, samples_per_case=1, val_every=5, time_limit_min=25 / 60
+        load_config(TINY),
+        epochs=6,
+        samples_per_case=40,
+        batch_size=1,
+        val_every=5,
+        time_limit_min=0.5,
     )
     result = train(config, [_small_case(1)], [_small_case(2)], tmp_path, None)
     assert result.stopped_early
-    assert len(result.history) < 6
-    assert result.history[-1].val_dice is not None  # the last epoch is validated
-    assert load_checkpoint(result.checkpoint_path).extra["epoch"] == result.best_epoch
+    assert len(result.history) == 1
+    steps = len(result.history[0].step_losses)
+    assert 10 <= steps < 40  # about one reading per step after the first few
+    assert result.history[-1].val_dice is not None  # the cut epoch is validated
+    assert load_checkpoint(result.checkpoint_path).extra["epoch"] == 1
     unlimited = _config_with(load_config(TINY), epochs=2, samples_per_case=1, val_every=5)
-    clock = iter(float(t) for t in range(0, 10_000, 5))
+    readings = iter(range(1_000_000))
     assert (
         len(train(unlimited, [_small_case(1)], [_small_case(2)], tmp_path / "u", None).history) == 2
     )

@@ -319,23 +319,24 @@ def _run(
         for epoch in range(first_epoch, train_cfg.epochs + 1):
             started = time.perf_counter()
             lr = float(loop.optimizer.param_groups[0]["lr"])
-            step_losses = _train_one_epoch(loop, cases, config, rng, bar)
+            deadline = None if limit_s is None else run_started + limit_s
+            step_losses, cut = _train_one_epoch(loop, cases, config, rng, bar, deadline)
             scheduler.step()
             train_loss = float(np.mean(step_losses))
             train_seconds = time.perf_counter() - started
             metrics = {
                 "train_loss": train_loss,
                 "lr": lr,
-                "samples_per_s": len(cases) * train_cfg.samples_per_case / train_seconds,
+                "samples_per_s": len(step_losses) * train_cfg.batch_size / train_seconds,
             }
             val_dice: float | None = None
             dice_per_label: dict[str, float] = {}
             hd95_per_label: dict[str, float] = {}
-            elapsed = time.perf_counter() - run_started
-            out_of_time = distributed.agreed(
-                limit_s is not None
-                and epoch < train_cfg.epochs
-                and elapsed + train_seconds > limit_s
+            out_of_time = epoch < train_cfg.epochs and (
+                cut
+                or distributed.agreed(
+                    limit_s is not None and time.perf_counter() - run_started >= limit_s
+                )
             )
             validate = bool(val_cases) and (
                 epoch % train_cfg.val_every == 0 or epoch == train_cfg.epochs or out_of_time
@@ -622,8 +623,11 @@ def _train_one_epoch(
     config: ExperimentConfig,
     rng: np.random.Generator,
     bar: Progress,
-) -> list[float]:
-    """One pass over freshly sampled patches; the loss of every step."""
+    deadline: float | None = None,
+) -> tuple[list[float], bool]:
+    """One pass over freshly sampled patches: the loss of every step, and whether the pass
+    was cut short because ``time.perf_counter()`` passed ``deadline`` (checked after every
+    step, agreed by all ranks, so a time limit is kept to within one step)."""
     images, labels = sample_patches(cases, config, rng)
     augment = augmentation(config.train)
     if augment is not None:
@@ -652,7 +656,14 @@ def _train_one_epoch(
         loop.scaler.update()
         losses.append(float(loss.detach()))
         bar.step(losses[-1])
-    return losses
+        last = first + batch_size >= len(order)
+        if (
+            deadline is not None
+            and not last
+            and distributed.agreed(time.perf_counter() >= deadline)
+        ):
+            return losses, True
+    return losses, False
 
 
 def _supervised_loss(loop: _Loop, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
