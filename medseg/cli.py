@@ -393,8 +393,37 @@ def evaluate(
         "medseg-evaluation"
     ),
     tolerance_mm: Annotated[
-        float, typer.Option(min=0.0, help="Surface Dice tolerance (mm).")
+        float,
+        typer.Option(
+            min=0.0,
+            help="Surface Dice and editing tolerance (mm) of structures no tolerance table has.",
+        ),
     ] = 2.0,
+    tolerances: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Tolerance table (YAML mapping or CSV: structure, mm), matched by name or "
+            "TG-263 name; before medseg's H&N table and --tolerance-mm.",
+        ),
+    ] = None,
+    default_tolerances: Annotated[
+        bool,
+        typer.Option(
+            help="Use medseg's H&N organ tolerances (median inter-observer HD95 of the DeepMind "
+            "H&N scans) for organs the --tolerances table lacks."
+        ),
+    ] = True,
+    reference_agreement: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            help="metrics_summary.json (or its folder) of 'medseg evaluate EXPERT_A EXPERT_B': "
+            "the experts' medians are put beside the model's and structures where the model is "
+            "worse are flagged.",
+        ),
+    ] = None,
     spacing_from: Annotated[
         Path | None,
         typer.Option(
@@ -412,19 +441,36 @@ def evaluate(
         ),
     ] = None,
 ) -> None:
-    """Dice, IoU, HD, HD95, ASSD, surface Dice and volume errors, per case and summarised."""
+    """Dice, IoU, HD, HD95, ASSD, surface Dice (surface-distance's definitions), volume errors
+    and editing effort (added path length, slices needing no edit), per case and summarised."""
     from medseg.evaluation import evaluate_folder
     from medseg.io.rois import load_roi_specs
+    from medseg.tolerances import load_tolerances
 
     with _reported():
         structures = load_roi_specs(rois) if rois is not None else None
+        table = load_tolerances(tolerances) if tolerances is not None else None
         summary = evaluate_folder(
-            pred, ref, out, labels=structures, tolerance_mm=tolerance_mm, spacing_from=spacing_from
+            pred,
+            ref,
+            out,
+            labels=structures,
+            tolerance_mm=tolerance_mm,
+            spacing_from=spacing_from,
+            tolerances=table,
+            tolerances_source=f"file {tolerances}" if tolerances is not None else "",
+            builtin_tolerances=default_tolerances,
+            reference_agreement=reference_agreement,
         )
     typer.echo(f"{len(summary.cases)} cases evaluated, {len(summary.failures)} failed")
     for failure in summary.failures:
         typer.echo(f"failed: {failure.case}: {failure.reason}", err=True)
+    for name, comparison in summary.expert_agreement.items():
+        if comparison.outside:
+            typer.echo(f"outside the experts' agreement: {name} ({', '.join(comparison.worse)})")
     typer.echo(f"per case: {summary.per_case_csv}\nsummary: {summary.summary_csv}")
+    if summary.agreement_csv is not None:
+        typer.echo(f"expert agreement: {summary.agreement_csv}")
     if not summary.ok:
         raise typer.Exit(code=1)
 

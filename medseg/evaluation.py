@@ -22,11 +22,20 @@ import numpy as np
 from medseg.errors import ConfigError, GeometryError, InputError, MedsegError
 from medseg.io import nifti
 from medseg.io.files import atomic_path, claim_output_dir
-from medseg.metrics import METRIC_NAMES, SegmentationMetrics, compute_metrics
+from medseg.metrics import METRIC_NAMES, SegmentationMetrics, compute_metrics, editing_effort
 from medseg.structures import Structure
+from medseg.tolerances import Tolerance, resolve_tolerances
 from medseg.volume import Volume, VolumeKind
 
-__all__ = ["CaseFailure", "EvaluationSummary", "evaluate_folder"]
+__all__ = [
+    "AGREEMENT_METRICS",
+    "COLUMN_NAMES",
+    "EDITING_NAMES",
+    "CaseFailure",
+    "EvaluationSummary",
+    "ExpertComparison",
+    "evaluate_folder",
+]
 
 #: Suffixes :func:`evaluate_folder` reads (longest first so ``.nii.gz`` wins over ``.gz``).
 _CASE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -34,6 +43,21 @@ _CASE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _PER_CASE_CSV = "metrics_per_case.csv"
 _SUMMARY_CSV = "metrics_summary.csv"
 _SUMMARY_JSON = "metrics_summary.json"
+_PER_SLICE_CSV = "editing_per_slice.csv"
+_AGREEMENT_CSV = "expert_agreement.csv"
+
+#: Editing-effort columns (:func:`medseg.metrics.editing_effort`) after the metric columns.
+EDITING_NAMES: tuple[str, ...] = ("added_path_length_mm", "fraction_slices_without_edit")
+
+#: Every per-case column that is summarised.
+COLUMN_NAMES: tuple[str, ...] = (*METRIC_NAMES, *EDITING_NAMES)
+
+#: The metrics compared with the experts' agreement, and whether larger is better.
+AGREEMENT_METRICS: Mapping[str, bool] = {
+    "dice": True,
+    "surface_dice": True,
+    "hausdorff95_mm": False,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,28 +81,123 @@ class EvaluationSummary:
         cases: names of the cases evaluated successfully, sorted.
         failures: cases missing on one side or unreadable / on different grids.
         labels: label value -> name, as evaluated.
-        tolerance_mm: surface Dice tolerance, mm.
-        statistics: ``{label name: {metric: {"n", "n_not_finite", "mean", "median", "q1",
-            "q3", "iqr"}}}``; statistics are over the finite values (``None`` if there are
-            none), ``n_not_finite`` counts cases with ``inf`` (an empty mask on one side).
+        tolerance_mm: the fallback surface Dice tolerance (``--tolerance-mm``), mm.
+        tolerances: label name -> the tolerance used for it and its source
+            (:func:`medseg.tolerances.resolve_tolerances`); also the editing-effort tolerance.
+        statistics: ``{label name: {column: {"n", "n_not_finite", "mean", "median", "q1",
+            "q3", "iqr"}}}`` over :data:`COLUMN_NAMES`; statistics are over the finite values
+            (``None`` if there are none), ``n_not_finite`` counts cases with ``inf`` (an empty
+            mask on one side).
         per_case_csv: the per-case table (one row per case and label).
         summary_csv: the summary table (one row per label and metric).
         summary_json: the same summary with failures, as JSON.
+        per_slice_csv: the added path length of every slice holding a structure.
+        expert_agreement: with ``reference_agreement``, per label name the model-vs-reference
+            medians beside the experts' (:class:`ExpertComparison`); empty otherwise.
+        agreement_csv: the table of ``expert_agreement``, or None.
     """
 
     cases: tuple[str, ...]
     failures: tuple[CaseFailure, ...]
     labels: Mapping[int, str]
     tolerance_mm: float
+    tolerances: Mapping[str, Tolerance]
     statistics: Mapping[str, Mapping[str, Mapping[str, float | int | None]]]
     per_case_csv: Path
     summary_csv: Path
     summary_json: Path
+    per_slice_csv: Path
+    expert_agreement: Mapping[str, ExpertComparison] = dataclasses.field(default_factory=dict)
+    agreement_csv: Path | None = None
 
     @property
     def ok(self) -> bool:
         """True if every case was evaluated."""
         return not self.failures
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertComparison:
+    """One structure's model-vs-reference medians beside two experts' agreement.
+
+    Attributes:
+        model: metric -> median over the evaluated cases (:data:`AGREEMENT_METRICS`).
+        experts: metric -> the experts' median, from the ``reference_agreement`` summary.
+        worse: the metrics where the model is outside the experts' agreement (a lower Dice
+            or surface Dice, a larger HD95).
+    """
+
+    model: Mapping[str, float | None]
+    experts: Mapping[str, float | None]
+    worse: tuple[str, ...]
+
+    @property
+    def outside(self) -> bool:
+        """True if the model is worse than the experts on any compared metric."""
+        return bool(self.worse)
+
+
+def _expert_agreement(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Per structure ``{metric: median}`` and tolerance (mm) from an evaluation summary JSON
+    (``medseg evaluate EXPERT_A EXPERT_B``'s ``metrics_summary.json``, or its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / _SUMMARY_JSON
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a readable evaluation summary ({exc})") from exc
+    statistics = document.get("statistics") if isinstance(document, dict) else None
+    if not isinstance(statistics, dict):
+        raise InputError(
+            f"{path}: not a medseg evaluation summary (no 'statistics'); make it with "
+            "medseg evaluate EXPERT_A EXPERT_B --out DIR"
+        )
+    medians: dict[str, dict[str, Any]] = {}
+    for name, per_metric in statistics.items():
+        if isinstance(per_metric, dict):
+            medians[name] = {m: (per_metric.get(m) or {}).get("median") for m in AGREEMENT_METRICS}
+    tolerances = {
+        name: float(t["mm"])
+        for name, t in (document.get("tolerances") or {}).items()
+        if isinstance(t, dict) and isinstance(t.get("mm"), (int, float))
+    }
+    return medians, tolerances
+
+
+def _compare_with_experts(
+    statistics: Mapping[str, Mapping[str, Mapping[str, float | int | None]]],
+    tolerances: Mapping[str, Tolerance],
+    agreement: Path,
+) -> dict[str, ExpertComparison]:
+    experts, expert_tolerances = _expert_agreement(agreement)
+    compared: dict[str, ExpertComparison] = {}
+    for name, per_metric in statistics.items():
+        if name not in experts:
+            continue
+        theirs = expert_tolerances.get(name)
+        if theirs is not None and not math.isclose(theirs, tolerances[name].mm, abs_tol=1e-9):
+            raise ConfigError(
+                f"{agreement}: the experts' surface Dice of {name!r} used a tolerance of "
+                f"{theirs:g} mm, this evaluation {tolerances[name].mm:g} mm; use the same "
+                "--tolerances for both"
+            )
+        model = {m: per_metric[m]["median"] for m in AGREEMENT_METRICS}
+        worse = []
+        for metric, larger_is_better in AGREEMENT_METRICS.items():
+            ours, expert = model[metric], experts[name][metric]
+            if isinstance(expert, str):  # "inf" in JSON
+                expert = float(expert)
+            if ours is None or expert is None:
+                continue
+            if (float(ours) < float(expert)) if larger_is_better else (float(ours) > float(expert)):
+                worse.append(metric)
+        compared[name] = ExpertComparison(
+            model={m: None if v is None else float(v) for m, v in model.items()},
+            experts={m: None if v is None else float(v) for m, v in experts[name].items()},
+            worse=tuple(worse),
+        )
+    return compared
 
 
 def _case_files(folder: Path) -> dict[str, Path]:
@@ -171,6 +290,10 @@ def evaluate_folder(
     labels: Mapping[int, str] | Sequence[Structure] | None,
     tolerance_mm: float,
     spacing_from: Path | None = None,
+    tolerances: Mapping[str, float] | None = None,
+    tolerances_source: str = "",
+    builtin_tolerances: bool = True,
+    reference_agreement: Path | None = None,
 ) -> EvaluationSummary:
     """Compare every predicted label map in a folder with the reference of the same name.
 
@@ -183,12 +306,25 @@ def evaluate_folder(
         pred_dir: folder of predicted label maps.
         ref_dir: folder of reference label maps.
         out_dir: created if missing; receives ``metrics_per_case.csv`` (one row per case and
-            label), ``metrics_summary.csv`` (one row per label and metric) and
-            ``metrics_summary.json``, each written atomically.
+            label), ``metrics_summary.csv`` (one row per label and metric),
+            ``metrics_summary.json`` and ``editing_per_slice.csv`` (the added path length of
+            every slice holding a structure), each written atomically.
         labels: the structures (a model's ``model.labels`` or a ``rois.yaml``'s), or label
             value -> name; ``None`` evaluates every non-zero value found in any case, named
             ``label_<value>``.
-        tolerance_mm: surface Dice tolerance in mm.
+        tolerance_mm: surface Dice tolerance in mm of a structure no table has.
+        tolerances: the user's structure name -> tolerance (mm) table
+            (:func:`medseg.tolerances.load_tolerances`); ``tolerances_source`` names it in the
+            outputs.
+        builtin_tolerances: use medseg's H&N table
+            (:data:`medseg.tolerances.HN_OAR_TOLERANCES_MM`) for H&N organs the user's table
+            lacks. Each structure's tolerance is also the one its editing effort uses (a
+            contour within it needs no edit); the per-case CSV has it on every row.
+        reference_agreement: an evaluation summary of two experts' contours against each other
+            (``metrics_summary.json`` of ``medseg evaluate EXPERT_A EXPERT_B``, or its folder):
+            per structure it evaluated, its medians are put beside this evaluation's and
+            structures where the model is worse are flagged (``expert_agreement.csv``). The
+            tolerances must be the same.
         spacing_from: where the *predictions'* voxel grid comes from, for predictions saved
             without their true geometry (e.g. NIfTI with a unit-spacing affine): an image
             file, used for every case, or a folder holding one image per case under the
@@ -214,7 +350,9 @@ def evaluate_folder(
         labels = {s.label: s.name for s in labels}
     if labels is not None and len(set(labels.values())) != len(labels):
         raise ConfigError(f"label names must be unique, got {dict(labels)}")
-    out = claim_output_dir(Path(out_dir), inputs=(pred_dir, ref_dir, spacing_from))
+    out = claim_output_dir(
+        Path(out_dir), inputs=(pred_dir, ref_dir, spacing_from, reference_agreement)
+    )
     pred_files, ref_files = _case_files(Path(pred_dir)), _case_files(Path(ref_dir))
     failures = [
         CaseFailure(case, f"no prediction in {pred_dir}")
@@ -225,8 +363,24 @@ def evaluate_folder(
     ]
     grid_source = None if spacing_from is None else Path(spacing_from)
     grid_files = None if grid_source is None else _grid_files(grid_source)
-    results: dict[str, dict[int, SegmentationMetrics]] = {}
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    per_slice: dict[str, dict[int, Mapping[int, float]]] = {}
     found_labels: dict[int, str] = {}
+    resolved: dict[str, Tolerance] = {}
+
+    def tolerance_of(name: str) -> Tolerance:
+        if name not in resolved:
+            resolved.update(
+                resolve_tolerances(
+                    [name],
+                    tolerance_mm,
+                    tolerances,
+                    table_source=tolerances_source or "tolerance table",
+                    builtin=builtin_tolerances,
+                )
+            )
+        return resolved[name]
+
     for case in sorted(set(pred_files) & set(ref_files)):
         try:
             prediction = nifti.load(pred_files[case], VolumeKind.LABELS)
@@ -235,45 +389,81 @@ def evaluate_folder(
             reference = nifti.load(ref_files[case], VolumeKind.LABELS)
             case_labels = labels if labels is not None else _present_labels(prediction, reference)
             found_labels.update(case_labels)
-            results[case] = {
-                value: compute_metrics(
-                    prediction, reference, label=value, tolerance_mm=tolerance_mm
-                )
-                for value in case_labels
-            }
+            rows: dict[int, dict[str, float]] = {}
+            slices: dict[int, Mapping[int, float]] = {}
+            for value, name in case_labels.items():
+                tau = tolerance_of(name).mm
+                metrics = compute_metrics(prediction, reference, label=value, tolerance_mm=tau)
+                effort = editing_effort(prediction, reference, label=value, tolerance_mm=tau)
+                rows[value] = metrics.to_dict() | {
+                    "added_path_length_mm": effort.added_path_length_mm,
+                    "fraction_slices_without_edit": effort.fraction_without_edit,
+                }
+                slices[value] = effort.per_slice_mm
+            results[case], per_slice[case] = rows, slices
         except MedsegError as exc:  # one bad case is recorded, the others are still evaluated
             failures.append(CaseFailure(case, str(exc)))
     names = dict(labels) if labels is not None else dict(sorted(found_labels.items()))
+    for name in names.values():
+        tolerance_of(name)
     if labels is None:
         # a label absent from a whole case is "both empty" there, which compute_metrics defines
         for case, per_label in results.items():
-            for value in names:
+            for value, name in names.items():
                 if value not in per_label:
-                    per_label[value] = SegmentationMetrics.both_empty(tolerance_mm)
+                    per_label[value] = SegmentationMetrics.both_empty(
+                        resolved[name].mm
+                    ).to_dict() | {"added_path_length_mm": 0.0, "fraction_slices_without_edit": 1.0}
     statistics = {
         name: {
-            metric: _statistics([getattr(results[c][value], metric) for c in sorted(results)])
-            for metric in METRIC_NAMES
+            column: _statistics([results[c][value][column] for c in sorted(results)])
+            for column in COLUMN_NAMES
         }
         for value, name in names.items()
     }
-    per_case_csv, summary_csv, summary_json = (
+    used = {name: resolved[name] for name in names.values()}
+    compared = (
+        {}
+        if reference_agreement is None
+        else _compare_with_experts(statistics, used, Path(reference_agreement))
+    )
+    per_case_csv, summary_csv, summary_json, per_slice_csv = (
         out / _PER_CASE_CSV,
         out / _SUMMARY_CSV,
         out / _SUMMARY_JSON,
+        out / _PER_SLICE_CSV,
     )
     with (
         atomic_path(per_case_csv) as tmp,
         tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh,
     ):
         writer = csv.writer(fh)
-        writer.writerow(["case", "label", "name", *METRIC_NAMES, "tolerance_mm"])
+        writer.writerow(
+            ["case", "label", "name", *COLUMN_NAMES, "tolerance_mm", "tolerance_source"]
+        )
         for case in sorted(results):
             for value, name in names.items():
-                m = results[case][value]
+                row = results[case][value]
                 writer.writerow(
-                    [case, value, name, *(repr(getattr(m, k)) for k in METRIC_NAMES), tolerance_mm]
+                    [
+                        case,
+                        value,
+                        name,
+                        *(repr(row[k]) for k in COLUMN_NAMES),
+                        used[name].mm,
+                        used[name].source,
+                    ]
                 )
+    with (
+        atomic_path(per_slice_csv) as tmp,
+        tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh,
+    ):
+        writer = csv.writer(fh)
+        writer.writerow(["case", "label", "name", "slice", "added_path_length_mm"])
+        for case in sorted(per_slice):
+            for value, name in names.items():
+                for index, mm in sorted(per_slice[case].get(value, {}).items()):
+                    writer.writerow([case, value, name, index, repr(mm)])
     stat_keys = ("n", "n_not_finite", "mean", "median", "q1", "q3", "iqr")
     with (
         atomic_path(summary_csv) as tmp,
@@ -288,6 +478,7 @@ def evaluate_folder(
                 )
     document = {
         "tolerance_mm": tolerance_mm,
+        "tolerances": {n: {"mm": t.mm, "source": t.source} for n, t in used.items()},
         "labels": {str(v): n for v, n in names.items()},
         "cases": sorted(results),
         "failures": [{"case": f.case, "reason": f.reason} for f in failures],
@@ -296,6 +487,27 @@ def evaluate_folder(
         "note": "statistics are over finite values; n_not_finite counts cases with an empty mask "
         "on one side (distances inf)",
     }
+    agreement_csv = None
+    if reference_agreement is not None:
+        document["reference_agreement"] = {
+            "file": str(reference_agreement),
+            "structures": {
+                n: {"model": c.model, "experts": c.experts, "worse": list(c.worse)}
+                for n, c in compared.items()
+            },
+        }
+        agreement_csv = out / _AGREEMENT_CSV
+        with (
+            atomic_path(agreement_csv) as tmp,
+            tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh,
+        ):
+            writer = csv.writer(fh)
+            writer.writerow(["name", "metric", "model_median", "experts_median", "outside"])
+            for name, c in compared.items():
+                for metric in AGREEMENT_METRICS:
+                    writer.writerow(
+                        [name, metric, c.model[metric], c.experts[metric], metric in c.worse]
+                    )
     with atomic_path(summary_json) as tmp:
         tmp.write_text(json.dumps(_json_number(document), indent=2), encoding="utf-8")
     return EvaluationSummary(
@@ -303,8 +515,12 @@ def evaluate_folder(
         failures=tuple(failures),
         labels=names,
         tolerance_mm=float(tolerance_mm),
+        tolerances=used,
         statistics=statistics,
         per_case_csv=per_case_csv,
         summary_csv=summary_csv,
         summary_json=summary_json,
+        per_slice_csv=per_slice_csv,
+        expert_agreement=compared,
+        agreement_csv=agreement_csv,
     )

@@ -1,13 +1,13 @@
 """Tests of medseg.metrics against independent implementations and analytic shapes.
 
-References: DeepMind's ``surface-distance`` (PyPI ``surface-distance`` 0.1; HD95, ASSD, surface
-Dice) and MONAI's ``DiceMetric``, ``HausdorffDistanceMetric``, ``SurfaceDiceMetric``.
-Agreement required: 1e-6 for Dice, one voxel diagonal for distances. MONAI uses the same
-surface convention as medseg, so against MONAI distances agree to float32 rounding (1e-4 mm is
-asserted); surface-distance puts surfaces on voxel corners and weights them by area, so it agrees within
-a diagonal, except HD95 where the 95th percentile falls on a steep tail (one pair of 145, tested
-separately below). The parametrized test uses 2 of the 7 scans to keep the run short; all 7
-(145 non-empty organ pairs) were checked once by hand with the same helpers.
+References: DeepMind's ``surface-distance`` (PyPI ``surface-distance`` 0.1), whose definitions
+medseg's HD, HD95, ASSD and surface Dice follow (surfels with areas on the voxel-corner mesh),
+and MONAI: ``DiceMetric`` and ``SurfaceDiceMetric(use_subvoxels=True)``, which agree with
+those definitions (MONAI's Hausdorff and surface-distance metrics count voxels instead and are
+used only to show that difference). Agreement required with ``surface-distance``: 1e-6 (the
+issue asks 1e-3; the implementations agree to 1e-14) on every radiographer-vs-oncologist organ
+pair of ``hn-oar-labels`` (7 scans, 145 non-empty pairs); with MONAI: 1e-6 for Dice and 1e-5
+for its float32 surface Dice.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 
 from medseg import geometry as geo
 from medseg.errors import ConfigError, GeometryError, InputError
-from medseg.evaluation import evaluate_folder
+from medseg.evaluation import COLUMN_NAMES, evaluate_folder
 from medseg.geometry import Geometry
 from medseg.io import nifti
 from medseg.metrics import (
@@ -35,9 +35,9 @@ from medseg.metrics import (
 from medseg.volume import SourceInfo, Volume, VolumeKind
 from tests.conftest import require_data, require_module
 
-#: Surface Dice tolerance for the real organs: between voxel-distance steps of these grids
-#: (0.98, 1.96, 2.5, 2.68 mm ...), so float32 (MONAI) and float64 (medseg) classify alike.
-_TAU_MM = 2.1
+#: Surface Dice tolerances for the real organs (mm): the common 2 mm, and one that is not a
+#: multiple of these grids' voxel steps.
+_TAUS_MM = (2.0, 3.3)
 
 _ORGANS = (
     "Brain", "Brainstem", "Cochlea-Lt", "Cochlea-Rt", "Lacrimal-Lt", "Lacrimal-Rt", "Lens-Lt",
@@ -45,8 +45,14 @@ _ORGANS = (
     "Orbit-Rt", "Parotid-Lt", "Parotid-Rt", "Spinal-Canal", "Spinal-Cord", "Submandibular-Lt",
     "Submandibular-Rt",
 )  # fmt: skip
-#: Two scans with different pixel sizes (1.01 and 0.977 mm), both with 2.5 mm slices.
-_SCANS = ("0522c0014", "TCGA-CV-5977")
+#: The 7 validation scans of the DeepMind H&N dataset, each contoured by both annotators.
+_ALL_SCANS = (
+    "0522c0014", "0522c0519", "0522c0576", "0522c0727a", "0522c0727b", "TCGA-CV-5977",
+    "TCGA-CV-5978",
+)  # fmt: skip
+#: Two scans with different pixel sizes (1.01 and 0.977 mm), both with 2.5 mm slices, for
+#: the slower MONAI referee.
+_MONAI_SCANS = ("0522c0014", "TCGA-CV-5977")
 
 
 def _labels(array: np.ndarray, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Volume:
@@ -110,9 +116,9 @@ def _monai(
                 ).item()
             ),
             "surface_dice": float(
-                monai_metrics.SurfaceDiceMetric([tau], include_background=False)(
-                    p, r, spacing=spacing
-                ).item()
+                monai_metrics.SurfaceDiceMetric(
+                    [tau], include_background=False, use_subvoxels=True
+                )(p, r, spacing=spacing).item()
             ),
         }
 
@@ -121,44 +127,60 @@ def _monai(
 # real inter-observer pairs
 
 
-@pytest.mark.parametrize("scan", _SCANS, ids=_SCANS)
-@pytest.mark.parametrize("organ", _ORGANS, ids=_ORGANS)
-def test_radiographer_vs_oncologist_matches_monai_and_surface_distance(
-    scan: str, organ: str
-) -> None:
+def _pair(scan: str, organ: str) -> tuple[Volume, Volume]:
+    """(radiographer, oncologist) masks of one organ on one scan, as 0/1 label volumes."""
     root = require_data("hn-oar-labels")
-    ref = nifti.load(
-        root / "oncologist" / scan / "segmentations" / f"{organ}.nrrd", VolumeKind.LABELS
+    ref, pred = (
+        nifti.load(root / who / scan / "segmentations" / f"{organ}.nrrd", VolumeKind.LABELS)
+        for who in ("oncologist", "radiographer")
     )
-    pred = nifti.load(
-        root / "radiographer" / scan / "segmentations" / f"{organ}.nrrd", VolumeKind.LABELS
-    )
-    # same scan, so the two annotators' label maps must be on one grid
-    assert geo.geometries_equal(ref.geometry, pred.geometry)
+    assert geo.geometries_equal(ref.geometry, pred.geometry)  # one scan, one grid
     assert ref.geometry.spacing_mm[0] == pytest.approx(2.5)
-    ref = ref.with_array((ref.array > 0).astype(np.uint8))
-    pred = pred.with_array((pred.array > 0).astype(np.uint8))
-    ours = compute_metrics(pred, ref, tolerance_mm=_TAU_MM)
-    if not (ref.array.any() and pred.array.any()):
-        # an organ absent from a scan (e.g. a resected gland): the references return NaN here
-        both_empty = not (ref.array.any() or pred.array.any())
-        assert ours.dice == (1.0 if both_empty else 0.0)
-        assert ours.hausdorff95_mm == (0.0 if both_empty else math.inf)
-        return
+    return (
+        pred.with_array((pred.array > 0).astype(np.uint8)),
+        ref.with_array((ref.array > 0).astype(np.uint8)),
+    )
 
-    spacing = ref.geometry.spacing_mm
-    diagonal_mm = math.dist(spacing, (0.0, 0.0, 0.0))
-    p, r = _crop_union(pred.array.astype(bool), ref.array.astype(bool))
-    monai = _monai(p, r, spacing, _TAU_MM)
-    deepmind = _deepmind(p, r, spacing, _TAU_MM)
 
-    assert abs(ours.dice - monai["dice"]) < 1e-6, organ
-    for name in ("hausdorff_mm", "hausdorff95_mm", "assd_mm"):
-        assert abs(getattr(ours, name) - monai[name]) < 1e-4, (organ, name)
-        assert abs(getattr(ours, name) - deepmind[name]) <= diagonal_mm, (organ, name)
-    assert abs(ours.surface_dice - monai["surface_dice"]) < 1e-6, organ
-    # corner surfels weighted by area vs voxel counts: measured up to 0.13 on these organs
-    assert abs(ours.surface_dice - deepmind["surface_dice"]) < 0.2, organ
+@pytest.mark.parametrize("scan", _ALL_SCANS)
+def test_every_inter_observer_pair_equals_surface_distance(scan: str) -> None:
+    """All 21 organs of the scan, radiographer as prediction, oncologist as reference."""
+    organs = 0
+    for organ in _ORGANS:
+        if not (
+            require_data("hn-oar-labels") / "oncologist" / scan / "segmentations" / f"{organ}.nrrd"
+        ).exists():
+            continue
+        pred, ref = _pair(scan, organ)
+        if not (ref.array.any() and pred.array.any()):
+            # an organ absent from a scan (e.g. a resected gland): the reference has no value
+            both_empty = not (ref.array.any() or pred.array.any())
+            m = compute_metrics(pred, ref, tolerance_mm=2.0)
+            assert m.dice == (1.0 if both_empty else 0.0)
+            assert m.hausdorff95_mm == (0.0 if both_empty else math.inf)
+            continue
+        organs += 1
+        for tau in _TAUS_MM:
+            ours = compute_metrics(pred, ref, tolerance_mm=tau)
+            deepmind = _deepmind(
+                pred.array.astype(bool), ref.array.astype(bool), ref.geometry.spacing_mm, tau
+            )
+            for name, value in deepmind.items():
+                assert abs(getattr(ours, name) - value) <= 1e-6, (organ, tau, name)
+    assert organs >= 15
+
+
+@pytest.mark.parametrize("scan", _MONAI_SCANS)
+def test_dice_and_surface_dice_equal_monai(scan: str) -> None:
+    for organ in _ORGANS:
+        pred, ref = _pair(scan, organ)
+        if not (ref.array.any() and pred.array.any()):
+            continue
+        ours = compute_metrics(pred, ref, tolerance_mm=2.0)
+        p, r = _crop_union(pred.array.astype(bool), ref.array.astype(bool))
+        monai = _monai(p, r, ref.geometry.spacing_mm, 2.0)
+        assert abs(ours.dice - monai["dice"]) < 1e-6, organ
+        assert abs(ours.surface_dice - monai["surface_dice"]) < 1e-5, organ
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,9 +235,9 @@ def test_concentric_spheres_have_the_radius_difference_as_distances(
     monai = _monai(p, r, spacing_mm, 0.5)
     deepmind = _deepmind(p, r, spacing_mm, 0.5)
     assert abs(m.dice - monai["dice"]) < 1e-6
-    assert abs(m.hausdorff95_mm - monai["hausdorff95_mm"]) < 1e-4
-    for name in ("hausdorff95_mm", "assd_mm"):
-        assert abs(getattr(m, name) - deepmind[name]) <= diagonal_mm
+    half = compute_metrics(pred, ref, tolerance_mm=0.5)
+    for name, value in deepmind.items():
+        assert abs(getattr(half, name) - value) <= 1e-6, name
 
 
 @pytest.mark.parametrize(
@@ -352,36 +374,28 @@ def test_evaluate_folder_writes_per_case_and_summary(tmp_path: Path) -> None:
     assert document["cases"] == ["case0", "case1", "case2"]
     with summary.summary_csv.open(newline="") as fh:
         summary_rows = list(csv.DictReader(fh))
-    assert len(summary_rows) == 2 * len(METRIC_NAMES)
+    assert len(summary_rows) == 2 * len(COLUMN_NAMES)
 
 
-def test_hd95_on_a_long_tail_follows_monai_not_surface_distance() -> None:
+def test_hd95_weights_the_surface_by_area_not_by_voxel_count() -> None:
     """A known, explained difference: the radiographer's cord runs 13 slices (32 mm) further.
 
     About 7 % of the predicted surface is then 0-33 mm from the reference, so the 95th
-    percentile falls on a steep ramp. MONAI and medseg count surface voxels (HD95 22.6 mm);
-    surface-distance weights corner surfels by area (16.0 mm), which moves the quantile along
-    the ramp by more than a voxel diagonal. HD and ASSD still agree within one diagonal; this
-    is the only one of the 145 organ pairs in hn-oar-labels where HD95 does not.
+    percentile falls on a steep ramp. surface-distance and medseg weight corner surfels by area
+    (HD95 16.0 mm); MONAI's ``HausdorffDistanceMetric`` counts surface voxels (22.6 mm), which
+    moves the quantile along the ramp by more than a voxel diagonal (medseg did so before
+    issue 21). HD still agrees within one diagonal.
     """
-    root = require_data("hn-oar-labels")
-    scan, organ = "0522c0727b", "Spinal-Cord"
-    ref = nifti.load(
-        root / "oncologist" / scan / "segmentations" / f"{organ}.nrrd", VolumeKind.LABELS
-    )
-    pred = nifti.load(
-        root / "radiographer" / scan / "segmentations" / f"{organ}.nrrd", VolumeKind.LABELS
-    )
-    ours = compute_metrics(pred, ref, tolerance_mm=_TAU_MM)
+    pred, ref = _pair("0522c0727b", "Spinal-Cord")
+    ours = compute_metrics(pred, ref, tolerance_mm=2.0)
     spacing = ref.geometry.spacing_mm
     diagonal_mm = math.dist(spacing, (0.0, 0.0, 0.0))
     p, r = _crop_union(pred.array > 0, ref.array > 0)
-    monai = _monai(p, r, spacing, _TAU_MM)
-    deepmind = _deepmind(p, r, spacing, _TAU_MM)
-    assert abs(ours.hausdorff95_mm - monai["hausdorff95_mm"]) < 1e-4
-    assert abs(ours.hausdorff_mm - deepmind["hausdorff_mm"]) <= diagonal_mm
-    assert abs(ours.assd_mm - deepmind["assd_mm"]) <= diagonal_mm
-    assert 1 < abs(ours.hausdorff95_mm - deepmind["hausdorff95_mm"]) / diagonal_mm < 3
+    monai = _monai(p, r, spacing, 2.0)
+    deepmind = _deepmind(p, r, spacing, 2.0)
+    assert abs(ours.hausdorff95_mm - deepmind["hausdorff95_mm"]) < 1e-6
+    assert abs(ours.hausdorff_mm - monai["hausdorff_mm"]) <= diagonal_mm
+    assert 1 < abs(ours.hausdorff95_mm - monai["hausdorff95_mm"]) / diagonal_mm < 3
 
 
 def test_dice_score_matches_compute_metrics_and_handles_empty_masks() -> None:
@@ -479,3 +493,71 @@ def test_evaluate_command_takes_spacing_from(tmp_path: Path) -> None:
     with (tmp_path / "out" / "metrics_per_case.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [float(r["hausdorff_mm"]) for r in rows] == pytest.approx([0.8, 0.8])
+
+
+# ---------------------------------------------------------------------------------------------
+# editing effort (added path length), against hand-computed contour lengths
+
+
+def _square_case(
+    spacing_mm: tuple[float, float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: a 10 x 10 pixel square on slice 1; prediction: its left half (5 columns)."""
+    ref = np.zeros((3, 16, 16), np.uint8)
+    ref[1, 3:13, 3:13] = 1
+    pred = np.zeros_like(ref)
+    pred[1, 3:13, 3:8] = 1
+    return pred, ref
+
+
+@pytest.mark.parametrize("spacing_mm", [(2.0, 1.0, 1.0), (2.0, 0.8, 1.2)], ids=["square", "aniso"])
+def test_added_path_length_is_the_reference_contour_left_to_draw(
+    spacing_mm: tuple[float, float, float],
+) -> None:
+    """By hand: a contour piece of ``surface-distance``'s 2-D mesh is a pixel edge (row step
+    ``a`` or column step ``b`` mm) or, at a convex corner, a diagonal cut of half the pixel
+    diagonal ``d``. A 10 x 10 square has 4 x 9 edge pieces per side pair and 4 corners:
+    ``18 a + 18 b + 4 d``. Its right half is missing from the prediction: the top and bottom
+    edges right of the prediction's border (4 + 4 column steps), the right side (9 row
+    steps) and its 2 corners had to be drawn: ``8 b + 9 a + 2 d``."""
+    from medseg.metrics import editing_effort
+
+    a, b = spacing_mm[1], spacing_mm[2]
+    d = 0.5 * math.hypot(a, b)
+    pred, ref = _square_case(spacing_mm)
+    half = editing_effort(_labels(pred, spacing_mm), _labels(ref, spacing_mm), tolerance_mm=0.5)
+    assert half.added_path_length_mm == pytest.approx(8 * b + 9 * a + 2 * d, abs=1e-9)
+    assert dict(half.per_slice_mm) == {1: pytest.approx(half.added_path_length_mm)}
+    assert (half.slices_with_structure, half.slices_without_edit) == (1, 0)
+    nothing = editing_effort(
+        _labels(np.zeros_like(ref), spacing_mm), _labels(ref, spacing_mm), tolerance_mm=0.5
+    )
+    assert nothing.added_path_length_mm == pytest.approx(18 * a + 18 * b + 4 * d, abs=1e-9)
+    same = editing_effort(_labels(ref, spacing_mm), _labels(ref, spacing_mm), tolerance_mm=0.0)
+    assert same.added_path_length_mm == 0.0 and same.fraction_without_edit == 1.0
+
+
+def test_editing_tolerance_and_slices_to_delete() -> None:
+    """A one-column shift is no edit within one pixel and a full side beyond it; a predicted
+    contour on a slice without reference adds no path but that slice needs an edit."""
+    from medseg.metrics import editing_effort
+
+    spacing = (2.5, 1.0, 1.0)
+    ref = np.zeros((4, 16, 16), np.uint8)
+    ref[1:3, 3:13, 3:13] = 1
+    shifted = np.roll(ref, 1, axis=2)
+    within = editing_effort(_labels(shifted, spacing), _labels(ref, spacing), tolerance_mm=1.0)
+    assert within.added_path_length_mm == 0.0
+    assert (within.slices_with_structure, within.slices_without_edit) == (2, 2)
+    beyond = editing_effort(_labels(shifted, spacing), _labels(ref, spacing), tolerance_mm=0.5)
+    # per slice the left side (9 row steps and its 2 corner cuts) is 1 mm from the shifted
+    # square's, and the right side (9 row steps) lies 1 mm inside it; the right corners lie on
+    # the shifted top and bottom edges
+    assert beyond.added_path_length_mm == pytest.approx(2 * (9 + 9 + 2 * 0.5 * math.sqrt(2)))
+    assert beyond.slices_without_edit == 0
+    extra = ref.copy()
+    extra[3, 5:8, 5:8] = 1
+    spill = editing_effort(_labels(extra, spacing), _labels(ref, spacing), tolerance_mm=0.0)
+    assert spill.added_path_length_mm == 0.0
+    assert (spill.slices_with_structure, spill.slices_without_edit) == (3, 2)
+    assert spill.fraction_without_edit == pytest.approx(2 / 3)
