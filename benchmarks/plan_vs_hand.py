@@ -205,7 +205,7 @@ def _lung(
     args: argparse.Namespace,
 ) -> tuple[dict[str, list[Any]], dict[str, list[Any]], dict[str, list[Any]]]:
     from medseg.io.convert import convert_dicom
-    from medseg.training.datasets import match_rois
+    from medseg.io.rtstruct import match_rois
 
     root = args.data / "lung-gtv-ct"
     patients = sorted(p for p in root.iterdir() if p.is_dir())

@@ -384,10 +384,24 @@ def predict(
 @app.command()
 def evaluate(
     pred: Annotated[
-        Path, typer.Argument(exists=True, file_okay=False, help="Predicted label maps.")
+        Path,
+        typer.Argument(
+            exists=True,
+            file_okay=False,
+            help="Predictions: a label map per case (NAME.nii.gz, .nrrd, ...) or a DICOM folder "
+            "NAME/ holding an RT-STRUCT and its CT/MR series, or only the RT-STRUCT (predict's "
+            "output) when REF's NAME/ holds that series.",
+        ),
     ],
     ref: Annotated[
-        Path, typer.Argument(exists=True, file_okay=False, help="Reference label maps.")
+        Path,
+        typer.Argument(
+            exists=True,
+            file_okay=False,
+            help="References, named like the predictions: label maps or DICOM folders as for "
+            "PRED. RT-STRUCT ROIs are matched to --rois names ignoring case, spaces, - and _; "
+            "without --rois the ROI names are the labels, numbered in ROI order.",
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Folder for the metrics CSV/JSON.")] = Path(
         "medseg-evaluation"
@@ -429,7 +443,8 @@ def evaluate(
         typer.Option(
             exists=True,
             help="Image file, or folder of images named like the cases (e.g. REF), whose grid "
-            "(spacing, origin, direction) the predictions adopt voxel for voxel; shapes must match.",
+            "(spacing, origin, direction) label-map predictions adopt voxel for voxel; shapes "
+            "must match.",
         ),
     ] = None,
     rois: Annotated[
@@ -437,7 +452,8 @@ def evaluate(
         typer.Option(
             exists=True,
             dir_okay=False,
-            help="rois.yaml naming the labels (as for export-rtstruct); default: label_<n>.",
+            help="rois.yaml naming the labels (as for export-rtstruct); default: label_<n>, "
+            "or the ROI names where a case is an RT-STRUCT.",
         ),
     ] = None,
 ) -> None:

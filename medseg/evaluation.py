@@ -4,6 +4,10 @@ Each case is compared label by label with :func:`medseg.metrics.compute_metrics`
 mm, volumes in mL; empty masks as tabled in :mod:`medseg.metrics`). The per-case table and a
 summary (mean, median, quartiles and IQR per label and metric) are written as CSV and JSON.
 This is what ``medseg evaluate`` runs.
+
+A case is a label-map file or, on either side, a DICOM case folder: an RT-STRUCT and the
+image series it was drawn on, which is rasterised into a label map on that image's grid
+(:func:`_case_files` finds the cases, :func:`_load_case` loads one).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import csv
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import ConfigError, GeometryError, InputError, MedsegError
-from medseg.io import nifti
+from medseg.errors import (
+    ConfigError,
+    GeometryError,
+    InputError,
+    MedsegError,
+    UnreadableScanError,
+)
+from medseg.io import dicom, nifti, rtstruct
 from medseg.io.files import atomic_path, claim_output_dir
 from medseg.metrics import METRIC_NAMES, SegmentationMetrics, compute_metrics, editing_effort
 from medseg.structures import Structure
@@ -39,6 +50,9 @@ __all__ = [
 
 #: Suffixes :func:`evaluate_folder` reads (longest first so ``.nii.gz`` wins over ``.gz``).
 _CASE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: At most this many ROI names are listed in a warning.
+_MAX_LISTED_ROIS = 20
 
 _PER_CASE_CSV = "metrics_per_case.csv"
 _SUMMARY_CSV = "metrics_summary.csv"
@@ -65,7 +79,7 @@ class CaseFailure:
     """A case that could not be evaluated.
 
     Attributes:
-        case: the case name (file name without its image suffix).
+        case: the case name (file name without its image suffix, or the case folder's name).
         reason: what went wrong, naming the file(s).
     """
 
@@ -200,7 +214,7 @@ def _compare_with_experts(
     return compared
 
 
-def _case_files(folder: Path) -> dict[str, Path]:
+def _label_map_files(folder: Path) -> dict[str, Path]:
     """Case name -> file for every NIfTI/NRRD/MetaImage file directly in ``folder``."""
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
@@ -219,10 +233,154 @@ def _case_files(folder: Path) -> dict[str, Path]:
     return found
 
 
+def _case_files(folder: Path) -> dict[str, Path]:
+    """Case name -> label-map file, or DICOM case folder (every sub-folder not starting with
+    ``.``), directly in ``folder``."""
+    found = _label_map_files(folder)
+    for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if path.name in found:
+            raise InputError(
+                f"{folder}: case {path.name!r} is both a file ({found[path.name].name}) and a "
+                "folder"
+            )
+        found[path.name] = path
+    return found
+
+
+class _DicomFolders:
+    """The DICOM case folders of one case, each scanned, and its image loaded, at most once."""
+
+    def __init__(self) -> None:
+        self._inventories: dict[Path, dicom.Inventory] = {}
+        self._images: dict[Path, Volume] = {}
+
+    def inventory(self, folder: Path) -> dicom.Inventory:
+        if folder not in self._inventories:
+            inventory = dicom.scan_folder(folder)
+            if inventory.problems:
+                shown = "; ".join(p.message for p in inventory.problems[:5])
+                more = len(inventory.problems) - 5
+                raise UnreadableScanError(
+                    f"{folder}: {len(inventory.problems)} file(s) cannot be read: {shown}"
+                    + (f"; and {more} more" if more > 0 else "")
+                )
+            self._inventories[folder] = inventory
+        return self._inventories[folder]
+
+    def has_image(self, folder: Path) -> bool:
+        return any(s.kind is dicom.SeriesKind.VOLUME for s in self.inventory(folder).series)
+
+    def image(self, folder: Path) -> Volume:
+        if folder not in self._images:
+            self._images[folder] = dicom.load_series(folder)
+        return self._images[folder]
+
+    def structure_set(self, folder: Path) -> Path:
+        """The one RT-STRUCT file under ``folder``."""
+        inventory = self.inventory(folder)
+        files = sorted(f for s in inventory.series if s.modality == "RTSTRUCT" for f in s.files)
+        if len(files) != 1:
+            found = (
+                f"{len(files)} RT-STRUCTs ({', '.join(str(f.relative_to(folder)) for f in files)})"
+                if files
+                else f"no RT-STRUCT among its {inventory.n_files} file(s)"
+            )
+            raise InputError(
+                f"{folder}: a case folder holds one RT-STRUCT (with the image series it was "
+                f"drawn on, or with that series in the other side's case folder); found {found}"
+            )
+        return files[0]
+
+
+def _rtstruct_labels(
+    folder: Path, other: Path, labels: Mapping[int, str], folders: _DicomFolders
+) -> Volume:
+    """The label map of a DICOM case folder: its RT-STRUCT on its own image series or, when
+    it holds none (e.g. a ``medseg predict`` output folder), on the other side's."""
+    structure_set = folders.structure_set(folder)
+    if folders.has_image(folder):
+        image = folders.image(folder)
+    elif other.is_dir() and folders.has_image(other):
+        image = folders.image(other)  # read() refuses it unless it is the referenced series
+    else:
+        raise InputError(
+            f"{structure_set}: no CT/MR image series for this RT-STRUCT: its folder holds none, "
+            f"and the other side's case {other} is "
+            + ("a folder without one" if other.is_dir() else "a label map, not a DICOM folder")
+            + "; put the series it was drawn on in either case folder"
+        )
+    rois = {value: [name] for value, name in labels.items()}
+    return rtstruct.read_label_map(
+        [structure_set], image, rois, match="name", missing="empty", where=structure_set
+    )
+
+
+def _load_case(
+    pred_path: Path, ref_path: Path, labels: Mapping[int, str] | None
+) -> tuple[Volume, Volume]:
+    """The prediction and reference label maps of one case, each from a label-map file or a
+    DICOM case folder (RT-STRUCT ROIs named like ``labels``' structures get their values; a
+    structure without a ROI is empty there)."""
+    folders = _DicomFolders()
+
+    def load(path: Path, other: Path) -> Volume:
+        if path.is_file():
+            return nifti.load(path, VolumeKind.LABELS)
+        return _rtstruct_labels(path, other, labels or {}, folders)
+
+    return load(pred_path, ref_path), load(ref_path, pred_path)
+
+
+def _rtstruct_structures(
+    labels: Mapping[int, str] | None, pred_files: Mapping[str, Path], ref_files: Mapping[str, Path]
+) -> tuple[Mapping[int, str] | None, list[CaseFailure]]:
+    """The structures to evaluate, from the ROI names of every RT-STRUCT case folder, read
+    before any case is loaded; and the cases whose RT-STRUCT cannot be read.
+
+    Without ``labels`` the structures are the ROI names numbered 1, 2, ... in order of first
+    appearance (cases sorted, reference before prediction, ROIs in file order; names equal up
+    to case, spaces, ``-`` and ``_`` are one structure). With ``labels``, a structure that no
+    ROI is named like warns: a misspelt ``rois.yaml`` would otherwise make it "empty on both
+    sides" in every case, which scores as a perfect match.
+    """
+    cases = sorted(set(pred_files) & set(ref_files))
+    if not any(p.is_dir() for c in cases for p in (pred_files[c], ref_files[c])):
+        return labels, []
+    names: dict[str, str] = {}  # roi_name_key -> the name as first seen
+    failures: list[CaseFailure] = []
+    folders = _DicomFolders()
+    for case in cases:
+        try:
+            found = [
+                name
+                for path in (ref_files[case], pred_files[case])
+                if path.is_dir()
+                for name in rtstruct.read_roi_names(folders.structure_set(path))
+            ]
+        except MedsegError as exc:  # this case fails; the others are still named and evaluated
+            failures.append(CaseFailure(case, str(exc)))
+            continue
+        for name in found:
+            names.setdefault(rtstruct.roi_name_key(name), name)
+    if labels is None:
+        return dict(enumerate(names.values(), start=1)), failures
+    unmatched = [n for n in labels.values() if rtstruct.roi_name_key(n) not in names]
+    if unmatched:
+        shown = sorted(names.values())[:_MAX_LISTED_ROIS]
+        more = f" and {len(names) - len(shown)} more" if len(names) > len(shown) else ""
+        warnings.warn(
+            f"structure(s) {unmatched} are named like no ROI of any RT-STRUCT case (ROIs: "
+            f"{shown}{more}; names are compared ignoring case, spaces, '-' and '_'): they are "
+            "empty on every RT-STRUCT side",
+            stacklevel=3,
+        )
+    return labels, failures
+
+
 def _grid_files(spacing_from: Path) -> dict[str, Path] | Path:
     """The per-case images of a ``spacing_from`` folder, or the one ``spacing_from`` file."""
     if spacing_from.is_dir():
-        return _case_files(spacing_from)
+        return _label_map_files(spacing_from)
     if not spacing_from.is_file():
         raise InputError(f"{spacing_from}: spacing_from is neither an image file nor a folder")
     return spacing_from
@@ -297,21 +455,34 @@ def evaluate_folder(
 ) -> EvaluationSummary:
     """Compare every predicted label map in a folder with the reference of the same name.
 
-    A case is a file ``NAME.nii.gz`` / ``.nii`` / ``.nrrd`` / ``.nhdr`` / ``.mha`` / ``.mhd``;
-    ``NAME`` must match between the folders (the formats may differ). A case that is missing
-    on one side, unreadable, or on another grid is recorded as a failure and the rest go on,
-    so one bad scan never stops an evaluation.
+    A case is a file ``NAME.nii.gz`` / ``.nii`` / ``.nrrd`` / ``.nhdr`` / ``.mha`` / ``.mhd``,
+    or a sub-folder ``NAME/`` holding DICOM: one RT-STRUCT and the CT/MR series it was drawn
+    on. ``NAME`` must match between the folders (the kinds and formats may differ). An
+    RT-STRUCT is rasterised onto its series' grid (:func:`medseg.io.rtstruct.read`) and each
+    structure's value is given to the ROI of the same name, compared ignoring case, spaces,
+    ``-`` and ``_`` (``GTV-1`` is ``gtv 1``); a structure without a ROI is empty on that side
+    (Dice 0 against a non-empty one, distances ``inf``). A folder holding only the RT-STRUCT
+    (``medseg predict``'s ``NAME/rtstruct.dcm``) is put on the series in the other side's
+    case folder, which must be the series the RT-STRUCT references; a label-map side must
+    lie on the same grid. A case that is missing on one side, unreadable (the message names
+    the file), drawn on another series, or on another grid is recorded as a failure and the
+    rest go on, so one bad scan never stops an evaluation. Input folders are only read.
 
     Args:
-        pred_dir: folder of predicted label maps.
-        ref_dir: folder of reference label maps.
+        pred_dir: folder of predicted label maps and/or DICOM case folders.
+        ref_dir: folder of reference label maps and/or DICOM case folders.
         out_dir: created if missing; receives ``metrics_per_case.csv`` (one row per case and
             label), ``metrics_summary.csv`` (one row per label and metric),
             ``metrics_summary.json`` and ``editing_per_slice.csv`` (the added path length of
             every slice holding a structure), each written atomically.
         labels: the structures (a model's ``model.labels`` or a ``rois.yaml``'s), or label
-            value -> name; ``None`` evaluates every non-zero value found in any case, named
-            ``label_<value>``.
+            value -> name; the names select the ROIs of RT-STRUCT cases. ``None``: without
+            RT-STRUCT cases, every non-zero value found in any case, named ``label_<value>``;
+            with them, the ROI names of all RT-STRUCTs, numbered 1, 2, ... in order of first
+            appearance (cases sorted, reference before prediction, ROIs in file order), which
+            label-map sides are then compared with by value (give ``labels`` when their
+            values mean something else). A structure of ``labels`` that no ROI of any
+            RT-STRUCT is named like warns (it is empty on every RT-STRUCT side).
         tolerance_mm: surface Dice tolerance in mm of a structure no table has.
         tolerances: the user's structure name -> tolerance (mm) table
             (:func:`medseg.tolerances.load_tolerances`); ``tolerances_source`` names it in the
@@ -332,7 +503,8 @@ def evaluate_folder(
             taken (spacing, origin and direction) and nothing is resampled or reordered:
             prediction voxel ``(k, j, i)`` is taken to be voxel ``(k, j, i)`` of that grid, so
             the shapes must be equal, else the case fails. References keep their own geometry
-            and must then match the adopted grid, as always.
+            and must then match the adopted grid, as always. DICOM case folders keep their
+            series' grid.
 
     Returns:
         The summary; ``summary.ok`` is False if any case failed.
@@ -361,6 +533,8 @@ def evaluate_folder(
         CaseFailure(case, f"no reference in {ref_dir}")
         for case in sorted(set(pred_files) - set(ref_files))
     ]
+    labels, unnamed = _rtstruct_structures(labels, pred_files, ref_files)
+    failures += unnamed
     grid_source = None if spacing_from is None else Path(spacing_from)
     grid_files = None if grid_source is None else _grid_files(grid_source)
     results: dict[str, dict[int, dict[str, float]]] = {}
@@ -381,12 +555,11 @@ def evaluate_folder(
             )
         return resolved[name]
 
-    for case in sorted(set(pred_files) & set(ref_files)):
+    for case in sorted(set(pred_files) & set(ref_files) - {f.case for f in unnamed}):
         try:
-            prediction = nifti.load(pred_files[case], VolumeKind.LABELS)
-            if grid_source is not None and grid_files is not None:
+            prediction, reference = _load_case(pred_files[case], ref_files[case], labels)
+            if grid_source is not None and grid_files is not None and pred_files[case].is_file():
                 prediction = _on_grid_of(prediction, case, grid_files, grid_source)
-            reference = nifti.load(ref_files[case], VolumeKind.LABELS)
             case_labels = labels if labels is not None else _present_labels(prediction, reference)
             found_labels.update(case_labels)
             rows: dict[int, dict[str, float]] = {}

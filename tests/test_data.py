@@ -104,12 +104,20 @@ def test_cli_trains_every_fold_with_a_saved_split(tmp_path: Path) -> None:
 
 
 def test_roi_patterns_are_case_insensitive_globs() -> None:
-    from medseg.training.datasets import match_rois
+    from medseg.io.rtstruct import match_rois
 
     names = ["GTV-1", "gtvp", "CTV", "Spinal Cord", "SPINALCORD", "GTV_primary "]
     assert match_rois(names, ["GTV", "GTVp", "GTV*"]) == ["GTV-1", "gtvp", "GTV_primary "]
     assert match_rois(names, ["Spinal Cord", "SpinalCord"]) == ["Spinal Cord", "SPINALCORD"]
     assert match_rois(names, ["PTV*"]) == []
+
+
+def test_match_rois_moved_to_io_rtstruct() -> None:
+    from medseg.io import rtstruct
+    from medseg.training import datasets
+
+    with pytest.warns(DeprecationWarning, match="medseg.io.rtstruct.match_rois"):
+        assert datasets.match_rois is rtstruct.match_rois
 
 
 def _patients(tmp_path: Path) -> Path:

@@ -27,7 +27,6 @@ from medseg.evaluation import COLUMN_NAMES, evaluate_folder
 from medseg.geometry import Geometry
 from medseg.io import nifti
 from medseg.metrics import (
-    METRIC_NAMES,
     SegmentationMetrics,
     compute_label_metrics,
     compute_metrics,

@@ -4,8 +4,9 @@ Layout: ``root/<patient>/`` holds one CT/MR series and an RT Structure Set drawn
 nesting, any file names). A label map chooses ROIs by name, case-insensitively, with shell
 glob patterns, e.g. ``{1: ["GTV", "GTVp", "GTV*"], 2: ["Spinal Cord", "SpinalCord"]}``: label
 ``v`` is the union of every ROI matching one of its patterns (a higher value wins where
-labels overlap). A patient without an RT-STRUCT, or without a ROI for some label, is reported
-in :attr:`DicomDataset.skipped` and left out; it does not stop the others.
+labels overlap), as :func:`medseg.io.rtstruct.read_label_map` combines them. A patient
+without an RT-STRUCT, or without a ROI for some label, is reported in
+:attr:`DicomDataset.skipped` and left out; it does not stop the others.
 
 Converted cases are cached as ``<cache_dir>/<key>.npz`` (HU image, labels, geometry) where
 ``key`` is a SHA-256 of the bytes of every file under the patient folder, the label map and a
@@ -17,7 +18,6 @@ Case ids are ``case_000``, ``case_001``, ... in sorted folder order: never patie
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -39,7 +39,6 @@ __all__ = [
     "SkippedCase",
     "cache_key",
     "load_dicom_rtstruct_folder",
-    "match_rois",
 ]
 
 #: Bumped when the cached array layout changes (old cache files are then ignored).
@@ -71,19 +70,13 @@ class DicomDataset:
     folders: Mapping[str, Path]
 
 
-def match_rois(roi_names: Sequence[str], patterns: Sequence[str]) -> list[str]:
-    """The ROI names matching any pattern: case-insensitive shell globs, spaces trimmed.
+def __getattr__(name: str) -> Any:
+    """``match_rois`` moved to :mod:`medseg.io.rtstruct` (until 0.2)."""
+    if name == "match_rois":
+        from medseg._compat import moved_name
 
-    Example:
-        >>> match_rois(["GTV-1", "gtv_primary", "CTV", "Spinal Cord"], ["GTV", "GTV*"])
-        ['GTV-1', 'gtv_primary']
-    """
-    folded = [p.strip().casefold() for p in patterns]
-    return [
-        name
-        for name in roi_names
-        if any(fnmatch.fnmatchcase(name.strip().casefold(), p) for p in folded)
-    ]
+        return moved_name(__name__, name, "medseg.io.rtstruct")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cache_key(folder: Path, labels: Mapping[int, Sequence[str]], preprocess: Any) -> str:
@@ -162,31 +155,11 @@ def load_dicom_rtstruct_folder(
 
 def _convert(folder: Path, labels: Mapping[int, Sequence[str]]) -> tuple[Volume, Volume]:
     inventory = dicom.scan_folder(folder)
-    structure_sets = [s for s in inventory.series if s.modality == "RTSTRUCT"]
-    files = [f for s in structure_sets for f in s.files]
+    files = sorted(f for s in inventory.series if s.modality == "RTSTRUCT" for f in s.files)
     if not files:
         raise InputError(f"{folder}: no RT-STRUCT found")
     image = dicom.load_series(folder)
-    masks: dict[str, Volume] = {}
-    for path in sorted(files):
-        masks.update(rtstruct.read(path, image))
-    label_array = np.zeros(image.geometry.shape, dtype=np.uint8)
-    for value in sorted(labels):
-        names = match_rois(list(masks), labels[value])
-        if not names:
-            raise InputError(
-                f"{folder}: no ROI matches label {value} {list(labels[value])} "
-                f"(ROIs: {sorted(masks)})"
-            )
-        for name in names:
-            label_array[np.asarray(masks[name].array) > 0] = value
-    source = SourceInfo(
-        path=folder,
-        series_instance_uid=image.source.series_instance_uid,
-        frame_of_reference_uid=image.source.frame_of_reference_uid,
-        modality=image.source.modality,
-    )
-    return image, Volume(label_array, image.geometry, VolumeKind.LABELS, source)
+    return image, rtstruct.read_label_map(files, image, labels, where=folder)
 
 
 def _write_cache(path: Path, image: Volume, labels: Volume) -> None:

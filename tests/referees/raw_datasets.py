@@ -35,7 +35,7 @@ import numpy as np
 from medseg.geometry import Geometry, index_to_world, reorder_to_grid
 from medseg.io import nifti
 from medseg.io.convert import convert_dicom
-from medseg.training.datasets import match_rois
+from medseg.io.rtstruct import match_rois
 from medseg.volume import Volume, VolumeKind
 
 #: Zero voxels added before and after each axis of ``brain1_padded`` (slice, row, column).

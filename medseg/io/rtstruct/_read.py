@@ -34,6 +34,7 @@ __all__ = [
     "StructureSetContours",
     "read",
     "read_contours",
+    "read_roi_names",
 ]
 
 #: Largest distance (in slices) of a contour point from the slice plane it is assigned to.
@@ -135,12 +136,7 @@ def _place_contours(
     """
     if unplaced not in ("error", "skip"):
         raise ValueError(f"unplaced must be 'error' or 'skip', got {unplaced!r}")
-    try:
-        # parsed from memory: a corrupt element length then cannot make the reader allocate
-        # the gigabytes it declares (a file object's read(n) reserves n bytes first)
-        ds = pydicom.dcmread(io.BytesIO(path.read_bytes()))
-    except (InvalidDicomError, *HEADER_ERRORS) as exc:
-        raise UnreadableScanError(f"{path}: cannot be read as DICOM ({exc})") from exc
+    ds = _read_dataset(path)
     try:
         return ds, _placed_rois(ds, path, reference, unplaced)
     except HEADER_ERRORS as exc:
@@ -148,11 +144,48 @@ def _place_contours(
         raise UnreadableScanError(f"{path}: RT Structure Set cannot be read ({exc})") from exc
 
 
+def _read_dataset(path: Path) -> Dataset:
+    try:
+        # parsed from memory: a corrupt element length then cannot make the reader allocate
+        # the gigabytes it declares (a file object's read(n) reserves n bytes first)
+        ds = pydicom.dcmread(io.BytesIO(path.read_bytes()))
+    except (InvalidDicomError, *HEADER_ERRORS) as exc:
+        raise UnreadableScanError(f"{path}: cannot be read as DICOM ({exc})") from exc
+    try:
+        modality, has_rois = str(ds.get("Modality", "")), "StructureSetROISequence" in ds
+    except HEADER_ERRORS as exc:
+        raise UnreadableScanError(f"{path}: RT Structure Set cannot be read ({exc})") from exc
+    if modality != "RTSTRUCT" or not has_rois:
+        raise UnreadableScanError(f"{path}: not an RT Structure Set (Modality {modality!r})")
+    return ds
+
+
+def _roi_name(roi: Dataset) -> tuple[int, str]:
+    """(ROINumber, ROIName) of a StructureSetROISequence item (``"ROI <n>"`` without a name)."""
+    number = int(roi.ROINumber)
+    return number, str(roi.get("ROIName", "")) or f"ROI {number}"
+
+
+def read_roi_names(path: Path) -> tuple[str, ...]:
+    """The ROI names of an RT Structure Set, in StructureSetROISequence order, as :func:`read`
+    names its masks (a repeated name gets ``" #<ROINumber>"``); no image is needed.
+
+    Raises:
+        UnreadableScanError: not a readable DICOM file, or not an RT Structure Set.
+    """
+    path = Path(path)
+    ds = _read_dataset(path)
+    names: list[str] = []
+    try:
+        for roi in ds.StructureSetROISequence:
+            number, name = _roi_name(roi)
+            names.append(f"{name} #{number}" if name in names else name)
+    except HEADER_ERRORS as exc:
+        raise UnreadableScanError(f"{path}: RT Structure Set cannot be read ({exc})") from exc
+    return tuple(names)
+
+
 def _placed_rois(ds: Dataset, path: Path, reference: Volume, unplaced: str) -> list[_PlacedRoi]:
-    if str(ds.get("Modality", "")) != "RTSTRUCT" or "StructureSetROISequence" not in ds:
-        raise UnreadableScanError(
-            f"{path}: not an RT Structure Set (Modality {ds.get('Modality', '')!r})"
-        )
     g = reference.geometry
     ref_frame = reference.source.frame_of_reference_uid
     frames = {
@@ -173,8 +206,7 @@ def _placed_rois(ds: Dataset, path: Path, reference: Volume, unplaced: str) -> l
     names: set[str] = set()
     missing: dict[str, list[tuple[str, float]]] = {}
     for roi in ds.StructureSetROISequence:
-        number = int(roi.ROINumber)
-        name = str(roi.get("ROIName", "")) or f"ROI {number}"
+        number, name = _roi_name(roi)
         roi_frame = str(roi.get("ReferencedFrameOfReferenceUID", "")) or None
         for frame in {roi_frame} if roi_frame else frames:
             if ref_frame and frame and frame != ref_frame:
