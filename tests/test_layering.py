@@ -45,6 +45,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "medseg.runtime",
             "medseg.postprocess",
             "medseg.metrics",
+            "medseg.tolerances",
             "medseg.evaluation",
             "medseg.synthetic",
             "medseg.synthetic.phantom",
