@@ -183,8 +183,11 @@ def _compare_with_experts(
     statistics: Mapping[str, Mapping[str, Mapping[str, float | int | None]]],
     tolerances: Mapping[str, Tolerance],
     agreement: Path,
+    read: tuple[dict[str, dict[str, Any]], dict[str, float]],
 ) -> dict[str, ExpertComparison]:
-    experts, expert_tolerances = _expert_agreement(agreement)
+    """The model's medians beside the experts' (``read``: :func:`_expert_agreement` of the
+    file ``agreement``, read before any case so a bad file fails at once)."""
+    experts, expert_tolerances = read
     compared: dict[str, ExpertComparison] = {}
     for name, per_metric in statistics.items():
         if name not in experts:
@@ -522,6 +525,7 @@ def evaluate_folder(
         labels = {s.label: s.name for s in labels}
     if labels is not None and len(set(labels.values())) != len(labels):
         raise ConfigError(f"label names must be unique, got {dict(labels)}")
+    experts = None if reference_agreement is None else _expert_agreement(reference_agreement)
     out = claim_output_dir(
         Path(out_dir), inputs=(pred_dir, ref_dir, spacing_from, reference_agreement)
     )
@@ -597,8 +601,8 @@ def evaluate_folder(
     used = {name: resolved[name] for name in names.values()}
     compared = (
         {}
-        if reference_agreement is None
-        else _compare_with_experts(statistics, used, Path(reference_agreement))
+        if reference_agreement is None or experts is None
+        else _compare_with_experts(statistics, used, Path(reference_agreement), experts)
     )
     per_case_csv, summary_csv, summary_json, per_slice_csv = (
         out / _PER_CASE_CSV,

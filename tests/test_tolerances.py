@@ -199,6 +199,7 @@ def test_reference_agreement_flags_structures_outside_the_experts(tmp_path: Path
             tolerance_mm=1.0,
             reference_agreement=bogus,
         )
+    assert not (tmp_path / "out-bogus").exists()  # refused before the output is claimed
     from typer.testing import CliRunner
 
     from medseg.cli import app
