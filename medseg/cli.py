@@ -381,6 +381,40 @@ def predict(
     typer.echo(f"outputs: {result.out_dir}")
 
 
+ToleranceMmOption = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="Surface Dice and editing tolerance (mm) of structures no tolerance table has.",
+    ),
+]
+TolerancesOption = Annotated[
+    Path | None,
+    typer.Option(
+        exists=True,
+        dir_okay=False,
+        help="Tolerance table (YAML mapping or CSV: structure, mm), matched by name or "
+        "TG-263 name; before medseg's H&N table and --tolerance-mm.",
+    ),
+]
+DefaultTolerancesOption = Annotated[
+    bool,
+    typer.Option(
+        help="Use medseg's H&N organ tolerances (median inter-observer HD95 of the DeepMind "
+        "H&N scans) for organs the --tolerances table lacks."
+    ),
+]
+ReferenceAgreementOption = Annotated[
+    Path | None,
+    typer.Option(
+        exists=True,
+        help="metrics_summary.json (or its folder) of 'medseg evaluate EXPERT_A EXPERT_B': "
+        "the experts' medians are put beside the model's and structures where the model is "
+        "worse are flagged.",
+    ),
+]
+
+
 @app.command()
 def evaluate(
     pred: Annotated[
@@ -406,38 +440,10 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for the metrics CSV/JSON.")] = Path(
         "medseg-evaluation"
     ),
-    tolerance_mm: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            help="Surface Dice and editing tolerance (mm) of structures no tolerance table has.",
-        ),
-    ] = 2.0,
-    tolerances: Annotated[
-        Path | None,
-        typer.Option(
-            exists=True,
-            dir_okay=False,
-            help="Tolerance table (YAML mapping or CSV: structure, mm), matched by name or "
-            "TG-263 name; before medseg's H&N table and --tolerance-mm.",
-        ),
-    ] = None,
-    default_tolerances: Annotated[
-        bool,
-        typer.Option(
-            help="Use medseg's H&N organ tolerances (median inter-observer HD95 of the DeepMind "
-            "H&N scans) for organs the --tolerances table lacks."
-        ),
-    ] = True,
-    reference_agreement: Annotated[
-        Path | None,
-        typer.Option(
-            exists=True,
-            help="metrics_summary.json (or its folder) of 'medseg evaluate EXPERT_A EXPERT_B': "
-            "the experts' medians are put beside the model's and structures where the model is "
-            "worse are flagged.",
-        ),
-    ] = None,
+    tolerance_mm: ToleranceMmOption = 2.0,
+    tolerances: TolerancesOption = None,
+    default_tolerances: DefaultTolerancesOption = True,
+    reference_agreement: ReferenceAgreementOption = None,
     spacing_from: Annotated[
         Path | None,
         typer.Option(
@@ -478,6 +484,13 @@ def evaluate(
             builtin_tolerances=default_tolerances,
             reference_agreement=reference_agreement,
         )
+    _echo_evaluation(summary)
+    if not summary.ok:
+        raise typer.Exit(code=1)
+
+
+def _echo_evaluation(summary: Any) -> None:
+    """What ``evaluate`` (and ``batch --references``) print of an evaluation summary."""
     typer.echo(f"{len(summary.cases)} cases evaluated, {len(summary.failures)} failed")
     for failure in summary.failures:
         typer.echo(f"failed: {failure.case}: {failure.reason}", err=True)
@@ -487,8 +500,6 @@ def evaluate(
     typer.echo(f"per case: {summary.per_case_csv}\nsummary: {summary.summary_csv}")
     if summary.agreement_csv is not None:
         typer.echo(f"expert agreement: {summary.agreement_csv}")
-    if not summary.ok:
-        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -690,7 +701,11 @@ def _echo_batch(summary: Any) -> None:
         if row.status is SummaryStatus.FAILED:
             typer.echo(f"failed: {row.case_id}: {row.error_class}", err=True)
     typer.echo(f"summary: {summary.summary_path}\nledger: {summary.ledger_path}")
-    if not summary.ok:
+    evaluation = getattr(summary, "evaluation", None)
+    if evaluation is not None:
+        typer.echo("references: ", nl=False)
+        _echo_evaluation(evaluation)
+    if not summary.ok or (evaluation is not None and not evaluation.ok):
         raise typer.Exit(code=1)
 
 
@@ -713,11 +728,35 @@ def batch(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run failed cases again even if unchanged.")
     ] = False,
+    references: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="Folder of reference RT-STRUCTs (e.g. the clinical contours; may be "
+            "INPUT_ROOT): each is matched to the case whose series it was drawn on, and the "
+            "predictions are evaluated into OUTPUT_ROOT/evaluation and the summary page.",
+        ),
+    ] = None,
+    tolerance_mm: ToleranceMmOption = 2.0,
+    tolerances: TolerancesOption = None,
+    default_tolerances: DefaultTolerancesOption = True,
+    reference_agreement: ReferenceAgreementOption = None,
 ) -> None:
-    """Segment every study under INPUT_ROOT; resumable: a rerun skips done, unchanged cases."""
+    """Segment every study under INPUT_ROOT; resumable: a rerun skips done, unchanged cases.
+    With --references, also compare each prediction with its reference RT-STRUCT."""
+    import dataclasses
+
     from medseg.batch import run_batch
+    from medseg.batch.references import ReferenceOptions
+    from medseg.tolerances import load_tolerances
 
     with _reported():
+        if references is None and (tolerances is not None or reference_agreement is not None):
+            raise ConfigError(
+                "--tolerances and --reference-agreement need --references (the reference "
+                "RT-STRUCTs to compare the predictions with)"
+            )
         bar, update = _progress_bar()
         options = _run_options(
             config,
@@ -727,6 +766,18 @@ def batch(
             retry_failed=retry_failed,
             progress=update,
         )
+        if references is not None:
+            options = dataclasses.replace(
+                options,
+                references=ReferenceOptions(
+                    references,
+                    tolerance_mm=tolerance_mm,
+                    tolerances=load_tolerances(tolerances) if tolerances is not None else None,
+                    tolerances_source=f"file {tolerances}" if tolerances is not None else "",
+                    builtin_tolerances=default_tolerances,
+                    agreement=reference_agreement,
+                ),
+            )
         with bar:
             summary = run_batch(input_root, output_root, model, options=options)
     _echo_batch(summary)

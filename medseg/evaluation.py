@@ -46,6 +46,7 @@ __all__ = [
     "EvaluationSummary",
     "ExpertComparison",
     "evaluate_folder",
+    "read_expert_agreement",
 ]
 
 #: Suffixes :func:`evaluate_folder` reads (longest first so ``.nii.gz`` wins over ``.gz``).
@@ -109,6 +110,8 @@ class EvaluationSummary:
         expert_agreement: with ``reference_agreement``, per label name the model-vs-reference
             medians beside the experts' (:class:`ExpertComparison`); empty otherwise.
         agreement_csv: the table of ``expert_agreement``, or None.
+        per_case: ``{case: {label name: {column: value}}}`` over :data:`COLUMN_NAMES`, the
+            per-case table's values (``inf`` where a mask is empty on one side).
     """
 
     cases: tuple[str, ...]
@@ -123,6 +126,9 @@ class EvaluationSummary:
     per_slice_csv: Path
     expert_agreement: Mapping[str, ExpertComparison] = dataclasses.field(default_factory=dict)
     agreement_csv: Path | None = None
+    per_case: Mapping[str, Mapping[str, Mapping[str, float]]] = dataclasses.field(
+        default_factory=dict
+    )
 
     @property
     def ok(self) -> bool:
@@ -151,9 +157,16 @@ class ExpertComparison:
         return bool(self.worse)
 
 
-def _expert_agreement(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
-    """Per structure ``{metric: median}`` and tolerance (mm) from an evaluation summary JSON
-    (``medseg evaluate EXPERT_A EXPERT_B``'s ``metrics_summary.json``, or its folder)."""
+def read_expert_agreement(
+    path: Path,
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Per structure ``{metric: median}`` (:data:`AGREEMENT_METRICS`) and tolerance (mm) from
+    an evaluation summary JSON (``medseg evaluate EXPERT_A EXPERT_B``'s
+    ``metrics_summary.json``, or its folder), as ``reference_agreement`` uses it.
+
+    Raises:
+        InputError: the file cannot be read or is not a medseg evaluation summary.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / _SUMMARY_JSON
@@ -185,7 +198,7 @@ def _compare_with_experts(
     agreement: Path,
     read: tuple[dict[str, dict[str, Any]], dict[str, float]],
 ) -> dict[str, ExpertComparison]:
-    """The model's medians beside the experts' (``read``: :func:`_expert_agreement` of the
+    """The model's medians beside the experts' (``read``: :func:`read_expert_agreement` of the
     file ``agreement``, read before any case so a bad file fails at once)."""
     experts, expert_tolerances = read
     compared: dict[str, ExpertComparison] = {}
@@ -525,7 +538,7 @@ def evaluate_folder(
         labels = {s.label: s.name for s in labels}
     if labels is not None and len(set(labels.values())) != len(labels):
         raise ConfigError(f"label names must be unique, got {dict(labels)}")
-    experts = None if reference_agreement is None else _expert_agreement(reference_agreement)
+    experts = None if reference_agreement is None else read_expert_agreement(reference_agreement)
     out = claim_output_dir(
         Path(out_dir), inputs=(pred_dir, ref_dir, spacing_from, reference_agreement)
     )
@@ -700,4 +713,10 @@ def evaluate_folder(
         per_slice_csv=per_slice_csv,
         expert_agreement=compared,
         agreement_csv=agreement_csv,
+        per_case={
+            case: {
+                name: {k: results[case][v][k] for k in COLUMN_NAMES} for v, name in names.items()
+            }
+            for case in sorted(results)
+        },
     )

@@ -46,6 +46,7 @@ __all__ = [
     "derive_tolerances",
     "load_tolerances",
     "resolve_tolerances",
+    "tolerances_from_hd95",
 ]
 
 #: Where :data:`HN_OAR_TOLERANCES_MM` comes from, as written beside each tolerance it supplies.
@@ -203,15 +204,13 @@ def derive_tolerances(root: Path) -> tuple[dict[str, float], dict[str, int]]:
             same under ``radiographer/``.
 
     Returns:
-        TG-263 organ name -> tolerance (mm, rounded to 0.01), sorted by name; and the number
-        of scan pairs each value is the median of (left and right pooled).
+        As :func:`tolerances_from_hd95` of every non-empty pair's HD95.
     """
     from medseg.io import nifti
     from medseg.metrics import compute_metrics
     from medseg.volume import VolumeKind
 
-    hd95: dict[str, list[float]] = {}
-    names: dict[str, set[str]] = {}
+    hd95: list[tuple[str, float]] = []
     for scan in sorted(p for p in (Path(root) / "oncologist").iterdir() if p.is_dir()):
         for ref_path in sorted((scan / "segmentations").glob("*.nrrd")):
             other = Path(root) / "radiographer" / scan.name / "segmentations" / ref_path.name
@@ -227,13 +226,33 @@ def derive_tolerances(root: Path) -> tuple[dict[str, float], dict[str, int]]:
                 ref.with_array(r.astype(np.uint8)),
                 tolerance_mm=0.0,
             )
-            standard = _standard(ref_path.stem)
-            hd95.setdefault(_organ(standard), []).append(m.hausdorff95_mm)
-            names.setdefault(_organ(standard), set()).add(standard)
+            hd95.append((ref_path.stem, m.hausdorff95_mm))
+    return tolerances_from_hd95(hd95)
+
+
+def tolerances_from_hd95(
+    hd95: Iterable[tuple[str, float]],
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Per organ the median of the experts' HD95 values, left and right pooled.
+
+    Args:
+        hd95: ``(organ name as the data names it, HD95 in mm)``, one per scan and organ with
+            both contours non-empty.
+
+    Returns:
+        TG-263 organ name -> tolerance (mm, rounded to 0.01), sorted by name; and the number
+        of scan pairs each value is the median of (left and right pooled).
+    """
+    values: dict[str, list[float]] = {}
+    names: dict[str, set[str]] = {}
+    for name, value in hd95:
+        standard = _standard(name)
+        values.setdefault(_organ(standard), []).append(value)
+        names.setdefault(_organ(standard), set()).add(standard)
     table: dict[str, float] = {}
     pairs: dict[str, int] = {}
-    for organ, values in hd95.items():
+    for organ, organ_values in values.items():
         for standard in names[organ]:
-            table[standard] = round(statistics.median(values), 2)
-            pairs[standard] = len(values)
+            table[standard] = round(statistics.median(organ_values), 2)
+            pairs[standard] = len(organ_values)
     return dict(sorted(table.items())), dict(sorted(pairs.items()))

@@ -2,7 +2,9 @@
 # Install medseg with its test dependencies, the Debian tools the tests use as independent
 # referees and real services (plastimatch, dciodvfy, dcmtk, Chromium, Orthanc; when run as
 # root and missing), run the house checks (ruff format, ruff check, mypy; pinned in the test
-# extra) and then the whole test suite (as CI does: .ci/run passes no arguments).
+# extra) and then the whole test suite (as CI does: .ci/run passes no arguments), in
+# MEDSEG_TEST_WORKERS processes (default 2, the CI machine's cores; pytest-xdist, one test file
+# per process at a time, so a file's module fixtures are made once; 1 runs them in this process).
 #   bash scripts/test.sh [pytest args]           # everything
 #   bash scripts/test.sh --quick [pytest args]   # local check: skips tests marked slow
 # (--quick must come first; the other arguments go to pytest unchanged, a later -m wins.)
@@ -33,4 +35,6 @@ bash scripts/install.sh --test
 .venv/bin/ruff format --check --quiet .
 .venv/bin/ruff check --quiet .
 .venv/bin/mypy medseg
-exec .venv/bin/python -m pytest "${quick[@]}" "$@"
+workers=(-n "${MEDSEG_TEST_WORKERS:-2}" --dist loadfile)
+if [[ "${MEDSEG_TEST_WORKERS:-2}" == 1 ]]; then workers=(-p no:xdist); fi
+exec .venv/bin/python -m pytest "${workers[@]}" "${quick[@]}" "$@"

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg import geometry as geo
 from medseg.errors import ConfigError, GeometryError, InputError
 from medseg.evaluation import COLUMN_NAMES, evaluate_folder
 from medseg.geometry import Geometry
@@ -32,18 +31,13 @@ from medseg.metrics import (
     compute_metrics,
 )
 from medseg.volume import SourceInfo, Volume, VolumeKind
-from tests.conftest import require_data, require_module
+from tests.conftest import require_module
+from tests.referees.hn_pairs import inter_observer_pairs
 
 #: Surface Dice tolerances for the real organs (mm): the common 2 mm, and one that is not a
 #: multiple of these grids' voxel steps.
 _TAUS_MM = (2.0, 3.3)
 
-_ORGANS = (
-    "Brain", "Brainstem", "Cochlea-Lt", "Cochlea-Rt", "Lacrimal-Lt", "Lacrimal-Rt", "Lens-Lt",
-    "Lens-Rt", "Lung-Lt", "Lung-Rt", "Mandible", "Optic-Nerve-Lt", "Optic-Nerve-Rt", "Orbit-Lt",
-    "Orbit-Rt", "Parotid-Lt", "Parotid-Rt", "Spinal-Canal", "Spinal-Cord", "Submandibular-Lt",
-    "Submandibular-Rt",
-)  # fmt: skip
 #: The 7 validation scans of the DeepMind H&N dataset, each contoured by both annotators.
 _ALL_SCANS = (
     "0522c0014", "0522c0519", "0522c0576", "0522c0727a", "0522c0727b", "TCGA-CV-5977",
@@ -68,20 +62,32 @@ def _crop_union(a: np.ndarray, b: np.ndarray, margin: int = 2) -> tuple[np.ndarr
     return a[window], b[window]
 
 
-def _deepmind(
-    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], tau: float
-) -> dict[str, float]:
+def _deepmind_at(
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], taus: tuple[float, ...]
+) -> dict[float, dict[str, float]]:
+    """surface-distance's HD, HD95, ASSD and surface Dice at each tolerance (the distances are
+    computed once)."""
     surface_distance = require_module("surface_distance")
     with warnings.catch_warnings():  # it uses scipy's deprecated ndimage.filters namespace
         warnings.simplefilter("ignore", DeprecationWarning)
         d = surface_distance.compute_surface_distances(ref, pred, spacing)
     ref_to_pred, pred_to_ref = surface_distance.compute_average_surface_distance(d)
-    return {
+    distances = {
         "hausdorff_mm": float(surface_distance.compute_robust_hausdorff(d, 100)),
         "hausdorff95_mm": float(surface_distance.compute_robust_hausdorff(d, 95)),
         "assd_mm": float((ref_to_pred + pred_to_ref) / 2),
-        "surface_dice": float(surface_distance.compute_surface_dice_at_tolerance(d, tau)),
     }
+    return {
+        tau: distances
+        | {"surface_dice": float(surface_distance.compute_surface_dice_at_tolerance(d, tau))}
+        for tau in taus
+    }
+
+
+def _deepmind(
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], tau: float
+) -> dict[str, float]:
+    return _deepmind_at(pred, ref, spacing, (tau,))[tau]
 
 
 def _monai(
@@ -127,31 +133,20 @@ def _monai(
 
 
 def _pair(scan: str, organ: str) -> tuple[Volume, Volume]:
-    """(radiographer, oncologist) masks of one organ on one scan, as 0/1 label volumes."""
-    root = require_data("hn-oar-labels")
-    ref, pred = (
-        nifti.load(root / who / scan / "segmentations" / f"{organ}.nrrd", VolumeKind.LABELS)
-        for who in ("oncologist", "radiographer")
-    )
-    assert geo.geometries_equal(ref.geometry, pred.geometry)  # one scan, one grid
-    assert ref.geometry.spacing_mm[0] == pytest.approx(2.5)
-    return (
-        pred.with_array((pred.array > 0).astype(np.uint8)),
-        ref.with_array((ref.array > 0).astype(np.uint8)),
-    )
+    """(radiographer, oncologist) masks of one organ on one scan, as 0/1 label volumes cropped
+    around the two (:mod:`tests.referees.hn_pairs`, read once per test process)."""
+    pair = next(p for p in inter_observer_pairs(scan) if p.organ == organ)
+    assert pair.reference.geometry.spacing_mm[0] == pytest.approx(2.5)
+    return pair.prediction, pair.reference
 
 
 @pytest.mark.parametrize("scan", _ALL_SCANS)
 def test_every_inter_observer_pair_equals_surface_distance(scan: str) -> None:
     """All 21 organs of the scan, radiographer as prediction, oncologist as reference."""
     organs = 0
-    for organ in _ORGANS:
-        if not (
-            require_data("hn-oar-labels") / "oncologist" / scan / "segmentations" / f"{organ}.nrrd"
-        ).exists():
-            continue
-        pred, ref = _pair(scan, organ)
-        if not (ref.array.any() and pred.array.any()):
+    for pair in inter_observer_pairs(scan):
+        pred, ref = pair.prediction, pair.reference
+        if not pair.both_present:
             # an organ absent from a scan (e.g. a resected gland): the reference has no value
             both_empty = not (ref.array.any() or pred.array.any())
             m = compute_metrics(pred, ref, tolerance_mm=2.0)
@@ -159,21 +154,21 @@ def test_every_inter_observer_pair_equals_surface_distance(scan: str) -> None:
             assert m.hausdorff95_mm == (0.0 if both_empty else math.inf)
             continue
         organs += 1
+        deepmind = _deepmind_at(
+            pred.array.astype(bool), ref.array.astype(bool), ref.geometry.spacing_mm, _TAUS_MM
+        )
         for tau in _TAUS_MM:
             ours = compute_metrics(pred, ref, tolerance_mm=tau)
-            deepmind = _deepmind(
-                pred.array.astype(bool), ref.array.astype(bool), ref.geometry.spacing_mm, tau
-            )
-            for name, value in deepmind.items():
-                assert abs(getattr(ours, name) - value) <= 1e-6, (organ, tau, name)
+            for name, value in deepmind[tau].items():
+                assert abs(getattr(ours, name) - value) <= 1e-6, (pair.organ, tau, name)
     assert organs >= 15
 
 
 @pytest.mark.parametrize("scan", _MONAI_SCANS)
 def test_dice_and_surface_dice_equal_monai(scan: str) -> None:
-    for organ in _ORGANS:
-        pred, ref = _pair(scan, organ)
-        if not (ref.array.any() and pred.array.any()):
+    for pair in inter_observer_pairs(scan):
+        pred, ref, organ = pair.prediction, pair.reference, pair.organ
+        if not pair.both_present:
             continue
         ours = compute_metrics(pred, ref, tolerance_mm=2.0)
         p, r = _crop_union(pred.array.astype(bool), ref.array.astype(bool))

@@ -23,6 +23,7 @@ from medseg.io.dicom import load_series
 from medseg.io.rtstruct import RoiSpec
 from medseg.postprocess import volumes_report
 from medseg.report import (
+    REPORT_TOLERANCE_MM,
     SUMMARY_PAGE,
     CaseSummary,
     SummaryStatus,
@@ -81,6 +82,34 @@ def test_phantom_report_has_pages_pngs_and_physical_aspect(tmp_path: Path) -> No
     assert "Agreement with the reference" in text and "Dice" in text
     assert "tumour" in text and "mL" in text
     assert not list(tmp_path.glob(".qa*"))  # no temporary folder left behind
+
+
+def test_reference_table_uses_each_structures_tolerance(tmp_path: Path) -> None:
+    """The QA page's surface Dice is at the tolerance ``medseg evaluate`` would use: medseg's
+    H&N table for an H&N organ, the given table, else REPORT_TOLERANCE_MM."""
+    from medseg.metrics import compute_metrics
+    from medseg.tolerances import HN_OAR_TOLERANCES_MM, Tolerance
+
+    case = phantom.make_case(4, n_tumours=2)
+    shifted = np.roll(np.asarray(case.labels.array), 2, axis=2)  # 2 voxels off: NSD < 1
+    reference = case.labels.with_array(shifted)
+    names = {1: "Brainstem"}
+    page = write_report(case.image, case.labels, names, tmp_path / "a", reference=reference)
+    rows = re.findall(r"<tr><td>Brainstem</td>((?:<td>[^<]*</td>)+)</tr>", page.read_text())
+    cells = re.findall(r"<td>([^<]*)</td>", rows[-1])
+    mm = HN_OAR_TOLERANCES_MM["Brainstem"]
+    expected = compute_metrics(case.labels, reference, label=1, tolerance_mm=mm)
+    assert cells[3:5] == [f"{expected.surface_dice:.3f}", f"{mm:.2f}"]
+    default = compute_metrics(case.labels, reference, label=1, tolerance_mm=REPORT_TOLERANCE_MM)
+    assert f"{default.surface_dice:.3f}" != cells[3]  # the tolerance changes the number
+    page = write_report(
+        case.image, case.labels, names, tmp_path / "b", reference=reference,
+        tolerances={"Brainstem": Tolerance(5.0, "file t.yaml")},
+    )  # fmt: skip
+    rows = re.findall(r"<tr><td>Brainstem</td>((?:<td>[^<]*</td>)+)</tr>", page.read_text())
+    cells = re.findall(r"<td>([^<]*)</td>", rows[-1])
+    wide = compute_metrics(case.labels, reference, label=1, tolerance_mm=5.0)
+    assert cells[3:5] == [f"{wide.surface_dice:.3f}", "5.00"]
 
 
 def _red_centre_px(path: Path) -> tuple[float, float]:

@@ -18,6 +18,7 @@ from medseg.errors import ConfigError, InputError
 from medseg.evaluation import evaluate_folder
 from medseg.geometry import Geometry
 from medseg.io import nifti
+from medseg.metrics import compute_metrics
 from medseg.tolerances import (
     HN_OAR_SOURCE,
     HN_OAR_TOLERANCES_MM,
@@ -25,13 +26,28 @@ from medseg.tolerances import (
     derive_tolerances,
     load_tolerances,
     resolve_tolerances,
+    tolerances_from_hd95,
 )
 from medseg.volume import Volume, VolumeKind
 from tests.conftest import require_data
+from tests.referees.hn_pairs import inter_observer_pairs
 
 
 def test_the_shipped_hn_table_is_the_median_inter_observer_hd95_of_the_data() -> None:
-    table, pairs = derive_tolerances(require_data("hn-oar-labels"))
+    """The table is what derive_tolerances (scripts/derive_tolerances.py) computes: medseg's
+    HD95 of every non-empty pair (read once per test process and cropped around the pair,
+    which changes no distance: tests/referees/hn_pairs.py), medians by tolerances_from_hd95."""
+    root = require_data("hn-oar-labels")
+    hd95 = [
+        (
+            pair.organ,
+            compute_metrics(pair.prediction, pair.reference, tolerance_mm=0.0).hausdorff95_mm,
+        )
+        for scan in sorted(p.name for p in (root / "oncologist").iterdir() if p.is_dir())
+        for pair in inter_observer_pairs(scan)
+        if pair.both_present
+    ]
+    table, pairs = tolerances_from_hd95(hd95)
     assert table == dict(HN_OAR_TOLERANCES_MM)
     assert len(table) == 21
     assert min(pairs.values()) >= 7  # every organ on most of the 7 scans (sides pooled: 14)
@@ -39,6 +55,44 @@ def test_the_shipped_hn_table_is_the_median_inter_observer_hd95_of_the_data() ->
     # parotid (soft, low-contrast borders) within several millimetres
     assert table["Lens_L"] < 1.5 and table["Lung_L"] < 1.5
     assert table["Parotid_L"] > 3 * table["Lens_L"]
+
+
+def test_derive_tolerances_reads_both_experts_folders(tmp_path: Path) -> None:
+    """derive_tolerances on a folder laid out as hn-oar-labels: per organ (sides pooled) the
+    median of the pairs' HD95, a pair with an empty side or one expert's file missing left
+    out."""
+    grid = Geometry(shape=(8, 16, 16), spacing_mm=(2.5, 1.0, 1.0), origin_mm=(0.0, 0.0, 0.0))
+    boxes = {  # (scan, organ): (oncologist's box start, radiographer's shift along columns)
+        ("s1", "Parotid-Lt"): 1, ("s1", "Parotid-Rt"): 2, ("s2", "Parotid-Lt"): 4,
+        ("s1", "Lens-Lt"): 0, ("s2", "Lens-Lt"): 3,
+    }  # fmt: skip
+    expected: list[tuple[str, float]] = []
+    for (scan, organ), shift in boxes.items():
+        ref = np.zeros(grid.shape, np.uint8)
+        ref[2:6, 4:10, 4:10] = 1
+        pred = np.roll(ref, shift, axis=2)
+        for who, array in (("oncologist", ref), ("radiographer", pred)):
+            folder = tmp_path / who / scan / "segmentations"
+            folder.mkdir(parents=True, exist_ok=True)
+            nifti.save(Volume(array, grid, VolumeKind.LABELS), folder / f"{organ}.nrrd")
+        m = compute_metrics(
+            Volume(pred, grid, VolumeKind.LABELS), Volume(ref, grid, VolumeKind.LABELS),
+            tolerance_mm=0.0,
+        )  # fmt: skip
+        expected.append((organ, m.hausdorff95_mm))
+    empty = tmp_path / "radiographer" / "s2" / "segmentations"
+    nifti.save(
+        Volume(np.zeros(grid.shape, np.uint8), grid, VolumeKind.LABELS), empty / "Brain.nrrd"
+    )
+    nifti.save(Volume(np.ones(grid.shape, np.uint8), grid, VolumeKind.LABELS),
+               tmp_path / "oncologist" / "s2" / "segmentations" / "Brain.nrrd")  # fmt: skip
+    only_one = tmp_path / "oncologist" / "s1" / "segmentations" / "Mandible.nrrd"
+    nifti.save(Volume(np.ones(grid.shape, np.uint8), grid, VolumeKind.LABELS), only_one)
+    table, pairs = derive_tolerances(tmp_path)
+    assert (table, pairs) == tolerances_from_hd95(expected)
+    assert set(table) == {"Parotid_L", "Parotid_R", "Lens_L"}
+    assert pairs == {"Parotid_L": 3, "Parotid_R": 3, "Lens_L": 2}
+    assert table["Parotid_L"] == table["Parotid_R"] == 2.0  # median of shifts 1, 2, 4 mm
 
 
 def test_resolution_order_file_name_then_tg263_then_builtin_then_default() -> None:

@@ -10,12 +10,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medseg.config import BatchConfig, PrivacyConfig, SeriesSelection
 from medseg.errors import InputError, UnreadableScanError
 from medseg.io.dicom import Inventory, scan_folder, select_series
 from medseg.privacy import pseudonym
 from medseg.status import SummaryStatus
+
+if TYPE_CHECKING:
+    from medseg.evaluation import EvaluationSummary
 
 __all__ = [
     "CASES_DIR",
@@ -168,12 +172,15 @@ class SummaryRow:
 
 @dataclass(frozen=True, slots=True)
 class BatchSummary:
-    """The outcome of :func:`run_cases`."""
+    """The outcome of :func:`run_cases`; ``evaluation`` is the comparison with the reference
+    RT-STRUCTs (``RunOptions.references``), None without references or when no finished case
+    had one."""
 
     run_id: str
     rows: tuple[SummaryRow, ...]
     ledger_path: Path
     summary_path: Path
+    evaluation: EvaluationSummary | None = None
 
     def count(self, status: SummaryStatus) -> int:
         """Cases of this run with ``status``."""

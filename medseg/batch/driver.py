@@ -13,7 +13,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg.batch.cases import (
     CASES_DIR,
@@ -42,6 +42,10 @@ from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io.files import atomic_path, claim_output_dir
 from medseg.privacy import SALT_NAME, load_salt
 from medseg.status import SummaryStatus
+
+if TYPE_CHECKING:
+    from medseg.batch.references import ReferenceOptions
+    from medseg.evaluation import EvaluationSummary
 
 __all__ = ["claim_output_root", "link_inputs", "run_batch", "run_cases", "write_summary_csv"]
 
@@ -139,6 +143,16 @@ def run_cases(
             were abandoned and set back to ``queued``, and the summaries were written.
     """
     options = options_from_keywords("run_cases", options, deprecated, _RUN_CASES_KEYWORDS)
+    if options.references is not None:
+        if source != "folder":
+            raise ConfigError(
+                f"references are compared for folder batches only (medseg batch --references), "
+                f"not for a {source} run"
+            )
+        if options.references.agreement is not None:
+            from medseg.evaluation import read_expert_agreement
+
+            read_expert_agreement(options.references.agreement)  # a bad file fails before any case
     settings = options.settings or BatchConfig()
     executor = options.executor_used
     progress = options.progress
@@ -238,13 +252,22 @@ def run_cases(
                     after(rows, ledger)
             except Stop as exc:
                 stopped = exc.signal_number
+        evaluation = None
+        if options.references is not None and stopped is None:
+            try:
+                with stop.armed():
+                    evaluation = _evaluate_references(
+                        specs, rows, output_root, options.references, model, loaded_model
+                    )
+            except Stop as exc:
+                stopped = exc.signal_number
         ledger.end_run(run_id, rows)
         summary_path = write_summary_csv(rows, output_root / SUMMARY_NAME)
-        _write_summary_page(rows, output_root)
+        _write_summary_page(rows, output_root, evaluation)
         _clear_staging(staging)
         if stopped is None:
             stopped = stop.signal_number  # came while the summaries were written
-    summary = BatchSummary(run_id, rows, output_root / LEDGER_NAME, summary_path)
+    summary = BatchSummary(run_id, rows, output_root / LEDGER_NAME, summary_path, evaluation)
     if stopped is not None:
         raise BatchInterrupted(stopped, summary, summary.n_interrupted)
     return summary
@@ -283,9 +306,39 @@ def _settle_interrupted(
     )
 
 
-def _write_summary_page(rows: Sequence[SummaryRow], output_root: Path) -> None:
+def _evaluate_references(
+    specs: Sequence[CaseSpec],
+    rows: Sequence[SummaryRow],
+    output_root: Path,
+    references: ReferenceOptions,
+    model: ModelRef,
+    loaded_model: Any,
+) -> EvaluationSummary | None:
+    """The predictions against the reference RT-STRUCTs, matched to the model's structures
+    (the model is loaded again, in the driver, when the cases ran elsewhere)."""
+    from medseg.batch.references import evaluate_references
+    from medseg.pipeline import load_model
+
+    loaded = loaded_model if loaded_model is not None else load_model(model.path)
+    evaluation = evaluate_references(specs, rows, output_root, references, loaded.structures)
+    if evaluation is None:
+        log.warning("references: no finished case has a reference RT-STRUCT; nothing evaluated")
+    else:
+        log.info(
+            "references: %d cases evaluated, %d failed; %s",
+            len(evaluation.cases),
+            len(evaluation.failures),
+            evaluation.summary_csv,
+        )
+    return evaluation
+
+
+def _write_summary_page(
+    rows: Sequence[SummaryRow], output_root: Path, evaluation: EvaluationSummary | None = None
+) -> None:
     """``summary.html`` beside ``summary.csv``: one row per case, linking its QA report,
-    with the status word ``summary.csv`` has.
+    with the status word ``summary.csv`` has, and the agreement with the references when
+    they were evaluated.
 
     The message of a failed case is its error class and medseg's message, which names no
     patient data.
@@ -304,7 +357,7 @@ def _write_summary_page(rows: Sequence[SummaryRow], output_root: Path) -> None:
         )
         for row in rows
     ]
-    write_summary_page(output_root, cases)
+    write_summary_page(output_root, cases, evaluation=evaluation)
 
 
 def _drive(
@@ -555,7 +608,16 @@ def run_batch(
     from medseg.pipeline import load_model
 
     options = options_from_keywords("run_batch", options, deprecated, _RUN_BATCH_KEYWORDS)
-    output_root = claim_output_root(output_root, inputs=(input_root, model))
+    references = options.references
+    output_root = claim_output_root(
+        output_root,
+        inputs=(
+            input_root,
+            model,
+            None if references is None else references.folder,
+            None if references is None else references.agreement,
+        ),
+    )
     with stop_signals() as stop:
         try:
             with stop.armed():

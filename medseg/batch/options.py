@@ -9,11 +9,14 @@ import dataclasses
 import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg.batch.cases import BatchProgress, Executor
 from medseg.config import BatchConfig, ExperimentConfig, PrivacyConfig, SeriesSelection
 from medseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medseg.batch.references import ReferenceOptions
 
 __all__ = ["RunOptions", "options_from_keywords"]
 
@@ -37,6 +40,9 @@ class RunOptions:
         ray_address: the Ray cluster to join (``executor`` ``ray`` only); ``None``: start a
             local instance.
         progress: called after each case with the counts so far (in the driver's process).
+        references: compare the predictions with reference RT-STRUCTs once the cases are
+            settled (:class:`~medseg.batch.references.ReferenceOptions`; folder batches
+            only): ``OUTPUT_ROOT/evaluation/`` and the summary page get the agreement.
 
     Raises:
         ConfigError: a field of the wrong type, ``workers`` < 1, an unknown executor, or a
@@ -59,6 +65,7 @@ class RunOptions:
     retry_failed: bool = False
     ray_address: str | None = None
     progress: Callable[[BatchProgress], None] | None = None
+    references: ReferenceOptions | None = None
 
     def __post_init__(self) -> None:
         for name, kind in (
@@ -91,6 +98,11 @@ class RunOptions:
                 )
         if self.progress is not None and not callable(self.progress):
             raise _field_error("progress", "a callable or None", self.progress)
+        if self.references is not None:
+            from medseg.batch.references import ReferenceOptions
+
+            if not isinstance(self.references, ReferenceOptions):
+                raise _field_error("references", "a ReferenceOptions or None", self.references)
 
     @property
     def executor_used(self) -> Executor:

@@ -18,7 +18,8 @@ figure img { max-width: 30vw; height: auto; border: 1px solid #444; }
 .note { color: #555; font-size: 0.9em; }
 .warning { color: #a00; font-weight: bold; }
 tr.failed td { background: #fdd; }
-tr.interrupted td { background: #fec; }"""
+tr.interrupted td { background: #fec; }
+tr.outside td { background: #fec; }"""
 
 
 def fmt(value: float, digits: int = 2) -> str:

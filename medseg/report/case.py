@@ -27,11 +27,12 @@ from medseg import geometry as geo
 from medseg.errors import InputError
 from medseg.io import rtstruct
 from medseg.io.files import atomic_dir
-from medseg.metrics import SegmentationMetrics, compute_label_metrics
+from medseg.metrics import SegmentationMetrics, compute_metrics
 from medseg.postprocess import Lesion, VolumesReport, find_lesions, volumes_report
 from medseg.report._html import STYLE, fmt, html_table
 from medseg.report.views import VIEWS, Outline, axis_map, display_window, draw_view
 from medseg.structures import InterpretedType, Structure, structure_set
+from medseg.tolerances import Tolerance, resolve_tolerances
 from medseg.volume import Volume, require_same_geometry
 
 __all__ = [
@@ -44,7 +45,8 @@ __all__ = [
 #: prediction with hundreds of specks still gives a page that opens quickly.
 MAX_LESIONS_PER_LABEL = 10
 
-#: Surface Dice tolerance used on the page when a reference is given.
+#: Surface Dice tolerance on the page, when a reference is given, of a structure that medseg's
+#: H&N table (:func:`medseg.tolerances.resolve_tolerances`) does not have.
 REPORT_TOLERANCE_MM = 2.0
 
 #: Outline colours when the RT-STRUCT gives none (or there is no RT-STRUCT), by label order.
@@ -84,6 +86,7 @@ def write_report(
     model_id: str | None = None,
     show_identifiers: bool = False,
     volumes: VolumesReport | None = None,
+    tolerances: Mapping[str, Tolerance] | None = None,
 ) -> Path:
     """Write ``report.html`` and its view PNGs into ``out_dir``, atomically.
 
@@ -96,8 +99,8 @@ def write_report(
         out_dir: the report folder; replaced as a whole if it exists (a half-written report is
             never left behind).
         reference: optional reference ``LABELS`` volume on the same grid: its contours are
-            drawn dashed and Dice, HD95, ASSD and surface Dice (at
-            :data:`REPORT_TOLERANCE_MM`) are tabled.
+            drawn dashed and Dice, HD95, ASSD and surface Dice are tabled, the surface Dice at
+            each structure's tolerance (``tolerances``).
         rtstruct_path: the RT-STRUCT exported from ``labels`` onto ``image`` (which must
             then be the DICOM series it references). The contours drawn are the file's, ROIs
             matched to ``names`` by ROIName, in the file's display colours; the volume table
@@ -112,6 +115,10 @@ def write_report(
             when the caller has it (``predict_case`` writes ``volumes.json`` from the same
             one): its volumes and lesions are shown and the components are not found again.
             Without it the report is computed here.
+        tolerances: structure name -> surface Dice tolerance
+            (:func:`medseg.tolerances.resolve_tolerances`, as ``medseg evaluate`` resolves
+            them); a structure it lacks gets medseg's H&N organ tolerance, else
+            :data:`REPORT_TOLERANCE_MM`. Tabled beside each surface Dice.
 
     Returns:
         The path of ``report.html``. PNGs are named ``label<value>-lesion<id>-<view>.png``
@@ -137,8 +144,12 @@ def write_report(
     else:
         _require_report_of(volumes, labels, names)
         report = volumes
+    used = resolve_tolerances(names.values(), REPORT_TOLERANCE_MM) | dict(tolerances or {})
     metrics: dict[str, SegmentationMetrics] = (
-        compute_label_metrics(labels, reference, names, tolerance_mm=REPORT_TOLERANCE_MM)
+        {
+            name: compute_metrics(labels, reference, label=value, tolerance_mm=used[name].mm)
+            for value, name in names.items()
+        }
         if reference is not None
         else {}
     )
@@ -229,7 +240,7 @@ def write_report(
             ),
             volumes_table=_volumes_table(report, exported_masks if rtstruct_path else None),
             lesions_table=_lesions_table(report),
-            metrics_section=_metrics_section(metrics),
+            metrics_section=_metrics_section(metrics, used),
             views="\n".join(views_html) or "<p>No lesions.</p>",
         )
         # an input path that is not UTF-8 (a folder named in Latin-1) is shown escaped
@@ -323,17 +334,19 @@ def _lesions_table(report: VolumesReport) -> str:
     )  # fmt: skip
 
 
-def _metrics_section(metrics: Mapping[str, SegmentationMetrics]) -> str:
+def _metrics_section(
+    metrics: Mapping[str, SegmentationMetrics], tolerances: Mapping[str, Tolerance]
+) -> str:
     if not metrics:
         return ""
     rows = [
         [name, fmt(m.dice, 3), fmt(m.hausdorff95_mm), fmt(m.assd_mm), fmt(m.surface_dice, 3),
-         fmt(m.volume_prediction_ml), fmt(m.volume_reference_ml),
+         fmt(tolerances[name].mm), fmt(m.volume_prediction_ml), fmt(m.volume_reference_ml),
          fmt(100 * m.relative_volume_error, 1)]
         for name, m in metrics.items()
     ]  # fmt: skip
     header = [
-        "structure", "Dice", "HD95 (mm)", "ASSD (mm)", f"surface Dice @{REPORT_TOLERANCE_MM} mm",
+        "structure", "Dice", "HD95 (mm)", "ASSD (mm)", "surface Dice", "tolerance (mm)",
         "predicted (mL)", "reference (mL)", "volume error (%)",
     ]  # fmt: skip
     return "<h2>Agreement with the reference</h2>" + html_table(header, rows)

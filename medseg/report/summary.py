@@ -9,11 +9,15 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medseg.errors import ConfigError, InputError
 from medseg.io.files import atomic_path
 from medseg.report._html import STYLE, Markup, fmt, html_table
 from medseg.status import SummaryStatus, count_statuses
+
+if TYPE_CHECKING:
+    from medseg.evaluation import EvaluationSummary
 
 __all__ = [
     "SUMMARY_PAGE",
@@ -101,12 +105,17 @@ _SUMMARY = """<!DOCTYPE html>
 <h1>{title}</h1>
 <p>{counts}</p>
 {table}
+{references}
 </body></html>
 """
 
 
 def write_summary_page(
-    out_root: Path, cases: Sequence[CaseSummary], *, title: str = "medseg batch summary"
+    out_root: Path,
+    cases: Sequence[CaseSummary],
+    *,
+    title: str = "medseg batch summary",
+    evaluation: EvaluationSummary | None = None,
 ) -> Path:
     """Write the batch summary page ``out_root/summary.html``, atomically.
 
@@ -121,6 +130,14 @@ def write_summary_page(
         cases: one :class:`CaseSummary` per case (from the batch runner, or
             :func:`read_case_summary` for case folders).
         title: the page's heading.
+        evaluation: the cases' agreement with their references
+            (:func:`medseg.evaluation.evaluate_folder` with the case names as its case names,
+            as ``medseg batch --references`` makes it): each case row gets its mean Dice and
+            surface Dice over the structures, and a section below the table has per
+            structure the tolerance, the medians of Dice, surface Dice, HD95, added path
+            length and the fraction of slices needing no edit, the experts' medians beside
+            them when the evaluation had a reference agreement (rows where the model is worse
+            highlighted), and the cases that could not be evaluated.
 
     Returns:
         The page's path, ``out_root /`` :data:`SUMMARY_PAGE`.
@@ -129,21 +146,29 @@ def write_summary_page(
     structures: dict[str, None] = {}
     for case in cases:
         structures.update(dict.fromkeys(case.volumes_ml))
+    per_case = {} if evaluation is None else evaluation.per_case
+    compared = ["mean Dice", "mean surface Dice"] if evaluation is not None else []
     rows: list[list[str]] = []
     for case in cases:
         row = [case.case, case.status.value]
         row += [fmt(case.volumes_ml[s]) if s in case.volumes_ml else "" for s in structures]
+        if evaluation is not None:
+            row += _case_agreement(per_case.get(case.case))
         row += [_report_link(out_root, case.report_path), case.message]
         rows.append(row)
     counts = count_statuses(case.status for case in cases) + "."
     table = html_table(
-        ["case", "status", *(f"{s} (mL)" for s in structures), "report", "message"],
+        ["case", "status", *(f"{s} (mL)" for s in structures), *compared, "report", "message"],
         rows,
         # the row's class is its status word: failed and interrupted rows are highlighted
         ["" if case.status.ok else case.status.value for case in cases],
     )
     page = _SUMMARY.format(
-        title=html.escape(title), style=STYLE, counts=html.escape(counts), table=table
+        title=html.escape(title),
+        style=STYLE,
+        counts=html.escape(counts),
+        table=table,
+        references="" if evaluation is None else _references_section(evaluation, out_root),
     )
     path = out_root / SUMMARY_PAGE
     with atomic_path(path) as tmp:
@@ -159,3 +184,85 @@ def _report_link(out_root: Path, report_path: Path | None) -> str:
     relative = Path(os.path.relpath(Path(report_path).resolve(), Path(out_root).resolve()))
     href = urllib.parse.quote(relative.as_posix())
     return Markup(f'<a href="{html.escape(href)}">report</a>')
+
+
+def _case_agreement(metrics: Mapping[str, Mapping[str, float]] | None) -> list[str]:
+    """A case row's mean Dice and surface Dice over its structures (blank without a
+    reference)."""
+    if not metrics:
+        return ["", ""]
+    return [
+        fmt(sum(m[key] for m in metrics.values()) / len(metrics), 3)
+        for key in ("dice", "surface_dice")
+    ]
+
+
+def _references_section(evaluation: EvaluationSummary, out_root: Path) -> str:
+    """Per structure the medians over the evaluated cases, beside the experts' agreement."""
+
+    def median(name: str, column: str, digits: int = 2) -> str:
+        value = evaluation.statistics[name][column]["median"]
+        return "" if value is None else fmt(float(value), digits)
+
+    experts = evaluation.expert_agreement
+    header = [
+        "structure", "tolerance (mm)", "tolerance source", "cases", "Dice", "surface Dice",
+        "HD95 (mm)", "added path length (mm)", "slices without edit",
+    ]  # fmt: skip
+    if experts:
+        header += ["experts' Dice", "experts' surface Dice", "experts' HD95 (mm)", "outside"]
+    rows: list[list[str]] = []
+    classes: list[str] = []
+    for name in evaluation.statistics:
+        tolerance = evaluation.tolerances[name]
+        row = [
+            name,
+            fmt(tolerance.mm),
+            tolerance.source,
+            str(evaluation.statistics[name]["dice"]["n"]),
+            median(name, "dice", 3),
+            median(name, "surface_dice", 3),
+            median(name, "hausdorff95_mm"),
+            median(name, "added_path_length_mm", 0),
+            median(name, "fraction_slices_without_edit", 2),
+        ]
+        comparison = experts.get(name)
+        if experts:
+            theirs = {} if comparison is None else comparison.experts
+            digits = {"dice": 3, "surface_dice": 3, "hausdorff95_mm": 2}
+            for metric, d in digits.items():
+                value = theirs.get(metric)
+                row.append("" if value is None else fmt(float(value), d))
+            row.append("" if comparison is None else ", ".join(comparison.worse))
+        rows.append(row)
+        classes.append("outside" if comparison is not None and comparison.outside else "")
+    n_failed = len(evaluation.failures)
+    note = (
+        f"{len(evaluation.cases)} cases compared with their reference RT-STRUCTs"
+        + (f", {n_failed} could not be compared" if n_failed else "")
+        + ". Medians over the cases; surface Dice and added path length at each structure's "
+        "tolerance. Per-case values: "
+    )
+    link = _relative_link(out_root, evaluation.per_case_csv)
+    parts = [
+        "<h2>Agreement with the references</h2>",
+        f'<p class="note">{html.escape(note)}{link}.</p>',
+        html_table(header, rows, classes),
+    ]
+    if experts:
+        parts.append(
+            '<p class="note">Highlighted: structures where the model is worse than the two '
+            "experts' agreement on a metric (lower Dice or surface Dice, larger HD95).</p>"
+        )
+    if evaluation.failures:
+        parts.append("<h3>Not compared</h3>")
+        parts.append(
+            html_table(["case", "reason"], [[f.case, f.reason] for f in evaluation.failures])
+        )
+    return "\n".join(parts)
+
+
+def _relative_link(out_root: Path, path: Path) -> str:
+    relative = Path(os.path.relpath(Path(path).resolve(), Path(out_root).resolve()))
+    href = urllib.parse.quote(relative.as_posix())
+    return f'<a href="{html.escape(href)}">{html.escape(relative.as_posix())}</a>'

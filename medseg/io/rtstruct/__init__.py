@@ -2,7 +2,8 @@
 
 - :func:`read` rasterises every ROI of an RT-STRUCT onto a reference image's grid (labels for
   training, and the referee of every export); :func:`read_contours` gives the polygons and
-  ROI attributes themselves; :func:`read_roi_names` lists the ROIs without an image.
+  ROI attributes themselves; :func:`read_roi_names` lists the ROIs and
+  :func:`referenced_series_uids` the series they were drawn on, without an image.
 - :func:`read_label_map` turns chosen ROIs into one label map (by glob pattern, as training
   does, or by structure name, as evaluation does; :func:`match_rois`, :func:`roi_name_key`).
 - :func:`write` / :func:`write_masks` write a label map or per-structure masks as an RT-STRUCT
@@ -24,6 +25,7 @@ from medseg.io.rtstruct._read import (
     read,
     read_contours,
     read_roi_names,
+    referenced_series_uids,
 )
 from medseg.io.rtstruct._write import (
     INTERPRETED_TYPES,
@@ -52,6 +54,7 @@ __all__ = [
     "read_contours",
     "read_label_map",
     "read_roi_names",
+    "referenced_series_uids",
     "roi_name_key",
     "write",
     "write_masks",

@@ -185,6 +185,22 @@ def read_roi_names(path: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
+def referenced_series_uids(path: Path) -> tuple[str, ...]:
+    """The SeriesInstanceUIDs an RT Structure Set says it was drawn on (its
+    ReferencedFrameOfReferenceSequence), in file order, without reading an image; empty when
+    the file names none.
+
+    Raises:
+        UnreadableScanError: not a readable DICOM file, or not an RT Structure Set.
+    """
+    path = Path(path)
+    ds = _read_dataset(path)
+    try:
+        return _referenced_series_uids(ds)
+    except HEADER_ERRORS as exc:
+        raise UnreadableScanError(f"{path}: RT Structure Set cannot be read ({exc})") from exc
+
+
 def _placed_rois(ds: Dataset, path: Path, reference: Volume, unplaced: str) -> list[_PlacedRoi]:
     g = reference.geometry
     ref_frame = reference.source.frame_of_reference_uid
