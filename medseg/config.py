@@ -436,8 +436,13 @@ class TrainConfig(_Section):
         time_limit_min: stop training once this many minutes have passed, within an epoch
             if need be (the clock is read after every step), then validate that last
             (possibly partial) epoch; ``None``: no limit.
-            ``medseg plan`` sets it to a CPU plan's budget. The learning-rate schedule still
-            runs over ``epochs``.
+            ``medseg plan`` sets it to a CPU plan's budget. The learning-rate schedule runs
+            over ``epochs`` unless ``lr_schedule_by`` is ``"time"``.
+        lr_schedule_by: what ``t`` of ``lr_schedule`` counts: ``"epochs"`` (the fraction of
+            post-warm-up epochs done) or ``"time"`` (the larger of that and the fraction of
+            ``time_limit_min`` spent, read after every epoch), so that a run cut short by its
+            time limit still reaches the schedule's low learning rates; needs
+            ``time_limit_min``. ``medseg plan`` sets ``"time"`` for a CPU plan.
         hd95: also compute HD95 (mm) per label at validation.
         augment_flip_axes: training patches are flipped along each of these array axes
             (0 = slice, 1 = row, 2 = column) with probability 0.5 (MONAI ``RandFlipd``);
@@ -532,6 +537,7 @@ class TrainConfig(_Section):
     deterministic: StrictBool = False
     early_stopping_patience: PositiveInt | None = None
     time_limit_min: Annotated[StrictFloat, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    lr_schedule_by: Literal["epochs", "time"] = "epochs"
     hd95: StrictBool = True
     augment_flip_axes: tuple[Literal[0, 1, 2], ...] = ()
     augment_affine_probability: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.0
@@ -576,6 +582,14 @@ class TrainConfig(_Section):
         if value[1] > 1.0:
             raise ValueError(f"zoom factors must be at most 1 (down-sampling), got {list(value)}")
         return value
+
+    @model_validator(mode="after")
+    def _time_schedule_needs_a_limit(self) -> TrainConfig:
+        if self.lr_schedule_by == "time" and self.time_limit_min is None:
+            raise ValueError(
+                "lr_schedule_by 'time' paces the schedule by time_limit_min, which is not set"
+            )
+        return self
 
     @model_validator(mode="after")
     def _in_plane_without_affine(self) -> TrainConfig:

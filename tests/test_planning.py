@@ -263,6 +263,46 @@ def test_cpu_budget_takes_the_widest_network_whose_steps_fit(tmp_path: Path) -> 
     assert fast.plan == plan_3d_fullres(fingerprint, gpu_memory_gb=8.0)
 
 
+def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:
+    """A CPU plan that affords fewer than SHORT_SCHEDULE_STEPS steps trains with AdamW, a
+    time-paced cosine schedule, foreground-heavy patches and no augmentation, and says why; a
+    GPU plan, or a CPU budget long enough for nnU-Net's schedule, keeps nnU-Net's recipe."""
+    from medseg.planning.experiment import (
+        SHORT_SCHEDULE,
+        SHORT_SCHEDULE_STEPS,
+        experiment_from_plan,
+    )
+    from medseg.planning.rules import plan_3d_fullres
+
+    fingerprint = _lung_like()
+    plan = plan_3d_fullres(fingerprint, gpu_memory_gb=8.0, base_features=8)
+    data = {"datalist": "unused.json"}
+
+    def planned(device: str, epochs: int, limit: float | None):  # type: ignore[no-untyped-def]
+        return experiment_from_plan(
+            plan, fingerprint, data=data, device=device, epochs=epochs,
+            iterations_per_epoch=50, time_limit_min=limit,
+        )  # fmt: skip
+
+    short = planned("cpu", 30, 30.0)
+    train = short.config.train
+    assert (train.optimizer, train.learning_rate, train.lr_schedule) == ("adamw", 3e-3, "cosine")
+    assert train.lr_schedule_by == "time" and train.time_limit_min == 30.0
+    assert train.foreground_fraction == 0.9 and train.augment_flip_axes == ()
+    assert train.augment_rotation_probability == train.augment_gamma_probability == 0.0
+    assert (
+        f"1500 steps in the CPU budget, under {SHORT_SCHEDULE_STEPS}"
+        in (short.reasons["train.optimizer"])
+    )
+    assert all(getattr(train, key) == pytest.approx(value) or list(getattr(train, key)) == value
+               for key, value in SHORT_SCHEDULE.items())  # fmt: skip
+    for long in (planned("cpu", SHORT_SCHEDULE_STEPS // 50, 600.0), planned("cuda", 1000, None)):
+        train = long.config.train
+        assert (train.optimizer, train.learning_rate, train.lr_schedule) == ("sgd", 1e-2, "poly")
+        assert train.lr_schedule_by == "epochs" and train.augment_flip_axes == (0, 1, 2)
+        assert "nnU-Net" in long.reasons["train.optimizer"]
+
+
 def test_measure_step_times_a_real_training_step(tmp_path: Path) -> None:
     from medseg.planning.budget import measure_step
     from medseg.planning.rules import plan_3d_fullres

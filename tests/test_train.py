@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from medseg.config import ExperimentConfig, ModelConfig, load_config
+from medseg.config import ExperimentConfig, ModelConfig, TrainConfig, load_config
 from medseg.errors import GeometryError, InputError
 from medseg.geometry import Geometry
 from medseg.model import build_network, load_checkpoint
@@ -378,6 +378,46 @@ def test_time_limit_cuts_an_epoch_short_and_validates_it(
     assert (
         len(train(unlimited, [_small_case(1)], [_small_case(2)], tmp_path / "u", None).history) == 2
     )
+
+
+def test_a_time_paced_schedule_reaches_its_low_rates_when_the_budget_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lr_schedule_by time: 100 epochs are planned but the 1-minute limit (a fake clock, 1 s per
+    reading) ends training after a few; the cosine schedule follows the time spent, so the
+    last epochs run at a small fraction of the rate, where pacing by epochs would still be
+    near the top."""
+    import medseg.training.train as train_module
+    from medseg.training.train import lr_factor
+
+    class FakeTime:
+        readings = iter(range(1_000_000))
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            return float(next(cls.readings))
+
+    monkeypatch.setattr(train_module, "time", FakeTime)
+    rates = {}
+    for pace in ("time", "epochs"):
+        FakeTime.readings = iter(range(1_000_000))
+        config = _config_with(
+            load_config(TINY), epochs=100, samples_per_case=4, batch_size=1, val_every=1000,
+            time_limit_min=1.0, lr_schedule="cosine", lr_schedule_by=pace, learning_rate=1e-3,
+        )  # fmt: skip
+        result = train(config, [_small_case(1)], [_small_case(2)], tmp_path / pace, None)
+        assert result.stopped_early and 3 <= len(result.history) < 30
+        rates[pace] = [r.learning_rate for r in result.history]
+    assert rates["epochs"][-1] > 0.9e-3
+    assert rates["time"][-1] < 0.2e-3
+    assert rates["time"] == sorted(rates["time"], reverse=True) and rates["time"][0] == 1e-3
+    cfg = load_config(TINY).train.model_copy(
+        update={"epochs": 100, "lr_schedule": "cosine", "lr_schedule_by": "time"}
+    )
+    assert lr_factor(cfg, 1, 0.5) == pytest.approx(0.5)  # t = max(1/100, 0.5)
+    assert lr_factor(cfg, 99, 0.1) == pytest.approx(lr_factor(cfg, 99))  # epochs ahead of time
+    with pytest.raises(ValueError, match="time_limit_min, which is not set"):
+        TrainConfig(epochs=2, patch_size=(8, 8, 8), lr_schedule_by="time")
 
 
 @pytest.mark.parametrize("bars", [False, True], ids=["log-lines", "progress-bars"])

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["agreed", "is_main_process", "rank_and_world", "session", "wrap"]
+__all__ = ["agreed", "is_main_process", "rank0_value", "rank_and_world", "session", "wrap"]
 
 
 def is_main_process() -> bool:
@@ -73,3 +73,12 @@ def agreed(flag: bool) -> bool:
     value = torch.tensor([int(flag)])
     torch.distributed.broadcast(value, src=0)
     return bool(value.item())
+
+
+def rank0_value(value: float) -> float:
+    """Rank 0's ``value`` on every rank (e.g. its clock, so every rank makes the same choice)."""
+    if rank_and_world()[1] == 1:
+        return value
+    tensor = torch.tensor([float(value)], dtype=torch.float64)
+    torch.distributed.broadcast(tensor, src=0)
+    return float(tensor.item())

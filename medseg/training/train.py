@@ -256,8 +256,11 @@ def train(
             deep_supervision=config.model.deep_supervision,
             grad_clip_norm=train_cfg.grad_clip_norm,
         )
+        # the share of train.time_limit_min spent, set by _run after every epoch (a list, not
+        # an object: LambdaLR would save an object's attributes in the checkpoint)
+        time_spent = [0.0]
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda index: lr_factor(train_cfg, index)
+            optimizer, lambda index: lr_factor(train_cfg, index, time_spent[0])
         )
         return _run(
             config,
@@ -271,6 +274,7 @@ def train(
             resume_from,
             progress,
             main=rank == 0,
+            time_spent=time_spent,
         )
 
 
@@ -287,8 +291,11 @@ def _run(
     progress: bool | None,
     *,
     main: bool = True,
+    time_spent: list[float] | None = None,
 ) -> TrainResult:
-    """The epochs; only the ``main`` process validates and writes checkpoints."""
+    """The epochs; only the ``main`` process validates and writes checkpoints. After every
+    epoch ``time_spent[0]`` is set to the share of ``train.time_limit_min`` spent (rank 0's
+    clock, so every rank schedules the same learning rate) before the scheduler steps."""
     train_cfg = config.train
     network = loop.model
     loaded = LoadedModel(
@@ -321,6 +328,10 @@ def _run(
             lr = float(loop.optimizer.param_groups[0]["lr"])
             deadline = None if limit_s is None else run_started + limit_s
             step_losses, cut = _train_one_epoch(loop, cases, config, rng, bar, deadline)
+            if time_spent is not None and limit_s is not None:
+                time_spent[0] = distributed.rank0_value(
+                    (time.perf_counter() - run_started) / limit_s
+                )
             scheduler.step()
             train_loss = float(np.mean(step_losses))
             train_seconds = time.perf_counter() - started
@@ -430,12 +441,13 @@ def _run(
     )
 
 
-def lr_factor(train_cfg: TrainConfig, epoch_index: int) -> float:
+def lr_factor(train_cfg: TrainConfig, epoch_index: int, time_fraction: float = 0.0) -> float:
     """Learning rate of 0-based epoch ``epoch_index`` as a fraction of ``learning_rate``.
 
     Linear warm-up over ``warmup_epochs`` (from ``1 / (warmup_epochs + 1)``), then
     ``lr_schedule``: constant, poly ``(1 - t) ** 0.9`` or cosine ``(1 + cos(pi t)) / 2``,
-    with ``t`` the fraction of post-warm-up epochs done.
+    with ``t`` the fraction of post-warm-up epochs done or, with ``lr_schedule_by: time``,
+    the larger of that and ``time_fraction`` (the share of ``time_limit_min`` spent).
 
     Example:
         >>> from medseg.config import TrainConfig
@@ -447,6 +459,8 @@ def lr_factor(train_cfg: TrainConfig, epoch_index: int) -> float:
     if epoch_index < warmup:
         return (epoch_index + 1) / (warmup + 1)
     t = min(1.0, (epoch_index - warmup) / max(1, train_cfg.epochs - warmup))
+    if train_cfg.lr_schedule_by == "time":
+        t = min(1.0, max(t, time_fraction))
     if train_cfg.lr_schedule == "poly":
         return float((1.0 - t) ** 0.9)
     if train_cfg.lr_schedule == "cosine":
