@@ -210,9 +210,60 @@ def test_reference_options_are_checked_before_any_case_runs(
     )
     assert inside.exit_code == 2 and str(refs) in inside.output
     assert not (refs / "out").exists()
+    # an evaluation folder medseg did not write: the cases and summaries are kept, then exit 2
+    foreign = tmp_path / "o3"
+    first = _batch(str(inputs), str(foreign), "--model", str(tiny_model))
+    assert first.exit_code == 0, first.output
+    (foreign / "evaluation").mkdir()
+    (foreign / "evaluation" / "notes.txt").write_text("mine", encoding="utf-8")
+    kept = _batch(str(inputs), str(foreign), "--model", str(tiny_model), "--references", str(refs))
+    assert kept.exit_code == 2 and str(foreign / "evaluation") in kept.output, kept.output
+    assert [r["status"] for r in _rows(foreign / "summary.csv")] == ["skipped"]
+    assert (foreign / "evaluation" / "notes.txt").read_text(encoding="utf-8") == "mine"
     # tolerance options without references are a usage error
     alone = _batch(
         str(inputs), str(tmp_path / "o2"), "--model", str(tiny_model),
         "--reference-agreement", str(bad),
     )  # fmt: skip
     assert alone.exit_code == 2 and "need --references" in alone.output
+
+
+def test_clinical_rtstructs_beside_their_ct_are_the_references(tmp_path: Path) -> None:
+    """Real data: lung-gtv-ct/pat_2 (a CT and its clinical RT-STRUCT with ROI ``GTV-1`` in one
+    folder) is both INPUT_ROOT and --references, the way a hospital's export looks. A tiny
+    model whose structure is named ``GTV1`` is matched to ``GTV-1``; the reference volume is
+    the one plastimatch rasterises from the same RT-STRUCT, the predicted volume the one
+    nibabel counts in labels.nii.gz, and the input folder is not touched."""
+    from medseg.config import load_config
+    from medseg.training.train import train
+    from tests.conftest import REPO_ROOT, require_data
+    from tests.rt_helpers import plastimatch_masks
+
+    source = require_data("lung-gtv-ct/pat_2")
+    text = (REPO_ROOT / "configs" / "tiny.yaml").read_text(encoding="utf-8")
+    assert "labels: {1: tumour}" in text
+    config_path = tmp_path / "tiny-gtv.yaml"
+    config_path.write_text(text.replace("labels: {1: tumour}", "labels: {1: GTV1}"))
+    config = load_config(config_path)
+    cases = [phantom.make_case(seed, shape=(32, 64, 64), n_tumours=2) for seed in range(2)]
+    model = train(config, [(c.image, c.labels) for c in cases], [], tmp_path / "model")
+    before = _snapshot(source)
+    out = tmp_path / "out"
+    result = _batch(
+        str(source), str(out), "--model", str(model.checkpoint_path), "--references", str(source)
+    )
+    assert result.exit_code == 0, result.output
+    assert "references: 1 cases evaluated, 0 failed" in result.output
+    assert _snapshot(source) == before
+    (row,) = _rows(out / "evaluation" / "metrics_per_case.csv")
+    assert row["name"] == "GTV1"
+    (rs,) = source.glob("DCM_RS_*.dcm")
+    (mask,) = plastimatch_masks(rs, source, tmp_path / "plastimatch").values()
+    voxel_ml = float(np.prod(mask.geometry.spacing_mm)) / 1000
+    assert float(row["volume_reference_ml"]) == pytest.approx(
+        float(np.sum(mask.array)) * voxel_ml, rel=0.02
+    )
+    predicted = np.asarray(nib.load(out / "cases" / row["case"] / "labels.nii.gz").dataobj) == 1
+    assert float(row["volume_prediction_ml"]) == pytest.approx(
+        float(predicted.sum()) * voxel_ml, rel=1e-6, abs=1e-9
+    )

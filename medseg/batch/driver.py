@@ -141,6 +141,9 @@ def run_cases(
             medseg ledger, or another process held it locked for ``batch.ledger_timeout_s``.
         BatchInterrupted: SIGINT or SIGTERM came (in the main thread); the cases in flight
             were abandoned and set back to ``queued``, and the summaries were written.
+        MedsegError: comparing with ``options.references`` failed as a whole (e.g.
+            ``OutputError``: ``OUTPUT_ROOT/evaluation`` holds files medseg did not write);
+            raised once the ledger and the summaries are written.
     """
     options = options_from_keywords("run_cases", options, deprecated, _RUN_CASES_KEYWORDS)
     if options.references is not None:
@@ -253,6 +256,7 @@ def run_cases(
             except Stop as exc:
                 stopped = exc.signal_number
         evaluation = None
+        not_evaluated: MedsegError | None = None
         if options.references is not None and stopped is None:
             try:
                 with stop.armed():
@@ -261,12 +265,16 @@ def run_cases(
                     )
             except Stop as exc:
                 stopped = exc.signal_number
+            except MedsegError as exc:  # the summaries are still written, then it is raised
+                not_evaluated = exc
         ledger.end_run(run_id, rows)
         summary_path = write_summary_csv(rows, output_root / SUMMARY_NAME)
         _write_summary_page(rows, output_root, evaluation)
         _clear_staging(staging)
         if stopped is None:
             stopped = stop.signal_number  # came while the summaries were written
+    if not_evaluated is not None and stopped is None:
+        raise not_evaluated
     summary = BatchSummary(run_id, rows, output_root / LEDGER_NAME, summary_path, evaluation)
     if stopped is not None:
         raise BatchInterrupted(stopped, summary, summary.n_interrupted)
