@@ -701,7 +701,7 @@ def _echo_batch(summary: Any) -> None:
         if row.status is SummaryStatus.FAILED:
             typer.echo(f"failed: {row.case_id}: {row.error_class}", err=True)
     typer.echo(f"summary: {summary.summary_path}\nledger: {summary.ledger_path}")
-    evaluation = getattr(summary, "evaluation", None)
+    evaluation = summary.evaluation
     if evaluation is not None:
         typer.echo("references: ", nl=False)
         _echo_evaluation(evaluation)

@@ -323,7 +323,7 @@ def compute_label_metrics(
     reference: Volume,
     labels: Mapping[int, str],
     *,
-    tolerance_mm: float,
+    tolerance_mm: float | Mapping[str, float],
 ) -> dict[str, SegmentationMetrics]:
     """:func:`compute_metrics` for every named label: ``{name: metrics}``.
 
@@ -331,13 +331,19 @@ def compute_label_metrics(
         prediction: predicted ``LABELS`` volume, array order ``(slice, row, column)``.
         reference: reference ``LABELS`` volume on the same grid.
         labels: label value -> structure name.
-        tolerance_mm: surface Dice tolerance in mm, the same for every label.
+        tolerance_mm: surface Dice tolerance in mm, the same for every label, or structure
+            name -> tolerance with one for every name of ``labels``.
 
     Raises:
         GeometryError, InputError, ConfigError: as :func:`compute_metrics`.
     """
     return {
-        name: compute_metrics(prediction, reference, label=value, tolerance_mm=tolerance_mm)
+        name: compute_metrics(
+            prediction,
+            reference,
+            label=value,
+            tolerance_mm=tolerance_mm[name] if isinstance(tolerance_mm, Mapping) else tolerance_mm,
+        )
         for value, name in labels.items()
     }
 

@@ -7,8 +7,9 @@ The plan decides the grid, the intensities, the network, the patch and the batch
 0.99 and a poly schedule, gradient clipping at 12, foreground oversampling 0.33, its
 augmentation set, Gaussian-weighted windows at overlap 0.5 and mirror TTA) and, on a CPU, the
 epochs that fit the time budget (:mod:`medseg.planning.budget`) and, when those are too few
-steps for nnU-Net's recipe, a short-schedule recipe (:data:`SHORT_SCHEDULE`). The YAML it writes parses with
-:func:`medseg.config.parse_config` into the same :class:`~medseg.config.ExperimentConfig`.
+steps for nnU-Net's recipe, a short-schedule recipe (:data:`SHORT_SCHEDULE`). The YAML it
+writes parses with :func:`medseg.config.parse_config` into the same
+:class:`~medseg.config.ExperimentConfig`.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def experiment_from_plan(
     planned_steps = int(epochs) * int(iterations_per_epoch)
     short = device == "cpu" and planned_steps < SHORT_SCHEDULE_STEPS and time_limit_min is not None
     if short:
-        train.update(json.loads(json.dumps(SHORT_SCHEDULE)))
+        train.update(SHORT_SCHEDULE)
     reasons["train.epochs"] = f"nnU-Net trains {NNUNET_EPOCHS} epochs"
     if time_limit_min is not None:
         reasons["train.time_limit_min"] = "the CPU budget: training stops when it is spent"
@@ -255,15 +256,18 @@ def experiment_from_plan(
     reasons["train.augment_flip_axes"] = "nnU-Net's augmentation set (nnUNetTrainer)"
     if short:
         why = f"{planned_steps} steps in the CPU budget, under {SHORT_SCHEDULE_STEPS}"
+        recipe = SHORT_SCHEDULE
         reasons["train.optimizer"] = (
-            f"AdamW, lr 3e-3, cosine after 1 warm-up epoch: {why}; nnU-Net's SGD recipe needs "
+            f"{recipe['optimizer']}, lr {recipe['learning_rate']:g}, {recipe['lr_schedule']} after "
+            f"{recipe['warmup_epochs']} warm-up epoch(s): {why}; nnU-Net's SGD recipe needs "
             "~10^5 steps (medseg.planning.experiment.SHORT_SCHEDULE_STEPS)"
         )
         reasons["train.lr_schedule_by"] = (
             "the schedule follows the time budget, so it ends when the budget does"
         )
         reasons["train.foreground_fraction"] = (
-            f"90 % of patches centred on a structure (class-balanced): {why}"
+            f"{recipe['foreground_fraction']:.0%} of patches centred on a structure "
+            f"({recipe['foreground_sampling']}): {why}"
         )
         reasons["train.augment_flip_axes"] = (
             f"no augmentation: {why}, too few for the network to fit even the unaugmented data"

@@ -27,7 +27,7 @@ from medseg import geometry as geo
 from medseg.errors import InputError
 from medseg.io import rtstruct
 from medseg.io.files import atomic_dir
-from medseg.metrics import SegmentationMetrics, compute_metrics
+from medseg.metrics import SegmentationMetrics, compute_label_metrics
 from medseg.postprocess import Lesion, VolumesReport, find_lesions, volumes_report
 from medseg.report._html import STYLE, fmt, html_table
 from medseg.report.views import VIEWS, Outline, axis_map, display_window, draw_view
@@ -146,10 +146,9 @@ def write_report(
         report = volumes
     used = resolve_tolerances(names.values(), REPORT_TOLERANCE_MM) | dict(tolerances or {})
     metrics: dict[str, SegmentationMetrics] = (
-        {
-            name: compute_metrics(labels, reference, label=value, tolerance_mm=used[name].mm)
-            for value, name in names.items()
-        }
+        compute_label_metrics(
+            labels, reference, names, tolerance_mm={n: t.mm for n, t in used.items()}
+        )
         if reference is not None
         else {}
     )

@@ -181,9 +181,7 @@ def _report_link(out_root: Path, report_path: Path | None) -> str:
         return ""
     if not Path(report_path).is_file():
         return "missing"
-    relative = Path(os.path.relpath(Path(report_path).resolve(), Path(out_root).resolve()))
-    href = urllib.parse.quote(relative.as_posix())
-    return Markup(f'<a href="{html.escape(href)}">report</a>')
+    return Markup(_link(out_root, report_path, "report"))
 
 
 def _case_agreement(metrics: Mapping[str, Mapping[str, float]] | None) -> list[str]:
@@ -243,7 +241,7 @@ def _references_section(evaluation: EvaluationSummary, out_root: Path) -> str:
         + ". Medians over the cases; surface Dice and added path length at each structure's "
         "tolerance. Per-case values: "
     )
-    link = _relative_link(out_root, evaluation.per_case_csv)
+    link = _link(out_root, evaluation.per_case_csv)
     parts = [
         "<h2>Agreement with the references</h2>",
         f'<p class="note">{html.escape(note)}{link}.</p>',
@@ -262,7 +260,9 @@ def _references_section(evaluation: EvaluationSummary, out_root: Path) -> str:
     return "\n".join(parts)
 
 
-def _relative_link(out_root: Path, path: Path) -> str:
-    relative = Path(os.path.relpath(Path(path).resolve(), Path(out_root).resolve()))
-    href = urllib.parse.quote(relative.as_posix())
-    return f'<a href="{html.escape(href)}">{html.escape(relative.as_posix())}</a>'
+def _link(out_root: Path, path: Path, text: str | None = None) -> str:
+    """A link to ``path`` relative to ``out_root`` (the folder can be moved whole), showing
+    ``text`` or, without it, the relative path."""
+    relative = Path(os.path.relpath(Path(path).resolve(), Path(out_root).resolve())).as_posix()
+    href = urllib.parse.quote(relative)
+    return f'<a href="{html.escape(href)}">{html.escape(relative if text is None else text)}</a>'

@@ -68,11 +68,7 @@ def wrap(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 def agreed(flag: bool) -> bool:
     """Rank 0's ``flag`` on every rank (rank 0 alone validates, so it decides to stop)."""
-    if rank_and_world()[1] == 1:
-        return flag
-    value = torch.tensor([int(flag)])
-    torch.distributed.broadcast(value, src=0)
-    return bool(value.item())
+    return bool(rank0_value(float(flag)))
 
 
 def rank0_value(value: float) -> float:
