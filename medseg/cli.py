@@ -374,8 +374,11 @@ def predict(
     """Segment one scan: writes rtstruct.dcm, labels.nii.gz and volumes.json."""
     from medseg.pipeline import load_model, predict_case
 
-    with _reported():
-        result = predict_case(load_model(model), input_path, out_dir, overwrite=overwrite)
+    bar, update = _window_bar()
+    with _reported(), bar:
+        result = predict_case(
+            load_model(model), input_path, out_dir, overwrite=overwrite, progress=update
+        )
     for name, volume_ml in result.volumes_ml.items():
         typer.echo(f"{name}: {volume_ml:.2f} mL")
     typer.echo(f"outputs: {result.out_dir}")
@@ -662,6 +665,34 @@ def _progress_bar() -> tuple[Any, Any]:
         )
 
     return bar, update
+
+
+def _window_bar() -> tuple[Any, Any]:
+    """A rich progress bar on stderr over the network's windows of one scan, removed when the
+    scan is done, and its update callback (``medseg.infer.WindowProgress``); none where stderr
+    is not a terminal, or for a scan of under :data:`_WINDOW_BAR_MIN` windows."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(), None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(
+        TextColumn("network windows"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("windows", total=None, visible=False)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, total=total, completed=done, visible=total >= _WINDOW_BAR_MIN)
+
+    return bar, update
+
+
+#: Fewest windows for which ``medseg predict`` shows a progress bar (a few seconds on a CPU).
+_WINDOW_BAR_MIN = 20
 
 
 def _run_options(

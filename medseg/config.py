@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,6 +57,7 @@ __all__ = [
     "TrackingConfig",
     "TrainConfig",
     "builtin_config_path",
+    "capped_threads",
     "load_config",
     "parse_config",
 ]
@@ -418,7 +420,7 @@ class TrainConfig(_Section):
             then averaged.
         val_every: validate every this many epochs (and always after the last one).
         device: ``"cpu"`` or ``"cuda"``.
-        num_threads: torch intra-op threads.
+        num_threads: torch intra-op threads (at most ``OMP_NUM_THREADS`` where it is set).
         optimizer: ``"adam"`` (the default), ``"adamw"`` or ``"sgd"`` (Nesterov momentum).
         weight_decay: L2 penalty (decoupled for AdamW).
         momentum: SGD momentum.
@@ -688,8 +690,9 @@ class InferConfig(_Section):
         precision: arithmetic of the network: ``"float32"``, or autocast to
             ``"bfloat16"``/``"float16"`` (torch; OpenVINO's inference precision hint). ONNX
             Runtime always computes in float32.
-        num_threads: intra-op threads for the network (torch, ONNX Runtime, OpenVINO);
-            ``None`` keeps torch's setting and lets the runtimes choose.
+        num_threads: intra-op threads for the network (torch, ONNX Runtime, OpenVINO), at
+            most ``OMP_NUM_THREADS`` where it is set; ``None`` keeps torch's setting and lets
+            the runtimes choose.
         channels_last: run torch convolutions in ``channels_last_3d`` memory format (faster
             on CPU).
     """
@@ -1142,6 +1145,18 @@ def load_config(path: Path | str) -> ExperimentConfig:
             plan_updates["fingerprint"] = (path.parent / fingerprint).resolve()
         config = config.model_copy(update={"plan": config.plan.model_copy(update=plan_updates)})
     return config
+
+
+def capped_threads(requested: int) -> int:
+    """``requested`` threads (a config's ``num_threads``), at most the environment's
+    ``OMP_NUM_THREADS`` where that is set to a positive integer: the allocation a scheduler
+    (Slurm, Kubernetes) or the user gave this process, so that several medseg processes on
+    one machine (batch workers, test workers) do not each start more threads than they
+    have cores, which with OpenMP's spinning threads costs far more than it gains."""
+    raw = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return min(requested, int(raw))
+    return requested
 
 
 def builtin_config_path(name: str) -> Path:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
@@ -43,13 +44,18 @@ from numpy.typing import NDArray
 
 from medseg import geometry as geo
 from medseg import preprocess
-from medseg.config import InferConfig, PreprocessConfig
+from medseg.config import InferConfig, PreprocessConfig, capped_threads
 from medseg.errors import ConfigError
 from medseg.geometry import Geometry
 from medseg.model import LoadedModel
+from medseg.timing import StageTimes
 from medseg.volume import Volume, VolumeKind
 
-__all__ = ["predict", "predict_probabilities", "window_starts"]
+__all__ = ["WindowProgress", "predict", "predict_probabilities", "window_starts"]
+
+#: Called as windows finish: (windows accounted for, windows planned). Windows of nothing
+#: but air count as accounted for when they are skipped.
+WindowProgress = Callable[[int, int], None]
 
 #: A batch of windows ``(batch, 1, slice, row, column)`` -> float32 CPU logits
 #: ``(batch, classes, slice, row, column)``.
@@ -67,7 +73,13 @@ _SINK_SLICES = 8
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def predict(model: LoadedModel, image: Volume) -> Volume:
+def predict(
+    model: LoadedModel,
+    image: Volume,
+    *,
+    times: StageTimes | None = None,
+    progress: WindowProgress | None = None,
+) -> Volume:
     """Segment ``image`` with ``model``.
 
     The model's own preprocessing (``model.config.preprocess``: intensity window and, if set,
@@ -81,6 +93,9 @@ def predict(model: LoadedModel, image: Volume) -> Volume:
     Args:
         model: a network with its config, e.g. from :func:`medseg.model.load_checkpoint`.
         image: an ``IMAGE`` volume in HU, array order ``(slice, row, column)``, any size.
+        times: receives the seconds of ``preprocess``, ``network`` and ``postprocess`` (what
+            each covers: :mod:`medseg.timing`).
+        progress: called after every batch of windows (:data:`WindowProgress`).
 
     Returns:
         A ``LABELS`` volume of ``uint8`` label values (0 = background, ``c`` =
@@ -90,12 +105,17 @@ def predict(model: LoadedModel, image: Volume) -> Volume:
         InputError: if ``image`` is not an ``IMAGE`` volume or contains NaN/inf.
         ConfigError: if the configured backend is not installed.
     """
-    labels = _predict(model, image, "labels")
+    labels = _predict(model, image, "labels", times=times, progress=progress)
     return image.with_array(labels, kind=VolumeKind.LABELS)
 
 
 def predict_probabilities(
-    model: LoadedModel, image: Volume, dtype: type[np.floating] = np.float32
+    model: LoadedModel,
+    image: Volume,
+    dtype: type[np.floating] = np.float32,
+    *,
+    times: StageTimes | None = None,
+    progress: WindowProgress | None = None,
 ) -> Volume:
     """Class probabilities (softmax of the blended logits) of ``image`` on its own grid.
 
@@ -106,12 +126,13 @@ def predict_probabilities(
         model: as for :func:`predict`.
         image: an ``IMAGE`` volume in HU, array order ``(slice, row, column)``.
         dtype: ``np.float32`` or ``np.float16``.
+        times, progress: as for :func:`predict`.
 
     Returns:
         A ``PROBABILITIES`` volume on exactly ``image``'s geometry; channel ``c`` is label
         value ``c``; channels sum to 1.
     """
-    probabilities = _predict(model, image, "probabilities", dtype)
+    probabilities = _predict(model, image, "probabilities", dtype, times=times, progress=progress)
     return image.with_array(probabilities, kind=VolumeKind.PROBABILITIES)
 
 
@@ -141,14 +162,33 @@ def _predict(
     image: Volume,
     want: Literal["labels", "probabilities"],
     dtype: type[np.floating] = np.float32,
+    *,
+    times: StageTimes | None,
+    progress: WindowProgress | None,
 ) -> NDArray[np.generic]:
-    preprocess.require_finite_image(image, "prediction")
-    if model.config.preprocess.orientation == "LPS":
-        canonical, reorientation = preprocess.reorient(image)
-        if not reorientation.is_identity:  # predict on the canonical view, then map back
-            out = _predict_on_grid(model, canonical, want, dtype)
-            return np.ascontiguousarray(reorientation.restore(out))
-    return _predict_on_grid(model, image, want, dtype)
+    """The prediction; ``times`` gets preprocess and network as measured inside, and the rest
+    of the call as postprocess."""
+    started = time.perf_counter()
+    inner = StageTimes()
+    try:
+        with inner.stage("preprocess"):
+            preprocess.require_finite_image(image, "prediction")
+            canonical, reorientation = image, None
+            if model.config.preprocess.orientation == "LPS":
+                canonical, reorientation = preprocess.reorient(image)
+                if reorientation.is_identity:
+                    canonical, reorientation = image, None
+        # predict on the canonical view, then map back
+        out = _predict_on_grid(model, canonical, want, dtype, inner, progress)
+        if reorientation is not None:
+            out = np.ascontiguousarray(reorientation.restore(out))
+        return out
+    finally:
+        if times is not None:
+            inside = inner.total("preprocess") + inner.total("network")
+            times.add("preprocess", inner.total("preprocess"))
+            times.add("network", inner.total("network"))
+            times.add("postprocess", max(0.0, time.perf_counter() - started - inside))
 
 
 def _predict_on_grid(
@@ -156,9 +196,12 @@ def _predict_on_grid(
     image: Volume,
     want: Literal["labels", "probabilities"],
     dtype: type[np.floating],
+    times: StageTimes,
+    progress: WindowProgress | None,
 ) -> NDArray[np.generic]:
     infer, pre = model.config.infer, model.config.preprocess
-    normalise = preprocess.normaliser(image.array, pre)  # statistics of the whole image
+    with times.stage("preprocess"):
+        normalise = preprocess.normaliser(image.array, pre)  # statistics of the whole image
     n_classes = 1 + len(model.label_names)
     shape = image.geometry.shape
     if want == "labels":
@@ -170,7 +213,8 @@ def _predict_on_grid(
     if pre.spacing_mm is not None:
         grid = preprocess.model_grid(image.geometry, pre.spacing_mm)
     resampled = not geo.geometries_equal(grid, image.geometry)
-    tiling = _tiling(image, grid, infer)
+    with times.stage("preprocess"):
+        tiling = _tiling(image, grid, infer)
     if tiling is None:  # nothing above the body threshold: all background
         return out
     (start, stop), starts = tiling
@@ -182,12 +226,13 @@ def _predict_on_grid(
         if not resampled:
             return hu[start[0] + first : start[0] + last, start[1] : stop[1], start[2] : stop[2]]
         out = np.empty((last - first, *region.shape[1:]), dtype=np.float32)
-        for part in range(first, last, preprocess.SCORE_SLAB_SLICES):  # small input copies
-            end = min(last, part + preprocess.SCORE_SLAB_SLICES)
-            slab = geo.crop_geometry(region, (part, 0, 0), (end, *region.shape[1:]))
-            out[part - first : end - first] = preprocess.resample_linear(
-                hu, image.geometry, slab, separate_z=pre.resample_separate_z
-            )
+        with times.stage("preprocess"):
+            for part in range(first, last, preprocess.SCORE_SLAB_SLICES):  # small input copies
+                end = min(last, part + preprocess.SCORE_SLAB_SLICES)
+                slab = geo.crop_geometry(region, (part, 0, 0), (end, *region.shape[1:]))
+                out[part - first : end - first] = preprocess.resample_linear(
+                    hu, image.geometry, slab, separate_z=pre.resample_separate_z
+                )
         return out
 
     inside = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
@@ -210,6 +255,8 @@ def _predict_on_grid(
                 to_labels,
                 normalise,
                 divide=False,
+                times=times,
+                progress=progress,
             )
             return out
         # labels need only each class's score minus background's: one channel less to keep
@@ -234,6 +281,8 @@ def _predict_on_grid(
             keep,
             normalise,
             divide=True,
+            times=times,
+            progress=progress,
         )
 
     if not resampled:
@@ -343,6 +392,8 @@ def _sliding_window(
     normalise: preprocess.Normaliser,
     *,
     divide: bool,
+    times: StageTimes,
+    progress: WindowProgress | None,
 ) -> None:
     """Run the windows at ``starts`` over a region of ``size`` and hand finished slices to
     ``sink`` in order.
@@ -354,7 +405,8 @@ def _sliding_window(
     shorter than the window the region is padded symmetrically with air (``normalise.air_hu``:
     ``lower_hu``, 0 after the CT window, as MONAI pads; the image minimum for
     ``"image_zscore"``, as training pads) and the padding is cut off again before ``sink``
-    sees it.
+    sees it. ``times`` gets the network's seconds and the input's (slabs, normalisation);
+    ``progress`` is told after every batch.
     """
     roi = infer.roi_size
     before = [max(0, r - s) // 2 for r, s in zip(roi, size, strict=True)]
@@ -369,10 +421,12 @@ def _sliding_window(
     plane = list(itertools.product(starts[1], starts[2]))
     keep_rows = slice(before[1], before[1] + size[1])
     keep_columns = slice(before[2], before[2] + size[2])
+    planned, accounted = len(starts[0]) * len(plane), 0
 
     for index, z in enumerate(starts[0]):
         first, last = max(0, z - before[0]), min(size[0], z + depth - before[0])
         hu = slab_of(first, last)
+        input_started = time.perf_counter()
         slab_pad = [(first - (z - before[0]), z + depth - before[0] - last), pad[1], pad[2]]
         if any(a or b for a, b in slab_pad):
             hu = np.pad(hu, slab_pad, constant_values=np.asarray(air, dtype=hu.dtype))
@@ -389,12 +443,20 @@ def _sliding_window(
             ]
         slab = torch.from_numpy(normalise(hu))
         del hu  # a resampled slab is ours: free it before the network's activations
+        times.add("preprocess", time.perf_counter() - input_started)
+        accounted += len(plane) - len(corners_in_slab)  # air windows: skipped
+        if progress is not None and not corners_in_slab:
+            progress(accounted, planned)
         for at in range(0, len(corners_in_slab), infer.sw_batch_size):
             corners = corners_in_slab[at : at + infer.sw_batch_size]
             batch = torch.stack(
                 [slab[:, y : y + roi[1], x : x + roi[2]] for y, x in corners]
             ).unsqueeze(1)
-            logits = predictor(batch)
+            with times.stage("network"):
+                logits = predictor(batch)
+            accounted += len(corners)
+            if progress is not None:
+                progress(accounted, planned)
             for (y, x), window in zip(corners, logits, strict=True):
                 summed[:, :, y : y + roi[1], x : x + roi[2]].add_(window * weight)
                 if weights is not None:
@@ -436,8 +498,9 @@ def _inference_settings(model: LoadedModel) -> Iterator[_Predictor]:
     was_training = network.training
     channels_last = infer.channels_last and infer.backend == "torch"
     network.eval()
-    if infer.num_threads is not None:
-        torch.set_num_threads(infer.num_threads)
+    threads_wanted = None if infer.num_threads is None else capped_threads(infer.num_threads)
+    if threads_wanted is not None:
+        torch.set_num_threads(threads_wanted)
     try:
         if infer.backend == "torch":
             if channels_last:
@@ -451,7 +514,7 @@ def _inference_settings(model: LoadedModel) -> Iterator[_Predictor]:
                 infer.backend,
                 infer.roi_size,
                 precision=infer.precision,
-                num_threads=infer.num_threads,
+                num_threads=threads_wanted,
                 batch_size=infer.sw_batch_size,
             )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +18,12 @@ from medseg.config import ExperimentConfig, IngestConfig, SeriesSelection
 from medseg.io import dicom, nifti, rtstruct, seg
 from medseg.io.files import atomic_dir, check_output, claim_output_dir
 from medseg.report import write_lesions_csv, write_report, write_volumes_json
+from medseg.timing import StageTimes, format_stage_seconds
 from medseg.training import data
 from medseg.volume import Volume, VolumeKind
 
-if TYPE_CHECKING:  # both modules load torch, which is needed only to load or train a model
+if TYPE_CHECKING:  # these modules load torch, which is needed only to load or train a model
+    from medseg.infer import WindowProgress
     from medseg.model import LoadedModel
     from medseg.training.train import TrainResult
 
@@ -46,6 +48,8 @@ class CaseResult:
         volumes_path: ``volumes.json``.
         volumes_ml: structure name -> volume in mL.
         labels: the predicted LABELS volume (on the input's grid).
+        stage_seconds: wall-clock seconds per stage (:data:`medseg.timing.STAGES`), as
+            ``volumes.json`` records them.
     """
 
     out_dir: Path
@@ -54,6 +58,7 @@ class CaseResult:
     volumes_path: Path
     volumes_ml: dict[str, float]
     labels: Volume
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def load_model(model: str | Path, *, tracking_uri: str | None = None) -> LoadedModel:
@@ -84,6 +89,7 @@ def predict_case(
     overwrite: bool = False,
     selection: SeriesSelection | None = None,
     ingest: IngestConfig | None = None,
+    progress: WindowProgress | None = None,
 ) -> CaseResult:
     """Segment one scan and write its outputs atomically into ``out_dir``.
 
@@ -105,36 +111,48 @@ def predict_case(
             ``series_selection``).
         ingest: how irregular or tilted DICOM series are handled (default: the model
             config's ``ingest``, which refuses them).
+        progress: told as the network's windows finish (:data:`medseg.infer.WindowProgress`).
+
+    The seconds of each stage (:mod:`medseg.timing`: load, preprocess, network, postprocess,
+    rtstruct, seg, report; ``report`` includes the QA page, ``labels.nii.gz`` and the tables)
+    are logged at DEBUG (``medseg -v``), kept in ``volumes.json`` as ``stage_seconds`` and
+    returned.
     """
     from medseg.infer import predict, predict_probabilities
 
     config = model.config
     input_path, out_dir = Path(input_path), Path(out_dir)
     check_output(out_dir, inputs=(input_path, model.source_path), overwrite=overwrite)
-    if input_path.is_dir():
-        image = dicom.load_series(
-            input_path,
-            selection if selection is not None else config.series_selection,
-            ingest if ingest is not None else config.ingest,
-        )
-    else:
-        image = nifti.load(
-            input_path, VolumeKind.IMAGE, ingest if ingest is not None else config.ingest
-        )
+    times = StageTimes()
+    with times.stage("load"):
+        if input_path.is_dir():
+            image = dicom.load_series(
+                input_path,
+                selection if selection is not None else config.series_selection,
+                ingest if ingest is not None else config.ingest,
+            )
+        else:
+            image = nifti.load(
+                input_path, VolumeKind.IMAGE, ingest if ingest is not None else config.ingest
+            )
     probabilities = None
     if config.export.contours == "subvoxel" and image.source.sop_instance_uids:
         # sub-voxel contours need the class probabilities (n_classes full-size float16 maps);
         # the labels are their argmax, exactly as predict() computes them
-        probabilities = predict_probabilities(model, image, dtype=np.float16)
-        raw = image.with_array(
-            np.argmax(np.asarray(probabilities.array), axis=0).astype(np.uint8),
-            kind=VolumeKind.LABELS,
+        probabilities = predict_probabilities(
+            model, image, dtype=np.float16, times=times, progress=progress
         )
+        with times.stage("postprocess"):
+            raw = image.with_array(
+                np.argmax(np.asarray(probabilities.array), axis=0).astype(np.uint8),
+                kind=VolumeKind.LABELS,
+            )
     else:
-        raw = predict(model, image)
-    labels = postprocess.apply_postprocess(raw, config.postprocess, model.structures)
-    # components are found once per label, here; the tables and the QA page share them
-    report = postprocess.volumes_report(labels, model.label_names)
+        raw = predict(model, image, times=times, progress=progress)
+    with times.stage("postprocess"):
+        labels = postprocess.apply_postprocess(raw, config.postprocess, model.structures)
+        # components are found once per label, here; the tables and the QA page share them
+        report = postprocess.volumes_report(labels, model.label_names)
     structures = model.structures
     present = {int(v) for v in np.unique(np.asarray(labels.array))}
     found = [s for s in structures if s.label in present]
@@ -144,36 +162,41 @@ def predict_case(
         # (and empty structures are omitted, the default) neither is written and the report
         # and volumes.json say that nothing was found
         if image.source.sop_instance_uids and (found or config.export.empty_rois == "keep"):
-            rtstruct_path = rtstruct.write(
-                labels,
-                image,
-                structures,
-                tmp / "rtstruct.dcm",
-                model_id=_model_id(model),
-                empty=config.export.empty_rois,
-                tolerance_mm=config.export.tolerance_mm,
-                probabilities=probabilities,
-            )
+            with times.stage("rtstruct"):
+                rtstruct_path = rtstruct.write(
+                    labels,
+                    image,
+                    structures,
+                    tmp / "rtstruct.dcm",
+                    model_id=_model_id(model),
+                    empty=config.export.empty_rois,
+                    tolerance_mm=config.export.tolerance_mm,
+                    probabilities=probabilities,
+                )
             if found:
-                seg.write_seg(labels, image, found, tmp / "seg.dcm")
+                with times.stage("seg"):
+                    seg.write_seg(labels, image, found, tmp / "seg.dcm")
         elif image.source.sop_instance_uids:
             log.warning(
                 "no structure found (%s); no RT-STRUCT or SEG written",
                 ", ".join(s.name for s in structures),
             )
-        nifti.save(labels, tmp / "labels.nii.gz")
-        write_volumes_json(report, tmp / "volumes.json")
-        write_lesions_csv(report, tmp / "lesions.csv")
-        write_report(
-            image,
-            labels,
-            structures,
-            tmp / "report",
-            rtstruct_path=rtstruct_path,
-            model_id=_model_id(model),
-            show_identifiers=config.privacy.log_identifiers,
-            volumes=report,
-        )
+        with times.stage("report"):
+            write_report(
+                image,
+                labels,
+                structures,
+                tmp / "report",
+                rtstruct_path=rtstruct_path,
+                model_id=_model_id(model),
+                show_identifiers=config.privacy.log_identifiers,
+                volumes=report,
+            )
+            nifti.save(labels, tmp / "labels.nii.gz")
+            write_lesions_csv(report, tmp / "lesions.csv")
+        stage_seconds = times.seconds()
+        log.debug("stage seconds: %s", format_stage_seconds(stage_seconds))
+        write_volumes_json(report, tmp / "volumes.json", stage_seconds=stage_seconds)
     return CaseResult(
         out_dir=out_dir,
         rtstruct_path=out_dir / "rtstruct.dcm" if rtstruct_path else None,
@@ -181,6 +204,7 @@ def predict_case(
         volumes_path=out_dir / "volumes.json",
         volumes_ml=report.volumes_ml,
         labels=labels,
+        stage_seconds=stage_seconds,
     )
 
 

@@ -36,5 +36,13 @@ bash scripts/install.sh --test
 .venv/bin/ruff check --quiet .
 .venv/bin/mypy medseg
 workers=(-n "${MEDSEG_TEST_WORKERS:-2}" --dist loadfile)
-if [[ "${MEDSEG_TEST_WORKERS:-2}" == 1 ]]; then workers=(-p no:xdist); fi
+if [[ "${MEDSEG_TEST_WORKERS:-2}" == 1 ]]; then
+  workers=(-p no:xdist)
+else
+  # each worker gets its share of the cores (medseg caps its thread counts at OMP_NUM_THREADS):
+  # two workers of 2 torch threads each on 2 cores spend much of their time in OpenMP's spin
+  # waits (measured: the README demo test took 505 s so, beside the other worker)
+  share=$(($(nproc) / ${MEDSEG_TEST_WORKERS:-2}))
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$((share > 0 ? share : 1))}"
+fi
 exec .venv/bin/python -m pytest "${workers[@]}" "${quick[@]}" "$@"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import html.parser
+import json
 import os
 import signal
 import sqlite3
@@ -251,6 +252,18 @@ def test_batch_records_resumes_skips_and_reruns_what_changed(
     model_id = "sha256:" + hashlib.sha256(tiny_model.read_bytes()).hexdigest()[:16]
     assert {r["model_id"] for r in cases.values()} == {model_id}
     assert all(r["seconds"] is not None and r["seconds"] > 0 for r in cases.values())
+    # where the time went: every stage of a DICOM case, summing to at most the case's time
+    from medseg.timing import STAGES
+
+    for uid in good:
+        stages = json.loads(cases[uid]["stage_seconds"])
+        assert list(stages) == list(STAGES), stages
+        assert 0 < sum(stages.values()) <= cases[uid]["seconds"]
+        manifest = json.loads((Path(rows[uid]["out_dir"]) / "case.json").read_text())
+        volumes = json.loads((Path(rows[uid]["out_dir"]) / "volumes.json").read_text())
+        assert manifest["stage_seconds"] == volumes["stage_seconds"] == stages
+    assert cases[uids[bad_folder]]["stage_seconds"] is None
+    assert "case " in caplog.text and "network " in caplog.text  # the INFO line per case
 
     # no patient names or IDs in case ids, the ledger or the log
     ledger_text = " ".join(str(v) for r in _ledger(out, "SELECT * FROM cases") for v in tuple(r))

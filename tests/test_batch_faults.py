@@ -170,6 +170,29 @@ def test_a_ledger_written_before_the_application_id_still_opens(tmp_path: Path) 
         assert len(ledger.cases()) == 3
 
 
+def test_a_ledger_of_an_earlier_medseg_gets_the_new_columns_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    """A ledger written before ``stage_seconds`` existed (its tables without that last
+    column) opens, gains the column, and keeps every row."""
+    path = tmp_path / "ledger.sqlite"
+    _real_ledger(path, 3)
+    db = sqlite3.connect(path)
+    for table in ("cases", "attempts"):
+        db.execute(f"ALTER TABLE {table} DROP COLUMN stage_seconds")
+    db.commit()
+    db.close()
+    with Ledger(path) as ledger:
+        assert len(ledger.cases()) == 3
+    db = sqlite3.connect(path)
+    try:
+        for table in ("cases", "attempts"):
+            columns = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+            assert columns[-1] == "stage_seconds"
+    finally:
+        db.close()
+
+
 def test_a_corrupt_ledger_is_exit_2_with_one_line_from_the_cli(
     tmp_path: Path, tiny_model: Path
 ) -> None:

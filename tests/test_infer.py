@@ -624,3 +624,36 @@ def test_anisotropic_dynunet_with_separate_z_predicts_on_the_input_grid() -> Non
         results[name] = predict(LoadedModel(network, run, {1: "tumour"}, "x"), image).array
         assert results[name].shape == grid.shape and results[name].dtype == np.uint8
     assert np.mean(results[backend] == results["torch"]) > 0.999
+
+
+@pytest.mark.parametrize(("omp", "expected"), [("1", 1), (None, 2), ("", 2), ("x", 2), ("0", 2)])
+def test_omp_num_threads_caps_the_configured_threads(
+    monkeypatch: pytest.MonkeyPatch, omp: str | None, expected: int
+) -> None:
+    """infer.num_threads 2 under OMP_NUM_THREADS=1 (a scheduler's allocation, a test
+    worker's share) runs the network on 1 thread; unset or not a positive integer: 2."""
+    from medseg.config import capped_threads
+
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert capped_threads(2) == expected
+    seen: list[int] = []
+
+    class _Recording(torch.nn.Module):
+        def __init__(self, network: torch.nn.Module) -> None:
+            super().__init__()
+            self.network = network
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.get_num_threads())
+            return self.network(x)
+
+    model = _model_with({}, num_threads=2)
+    model = LoadedModel(_Recording(model.network), model.config, model.label_names, "0")
+    grid = Geometry((16, 32, 32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    before = torch.get_num_threads()
+    predict(model, Volume(np.full(grid.shape, 50.0, np.float32), grid))
+    assert seen and set(seen) == {expected}
+    assert torch.get_num_threads() == before

@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "medseg.privacy",
             "medseg.contours",
             "medseg.status",
+            "medseg.timing",
         ),
     ),
     ("io", ("medseg.io", "medseg.io.*")),

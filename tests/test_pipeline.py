@@ -565,8 +565,10 @@ def test_predict_case_finds_components_once_and_writes_what_the_parts_write(
     assert result.volumes_ml == report.volumes_ml
     assert {s.name for s in report.structures if s.voxel_count} == {"GTV", "Parotid L"}
     parts = tmp_path / "parts"
-    for name, write in (("volumes.json", write_volumes_json), ("lesions.csv", write_lesions_csv)):
-        assert (result.out_dir / name).read_bytes() == write(report, parts / name).read_bytes()
+    volumes = write_volumes_json(report, parts / "volumes.json", stage_seconds=result.stage_seconds)
+    assert (result.out_dir / "volumes.json").read_bytes() == volumes.read_bytes()
+    lesions = write_lesions_csv(report, parts / "lesions.csv")
+    assert (result.out_dir / "lesions.csv").read_bytes() == lesions.read_bytes()
     assert result.rtstruct_path is not None
     page = write_report(
         load_series(paths.ct_dir),

@@ -232,7 +232,7 @@ def _lung_like():  # type: ignore[no-untyped-def]
 def test_cpu_budget_takes_the_widest_network_whose_steps_fit(tmp_path: Path) -> None:
     """With a step time proportional to nnU-Net's memory estimate (a deterministic machine),
     the chosen plan fits the budget, and the next larger memory target would not."""
-    from medseg.planning.budget import MIN_STEPS, OVERHEAD_FRACTION, fit_cpu_budget
+    from medseg.planning.budget import MIN_STEPS, OVERHEAD_FRACTION, cpu_candidate, fit_cpu_budget
     from medseg.planning.rules import plan_3d_fullres
 
     seconds_per_unit = 1e-9
@@ -247,7 +247,7 @@ def test_cpu_budget_takes_the_widest_network_whose_steps_fit(tmp_path: Path) -> 
     allowed = 30 * 60 * (1 - OVERHEAD_FRACTION) / MIN_STEPS
     assert choice.step_seconds <= allowed
     assert choice.step_seconds == timer(choice.plan, 1, 2)
-    bigger = plan_3d_fullres(
+    bigger = cpu_candidate(
         fingerprint, gpu_memory_gb=choice.memory_gb * 2, base_features=choice.base_features
     )
     if bigger.patch_size != choice.plan.patch_size:
@@ -261,6 +261,55 @@ def test_cpu_budget_takes_the_widest_network_whose_steps_fit(tmp_path: Path) -> 
         fingerprint, time_budget_min=30, num_threads=2, timer=lambda p, n, t: 1e-4
     )
     assert fast.plan == plan_3d_fullres(fingerprint, gpu_memory_gb=8.0)
+
+
+def test_a_cpu_plan_of_large_images_coarsens_the_spacing_before_the_patch() -> None:
+    """H&N-like CTs (204 x 512 x 512 voxels at 2.5 x 0.98 x 0.98 mm, nothing to crop): a small
+    memory target takes the 3d_lowres spacing search (capped at 2x the 3d_fullres spacing)
+    and keeps a quarter of the GPU plan's field of view; where nnU-Net plans no 3d_lowres (a
+    small image), the candidate is its 3d_fullres plan."""
+    from medseg.planning.budget import (
+        CPU_MAX_COARSENING,
+        MIN_PATCH_SHARE,
+        cpu_candidate,
+        fit_cpu_budget,
+    )
+    from medseg.planning.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
+    from medseg.planning.rules import plan_3d_fullres, plan_3d_lowres
+
+    shape = (204, 512, 512)
+    cases = tuple(
+        CaseFingerprint(f"hn_{i}", (2.5, 0.98, 0.98), shape, shape, {1: 1}, {1: 1.0})
+        for i in range(5)
+    )
+    stats = IntensityStats(40.0, 40.0, 30.0, -1000.0, 400.0, -20.0, 120.0)
+    fingerprint = Fingerprint("CT", {k: f"organ{k}" for k in range(1, 22)}, cases, stats, 1.0)
+    gpu = plan_3d_fullres(fingerprint, gpu_memory_gb=8.0)
+    choice = fit_cpu_budget(
+        fingerprint, time_budget_min=30, num_threads=2,
+        timer=lambda p, n, t: 2e-9 * p.batch_size * p.memory_estimate,
+    )  # fmt: skip
+    plan = choice.plan
+    assert choice.configuration == "3d_lowres"
+    coarsening = [c / g for c, g in zip(plan.spacing, gpu.spacing, strict=True)]
+    assert all(1.0 < c <= CPU_MAX_COARSENING + 1e-9 for c in coarsening[1:]), coarsening
+    fov = [p * s for p, s in zip(plan.patch_size, plan.spacing, strict=True)]
+    gpu_fov = [p * s for p, s in zip(gpu.patch_size, gpu.spacing, strict=True)]
+    assert np.prod(fov) >= MIN_PATCH_SHARE * np.prod(gpu_fov)
+    assert any(line.startswith("gave up resolution") for line in choice.gave_up)
+    # the candidate at the chosen target is the capped lowres plan; nnU-Net's own goes further
+    assert plan == cpu_candidate(
+        fingerprint, gpu_memory_gb=choice.memory_gb, base_features=choice.base_features
+    )
+    uncapped = plan_3d_lowres(
+        fingerprint, gpu_memory_gb=choice.memory_gb, base_features=choice.base_features
+    )
+    assert uncapped is not None and max(uncapped.spacing) > max(plan.spacing)
+    assert "CPU cap" in plan.reasons["spacing"]
+    small = _lung_like()  # its 8 GB plan holds the median image: no 3d_lowres
+    assert cpu_candidate(small, gpu_memory_gb=8.0, base_features=32) == plan_3d_fullres(
+        small, gpu_memory_gb=8.0
+    )
 
 
 def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:

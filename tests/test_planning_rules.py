@@ -33,6 +33,7 @@ from medseg.planning.rules import (
     REFERENCE_MEMORY_3D,
     Plan,
     plan_3d_fullres,
+    plan_3d_lowres,
 )
 from medseg.planning.topology import MIN_FEATURE_MAP_EDGE, estimate_memory
 from tests.referees import nnunet
@@ -182,6 +183,14 @@ REFEREE_CASES: list[tuple[str, Fingerprint, float]] = [
     for kind in KINDS
     for seed in range(REFEREE_PER_KIND)
 ] + [(f"lung-like-{gb:g}GB", lung_like(), gb) for gb in GPU_TARGETS_GB]
+#: memory targets of CPU plans (medseg.planning.budget halves the GPU's 8 GB down to 1/256):
+#: the 3d_lowres rule runs for nearly every dataset there
+CPU_TARGETS_GB = (0.03125, 0.125, 0.5)
+REFEREE_CASES += [
+    (f"{kind}-{seed}-cpu", random_fingerprint(seed, kind)[0], CPU_TARGETS_GB[seed % 3])
+    for kind in ("isotropic", "axial", "few_slices", "mixed_spacing", "ct_512", "huge", "tiny")
+    for seed in range(2)
+] + [(f"lung-like-{gb:g}GB", lung_like(), gb) for gb in CPU_TARGETS_GB]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,12 +225,44 @@ def test_plan_equals_nnunet(
 ) -> None:
     name = request.node.callspec.id
     expected = nnunet_plans[name]
-    fullres = expected["3d_fullres"]
-    if fullres is None:  # nnU-Net plans 2D only: medseg refuses
+    if expected["3d_fullres"] is None:  # nnU-Net plans 2D only: medseg refuses
         with pytest.raises(InputError, match="2D only"):
             plan_3d_fullres(fingerprint, gpu_memory_gb=gpu_memory_gb)
         return
     plan = plan_3d_fullres(fingerprint, gpu_memory_gb=gpu_memory_gb)
+    _require_same_configuration(plan, expected, "3d_fullres")
+
+
+@pytest.mark.parametrize(
+    ("fingerprint", "gpu_memory_gb"),
+    [(fp, gb) for _, fp, gb in REFEREE_CASES],
+    ids=[name for name, _, _ in REFEREE_CASES],
+)
+def test_lowres_plan_equals_nnunet(
+    request: pytest.FixtureRequest,
+    nnunet_plans: dict[str, dict[str, Any]],
+    fingerprint: Fingerprint,
+    gpu_memory_gb: float,
+) -> None:
+    """nnU-Net's 3d_lowres configuration (the spacing search CPU plans use), or none where
+    nnU-Net makes none."""
+    name = request.node.callspec.id
+    expected = nnunet_plans[name]
+    if expected["3d_fullres"] is None:
+        with pytest.raises(InputError, match="2D only"):
+            plan_3d_lowres(fingerprint, gpu_memory_gb=gpu_memory_gb)
+        return
+    plan = plan_3d_lowres(fingerprint, gpu_memory_gb=gpu_memory_gb)
+    if expected["3d_lowres"] is None:
+        assert plan is None
+        return
+    assert plan is not None
+    _require_same_configuration(plan, expected, "3d_lowres")
+
+
+def _require_same_configuration(plan: Plan, expected: dict[str, Any], key: str) -> None:
+    fullres = expected[key]
+    estimate = expected["vram_estimate" if key == "3d_fullres" else "vram_estimate_lowres"]
     forward = plan.transpose_forward
     arch = fullres["architecture"]["arch_kwargs"]
     assert list(forward) == expected["transpose_forward"]
@@ -250,7 +291,7 @@ def test_plan_equals_nnunet(
         "features_per_stage": arch["features_per_stage"],
         "kernel_sizes": arch["kernel_sizes"],
         "strides": arch["strides"],
-        "memory_estimate": expected["vram_estimate"],
+        "memory_estimate": estimate,
         "normalization_schemes": fullres["normalization_schemes"],
         "use_mask_for_norm": fullres["use_mask_for_norm"],
     }
@@ -287,10 +328,17 @@ def test_referee_cases_cover_every_branch() -> None:
     )
     assert any("as it is" in r["patch_size"] for r in reasons)
     assert any("capped at" in r["batch_size"] for r in reasons)
+    # 3d_lowres: made; searched but dropped (the image shrank under 2x); not needed
+    shares = [np.prod(p.patch_size) / np.prod(p.median_shape) for _, _, p in plans]
+    lowres = [plan_3d_lowres(fp, gpu_memory_gb=gb) for fp, gb, _ in plans]
+    assert any(low is not None for low in lowres)
+    assert any(low is None and share < 0.25 for low, share in zip(lowres, shares, strict=True))
+    assert any(share >= 0.25 for share in shares)
+    assert any(low is not None and "axes over 2×" in low.reasons["spacing"] for low in lowres)
     assert any(p.batch_size > MIN_BATCH_SIZE for _, _, p in plans)
     assert {p.normalisation for _, _, p in plans} == {"clip_zscore", "image_zscore"}
     assert {p.use_mask_for_norm for _, _, p in plans} == {True, False}
-    assert {gb for _, gb, _ in plans} == set(GPU_TARGETS_GB)
+    assert {gb for _, gb, _ in plans} == set(GPU_TARGETS_GB) | set(CPU_TARGETS_GB)
     assert any(len(fp.cases) == 1 for fp, _, _ in plans)
     assert any(any(c.shape_after_crop[0] == 1 for c in fp.cases) for fp, _, _ in plans)
     assert any(p.median_shape[0] % 1 == 0.5 for _, _, p in plans)  # a median between two cases

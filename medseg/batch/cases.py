@@ -131,6 +131,8 @@ class CaseOutcome:
     seconds: float
     error_class: str | None = None
     error_message: str | None = None
+    #: seconds per stage of the prediction (:mod:`medseg.timing`) of a case that finished
+    stage_seconds: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.io.files import atomic_path, claim_output_dir
 from medseg.privacy import SALT_NAME, load_salt
 from medseg.status import SummaryStatus
+from medseg.timing import format_stage_seconds
 
 if TYPE_CHECKING:
     from medseg.batch.references import ReferenceOptions
@@ -391,7 +392,14 @@ def _drive(
         shutil.rmtree(staging / spec.case_id, ignore_errors=True)
         out_dir = output_root / CASES_DIR / spec.case_id
         if outcome.status is CaseStatus.DONE:
-            log.info("case %s: done in %.1f s", spec.case_id, outcome.seconds)
+            log.info(
+                "case %s: done in %.1f s%s",
+                spec.case_id,
+                outcome.seconds,
+                f" ({format_stage_seconds(outcome.stage_seconds)})"
+                if outcome.stage_seconds
+                else "",
+            )
             outcomes[spec.case_id] = _row(
                 spec, SummaryStatus.DONE, True, None, None, outcome.seconds, out_dir
             )

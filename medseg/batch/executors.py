@@ -90,6 +90,7 @@ def run_case(task: CaseTask) -> CaseOutcome:
                 "medseg_version": medseg.__version__,
                 "finished_at": utc_timestamp(),
                 "volumes_ml": result.volumes_ml,
+                "stage_seconds": result.stage_seconds,
             }
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
     # The night's run must go on whatever one case raises (MedsegError for bad input,
@@ -98,7 +99,12 @@ def run_case(task: CaseTask) -> CaseOutcome:
         return CaseOutcome(
             task.case_id, CaseStatus.FAILED, time.monotonic() - start, type(exc).__name__, str(exc)
         )
-    return CaseOutcome(task.case_id, CaseStatus.DONE, time.monotonic() - start)
+    return CaseOutcome(
+        task.case_id,
+        CaseStatus.DONE,
+        time.monotonic() - start,
+        stage_seconds=result.stage_seconds,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

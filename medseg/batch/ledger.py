@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS cases (
     started_at TEXT,
     finished_at TEXT,
     seconds REAL,
-    out_dir TEXT
+    out_dir TEXT,
+    stage_seconds TEXT
 );
 CREATE TABLE IF NOT EXISTS attempts (
     attempt_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -68,7 +69,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     error_message TEXT,
     started_at TEXT,
     finished_at TEXT,
-    seconds REAL
+    seconds REAL,
+    stage_seconds TEXT
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -97,11 +99,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
 
 def _schema_columns() -> dict[str, tuple[str, ...]]:
     """Each table of :data:`_SCHEMA` and its columns, in order (read from SQLite itself)."""
+    return {table: tuple(types) for table, types in _schema_column_types().items()}
+
+
+def _schema_column_types() -> dict[str, dict[str, str]]:
+    """Each table of :data:`_SCHEMA`: column -> declared type, in order."""
     db = sqlite3.connect(":memory:")
     try:
         db.executescript(_SCHEMA)
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        return {t: tuple(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in tables}
+        return {t: {r[1]: r[2] for r in db.execute(f"PRAGMA table_info({t})")} for t in tables}
     finally:
         db.close()
 
@@ -207,7 +214,9 @@ class Ledger:
                 t: tuple(r[1] for r in self._db.execute(f"PRAGMA table_info({t})"))
                 for t in tables & set(expected)
             }
-            if tables - set(expected) or any(columns[t] != expected[t] for t in columns):
+            if tables - set(expected) or any(
+                columns[t] != expected[t][: len(columns[t])] for t in columns
+            ):
                 raise self._not_a_ledger("another program's SQLite database")
         finding = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
         if finding != "ok":
@@ -221,6 +230,12 @@ class Ledger:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 self._db.execute(statement)
+        # a ledger of an earlier medseg lacks the columns added since (at the end): add them
+        for table, types in _schema_column_types().items():
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for column, kind in types.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._db.execute("COMMIT")
 
     def _not_a_ledger(self, reason: str) -> ConfigError:
@@ -314,7 +329,8 @@ class Ledger:
         now = utc_timestamp()
         self._db.execute(
             "UPDATE cases SET status = 'running', started_at = ?, finished_at = NULL, "
-            "seconds = NULL, error_class = NULL, error_message = NULL, attempts = attempts + 1 "
+            "seconds = NULL, stage_seconds = NULL, error_class = NULL, error_message = NULL, "
+            "attempts = attempts + 1 "
             "WHERE case_id = ?",
             (now, task.case_id),
         )
@@ -335,16 +351,17 @@ class Ledger:
             outcome.error_message,
             now,
             outcome.seconds,
+            None if outcome.stage_seconds is None else json.dumps(outcome.stage_seconds),
         )
         self._db.execute("BEGIN")
         self._db.execute(
             "UPDATE cases SET status = ?, error_class = ?, error_message = ?, finished_at = ?, "
-            "seconds = ? WHERE case_id = ?",
+            "seconds = ?, stage_seconds = ? WHERE case_id = ?",
             (*values, outcome.case_id),
         )
         self._db.execute(
             "UPDATE attempts SET status = ?, error_class = ?, error_message = ?, "
-            "finished_at = ?, seconds = ? WHERE attempt_id = ?",
+            "finished_at = ?, seconds = ?, stage_seconds = ? WHERE attempt_id = ?",
             (*values, attempt_id),
         )
         self._db.execute("COMMIT")

@@ -2,12 +2,14 @@
 
 nnU-Net plans for a GPU: its 3d_fullres network on a lung CT (48 x 160 x 160 patches, 32-320
 features) took 44 s per training step on 2 CPU cores, and it trains 250,000 steps. A CPU plan
-keeps nnU-Net's rules (spacing, normalisation, pooling, kernel sizes, the memory estimate) and
-gives up width and patch: the same rules are run for smaller base widths (32, 16, 8 features)
-and smaller memory targets, one training step of a candidate is measured on this machine (as
-nnU-Net instantiates networks to estimate their memory, medseg times them), and the widest
-candidate that keeps enough of the patch and affords :data:`MIN_STEPS` steps in the budget is
-chosen. The epochs then fill the budget.
+keeps nnU-Net's rules (normalisation, pooling, kernel sizes, the memory estimate) and gives up
+width, resolution and patch: the same rules are run for smaller base widths (32, 16, 8
+features) and smaller memory targets, each at the spacing of nnU-Net's 3d_lowres search for
+that target (capped at :data:`CPU_MAX_COARSENING` x the 3d_fullres spacing, so a small patch
+still sees its organs' surroundings), one training step of a candidate is measured on this
+machine (as nnU-Net instantiates networks to estimate their memory, medseg times them), and the
+widest candidate that keeps enough of the GPU plan's field of view and affords
+:data:`MIN_STEPS` steps in the budget is chosen. The epochs then fill the budget.
 
 The cost of a step is predicted from nnU-Net's memory estimate (the feature-map voxels of the
 network, which the convolutions' arithmetic follows) calibrated by one measurement, and the
@@ -24,9 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from medseg.planning.fingerprint import Fingerprint
-from medseg.planning.rules import Plan, plan_3d_fullres
+from medseg.planning.rules import Plan, plan_3d_fullres, plan_3d_lowres
 
-__all__ = ["MIN_STEPS", "BudgetChoice", "fit_cpu_budget", "measure_step"]
+__all__ = [
+    "CPU_MAX_COARSENING",
+    "MIN_STEPS",
+    "BudgetChoice",
+    "cpu_candidate",
+    "fit_cpu_budget",
+    "measure_step",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -40,9 +49,16 @@ OVERHEAD_FRACTION = 0.15
 #: Iterations per epoch of a CPU plan (nnU-Net: 250); smaller, so that a short budget still
 #: has several epochs to validate and schedule the learning rate over.
 CPU_ITERATIONS_PER_EPOCH = 50
-#: A candidate must keep at least this share of the GPU plan's patch voxels (or of the median
-#: shape) before a narrower network is tried: context matters more than width.
+#: A candidate must keep at least this share of the GPU plan's field of view (the patch's
+#: extent in mm³) before a narrower network is tried: context matters more than width.
 MIN_PATCH_SHARE = 0.25
+#: A candidate's spacing: nnU-Net's 3d_lowres search at its memory target, stopped before an
+#: axis grows over this multiple of the 3d_fullres spacing
+#: (:func:`~medseg.planning.rules.plan_3d_lowres`). A small target then keeps its field of view
+#: by coarser voxels instead of a smaller patch: the 30-minute H&N plan at 2.5 x 0.98 x 0.98 mm
+#: saw 70 x 78 x 78 mm and learned 2 of 21 organs (mean Dice 0.05), where
+#: ``benchmarks/train_hn_oar.py`` at 3 x 2 x 2 mm sees 96 mm and reaches 0.34.
+CPU_MAX_COARSENING = 2.0
 #: Fewest stages of a candidate (MONAI's DynUNet needs 3 levels).
 MIN_STAGES = 3
 #: Base widths tried, widest first.
@@ -67,6 +83,8 @@ class BudgetChoice:
         iterations_per_epoch: optimiser steps per epoch.
         gave_up: lines saying what the CPU plan gave up against the GPU plan.
         measured: candidate description -> measured seconds per step.
+        configuration: the nnU-Net rules the plan follows: ``"3d_fullres"``, or
+            ``"3d_lowres"`` where its spacing is the (capped) 3d_lowres search's.
     """
 
     plan: Plan
@@ -77,6 +95,7 @@ class BudgetChoice:
     iterations_per_epoch: int
     gave_up: tuple[str, ...]
     measured: tuple[tuple[str, float], ...]
+    configuration: str = "3d_fullres"
 
 
 def fit_cpu_budget(
@@ -121,7 +140,7 @@ def fit_cpu_budget(
 
     @functools.cache
     def planned(base: int, gb: float) -> Plan:
-        return plan_3d_fullres(fingerprint, gpu_memory_gb=gb, base_features=base)
+        return cpu_candidate(fingerprint, gpu_memory_gb=gb, base_features=base)
 
     @functools.cache
     def timed(base: int, gb: float) -> tuple[Plan, float]:
@@ -129,10 +148,8 @@ def fit_cpu_budget(
         # a patch too small for the 3 levels DynUNet needs is no candidate
         return plan, math.inf if len(plan.features) < MIN_STAGES else seconds(plan)
 
-    reference_voxels = math.prod(reference.patch_size)
-
     def keeps_patch(plan: Plan) -> bool:
-        return math.prod(plan.patch_size) >= MIN_PATCH_SHARE * reference_voxels
+        return _field_of_view(plan) >= MIN_PATCH_SHARE * _field_of_view(reference)
 
     fits: list[tuple[Plan, int, float, float]] = []  # (plan, base, gb, seconds)
     for base in BASE_FEATURES:
@@ -151,9 +168,7 @@ def fit_cpu_budget(
             break
     if fits:  # the first width that keeps the patch (the last tried), else the largest patch
         plan, base, gb, step = (
-            fits[-1]
-            if keeps_patch(fits[-1][0])
-            else max(fits, key=lambda f: math.prod(f[0].patch_size))
+            fits[-1] if keeps_patch(fits[-1][0]) else max(fits, key=lambda f: _field_of_view(f[0]))
         )
     else:  # not even the smallest fits: take it, and say so
         base, gb = BASE_FEATURES[-1], targets[0]
@@ -172,7 +187,28 @@ def fit_cpu_budget(
         iterations_per_epoch=iterations,
         gave_up=gave_up,
         measured=tuple(measured),
+        configuration="3d_fullres" if plan.spacing == reference.spacing else "3d_lowres",
     )
+
+
+def cpu_candidate(fingerprint: Fingerprint, *, gpu_memory_gb: float, base_features: int) -> Plan:
+    """The plan a CPU budget considers for a memory target and width: nnU-Net's 3d_lowres
+    search capped at :data:`CPU_MAX_COARSENING` (where nnU-Net would make a 3d_lowres
+    configuration), else its 3d_fullres plan."""
+    lowres = plan_3d_lowres(
+        fingerprint,
+        gpu_memory_gb=gpu_memory_gb,
+        base_features=base_features,
+        max_coarsening=CPU_MAX_COARSENING,
+    )
+    return lowres or plan_3d_fullres(
+        fingerprint, gpu_memory_gb=gpu_memory_gb, base_features=base_features
+    )
+
+
+def _field_of_view(plan: Plan) -> float:
+    """The patch's extent in mm³."""
+    return math.prod(p * s for p, s in zip(plan.patch_size, plan.spacing, strict=True))
 
 
 def _largest_fit(
@@ -228,9 +264,17 @@ def _gave_up(
             f"gave up width: first stage {plan.features[0]} instead of "
             f"{reference.features[0]} features"
         )
-    share = math.prod(plan.patch_size) / math.prod(reference.patch_size)
+    if plan.spacing != reference.spacing:
+        lines.append(
+            "gave up resolution: spacing "
+            + " x ".join(f"{s:.3g}" for s in plan.spacing)
+            + " mm instead of "
+            + " x ".join(f"{s:.3g}" for s in reference.spacing)
+            + f" (nnU-Net's 3d_lowres rule, an axis at most {CPU_MAX_COARSENING:g}x coarser)"
+        )
+    share = _field_of_view(plan) / _field_of_view(reference)
     if share < 1.0:
-        lines.append(f"gave up context: the patch holds {share:.0%} of the GPU plan's voxels")
+        lines.append(f"gave up context: the patch spans {share:.0%} of the GPU plan's mm³")
     if len(plan.features) != len(reference.features):
         lines.append(f"{len(plan.features)} stages instead of {len(reference.features)}")
     lines.append(f"gave up steps: {total_steps} instead of nnU-Net's 250000")

@@ -97,13 +97,14 @@ def plan_experiment(
     extra: dict[str, str] = {}
     epochs: int | None = None
     iterations = NNUNET_ITERATIONS_PER_EPOCH
+    configuration = "3d_fullres"
     if device == "cuda":
         from medseg.planning.rules import plan_3d_fullres
 
         plan = plan_3d_fullres(fingerprint, gpu_memory_gb=gpu_memory_gb)
         header_device = f"cuda, {gpu_memory_gb:g} GB GPU memory target (nnU-Net 3d_fullres)"
     else:
-        from medseg.planning.budget import fit_cpu_budget
+        from medseg.planning.budget import CPU_MAX_COARSENING, fit_cpu_budget
 
         choice = fit_cpu_budget(
             fingerprint,
@@ -112,6 +113,8 @@ def plan_experiment(
             gpu_memory_gb=gpu_memory_gb,
         )
         plan = choice.plan
+        if choice.configuration == "3d_lowres":
+            configuration = f"3d_lowres spacing, capped at {CPU_MAX_COARSENING:g}x 3d_fullres"
         epochs = choice.epochs
         iterations = choice.iterations_per_epoch
         notes.extend(choice.gave_up)
@@ -140,7 +143,10 @@ def plan_experiment(
             f"({len(fingerprint.cases)} cases, {fingerprint.modality}, "
             f"{len(fingerprint.labels)} structure(s)) for {header_device}."
         ),
-        f"Rules: nnU-Net v2 ExperimentPlanner (3d_fullres); fingerprint in {FINGERPRINT_FILE}.",
+        (
+            f"Rules: nnU-Net v2 ExperimentPlanner ({configuration}); fingerprint in "
+            f"{FINGERPRINT_FILE}."
+        ),
         *notes,
         "Train it:  medseg train THIS.yaml --folds all",
         "",

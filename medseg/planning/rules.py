@@ -14,12 +14,13 @@ nnU-Net plans in a transposed axis order, the coarsest axis first (``transpose_f
 order is used inside this module only: every per-axis value of a :class:`Plan` is in medseg's
 array order ``(slice, row, column)``.
 
-2D, 3d_lowres and the cascade are not planned.
+:func:`plan_3d_lowres` is nnU-Net's 3d_lowres configuration (used by CPU plans); 2D and the
+cascade are not planned.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -36,6 +37,8 @@ from medseg.planning.topology import (
 __all__ = [
     "ANISOTROPY_THRESHOLD",
     "FIELD_REASON",
+    "LOWRES_CREATION_THRESHOLD",
+    "LOWRES_SPACING_INCREASE",
     "MAX_DATASET_COVERED",
     "MIN_BATCH_SIZE",
     "REFERENCE_BATCH_SIZE",
@@ -43,6 +46,7 @@ __all__ = [
     "REFERENCE_MEMORY_3D",
     "Plan",
     "plan_3d_fullres",
+    "plan_3d_lowres",
 ]
 
 #: nnU-Net's ``ANISO_THRESHOLD``: an axis is anisotropic when its spacing is over 3x the others'.
@@ -58,6 +62,11 @@ REFERENCE_BATCH_SIZE = 2
 MIN_BATCH_SIZE = 2
 #: ``max_dataset_covered``: one batch sees at most this fraction of the dataset's voxels.
 MAX_DATASET_COVERED = 0.05
+#: ``lowres_creation_threshold``: a 3d_lowres plan is made when the 3d_fullres patch holds
+#: less than this share of the median image's voxels.
+LOWRES_CREATION_THRESHOLD = 0.25
+#: ``spacing_increase_factor`` of the 3d_lowres search (per step).
+LOWRES_SPACING_INCREASE = 1.03
 #: the initial patch has the volume of a 256³ cube (nnU-Net's start before shrinking).
 _INITIAL_PATCH_EDGE = 256
 #: nnU-Net's channel names (casefolded) whose normalisation medseg does not implement.
@@ -384,11 +393,123 @@ def plan_3d_fullres(
             dataset nnU-Net plans no 3D configuration for (median of one slice).
         ConfigError: a non-positive GPU memory or feature count.
     """
+    _check_options(gpu_memory_gb, base_features, max_features)
+    grid = _fullres_grid(fingerprint)
+    return _configuration(fingerprint, grid, gpu_memory_gb, base_features, max_features)
+
+
+def plan_3d_lowres(
+    fingerprint: Fingerprint,
+    *,
+    gpu_memory_gb: float = 8.0,
+    base_features: int = 32,
+    max_features: int = 320,
+    max_coarsening: float | None = None,
+) -> Plan | None:
+    """nnU-Net v2 2.8.1's 3d_lowres plan (``plan_experiment``), or None where nnU-Net plans
+    none: when the 3d_fullres patch holds under :data:`LOWRES_CREATION_THRESHOLD` of the
+    median image's voxels, the target spacing grows by :data:`LOWRES_SPACING_INCREASE` per
+    step (only the axes over 2x finer than the coarsest while there are such axes, then all)
+    and the configuration is planned again at the shrunk median shape, until the patch holds
+    that share; the plan is dropped if the median image shrank by less than 2x.
+
+    medseg plans no cascade: a CPU plan (:mod:`medseg.planning.budget`) uses this rule to
+    keep the patch's field of view when its memory target is small, and trains the lowres
+    network on its own. Arguments, return and errors as :func:`plan_3d_fullres`, and
+
+    Args:
+        max_coarsening: medseg's addition (None: nnU-Net's rule): the search stops before any
+            axis' spacing exceeds this multiple of its 3d_fullres spacing, so that a small
+            memory target trades some context for resolution instead of all of it (nnU-Net's
+            rule at a CPU's targets reaches 5-20 mm on a 512 x 512 H&N CT).
+    """
+    if max_coarsening is not None and max_coarsening <= 1:
+        raise ConfigError(f"max_coarsening must be > 1, got {max_coarsening}")
+    _check_options(gpu_memory_gb, base_features, max_features)
+    grid = _fullres_grid(fingerprint)
+    fullres = _configuration(fingerprint, grid, gpu_memory_gb, base_features, max_features)
+    n_cases = len(fingerprint.cases)
+    fullres_voxels = float(np.prod(grid.median_t, dtype=np.float64))
+    median_voxels = fullres_voxels
+    patch_voxels = float(np.prod(fullres.patch_size, dtype=np.float64))
+    spacing_t = grid.spacing_t.copy()
+    lowres: Plan | None = None
+    steps = 0
+    capped = False
+    while patch_voxels / median_voxels < LOWRES_CREATION_THRESHOLD:
+        coarse = (max(spacing_t) / spacing_t) > 2
+        grown = spacing_t.copy()
+        if np.any(coarse):
+            grown[coarse] *= LOWRES_SPACING_INCREASE
+        else:
+            grown *= LOWRES_SPACING_INCREASE
+        if max_coarsening is not None and np.any(grown > max_coarsening * grid.spacing_t):
+            capped = True
+            break
+        spacing_t = grown
+        steps += 1
+        scaled = grid.spacing_t / spacing_t * grid.median_t
+        median_voxels = float(np.prod(scaled, dtype=np.float64))
+        low = _Grid(
+            spacing_t=spacing_t.copy(),
+            median_t=np.array([round(i) for i in scaled], dtype=np.float64),
+            n_voxels_dataset=median_voxels * n_cases,
+            forward=grid.forward,
+            backward=grid.backward,
+            spacing_reason="",
+            median_reason="",
+        )
+        lowres = _configuration(fingerprint, low, gpu_memory_gb, base_features, max_features)
+        patch_voxels = float(np.prod(lowres.patch_size, dtype=np.float64))
+    if lowres is None or fullres_voxels / median_voxels < 2:
+        return None
+    fullres_spacing = _shape_text(fullres.spacing)
+    share = float(np.prod(fullres.patch_size, dtype=np.float64)) / fullres_voxels
+    reasons = dict(lowres.reasons)
+    reasons["spacing"] = (
+        f"nnU-Net's 3d_lowres rule: the 3d_fullres patch {_shape_text(fullres.patch_size)} at "
+        f"{fullres_spacing} mm ({grid.spacing_reason}) holds {share:.1%} < "
+        f"{LOWRES_CREATION_THRESHOLD:.0%} of the median image, so the spacing grew ×"
+        f"{LOWRES_SPACING_INCREASE} per step ({steps} steps; axes over 2× finer than the "
+        "coarsest first) until the patch holds "
+        f"{patch_voxels / median_voxels:.1%} of the median image"
+    )
+    if capped:
+        reasons["spacing"] = reasons["spacing"].replace(
+            "until the patch holds",
+            f"until the next step would make an axis over {max_coarsening:g}× its 3d_fullres "
+            "spacing (medseg's CPU cap; nnU-Net's rule would go on): the patch holds",
+        )
+    reasons["median_shape"] = (
+        f"the 3d_fullres median shape {_shape_text(fullres.median_shape)} scaled to this "
+        "spacing and rounded"
+    )
+    return replace(lowres, reasons=reasons)
+
+
+def _check_options(gpu_memory_gb: float, base_features: int, max_features: int) -> None:
     if gpu_memory_gb <= 0 or base_features < 1 or max_features < base_features:
         raise ConfigError(
             f"need gpu_memory_gb > 0 and 1 ≤ base_features ≤ max_features, got {gpu_memory_gb}, "
             f"{base_features}, {max_features}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Grid:
+    """Where a configuration is planned, in nnU-Net's transposed order."""
+
+    spacing_t: np.ndarray
+    median_t: np.ndarray
+    n_voxels_dataset: float  # nnU-Net's approximate_n_voxels_dataset (the batch cap)
+    forward: list[int]
+    backward: list[int]
+    spacing_reason: str
+    median_reason: str
+
+
+def _fullres_grid(fingerprint: Fingerprint) -> _Grid:
+    """The 3d_fullres target spacing, axis order and median shape (``plan_experiment``)."""
     if not fingerprint.cases:
         raise InputError("the fingerprint has no cases: nothing to plan from")
     n_cases = len(fingerprint.cases)
@@ -402,7 +523,6 @@ def plan_3d_fullres(
     coarsest = int(np.argmax(target))
     forward = [coarsest] + [i for i in range(3) if i != coarsest]
     backward = [forward.index(i) for i in range(3)]
-    spacing_t = target[forward]
     # compute_new_shape per case, then the median (plan_experiment)
     new_shapes = [
         np.array([round(s / t * n) for s, t, n in zip(sp, target, sh, strict=True)])
@@ -414,8 +534,37 @@ def plan_3d_fullres(
             f"the median shape at the target spacing is {_shape_text(median_t[backward])}: "
             "one voxel along the coarsest axis, for which nnU-Net plans 2D only"
         )
-    n_voxels_dataset = float(np.prod(median_t, dtype=np.float64) * n_cases)
+    return _Grid(
+        spacing_t=target[forward],
+        median_t=median_t,
+        n_voxels_dataset=float(np.prod(median_t, dtype=np.float64) * n_cases),
+        forward=forward,
+        backward=backward,
+        spacing_reason=spacing_reason,
+        median_reason=(
+            "the one case's" if n_cases == 1 else f"median over the {n_cases} cases of the"
+        )
+        + " cropped shape resampled to the target spacing",
+    )
 
+
+def _configuration(
+    fingerprint: Fingerprint,
+    grid: _Grid,
+    gpu_memory_gb: float,
+    base_features: int,
+    max_features: int,
+) -> Plan:
+    """``get_plans_for_configuration`` (3D) at ``grid``: patch, topology, batch, normalisation."""
+    spacing_t, median_t, forward, backward = (
+        grid.spacing_t,
+        grid.median_t,
+        grid.forward,
+        grid.backward,
+    )
+    target = spacing_t[backward]
+    coarsest = forward[0]
+    n_voxels_dataset = grid.n_voxels_dataset
     reference = REFERENCE_MEMORY_3D * (gpu_memory_gb / REFERENCE_GPU_MEMORY_GB)
     num_classes = len(fingerprint.labels) + 1
     fit = _fit_patch(spacing_t, median_t, reference, num_classes, base_features, max_features)
@@ -470,11 +619,8 @@ def plan_3d_fullres(
             f"transpose_forward {tuple(forward)}; every value here is in (slice, row, column)"
         )
     reasons = {
-        "spacing": spacing_reason,
-        "median_shape": (
-            "the one case's" if n_cases == 1 else f"median over the {n_cases} cases of the"
-        )
-        + " cropped shape resampled to the target spacing",
+        "spacing": grid.spacing_reason,
+        "median_shape": grid.median_reason,
         "transpose": transpose_reason,
         "patch_size": patch_reason,
         "batch_size": "; ".join(batch_parts),
@@ -484,7 +630,7 @@ def plan_3d_fullres(
         "anisotropic_axis": aniso_reason,
     }
     return Plan(
-        spacing=_floats(target, [0, 1, 2]),
+        spacing=_floats(spacing_t, backward),
         median_shape=_floats(median_t, backward),
         transpose_forward=_ints(forward, [0, 1, 2]),
         transpose_backward=_ints(backward, [0, 1, 2]),

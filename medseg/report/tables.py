@@ -8,6 +8,8 @@ and by :func:`medseg.report.read_case_summary`: their fields and order do not ch
 from __future__ import annotations
 
 import csv
+import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from medseg.io.files import atomic_path
@@ -25,20 +27,29 @@ LESION_CSV_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def write_volumes_json(report: VolumesReport, path: Path) -> Path:
+def write_volumes_json(
+    report: VolumesReport, path: Path, *, stage_seconds: Mapping[str, float] | None = None
+) -> Path:
     """Write a report as ``volumes.json`` (:meth:`VolumesReport.to_json
     <medseg.postprocess.VolumesReport.to_json>`), atomically.
 
     Args:
         report: from :func:`medseg.postprocess.volumes_report`.
         path: target file; its folder is created if missing.
+        stage_seconds: the prediction's seconds per stage (:mod:`medseg.timing`), kept as
+            the document's last key ``stage_seconds``.
 
     Returns:
         ``path``.
     """
     path = Path(path)
+    text = report.to_json()
+    if stage_seconds is not None:
+        document = report.to_dict()
+        document["stage_seconds"] = dict(stage_seconds)
+        text = json.dumps(document, indent=2, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
-        tmp.write_text(report.to_json(), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

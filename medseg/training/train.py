@@ -24,7 +24,7 @@ import torch
 from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 
 import medseg
-from medseg.config import ExperimentConfig, ModelConfig, TrainConfig
+from medseg.config import ExperimentConfig, ModelConfig, TrainConfig, capped_threads
 from medseg.errors import ConfigError, InputError
 from medseg.infer import predict
 from medseg.metrics import compute_metrics, dice_score
@@ -230,7 +230,7 @@ def train(
     autocast_dtype = _autocast_dtype(train_cfg.precision, device)
     with _determinism(train_cfg.deterministic):
         torch.manual_seed(config.seed)
-        torch.set_num_threads(train_cfg.num_threads)
+        torch.set_num_threads(capped_threads(train_cfg.num_threads))
         rank, world = distributed.rank_and_world()
         if world > 1 and resume_from is not None:
             raise ConfigError("resume_from is not supported in distributed training")
@@ -751,7 +751,7 @@ def time_training_step(
     network whose steps then take 0.4–0.6 s). Used by ``medseg plan``'s CPU budget.
     """
     previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
+    torch.set_num_threads(capped_threads(num_threads))
     try:
         network = build_network(model).train()
         optimiser = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True)

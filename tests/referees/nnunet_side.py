@@ -103,25 +103,35 @@ def plan(payload: dict[str, Any], root: Path) -> list[dict[str, Any]]:
             )
             plans = planner.plan_experiment()
         fullres = plans["configurations"].get("3d_fullres")
-        estimate = None
-        if fullres is not None:
-            arch = fullres["architecture"]
+        lowres = plans["configurations"].get("3d_lowres")
+
+        def estimate_of(
+            config: dict[str, Any] | None, dataset_json: dict[str, Any] = dataset_json
+        ) -> int | None:
+            if config is None:
+                return None
+            arch = config["architecture"]
             with _no_weight_init(torch):
-                estimate = ExperimentPlanner.static_estimate_VRAM_usage(
-                    fullres["patch_size"],
-                    len(dataset_json["channel_names"]),
-                    len(dataset_json["labels"]),
-                    arch["network_class_name"],
-                    arch["arch_kwargs"],
-                    arch["_kw_requires_import"],
+                return int(
+                    ExperimentPlanner.static_estimate_VRAM_usage(
+                        config["patch_size"],
+                        len(dataset_json["channel_names"]),
+                        len(dataset_json["labels"]),
+                        arch["network_class_name"],
+                        arch["arch_kwargs"],
+                        arch["_kw_requires_import"],
+                    )
                 )
+
         answers.append(
             _plain(
                 {
                     "transpose_forward": plans["transpose_forward"],
                     "transpose_backward": plans["transpose_backward"],
                     "3d_fullres": fullres,
-                    "vram_estimate": estimate,
+                    "vram_estimate": estimate_of(fullres),
+                    "3d_lowres": lowres,
+                    "vram_estimate_lowres": estimate_of(lowres),
                     "seconds": time.perf_counter() - started,
                     "foreground_intensity_properties_per_channel": plans[
                         "foreground_intensity_properties_per_channel"
