@@ -387,9 +387,10 @@ class VolumesReport:
             "labels": {s.name: s.to_dict() for s in self.structures},
         }
 
-    def to_json(self) -> str:
-        """The text of ``volumes.json``: :meth:`to_dict`, indented, with a final newline."""
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+    def to_json(self, extra: Mapping[str, Any] | None = None) -> str:
+        """The text of ``volumes.json``: :meth:`to_dict` followed by the keys of ``extra``,
+        indented, with a final newline."""
+        return json.dumps({**self.to_dict(), **(extra or {})}, indent=2, allow_nan=False) + "\n"
 
     def __getitem__(self, key: str) -> Any:
         """``report["labels"]`` as when :func:`volumes_report` returned a dict (until 0.2)."""

@@ -207,16 +207,20 @@ def nnunet_plans() -> dict[str, dict[str, Any]]:
     return {name: answer for (name, _, _), answer in zip(REFEREE_CASES, answers, strict=True)}
 
 
+#: every test against nnU-Net's answers runs on every referee fingerprint and GPU target
+on_referee_cases = pytest.mark.parametrize(
+    ("fingerprint", "gpu_memory_gb"),
+    [(fp, gb) for _, fp, gb in REFEREE_CASES],
+    ids=[name for name, _, _ in REFEREE_CASES],
+)
+
+
 def _transposed(values: tuple[Any, ...], forward: tuple[int, ...]) -> list[Any]:
     """medseg-order values in nnU-Net's transposed order."""
     return [values[i] for i in forward]
 
 
-@pytest.mark.parametrize(
-    ("fingerprint", "gpu_memory_gb"),
-    [(fp, gb) for _, fp, gb in REFEREE_CASES],
-    ids=[name for name, _, _ in REFEREE_CASES],
-)
+@on_referee_cases
 def test_plan_equals_nnunet(
     request: pytest.FixtureRequest,
     nnunet_plans: dict[str, dict[str, Any]],
@@ -233,11 +237,7 @@ def test_plan_equals_nnunet(
     _require_same_configuration(plan, expected, "3d_fullres")
 
 
-@pytest.mark.parametrize(
-    ("fingerprint", "gpu_memory_gb"),
-    [(fp, gb) for _, fp, gb in REFEREE_CASES],
-    ids=[name for name, _, _ in REFEREE_CASES],
-)
+@on_referee_cases
 def test_lowres_plan_equals_nnunet(
     request: pytest.FixtureRequest,
     nnunet_plans: dict[str, dict[str, Any]],

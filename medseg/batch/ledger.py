@@ -97,13 +97,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
 """
 
 
-def _schema_columns() -> dict[str, tuple[str, ...]]:
-    """Each table of :data:`_SCHEMA` and its columns, in order (read from SQLite itself)."""
-    return {table: tuple(types) for table, types in _schema_column_types().items()}
-
-
 def _schema_column_types() -> dict[str, dict[str, str]]:
-    """Each table of :data:`_SCHEMA`: column -> declared type, in order."""
+    """Each table of :data:`_SCHEMA`: column -> declared type, in order (read from SQLite
+    itself)."""
     db = sqlite3.connect(":memory:")
     try:
         db.executescript(_SCHEMA)
@@ -208,7 +204,8 @@ class Ledger:
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             )
         }
-        expected = _schema_columns()
+        types = _schema_column_types()
+        expected = {table: tuple(columns) for table, columns in types.items()}
         if application_id != APPLICATION_ID:  # a new ledger, or one older than the id
             columns = {
                 t: tuple(r[1] for r in self._db.execute(f"PRAGMA table_info({t})"))
@@ -231,9 +228,9 @@ class Ledger:
             if statement.strip():
                 self._db.execute(statement)
         # a ledger of an earlier medseg lacks the columns added since (at the end): add them
-        for table, types in _schema_column_types().items():
+        for table, declared in types.items():
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-            for column, kind in types.items():
+            for column, kind in declared.items():
                 if column not in have:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._db.execute("COMMIT")

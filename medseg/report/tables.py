@@ -8,7 +8,6 @@ and by :func:`medseg.report.read_case_summary`: their fields and order do not ch
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -43,11 +42,8 @@ def write_volumes_json(
         ``path``.
     """
     path = Path(path)
-    text = report.to_json()
-    if stage_seconds is not None:
-        document = report.to_dict()
-        document["stage_seconds"] = dict(stage_seconds)
-        text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    extra = None if stage_seconds is None else {"stage_seconds": dict(stage_seconds)}
+    text = report.to_json(extra)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
