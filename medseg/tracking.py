@@ -482,12 +482,18 @@ def model_checkpoints(path: Path) -> tuple[Path, ...]:
 
 @contextlib.contextmanager
 def _using_tracking_uri(uri: str) -> Iterator[None]:
-    """Set MLflow's global tracking URI, then restore it and ``$MLFLOW_TRACKING_URI``."""
+    """Set MLflow's global tracking URI, then restore it and ``$MLFLOW_TRACKING_URI``.
+
+    The URI restored is MLflow's own process-wide value (``None`` when only the environment
+    variable set it, as in MLflow's private ``_use_tracking_uri``): restoring the resolved URI
+    would pin the variable's value for the rest of the process, and later ``runs:/`` loads
+    against another store would fail with "Run not found".
+    """
     import mlflow
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    previous_uri = mlflow.get_tracking_uri() if tracking_utils.is_tracking_uri_set() else None
+    previous_uri = tracking_utils._tracking_uri
     mlflow.set_tracking_uri(uri)
     try:
         yield

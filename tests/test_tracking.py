@@ -246,3 +246,31 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_tracking_server_round_trip(mlflow_server: str, tmp_path: Path) -> None:
     config = _config(mlflow_server, registered="tiny-on-server")
     _log_and_resolve(config, _checkpoint(tmp_path, config), tmp_path)
+
+
+def test_a_tracking_uri_scope_leaves_no_global_uri_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URI set only by ``$MLFLOW_TRACKING_URI`` is not pinned into MLflow's process-wide URI
+    when a scope exits: once the variable is gone, MLflow resolves as it did before the scope
+    (an earlier pin made later ``runs:/`` loads of another store fail with "Run not found")."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from medseg.tracking import _using_tracking_uri
+
+    stale = (tmp_path / "stale").as_uri()
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stale)
+    with _using_tracking_uri((tmp_path / "scoped").as_uri()):
+        assert mlflow.get_tracking_uri() == (tmp_path / "scoped").as_uri()
+    assert os.environ["MLFLOW_TRACKING_URI"] == stale
+    assert tracking_utils._tracking_uri is None
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert mlflow.get_tracking_uri() != stale
+    # a URI the caller set explicitly is restored as it was
+    mlflow.set_tracking_uri((tmp_path / "explicit").as_uri())
+    with _using_tracking_uri((tmp_path / "scoped").as_uri()):
+        pass
+    assert tracking_utils._tracking_uri == (tmp_path / "explicit").as_uri()
+    assert os.environ.get("MLFLOW_TRACKING_URI") == (tmp_path / "explicit").as_uri()
