@@ -191,6 +191,7 @@ def _run_variant(args: argparse.Namespace) -> None:
     model, image, _ = _load(args)
     overlap, blend = args.overlap, args.blend
     cuda = args.variant in GPU_VARIANTS
+    used = "float32"  # MONAI's; medseg's is what its infer.precision resolves to
     if cuda:
         model.network.cuda()
         torch.cuda.reset_peak_memory_stats()
@@ -250,6 +251,9 @@ def _run_variant(args: argparse.Namespace) -> None:
             model.label_names,
             model.medseg_version,
         )
+        from medseg.precision import choose
+
+        used = choose(model)[0]  # what predict() runs in (infer.precision auto resolved)
         if not cuda and args.variant != "torch":  # export and session once per model, untimed
             from medseg.runtime import onnx_predictor
 
@@ -257,7 +261,7 @@ def _run_variant(args: argparse.Namespace) -> None:
                 model.network,
                 args.variant,
                 infer.roi_size,
-                precision=infer.precision,
+                precision=used,
                 num_threads=args.threads,
                 batch_size=infer.sw_batch_size,
             )
@@ -271,6 +275,7 @@ def _run_variant(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "seconds": seconds,
+                "precision": used,
                 "peak_rss_mb": peak_mb,
                 "added_mb": peak_mb - before_mb,
                 "gpu_peak_mb": gpu_mb,
@@ -420,7 +425,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=["float32", "bfloat16"],
+        choices=["auto", "float32", "bfloat16"],
         default=None,
         help="medseg's infer.precision (default: the model config's)",
     )
@@ -497,6 +502,8 @@ def main() -> None:
                     "monai": "MONAI sliding_window_inference",
                     "monai-cuda": "MONAI sliding_window_inference on CUDA",
                 }.get(variant, f"medseg.infer.predict backend={variant}")
+                if variant not in ("monai", "monai-cuda"):
+                    name += f" {results[variant]['precision']}"
                 r = results[variant]
                 gpu_note = (
                     ""

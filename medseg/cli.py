@@ -384,6 +384,57 @@ def predict(
     typer.echo(f"outputs: {result.out_dir}")
 
 
+@app.command("verify-precision")
+def verify_precision(
+    model: Annotated[
+        str, typer.Argument(help="Checkpoint path, runs:/<id>/model or models:/<name>/<v>.")
+    ],
+    out: Annotated[Path, typer.Option(help="Verified copy of the checkpoint to write.")],
+    cases: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="Folder of cases (NIfTI/NRRD files, DICOM series folders); default the "
+            "validation cases of the model's data.datalist.",
+        ),
+    ] = None,
+    precision: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Precision to verify (bfloat16, float16; repeatable); default each one this "
+            "machine computes natively."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing --out if it is a medseg checkpoint.")
+    ] = False,
+) -> None:
+    """Compare the labels of faster precisions with float32's and record them in a copy of
+    the checkpoint; `infer.precision: auto` then uses the fastest one that agrees."""
+    from medseg import precision as precisions
+    from medseg.model import load_checkpoint
+    from medseg.pipeline import verify_model_precision
+
+    with _reported():
+        verification, path = verify_model_precision(
+            model, out, cases=cases, precisions=precision or None, overwrite=overwrite
+        )
+        chosen, reason = precisions.choose(load_checkpoint(path))
+    native = ", ".join(verification.native) or "none"
+    typer.echo(f"faster precisions native to this machine: {native}")
+    for r in verification.records:
+        verdict = "accepted" if r.accepted else "refused"
+        typer.echo(
+            f"{r.precision} ({r.backend}, {r.device}): {r.cases} cases, worst Dice vs float32 "
+            f"{r.worst_dice:.4f}, worst volume change {100 * r.worst_volume_change:.2f} %: "
+            f"{verdict} (needs Dice >= {precisions.MIN_DICE}, change <= "
+            f"{100 * precisions.MAX_VOLUME_CHANGE:.1f} %)"
+        )
+    typer.echo(f"infer.precision auto runs this model in {chosen} ({reason})")
+    typer.echo(f"verified checkpoint: {path}")
+
+
 ToleranceMmOption = Annotated[
     float,
     typer.Option(

@@ -687,9 +687,11 @@ class InferConfig(_Section):
         body_margin_mm: margin added to the body box on every side, in mm.
         backend: ``"torch"`` runs the network as is (on its device); ``"onnxruntime"`` and
             ``"openvino"`` run an ONNX export of it on the CPU.
-        precision: arithmetic of the network: ``"float32"``, or autocast to
-            ``"bfloat16"``/``"float16"`` (torch; OpenVINO's inference precision hint). ONNX
-            Runtime always computes in float32.
+        precision: arithmetic of the network: ``"auto"`` (the default: the fastest
+            precision this machine computes natively that the model's checkpoint records as
+            verified against float32, else float32; :mod:`medseg.precision`), ``"float32"``,
+            or autocast to ``"bfloat16"``/``"float16"`` unverified (torch; OpenVINO's
+            inference precision hint). ONNX Runtime always computes in float32.
         num_threads: intra-op threads for the network (torch, ONNX Runtime, OpenVINO), at
             most ``OMP_NUM_THREADS`` where it is set; ``None`` keeps torch's setting and lets
             the runtimes choose.
@@ -705,7 +707,7 @@ class InferConfig(_Section):
     body_threshold_hu: Annotated[StrictFloat, Field(allow_inf_nan=False)] | None = -500.0
     body_margin_mm: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 10.0
     backend: Literal["torch", "onnxruntime", "openvino"] = "torch"
-    precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     num_threads: PositiveInt | None = None
     channels_last: StrictBool = True
 

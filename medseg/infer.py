@@ -34,7 +34,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -43,7 +43,7 @@ from monai.data.utils import compute_importance_map
 from numpy.typing import NDArray
 
 from medseg import geometry as geo
-from medseg import preprocess
+from medseg import precision, preprocess
 from medseg.config import InferConfig, PreprocessConfig, capped_threads
 from medseg.errors import ConfigError
 from medseg.geometry import Geometry
@@ -51,7 +51,13 @@ from medseg.model import LoadedModel
 from medseg.timing import StageTimes
 from medseg.volume import Volume, VolumeKind
 
-__all__ = ["WindowProgress", "predict", "predict_probabilities", "window_starts"]
+__all__ = [
+    "WindowProgress",
+    "predict",
+    "predict_probabilities",
+    "verify_precision",
+    "window_starts",
+]
 
 #: Called as windows finish: (windows accounted for, windows planned). Windows of nothing
 #: but air count as accounted for when they are skipped.
@@ -134,6 +140,50 @@ def predict_probabilities(
     """
     probabilities = _predict(model, image, "probabilities", dtype, times=times, progress=progress)
     return image.with_array(probabilities, kind=VolumeKind.PROBABILITIES)
+
+
+def verify_precision(
+    model: LoadedModel,
+    images: Iterable[Volume],
+    precisions: Sequence[str] | None = None,
+) -> precision.Verification:
+    """Segment ``images`` in float32 and in each faster precision, and record how the labels
+    of each compare with float32's (:mod:`medseg.precision`).
+
+    Args:
+        model: as for :func:`predict`; its backend, device and other settings are kept.
+        images: the verification cases (validation scans), in HU; read one at a time.
+        precisions: what to compare; default the faster precisions this machine computes
+            natively for the model's backend (:func:`medseg.precision.native_precisions`,
+            possibly none). A precision given here that the machine only emulates is
+            measured too (slowly); ``auto`` still uses only native ones.
+
+    Returns:
+        The verification, to keep in the checkpoint (:func:`medseg.model.with_extra`).
+
+    Raises:
+        InputError: as :func:`predict`, for a bad image.
+        ConfigError: if a precision cannot run on the model's device (float16 on a CPU).
+    """
+    backend, device = model.config.infer.backend, precision.model_device(model)
+    native = precision.native_precisions(device, backend)
+    wanted = tuple(native if precisions is None else precisions)
+    unknown = [p for p in wanted if p not in ("bfloat16", "float16")]
+    if unknown:
+        raise ConfigError(f"cannot verify precision {unknown[0]!r}: expected bfloat16 or float16")
+    if not wanted:  # nothing faster to verify: no case is read
+        return precision.Verification(records=(), cases=0, native=native)
+    per_case: dict[str, list[dict[str, tuple[float, float]]]] = {p: [] for p in wanted}
+    cases = 0
+    reference_model = precision.with_precision(model, precision.REFERENCE)
+    for image in images:
+        cases += 1
+        reference = np.asarray(predict(reference_model, image).array)
+        for name in wanted:
+            other = np.asarray(predict(precision.with_precision(model, name), image).array)
+            per_case[name].append(precision.compare_labels(reference, other, model.label_names))
+    records = tuple(precision.summarise(name, backend, device, per_case[name]) for name in wanted)
+    return precision.Verification(records=records, cases=cases, native=native)
 
 
 def window_starts(size: int, roi: int, overlap: float) -> list[int]:
@@ -490,7 +540,10 @@ def _sliding_window(
 
 @contextlib.contextmanager
 def _inference_settings(model: LoadedModel) -> Iterator[_Predictor]:
-    """The configured predictor; thread count, memory format and mode are restored after."""
+    """The configured predictor; thread count, memory format and mode are restored after.
+    ``infer.precision: auto`` is resolved here (:func:`medseg.precision.choose`)."""
+    if model.config.infer.precision == "auto":
+        model = precision.with_precision(model, precision.choose(model)[0])
     infer = model.config.infer
     network = model.network
     device = next(network.parameters()).device

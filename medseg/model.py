@@ -60,6 +60,7 @@ __all__ = [
     "load_training_state",
     "save_checkpoint",
     "subpixel_supported",
+    "with_extra",
     "with_subpixel_upsampling",
 ]
 
@@ -216,6 +217,30 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def with_extra(source: Path, out: Path, extra: Mapping[str, ExtraValue]) -> Path:
+    """Write ``source``'s checkpoint to ``out`` atomically with ``extra`` merged into its
+    ``extra`` (weights, config and training state unchanged); ``out`` may be ``source``.
+
+    Raises:
+        ModelError: as :func:`load_checkpoint` for ``source``, or for a value of ``extra``
+            other than int/float/str/bool/None.
+    """
+    source, out = Path(source), Path(out)
+    load_checkpoint(source)  # refuses anything but a readable medseg checkpoint
+    payload = _read_plain_data(source)
+    merged = {**payload.get("extra", {}), **extra}
+    for key, value in merged.items():
+        if not isinstance(key, str) or not isinstance(value, ExtraValue):
+            raise ModelError(
+                f"{out}: checkpoint extra values must be int/float/str/bool/None, "
+                f"got {key!r}: {type(value).__name__}"
+            )
+    payload["extra"] = merged
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+    return out
 
 
 def load_checkpoint(path: Path, *, device: str = "cpu") -> LoadedModel:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from medseg.volume import Volume, VolumeKind
 if TYPE_CHECKING:  # these modules load torch, which is needed only to load or train a model
     from medseg.infer import WindowProgress
     from medseg.model import LoadedModel
+    from medseg.precision import Verification
     from medseg.training.train import TrainResult
 
 __all__ = [
@@ -32,6 +34,8 @@ __all__ = [
     "load_model",
     "predict_case",
     "train_from_config",
+    "verification_cases",
+    "verify_model_precision",
 ]
 
 log = logging.getLogger(__name__)
@@ -118,11 +122,15 @@ def predict_case(
     are logged at DEBUG (``medseg -v``), kept in ``volumes.json`` as ``stage_seconds`` and
     returned.
     """
+    from medseg import precision as precisions
     from medseg.infer import predict, predict_probabilities
 
     config = model.config
     input_path, out_dir = Path(input_path), Path(out_dir)
     check_output(out_dir, inputs=(input_path, model.source_path), overwrite=overwrite)
+    used, reason = precisions.choose(model)
+    model = precisions.with_precision(model, used)
+    log.info("network precision %s (%s)", used, reason)
     times = StageTimes()
     with times.stage("load"):
         if input_path.is_dir():
@@ -175,7 +183,7 @@ def predict_case(
                 )
             if found:
                 with times.stage("seg"):
-                    seg.write_seg(labels, image, found, tmp / "seg.dcm")
+                    seg.write_seg(labels, image, found, tmp / "seg.dcm", model_id=_model_id(model))
         elif image.source.sop_instance_uids:
             log.warning(
                 "no structure found (%s); no RT-STRUCT or SEG written",
@@ -196,7 +204,12 @@ def predict_case(
             write_lesions_csv(report, tmp / "lesions.csv")
         stage_seconds = times.seconds()
         log.debug("stage seconds: %s", format_stage_seconds(stage_seconds))
-        write_volumes_json(report, tmp / "volumes.json", stage_seconds=stage_seconds)
+        write_volumes_json(
+            report,
+            tmp / "volumes.json",
+            stage_seconds=stage_seconds,
+            precision={"used": used, "reason": reason},
+        )
     return CaseResult(
         out_dir=out_dir,
         rtstruct_path=out_dir / "rtstruct.dcm" if rtstruct_path else None,
@@ -209,11 +222,120 @@ def predict_case(
 
 
 def _model_id(model: LoadedModel) -> str:
-    """The model as provenance says it (RT-STRUCT ROIGenerationDescription, the QA page):
-    medseg version, run id if known, and for an ensemble ``k-fold ensemble``; never a path."""
+    """The model as provenance says it (RT-STRUCT ROIGenerationDescription, SEG
+    ContentDescription, the QA page): medseg version, run id if known, for an ensemble
+    ``k-fold ensemble``, and the precision the network ran in (``in float32``); never a path."""
     run_id = model.extra.get("run_id")
     ensemble = f" {len(model.folds)}-fold ensemble" if model.folds else ""
-    return f"medseg {model.medseg_version}{ensemble}" + (f" run {run_id}" if run_id else "")
+    return (
+        f"medseg {model.medseg_version}{ensemble}"
+        + (f" run {run_id}" if run_id else "")
+        + f" in {model.config.infer.precision}"
+    )
+
+
+def _is_checkpoint(path: Path) -> bool:
+    from medseg.errors import ModelError
+    from medseg.model import load_checkpoint
+
+    try:
+        load_checkpoint(path)
+    except ModelError:
+        return False
+    return True
+
+
+def verification_cases(folder: Path, config: ExperimentConfig) -> Iterator[Volume]:
+    """The cases of ``folder`` for :func:`verify_model_precision` (listed now, read one at a
+    time in name order as the iterator is consumed): each NIfTI/NRRD/MHA file and each folder (a DICOM series, chosen by the model's
+    ``series_selection``) directly inside it; hidden entries are skipped.
+
+    Raises:
+        InputError: if ``folder`` holds no case, or a case cannot be read (naming it).
+    """
+    from medseg.errors import InputError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder of cases")
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    cases = [p for p in entries if p.is_dir() or nifti.is_image_file(p)]
+    if not cases:
+        raise InputError(
+            f"{folder}: no cases (NIfTI/NRRD/MHA files or DICOM series folders) inside"
+        )
+    return _read_cases(cases, config)
+
+
+def _read_cases(cases: Sequence[Path], config: ExperimentConfig) -> Iterator[Volume]:
+    for path in cases:
+        if path.is_dir():
+            yield dicom.load_series(path, config.series_selection, config.ingest)
+        else:
+            yield nifti.load(path, VolumeKind.IMAGE, config.ingest)
+
+
+def verify_model_precision(
+    model: str | Path,
+    out: Path,
+    *,
+    cases: Path | None = None,
+    precisions: Sequence[str] | None = None,
+    overwrite: bool = False,
+    tracking_uri: str | None = None,
+) -> tuple[Verification, Path]:
+    """``medseg verify-precision``: verify a checkpoint's faster precisions and write a copy
+    of it that records them (the source checkpoint is never changed).
+
+    Args:
+        model: a checkpoint path or MLflow model URI (one network; not an ensemble).
+        out: the verified checkpoint to write (atomically); never the source.
+        cases: folder of verification cases (:func:`verification_cases`); default the
+            validation images of the model's ``data.datalist``.
+        precisions: as :func:`medseg.infer.verify_precision` (default: the native ones).
+        overwrite: replace an existing ``out`` if it is a medseg checkpoint.
+        tracking_uri: as :func:`load_model`.
+
+    Returns:
+        The verification and ``out``.
+
+    Raises:
+        ModelError: for an ensemble or a file that is not a checkpoint.
+        InputError: for no cases or an unreadable one.
+        OutputError: if ``out`` may not be written (it is an input, exists, ...).
+    """
+    from medseg import tracking
+    from medseg.errors import InputError, ModelError
+    from medseg.infer import verify_precision
+    from medseg.model import load_checkpoint, with_extra
+    from medseg.precision import EXTRA_KEY
+
+    source = tracking.resolve_model(str(model), tracking_uri=tracking_uri)
+    if not source.is_file():
+        raise ModelError(
+            f"{source}: a k-fold ensemble; verify each fold's checkpoint (fold_K/best.pt)"
+        )
+    out = Path(out)
+    check_output(
+        out,
+        inputs=(source, cases),
+        overwrite=overwrite,
+        is_folder=False,
+        is_medseg_file=_is_checkpoint,
+    )
+    loaded = load_checkpoint(source)
+    if cases is not None:
+        images: Iterator[Volume] = verification_cases(Path(cases), loaded.config)
+    elif loaded.config.data.datalist is not None:
+        datalist = data.load_datalist(Path(loaded.config.data.datalist))
+        if not datalist.validation:
+            raise InputError(f"{loaded.config.data.datalist}: no validation cases; give --cases")
+        images = (case.image for case in datalist.validation)
+    else:
+        raise InputError(f"{source}: its config names no validation cases; give --cases")
+    verification = verify_precision(loaded, images, precisions)
+    with_extra(source, out, {EXTRA_KEY: verification.to_json()})
+    return verification, out
 
 
 def train_from_config(

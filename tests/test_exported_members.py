@@ -48,7 +48,8 @@ def test_import_medseg_does_not_import_torch_or_mlflow() -> None:
 
 
 def test_torch_pydicom_mlflow_only_where_allowed() -> None:
-    """STYLE: torch only in model/train/infer, pydicom only under io/, mlflow only in tracking.
+    """STYLE: torch only in model/train/infer (and runtime, precision: what the hardware
+    computes natively), pydicom only under io/, mlflow only in tracking.
 
     Allowed files are paths relative to the package (``batch/executors.py``), so a file of the
     same name in another folder is not allowed.
@@ -63,6 +64,7 @@ def test_torch_pydicom_mlflow_only_where_allowed() -> None:
             "training/distributed.py",
             "infer.py",
             "runtime.py",
+            "precision.py",
         },
         "pydicom": None,  # io/ only
         "mlflow": {"tracking.py"},

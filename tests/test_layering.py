@@ -44,6 +44,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "medseg.preprocess",
             "medseg.model",
             "medseg.runtime",
+            "medseg.precision",
             "medseg.postprocess",
             "medseg.metrics",
             "medseg.tolerances",

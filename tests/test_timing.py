@@ -121,7 +121,7 @@ def test_predict_case_keeps_stage_seconds_in_volumes_json_and_logs_them_with_v(
     model, _ = _model()
     result = predict_case(model, paths.ct_dir, tmp_path / "out")
     document = json.loads(result.volumes_path.read_text())
-    assert list(document)[-2:] == ["labels", "stage_seconds"]
+    assert list(document)[-3:] == ["labels", "stage_seconds", "precision"]
     assert list(document["stage_seconds"]) == list(STAGES)
     assert document["stage_seconds"] == result.stage_seconds
     assert all(v >= 0 for v in result.stage_seconds.values())

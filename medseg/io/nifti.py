@@ -29,7 +29,7 @@ from medseg.io.files import atomic_path
 from medseg.io.limits import GZIP_WBITS, InflatedReader, require_within_limits
 from medseg.volume import SourceInfo, Volume, VolumeKind
 
-__all__ = ["load", "save"]
+__all__ = ["is_image_file", "load", "save"]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -71,6 +71,12 @@ def _suffix(path: Path) -> str:
         if name.endswith(suffix):
             return suffix
     return path.suffix.lower()
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` is a file with a suffix :func:`load` reads (NIfTI, NRRD, MHA/MHD)."""
+    path = Path(path)
+    return path.is_file() and _suffix(path) in (*_NIFTI_SUFFIXES, *_SITK_SUFFIXES)
 
 
 def _as_kind(array: NDArray[Any], kind: VolumeKind, path: Path) -> NDArray[Any]:

@@ -82,6 +82,7 @@ def write_seg(
     *,
     algorithm_name: str = "medseg",
     algorithm_version: str = medseg.__version__,
+    model_id: str | None = None,
 ) -> Path:
     """Write a labels volume as a binary DICOM SEG, one segment per ROI.
 
@@ -96,6 +97,8 @@ def write_seg(
         algorithm_name: SegmentationAlgorithmIdentification name (family: Artificial
             Intelligence).
         algorithm_version: its version, also written as SoftwareVersions.
+        model_id: the model (and the precision it ran in), added to ContentDescription as
+            the RT-STRUCT writer adds it to ROIGenerationDescription.
 
     Returns:
         ``out_path``.
@@ -127,10 +130,10 @@ def write_seg(
     algorithm_version = fit_text("AlgorithmVersion", algorithm_version, copied=False, where=where)
     content_description = fit_text(
         "ContentDescription",
-        f"{algorithm_name} {algorithm_version}",
+        f"{algorithm_name} {algorithm_version}" + (f" model {model_id}" if model_id else ""),
         copied=False,
         where=where,
-        what="algorithm name and version",
+        what="algorithm name, version and model_id",
     )
     for segment in segments:
         what = f"segment {segment.label}"

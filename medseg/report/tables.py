@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from medseg.io.files import atomic_path
 from medseg.postprocess import VolumesReport
@@ -27,7 +28,11 @@ LESION_CSV_COLUMNS: tuple[str, ...] = (
 
 
 def write_volumes_json(
-    report: VolumesReport, path: Path, *, stage_seconds: Mapping[str, float] | None = None
+    report: VolumesReport,
+    path: Path,
+    *,
+    stage_seconds: Mapping[str, float] | None = None,
+    precision: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a report as ``volumes.json`` (:meth:`VolumesReport.to_json
     <medseg.postprocess.VolumesReport.to_json>`), atomically.
@@ -36,13 +41,19 @@ def write_volumes_json(
         report: from :func:`medseg.postprocess.volumes_report`.
         path: target file; its folder is created if missing.
         stage_seconds: the prediction's seconds per stage (:mod:`medseg.timing`), kept as
-            the document's last key ``stage_seconds``.
+            ``stage_seconds`` after the volumes.
+        precision: the network's precision, ``{"used": ..., "reason": ...}``
+            (:func:`medseg.precision.choose`), kept as the last key ``precision``.
 
     Returns:
         ``path``.
     """
     path = Path(path)
-    extra = None if stage_seconds is None else {"stage_seconds": dict(stage_seconds)}
+    extra: dict[str, Any] = {}
+    if stage_seconds is not None:
+        extra["stage_seconds"] = dict(stage_seconds)
+    if precision is not None:
+        extra["precision"] = dict(precision)
     text = report.to_json(extra)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -24,9 +24,10 @@ import torch
 from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 
 import medseg
+from medseg import precision as precisions
 from medseg.config import ExperimentConfig, ModelConfig, TrainConfig, capped_threads
 from medseg.errors import ConfigError, InputError
-from medseg.infer import predict
+from medseg.infer import predict, verify_precision
 from medseg.metrics import compute_metrics, dice_score
 from medseg.model import (
     LoadedModel,
@@ -34,6 +35,7 @@ from medseg.model import (
     load_checkpoint,
     load_training_state,
     save_checkpoint,
+    with_extra,
 )
 from medseg.training import distributed
 from medseg.training.patches import (
@@ -64,6 +66,8 @@ BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 #: Training curves (loss, learning rate, validation Dice per label) written into ``out_dir``.
 CURVES_FILE = "curves.png"
+#: The precision verification of ``best.pt`` (:mod:`medseg.precision`), also kept inside it.
+PRECISION_FILE = "precision_verification.json"
 #: Surface-Dice tolerance passed to ``compute_metrics`` at validation (only Dice and HD95 are
 #: used from its result, and neither depends on it).
 _SURFACE_TOLERANCE_MM = 1.0
@@ -421,6 +425,8 @@ def _run(
         best_epoch = final.epoch
         save_checkpoint(best_path, network, config, _extra(final.epoch, final.train_loss, None))
 
+    if main:
+        _verify_precision(config, best_path, val_cases, out_dir, tracker, final.epoch)
     run_id = model_uri = None
     if tracker is not None:
         tracker.log_artifact(plot_curves(history, out_dir / CURVES_FILE), "curves")
@@ -439,6 +445,54 @@ def _run(
         history=tuple(history),
         stopped_early=stopped_early,
     )
+
+
+def _verify_precision(
+    config: ExperimentConfig,
+    best_path: Path,
+    val_cases: Sequence[tuple[Volume, Volume]],
+    out_dir: Path,
+    tracker: RunTracker | None,
+    epoch: int,
+) -> None:
+    """Verify ``best.pt``'s faster precisions on the validation images
+    (:func:`medseg.infer.verify_precision`, on the training device) and keep the record in
+    it, so the MLflow model logged next holds it; also ``precision_verification.json`` and
+    ``precision_<p>_worst_dice`` / ``_worst_volume_change`` metrics in the run. Nothing is
+    verified (and inference stays float32) without validation cases or without a faster
+    precision native to this machine."""
+    device = config.train.device if config.infer.backend == "torch" else "cpu"
+    native = precisions.native_precisions(device, config.infer.backend)
+    if not native or not val_cases:
+        _log.info(
+            "precision: not verified (%s); infer.precision auto runs in float32",
+            "no validation cases"
+            if native
+            else f"no faster precision native to this {device} for {config.infer.backend}",
+        )
+        return
+    model = load_checkpoint(best_path, device=device)
+    verification = verify_precision(model, [image for image, _ in val_cases])
+    with_extra(best_path, best_path, {precisions.EXTRA_KEY: verification.to_json()})
+    record_file = out_dir / PRECISION_FILE
+    record_file.write_text(verification.to_json() + "\n", encoding="utf-8")
+    for r in verification.records:
+        _log.info(
+            "precision %s: worst Dice vs float32 %.4f, worst volume change %.2f %% over %d "
+            "validation cases: %s",
+            r.precision,
+            r.worst_dice,
+            100 * r.worst_volume_change,
+            r.cases,
+            "accepted" if r.accepted else "refused",
+        )
+    if tracker is not None:
+        tracker.log_artifact(record_file, "precision")
+        metrics = {}
+        for r in verification.records:
+            metrics[f"precision_{r.precision}_worst_dice"] = r.worst_dice
+            metrics[f"precision_{r.precision}_worst_volume_change"] = r.worst_volume_change
+        tracker.log_metrics(metrics, step=epoch)
 
 
 def lr_factor(train_cfg: TrainConfig, epoch_index: int, time_fraction: float = 0.0) -> float:

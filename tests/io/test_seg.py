@@ -170,7 +170,7 @@ _LO_66 = "is 66 characters, more than DICOM allows for LO (64)"
                      "SoftwareVersions is 70 characters, more than DICOM allows for LO (64)",
                      id="version"),
         pytest.param({"algorithm_name": "n" * 60},
-                     f"ContentDescription (algorithm name and version) {_LO_66}",
+                     f"ContentDescription (algorithm name, version and model_id) {_LO_66}",
                      f"ROIGenerationDescription (algorithm name, version and model_id) {_LO_66}",
                      id="name"),
     ],
