@@ -5,6 +5,7 @@ where this machine computes in it natively."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -146,6 +147,11 @@ def test_auto_uses_only_an_accepted_native_record_of_the_same_backend(
     assert precision.choose(_with_record(model, _record(False)))[0] == "float32"
     assert precision.choose(_with_record(model, _record(True, backend="openvino")))[0] == "float32"
     assert precision.choose(_with_record(model, _record(True, device="cuda")))[0] == "float32"
+    ensemble = dataclasses.replace(_with_record(model, _record(True)), folds=(tiny, tiny))
+    assert precision.choose(ensemble) == (
+        "float32",
+        "auto: an ensemble's folds are not verified together",
+    )
     configured = precision.with_precision(_with_record(model, _record(True)), "float32")
     assert precision.choose(configured) == ("float32", "configured")
 
