@@ -54,6 +54,8 @@ class CaseResult:
         labels: the predicted LABELS volume (on the input's grid).
         stage_seconds: wall-clock seconds per stage (:data:`medseg.timing.STAGES`), as
             ``volumes.json`` records them.
+        precision: the precision the network ran in and why (``{"used", "reason"}``, as
+            ``volumes.json`` records it; :func:`medseg.precision.choose`).
     """
 
     out_dir: Path
@@ -63,6 +65,7 @@ class CaseResult:
     volumes_ml: dict[str, float]
     labels: Volume
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    precision: dict[str, str] = field(default_factory=dict)
 
 
 def load_model(model: str | Path, *, tracking_uri: str | None = None) -> LoadedModel:
@@ -130,7 +133,8 @@ def predict_case(
     check_output(out_dir, inputs=(input_path, model.source_path), overwrite=overwrite)
     used, reason = precisions.choose(model)
     model = precisions.with_precision(model, used)
-    log.info("network precision %s (%s)", used, reason)
+    ran_in = {"used": used, "reason": reason}
+    log.debug("network precision %s (%s)", used, reason)
     times = StageTimes()
     with times.stage("load"):
         if input_path.is_dir():
@@ -208,7 +212,7 @@ def predict_case(
             report,
             tmp / "volumes.json",
             stage_seconds=stage_seconds,
-            precision={"used": used, "reason": reason},
+            precision=ran_in,
         )
     return CaseResult(
         out_dir=out_dir,
@@ -218,6 +222,7 @@ def predict_case(
         volumes_ml=report.volumes_ml,
         labels=labels,
         stage_seconds=stage_seconds,
+        precision=ran_in,
     )
 
 

@@ -565,7 +565,12 @@ def test_predict_case_finds_components_once_and_writes_what_the_parts_write(
     assert result.volumes_ml == report.volumes_ml
     assert {s.name for s in report.structures if s.voxel_count} == {"GTV", "Parotid L"}
     parts = tmp_path / "parts"
-    volumes = write_volumes_json(report, parts / "volumes.json", stage_seconds=result.stage_seconds)
+    volumes = write_volumes_json(
+        report,
+        parts / "volumes.json",
+        stage_seconds=result.stage_seconds,
+        precision=result.precision,
+    )
     assert (result.out_dir / "volumes.json").read_bytes() == volumes.read_bytes()
     lesions = write_lesions_csv(report, parts / "lesions.csv")
     assert (result.out_dir / "lesions.csv").read_bytes() == lesions.read_bytes()
@@ -576,6 +581,6 @@ def test_predict_case_finds_components_once_and_writes_what_the_parts_write(
         model.structures,
         parts / "report",
         rtstruct_path=result.rtstruct_path,
-        model_id="medseg test",
+        model_id=f"medseg test in {result.precision['used']}",
     )
     assert (result.out_dir / "report" / "report.html").read_text() == page.read_text()

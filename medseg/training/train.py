@@ -464,7 +464,7 @@ def _verify_precision(
     device = config.train.device if config.infer.backend == "torch" else "cpu"
     native = precisions.native_precisions(device, config.infer.backend)
     if not native or not val_cases:
-        _log.info(
+        _log.debug(
             "precision: not verified (%s); infer.precision auto runs in float32",
             "no validation cases"
             if native
