@@ -30,6 +30,15 @@ Defaults (the issue's reference run):
 
 ``--workdir`` keeps the trained model and the CT between runs.
 
+End to end (after the ratio lines): ``medseg predict`` as a user runs it (a fresh process: start-up,
+DICOM loading, inference, RT-STRUCT, SEG, QA page) on a real CT (``--end-to-end``, default
+``hn-ct/pt_1`` under ``$MEDSEG_TEST_DATA`` or ``../shared/data``), twice with the same weights:
+with the model's own inference settings and with the settings ``nnUNetv2_predict`` uses by
+default (step 0.5 of the window, Gaussian blending, mirroring along all three axes: 8
+forward passes per window), so the cost of that test-time augmentation is printed beside
+the plain run, with each run's per-stage seconds from its ``volumes.json`` and the Dice of
+its labels against the plain run's.
+
 Printed per variant: wall time of the call (the median of ``--repeats`` calls in one
 process); peak RSS while it ran (the peak mark is reset just before it,
 ``/proc/self/clear_refs``) and the memory the call added on top of what was resident before it
@@ -432,6 +441,11 @@ def main() -> None:
     parser.add_argument(
         "--no-gpu", action="store_true", help="skip the CUDA variants even where a GPU is present"
     )
+    parser.add_argument(
+        "--end-to-end",
+        help="DICOM folder for the end-to-end medseg predict runs (default: hn-ct/pt_1 of the "
+        "shared data; 'none' skips them)",
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--overlap", type=float, default=0.25, help=argparse.SUPPRESS)
     parser.add_argument("--blend", default="constant", help=argparse.SUPPRESS)
@@ -560,6 +574,82 @@ def main() -> None:
             f"speed ratio (overlap {overlap} {blend}, medseg {args.backends[0]} vs MONAI): "
             f"{speed:.2f}x faster, peak RSS {100 * memory:.0f}% of MONAI, memory added by "
             f"the call {100 * added:.0f}% of MONAI's, Dice {dice:.4f}"
+        )
+    _end_to_end(args, model, workdir)
+
+
+#: ``nnUNetv2_predict``'s defaults as medseg's inference settings: tile step 0.5, Gaussian
+#: blending, mirroring along every axis (nnU-Net's ``use_mirroring`` with all three axes).
+NNUNET_STYLE = {"overlap": 0.5, "blend": "gaussian", "flip_tta": (0, 1, 2)}
+
+
+def _end_to_end(args: argparse.Namespace, model, workdir: Path) -> None:  # type: ignore[no-untyped-def]
+    """``medseg predict`` in a fresh process on a real CT, with the model's inference settings
+    and with nnU-Net's (:data:`NNUNET_STYLE`); prints wall time, stage seconds, Dice."""
+    import os
+
+    from medseg.io import nifti
+    from medseg.model import save_checkpoint
+    from medseg.volume import VolumeKind
+
+    if args.end_to_end == "none":
+        return
+    if args.end_to_end is None:
+        data = os.environ.get("MEDSEG_TEST_DATA") or str(
+            Path(__file__).resolve().parents[2] / "shared" / "data"
+        )
+        args.end_to_end = str(Path(data) / "hn-ct" / "pt_1")
+    ct = Path(args.end_to_end)
+    if not ct.is_dir():
+        print(f"\nend to end not run: {ct} is not a DICOM folder (--end-to-end DIR)")
+        return
+    print(
+        f"\n== end to end: medseg predict on {ct} in a fresh process (start-up, DICOM, "
+        f"inference, RT-STRUCT, SEG, QA page), {args.threads} threads =="
+    )
+    settings = {
+        "model's settings": {},
+        "nnUNetv2_predict-style (step 0.5, gaussian, 8-way mirroring)": NNUNET_STYLE,
+    }
+    runs = {}
+    for name, changes in settings.items():
+        infer = model.config.infer.model_copy(update={**changes, "num_threads": args.threads})
+        if args.precision:
+            infer = infer.model_copy(update={"precision": args.precision})
+        config = model.config.model_copy(update={"infer": infer})
+        checkpoint = save_checkpoint(
+            workdir / f"end_to_end_{len(runs)}.pt", model.network, config, dict(model.extra)
+        )
+        out = workdir / f"end_to_end_{len(runs)}"
+        started = time.perf_counter()
+        command = [sys.executable, "-m", "medseg", "predict", "--model", str(checkpoint)]
+        done = subprocess.run(
+            [*command, str(ct), str(out), "--overwrite"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            print(f"{name}: FAILED\n{done.stderr[-2000:]}")
+            continue
+        volumes = json.loads((out / "volumes.json").read_text())
+        labels = np.asarray(nifti.load(out / "labels.nii.gz", VolumeKind.LABELS).array)
+        runs[name] = (seconds, volumes, labels)
+        stages = volumes["stage_seconds"]
+        plain = next(iter(runs.values()))
+        versus = (
+            "the plain run"
+            if len(runs) == 1
+            else f"{seconds / plain[0]:.2f}x the plain run; Dice vs the plain run "
+            f"{_dice(labels, plain[2]):.4f}"
+        )
+        print(
+            f"{name:62s} {seconds:6.1f} s wall, {versus}; network in "
+            f"{volumes['precision']['used']}\n{'':62s} "
+            + ", ".join(f"{stage} {value:.2f}" for stage, value in stages.items())
+            + f" s (stages {sum(stages.values()):.1f} s; start-up and the rest "
+            f"{seconds - sum(stages.values()):.1f} s)"
         )
 
 

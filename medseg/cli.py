@@ -426,12 +426,19 @@ def verify_precision(
     for r in verification.records:
         verdict = "accepted" if r.accepted else "refused"
         typer.echo(
-            f"{r.precision} ({r.backend}, {r.device}): {r.cases} cases, worst Dice vs float32 "
+            f"{r.precision} ({r.backend}, {r.device}): {r.cases} case"
+            f"{'' if r.cases == 1 else 's'}, worst Dice vs float32 "
             f"{r.worst_dice:.4f}, worst volume change {100 * r.worst_volume_change:.2f} %: "
             f"{verdict} (needs Dice >= {precisions.MIN_DICE}, change <= "
             f"{100 * precisions.MAX_VOLUME_CHANGE:.1f} %)"
         )
-    typer.echo(f"infer.precision auto runs this model in {chosen} ({reason})")
+    if reason == "configured":
+        typer.echo(
+            f"the model's config sets infer.precision {chosen}: it runs in {chosen}; with "
+            "infer.precision auto it would use the record"
+        )
+    else:
+        typer.echo(f"infer.precision auto runs this model in {chosen} ({reason})")
     typer.echo(f"verified checkpoint: {path}")
 
 

@@ -456,22 +456,30 @@ def test_openvino_static_batch_pads_a_partial_batch_and_returns_only_its_windows
 
 
 @pytest.mark.slow
-def test_speed_benchmark_runs_and_compares_the_same_windows() -> None:
+def test_speed_benchmark_runs_and_compares_the_same_windows(tmp_path: Path) -> None:
     """benchmarks/infer_speed.py as the README runs it, on a grid small enough for CI: a random
     UNet over the whole image (no body crop), so MONAI and medseg run the same windows and
-    must agree; the ratio lines are printed for both blendings."""
+    must agree; the ratio lines are printed for both blendings; the end-to-end medseg predict
+    runs (model settings, nnU-Net's) on a small DICOM phantom print their times and stages."""
     import re
     import subprocess
     import sys
 
+    from medseg.synthetic import phantom
     from tests.conftest import REPO_ROOT
 
     require_module("openvino")
+    case = phantom.write_case(
+        phantom.make_case(seed=3, shape=(20, 64, 64), n_tumours=1),
+        tmp_path / "case",
+        patient_id="E2E-BENCH",
+    )
     run = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "infer_speed.py"), "--random-unet",
          "--slices", "4", "--model-spacing", "5", "5", "5", "--no-body-crop", "--repeats", "1",
-         "--backends", "openvino"],
-        capture_output=True, text=True, timeout=300, check=False, cwd=REPO_ROOT,
+         "--backends", "openvino", "--end-to-end", str(case.ct_dir),
+         "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=400, check=False, cwd=REPO_ROOT,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     ratios = re.findall(
@@ -491,6 +499,21 @@ def test_speed_benchmark_runs_and_compares_the_same_windows() -> None:
         re.MULTILINE,
     )
     assert len(windows) == 2 and all(ours == theirs != "0" for ours, theirs in windows), run.stdout
+    end_to_end = re.findall(
+        r"^(model's settings|nnUNetv2_predict-style \(step 0.5, gaussian, 8-way mirroring\)) +"
+        r"([\d.]+) s wall, (.*); network in float32\n +load [\d.]+, .*report [\d.]+ s "
+        r"\(stages ([\d.]+) s;",
+        run.stdout,
+        re.MULTILINE,
+    )
+    assert [name for name, *_ in end_to_end] == [
+        "model's settings",
+        "nnUNetv2_predict-style (step 0.5, gaussian, 8-way mirroring)",
+    ], run.stdout
+    assert end_to_end[0][2] == "the plain run"
+    assert re.fullmatch(r"[\d.]+x the plain run; Dice vs the plain run [\d.]+", end_to_end[1][2])
+    for _, wall, _, stages in end_to_end:
+        assert 0 < float(stages) < float(wall)
     if not torch.cuda.is_available():
         assert "GPU variants not run: no CUDA device" in run.stdout
     else:
