@@ -2,6 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/plan_vs_hand.py [--data ROOT] [--work DIR]
        [--budget-min M] [--threads N] [--datasets hn,lung] [--experiments hand,plan]
+       [--min-steps N]
 
 For each dataset, in one process run, two experiments train under the same budget
 (``train.time_limit_min``, default 30 minutes each) on this machine's CPU:
@@ -108,13 +109,20 @@ def _train(config: ExperimentConfig, cases: Sequence[tuple[str, Volume, Volume]]
     return load_checkpoint(result.checkpoint_path)
 
 
-def _plan(datalist: Path, out: Path, budget_min: float, threads: int) -> ExperimentConfig:
+def _plan(
+    datalist: Path, out: Path, budget_min: float, threads: int, min_steps: int | None
+) -> ExperimentConfig:
     from medseg.config import load_config
     from medseg.planning.command import plan_experiment
 
     started = time.perf_counter()
     result = plan_experiment(
-        datalist, out / "plan.yaml", device="cpu", time_budget_min=budget_min, num_threads=threads
+        datalist,
+        out / "plan.yaml",
+        device="cpu",
+        time_budget_min=budget_min,
+        num_threads=threads,
+        min_steps=min_steps,
     )
     c = result.planned.config
     print(
@@ -175,7 +183,9 @@ def _hn(
         config = (
             _hand_config(labels, datalist, args.budget_min, args.threads)
             if kind == "hand"
-            else _plan(datalist, args.work / "hn" / "plan", args.budget_min, args.threads)
+            else _plan(
+                datalist, args.work / "hn" / "plan", args.budget_min, args.threads, args.min_steps
+            )
         )
         model = _train(config, cases, args.work / "hn" / kind)
         for scan in val_scans:
@@ -236,6 +246,7 @@ def _lung(
                     args.work / "lung" / f"fold{held}" / "plan",
                     args.budget_min,
                     args.threads,
+                    args.min_steps,
                 )
             )
             model = _train(config, train_cases, args.work / "lung" / f"fold{held}" / kind)
@@ -293,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-min", type=float, default=30.0, help="training minutes each")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--datasets", default="hn,lung")
+    parser.add_argument(
+        "--min-steps",
+        type=int,
+        default=None,
+        help="fewest steps the plan's budget must afford (default medseg's MIN_STEPS)",
+    )
     parser.add_argument(
         "--experiments",
         default="hand,plan",

@@ -317,6 +317,7 @@ def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:
     time-paced cosine schedule, foreground-heavy patches and no augmentation, and says why; a
     GPU plan, or a CPU budget long enough for nnU-Net's schedule, keeps nnU-Net's recipe."""
     from medseg.planning.experiment import (
+        BUDGET_FILL_FACTOR,
         SHORT_SCHEDULE,
         SHORT_SCHEDULE_STEPS,
         experiment_from_plan,
@@ -335,6 +336,9 @@ def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:
 
     short = planned("cpu", 30, 30.0)
     train = short.config.train
+    # the time limit ends a short schedule, not the epochs the step timing predicted
+    assert train.epochs == 30 * BUDGET_FILL_FACTOR and train.val_every == 3
+    assert "the time limit ends training" in short.reasons["train.epochs"]
     assert (train.optimizer, train.learning_rate, train.lr_schedule) == ("adamw", 3e-3, "cosine")
     assert train.lr_schedule_by == "time" and train.time_limit_min == 30.0
     assert train.foreground_fraction == 0.9 and train.augment_flip_axes == ()
@@ -349,6 +353,7 @@ def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:
         train = long.config.train
         assert (train.optimizer, train.learning_rate, train.lr_schedule) == ("sgd", 1e-2, "poly")
         assert train.lr_schedule_by == "epochs" and train.augment_flip_axes == (0, 1, 2)
+        assert train.epochs in (SHORT_SCHEDULE_STEPS // 50, 1000)  # as planned
         assert "nnU-Net" in long.reasons["train.optimizer"]
 
 

@@ -40,10 +40,13 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 #: Fewest optimiser steps a CPU plan must afford within its budget. nnU-Net's schedule is
-#: 250,000 steps; medseg's 21-organ H&N benchmark (benchmarks/train_hn_oar.py) trained 2,400
-#: steps of batch 2 in its 30 minutes, and a plan that affords far fewer spends the budget on a
-#: network too large to learn in it. Not yet tuned by benchmarks/plan_vs_hand.py.
-MIN_STEPS = 1500
+#: 250,000 steps; in a CPU budget steps beat width. On the 21-organ H&N phantoms
+#: (benchmarks/plan_vs_hand.py, 30 minutes on 2 cores) the search chose, at 1,500, features
+#: 16-256 at 0.65-0.76 s per step (mean Dice 0.08, 3 of 21 organs learned); at 4,000,
+#: features 8-64 with patch 32 x 64 x 56 (3,706 steps trained, mean Dice 0.253); at 8,000,
+#: features 8-64 with patch 24 x 48 x 48 at the same 3.8 x 1.9 x 1.9 mm (7,671 steps, 0.270,
+#: both lungs at 0.93 instead of 0.46/0.71).
+MIN_STEPS = 8000
 #: Share of the budget left for validation, checkpoints and loading.
 OVERHEAD_FRACTION = 0.15
 #: Iterations per epoch of a CPU plan (nnU-Net: 250); smaller, so that a short budget still

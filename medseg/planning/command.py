@@ -56,6 +56,7 @@ def plan_experiment(
     fold_count: int = 5,
     num_threads: int | None = None,
     overwrite: bool = False,
+    min_steps: int | None = None,
 ) -> PlanResult:
     """Plan the experiment for ``data`` and write it to ``out`` (plus ``fingerprint.json``).
 
@@ -71,6 +72,8 @@ def plan_experiment(
         fold_count: cross-validation folds (``data.num_folds``).
         num_threads: torch threads of the planned training (default: all this process may use).
         overwrite: replace an existing plan that ``medseg plan`` wrote.
+        min_steps: with cpu: fewest optimiser steps the budget must afford (default
+            :data:`medseg.planning.budget.MIN_STEPS`; ``benchmarks/plan_vs_hand.py`` tunes it).
 
     Raises:
         ConfigError, InputError: on a dataset medseg cannot read, named by file.
@@ -104,13 +107,14 @@ def plan_experiment(
         plan = plan_3d_fullres(fingerprint, gpu_memory_gb=gpu_memory_gb)
         header_device = f"cuda, {gpu_memory_gb:g} GB GPU memory target (nnU-Net 3d_fullres)"
     else:
-        from medseg.planning.budget import CPU_MAX_COARSENING, fit_cpu_budget
+        from medseg.planning.budget import CPU_MAX_COARSENING, MIN_STEPS, fit_cpu_budget
 
         choice = fit_cpu_budget(
             fingerprint,
             time_budget_min=time_budget_min,
             num_threads=threads,
             gpu_memory_gb=gpu_memory_gb,
+            min_steps=MIN_STEPS if min_steps is None else min_steps,
         )
         plan = choice.plan
         if choice.configuration == "3d_lowres":
