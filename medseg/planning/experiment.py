@@ -40,15 +40,15 @@ NNUNET_EPOCHS = 1000
 #: 2,400 steps (benchmarks/train_hn_oar.py). Augmentation regularises a long schedule; in a
 #: few thousand steps the network has not yet fitted the unaugmented data.
 SHORT_SCHEDULE_STEPS = 20_000
-#: The short-schedule training recipe of a CPU plan (see :data:`SHORT_SCHEDULE_STEPS`); the
-#: schedule is paced by the time budget (``lr_schedule_by: time``), so it reaches its low
-#: learning rates however fast the steps turn out to be.
 #: A time-paced short schedule plans this many times the epochs the step timing predicts, so
 #: that the time limit, not the epoch count, ends training: the planner times the network's
 #: step on random patches, and on the 21-organ H&N phantoms training then ran 1,750 planned
 #: steps in 61 % of its 30 minutes (the real steps were faster than the probe's). The cosine
 #: follows the clock (``lr_schedule_by: time``), so it still ends at its low rates.
 BUDGET_FILL_FACTOR = 3
+#: The short-schedule training recipe of a CPU plan (see :data:`SHORT_SCHEDULE_STEPS`); the
+#: schedule is paced by the time budget (``lr_schedule_by: time``), so it reaches its low
+#: learning rates however fast the steps turn out to be.
 SHORT_SCHEDULE: Mapping[str, Any] = {
     "optimizer": "adamw",
     "learning_rate": 3e-3,
@@ -231,14 +231,13 @@ def experiment_from_plan(
     planned_steps = int(epochs) * int(iterations_per_epoch)
     short = device == "cpu" and planned_steps < SHORT_SCHEDULE_STEPS and time_limit_min is not None
     reasons["train.epochs"] = f"nnU-Net trains {NNUNET_EPOCHS} epochs"
-    own: set[str] = set()  # reasons written here from the CPU budget's (extra_reasons)
+    extra = dict(extra_reasons or {})
     if short:
-        own.add("train.epochs")
         train.update(SHORT_SCHEDULE)
         train["epochs"] = int(epochs) * BUDGET_FILL_FACTOR
-        predicted = (extra_reasons or {}).get("train.epochs", f"{epochs} epochs predicted")
+        predicted = extra.pop("train.epochs", f"{epochs} epochs")
         reasons["train.epochs"] = (
-            f"at most {BUDGET_FILL_FACTOR}x the {epochs} predicted ({predicted}): the time limit "
+            f"at most {BUDGET_FILL_FACTOR}x the epochs predicted ({predicted}): the time limit "
             "ends training, whatever the real step time"
         )
     if time_limit_min is not None:
@@ -318,7 +317,7 @@ def experiment_from_plan(
     }
     if plan_section is not None:
         document["plan"] = dict(plan_section)
-    reasons.update({k: v for k, v in (extra_reasons or {}).items() if k not in own})
+    reasons.update(extra)
     text = yaml.safe_dump(document, sort_keys=False)
     config = parse_config(text, source="<planned experiment>")
     return PlannedExperiment(config=config, reasons=reasons, header=header)
