@@ -26,7 +26,10 @@ Defaults (the issue's reference run):
   torch backend on the GPU in float32, float16 and bfloat16 autocast) with their peak GPU
   memory (``torch.cuda.max_memory_allocated``) and a "GPU speed ratio" line each.
 * medseg runs with its own ``sw_batch_size`` default (``--medseg-sw-batch``), MONAI with 4;
-  ``--precision`` sets medseg's ``infer.precision``.
+  medseg runs each backend in float32 and, where this CPU computes bfloat16 natively, in
+  ``infer.precision: auto`` (the default model is verified for every benchmarked backend
+  first, once, as ``medseg verify-precision --backend`` does), with the Dice of auto's labels
+  against the same backend's float32; ``--precision`` runs only that precision.
 
 ``--workdir`` keeps the trained model and the CT between runs.
 
@@ -52,6 +55,7 @@ call could be if it spent nothing outside the network: the ceiling its per-windo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -114,7 +118,6 @@ def _prepare_defaults(args: argparse.Namespace, workdir: Path) -> None:
         checkpoint = workdir / "training" / "best.pt"
         if not checkpoint.exists():
             from medseg.config import load_config
-            from medseg.synthetic import phantom
             from medseg.training.train import train
 
             print(
@@ -131,22 +134,58 @@ def _prepare_defaults(args: argparse.Namespace, workdir: Path) -> None:
                     ),
                 }
             )
-            # phantoms with the benchmark CT's field of view (500 mm) at the model spacing, so
-            # the CT is in the training distribution (the anatomy scales with the field)
-            cases = [
-                phantom.make_case(
-                    seed,
-                    shape=(48, 333, 333),
-                    spacing_mm=(2.5, 1.5, 1.5),
-                    origin_mm=(-249.75, -249.75, -60.0),
-                    n_tumours=3,
-                    radius_range_mm=(8.0, 25.0),
-                )
-                for seed in range(8)
-            ]
-            pairs = [(c.image, c.labels) for c in cases]
+            pairs = [(c.image, c.labels) for c in map(_training_phantom, range(8))]
             train(config, pairs[:7], pairs[7:], checkpoint.parent, None)
-        args.checkpoint = str(checkpoint)
+        args.checkpoint = str(_verified(args, checkpoint))
+
+
+def _training_phantom(seed: int):  # type: ignore[no-untyped-def]
+    """One case of the default model's data: the benchmark CT's field of view (500 mm) at the
+    model spacing, so the CT is in the training distribution (the anatomy scales with the
+    field). Seeds 0-6 train, seed 7 validates."""
+    from medseg.synthetic import phantom
+
+    return phantom.make_case(
+        seed,
+        shape=(48, 333, 333),
+        spacing_mm=(2.5, 1.5, 1.5),
+        origin_mm=(-249.75, -249.75, -60.0),
+        n_tumours=3,
+        radius_range_mm=(8.0, 25.0),
+    )
+
+
+def _verified(args: argparse.Namespace, checkpoint: Path) -> Path:
+    """The default model verified (once, untimed) for every benchmarked backend with a
+    faster precision native to this CPU, as ``medseg verify-precision --backend B`` does, on
+    its validation phantom; training verified only its own backend. Returns the checkpoint
+    to benchmark (``checkpoint`` itself where nothing needs verifying)."""
+    import torch
+
+    from medseg.infer import verify_precision
+    from medseg.model import load_checkpoint, with_extra
+    from medseg.precision import EXTRA_KEY, native_precisions, read_verification
+
+    model = load_checkpoint(checkpoint)
+    older = read_verification(model)
+    missing = [
+        backend
+        for backend in args.backends
+        if any(
+            older is None or older.record(p, backend, "cpu") is None
+            for p in native_precisions("cpu", backend)
+        )
+    ]
+    if not missing:
+        return checkpoint
+    verified = checkpoint.with_name(f"verified_{'_'.join(sorted(missing))}.pt")
+    if not verified.exists():
+        print(f"verifying {', '.join(missing)} precisions on the validation phantom (once) ...")
+        torch.set_num_threads(args.threads)
+        image = _training_phantom(7).image
+        verification = verify_precision(model, [image], backends=missing).merged(older)
+        with_extra(checkpoint, verified, {EXTRA_KEY: verification.to_json()})
+    return verified
 
 
 def _load(args: argparse.Namespace):
@@ -174,11 +213,8 @@ def _load(args: argparse.Namespace):
         note = "weights: RANDOM but fixed (seed 0), UNet channels 16-256, 2 classes"
     if args.model_spacing:
         pre = model.config.preprocess.model_copy(update={"spacing_mm": tuple(args.model_spacing)})
-        model = LoadedModel(
-            model.network,
-            model.config.model_copy(update={"preprocess": pre}),
-            model.label_names,
-            model.medseg_version,
+        model = dataclasses.replace(
+            model, config=model.config.model_copy(update={"preprocess": pre})
         )
     if args.ct:
         image = data.load_image(Path(args.ct))
@@ -194,7 +230,6 @@ def _run_variant(args: argparse.Namespace) -> None:
 
     from medseg import preprocess
     from medseg.infer import predict
-    from medseg.model import LoadedModel
 
     torch.set_num_threads(args.threads)
     model, image, _ = _load(args)
@@ -241,34 +276,32 @@ def _run_variant(args: argparse.Namespace) -> None:
                 logits[0].numpy().astype(np.float16), image.geometry, original.geometry
             )
     else:
-        precision = args.variant.removeprefix("cuda-") if cuda else args.precision
+        backend, _, precision = args.variant.partition(":")
+        if cuda:
+            backend, precision = "torch", args.variant.removeprefix("cuda-")
         infer = model.config.infer.model_copy(
             update={
                 "roi_size": BASELINE_SETTINGS["roi_size"],
                 "overlap": overlap,
                 "blend": blend,
                 "sw_batch_size": args.medseg_sw_batch,
-                "backend": "torch" if cuda else args.variant,
+                "backend": backend,
                 "num_threads": args.threads,
                 **({"precision": precision} if precision else {}),
                 **({"body_threshold_hu": None} if args.no_body_crop else {}),
             }
         )
-        model = LoadedModel(
-            model.network,
-            model.config.model_copy(update={"infer": infer}),
-            model.label_names,
-            model.medseg_version,
-        )
+        # dataclasses.replace keeps the checkpoint's extra (its precision verification)
+        model = dataclasses.replace(model, config=model.config.model_copy(update={"infer": infer}))
         from medseg.precision import choose
 
         used = choose(model)[0]  # what predict() runs in (infer.precision auto resolved)
-        if not cuda and args.variant != "torch":  # export and session once per model, untimed
+        if not cuda and backend != "torch":  # export and session once per model, untimed
             from medseg.runtime import onnx_predictor
 
             onnx_predictor(
                 model.network,
-                args.variant,
+                backend,
                 infer.roi_size,
                 precision=used,
                 num_threads=args.threads,
@@ -436,7 +469,8 @@ def main() -> None:
         "--precision",
         choices=["auto", "float32", "bfloat16"],
         default=None,
-        help="medseg's infer.precision (default: the model config's)",
+        help="medseg's infer.precision (default: float32, and auto where this CPU has a "
+        "native faster precision)",
     )
     parser.add_argument(
         "--no-gpu", action="store_true", help="skip the CUDA variants even where a GPU is present"
@@ -480,15 +514,19 @@ def main() -> None:
     gpu = list(GPU_VARIANTS) if torch.cuda.is_available() and not args.no_gpu else []
     if not gpu:
         print("GPU variants not run: " + ("--no-gpu" if args.no_gpu else "no CUDA device"))
+    medseg_variants = _medseg_variants(args)
+    # the ratio lines compare MONAI with the first backend in its fastest asked precision
+    lead = [v for v in medseg_variants if v.startswith(args.backends[0] + ":")][-1]
+    lead_name = lead.replace(":", " ")
     ratios = []
     with tempfile.TemporaryDirectory() as folder:
         for overlap, blend in ((0.25, "constant"), (0.5, "gaussian")):
             print(
                 f"\n== roi 96^3, overlap {overlap}, {blend}; sw_batch MONAI 4, medseg "
-                f"{args.medseg_sw_batch}; medseg precision {args.precision or 'as configured'} =="
+                f"{args.medseg_sw_batch}; medseg precision {args.precision or 'float32 and auto'} =="
             )
             results = {}
-            for variant in ["monai", *args.backends, *gpu]:
+            for variant in ["monai", *medseg_variants, *gpu]:
                 out = Path(folder) / f"{variant}.npy"
                 command = [
                     sys.executable,
@@ -510,15 +548,20 @@ def main() -> None:
                 results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
                 labels = np.load(out)
                 reference = np.load(Path(folder) / "monai.npy")
-                results[variant]["dice"] = _dice(labels, reference)
+                r = results[variant]
+                r["dice"] = _dice(labels, reference)
                 truth_note = "" if truth is None else f"  Dice vs truth {_dice(labels, truth):.4f}"
+                backend, _, asked = variant.partition(":")
+                own_float32 = Path(folder) / f"{backend}:float32.npy"
+                if r["precision"] != "float32" and own_float32.exists():
+                    r["dice_float32"] = _dice(labels, np.load(own_float32))
+                    truth_note += f"  Dice vs medseg float32 {r['dice_float32']:.4f}"
                 name = {
                     "monai": "MONAI sliding_window_inference",
                     "monai-cuda": "MONAI sliding_window_inference on CUDA",
-                }.get(variant, f"medseg.infer.predict backend={variant}")
+                }.get(variant, f"medseg.infer.predict backend={backend}")
                 if variant not in ("monai", "monai-cuda"):
-                    name += f" {results[variant]['precision']}"
-                r = results[variant]
+                    name += f" {r['precision']}" + (" (auto)" if asked == "auto" else "")
                 gpu_note = (
                     ""
                     if r.get("gpu_peak_mb") is None
@@ -536,8 +579,8 @@ def main() -> None:
                         f"{1000 * r['network_seconds'] / r['windows']:.0f} ms per window; "
                         f"the rest of the call {r['seconds'] - r['network_seconds']:.1f} s"
                     )
-            if "monai" in results and args.backends[0] in results:
-                base, best = results["monai"], results[args.backends[0]]
+            if "monai" in results and lead in results:
+                base, best = results["monai"], results[lead]
                 ratios.append(
                     (
                         overlap,
@@ -546,12 +589,14 @@ def main() -> None:
                         best["peak_rss_mb"] / base["peak_rss_mb"],
                         best["added_mb"] / base["added_mb"],
                         best["dice"],
+                        best.get("dice_float32"),
+                        best["precision"],
                     )
                 )
                 if base["windows"] and best["windows"]:
                     # what the ratio could be if medseg spent nothing outside the network
                     print(
-                        f"network alone: medseg {args.backends[0]} runs {best['windows']} of "
+                        f"network alone: medseg {lead_name} runs {best['windows']} of "
                         f"MONAI's {base['windows']} windows at "
                         f"{_per_window(base) / _per_window(best):.2f}x "
                         f"MONAI's speed per window; with no other work the call would be "
@@ -569,13 +614,30 @@ def main() -> None:
                             f"{results['monai-cuda']['gpu_peak_mb']:.0f} MB, "
                             f"Dice vs MONAI (CPU) {r['dice']:.4f}"
                         )
-    for overlap, blend, speed, memory, added, dice in ratios:
+    for overlap, blend, speed, memory, added, dice, dice_float32, used in ratios:
+        versus_float32 = "" if dice_float32 is None else f", Dice vs float32 {dice_float32:.4f}"
         print(
-            f"speed ratio (overlap {overlap} {blend}, medseg {args.backends[0]} vs MONAI): "
+            f"speed ratio (overlap {overlap} {blend}, medseg {lead_name} in {used} vs MONAI): "
             f"{speed:.2f}x faster, peak RSS {100 * memory:.0f}% of MONAI, memory added by "
-            f"the call {100 * added:.0f}% of MONAI's, Dice {dice:.4f}"
+            f"the call {100 * added:.0f}% of MONAI's, Dice vs MONAI {dice:.4f}{versus_float32}"
         )
     _end_to_end(args, model, workdir)
+
+
+def _medseg_variants(args: argparse.Namespace) -> list[str]:
+    """medseg's CPU variants as ``backend:precision``: with ``--precision`` that precision on
+    every backend; by default float32 and, where this CPU computes a faster precision
+    natively for the backend, ``auto`` (what the verified model runs in) after it."""
+    from medseg.precision import native_precisions
+
+    if args.precision:
+        return [f"{backend}:{args.precision}" for backend in args.backends]
+    variants = []
+    for backend in args.backends:
+        variants.append(f"{backend}:float32")
+        if native_precisions("cpu", backend):
+            variants.append(f"{backend}:auto")
+    return variants
 
 
 #: ``nnUNetv2_predict``'s defaults as medseg's inference settings: tile step 0.5, Gaussian

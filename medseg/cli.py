@@ -406,6 +406,13 @@ def verify_precision(
             "machine computes natively."
         ),
     ] = None,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="infer.backend to verify (torch, openvino, onnxruntime; repeatable); default "
+            "the model's own. Records of other backends in the checkpoint are kept."
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing --out if it is a medseg checkpoint.")
     ] = False,
@@ -418,7 +425,12 @@ def verify_precision(
 
     with _reported():
         verification, path = verify_model_precision(
-            model, out, cases=cases, precisions=precision or None, overwrite=overwrite
+            model,
+            out,
+            cases=cases,
+            precisions=precision or None,
+            backends=backend or None,
+            overwrite=overwrite,
         )
         chosen, reason = precisions.choose(load_checkpoint(path))
     native = ", ".join(verification.native) or "none"

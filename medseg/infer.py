@@ -31,6 +31,7 @@ Probabilities are available on request from :func:`predict_probabilities`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import time
@@ -146,44 +147,78 @@ def verify_precision(
     model: LoadedModel,
     images: Iterable[Volume],
     precisions: Sequence[str] | None = None,
+    backends: Sequence[str] | None = None,
 ) -> precision.Verification:
     """Segment ``images`` in float32 and in each faster precision, and record how the labels
     of each compare with float32's (:mod:`medseg.precision`).
 
     Args:
-        model: as for :func:`predict`; its backend, device and other settings are kept.
+        model: as for :func:`predict`; its device and other settings are kept.
         images: the verification cases (validation scans), in HU; read one at a time.
         precisions: what to compare; default the faster precisions this machine computes
-            natively for the model's backend (:func:`medseg.precision.native_precisions`,
+            natively for each backend (:func:`medseg.precision.native_precisions`,
             possibly none). A precision given here that the machine only emulates is
             measured too (slowly); ``auto`` still uses only native ones.
+        backends: the ``infer.backend`` values to verify (each against its own float32
+            labels, as each computes its own float32); default the model's own.
 
     Returns:
         The verification, to keep in the checkpoint (:func:`medseg.model.with_extra`).
 
     Raises:
         InputError: as :func:`predict`, for a bad image.
-        ConfigError: if a precision cannot run on the model's device (float16 on a CPU).
+        ConfigError: if a precision cannot run on the model's device (float16 on a CPU), or
+            a backend is unknown or not installed.
     """
-    backend, device = model.config.infer.backend, precision.model_device(model)
-    native = precision.native_precisions(device, backend)
-    wanted = tuple(native if precisions is None else precisions)
-    unknown = [p for p in wanted if p not in ("bfloat16", "float16")]
+    device = precision.model_device(model)
+    chosen = tuple(backends or (model.config.infer.backend,))
+    for backend in chosen:
+        if backend not in ("torch", "onnxruntime", "openvino"):
+            raise ConfigError(
+                f"cannot verify backend {backend!r}: expected torch, onnxruntime or openvino"
+            )
+    if device == "cuda" and any(b != "torch" for b in chosen):
+        raise ConfigError("on CUDA only the torch backend runs; verify backend torch")
+    native = precision.native_precisions(device, model.config.infer.backend)
+    wanted = {
+        b: tuple(precision.native_precisions(device, b) if precisions is None else precisions)
+        for b in chosen
+    }
+    unknown = [p for ps in wanted.values() for p in ps if p not in ("bfloat16", "float16")]
     if unknown:
         raise ConfigError(f"cannot verify precision {unknown[0]!r}: expected bfloat16 or float16")
-    if not wanted:  # nothing faster to verify: no case is read
+    if not any(wanted.values()):  # nothing faster to verify: no case is read
         return precision.Verification(records=(), cases=0, native=native)
-    per_case: dict[str, list[dict[str, tuple[float, float]]]] = {p: [] for p in wanted}
+    per_case: dict[tuple[str, str], list[dict[str, tuple[float, float]]]] = {
+        (b, p): [] for b, ps in wanted.items() for p in ps
+    }
     cases = 0
-    reference_model = precision.with_precision(model, precision.REFERENCE)
     for image in images:
         cases += 1
-        reference = np.asarray(predict(reference_model, image).array)
-        for name in wanted:
-            other = np.asarray(predict(precision.with_precision(model, name), image).array)
-            per_case[name].append(precision.compare_labels(reference, other, model.label_names))
-    records = tuple(precision.summarise(name, backend, device, per_case[name]) for name in wanted)
+        for backend, names in wanted.items():
+            if not names:
+                continue
+            on = _with_backend(model, backend)
+            reference = precision.with_precision(on, precision.REFERENCE)
+            labels = np.asarray(predict(reference, image).array)
+            for name in names:
+                other = np.asarray(predict(precision.with_precision(on, name), image).array)
+                per_case[backend, name].append(
+                    precision.compare_labels(labels, other, model.label_names)
+                )
+    records = tuple(
+        precision.summarise(name, backend, device, compared)
+        for (backend, name), compared in per_case.items()
+    )
     return precision.Verification(records=records, cases=cases, native=native)
+
+
+def _with_backend(model: LoadedModel, backend: str) -> LoadedModel:
+    """``model`` with ``infer.backend`` set to ``backend`` (weights shared)."""
+    if backend == model.config.infer.backend:
+        return model
+    infer = model.config.infer.model_copy(update={"backend": backend})
+    return dataclasses.replace(model, config=model.config.model_copy(update={"infer": infer}))
 
 
 def window_starts(size: int, roi: int, overlap: float) -> list[int]:

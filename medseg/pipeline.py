@@ -286,6 +286,7 @@ def verify_model_precision(
     *,
     cases: Path | None = None,
     precisions: Sequence[str] | None = None,
+    backends: Sequence[str] | None = None,
     overwrite: bool = False,
     tracking_uri: str | None = None,
 ) -> tuple[Verification, Path]:
@@ -298,11 +299,14 @@ def verify_model_precision(
         cases: folder of verification cases (:func:`verification_cases`); default the
             validation images of the model's ``data.datalist``.
         precisions: as :func:`medseg.infer.verify_precision` (default: the native ones).
+        backends: as :func:`medseg.infer.verify_precision` (default: the model's
+            ``infer.backend``). Records the checkpoint already holds for other backends,
+            devices or precisions are kept.
         overwrite: replace an existing ``out`` if it is a medseg checkpoint.
         tracking_uri: as :func:`load_model`.
 
     Returns:
-        The verification and ``out``.
+        The verification written (old records kept included) and ``out``.
 
     Raises:
         ModelError: for an ensemble or a file that is not a checkpoint.
@@ -313,7 +317,7 @@ def verify_model_precision(
     from medseg.errors import InputError, ModelError
     from medseg.infer import verify_precision
     from medseg.model import load_checkpoint, with_extra
-    from medseg.precision import EXTRA_KEY
+    from medseg.precision import EXTRA_KEY, read_verification
 
     source = tracking.resolve_model(str(model), tracking_uri=tracking_uri)
     if not source.is_file():
@@ -338,7 +342,8 @@ def verify_model_precision(
         images = (case.image for case in datalist.validation)
     else:
         raise InputError(f"{source}: its config names no validation cases; give --cases")
-    verification = verify_precision(loaded, images, precisions)
+    older = read_verification(loaded)
+    verification = verify_precision(loaded, images, precisions, backends).merged(older)
     with_extra(source, out, {EXTRA_KEY: verification.to_json()})
     return verification, out
 

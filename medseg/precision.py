@@ -173,6 +173,17 @@ class Verification:
             native=tuple(str(p) for p in data.get("native", ())),
         )
 
+    def merged(self, older: Verification | None) -> Verification:
+        """This verification with the records of ``older`` it does not replace: a record
+        is replaced only by one of the same precision, backend and device, so verifying a
+        second backend keeps the first one's records."""
+        if older is None:
+            return self
+        kept = tuple(
+            r for r in older.records if self.record(r.precision, r.backend, r.device) is None
+        )
+        return dataclasses.replace(self, records=kept + self.records)
+
     def record(self, precision: str, backend: str, device: str) -> PrecisionRecord | None:
         """The record of ``precision`` made on ``backend`` and ``device``, if any."""
         for r in self.records:

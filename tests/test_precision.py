@@ -108,6 +108,21 @@ def test_a_verification_reads_back_from_its_json() -> None:
         precision.Verification.from_json('{"records": []}')
 
 
+def test_merged_keeps_the_older_records_of_other_backends_and_devices() -> None:
+    older = precision.Verification.from_json(_record(False, backend="torch"))
+    cuda = precision.Verification.from_json(_record(True, device="cuda")).records
+    older = dataclasses.replace(older, records=older.records + cuda)
+    newer = precision.Verification.from_json(_record(True, backend="openvino"))
+    merged = newer.merged(older)
+    keys = [(r.backend, r.device, r.accepted) for r in merged.records]
+    assert keys == [("torch", "cpu", False), ("torch", "cuda", True), ("openvino", "cpu", True)]
+    again = precision.Verification.from_json(_record(True, backend="torch")).merged(merged)
+    torch_cpu = again.record("bfloat16", "torch", "cpu")
+    assert torch_cpu is not None and torch_cpu.accepted  # replaced, not duplicated
+    assert len(again.records) == 3
+    assert newer.merged(None) is newer
+
+
 def test_native_precisions_follow_the_cpu_flags(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -245,6 +260,59 @@ def test_cli_writes_a_verified_copy_and_never_the_model(
               "--overwrite"],
     )  # fmt: skip
     assert run.exit_code == 2 and foreign.read_text() == "mine", run.output
+
+
+def test_cli_verifies_a_second_backend_and_keeps_the_first_ones_records(
+    tiny: Path, cases_dir: Path, tmp_path: Path
+) -> None:
+    """``--backend openvino`` on a checkpoint verified for torch: the copy holds both, each
+    compared with its own backend's float32 labels, so ``auto`` with either backend finds
+    its own record; an unknown backend is one line, exit 2."""
+    pytest.importorskip("openvino")
+    first, second = tmp_path / "torch.pt", tmp_path / "both.pt"
+    common = ["--cases", str(cases_dir), "--precision", "bfloat16"]
+    run = CliRunner().invoke(app, ["verify-precision", str(tiny), *common, "--out", str(first)])
+    assert run.exit_code == 0, run.output
+    before = first.read_bytes()
+    run = CliRunner().invoke(
+        app,
+        ["verify-precision", str(first), *common, "--backend", "openvino", "--out", str(second)],
+    )
+    assert run.exit_code == 0, run.output
+    assert "bfloat16 (openvino, cpu): 2 cases" in run.output
+    assert first.read_bytes() == before
+    verification = precision.read_verification(load_checkpoint(second))
+    assert verification is not None
+    assert {(r.backend, r.device) for r in verification.records} == {
+        ("torch", "cpu"),
+        ("openvino", "cpu"),
+    }
+    openvino = verification.record("bfloat16", "openvino", "cpu")
+    assert openvino is not None and openvino.cases == 2
+    # the openvino record is openvino's own labels: recomputed here independently
+    model = load_checkpoint(tiny)
+    on = dataclasses.replace(
+        model,
+        config=model.config.model_copy(
+            update={"infer": model.config.infer.model_copy(update={"backend": "openvino"})}
+        ),
+    )
+    worst = 1.0
+    for path in sorted(cases_dir.iterdir()):
+        image = nifti.load(path, VolumeKind.IMAGE)
+        ref = np.asarray(predict(precision.with_precision(on, "float32"), image).array)
+        low = np.asarray(predict(precision.with_precision(on, "bfloat16"), image).array)
+        worst = min(worst, _numpy_dice(ref == 1, low == 1))
+    assert openvino.worst_dice == pytest.approx(worst, abs=1e-12)
+    run = CliRunner().invoke(
+        app,
+        ["verify-precision", str(first), *common, "--backend", "tensorrt", "--out",
+         str(tmp_path / "z.pt")],
+    )  # fmt: skip
+    lines = [line for line in run.output.splitlines() if line.strip()]
+    assert run.exit_code == 2 and len(lines) == 1, run.output
+    assert "cannot verify backend 'tensorrt'" in lines[0]
+    assert not (tmp_path / "z.pt").exists()
 
 
 def test_predict_case_runs_and_records_the_precision_auto_chose(
