@@ -17,7 +17,8 @@ One case goes through these steps (each skips itself when it has nothing to do):
    (``channels_last_3d``, autocast), ONNX Runtime or OpenVINO, optionally with flip
    test-time augmentation.
 4. **Slab-wise aggregation**: windows are run one slab of slices at a time; the weighted logits
-   of a slab are summed in a float16 buffer only ``roi_size[0]`` slices deep, and every slice
+   of a slab are summed in a float16 buffer only ``roi_size[0]`` slices deep (with constant
+   blending, the weights are window counts in bytes), and every slice
    that no later window touches is turned into uint8 labels at once. No full-size float map
    exists when only labels are asked for.
 5. **Back to the input grid**: labels are pasted into the tiled region; from the model grid
@@ -499,10 +500,25 @@ def _sliding_window(
     padded = [s + a + b for s, (a, b) in zip(size, pad, strict=True)]
     lower = np.float32(pre.lower_hu)  # the air threshold, in every intensity mode
     air = np.float32(normalise.air_hu)
+    # constant blending weighs every window 1 (MONAI's map is all ones): its logits are
+    # added as they are and the weight of a voxel is the count of windows covering it
+    constant = infer.blend == "constant"
     weight = compute_importance_map(tuple(roi), mode=infer.blend, device="cpu")
     depth, rows, columns = roi[0], padded[1], padded[2]
+    # float16 halves the buffer; a float32 one would add windows 4x faster (0.6 against
+    # 2.4 ms per 2 x 96^3 window on 2 cores) but hold roi_size[0] more slices' worth of
+    # bytes, and the memory bound is the tighter target. Windows are added without a
+    # weighted copy (plain add for constant blending, addcmul for Gaussian: 2.5 ms
+    # against 4.5 ms for multiply-then-add)
     summed = torch.zeros((n_classes, depth, rows, columns), dtype=torch.float16)
-    weights = torch.zeros((depth, rows, columns), dtype=torch.float32) if divide else None
+    weights = None
+    if divide:
+        most = _most_windows_per_voxel(roi, infer.overlap)
+        count_type = torch.uint8 if most <= 255 else torch.int32
+        weights = torch.zeros(
+            (depth, rows, columns), dtype=count_type if constant else torch.float32
+        )
+    one = torch.ones((), dtype=weights.dtype if weights is not None else torch.uint8)
     plane = list(itertools.product(starts[1], starts[2]))
     keep_rows = slice(before[1], before[1] + size[1])
     keep_columns = slice(before[2], before[2] + size[2])
@@ -543,9 +559,13 @@ def _sliding_window(
             if progress is not None:
                 progress(accounted, planned)
             for (y, x), window in zip(corners, logits, strict=True):
-                summed[:, :, y : y + roi[1], x : x + roi[2]].add_(window * weight)
+                view = summed[:, :, y : y + roi[1], x : x + roi[2]]
+                if constant:
+                    view.add_(window)
+                else:
+                    view.addcmul_(window, weight)
                 if weights is not None:
-                    weights[:, y : y + roi[1], x : x + roi[2]].add_(weight)
+                    weights[:, y : y + roi[1], x : x + roi[2]].add_(one if constant else weight)
             del batch, logits
         del slab
         # slices before the next window row are final; handed over a few at a time, so the
@@ -556,7 +576,7 @@ def _sliding_window(
             end = min(hi, part + _SINK_SLICES)
             block = summed[:, part - z : end - z, keep_rows, keep_columns].float()
             if weights is not None:
-                sums = weights[part - z : end - z, keep_rows, keep_columns]
+                sums = weights[part - z : end - z, keep_rows, keep_columns].float()
                 unseen = sums == 0  # only skipped windows cover these: background
                 block /= sums.clamp(min=1e-6)
                 block[0][unseen] = 0.0
@@ -567,6 +587,14 @@ def _sliding_window(
         if weights is not None:
             weights[: depth - done] = weights[done:].clone()
             weights[depth - done :] = 0
+
+
+def _most_windows_per_voxel(roi: Sequence[int], overlap: float) -> int:
+    """An upper bound of the windows :func:`window_starts` places over one voxel, on any
+    image: along each axis those a step apart within one window's length, plus the last
+    one, moved back to end at the edge."""
+    steps = [max(1, int(r * (1 - overlap))) for r in roi]
+    return math.prod(math.ceil(r / step) + 1 for r, step in zip(roi, steps, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------
