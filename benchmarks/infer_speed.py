@@ -27,9 +27,11 @@ Defaults (the issue's reference run):
   memory (``torch.cuda.max_memory_allocated``) and a "GPU speed ratio" line each.
 * medseg runs with its own ``sw_batch_size`` default (``--medseg-sw-batch``), MONAI with 4;
   medseg runs each backend in float32 and, where this CPU computes bfloat16 natively, in
-  ``infer.precision: auto`` (the default model is verified for every benchmarked backend
-  first, once, as ``medseg verify-precision --backend`` does), with the Dice of auto's labels
-  against the same backend's float32; ``--precision`` runs only that precision.
+  ``infer.precision: auto`` (the default model is verified first, once, on its validation
+  phantom for every backend and window setting benchmarked, the end-to-end ones included,
+  as ``medseg verify-precision`` does: a record holds only for its backend and window
+  settings), with the Dice of auto's labels against the same backend's float32;
+  ``--precision`` runs only that precision (and sets the end-to-end runs', else auto).
 
 ``--workdir`` keeps the trained model and the CT between runs.
 
@@ -67,6 +69,9 @@ from typing import Any
 import numpy as np
 
 BASELINE_SETTINGS = {"roi_size": (96, 96, 96), "sw_batch_size": 4}
+
+#: The CPU blocks: (overlap, blend) of MONAI's and medseg's 96^3 windows.
+BLOCKS = ((0.25, "constant"), (0.5, "gaussian"))
 
 #: Run on a CUDA machine after the CPU variants: MONAI on the GPU (float32), and medseg's
 #: torch backend on the GPU with each autocast precision.
@@ -156,36 +161,46 @@ def _training_phantom(seed: int):  # type: ignore[no-untyped-def]
 
 
 def _verified(args: argparse.Namespace, checkpoint: Path) -> Path:
-    """The default model verified (once, untimed) for every benchmarked backend with a
-    faster precision native to this CPU, as ``medseg verify-precision --backend B`` does, on
-    its validation phantom; training verified only its own backend. Returns the checkpoint
-    to benchmark (``checkpoint`` itself where nothing needs verifying)."""
+    """The default model verified (once, untimed, on its validation phantom) as
+    ``medseg verify-precision`` does, for every window setting and backend the benchmark runs
+    with a faster precision native to this CPU: a record holds only for the backend and the
+    window settings it was measured with (``medseg.precision.SETTINGS``), and training
+    verified only its own. Returns the checkpoint to benchmark: ``verified.pt`` beside
+    ``checkpoint``, which keeps the records of earlier runs."""
     import torch
 
     from medseg.infer import verify_precision
     from medseg.model import load_checkpoint, with_extra
-    from medseg.precision import EXTRA_KEY, native_precisions, read_verification
+    from medseg.precision import EXTRA_KEY, inference_settings, native_precisions, read_verification
 
-    model = load_checkpoint(checkpoint)
-    older = read_verification(model)
-    missing = [
-        backend
+    verified = checkpoint.with_name("verified.pt")
+    source = verified if verified.exists() else checkpoint
+    model = load_checkpoint(source)
+    wanted = [  # (backend, infer settings) of the CPU blocks, then of the end-to-end runs
+        (backend, {"roi_size": BASELINE_SETTINGS["roi_size"], "overlap": o, "blend": b})
+        for o, b in BLOCKS
         for backend in args.backends
-        if any(
-            older is None or older.record(p, backend, "cpu") is None
-            for p in native_precisions("cpu", backend)
-        )
     ]
-    if not missing:
-        return checkpoint
-    verified = checkpoint.with_name(f"verified_{'_'.join(sorted(missing))}.pt")
-    if not verified.exists():
-        print(f"verifying {', '.join(missing)} precisions on the validation phantom (once) ...")
+    if args.end_to_end != "none":
+        wanted += [(model.config.infer.backend, {}), (model.config.infer.backend, NNUNET_STYLE)]
+    verification = read_verification(model)
+    for backend, changes in wanted:
+        infer = model.config.infer.model_copy(update=changes)
+        settings = inference_settings(infer)
+        if all(
+            verification is not None
+            and verification.record(p, backend, "cpu", settings) is not None
+            for p in native_precisions("cpu", backend)
+        ):
+            continue
+        print(f"verifying {backend} with {settings} on the validation phantom (once) ...")
         torch.set_num_threads(args.threads)
+        at = dataclasses.replace(model, config=model.config.model_copy(update={"infer": infer}))
         image = _training_phantom(7).image
-        verification = verify_precision(model, [image], backends=missing).merged(older)
-        with_extra(checkpoint, verified, {EXTRA_KEY: verification.to_json()})
-    return verified
+        verification = verify_precision(at, [image], backends=[backend]).merged(verification)
+    if verification is not None and verification != read_verification(model):
+        with_extra(source, verified, {EXTRA_KEY: verification.to_json()})
+    return verified if verified.exists() else checkpoint
 
 
 def _load(args: argparse.Namespace):
@@ -520,7 +535,7 @@ def main() -> None:
     lead_name = lead.replace(":", " ")
     ratios = []
     with tempfile.TemporaryDirectory() as folder:
-        for overlap, blend in ((0.25, "constant"), (0.5, "gaussian")):
+        for overlap, blend in BLOCKS:
             print(
                 f"\n== roi 96^3, overlap {overlap}, {blend}; sw_batch MONAI 4, medseg "
                 f"{args.medseg_sw_batch}; medseg precision {args.precision or 'float32 and auto'} =="
@@ -676,8 +691,8 @@ def _end_to_end(args: argparse.Namespace, model, workdir: Path) -> None:  # type
     runs = {}
     for name, changes in settings.items():
         infer = model.config.infer.model_copy(update={**changes, "num_threads": args.threads})
-        if args.precision:
-            infer = infer.model_copy(update={"precision": args.precision})
+        # as configured by --precision, else auto: what the verification allows
+        infer = infer.model_copy(update={"precision": args.precision or "auto"})
         config = model.config.model_copy(update={"infer": infer})
         checkpoint = save_checkpoint(
             workdir / f"end_to_end_{len(runs)}.pt", model.network, config, dict(model.extra)

@@ -208,7 +208,9 @@ def verify_precision(
                     precision.compare_labels(labels, other, model.label_names)
                 )
     records = tuple(
-        precision.summarise(name, backend, device, compared)
+        precision.summarise(
+            name, backend, device, compared, precision.inference_settings(model.config.infer)
+        )
         for (backend, name), compared in per_case.items()
     )
     return precision.Verification(records=records, cases=cases, native=native)

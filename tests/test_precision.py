@@ -59,7 +59,16 @@ def _numpy_dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
-def _record(accepted: bool, backend: str = "torch", device: str = "cpu") -> str:
+#: The window settings of tiny.yaml's models, as their records keep them.
+TINY_SETTINGS = precision.inference_settings(load_config(TINY).infer)
+
+
+def _record(
+    accepted: bool,
+    backend: str = "torch",
+    device: str = "cpu",
+    settings: dict[str, object] | None = None,
+) -> str:
     record = precision.PrecisionRecord(
         precision="bfloat16",
         backend=backend,
@@ -68,6 +77,7 @@ def _record(accepted: bool, backend: str = "torch", device: str = "cpu") -> str:
         worst_dice=0.9995 if accepted else 0.98,
         worst_volume_change=0.001,
         structures={"GTV": (0.9995 if accepted else 0.98, 0.001)},
+        settings=TINY_SETTINGS if settings is None else settings,
     )
     return precision.Verification(records=(record,), cases=3, native=("bfloat16",)).to_json()
 
@@ -162,6 +172,28 @@ def test_auto_uses_only_an_accepted_native_record_of_the_same_backend(
     assert precision.choose(_with_record(model, _record(False)))[0] == "float32"
     assert precision.choose(_with_record(model, _record(True, backend="openvino")))[0] == "float32"
     assert precision.choose(_with_record(model, _record(True, device="cuda")))[0] == "float32"
+    # a record holds for the window settings it was measured with, and a record that does
+    # not say (empty settings) holds for none
+    gaussian = precision.with_precision(_with_record(model, _record(True)), "auto")
+    infer = gaussian.config.infer
+    other = "constant" if infer.blend == "gaussian" else "gaussian"
+    for changed in ({"blend": other}, {"overlap": 0.6}, {"flip_tta": (0, 2)},
+                    {"roi_size": (8, 16, 16)}):  # fmt: skip
+        moved = dataclasses.replace(
+            gaussian,
+            config=gaussian.config.model_copy(update={"infer": infer.model_copy(update=changed)}),
+        )
+        used, reason = precision.choose(moved)
+        assert used == "float32" and "other window settings" in reason, changed
+    unsaid = _with_record(model, _record(True, settings={}))
+    assert precision.choose(unsaid)[0] == "float32"
+    batch = dataclasses.replace(
+        gaussian,
+        config=gaussian.config.model_copy(
+            update={"infer": infer.model_copy(update={"sw_batch_size": 7, "num_threads": 1})}
+        ),
+    )
+    assert precision.choose(batch)[0] == "bfloat16"  # batching and threads are not settings
     ensemble = dataclasses.replace(_with_record(model, _record(True)), folds=(tiny, tiny))
     assert precision.choose(ensemble) == (
         "float32",
@@ -186,6 +218,8 @@ def test_verify_precision_records_the_dice_of_the_labels_each_precision_gives(
         "cpu",
         2,
     )
+    assert record.settings == precision.inference_settings(model.config.infer)
+    assert precision.Verification.from_json(verification.to_json()) == verification
     dices, changes = [], []
     for image in images:
         ref = np.asarray(predict(precision.with_precision(model, "float32"), image).array)
