@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -442,7 +442,7 @@ def verify_precision(
             f"{'' if r.cases == 1 else 's'}, worst Dice vs float32 "
             f"{r.worst_dice:.4f}, worst volume change {100 * r.worst_volume_change:.2f} %: "
             f"{verdict} (needs Dice >= {precisions.MIN_DICE}, change <= "
-            f"{100 * precisions.MAX_VOLUME_CHANGE:.1f} %)"
+            f"{100 * precisions.MAX_VOLUME_CHANGE:.1f} %); {_window_settings(r.settings)}"
         )
     if reason == "configured":
         typer.echo(
@@ -452,6 +452,17 @@ def verify_precision(
     else:
         typer.echo(f"infer.precision auto runs this model in {chosen} ({reason})")
     typer.echo(f"verified checkpoint: {path}")
+
+
+def _window_settings(settings: Mapping[str, Any]) -> str:
+    """A precision record's window settings in words (``medseg verify-precision``)."""
+    if not settings:
+        return "window settings not recorded (holds for none)"
+    roi = "x".join(str(v) for v in settings.get("roi_size", ()))
+    flips = ", ".join(str(a) for a in settings.get("flip_tta", ())) or "none"
+    return (
+        f"windows {roi}, overlap {settings.get('overlap')} {settings.get('blend')}, flips {flips}"
+    )
 
 
 ToleranceMmOption = Annotated[

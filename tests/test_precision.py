@@ -250,6 +250,12 @@ def test_cli_writes_a_verified_copy_and_never_the_model(
     )  # fmt: skip
     assert run.exit_code == 0, run.output
     assert "bfloat16 (torch, cpu): 2 cases, worst Dice vs float32" in run.output
+    infer = load_config(TINY).infer
+    flips = ", ".join(map(str, infer.flip_tta)) or "none"
+    assert (
+        f"windows {'x'.join(map(str, infer.roi_size))}, overlap {infer.overlap} {infer.blend}, "
+        f"flips {flips}"
+    ) in run.output
     assert "infer.precision auto runs this model in" in run.output
     verified = load_checkpoint(out)
     record = precision.read_verification(verified)
