@@ -48,15 +48,16 @@ Printed per variant: wall time of the call (the median of ``--repeats`` calls in
 process); peak RSS while it ran (the peak mark is reset just before it,
 ``/proc/self/clear_refs``) and the memory the call added on top of what was resident before it
 (libraries, weights, the input image); the label Dice against MONAI's labels; on the default
-phantom, the Dice against the phantom's true tumours; and, from one more (untimed) call with
-the network wrapped, how many windows the network ran, its time per window and the time the
-call spent outside it. A "network alone" line then says how much faster than MONAI medseg's
+phantom, the Dice against the phantom's true tumours; and, of the median call itself (its
+network wrapped in a timer that costs microseconds per batch), how many windows the network
+ran, its time per window and the time the call spent outside it ("the rest of the call"). A "network alone" line then says how much faster than MONAI medseg's
 call could be if it spent nothing outside the network: the ceiling its per-window cost sets.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import subprocess
@@ -185,8 +186,8 @@ def _verified(args: argparse.Namespace, checkpoint: Path) -> Path:
         wanted += [(model.config.infer.backend, {}), (model.config.infer.backend, NNUNET_STYLE)]
     verification = read_verification(model)
     for backend, changes in wanted:
-        infer = model.config.infer.model_copy(update=changes)
-        settings = inference_settings(infer)
+        at = model.with_infer(**changes)
+        settings = inference_settings(at.config.infer)
         if all(
             verification is not None
             and verification.record(p, backend, "cpu", settings) is not None
@@ -195,7 +196,6 @@ def _verified(args: argparse.Namespace, checkpoint: Path) -> Path:
             continue
         print(f"verifying {backend} with {settings} on the validation phantom (once) ...")
         torch.set_num_threads(args.threads)
-        at = dataclasses.replace(model, config=model.config.model_copy(update={"infer": infer}))
         image = _training_phantom(7).image
         verification = verify_precision(at, [image], backends=[backend]).merged(verification)
     if verification is not None and verification != read_verification(model):
@@ -278,11 +278,12 @@ def _run_variant(args: argparse.Namespace) -> None:
                 assert isinstance(out, torch.Tensor)
                 return out.cpu(), out.argmax(1)[0].to(torch.uint8).cpu().numpy()
 
-        (logits, labels), seconds, before_mb, peak_mb = _timed(call, args.repeats)
-        peak_mb = _status_mb("VmHWM")  # the call's peak, before the untimed mapping back
         counter = _NetworkTime(cuda)
-        call(counter.wrap(model.network))
-        counted = counter.counted
+        wrapped = counter.wrap(model.network)
+        (logits, labels), seconds, before_mb, peak_mb, counted = _timed(
+            lambda: call(wrapped), args.repeats, counter
+        )
+        peak_mb = _status_mb("VmHWM")  # the call's peak, before the untimed mapping back
         if model.config.preprocess.spacing_mm is not None:  # back for the comparison, untimed
             # as MONAI's Invertd would: the logits interpolated linearly onto the CT's grid,
             # then the argmax (resample_scores_to_labels is tested against SimpleITK)
@@ -294,20 +295,18 @@ def _run_variant(args: argparse.Namespace) -> None:
         backend, _, precision = args.variant.partition(":")
         if cuda:
             backend, precision = "torch", args.variant.removeprefix("cuda-")
-        infer = model.config.infer.model_copy(
-            update={
-                "roi_size": BASELINE_SETTINGS["roi_size"],
-                "overlap": overlap,
-                "blend": blend,
-                "sw_batch_size": args.medseg_sw_batch,
-                "backend": backend,
-                "num_threads": args.threads,
-                **({"precision": precision} if precision else {}),
-                **({"body_threshold_hu": None} if args.no_body_crop else {}),
-            }
+        # the copy keeps the checkpoint's extra (its precision verification)
+        model = model.with_infer(
+            roi_size=BASELINE_SETTINGS["roi_size"],
+            overlap=overlap,
+            blend=blend,
+            sw_batch_size=args.medseg_sw_batch,
+            backend=backend,
+            num_threads=args.threads,
+            **({"precision": precision} if precision else {}),
+            **({"body_threshold_hu": None} if args.no_body_crop else {}),
         )
-        # dataclasses.replace keeps the checkpoint's extra (its precision verification)
-        model = dataclasses.replace(model, config=model.config.model_copy(update={"infer": infer}))
+        infer = model.config.infer
         from medseg.precision import choose
 
         used = choose(model)[0]  # what predict() runs in (infer.precision auto resolved)
@@ -322,10 +321,11 @@ def _run_variant(args: argparse.Namespace) -> None:
                 num_threads=args.threads,
                 batch_size=infer.sw_batch_size,
             )
-        labels, seconds, before_mb, peak_mb = _timed(
-            lambda: predict(model, image).array, args.repeats
-        )
-        counted = _count_medseg_network(model, image, cuda)
+        counter = _NetworkTime(cuda)
+        with _counting_medseg_network(counter):
+            labels, seconds, before_mb, peak_mb, counted = _timed(
+                lambda: predict(model, image).array, args.repeats, counter
+            )
     np.save(args.out, labels)
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     print(
@@ -343,10 +343,14 @@ def _run_variant(args: argparse.Namespace) -> None:
 
 
 class _NetworkTime:
-    """Windows run and seconds spent in the network, over one extra (untimed) call."""
+    """Windows run and seconds spent in the network, counted since the last :meth:`reset`."""
 
     def __init__(self, cuda: bool) -> None:
         self.cuda = cuda
+        self.counted = {"windows": 0, "network_seconds": 0.0}
+
+    def reset(self) -> None:
+        """Start counting again from nothing."""
         self.counted = {"windows": 0, "network_seconds": 0.0}
 
     def wrap(self, network):  # type: ignore[no-untyped-def]
@@ -366,14 +370,13 @@ class _NetworkTime:
         return run
 
 
-def _count_medseg_network(model, image, cuda: bool) -> dict:  # type: ignore[no-untyped-def]
-    """One more medseg call, with its predictor (the network, whatever the backend) timed."""
-    import contextlib
-
+@contextlib.contextmanager
+def _counting_medseg_network(counter: _NetworkTime):  # type: ignore[no-untyped-def]
+    """Inside the ``with``, medseg's predictor (the network, whatever the backend) counted by
+    ``counter``."""
     import medseg.infer as infer_module
 
     original = infer_module._inference_settings
-    counter = _NetworkTime(cuda)
 
     @contextlib.contextmanager
     def counting(loaded):  # type: ignore[no-untyped-def]
@@ -382,26 +385,29 @@ def _count_medseg_network(model, image, cuda: bool) -> dict:  # type: ignore[no-
 
     infer_module._inference_settings = counting
     try:
-        infer_module.predict(model, image)
+        yield
     finally:
         infer_module._inference_settings = original
-    return counter.counted
 
 
-def _timed(call, repeats: int):  # type: ignore[no-untyped-def]
+def _timed(call, repeats: int, counter: _NetworkTime):  # type: ignore[no-untyped-def]
     """``call()`` run ``repeats`` times: (its last result, the median wall time, RSS before the
-    first call and peak RSS during the first call, in MB). The first call's memory is the
-    cold one; the median damps the other processes of a shared 2-core machine."""
+    first call and peak RSS during the first call, in MB, and ``counter``'s count of the call
+    whose time is the median). The first call's memory is the cold one; the median damps the
+    other processes of a shared 2-core machine, and the network's share is that same call's,
+    so "the rest of the call" is one call's wall time minus its own network time."""
     before_mb = _start_peak_window()
-    times, result, peak_mb = [], None, 0.0
+    calls, result, peak_mb = [], None, 0.0
     for index in range(repeats):
         result = None  # the previous result is freed before the next call
+        counter.reset()
         started = time.perf_counter()
         result = call()
-        times.append(time.perf_counter() - started)
+        calls.append((time.perf_counter() - started, dict(counter.counted)))
         if index == 0:
             peak_mb = _status_mb("VmHWM")
-    return result, float(np.median(times)), before_mb, peak_mb
+    seconds, counted = sorted(calls, key=lambda c: c[0])[(len(calls) - 1) // 2]
+    return result, seconds, before_mb, peak_mb, counted
 
 
 def _status_mb(field: str) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 import logging
 import math
@@ -101,6 +102,15 @@ class LoadedModel:
     def structures(self) -> tuple[Structure, ...]:
         """The structures the network segments (from its config), in label order."""
         return self.config.model.labels
+
+    def with_infer(self, **changes: Any) -> LoadedModel:
+        """This model with the ``infer`` settings in ``changes`` replaced (weights, extra and
+        source shared: a precision verification in ``extra`` stays with the copy).
+
+        Example: ``model.with_infer(backend="openvino", precision="float32")``.
+        """
+        infer = self.config.infer.model_copy(update=changes)
+        return dataclasses.replace(self, config=self.config.model_copy(update={"infer": infer}))
 
 
 #: Most parameters a network may have (2 GiB of float32 weights; nnU-Net's largest residual

@@ -325,8 +325,7 @@ def choose(model: LoadedModel) -> tuple[str, str]:
 
 def with_precision(model: LoadedModel, precision: str) -> LoadedModel:
     """``model`` with ``infer.precision`` set to ``precision`` (weights shared)."""
-    infer = model.config.infer.model_copy(update={"precision": precision})
-    return dataclasses.replace(model, config=model.config.model_copy(update={"infer": infer}))
+    return model.with_infer(precision=precision)
 
 
 def compare_labels(

@@ -105,8 +105,7 @@ def _by_hand(checkpoints: list[Path], x: torch.Tensor) -> torch.Tensor:
 
 def _one_window(model: LoadedModel, backend: str) -> LoadedModel:
     """``model`` whose one window covers a whole roi-sized image, always run."""
-    infer = model.config.infer.model_copy(update={"backend": backend, "body_threshold_hu": None})
-    return dataclasses.replace(model, config=model.config.model_copy(update={"infer": infer}))
+    return model.with_infer(backend=backend, body_threshold_hu=None)
 
 
 # ---------------------------------------------------------------------------------------------

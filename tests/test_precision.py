@@ -331,12 +331,7 @@ def test_cli_verifies_a_second_backend_and_keeps_the_first_ones_records(
     assert openvino is not None and openvino.cases == 2
     # the openvino record is openvino's own labels: recomputed here independently
     model = load_checkpoint(tiny)
-    on = dataclasses.replace(
-        model,
-        config=model.config.model_copy(
-            update={"infer": model.config.infer.model_copy(update={"backend": "openvino"})}
-        ),
-    )
+    on = model.with_infer(backend="openvino")
     worst = 1.0
     for path in sorted(cases_dir.iterdir()):
         image = nifti.load(path, VolumeKind.IMAGE)
