@@ -67,11 +67,13 @@ WindowProgress = Callable[[int, int], None]
 #: A batch of windows ``(batch, 1, slice, row, column)`` -> float32 CPU logits
 #: ``(batch, classes, slice, row, column)``.
 _Predictor = Callable[[torch.Tensor], torch.Tensor]
-#: Receives finished slices: (first slice, ``(classes, slices, rows, columns)`` float32 scores).
+#: Receives finished slices: (first slice, ``(classes - 1, slices, rows, columns)`` float32
+#: scores of classes ``1..n`` minus background's).
 _Sink = Callable[[int, torch.Tensor], None]
 
-#: Logit of every foreground class where no window was run (background's is 0): background
-#: probability 1 - 2e-9 per class after softmax; finite, so linear interpolation still works.
+#: Logit of every foreground class relative to background where no window was run:
+#: background probability 1 - 2e-9 per class after softmax; finite, so linear interpolation
+#: still works.
 _UNSEEN_LOGIT = -20.0
 
 #: Finished slices handed to the sink at once (bounds the float32 copy of the summed logits).
@@ -319,8 +321,8 @@ def _predict_on_grid(
         if want == "labels" and not resampled:
             target = out[inside]
 
-            def to_labels(first: int, scores: torch.Tensor) -> None:
-                labels = _argmax_uint8(scores)
+            def to_labels(first: int, relative: torch.Tensor) -> None:
+                labels = _argmax_uint8(relative)
                 target[first : first + labels.shape[0]] = labels
 
             _sliding_window(
@@ -334,6 +336,7 @@ def _predict_on_grid(
                 to_labels,
                 normalise,
                 divide=False,
+                carry=False,
                 times=times,
                 progress=progress,
             )
@@ -343,11 +346,10 @@ def _predict_on_grid(
         scores = np.zeros((n_classes - int(relative), *region.shape), dtype=np.float16)
 
         def keep(first: int, block: torch.Tensor) -> None:
-            if want == "probabilities":
-                block = torch.softmax(block, dim=0)
-            else:
-                block = block[1:] - block[0]
-            scores[:, first : first + block.shape[1]] = block.numpy()
+            if want == "probabilities":  # softmax does not change when every logit shifts
+                block = torch.softmax(torch.cat([torch.zeros_like(block[:1]), block]), dim=0)
+            # torch casts to float16 on every thread, numpy's assignment on one
+            scores[:, first : first + block.shape[1]] = block.to(torch.float16).numpy()
 
         _sliding_window(
             slab_of,
@@ -360,6 +362,7 @@ def _predict_on_grid(
             keep,
             normalise,
             divide=True,
+            carry=resampled,
             times=times,
             progress=progress,
         )
@@ -386,13 +389,14 @@ def _predict_on_grid(
     return out
 
 
-def _argmax_uint8(scores: torch.Tensor) -> NDArray[np.uint8]:
-    """Argmax over the class axis as uint8, ties to the lower label (torch's argmax over a
-    strided block of a few classes is an order of magnitude slower than this running max)."""
-    best = scores[0].contiguous()
+def _argmax_uint8(relative: torch.Tensor) -> NDArray[np.uint8]:
+    """Argmax as uint8 over background (score 0) and ``relative``'s classes ``1..n`` (their
+    scores minus background's), ties to the lower label (torch's argmax over a strided block
+    of a few classes is an order of magnitude slower than this running max)."""
+    best = torch.zeros(relative.shape[1:], dtype=relative.dtype)
     labels = torch.zeros(best.shape, dtype=torch.uint8)
-    for label in range(1, scores.shape[0]):
-        score = scores[label].contiguous()
+    for label in range(1, relative.shape[0] + 1):
+        score = relative[label - 1].contiguous()
         labels.masked_fill_(score > best, label)
         torch.maximum(best, score, out=best)
     return labels.numpy()
@@ -471,6 +475,7 @@ def _sliding_window(
     normalise: preprocess.Normaliser,
     *,
     divide: bool,
+    carry: bool,
     times: StageTimes,
     progress: WindowProgress | None,
 ) -> None:
@@ -478,8 +483,12 @@ def _sliding_window(
     ``sink`` in order.
 
     ``slab_of(first, last)`` returns the HU of slices ``first:last`` of the region, fetched
-    one window row at a time; ``normalise`` maps them to network input. ``sink`` gets the
-    weighted sum of logits per voxel, divided by the sum of weights when ``divide`` (argmax
+    one window row at a time; with ``carry`` (``slab_of`` computes its slices: resampling)
+    the slices the next row shares with this one are kept and only the new ones fetched, so
+    each slice is resampled once however much the rows overlap. ``normalise`` maps them to
+    network input. ``sink`` gets, per voxel, the weighted sum of each foreground class's
+    logit minus background's (softmax and argmax depend only on these differences, and one
+    channel fewer is kept and added), divided by the sum of weights when ``divide`` (argmax
     does not need the division: the weights are the same for every class). Along an axis
     shorter than the window the region is padded symmetrically with air (``normalise.air_hu``:
     ``lower_hu``, 0 after the CT window, as MONAI pads; the image minimum for
@@ -498,12 +507,16 @@ def _sliding_window(
     constant = infer.blend == "constant"
     weight = compute_importance_map(tuple(roi), mode=infer.blend, device="cpu")
     depth, rows, columns = roi[0], padded[1], padded[2]
-    # float16 halves the buffer; a float32 one would add windows 4x faster (0.6 against
-    # 2.4 ms per 2 x 96^3 window on 2 cores) but hold roi_size[0] more slices' worth of
-    # bytes, and the memory bound is the tighter target. Windows are added without a
-    # weighted copy (plain add for constant blending, addcmul for Gaussian: 2.5 ms
+    # the sum holds classes 1..n minus background: n - 1 channels. In float32 where that
+    # takes no more bytes than n channels of float16 (two classes): adding a window to
+    # float32 costs 0.18 against 1.6 ms for float16 (2 x 96^3 window, 2 cores); with more
+    # classes float16, as the memory bound is the tighter target. Windows are added without
+    # a weighted copy (plain add for constant blending, addcmul for Gaussian: 2.5 ms
     # against 4.5 ms for multiply-then-add)
-    summed = torch.zeros((n_classes, depth, rows, columns), dtype=torch.float16)
+    channels = n_classes - 1
+    sum_type = torch.float32 if 4 * channels <= 2 * n_classes else torch.float16
+    summed = torch.zeros((channels, depth, rows, columns), dtype=sum_type)
+    difference = torch.empty((channels, *roi))  # a window's classes minus its background
     weights, added = None, weight  # added: what a window adds to the weights it covers
     if divide:
         most = _most_windows_per_voxel(roi, infer.overlap)
@@ -517,11 +530,21 @@ def _sliding_window(
     keep_rows = slice(before[1], before[1] + size[1])
     keep_columns = slice(before[2], before[2] + size[2])
     planned, accounted = len(starts[0]) * len(plane), 0
+    rows_first = [max(0, z - before[0]) for z in starts[0]]
+    carried: NDArray[np.generic] | None = None  # this row's first slices, fetched before
 
     for index, z in enumerate(starts[0]):
-        first, last = max(0, z - before[0]), min(size[0], z + depth - before[0])
-        hu = slab_of(first, last)
+        first, last = rows_first[index], min(size[0], z + depth - before[0])
+        kept = 0 if carried is None else carried.shape[0]
+        hu = slab_of(first + kept, last) if first + kept < last else None
         input_started = time.perf_counter()
+        if carried is not None:
+            hu = carried[: last - first] if hu is None else np.concatenate([carried, hu])
+        carried = None
+        assert hu is not None
+        after = rows_first[index + 1] if index + 1 < len(starts[0]) else last
+        if carry and after < last:  # the next row's first slices: a copy, hu is freed below
+            carried = hu[after - first :].copy()
         slab_pad = [(first - (z - before[0]), z + depth - before[0] - last), pad[1], pad[2]]
         if any(a or b for a, b in slab_pad):
             hu = np.pad(hu, slab_pad, constant_values=np.asarray(air, dtype=hu.dtype))
@@ -554,10 +577,11 @@ def _sliding_window(
                 progress(accounted, planned)
             for (y, x), window in zip(corners, logits, strict=True):
                 view = summed[:, :, y : y + roi[1], x : x + roi[2]]
+                torch.sub(window[1:], window[0], out=difference)
                 if constant:
-                    view.add_(window)
+                    view.add_(difference)
                 else:
-                    view.addcmul_(window, weight)
+                    view.addcmul_(difference, weight)
                 if weights is not None:
                     weights[:, y : y + roi[1], x : x + roi[2]].add_(added)
             del batch, logits
@@ -568,19 +592,30 @@ def _sliding_window(
         lo, hi = max(z, before[0]), min(z + done, before[0] + size[0])  # unpadded slices
         for part in range(lo, hi, _SINK_SLICES):
             end = min(hi, part + _SINK_SLICES)
-            block = summed[:, part - z : end - z, keep_rows, keep_columns].float()
+            block = summed[:, part - z : end - z, keep_rows, keep_columns]
+            block = block.to(torch.float32, copy=True)  # never a view of the sum
             if weights is not None:
                 sums = weights[part - z : end - z, keep_rows, keep_columns].float()
                 unseen = sums == 0  # only skipped windows cover these: background
                 block /= sums.clamp(min=1e-6)
-                block[0][unseen] = 0.0
-                block[1:, unseen] = _UNSEEN_LOGIT
+                block[:, unseen] = _UNSEEN_LOGIT
             sink(part - before[0], block)
-        summed[:, : depth - done] = summed[:, done:].clone()
-        summed[:, depth - done :] = 0
+        # the slices the next row shares move to the front
+        _shift_slices(summed, done, axis=1)
         if weights is not None:
-            weights[: depth - done] = weights[done:].clone()
-            weights[depth - done :] = 0
+            _shift_slices(weights, done, axis=0)
+
+
+def _shift_slices(buffer: torch.Tensor, done: int, axis: int) -> None:
+    """Move ``buffer``'s slices along ``axis`` from ``done`` on to the front and zero the
+    rest; copied without a temporary where source and destination do not overlap (rows of
+    windows at an overlap of at most 0.5)."""
+    depth = buffer.shape[axis]
+    moved = buffer.narrow(axis, done, depth - done)
+    if depth - done > done:  # overlapping ranges: through a copy
+        moved = moved.clone()
+    buffer.narrow(axis, 0, depth - done).copy_(moved)
+    buffer.narrow(axis, depth - done, done).zero_()
 
 
 def _most_windows_per_voxel(roi: Sequence[int], overlap: float) -> int:

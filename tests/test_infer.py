@@ -217,6 +217,57 @@ def test_constant_blending_on_a_model_grid_agrees_with_monai(overlap: float) -> 
     assert np.mean(labels[body] == expected[body]) > 0.999
 
 
+@pytest.mark.parametrize("overlap", [0.25, 0.5, 0.75])
+def test_a_model_grid_slice_is_resampled_once_however_much_window_rows_overlap(
+    overlap: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of windows share slices (half of them at overlap 0.5): the shared ones are
+    carried to the next row, not resampled again, and the labels stay MONAI's (0.75: rows
+    overlap by more than half, so the summed logits move through a copy)."""
+    from medseg import geometry as geo
+    from medseg import preprocess
+
+    model = _untrained_model()
+    pre = model.config.preprocess.model_copy(update={"spacing_mm": (1.7, 1.2, 1.3)})
+    model = _model_with({"preprocess": pre}, blend="gaussian", overlap=overlap, sw_batch_size=4)
+    grid = Geometry((50, 60, 56), (1.0, 0.8, 0.9), (10.0, -20.0, 30.0))
+    hu = _body_phantom(grid)
+    resampled: list[tuple[float, ...]] = []  # where each slice resampled in starts (mm)
+    original = preprocess.resample_linear
+
+    def counting(array, source, target, **kwargs):  # type: ignore[no-untyped-def]
+        if target.spacing_mm == pre.spacing_mm:  # into the model grid, not back out of it
+            resampled.extend(_rounded(geo.slice_positions_mm(target)))
+        return original(array, source, target, **kwargs)
+
+    monkeypatch.setattr(preprocess, "resample_linear", counting)
+    labels = predict(model, Volume(hu, grid)).array
+    monkeypatch.setattr(preprocess, "resample_linear", original)
+    rows = len(_window_rows(model, grid))
+    assert rows >= 3  # several rows of windows, overlapping
+    assert len(resampled) == len(set(resampled))  # no slice twice
+    model_grid = preprocess.model_grid(grid, pre.spacing_mm)
+    assert set(resampled) <= set(_rounded(geo.slice_positions_mm(model_grid)))
+    expected = _monai_labels(model, Volume(hu, grid))
+    body = hu > -500.0
+    assert 0.05 < np.mean(expected[body] == 1) < 1.0
+    assert np.mean(labels[body] == expected[body]) > 0.999
+
+
+def _rounded(points: np.ndarray) -> list[tuple[float, ...]]:
+    return [tuple(round(float(c), 6) for c in p) for p in points]
+
+
+def _window_rows(model: LoadedModel, grid: Geometry) -> list[int]:
+    """The starts of the window rows (along slices) MONAI places on the model grid."""
+    from medseg import preprocess
+    from medseg.infer import window_starts
+
+    model_grid = preprocess.model_grid(grid, model.config.preprocess.spacing_mm)
+    infer = model.config.infer
+    return window_starts(model_grid.shape[0], infer.roi_size[0], infer.overlap)
+
+
 @pytest.mark.parametrize("blend", ["constant", "gaussian"])
 def test_whole_image_tiling_agrees_with_monai(blend: str) -> None:
     """Without the body box, the labels are MONAI's (up to float16 summation)."""
@@ -228,6 +279,41 @@ def test_whole_image_tiling_agrees_with_monai(blend: str) -> None:
     labels = predict(model, image).array
     expected = _monai_labels(model, image)
     assert np.mean(labels == expected) > 0.999
+
+
+@pytest.mark.parametrize("blend", ["constant", "gaussian"])
+def test_three_classes_blend_to_monai_s_probabilities_and_labels(blend: str) -> None:
+    """The blended sum keeps each class minus background (n - 1 channels, float16 beyond
+    two classes): softmax and argmax of it are those of MONAI's blended logits."""
+    from monai.inferers import sliding_window_inference
+
+    from medseg.preprocess import scale_intensity
+
+    torch.manual_seed(3)
+    network = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv3d(3, 3, 1)
+    ).eval()
+    base = _model_with({}, body_threshold_hu=None, blend=blend, overlap=0.5, sw_batch_size=3)
+    model = LoadedModel(network, base.config, {1: "a", 2: "b"}, base.medseg_version)
+    grid = Geometry((37, 70, 61), (2.0, 0.8, 0.9), (0.0, 0.0, 0.0))
+    hu = np.random.default_rng(4).normal(50.0, 200.0, grid.shape).astype(np.float32)
+    image = Volume(hu, grid)
+    infer = model.config.infer
+    with torch.inference_mode():
+        x = torch.from_numpy(scale_intensity(image, model.config.preprocess).array.copy())
+        logits = sliding_window_inference(
+            x[None, None], infer.roi_size, 3, network, infer.overlap, infer.blend
+        )
+    assert isinstance(logits, torch.Tensor)
+    expected = torch.softmax(logits[0], dim=0).numpy()
+    got = np.asarray(predict_probabilities(model, image).array)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=3e-3)
+    labels = np.asarray(predict(model, image).array)
+    assert len(np.unique(labels)) == 3
+    top = np.sort(expected, axis=0)
+    clear = top[-1] - top[-2] > 1e-2  # where float16 rounding cannot decide the argmax
+    assert clear.mean() > 0.5
+    assert np.array_equal(labels[clear], expected.argmax(axis=0)[clear])
 
 
 def _body_phantom(grid: Geometry) -> np.ndarray:
