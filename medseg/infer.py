@@ -536,12 +536,11 @@ def _sliding_window(
     for index, z in enumerate(starts[0]):
         first, last = rows_first[index], min(size[0], z + depth - before[0])
         kept = 0 if carried is None else carried.shape[0]
-        hu = slab_of(first + kept, last) if first + kept < last else None
+        hu = slab_of(first + kept, last)  # kept <= last - first: rows end in order
         input_started = time.perf_counter()
         if carried is not None:
-            hu = carried[: last - first] if hu is None else np.concatenate([carried, hu])
+            hu = np.concatenate([carried, hu])
         carried = None
-        assert hu is not None
         after = rows_first[index + 1] if index + 1 < len(starts[0]) else last
         if carry and after < last:  # the next row's first slices: a copy, hu is freed below
             carried = hu[after - first :].copy()
