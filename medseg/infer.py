@@ -17,14 +17,16 @@ One case goes through these steps (each skips itself when it has nothing to do):
    (``channels_last_3d``, autocast), ONNX Runtime or OpenVINO, optionally with flip
    test-time augmentation.
 4. **Slab-wise aggregation**: windows are run one slab of slices at a time; the weighted logits
-   of a slab are summed in a float16 buffer only ``roi_size[0]`` slices deep (with constant
-   blending, the weights are window counts in bytes), and every slice
-   that no later window touches is turned into uint8 labels at once. No full-size float map
-   exists when only labels are asked for.
+   of a slab (each class minus background) are summed in a buffer only ``roi_size[0]``
+   slices deep, and every slice that no later window touches is handed on at once (as
+   uint8 labels on the input grid); the sum of the windows' weights is computed only for
+   the slices handed on, from the windows that ran. No full-size float map exists when only
+   labels are asked for.
 5. **Back to the input grid**: labels are pasted into the tiled region; from the model grid
-   they are found by interpolating each class's logits linearly slab by slab, only where a
-   label other than background is within one voxel
-   (:func:`medseg.preprocess.resample_scores_to_labels`).
+   they are found by interpolating each class's logits linearly slab by slab as soon as the
+   slices a slab of the input grid reads are finished, only where a label other than
+   background is within one voxel (:class:`medseg.preprocess.StreamedLabels`), so the scores
+   of the whole model grid are never held.
 
 Probabilities are available on request from :func:`predict_probabilities`.
 """
@@ -36,7 +38,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -302,19 +304,20 @@ def _predict_on_grid(
     region = geo.crop_geometry(grid, start, stop)
     hu = np.asarray(image.array)
 
-    def slab_of(first: int, last: int) -> NDArray[np.generic]:
-        """HU of slices ``first:last`` of the region, on the model grid."""
-        if not resampled:
-            return hu[start[0] + first : start[0] + last, start[1] : stop[1], start[2] : stop[2]]
-        out = np.empty((last - first, *region.shape[1:]), dtype=np.float32)
+    def slab_of(first: int, last: int, out: NDArray[np.float32]) -> None:
+        """HU of slices ``first:last`` of the region, on the model grid, written to ``out``."""
         with times.stage("preprocess"):
+            if not resampled:
+                out[...] = hu[
+                    start[0] + first : start[0] + last, start[1] : stop[1], start[2] : stop[2]
+                ]
+                return
             for part in range(first, last, preprocess.SCORE_SLAB_SLICES):  # small input copies
                 end = min(last, part + preprocess.SCORE_SLAB_SLICES)
                 slab = geo.crop_geometry(region, (part, 0, 0), (end, *region.shape[1:]))
                 out[part - first : end - first] = preprocess.resample_linear(
                     hu, image.geometry, slab, separate_z=pre.resample_separate_z
                 )
-        return out
 
     inside = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
     with _inference_settings(model) as predictor:
@@ -336,16 +339,32 @@ def _predict_on_grid(
                 to_labels,
                 normalise,
                 divide=False,
-                carry=False,
                 times=times,
                 progress=progress,
             )
             return out
-        # labels need only each class's score minus background's: one channel less to keep
-        relative = want == "labels"
-        scores = np.zeros((n_classes - int(relative), *region.shape), dtype=np.float16)
+        # labels need only each class's score minus background's: one channel less to keep,
+        # and on the model grid they are interpolated onto the input's as the slices come
+        stream = None
+        if want == "labels":
+            covered = _covered_box(image.geometry, region)
+            if covered is None:
+                return out
+            on_input = tuple(slice(a, b) for a, b in zip(*covered, strict=True))
+            stream = preprocess.StreamedLabels(
+                region,
+                geo.crop_geometry(image.geometry, *covered),
+                cast("NDArray[np.uint8]", out[on_input]),  # a view: labels are uint8
+                relative_to_background=True,
+                separate_z=pre.resample_separate_z,
+            )
+        else:
+            scores = np.zeros((n_classes, *region.shape), dtype=np.float16)
 
         def keep(first: int, block: torch.Tensor) -> None:
+            if stream is not None:
+                stream.add(first, block.to(torch.float16).numpy())
+                return
             if want == "probabilities":  # softmax does not change when every logit shifts
                 block = torch.softmax(torch.cat([torch.zeros_like(block[:1]), block]), dim=0)
             # torch casts to float16 on every thread, numpy's assignment on one
@@ -362,11 +381,13 @@ def _predict_on_grid(
             keep,
             normalise,
             divide=True,
-            carry=resampled,
             times=times,
             progress=progress,
         )
 
+    if stream is not None:
+        stream.finish()
+        return out
     if not resampled:
         out[:, inside[0], inside[1], inside[2]] = scores
         return out
@@ -375,11 +396,6 @@ def _predict_on_grid(
         return out
     back = geo.crop_geometry(image.geometry, *covered)
     on_input = tuple(slice(a, b) for a, b in zip(*covered, strict=True))
-    if want == "labels":
-        out[on_input] = preprocess.resample_scores_to_labels(
-            scores, region, back, relative_to_background=True, separate_z=pre.resample_separate_z
-        )
-        return out
     box_of_out = out[:, on_input[0], on_input[1], on_input[2]]  # a view
     for label in range(n_classes):
         box_of_out[label] = preprocess.resample_linear(
@@ -464,7 +480,7 @@ def _covered_box(
 
 
 def _sliding_window(
-    slab_of: Callable[[int, int], NDArray[np.generic]],
+    slab_of: Callable[[int, int, NDArray[np.float32]], None],
     size: tuple[int, int, int],
     starts: list[list[int]],
     pre: PreprocessConfig,
@@ -475,18 +491,17 @@ def _sliding_window(
     normalise: preprocess.Normaliser,
     *,
     divide: bool,
-    carry: bool,
     times: StageTimes,
     progress: WindowProgress | None,
 ) -> None:
     """Run the windows at ``starts`` over a region of ``size`` and hand finished slices to
     ``sink`` in order.
 
-    ``slab_of(first, last)`` returns the HU of slices ``first:last`` of the region, fetched
-    one window row at a time; with ``carry`` (``slab_of`` computes its slices: resampling)
-    the slices the next row shares with this one are kept and only the new ones fetched, so
-    each slice is resampled once however much the rows overlap. ``normalise`` maps them to
-    network input. ``sink`` gets, per voxel, the weighted sum of each foreground class's
+    ``slab_of(first, last, out)`` writes the HU of slices ``first:last`` of the region into
+    ``out`` (float32), fetched one window row at a time: the slices the next row shares with
+    this one are kept (normalised) and only the new ones fetched, so each slice is resampled
+    and normalised once however much the rows overlap. ``normalise`` maps them to network
+    input, in place. ``sink`` gets, per voxel, the weighted sum of each foreground class's
     logit minus background's (softmax and argmax depend only on these differences, and one
     channel fewer is kept and added), divided by the sum of weights when ``divide`` (argmax
     does not need the division: the weights are the same for every class). Along an axis
@@ -517,57 +532,66 @@ def _sliding_window(
     sum_type = torch.float32 if 4 * channels <= 2 * n_classes else torch.float16
     summed = torch.zeros((channels, depth, rows, columns), dtype=sum_type)
     difference = torch.empty((channels, *roi))  # a window's classes minus its background
-    weights, added = None, weight  # added: what a window adds to the weights it covers
-    if divide:
-        most = _most_windows_per_voxel(roi, infer.overlap)
-        count_type = torch.uint8 if most <= 255 else torch.int32
-        weights = torch.zeros(
-            (depth, rows, columns), dtype=count_type if constant else torch.float32
-        )
-        if constant:
-            added = torch.ones((), dtype=weights.dtype)
+    # the windows run so far whose slices are not all handed over yet: (first slice, corners);
+    # the sum of weights of a block is computed from them when it is handed over, so no
+    # buffer of weights the size of the sum is kept (MONAI's count map)
+    run: list[tuple[int, list[tuple[int, int]]]] = []
     plane = list(itertools.product(starts[1], starts[2]))
     keep_rows = slice(before[1], before[1] + size[1])
     keep_columns = slice(before[2], before[2] + size[2])
     planned, accounted = len(starts[0]) * len(plane), 0
     rows_first = [max(0, z - before[0]) for z in starts[0]]
-    carried: NDArray[np.generic] | None = None  # this row's first slices, fetched before
+    # one row's network input, normalised: the slices the next row shares stay, moved to
+    # the front, and only the new ones are fetched and normalised (in place). The padding
+    # (along an axis shorter than the window: then there is one row per axis) is air from
+    # the start and never written
+    slab = np.empty((depth, rows, columns), dtype=np.float32)
+    slab[...] = normalise(np.full(1, air, dtype=np.float32))[0]
+    # a window of nothing but air (every input voxel at or below lower_hu, a constant after
+    # scaling in the modes that clip there) is not run: its voxels get background unless
+    # another window covers them. Such a window is numerically meaningless anyway: instance
+    # normalisation of a constant input amplifies float rounding to arbitrary logits. Tested
+    # on the input in HU before it is normalised, kept per voxel beside it (a byte each) and
+    # projected along the slices: one 2-D look-up per window
+    above_air = None
+    if infer.body_threshold_hu is not None:
+        above_air = np.full((depth, rows, columns), bool(air > lower))
+    held, offset_before = (0, 0), 0  # region slices in the buffers, and where they start
+    tensor = torch.from_numpy(slab)  # the same memory
+    above_air_tensor = None if above_air is None else torch.from_numpy(above_air)
 
     for index, z in enumerate(starts[0]):
+        offset = z - before[0]  # region slice s is slab slice s - offset
         first, last = rows_first[index], min(size[0], z + depth - before[0])
-        kept = 0 if carried is None else carried.shape[0]
-        hu = slab_of(first + kept, last)  # kept <= last - first: rows end in order
+        kept = max(0, min(last, held[1]) - first)  # the held slices start at first
+        if kept:
+            moved, to = first - offset_before, first - offset
+            for kept_buffer in (tensor, above_air_tensor):
+                if kept_buffer is not None:
+                    _move_slices(kept_buffer, moved, kept, to, axis=0)
+        new = (slice(first + kept - offset, last - offset), keep_rows, keep_columns)
+        slab_of(first + kept, last, slab[new])  # kept <= last - first: rows end in order
         input_started = time.perf_counter()
-        if carried is not None:
-            hu = np.concatenate([carried, hu])
-        carried = None
-        after = rows_first[index + 1] if index + 1 < len(starts[0]) else last
-        if carry and after < last:  # the next row's first slices: a copy, hu is freed below
-            carried = hu[after - first :].copy()
-        slab_pad = [(first - (z - before[0]), z + depth - before[0] - last), pad[1], pad[2]]
-        if any(a or b for a, b in slab_pad):
-            hu = np.pad(hu, slab_pad, constant_values=np.asarray(air, dtype=hu.dtype))
+        if above_air is not None:
+            np.greater(slab[new], lower, out=above_air[new])
+        normalise.in_place(slab[new])
+        held = (rows_first[index + 1] if index + 1 < len(starts[0]) else last, last)
+        offset_before = offset
         corners_in_slab = plane
-        if infer.body_threshold_hu is not None:
-            # a window of nothing but air (every voxel at or below lower_hu, a constant after
-            # scaling in the modes that clip there) is not run: its voxels get background unless another window covers
-            # them. Such a window is numerically meaningless anyway: instance normalisation
-            # of a constant input amplifies float rounding to arbitrary logits. Tested on the
-            # slab's projection along the slices: one 2-D look-up per window.
-            above = np.greater(hu, lower).any(axis=0)
+        if above_air is not None:
+            above = np.asarray(above_air.any(axis=0))
             corners_in_slab = [
                 (y, x) for y, x in plane if bool(above[y : y + roi[1], x : x + roi[2]].any())
             ]
-        slab = torch.from_numpy(normalise(hu))
-        del hu  # a resampled slab is ours: free it before the network's activations
         times.add("preprocess", time.perf_counter() - input_started)
         accounted += len(plane) - len(corners_in_slab)  # air windows: skipped
+        run.append((z, corners_in_slab))
         if progress is not None and not corners_in_slab:
             progress(accounted, planned)
         for at in range(0, len(corners_in_slab), infer.sw_batch_size):
             corners = corners_in_slab[at : at + infer.sw_batch_size]
             batch = torch.stack(
-                [slab[:, y : y + roi[1], x : x + roi[2]] for y, x in corners]
+                [tensor[:, y : y + roi[1], x : x + roi[2]] for y, x in corners]
             ).unsqueeze(1)
             with times.stage("network"):
                 logits = predictor(batch)
@@ -581,10 +605,7 @@ def _sliding_window(
                     view.add_(difference)
                 else:
                     view.addcmul_(difference, weight)
-                if weights is not None:
-                    weights[:, y : y + roi[1], x : x + roi[2]].add_(added)
             del batch, logits
-        del slab
         # slices before the next window row are final; handed over a few at a time, so the
         # float32 copy of the block is small
         done = (starts[0][index + 1] if index + 1 < len(starts[0]) else z + depth) - z
@@ -593,36 +614,77 @@ def _sliding_window(
             end = min(hi, part + _SINK_SLICES)
             block = summed[:, part - z : end - z, keep_rows, keep_columns]
             block = block.to(torch.float32, copy=True)  # never a view of the sum
-            if weights is not None:
-                sums = weights[part - z : end - z, keep_rows, keep_columns].float()
+            if divide:
+                sums = _weight_sums(run, part, end, weight, (rows, columns), constant=constant)
+                sums = sums[:, keep_rows, keep_columns]
                 unseen = sums == 0  # only skipped windows cover these: background
                 block /= sums.clamp(min=1e-6)
                 block[:, unseen] = _UNSEEN_LOGIT
             sink(part - before[0], block)
-        # the slices the next row shares move to the front
+        # the slices the next row shares move to the front; rows now handed over are dropped
         _shift_slices(summed, done, axis=1)
-        if weights is not None:
-            _shift_slices(weights, done, axis=0)
+        run = [(first_slice, c) for first_slice, c in run if first_slice + depth > z + done]
+
+
+def _weight_sums(
+    run: list[tuple[int, list[tuple[int, int]]]],
+    first: int,
+    last: int,
+    weight: torch.Tensor,
+    plane: tuple[int, int],
+    *,
+    constant: bool,
+) -> torch.Tensor:
+    """Sum of the blending ``weight`` of every window in ``run`` over slices ``first:last``
+    of the (padded) region: ``(slices, rows, columns)`` float32, exact for window counts.
+
+    Computed per handed-over block rather than added into a buffer as large as the sum.
+    With ``constant`` weights (all ones) a row's windows add the same count of windows per
+    column to every slice they cover: one plane of counts per row, added to those slices.
+    MONAI's Gaussian map is not separable (``compute_importance_map`` clamps it at 1e-3), so
+    each window's weight is added as it is (once in all, split over the blocks it reaches).
+    """
+    sums = torch.zeros((last - first, *plane))
+    depth, rows, columns = weight.shape
+    for z, corners in run:
+        lo, hi = max(first, z), min(last, z + depth)
+        if lo >= hi or not corners:
+            continue
+        target = sums[lo - first : hi - first]
+        if constant:
+            counts = torch.zeros(plane)
+            for y, x in corners:
+                counts[y : y + rows, x : x + columns] += 1.0
+            target += counts
+            continue
+        part = weight[lo - z : hi - z]
+        for y, x in corners:
+            target[:, y : y + rows, x : x + columns].add_(part)
+    return sums
 
 
 def _shift_slices(buffer: torch.Tensor, done: int, axis: int) -> None:
     """Move ``buffer``'s slices along ``axis`` from ``done`` on to the front and zero the
-    rest; copied without a temporary where source and destination do not overlap (rows of
-    windows at an overlap of at most 0.5)."""
+    rest (:func:`_move_slices`)."""
     depth = buffer.shape[axis]
-    moved = buffer.narrow(axis, done, depth - done)
-    if depth - done > done:  # overlapping ranges: through a copy
-        moved = moved.clone()
-    buffer.narrow(axis, 0, depth - done).copy_(moved)
+    _move_slices(buffer, done, depth - done, 0, axis)
     buffer.narrow(axis, depth - done, done).zero_()
 
 
-def _most_windows_per_voxel(roi: Sequence[int], overlap: float) -> int:
-    """An upper bound of the windows :func:`window_starts` places over one voxel, on any
-    image: along each axis those a step apart within one window's length, plus the last
-    one, moved back to end at the edge."""
-    steps = [max(1, int(r * (1 - overlap))) for r in roi]
-    return math.prod(math.ceil(r / step) + 1 for r, step in zip(roi, steps, strict=True))
+def _move_slices(
+    buffer: torch.Tensor, source: int, count: int, destination: int, axis: int
+) -> None:
+    """Copy ``count`` slices along ``axis`` from ``source`` on to ``destination`` (not after
+    ``source``) without a temporary: front to back, at most ``source - destination`` slices
+    at a time, so no copy reads a slice an earlier one wrote (the last row of windows, moved
+    back to end at the edge, can overlap the one before by all but a few slices: a
+    temporary would be nearly a whole buffer)."""
+    if count <= 0 or source == destination:
+        return
+    chunk = source - destination
+    for at in range(0, count, chunk):
+        n = min(chunk, count - at)
+        buffer.narrow(axis, destination + at, n).copy_(buffer.narrow(axis, source + at, n))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,14 +58,20 @@ _NNUNET_MIN_STD = 1e-8
 ANISOTROPY_THRESHOLD = 3.0
 
 
-def window_intensity(hu: NDArray[np.generic], config: PreprocessConfig) -> NDArray[np.float32]:
+def window_intensity(
+    hu: NDArray[np.generic], config: PreprocessConfig, *, out: NDArray[np.float32] | None = None
+) -> NDArray[np.float32]:
     """The array form of :func:`scale_intensity`: HU -> float32 in ``[0, 1]``, any shape.
 
-    Does not check for NaN/inf (the caller validates the volume once).
+    Written into ``out`` if given (float32, ``hu``'s shape; may be ``hu`` itself). Does not
+    check for NaN/inf (the caller validates the volume once).
     """
     lower = np.float32(config.lower_hu)
     width_hu = np.float32(config.upper_hu - config.lower_hu)
-    scaled = np.asarray(hu, dtype=np.float32) - lower
+    if out is None:
+        scaled = np.asarray(hu, dtype=np.float32) - lower
+    else:
+        scaled = np.subtract(hu, lower, out=out, dtype=np.float32)
     scaled /= width_hu
     np.clip(scaled, 0.0, 1.0, out=scaled)
     return scaled
@@ -100,12 +106,26 @@ class Normaliser:
             out = np.array(block, dtype=np.float32)  # a copy: written in place below
         else:
             out = np.clip(np.asarray(block, dtype=np.float32), config.lower_hu, config.upper_hu)
+        self._standardise(out)
+        return out
+
+    def in_place(self, block: NDArray[np.float32]) -> None:
+        """``block`` (float32, any shape, a view included) mapped in place: the same numbers
+        as calling this normaliser on it."""
+        config = self.config
+        if config.intensity == "window":
+            window_intensity(block, config, out=block)
+            return
+        if config.intensity != "image_zscore":
+            np.clip(block, config.lower_hu, config.upper_hu, out=block)
+        self._standardise(block)
+
+    def _standardise(self, out: NDArray[np.float32]) -> None:
         out -= np.float32(self.shift)
-        if config.intensity == "zscore":
+        if self.config.intensity == "zscore":
             out *= np.float32(self.scale)
         else:
             out /= np.float32(self.scale)
-        return out
 
 
 def normaliser(hu: NDArray[np.generic], config: PreprocessConfig) -> Normaliser:
@@ -576,6 +596,82 @@ def resample_scores_to_labels(
             channels, part.shape, offset
         )
     return labels
+
+
+class StreamedLabels:
+    """:func:`resample_scores_to_labels` fed the scores a few source slices at a time, in
+    order, so the scores of the whole source grid are never held.
+
+    Every :data:`SCORE_SLAB_SLICES` slices of ``target`` are labelled as soon as the source
+    slices their interpolation reads (:func:`_needed_box`) have arrived, by
+    :func:`resample_scores_to_labels` on just those slices, and source slices no remaining
+    target slab reads are dropped: the same labels as one call on the whole grid, holding
+    a few slices of scores instead of all of them (44 MB of float16 for one class of a
+    200 x 512 x 512 CT at 2.5 x 1.5 x 1.5 mm).
+
+    Args:
+        source: the grid the scores arrive on (slices along its first axis, from 0 up).
+        target: the grid of the labels.
+        out: ``target.shape`` uint8, written with the labels (a view is fine); slabs no
+            source slice reached are left as they are.
+        relative_to_background, separate_z: as :func:`resample_scores_to_labels`.
+    """
+
+    def __init__(
+        self,
+        source: Geometry,
+        target: Geometry,
+        out: NDArray[np.uint8],
+        *,
+        relative_to_background: bool = False,
+        separate_z: bool = False,
+    ) -> None:
+        self._source, self._target, self._out = source, target, out
+        self._options = {"relative_to_background": relative_to_background, "separate_z": separate_z}
+        #: target slabs not labelled yet: (first, last, source slices [low, high) they read)
+        self._pending: list[tuple[int, int, int, int]] = []
+        for first in range(0, target.shape[0], SCORE_SLAB_SLICES):
+            last = min(target.shape[0], first + SCORE_SLAB_SLICES)
+            low, high = _needed_box(source, target, (first, 0, 0), (last, *target.shape[1:]))
+            self._pending.append((first, last, low[0], high[0]))
+        self._blocks: list[tuple[int, NDArray[np.floating]]] = []  # (first slice, scores)
+        self._arrived = 0  # source slices 0 .. arrived have come
+
+    def add(self, first: int, block: NDArray[np.floating]) -> None:
+        """Scores ``(class, slices, row, column)`` of source slices ``first`` on (the next
+        ones: slices arrive in order), kept as given (the caller's own array)."""
+        if first != self._arrived:
+            raise ValueError(f"expected source slice {self._arrived} next, got {first}")
+        self._blocks.append((first, block))
+        self._arrived += block.shape[1]
+        self._label(ready_until=self._arrived)
+
+    def finish(self) -> None:
+        """Label what remains (source slices past the last one added read as the last one's
+        edge, as beyond the grid)."""
+        self._label(ready_until=self._source.shape[0])
+        self._blocks = []
+
+    def _label(self, ready_until: int) -> None:
+        still = []
+        for first, last, low, high in self._pending:
+            if high > ready_until or not self._blocks:
+                still.append((first, last, low, high))
+                continue
+            low = max(low, self._blocks[0][0])
+            high = min(high, self._arrived)
+            pieces = [
+                b[:, max(0, low - at) : high - at]
+                for at, b in self._blocks
+                if at < high and at + b.shape[1] > low
+            ]
+            scores = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+            source = geo.crop_geometry(self._source, (low, 0, 0), (high, *self._source.shape[1:]))
+            part = geo.crop_geometry(self._target, (first, 0, 0), (last, *self._target.shape[1:]))
+            self._out[first:last] = resample_scores_to_labels(scores, source, part, **self._options)
+        self._pending = still
+        needed = min((low for _, _, low, _ in still), default=self._arrived)
+        self._blocks = [(at, b) for at, b in self._blocks if at + b.shape[1] > needed]
 
 
 def _argmax_labels(scores: NDArray[np.floating], offset: int = 0) -> NDArray[np.uint8]:

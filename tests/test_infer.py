@@ -178,35 +178,52 @@ def _monai_labels(model: LoadedModel, image: Volume) -> np.ndarray:
 
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(
-    roi=st.integers(1, 100),
-    overlap=st.floats(0.0, 0.99),
-    sizes=st.lists(st.integers(1, 400), min_size=1, max_size=4),
+    depth=st.integers(1, 6),
+    plane=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    extra=st.tuples(st.integers(0, 4), st.integers(0, 4)),
+    rows=st.lists(
+        st.tuples(st.integers(0, 10), st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)))),
+        max_size=4,
+    ),
+    block=st.tuples(st.integers(0, 16), st.integers(1, 8)),
+    gaussian=st.booleans(),
 )
-def test_window_counts_never_exceed_the_bound_their_buffer_is_sized_for(
-    roi: int, overlap: float, sizes: list[int]
+def test_a_blocks_sum_of_weights_is_that_of_every_window_added_to_a_full_buffer(
+    depth: int,
+    plane: tuple[int, int],
+    extra: tuple[int, int],
+    rows: list[tuple[int, list[tuple[int, int]]]],
+    block: tuple[int, int],
+    gaussian: bool,
 ) -> None:
-    """Constant blending counts windows per voxel in bytes where the bound allows: the bound
-    holds on every axis length (brute force over MONAI's window starts)."""
-    from medseg.infer import _most_windows_per_voxel, window_starts
+    """The weights of the slices handed on are computed from the windows that ran: the same
+    numbers as adding every window's weight into a buffer of the whole region (MONAI's count
+    map), for any windows, rows and block of slices."""
+    from monai.data.utils import compute_importance_map
 
-    bound = _most_windows_per_voxel((roi,), overlap)
-    for size in sizes:
-        counts = np.zeros(max(size, roi), dtype=np.int64)
-        for start in window_starts(max(size, roi), roi, overlap):
-            counts[start : start + roi] += 1
-        assert counts.max() <= bound, (size, roi, overlap)
+    from medseg.infer import _weight_sums
+
+    roi = (depth, *plane)
+    weight = compute_importance_map(roi, mode="gaussian" if gaussian else "constant")
+    size = (30, plane[0] + extra[0] + 4, plane[1] + extra[1] + 4)
+    run = [(z, [(y, x) for y, x in corners]) for z, corners in rows]
+    full = torch.zeros(size)
+    for z, corners in run:
+        for y, x in corners:
+            full[z : z + depth, y : y + plane[0], x : x + plane[1]] += weight
+    first, count = block
+    got = _weight_sums(run, first, first + count, weight, size[1:], constant=not gaussian)
+    assert got.shape == (count, *size[1:])
+    torch.testing.assert_close(got, full[first : first + count], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("overlap", [0.5, 0.9])
 def test_constant_blending_on_a_model_grid_agrees_with_monai(overlap: float) -> None:
-    """The divided path (a model grid) with constant blending counts windows (bytes at 0.5,
-    int32 at 0.9, where up to 2,448 windows cover a voxel of a 16 x 32 x 32 window)."""
-    from medseg.infer import _most_windows_per_voxel
-
+    """The divided path (a model grid) with constant blending counts windows (at 0.9 up to
+    2,448 windows cover a voxel of a 16 x 32 x 32 window: more than a byte holds)."""
     model = _untrained_model()
     pre = model.config.preprocess.model_copy(update={"spacing_mm": (2.5, 1.2, 1.3)})
     model = _model_with({"preprocess": pre}, blend="constant", overlap=overlap, sw_batch_size=4)
-    assert (_most_windows_per_voxel(model.config.infer.roi_size, overlap) > 255) == (overlap == 0.9)
     grid = Geometry((30, 60, 56), (2.0, 0.8, 0.9), (10.0, -20.0, 30.0))
     hu = _body_phantom(grid)
     labels = predict(model, Volume(hu, grid)).array

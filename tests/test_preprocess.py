@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -138,6 +139,44 @@ def test_slab_wise_scores_match_whole_volume_simpleitk(case: tuple) -> None:
     relative = scores[1:].astype(np.float32) - scores[0].astype(np.float32)
     from_relative = resample_scores_to_labels(relative, source, target, relative_to_background=True)
     assert np.mean(from_relative == expected) > 0.9995  # float rounding at near-ties only
+
+
+@pytest.mark.parametrize("case", SCORE_CASES.values(), ids=SCORE_CASES.keys())
+@pytest.mark.parametrize("blocks", [(1,), (3, 5), (8, 1, 2)])
+@pytest.mark.parametrize("relative", [False, True])
+def test_labels_streamed_a_few_source_slices_at_a_time_are_the_whole_grids(
+    case: tuple, blocks: tuple[int, ...], relative: bool
+) -> None:
+    """StreamedLabels (inference resamples each row of windows' finished slices onto the
+    input grid as they come, never holding the scores of the whole model grid) gives the
+    labels of one call on the whole grid, whatever the sizes of the blocks that arrive."""
+    from medseg.preprocess import StreamedLabels
+
+    source, target, make = case
+    scores = make(source.shape).astype(np.float16)
+    if relative:
+        scores = (scores[1:].astype(np.float32) - scores[0].astype(np.float32)).astype(np.float16)
+    expected = resample_scores_to_labels(scores, source, target, relative_to_background=relative)
+    out = np.full(target.shape, 7, dtype=np.uint8)
+    stream = StreamedLabels(source, target, out, relative_to_background=relative)
+    first, sizes = 0, itertools.cycle(blocks)
+    while first < source.shape[0]:
+        n = min(next(sizes), source.shape[0] - first)
+        stream.add(first, scores[:, first : first + n].copy())
+        first += n
+    stream.finish()
+    assert len(np.unique(expected)) == 3
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_streamed_labels_refuse_slices_out_of_order() -> None:
+    from medseg.preprocess import StreamedLabels
+
+    source, target, make = SCORE_CASES["noise"]
+    stream = StreamedLabels(source, target, np.zeros(target.shape, dtype=np.uint8))
+    stream.add(0, make(source.shape)[:, :2])
+    with pytest.raises(ValueError, match="expected source slice 2 next, got 3"):
+        stream.add(3, make(source.shape)[:, 3:4])
 
 
 def test_resample_linear_reads_an_integer_image_and_matches_whole_volume_simpleitk() -> None:
