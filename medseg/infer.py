@@ -345,11 +345,12 @@ def _predict_on_grid(
             return out
         # labels need only each class's score minus background's: one channel less to keep,
         # and on the model grid they are interpolated onto the input's as the slices come
+        # (the input voxels inside the region: none, and there is nothing to predict)
+        covered = _covered_box(image.geometry, region) if resampled else None
+        if resampled and covered is None:
+            return out
         stream = None
-        if want == "labels":
-            covered = _covered_box(image.geometry, region)
-            if covered is None:
-                return out
+        if want == "labels" and covered is not None:  # labels: always resampled here
             on_input = tuple(slice(a, b) for a, b in zip(*covered, strict=True))
             stream = preprocess.StreamedLabels(
                 region,
@@ -388,11 +389,8 @@ def _predict_on_grid(
     if stream is not None:
         stream.finish()
         return out
-    if not resampled:
+    if covered is None:  # not resampled
         out[:, inside[0], inside[1], inside[2]] = scores
-        return out
-    covered = _covered_box(image.geometry, region)
-    if covered is None:
         return out
     back = geo.crop_geometry(image.geometry, *covered)
     on_input = tuple(slice(a, b) for a, b in zip(*covered, strict=True))
@@ -545,8 +543,8 @@ def _sliding_window(
     # the front, and only the new ones are fetched and normalised (in place). The padding
     # (along an axis shorter than the window: then there is one row per axis) is air from
     # the start and never written
-    slab = np.empty((depth, rows, columns), dtype=np.float32)
-    slab[...] = normalise(np.full(1, air, dtype=np.float32))[0]
+    air_input = normalise(np.full(1, air, dtype=np.float32))[0]
+    slab = np.full((depth, rows, columns), air_input, dtype=np.float32)
     # a window of nothing but air (every input voxel at or below lower_hu, a constant after
     # scaling in the modes that clip there) is not run: its voxels get background unless
     # another window covers them. Such a window is numerically meaningless anyway: instance
@@ -556,14 +554,16 @@ def _sliding_window(
     above_air = None
     if infer.body_threshold_hu is not None:
         above_air = np.full((depth, rows, columns), bool(air > lower))
-    held, offset_before = (0, 0), 0  # region slices in the buffers, and where they start
+    # the previous row's last region slice and its offset: its slices from this row's first
+    # on are in the buffers
+    fetched_until, offset_before = 0, 0
     tensor = torch.from_numpy(slab)  # the same memory
     above_air_tensor = None if above_air is None else torch.from_numpy(above_air)
 
     for index, z in enumerate(starts[0]):
         offset = z - before[0]  # region slice s is slab slice s - offset
         first, last = rows_first[index], min(size[0], z + depth - before[0])
-        kept = max(0, min(last, held[1]) - first)  # the held slices start at first
+        kept = max(0, min(last, fetched_until) - first)
         if kept:
             moved, to = first - offset_before, first - offset
             for kept_buffer in (tensor, above_air_tensor):
@@ -575,8 +575,7 @@ def _sliding_window(
         if above_air is not None:
             np.greater(slab[new], lower, out=above_air[new])
         normalise.in_place(slab[new])
-        held = (rows_first[index + 1] if index + 1 < len(starts[0]) else last, last)
-        offset_before = offset
+        fetched_until, offset_before = last, offset
         corners_in_slab = plane
         if above_air is not None:
             above = np.asarray(above_air.any(axis=0))
