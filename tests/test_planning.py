@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from medseg.config import parse_config
 from medseg.errors import ConfigError
@@ -355,6 +356,67 @@ def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:
         assert train.lr_schedule_by == "epochs" and train.augment_flip_axes == (0, 1, 2)
         assert train.epochs in (SHORT_SCHEDULE_STEPS // 50, 1000)  # as planned
         assert "nnU-Net" in long.reasons["train.optimizer"]
+
+
+def _isotropic_like():  # type: ignore[no-untyped-def]
+    from medseg.planning.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
+
+    cases = tuple(
+        CaseFingerprint(f"case_{i:03d}", (1.5, 1.0, 1.0), s, s, {1: 1}, {1: 1.0})
+        for i, s in enumerate([(80, 120, 120), (90, 110, 130)])
+    )
+    stats = IntensityStats(-100.0, -50.0, 240.0, -1000.0, 400.0, -846.0, 149.0)
+    return Fingerprint("CT", {1: "organ"}, cases, stats, 1.0)
+
+
+def test_a_cpu_budget_plan_trains_a_residual_unet_where_its_kernels_are_all_3(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CPU-budget plan whose kernels are all 3 x 3 x 3 trains MONAI's UNet with residual
+    units at the plan's widths and per-axis strides (and its step is timed on that network);
+    a GPU plan, and a plan with nnU-Net's kernel 1 along a coarse axis, keep the DynUNet."""
+    import medseg.training.train as train_module
+    from medseg.model import build_network
+    from medseg.planning.budget import measure_step
+    from medseg.planning.experiment import experiment_from_plan
+    from medseg.planning.rules import plan_3d_fullres
+
+    data = {"datalist": "unused.json"}
+    fingerprint = _isotropic_like()
+    plan = plan_3d_fullres(fingerprint, gpu_memory_gb=8.0, base_features=8)
+    assert all(tuple(k) == (3, 3, 3) for k in plan.kernel_sizes)
+
+    def planned(fp, p, device, limit):  # type: ignore[no-untyped-def]
+        return experiment_from_plan(
+            p, fp, data=data, device=device, epochs=30, iterations_per_epoch=50,
+            time_limit_min=limit,
+        )  # fmt: skip
+
+    cpu = planned(fingerprint, plan, "cpu", 30.0)
+    model = cpu.config.model
+    assert (model.name, model.num_res_units, model.deep_supervision) == ("unet", 1, False)
+    assert model.kernel_sizes is None and list(model.channels) == list(plan.features)
+    assert [tuple(s) for s in model.strides] == [tuple(s) for s in plan.strides[1:]]
+    assert "CPU budget" in cpu.reasons["model.name"]
+    patch = tuple(cpu.config.train.patch_size)
+    with torch.no_grad():
+        out = build_network(model).eval()(torch.zeros(1, 1, *patch))
+    assert tuple(out.shape) == (1, 2, *patch)
+
+    gpu = planned(fingerprint, plan, "cuda", None).config.model
+    assert (gpu.name, gpu.deep_supervision) == ("dynunet", True)
+    lung = _lung_like()
+    coarse = plan_3d_fullres(lung, gpu_memory_gb=8.0, base_features=8)
+    assert any(tuple(k) != (3, 3, 3) for k in coarse.kernel_sizes)
+    assert planned(lung, coarse, "cpu", 30.0).config.model.name == "dynunet"
+
+    timed: list[str] = []
+    monkeypatch.setattr(
+        train_module, "time_training_step", lambda config, *a, **k: timed.append(config.name) or 0.1
+    )
+    measure_step(plan, 1, 2)
+    measure_step(coarse, 1, 2)
+    assert timed == ["unet", "dynunet"]
 
 
 def test_measure_step_times_a_real_training_step(tmp_path: Path) -> None:

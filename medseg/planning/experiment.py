@@ -7,8 +7,9 @@ The plan decides the grid, the intensities, the network, the patch and the batch
 0.99 and a poly schedule, gradient clipping at 12, foreground oversampling 0.33, its
 augmentation set, Gaussian-weighted windows at overlap 0.5 and mirror TTA) and, on a CPU, the
 epochs that fit the time budget (:mod:`medseg.planning.budget`) and, when those are too few
-steps for nnU-Net's recipe, a short-schedule recipe (:data:`SHORT_SCHEDULE`). The YAML it
-writes parses with :func:`medseg.config.parse_config` into the same
+steps for nnU-Net's recipe, a short-schedule recipe (:data:`SHORT_SCHEDULE`); a CPU budget
+also trains a network that learns in its few thousand steps (:func:`cpu_network`). The YAML
+it writes parses with :func:`medseg.config.parse_config` into the same
 :class:`~medseg.config.ExperimentConfig`.
 """
 
@@ -26,7 +27,7 @@ from medseg.config import ExperimentConfig, TrainConfig
 from medseg.planning.fingerprint import Fingerprint
 from medseg.planning.rules import Plan
 
-__all__ = ["PlannedExperiment", "experiment_from_plan", "render_yaml"]
+__all__ = ["PlannedExperiment", "cpu_network", "experiment_from_plan", "render_yaml"]
 
 #: nnU-Net v2's iterations per epoch (``nnUNetTrainer.num_iterations_per_epoch``) and epochs.
 NNUNET_ITERATIONS_PER_EPOCH = 250
@@ -70,6 +71,39 @@ SHORT_SCHEDULE: Mapping[str, Any] = {
     "augment_gamma_probability": 0.0,
     "augment_inverted_gamma_probability": 0.0,
 }
+
+
+#: Residual units per level of a CPU plan's network (:func:`cpu_network`).
+CPU_RESIDUAL_UNITS = 1
+
+
+def cpu_network(plan: Plan) -> dict[str, Any] | None:
+    """The ``model`` section (without labels) a CPU-budget plan trains, or ``None`` where it
+    keeps nnU-Net's DynUNet.
+
+    A CPU budget affords a few thousand steps of a narrow network (base width 8 or 16, where
+    nnU-Net's is 32). There MONAI's ``UNet`` with one residual unit per level (strided
+    convolutions down, PReLU) at the plan's widths and per-axis strides learns far faster
+    than nnU-Net's plain DynUNet. Measured on the 21-organ H&N phantoms
+    (``benchmarks/plan_vs_hand.py`` data; 2,400 steps of the same 8.5-minute plan: spacing
+    3.8 x 1.9 x 1.9 mm, patch 24 x 48 x 48, features 8-64, AdamW cosine, class-balanced
+    patches, 1 thread each), mean Dice over the 21 organs on the two held-out scans: DynUNet
+    0.072 without and 0.106 with deep supervision, 0.111 with residual blocks, 0.131 with a
+    [-500, 500] HU window, 0.135 with background in the Dice; UNet 0.404 (17 of 21 organs
+    found, against 3-4), at 0.7x DynUNet's time per step. ``UNet`` has one kernel size for
+    every level, so a plan whose kernels are not all 3 x 3 x 3 (nnU-Net's kernel 1 along a
+    coarse axis) keeps the DynUNet.
+    """
+    if any(tuple(k) != (3, 3, 3) for k in plan.kernel_sizes):
+        return None
+    return {
+        "name": "unet",
+        "channels": list(plan.features),
+        "strides": [list(s) for s in plan.strides[1:]],
+        "kernel_sizes": None,
+        "num_res_units": CPU_RESIDUAL_UNITS,
+        "deep_supervision": False,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +243,18 @@ def experiment_from_plan(
         if deep_levels >= 1
         else "too few stages for deep supervision"
     )
+    cpu_model = cpu_network(plan) if device == "cpu" and time_limit_min is not None else None
+    if cpu_model is not None:
+        model.pop("deep_supervision_levels", None)
+        model.update(cpu_model)
+        why = "CPU budget: medseg.planning.experiment.cpu_network"
+        reasons["model.name"] = (
+            "MONAI UNet, residual units: in a CPU budget's few thousand steps a narrow UNet "
+            f"learns far faster than nnU-Net's plain DynUNet ({why})"
+        )
+        reasons["model.num_res_units"] = f"one residual unit per level ({why})"
+        reasons["model.kernel_sizes"] = "3 x 3 x 3 at every level, as the plan's kernels"
+        reasons["model.deep_supervision"] = f"off: UNet has one output ({why})"
 
     # ---- train
     patch = tuple(int(p) for p in plan.patch_size)
