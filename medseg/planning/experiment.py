@@ -91,10 +91,10 @@ def cpu_network(plan: Plan) -> dict[str, Any] | None:
     0.072 without and 0.106 with deep supervision, 0.111 with residual blocks, 0.131 with a
     [-500, 500] HU window, 0.135 with background in the Dice, 0.148 with Adam at a constant
     rate (no warm-up, no clipping); UNet 0.404 (17 of 21 organs found, against 3-4), at 0.7x
-    DynUNet's time per step. Tried on that UNet (2,400 steps each): lr 1e-2 0.382, per-sample
-    Dice 0.403, 2.9 x 1.47 x 1.47 mm 0.404, features 16-128 0.421 (1.16x the time per step;
-    in the 30-minute budget 0.566 against 0.564 at 8-64): differences of at most 0.02 from one
-    run each, not planned. ``UNet`` has one kernel size for
+    DynUNet's time per step (seeds 1 and 2: 0.403 and 0.398). Tried on that UNet (2,400 steps
+    each): lr 1e-2 0.382 (worse), per-sample Dice 0.403 and 2.9 x 1.47 x 1.47 mm 0.404 (within
+    the seeds' spread), features 16-128 0.421 at 1.16x the time per step, but in the 30-minute
+    budget 0.566 against 0.564 at 8-64; none is planned. ``UNet`` has one kernel size for
     every level, so a plan whose kernels are not all 3 x 3 x 3 (nnU-Net's kernel 1 along a
     coarse axis) keeps the DynUNet.
     """
