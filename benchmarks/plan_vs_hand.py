@@ -64,7 +64,6 @@ def _hand_config(
             "device": "cpu",
             "num_threads": threads,
             "time_limit_min": budget_min,
-            "precision": "float32",
         }
     )
     raw["infer"]["num_threads"] = threads
@@ -313,10 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--experiments",
         default="hand,plan",
-        help="which to train (a check of one side; the comparison needs both)",
+        help="which to train, in this order (a check of one side; the comparison needs both)",
     )
     args = parser.parse_args(argv)
-    args.experiments = [k for k in ("hand", "plan") if k in args.experiments.split(",")]
+    asked = args.experiments.split(",")
+    args.experiments = list(dict.fromkeys(k for k in asked if k in ("hand", "plan")))
     if args.work is None:
         import tempfile
 

@@ -429,8 +429,10 @@ class TrainConfig(_Section):
             post-warm-up epochs done.
         warmup_epochs: epochs of linear warm-up from ``learning_rate / (warmup_epochs + 1)``.
         grad_clip_norm: clip the global gradient norm to this value; ``None``: no clipping.
-        precision: ``"float32"``; ``"bfloat16"``/``"float16"`` autocast (CUDA only; float16
-            with a gradient scaler); ``"auto"``: bfloat16 on CUDA, float32 on CPU.
+        precision: ``"float32"``; ``"bfloat16"``/``"float16"`` autocast (mixed precision:
+            float32 weights and loss; float16 on CUDA only, with a gradient scaler; bfloat16
+            on CUDA and on a CPU that computes it natively, AVX512-BF16 or AMX); ``"auto"``:
+            bfloat16 on CUDA and on such a CPU, else float32.
         deterministic: with ``seed``, make training bit-reproducible on the same machine
             (``torch.use_deterministic_algorithms``; slower on CUDA).
         early_stopping_patience: stop after this many validations without a better mean

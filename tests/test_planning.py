@@ -298,6 +298,17 @@ def test_a_cpu_plan_of_large_images_coarsens_the_spacing_before_the_patch() -> N
     gpu_fov = [p * s for p, s in zip(gpu.patch_size, gpu.spacing, strict=True)]
     assert np.prod(fov) >= MIN_PATCH_SHARE * np.prod(gpu_fov)
     assert any(line.startswith("gave up resolution") for line in choice.gave_up)
+    width = [line for line in choice.gave_up if line.startswith("gave up width")]
+    assert bool(width) == (plan.features[0] != gpu.features[0]), choice.gave_up
+    # the first stage's width kept, two stages fewer: no "gave up width" (the stages say it)
+    import dataclasses
+
+    from medseg.planning.budget import _gave_up
+
+    fewer = dataclasses.replace(gpu, features=gpu.features[:4])
+    lines = _gave_up(gpu, fewer, 0.2, 9000, 30.0)
+    assert not any(line.startswith("gave up width") for line in lines), lines
+    assert f"4 stages instead of {len(gpu.features)}" in lines
     # the candidate at the chosen target is the capped lowres plan; nnU-Net's own goes further
     assert plan == cpu_candidate(
         fingerprint, gpu_memory_gb=choice.memory_gb, base_features=choice.base_features
@@ -410,13 +421,17 @@ def test_a_cpu_budget_plan_trains_a_residual_unet_where_its_kernels_are_all_3(
     assert any(tuple(k) != (3, 3, 3) for k in coarse.kernel_sizes)
     assert planned(lung, coarse, "cpu", 30.0).config.model.name == "dynunet"
 
-    timed: list[str] = []
+    timed: list[tuple[str, str]] = []
     monkeypatch.setattr(
-        train_module, "time_training_step", lambda config, *a, **k: timed.append(config.name) or 0.1
+        train_module,
+        "time_training_step",
+        lambda config, *a, **k: timed.append((config.name, k["precision"])) or 0.1,
     )
     measure_step(plan, 1, 2)
     measure_step(coarse, 1, 2)
-    assert timed == ["unet", "dynunet"]
+    # timed in the precision the plan trains in (bfloat16 where this CPU has it natively)
+    assert cpu.config.train.precision == "auto"
+    assert timed == [("unet", "auto"), ("dynunet", "auto")]
 
 
 def test_measure_step_times_a_real_training_step(tmp_path: Path) -> None:

@@ -264,7 +264,7 @@ def _gave_up(
         f"here, {total_steps} steps in {budget_min:g} min"
     )
     lines = [gpu, cpu]
-    if plan.features != reference.features:
+    if plan.features[0] != reference.features[0]:  # fewer stages: said below
         lines.append(
             f"gave up width: first stage {plan.features[0]} instead of "
             f"{reference.features[0]} features"
@@ -289,11 +289,13 @@ def _gave_up(
 def measure_step(plan: Plan, n_labels: int, num_threads: int, *, max_steps: int = 12) -> float:
     """Seconds of one training step (forward, Dice + CE, backward, SGD) of the network a CPU
     plan trains for ``plan`` (:func:`medseg.planning.experiment.cpu_network`) on a batch of
-    random patches on this CPU, once it is steady: steps run until the last three agree
+    random patches on this CPU, in the precision the plan trains in
+    (:data:`medseg.planning.experiment.PLAN_TRAIN_PRECISION`: bfloat16 where this CPU has it
+    natively), once it is steady: steps run until the last three agree
     within 30 % (or ``max_steps`` ran, or 60 s passed) and their median is returned. oneDNN prepares its kernels for new shapes over the first steps: measured 2–3.6 s
     for each of the first five steps of a network whose steps then take 0.4–0.6 s."""
     from medseg.config import ModelConfig
-    from medseg.planning.experiment import cpu_network
+    from medseg.planning.experiment import PLAN_TRAIN_PRECISION, cpu_network
     from medseg.training.train import time_training_step
 
     network = cpu_network(plan) or {
@@ -312,5 +314,10 @@ def measure_step(plan: Plan, n_labels: int, num_threads: int, *, max_steps: int 
         }
     )
     return time_training_step(
-        config, plan.patch_size, plan.batch_size, num_threads, max_steps=max_steps
+        config,
+        plan.patch_size,
+        plan.batch_size,
+        num_threads,
+        precision=PLAN_TRAIN_PRECISION,
+        max_steps=max_steps,
     )
