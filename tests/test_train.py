@@ -368,6 +368,14 @@ def test_the_step_timer_times_the_precision_that_is_trained(
         finally:
             handle.remove()
         assert seconds > 0 and expected in seen, (precision, set(seen))
+    # a precision this CPU refuses leaves torch's thread count as it was
+    from medseg.errors import ConfigError
+
+    monkeypatch.setattr(precisions, "cpu_flags", lambda *a: frozenset())
+    threads = torch.get_num_threads()
+    with pytest.raises(ConfigError, match="not native on this CPU"):
+        time_training_step(model, (16, 16, 16), 1, threads + 1, precision="bfloat16")
+    assert torch.get_num_threads() == threads
 
 
 @pytest.mark.gpu

@@ -556,6 +556,11 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     )
 
 
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` (:func:`_autocast_dtype`) on ``device``; ``None``: float32."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 @contextlib.contextmanager
 def _determinism(enabled: bool) -> Iterator[None]:
     """Deterministic torch algorithms while training; the previous settings afterwards."""
@@ -727,11 +732,7 @@ def _train_one_epoch(
         x = torch.from_numpy(images[index]).to(loop.device)
         y = torch.from_numpy(labels[index]).to(loop.device)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(
-            device_type=loop.device.type,
-            dtype=loop.autocast_dtype or torch.float32,
-            enabled=loop.autocast_dtype is not None,
-        ):
+        with _autocast(loop.device, loop.autocast_dtype):
             loss = _supervised_loss(loop, network(x), y)
         loop.scaler.scale(loss).backward()
         if loop.grad_clip_norm is not None:
@@ -823,9 +824,9 @@ def time_training_step(
     shapes over the first steps (measured 2–3.6 s for each of the first five steps of a
     network whose steps then take 0.4–0.6 s). Used by ``medseg plan``'s CPU budget.
     """
+    autocast_dtype = _autocast_dtype(precision, torch.device("cpu"))
     previous = torch.get_num_threads()
     torch.set_num_threads(capped_threads(num_threads))
-    autocast_dtype = _autocast_dtype(precision, torch.device("cpu"))
     try:
         network = build_network(model).train()
         optimiser = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
@@ -839,7 +840,7 @@ def time_training_step(
         while len(times) < max_steps:
             started = time.perf_counter()
             optimiser.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", torch.bfloat16, enabled=autocast_dtype is not None):
+            with _autocast(torch.device("cpu"), autocast_dtype):
                 output = network(image).float()
             if output.ndim == 6:  # deep supervision in training mode: the full-resolution head
                 output = output[:, 0]
