@@ -266,7 +266,7 @@ def train(
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda index: lr_factor(train_cfg, index, time_spent[0])
         )
-        return _run(
+        result = _run(
             config,
             loop,
             scheduler,
@@ -280,6 +280,13 @@ def train(
             main=rank == 0,
             time_spent=time_spent,
         )
+        if world > 1:
+            # every rank returns together: rank 0 validates, verifies and logs after the last
+            # step, and a rank that tears its gloo connections down meanwhile (a caller's
+            # destroy_process_group) was seen to abort with SIGABRT ("terminate called
+            # without an active exception") in a CI run
+            torch.distributed.barrier()
+        return result
 
 
 def _run(
