@@ -326,11 +326,14 @@ def test_a_cpu_plan_of_large_images_coarsens_the_spacing_before_the_patch() -> N
 
 def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:
     """A CPU plan that affords fewer than SHORT_SCHEDULE_STEPS steps trains with AdamW, a
-    time-paced cosine schedule, foreground-heavy patches and no augmentation, and says why; a
-    GPU plan, or a CPU budget long enough for nnU-Net's schedule, keeps nnU-Net's recipe."""
+    time-paced cosine schedule, foreground-heavy patches, nnU-Net's intensity augmentation but
+    no mirroring or spatial augmentation, and says why; a GPU plan, or a CPU budget long enough
+    for nnU-Net's schedule, keeps nnU-Net's recipe."""
+    from medseg.config import TrainConfig
     from medseg.planning.experiment import (
         BUDGET_FILL_FACTOR,
         SHORT_SCHEDULE,
+        SHORT_SCHEDULE_INTENSITY,
         SHORT_SCHEDULE_STEPS,
         experiment_from_plan,
     )
@@ -354,7 +357,18 @@ def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:
     assert (train.optimizer, train.learning_rate, train.lr_schedule) == ("adamw", 3e-3, "cosine")
     assert train.lr_schedule_by == "time" and train.time_limit_min == 30.0
     assert train.foreground_fraction == 0.9 and train.augment_flip_axes == ()
-    assert train.augment_rotation_probability == train.augment_gamma_probability == 0.0
+    assert train.augment_rotation_probability == train.augment_scaling_probability == 0.0
+    assert train.augment_noise_probability == train.augment_low_resolution_probability == 0.0
+    # nnU-Net's intensity transforms at nnU-Net's own probabilities
+    nnunet = TrainConfig.nnunet_defaults(tuple(train.patch_size))
+    assert SHORT_SCHEDULE_INTENSITY == {key: nnunet[key] for key in SHORT_SCHEDULE_INTENSITY}
+    assert train.augment_brightness_probability == train.augment_contrast_probability == 0.15
+    assert (train.augment_gamma_probability, train.augment_inverted_gamma_probability) == (
+        0.3,
+        0.1,
+    )
+    assert "intensity augmentation" in short.reasons["train.augment_brightness_probability"]
+    assert "no mirroring or spatial" in short.reasons["train.augment_flip_axes"]
     assert (
         f"1500 steps in the CPU budget, under {SHORT_SCHEDULE_STEPS}"
         in (short.reasons["train.optimizer"])
