@@ -847,11 +847,11 @@ def time_training_step(
         while len(times) < max_steps:
             started = time.perf_counter()
             optimiser.zero_grad(set_to_none=True)
-            with _autocast(torch.device("cpu"), autocast_dtype):
-                output = network(image).float()
-            if output.ndim == 6:  # deep supervision in training mode: the full-resolution head
-                output = output[:, 0]
-            loss = loss_fn(output, target)
+            with _autocast(torch.device("cpu"), autocast_dtype):  # as the training loop
+                output = network(image)
+                if output.ndim == 6:  # deep supervision in training mode: the full-res head
+                    output = output[:, 0]
+                loss = loss_fn(output.float(), target)
             loss.backward()
             optimiser.step()
             times.append(time.perf_counter() - started)
