@@ -52,6 +52,7 @@ __all__ = [
     "SegmentCodes",
     "interpreted_type_for_name",
     "is_standard_name",
+    "laterality",
     "propose_standard_name",
     "segment_codes",
 ]
@@ -314,6 +315,18 @@ def _propose_anatomic(tokens: list[str]) -> str | None:
     else:
         candidate = root + (f"_{side}" if side else "")
     return _INDEX.get(_key(candidate.replace(" ", "")), candidate)
+
+
+def laterality(name: str) -> str | None:
+    """``"L"`` or ``"R"`` where a structure name names one side (a laterality word: left/lt/l,
+    right/rt/r, as a token: ``"Parotid_L"``, ``"lens-left"``, ``"kidney_right"``,
+    ``"Lt Femur"``), else None (no side, or both).
+
+    >>> [laterality(n) for n in ("Parotid_L", "optic_nerve_right", "Brainstem", "GTVp")]
+    ['L', 'R', None, None]
+    """
+    sides = {_LATERALITY[t] for t in _tokens(name) if t in _LATERALITY}
+    return sides.pop() if len(sides) == 1 else None
 
 
 @functools.lru_cache(maxsize=4096)

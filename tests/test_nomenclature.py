@@ -21,6 +21,7 @@ from medseg.nomenclature import (
     ConceptCode,
     interpreted_type_for_name,
     is_standard_name,
+    laterality,
     propose_standard_name,
     segment_codes,
 )
@@ -155,6 +156,21 @@ def test_propose_standard_name(name: str, expected: str) -> None:
 @pytest.mark.parametrize("name", NO_PROPOSAL, ids=NO_PROPOSAL)
 def test_no_proposal(name: str) -> None:
     assert propose_standard_name(name) is None
+
+
+LATERALITY = {
+    "Parotid_L": "L", "Parotid-Rt": "R", "lens_left": "L", "kidney_right": "R", "Lt Femur": "L",
+    "OpticNrv_PRV03_L": "L", "rib_left_3": "L", "Brainstem": None, "GTVp": None,
+    "Parotid L+R": None, "Lungs": None, "Rectum": None, "Larynx": None, "LN_Neck_II": None,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "side"), LATERALITY.items(), ids=list(LATERALITY))
+def test_laterality(name: str, side: str | None) -> None:
+    assert laterality(name) == side
+    proposal = propose_standard_name(name)
+    if side is not None and proposal is not None:  # the same side as the TG-263 name
+        assert proposal.endswith(f"_{side}")
 
 
 def test_hn_oar_label_names() -> None:

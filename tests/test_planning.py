@@ -264,19 +264,10 @@ def test_cpu_budget_takes_the_widest_network_whose_steps_fit(tmp_path: Path) -> 
     assert fast.plan == plan_3d_fullres(fingerprint, gpu_memory_gb=8.0)
 
 
-def test_a_cpu_plan_of_large_images_coarsens_the_spacing_before_the_patch() -> None:
-    """H&N-like CTs (204 x 512 x 512 voxels at 2.5 x 0.98 x 0.98 mm, nothing to crop): a small
-    memory target takes the 3d_lowres spacing search (capped at 2x the 3d_fullres spacing)
-    and keeps a quarter of the GPU plan's field of view; where nnU-Net plans no 3d_lowres (a
-    small image), the candidate is its 3d_fullres plan."""
-    from medseg.planning.budget import (
-        CPU_MAX_COARSENING,
-        MIN_PATCH_SHARE,
-        cpu_candidate,
-        fit_cpu_budget,
-    )
+def _hn_like():  # type: ignore[no-untyped-def]
+    """21 organs on H&N-like CTs: 204 x 512 x 512 voxels at 2.5 x 0.98 x 0.98 mm, nothing to
+    crop (a slice/row ratio of 2.55: not anisotropic, but the slice axis over 2x the finest)."""
     from medseg.planning.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
-    from medseg.planning.rules import plan_3d_fullres, plan_3d_lowres
 
     shape = (204, 512, 512)
     cases = tuple(
@@ -284,7 +275,23 @@ def test_a_cpu_plan_of_large_images_coarsens_the_spacing_before_the_patch() -> N
         for i in range(5)
     )
     stats = IntensityStats(40.0, 40.0, 30.0, -1000.0, 400.0, -20.0, 120.0)
-    fingerprint = Fingerprint("CT", {k: f"organ{k}" for k in range(1, 22)}, cases, stats, 1.0)
+    return Fingerprint("CT", {k: f"organ{k}" for k in range(1, 22)}, cases, stats, 1.0)
+
+
+def test_a_cpu_plan_of_large_images_coarsens_the_spacing_before_the_patch() -> None:
+    """H&N-like CTs: a small memory target takes the 3d_lowres spacing search (capped at
+    CPU_MAX_COARSENING x the 3d_fullres spacing per axis) and keeps a quarter of the GPU plan's
+    field of view; where nnU-Net plans no 3d_lowres (a small image), the candidate is its
+    3d_fullres plan."""
+    from medseg.planning.budget import (
+        CPU_MAX_COARSENING,
+        MIN_PATCH_SHARE,
+        cpu_candidate,
+        fit_cpu_budget,
+    )
+    from medseg.planning.rules import plan_3d_fullres, plan_3d_lowres
+
+    fingerprint = _hn_like()
     gpu = plan_3d_fullres(fingerprint, gpu_memory_gb=8.0)
     choice = fit_cpu_budget(
         fingerprint, time_budget_min=30, num_threads=2,
@@ -322,6 +329,34 @@ def test_a_cpu_plan_of_large_images_coarsens_the_spacing_before_the_patch() -> N
     assert cpu_candidate(small, gpu_memory_gb=8.0, base_features=32) == plan_3d_fullres(
         small, gpu_memory_gb=8.0
     )
+
+
+def test_the_cpu_cap_stops_each_axis_at_its_own_limit() -> None:
+    """The capped 3d_lowres search: no axis grows over its cap; an axis at its cap stays while
+    the others go on, so on the H&N-like CTs (the row and column axes grow first, as nnU-Net's
+    rule, and reach the cap first) every axis ends within one step of its cap, where a search
+    stopped by the first capped axis left the slice axis at 1.5x (3.78 x 1.93 x 1.93 mm at a
+    2x cap). Uncapped, the search is nnU-Net's (tests/test_planning_rules.py)."""
+    from medseg.planning.rules import LOWRES_SPACING_INCREASE, plan_3d_fullres, plan_3d_lowres
+
+    fingerprint = _hn_like()
+    fullres = np.array(plan_3d_fullres(fingerprint, gpu_memory_gb=8.0).spacing)
+    for cap in (1.5, 2.0):
+        for gb in (0.0625, 0.25, 1.0):
+            plan = plan_3d_lowres(
+                fingerprint, gpu_memory_gb=gb, base_features=32, max_coarsening=cap
+            )
+            assert plan is not None
+            coarsening = np.array(plan.spacing) / fullres
+            assert np.all(coarsening <= cap + 1e-9), (cap, gb, coarsening)
+            assert np.all(coarsening > cap / LOWRES_SPACING_INCREASE), (cap, gb, coarsening)
+            assert f"over {cap:g}× its 3d_fullres spacing" in plan.reasons["spacing"]
+        uncapped = plan_3d_lowres(fingerprint, gpu_memory_gb=1.0, base_features=32)
+        assert uncapped is not None and np.all(np.array(uncapped.spacing) / fullres > cap)
+    # a cap the search cannot shrink the median image 2x under: no 3d_lowres (nnU-Net's rule)
+    assert plan_3d_lowres(fingerprint, gpu_memory_gb=0.25, max_coarsening=1.1) is None
+    with pytest.raises(ConfigError, match="max_coarsening"):
+        plan_3d_lowres(fingerprint, max_coarsening=1.0)
 
 
 def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:
@@ -384,6 +419,33 @@ def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:
         assert "nnU-Net" in long.reasons["train.optimizer"]
 
 
+def test_a_plan_with_lateral_structures_does_not_mirror() -> None:
+    """Structures that name a side (Parotid_L, lens_right): the plan neither mirrors training
+    patches nor runs mirror TTA, on a GPU too, and says why; a plan without them mirrors every
+    axis as nnU-Net."""
+    import dataclasses
+
+    from medseg.planning.experiment import experiment_from_plan
+    from medseg.planning.rules import plan_3d_fullres
+
+    fingerprint = _lung_like()
+    plan = plan_3d_fullres(fingerprint, gpu_memory_gb=8.0)
+    data = {"datalist": "unused.json"}
+    plain = experiment_from_plan(plan, fingerprint, data=data, device="cuda")
+    assert plain.config.train.augment_flip_axes == (0, 1, 2)
+    assert plain.config.infer.flip_tta == (0, 1, 2)
+    sided = dataclasses.replace(fingerprint, labels={1: "GTV", 2: "Parotid_L", 3: "lens_right"})
+    lateral = experiment_from_plan(plan, sided, data=data, device="cuda")
+    assert lateral.config.train.augment_flip_axes == ()
+    assert lateral.config.infer.flip_tta == ()
+    assert "Parotid_L, lens_right name one side" in lateral.reasons["train.augment_flip_axes"]
+    assert "swaps left and right" in lateral.reasons["infer.flip_tta"]
+    # the other augmentations stay nnU-Net's
+    assert lateral.config.train.augment_rotation_probability == (
+        plain.config.train.augment_rotation_probability
+    )
+
+
 def _isotropic_like():  # type: ignore[no-untyped-def]
     from medseg.planning.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
 
@@ -395,17 +457,19 @@ def _isotropic_like():  # type: ignore[no-untyped-def]
     return Fingerprint("CT", {1: "organ"}, cases, stats, 1.0)
 
 
-def test_a_cpu_budget_plan_trains_a_residual_unet_where_its_kernels_are_all_3(
+def test_a_cpu_budget_plan_trains_a_residual_unet_unless_it_is_anisotropic(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A CPU-budget plan whose kernels are all 3 x 3 x 3 trains MONAI's UNet with residual
-    units at the plan's widths and per-axis strides (and its step is timed on that network);
-    a GPU plan, and a plan with nnU-Net's kernel 1 along a coarse axis, keep the DynUNet."""
+    units at the plan's widths and per-axis strides (and its step is timed on that network),
+    and so does one with nnU-Net's kernel 1 along an axis over 2x the finest as long as the
+    spacing is not anisotropic (at most 3x); a GPU plan, and an anisotropic plan (the lung CTs'
+    3 mm slices over 3x their 0.98 mm pixels) with kernel 1, keep the DynUNet."""
     import medseg.training.train as train_module
     from medseg.model import build_network
     from medseg.planning.budget import measure_step
     from medseg.planning.experiment import experiment_from_plan
-    from medseg.planning.rules import plan_3d_fullres
+    from medseg.planning.rules import plan_3d_fullres, plan_3d_lowres
 
     data = {"datalist": "unused.json"}
     fingerprint = _isotropic_like()
@@ -434,7 +498,23 @@ def test_a_cpu_budget_plan_trains_a_residual_unet_where_its_kernels_are_all_3(
     lung = _lung_like()
     coarse = plan_3d_fullres(lung, gpu_memory_gb=8.0, base_features=8)
     assert any(tuple(k) != (3, 3, 3) for k in coarse.kernel_sizes)
+    assert max(coarse.spacing) / min(coarse.spacing) > 3
     assert planned(lung, coarse, "cpu", 30.0).config.model.name == "dynunet"
+    hn = _hn_like()
+    kernel_1 = plan_3d_lowres(hn, gpu_memory_gb=0.25, max_coarsening=1.5)
+    assert kernel_1 is not None and tuple(kernel_1.kernel_sizes[0]) == (1, 3, 3)
+    assert tuple(kernel_1.strides[1]) == (1, 2, 2)
+    assert 2 < max(kernel_1.spacing) / min(kernel_1.spacing) <= 3
+    hn_planned = planned(hn, kernel_1, "cpu", 30.0)
+    hn_model = hn_planned.config.model
+    assert (hn_model.name, hn_model.kernel_sizes) == ("unet", None)
+    assert "no axis needs nnU-Net's kernel 1" in hn_planned.reasons["model.kernel_sizes"]
+    assert "as the plan's kernels" in cpu.reasons["model.kernel_sizes"]
+    assert [tuple(s) for s in hn_model.strides] == [tuple(s) for s in kernel_1.strides[1:]]
+    hn_patch = tuple(kernel_1.patch_size)
+    with torch.no_grad():
+        out = build_network(hn_model).eval()(torch.zeros(1, 1, *hn_patch))
+    assert tuple(out.shape) == (1, 22, *hn_patch)
 
     timed: list[tuple[str, str]] = []
     monkeypatch.setattr(

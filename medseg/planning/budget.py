@@ -57,13 +57,20 @@ CPU_ITERATIONS_PER_EPOCH = 50
 #: A candidate must keep at least this share of the GPU plan's field of view (the patch's
 #: extent in mm³) before a narrower network is tried: context matters more than width.
 MIN_PATCH_SHARE = 0.25
-#: A candidate's spacing: nnU-Net's 3d_lowres search at its memory target, stopped before an
-#: axis grows over this multiple of the 3d_fullres spacing
-#: (:func:`~medseg.planning.rules.plan_3d_lowres`). A small target then keeps its field of view
+#: A candidate's spacing: nnU-Net's 3d_lowres search at its memory target, with no axis grown
+#: over this multiple of its 3d_fullres spacing (an axis at its cap stays, the others go on;
+#: :func:`~medseg.planning.rules.plan_3d_lowres`). A small target then keeps its field of view
 #: by coarser voxels instead of a smaller patch: the 30-minute H&N plan at 2.5 x 0.98 x 0.98 mm
 #: saw 70 x 78 x 78 mm and learned 2 of 21 organs (mean Dice 0.05), where
-#: ``benchmarks/train_hn_oar.py`` at 3 x 2 x 2 mm sees 96 mm and reaches 0.34.
-CPU_MAX_COARSENING = 2.0
+#: ``benchmarks/train_hn_oar.py`` at 3 x 2 x 2 mm sees 96 mm and reaches 0.34. How far: on the
+#: 21-organ H&N phantoms (30 minutes, 2 cores, the CPU plan's UNet 32-256 with a 28 x 48 x 48
+#: patch), 3.78 x 1.93 x 1.93 mm (a 2x cap, the search stopped by the first capped axis)
+#: reached a mean Dice of 0.591 and 0.596 (two seeds), 3.67 x 1.44 x 1.44 mm (1.5x on every
+#: axis) 0.607 and 3.75 x 1.45 x 1.45 mm 0.606: the lenses (0.38-0.43 instead of 0.28-0.29)
+#: and optic nerves (0.47-0.49) need the finer pixels more than the organs need the context.
+#: The plan at this cap (``benchmarks/plan_vs_hand.py``: 3.67 x 1.44 x 1.44 mm, patch
+#: 20 x 56 x 48, 9,433 steps) reached 0.608.
+CPU_MAX_COARSENING = 1.5
 #: Fewest stages of a candidate (MONAI's DynUNet needs 3 levels).
 MIN_STAGES = 3
 #: Base widths tried, widest first.

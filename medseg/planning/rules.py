@@ -418,10 +418,12 @@ def plan_3d_lowres(
     network on its own. Arguments, return and errors as :func:`plan_3d_fullres`, and
 
     Args:
-        max_coarsening: medseg's addition (None: nnU-Net's rule): the search stops before any
-            axis' spacing exceeds this multiple of its 3d_fullres spacing, so that a small
-            memory target trades some context for resolution instead of all of it (nnU-Net's
-            rule at a CPU's targets reaches 5-20 mm on a 512 x 512 H&N CT).
+        max_coarsening: medseg's addition (None: nnU-Net's rule): no axis' spacing grows
+            over this multiple of its 3d_fullres spacing; an axis at its cap stays there while
+            the others go on growing (the axes over 2x finer than the coarsest first, as
+            nnU-Net's rule), and the search stops when every axis is at its cap. A small
+            memory target then trades some context for resolution instead of all of it
+            (nnU-Net's rule at a CPU's targets reaches 5-20 mm on a 512 x 512 H&N CT).
     """
     if max_coarsening is not None and max_coarsening <= 1:
         raise ConfigError(f"max_coarsening must be > 1, got {max_coarsening}")
@@ -437,15 +439,18 @@ def plan_3d_lowres(
     steps = 0
     capped = False
     while patch_voxels / median_voxels < LOWRES_CREATION_THRESHOLD:
-        coarse = (max(spacing_t) / spacing_t) > 2
+        open_axes = np.ones(3, dtype=bool)
+        if max_coarsening is not None:  # an axis at its cap stays; the others go on
+            open_axes = spacing_t * LOWRES_SPACING_INCREASE <= max_coarsening * grid.spacing_t
+            capped = capped or not np.all(open_axes)
+            if not np.any(open_axes):
+                break
+        coarse = ((max(spacing_t) / spacing_t) > 2) & open_axes
         grown = spacing_t.copy()
         if np.any(coarse):
             grown[coarse] *= LOWRES_SPACING_INCREASE
         else:
-            grown *= LOWRES_SPACING_INCREASE
-        if max_coarsening is not None and np.any(grown > max_coarsening * grid.spacing_t):
-            capped = True
-            break
+            grown[open_axes] *= LOWRES_SPACING_INCREASE
         spacing_t = grown
         steps += 1
         scaled = grid.spacing_t / spacing_t * grid.median_t
@@ -477,8 +482,9 @@ def plan_3d_lowres(
     if capped:
         reasons["spacing"] = reasons["spacing"].replace(
             "until the patch holds",
-            f"until the next step would make an axis over {max_coarsening:g}× its 3d_fullres "
-            "spacing (medseg's CPU cap; nnU-Net's rule would go on): the patch holds",
+            f"with no axis over {max_coarsening:g}× its 3d_fullres spacing (medseg's CPU cap: "
+            "an axis at its cap stays; nnU-Net's rule would go on) until the patch holds "
+            f"{LOWRES_CREATION_THRESHOLD:.0%} or every axis is at its cap: the patch holds",
         )
     reasons["median_shape"] = (
         f"the 3d_fullres median shape {_shape_text(fullres.median_shape)} scaled to this "

@@ -763,10 +763,16 @@ def _supervised_loss(loop: _Loop, output: torch.Tensor, target: torch.Tensor) ->
     """The loss; with deep supervision, weighted ``1, 1/2, 1/4, ...`` over the output heads."""
     if not (loop.deep_supervision and loop.network.training and output.dim() == 6):
         return loop.loss_fn(output.float(), target)  # type: ignore[no-any-return]
+    return _heads_loss(loop.loss_fn, output, target)
+
+
+def _heads_loss(
+    loss_fn: torch.nn.Module, output: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """The deep-supervision loss of DynUNet's stacked heads (``[batch, head, class, ...]``,
+    every head at the full resolution): weighted ``1, 1/2, 1/4, ...``, in float32."""
     weights = [0.5**level for level in range(output.shape[1])]
-    total = sum(
-        w * loop.loss_fn(output[:, level].float(), target) for level, w in enumerate(weights)
-    )
+    total = sum(w * loss_fn(output[:, level].float(), target) for level, w in enumerate(weights))
     return total / sum(weights)  # type: ignore[no-any-return]
 
 
@@ -849,9 +855,11 @@ def time_training_step(
             optimiser.zero_grad(set_to_none=True)
             with _autocast(torch.device("cpu"), autocast_dtype):  # as the training loop
                 output = network(image)
-                if output.ndim == 6:  # deep supervision in training mode: the full-res head
-                    output = output[:, 0]
-                loss = loss_fn(output.float(), target)
+                loss = (  # deep supervision in training mode: every head, as the loop
+                    _heads_loss(loss_fn, output, target)
+                    if output.ndim == 6
+                    else loss_fn(output.float(), target)
+                )
             loss.backward()
             optimiser.step()
             times.append(time.perf_counter() - started)
