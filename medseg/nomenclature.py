@@ -295,13 +295,18 @@ def _propose_target(tokens: list[str]) -> str | None:
     return f"{kind}{classifier}{number}" + (f"_{dose}" if dose else "")
 
 
+def _sides(tokens: list[str]) -> set[str]:
+    """The sides (``"L"``, ``"R"``) that a name's laterality tokens name."""
+    return {_LATERALITY[t] for t in tokens if t in _LATERALITY}
+
+
 def _propose_anatomic(tokens: list[str]) -> str | None:
     joined = " ".join(tokens)
     vertebra = re.fullmatch(r"(?:vertebra|vertebrae|vb) ([ctls]) ?([0-9]{1,2})", joined)
     if vertebra:
         level, number = vertebra.group(1).upper(), int(vertebra.group(2))
         return f"VB_T{number:02d}" if level == "T" else f"VB_{level}{number}"
-    sides = {_LATERALITY[t] for t in tokens if t in _LATERALITY}
+    sides = _sides(tokens)
     if len(sides) > 1:
         return None
     side = sides.pop() if sides else ""
@@ -325,7 +330,7 @@ def laterality(name: str) -> str | None:
     >>> [laterality(n) for n in ("Parotid_L", "optic_nerve_right", "Brainstem", "GTVp")]
     ['L', 'R', None, None]
     """
-    sides = {_LATERALITY[t] for t in _tokens(name) if t in _LATERALITY}
+    sides = _sides(_tokens(name))
     return sides.pop() if len(sides) == 1 else None
 
 

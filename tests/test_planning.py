@@ -364,6 +364,8 @@ def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:
     time-paced cosine schedule, foreground-heavy patches, nnU-Net's intensity augmentation but
     no mirroring or spatial augmentation, and says why; a GPU plan, or a CPU budget long enough
     for nnU-Net's schedule, keeps nnU-Net's recipe."""
+    import dataclasses
+
     from medseg.config import TrainConfig
     from medseg.planning.experiment import (
         BUDGET_FILL_FACTOR,
@@ -374,7 +376,8 @@ def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:
     )
     from medseg.planning.rules import plan_3d_fullres
 
-    fingerprint = _lung_like()
+    # an organ (not a target, no side): the organ-only short schedule
+    fingerprint = dataclasses.replace(_lung_like(), labels={1: "Esophagus"})
     plan = plan_3d_fullres(fingerprint, gpu_memory_gb=8.0, base_features=8)
     data = {"datalist": "unused.json"}
 
@@ -417,6 +420,54 @@ def test_a_short_cpu_budget_trains_with_the_short_schedule_recipe() -> None:
         assert train.lr_schedule_by == "epochs" and train.augment_flip_axes == (0, 1, 2)
         assert train.epochs in (SHORT_SCHEDULE_STEPS // 50, 1000)  # as planned
         assert "nnU-Net" in long.reasons["train.optimizer"]
+
+
+def test_a_short_schedule_with_a_target_keeps_nnunets_sampling_and_augmentation() -> None:
+    """A GTV, CTV or PTV among the structures: the short schedule's optimiser and intensity
+    augmentation as for organs, but nnU-Net's third of patches on a structure, mirroring,
+    rotation, scaling, noise, blur and low resolution, with the reason naming the targets."""
+    import dataclasses
+
+    from medseg.config import TrainConfig
+    from medseg.planning.experiment import (
+        SHORT_SCHEDULE,
+        SHORT_SCHEDULE_TARGET_KEEPS,
+        experiment_from_plan,
+    )
+    from medseg.planning.rules import plan_3d_fullres
+
+    data = {"datalist": "unused.json"}
+    organ = dataclasses.replace(_lung_like(), labels={1: "Esophagus"})
+    plan = plan_3d_fullres(organ, gpu_memory_gb=8.0, base_features=8)
+    assert set(SHORT_SCHEDULE_TARGET_KEEPS) < set(SHORT_SCHEDULE)
+
+    def short(labels: dict[int, str]):  # type: ignore[no-untyped-def]
+        fingerprint = dataclasses.replace(organ, labels=labels)
+        return experiment_from_plan(
+            plan, fingerprint, data=data, device="cpu", epochs=30,
+            iterations_per_epoch=50, time_limit_min=30.0,
+        )  # fmt: skip
+
+    nnunet = TrainConfig.nnunet_defaults(tuple(plan.patch_size))
+    for labels in ({1: "GTV"}, {1: "CTV_High", 2: "Esophagus"}, {1: "PTV_60"}, {1: "Tumour"}):
+        planned = short(labels)
+        train = planned.config.train
+        assert (train.optimizer, train.lr_schedule_by) == ("adamw", "time"), labels
+        for key in SHORT_SCHEDULE_TARGET_KEEPS:
+            assert getattr(train, key) == pytest.approx(nnunet[key]), (labels, key)
+        assert train.foreground_fraction == 0.33 and train.augment_flip_axes == (0, 1, 2)
+        assert train.augment_rotation_probability == train.augment_scaling_probability == 0.2
+        target = next(n for n in labels.values() if n != "Esophagus")
+        assert f"{target} is a target" in planned.reasons["train.augment_flip_axes"]
+        assert "nnU-Net's 1/3" in planned.reasons["train.foreground_fraction"]
+    organs = short({1: "Esophagus", 2: "SpinalCord"}).config.train
+    assert organs.foreground_fraction == 0.9 and organs.augment_flip_axes == ()
+    assert organs.augment_rotation_probability == 0.0
+    # a target beside lateral organs: spatial augmentation, but no mirroring
+    sided = short({1: "GTVp", 2: "Parotid_L"})
+    assert sided.config.train.augment_flip_axes == ()
+    assert sided.config.train.augment_rotation_probability == 0.2
+    assert "Parotid_L name one side" in sided.reasons["train.augment_flip_axes"]
 
 
 def test_a_plan_with_lateral_structures_does_not_mirror() -> None:
