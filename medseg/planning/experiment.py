@@ -100,7 +100,8 @@ SHORT_SCHEDULE: Mapping[str, Any] = {
 #: lung-gtv-ct (leave one patient out, 3 folds, 8 minutes each, one run of
 #: benchmarks/plan_vs_hand.py), the short schedule without them memorised the two training
 #: patients' GTVs (training loss 0.07-0.11) and reached a mean Dice of 0.001 (research.yaml
-#: 0.070); with them it reached 0.089 (training loss 0.38-0.65).
+#: 0.070); with them it reached 0.089 (training loss 0.38-0.65), and 0.056 against
+#: research.yaml's 0.043 when both trained side by side in one later run.
 SHORT_SCHEDULE_TARGET_KEEPS: tuple[str, ...] = (
     "foreground_fraction",
     "augment_flip_axes",
