@@ -51,6 +51,7 @@ __all__ = [
     "Structure",
     "duplicated_fields",
     "structure_set",
+    "type_for_name",
     "with_standard_names",
 ]
 
@@ -268,9 +269,7 @@ def structure_set(
     for entry in entries:
         update: dict[str, Any] = {}
         if entry.type is None:
-            decided = nomenclature.interpreted_type_for_name(entry.name)
-            if decided is None and entry.standard_name is not None:
-                decided = nomenclature.interpreted_type_for_name(entry.standard_name)
+            decided = type_for_name(entry.name, entry.standard_name)
             if decided is None:
                 warnings.warn(
                     f"{where}: cannot tell the RT ROI Interpreted Type of structure "
@@ -279,11 +278,25 @@ def structure_set(
                     f"{{label: {entry.label}, name: {entry.name}, type: GTV}}",
                     stacklevel=3,
                 )
-            update["type"] = InterpretedType(decided or "ORGAN")
+            update["type"] = decided or InterpretedType.ORGAN
         if entry.color is None:
             update["color"] = next(defaults)
         resolved.append(entry.model_copy(update=update) if update else entry)
     return tuple(resolved)
+
+
+def type_for_name(name: str, standard_name: str | None = None) -> InterpretedType | None:
+    """The type :func:`structure_set` gives a structure declared without one: the rule of
+    :func:`medseg.nomenclature.interpreted_type_for_name` on its name, then on its standard
+    name; None where neither decides (structure_set then warns and uses ORGAN).
+
+    >>> type_for_name("GTV_1"), type_for_name("label_3")
+    (<InterpretedType.GTV: 'GTV'>, None)
+    """
+    decided = nomenclature.interpreted_type_for_name(name)
+    if decided is None and standard_name is not None:
+        decided = nomenclature.interpreted_type_for_name(standard_name)
+    return None if decided is None else InterpretedType(decided)
 
 
 def _label_value(label: Any) -> int:

@@ -24,10 +24,10 @@ from typing import Any
 import yaml
 
 from medseg.config import ExperimentConfig, TrainConfig
-from medseg.nomenclature import interpreted_type_for_name, laterality
+from medseg.nomenclature import laterality
 from medseg.planning.fingerprint import Fingerprint
 from medseg.planning.rules import ANISOTROPY_THRESHOLD, Plan
-from medseg.structures import InterpretedType
+from medseg.structures import type_for_name
 
 __all__ = [
     "PLAN_TRAIN_PRECISION",
@@ -482,8 +482,8 @@ def experiment_from_plan(
 
 def _is_target(name: str) -> bool:
     """Whether a label name is a GTV, CTV or PTV (the type medseg.structures gives it)."""
-    implied = interpreted_type_for_name(name)
-    return implied is not None and InterpretedType(implied).is_target
+    decided = type_for_name(name)
+    return decided is not None and decided.is_target
 
 
 def _names(names: list[str], most: int = 3) -> str:
